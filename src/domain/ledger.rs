@@ -1,0 +1,140 @@
+//! The purchase ledger: one row per buyvps we sent, committed *before* it is sent.
+//!
+//! An intent without an outcome is a call in flight, or one whose worker died mid-call; the
+//! engine treats the latter as an unknown outcome and reconciles it before buying again.
+
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+use super::order::OrderId;
+use super::package::{PackageId, PackageName};
+use crate::clock::Timestamp;
+
+/// What one buyvps call came to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PurchaseOutcome {
+    /// SmartVPS said `success|` with this address.
+    Succeeded {
+        /// The address it assigned.
+        ip: Ipv4Addr,
+    },
+    /// A definite no before anything was bought.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+    /// The server may or may not exist (timeout after sending, reset, 5xx, garbled 2xx, lost worker).
+    Unknown {
+        /// Why we cannot tell.
+        reason: String,
+    },
+}
+
+impl PurchaseOutcome {
+    /// Stored kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Succeeded { .. } => "succeeded",
+            Self::Rejected { .. } => "rejected",
+            Self::Unknown { .. } => "unknown",
+        }
+    }
+}
+
+/// How an unknown outcome was settled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Resolution {
+    /// The evidence says nothing was bought: buying again is safe.
+    NotBought {
+        /// The evidence, in words.
+        evidence: String,
+    },
+    /// Something may have been bought: the order went to an admin.
+    Escalated {
+        /// The evidence, in words.
+        evidence: String,
+    },
+    /// A late reply showed what was bought; the order continues with that address.
+    Adopted {
+        /// The address.
+        ip: Ipv4Addr,
+    },
+    /// Retried without reconciling (`on_unknown = "retry"`, the seed taken literally).
+    RetriedBlindly,
+}
+
+impl Resolution {
+    /// Stored kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotBought { .. } => "not_bought",
+            Self::Escalated { .. } => "escalated",
+            Self::Adopted { .. } => "adopted",
+            Self::RetriedBlindly => "retried_blindly",
+        }
+    }
+}
+
+/// One row of the ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Purchase {
+    /// Store-assigned id.
+    pub id: i64,
+    /// The order it was for.
+    pub order_id: OrderId,
+    /// Buy attempt number within the order.
+    pub attempt: u32,
+    /// What was bought.
+    pub package_id: PackageId,
+    /// The package name sent as buyvps's `ip` field.
+    #[serde(serialize_with = "ser_display")]
+    pub package_name: PackageName,
+    /// The package's free count read just before sending: reconciliation evidence.
+    pub stock_before: Option<u32>,
+    /// When the intent was committed (just before sending).
+    pub sent_at: Timestamp,
+    /// The outcome; `None` while in flight.
+    pub outcome: Option<PurchaseOutcome>,
+    /// When the outcome was recorded.
+    pub decided_at: Option<Timestamp>,
+    /// How an unknown outcome was settled; `None` while unsettled.
+    pub resolution: Option<Resolution>,
+    /// A success that arrived after the intent was already marked unknown (a stale worker's
+    /// reply): evidence for reconciliation, never lost.
+    pub late_ip: Option<Ipv4Addr>,
+}
+
+fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+impl Purchase {
+    /// Whether this purchase blocks a new one: in flight, or unknown and not yet settled.
+    pub fn is_unsettled(&self) -> bool {
+        match &self.outcome {
+            None => true,
+            Some(PurchaseOutcome::Unknown { .. }) => self.resolution.is_none(),
+            Some(_) => false,
+        }
+    }
+}
+
+/// A purchase about to be sent.
+#[derive(Clone, Debug)]
+pub struct PurchaseIntent {
+    /// The order.
+    pub order_id: OrderId,
+    /// Attempt number.
+    pub attempt: u32,
+    /// Package.
+    pub package_id: PackageId,
+    /// Package name.
+    pub package_name: PackageName,
+    /// Free count just read.
+    pub stock_before: Option<u32>,
+    /// Now.
+    pub sent_at: Timestamp,
+}

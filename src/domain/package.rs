@@ -1,0 +1,157 @@
+//! Package identity: the PID that keys a product, and the package *name* (an address prefix,
+//! possibly with a trailing `x` wildcard) that buyvps takes and that a bought address must match.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+/// SmartVPS's package id (PID): the only stable key for a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct PackageId(pub u32);
+
+impl fmt::Display for PackageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// One dotted group of a package name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Group {
+    /// An exact octet, e.g. `72`.
+    Exact(u8),
+    /// `18x`: an octet whose decimal text starts with `18` and is longer than it (180..=189).
+    /// A bare `x` has an empty prefix and matches any octet.
+    Wildcard(String),
+}
+
+/// A package name such as `103.82.72`, `103.83.x` or `103.109.18x`: one to three leading octets
+/// of the addresses in the package, the last of which may end in an `x` wildcard.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct PackageName {
+    /// The name as SmartVPS spells it, sent back verbatim in buyvps.
+    raw: String,
+    groups: Vec<Group>,
+}
+
+/// Why a package name could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid package name {name:?}: {why}")]
+pub struct PackageNameError {
+    name: String,
+    why: &'static str,
+}
+
+impl PackageName {
+    /// Parses a package name.
+    ///
+    /// # Errors
+    /// When the name is empty, has more than three groups, a group that is not an octet, or an
+    /// `x` anywhere but at the end of the last group.
+    pub fn parse(raw: &str) -> Result<Self, PackageNameError> {
+        let err = |why| PackageNameError { name: raw.chars().take(64).collect(), why };
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(err("empty"));
+        }
+        let parts: Vec<&str> = trimmed.split('.').collect();
+        if parts.len() > 3 {
+            return Err(err("more than three groups (a package name is an address prefix)"));
+        }
+        let mut groups = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let group = if let Some(prefix) = part.strip_suffix(['x', 'X']) {
+                if !last {
+                    return Err(err("a wildcard may only end the last group"));
+                }
+                if prefix.len() > 2 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(err("a wildcard group is up to two digits then x"));
+                }
+                Group::Wildcard(prefix.to_string())
+            } else {
+                if part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(err("each group must be an octet (0-255)"));
+                }
+                Group::Exact(part.parse::<u8>().map_err(|_| err("each group must be an octet (0-255)"))?)
+            };
+            groups.push(group);
+        }
+        Ok(Self { raw: trimmed.to_string(), groups })
+    }
+
+    /// The name as sent to SmartVPS.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// Whether `ip` belongs to this package: its leading octets match, honouring the wildcard.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let octets = ip.octets();
+        self.groups.iter().zip(octets).all(|(group, octet)| match group {
+            Group::Exact(want) => *want == octet,
+            Group::Wildcard(prefix) => {
+                let text = octet.to_string();
+                text.starts_with(prefix.as_str()) && text.len() > prefix.len()
+            }
+        })
+    }
+}
+
+impl FromStr for PackageName {
+    type Err = PackageNameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for PackageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+impl fmt::Debug for PackageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PackageName({:?})", self.raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn exact_three_octets() {
+        let p = PackageName::parse("103.82.72").unwrap();
+        assert!(p.contains(ip("103.82.72.9")));
+        assert!(!p.contains(ip("103.82.73.9")));
+    }
+
+    #[test]
+    fn wildcards() {
+        let p = PackageName::parse("103.109.18x").unwrap();
+        assert!(p.contains(ip("103.109.180.1")));
+        assert!(p.contains(ip("103.109.189.1")));
+        assert!(!p.contains(ip("103.109.18.1")));
+        assert!(!p.contains(ip("103.109.190.1")));
+        let any = PackageName::parse("103.83.x").unwrap();
+        assert!(any.contains(ip("103.83.0.1")));
+        assert!(any.contains(ip("103.83.255.1")));
+        assert!(!any.contains(ip("103.84.1.1")));
+        let two = PackageName::parse("103.83").unwrap();
+        assert!(two.contains(ip("103.83.7.7")));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for bad in ["", "103.x.5", "1.2.3.4", "300.1", "abc", "103.82.7y", "103..1", "103.123x"] {
+            assert!(PackageName::parse(bad).is_err(), "{bad} should not parse");
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! # provisioner
+//!
+//! Turns a paid VPS order into a running server with delivered credentials, by buying it from the
+//! SmartVPS reseller API, waiting for it to be built, and telling the customer. It never buys a
+//! server twice: every purchase is written to a ledger before it is sent, outcomes are classified
+//! as succeeded, rejected or unknown, and unknown ones are reconciled before any new purchase.
+//!
+//! ## Layout
+//! - [`clock`]: the `Clock` port; system and scaled/virtual time.
+//! - [`config`]: typed settings from TOML and `PROVISIONER_*`/`SMARTVPS_*` environment variables.
+//! - [`policy`]: the retry policy (the seed's timing) and the `plan` timing analysis.
+//! - [`domain`]: orders and their state machine, packages, credentials, the purchase ledger.
+//! - [`provider`]: the `Provider` port and the SmartVPS HTTP client with tolerant wire decoding.
+//! - [`simulator`]: a SmartVPS world, scriptable faults, in-process and over HTTP.
+//! - [`store`]: the `Store` port; SQLite and in-memory implementations.
+//! - [`engine`]: the worker: leases, the buy and credentials phases, reconciliation.
+//! - [`notify`]: the `Notifier` port and the outbox dispatcher.
+//! - [`crypto`]: AEAD encryption of customer passwords at rest.
+//! - [`web`]: the axum JSON API.
+//! - [`app`]: wiring the ports together for `serve` and `demo`.
+//! - [`cli`]: the command-line interface.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod demo;
+pub mod domain;
+pub mod engine;
+pub mod notify;
+pub mod policy;
+pub mod provider;
+pub mod simulator;
+pub mod store;
+pub mod telemetry;
+pub mod web;

@@ -1,0 +1,214 @@
+//! The retry policy: how many attempts each phase gets, each call's timeout, and the strategic
+//! waits between attempts. Defaults are the seed's. [`plan`] computes the seed's timing analysis
+//! from a policy.
+
+pub mod plan;
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// What the engine does with a purchase whose outcome is unknown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnknown {
+    /// Wait the strategic delay, then look at the evidence before buying again (default).
+    #[default]
+    Reconcile,
+    /// Buy again after the delay without looking: the seed taken literally. Can buy twice.
+    Retry,
+    /// Hand the order to an admin at once.
+    Escalate,
+}
+
+impl OnUnknown {
+    /// Config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reconcile => "reconcile",
+            Self::Retry => "retry",
+            Self::Escalate => "escalate",
+        }
+    }
+
+    /// Parses the config spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Reconcile, Self::Retry, Self::Escalate].into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl fmt::Display for OnUnknown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One phase's schedule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PhasePolicy {
+    /// Calls before giving up (at least 1).
+    pub attempts: u32,
+    /// Each call's timeout, applied as the real timeout of that call.
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    /// Waits between attempts: `delays[i]` follows attempt `i + 1`; exactly `attempts - 1` of them.
+    #[serde(with = "humantime_serde_compat::vec")]
+    pub delays: Vec<Duration>,
+}
+
+impl PhasePolicy {
+    /// The wait after attempt `attempt` (1-based) failed, or `None` when it was the last.
+    pub fn delay_after(&self, attempt: u32) -> Option<Duration> {
+        if attempt >= self.attempts {
+            return None;
+        }
+        self.delays.get(attempt.checked_sub(1)? as usize).copied()
+    }
+
+    /// How long to let an unknown purchase settle upstream before reconciling it: the same
+    /// strategic wait that would precede the next attempt, or after the last attempt the longest
+    /// configured wait (at least the call timeout when there are no waits).
+    pub fn settle_after(&self, attempt: u32) -> Duration {
+        self.delay_after(attempt)
+            .or_else(|| self.delays.iter().copied().max())
+            .unwrap_or(self.timeout)
+    }
+
+    /// Checks the schedule is coherent.
+    ///
+    /// # Errors
+    /// A message naming the offending key, relative to the phase (`attempts`, `delays`, `timeout`).
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.attempts == 0 {
+            return Err(("attempts", "must be at least 1".into()));
+        }
+        if self.attempts > 100 {
+            return Err(("attempts", "must be at most 100".into()));
+        }
+        if self.delays.len() != self.attempts as usize - 1 {
+            return Err((
+                "delays",
+                format!(
+                    "needs exactly attempts - 1 = {} wait(s), one between each pair of attempts; got {}",
+                    self.attempts - 1,
+                    self.delays.len()
+                ),
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(("timeout", "must be greater than zero".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The whole policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RetryPolicy {
+    /// The buy phase (buyvps).
+    pub buy: PhasePolicy,
+    /// The credentials phase (status).
+    pub status: PhasePolicy,
+    /// What to do with an unknown purchase outcome.
+    pub on_unknown: OnUnknown,
+}
+
+impl Default for RetryPolicy {
+    /// The seed's timing: buy 3 × 120 s with waits of 2 and 3 minutes; status 3 × 90 s with
+    /// waits of 1 and 2 minutes.
+    fn default() -> Self {
+        Self {
+            buy: PhasePolicy {
+                attempts: 3,
+                timeout: Duration::from_secs(120),
+                delays: vec![Duration::from_secs(120), Duration::from_secs(180)],
+            },
+            status: PhasePolicy {
+                attempts: 3,
+                timeout: Duration::from_secs(90),
+                delays: vec![Duration::from_secs(60), Duration::from_secs(120)],
+            },
+            on_unknown: OnUnknown::Reconcile,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A policy with every duration divided by `factor` (for fast real-time tests).
+    pub fn scaled_down(&self, factor: u32) -> Self {
+        let f = factor.max(1);
+        let phase = |p: &PhasePolicy| PhasePolicy {
+            attempts: p.attempts,
+            timeout: p.timeout / f,
+            delays: p.delays.iter().map(|d| *d / f).collect(),
+        };
+        Self { buy: phase(&self.buy), status: phase(&self.status), on_unknown: self.on_unknown }
+    }
+}
+
+/// Formats a duration the way the seed speaks of waits: whole minutes when it is whole minutes.
+pub fn describe_wait(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 60 && secs % 60 == 0 && d.subsec_millis() == 0 {
+        format!("{} minute(s)", secs / 60)
+    } else if d.subsec_millis() == 0 {
+        format!("{secs} second(s)")
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+/// Serialises durations as humantime strings (`"2m"`), as the config spells them.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub mod vec {
+        use super::Duration;
+        use serde::ser::SerializeSeq;
+
+        pub fn serialize<S: serde::Serializer>(ds: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(ds.len()))?;
+            for d in ds {
+                seq.serialize_element(&humantime::format_duration(*d).to_string())?;
+            }
+            seq.end()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_defaults() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.buy.delay_after(1), Some(Duration::from_secs(120)));
+        assert_eq!(p.buy.delay_after(2), Some(Duration::from_secs(180)));
+        assert_eq!(p.buy.delay_after(3), None);
+        assert_eq!(p.buy.settle_after(3), Duration::from_secs(180));
+        assert_eq!(p.status.delay_after(1), Some(Duration::from_secs(60)));
+        assert!(p.buy.validate().is_ok() && p.status.validate().is_ok());
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut p = RetryPolicy::default().buy;
+        p.delays.pop();
+        assert_eq!(p.validate().unwrap_err().0, "delays");
+        p.attempts = 0;
+        assert_eq!(p.validate().unwrap_err().0, "attempts");
+    }
+
+    #[test]
+    fn waits_read_like_the_seed() {
+        assert_eq!(describe_wait(Duration::from_secs(120)), "2 minute(s)");
+        assert_eq!(describe_wait(Duration::from_secs(90)), "90 second(s)");
+        assert_eq!(describe_wait(Duration::from_millis(40)), "40 ms");
+    }
+}

@@ -1,0 +1,1 @@
+//! The seed timing analysis (filled in by the plan work).
