@@ -1,1 +1,120 @@
-//! (in progress)
+//! Encryption of customer credentials at rest: ChaCha20-Poly1305 with a random 96-bit nonce per
+//! record, keyed by `PROVISIONER_SECRET_KEY` (64 hex characters, 32 bytes).
+
+use std::fmt;
+
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::domain::Credentials;
+
+/// Why a key or a ciphertext was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// The key is not 64 hex characters.
+    #[error("PROVISIONER_SECRET_KEY must be 64 hexadecimal characters (32 bytes); generate one with `provisioner keygen`")]
+    BadKey,
+    /// Decryption failed: wrong key, or the record was tampered with.
+    #[error("stored credentials cannot be decrypted with this key (wrong PROVISIONER_SECRET_KEY, or corrupted data)")]
+    Decrypt,
+}
+
+/// The credentials cipher. `Debug` shows nothing of the key.
+pub struct Cipher {
+    aead: ChaCha20Poly1305,
+}
+
+impl fmt::Debug for Cipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cipher([redacted])")
+    }
+}
+
+const NONCE_LEN: usize = 12;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Sealed<'a> {
+    username: &'a str,
+    password: &'a str,
+    os: Option<&'a str>,
+}
+
+impl Cipher {
+    /// A cipher from a hex key.
+    ///
+    /// # Errors
+    /// [`CryptoError::BadKey`] unless the key is 64 hex characters.
+    pub fn from_hex(key: &SecretString) -> Result<Self, CryptoError> {
+        let hex = key.expose_secret().trim();
+        if hex.len() != 64 {
+            return Err(CryptoError::BadKey);
+        }
+        let mut bytes = [0u8; 32];
+        for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+            let s = std::str::from_utf8(chunk).map_err(|_| CryptoError::BadKey)?;
+            bytes[i] = u8::from_str_radix(s, 16).map_err(|_| CryptoError::BadKey)?;
+        }
+        Ok(Self { aead: ChaCha20Poly1305::new(Key::from_slice(&bytes)) })
+    }
+
+    /// A fresh random key, hex-encoded.
+    pub fn generate_key() -> SecretString {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        SecretString::from(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    }
+
+    /// Encrypts credentials (the address is stored in clear on the order; it is not a secret).
+    pub fn seal(&self, creds: &Credentials) -> Vec<u8> {
+        let plain = serde_json::to_vec(&Sealed { username: &creds.username, password: creds.expose_password(), os: creds.os.as_deref() })
+            .unwrap_or_default();
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        let mut out = nonce.to_vec();
+        // Encryption with a valid key and nonce cannot fail for in-memory buffers.
+        out.extend(self.aead.encrypt(Nonce::from_slice(&nonce), plain.as_slice()).unwrap_or_default());
+        out
+    }
+
+    /// Decrypts credentials sealed by [`Cipher::seal`].
+    ///
+    /// # Errors
+    /// [`CryptoError::Decrypt`] with the wrong key or tampered data.
+    pub fn open(&self, ip: std::net::Ipv4Addr, sealed: &[u8]) -> Result<Credentials, CryptoError> {
+        if sealed.len() < NONCE_LEN {
+            return Err(CryptoError::Decrypt);
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let plain = self.aead.decrypt(Nonce::from_slice(nonce), body).map_err(|_| CryptoError::Decrypt)?;
+        let s: Sealed<'_> = serde_json::from_slice(&plain).map_err(|_| CryptoError::Decrypt)?;
+        Ok(Credentials { ip, username: s.username.to_string(), password: SecretString::from(s.password.to_string()), os: s.os.map(str::to_string) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds() -> Credentials {
+        Credentials { ip: "1.2.3.4".parse().unwrap(), username: "root".into(), password: SecretString::from("S3cret-pass"), os: None }
+    }
+
+    #[test]
+    fn round_trip_and_no_plaintext() {
+        let c = Cipher::from_hex(&Cipher::generate_key()).unwrap();
+        let sealed = c.seal(&creds());
+        assert!(!sealed.windows(11).any(|w| w == b"S3cret-pass"));
+        let back = c.open("1.2.3.4".parse().unwrap(), &sealed).unwrap();
+        assert_eq!(back.expose_password(), "S3cret-pass");
+        let other = Cipher::from_hex(&Cipher::generate_key()).unwrap();
+        assert!(other.open("1.2.3.4".parse().unwrap(), &sealed).is_err());
+    }
+
+    #[test]
+    fn bad_keys_are_refused() {
+        assert!(Cipher::from_hex(&SecretString::from("abc")).is_err());
+        assert!(Cipher::from_hex(&SecretString::from("zz".repeat(32))).is_err());
+    }
+}

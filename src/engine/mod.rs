@@ -1,1 +1,274 @@
-//! (in progress)
+//! The worker: claims due orders under a lease and takes each one step further.
+//!
+//! A step is one attempt (or one reconciliation), bounded by the call timeouts; between steps an
+//! order waits in the store with its `run_at`, never in memory, so a restart loses nothing and
+//! ten thousand waiting orders cost no memory.
+//!
+//! - [`buy`]: the buy phase, the purchase ledger, unknown outcomes and their reconciliation.
+//! - [`credentials`]: the credentials phase (status polling); it never buys.
+//! - [`admin`]: admin actions (retry, cancel, resolve).
+
+pub mod admin;
+mod buy;
+mod credentials;
+mod progress;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::crypto::Cipher;
+use crate::domain::{NewOrder, NoticeKind, Order, OrderState};
+use crate::policy::{OnUnknown, RetryPolicy};
+use crate::provider::Provider;
+use crate::store::{Change, Claimed, Intake, Store, StoreError};
+use progress::Progress;
+
+/// Worker settings that are not retry policy.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    /// Orders worked at once by this process.
+    pub concurrency: usize,
+    /// How long a claim lasts; longer than any step (an ipstock plus a buyvps).
+    pub lease: Duration,
+    /// How often to look for due work when nothing wakes the worker sooner.
+    pub poll_interval: Duration,
+    /// How long an order waits before asking again when its package has another order's
+    /// purchase in flight.
+    pub flight_wait: Duration,
+}
+
+impl WorkerSettings {
+    /// Settings derived from a policy: the lease outlasts the longest step.
+    pub fn for_policy(policy: &RetryPolicy) -> Self {
+        let longest = policy.buy.timeout.max(policy.status.timeout);
+        Self {
+            concurrency: 32,
+            lease: longest * 2 + Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            flight_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What went wrong in a step. The order itself is never lost: a failed step leaves it due (or
+/// leased until expiry) and it is picked up again.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store failed or the lease was lost.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The engine: ports plus policy.
+pub struct Engine {
+    /// Orders, ledger, leases.
+    pub(crate) store: Arc<dyn Store>,
+    /// SmartVPS or the simulator.
+    pub(crate) provider: Arc<dyn Provider>,
+    /// All time.
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Attempts, timeouts, waits.
+    pub(crate) policy: RetryPolicy,
+    /// Seals credentials before they are stored.
+    pub(crate) cipher: Arc<Cipher>,
+    /// This worker's name in leases.
+    pub(crate) worker_id: String,
+    /// Concurrency, lease, polling.
+    pub(crate) settings: WorkerSettings,
+    /// Woken by intake and admin actions so new work starts without waiting for a poll.
+    wake: Notify,
+}
+
+impl Engine {
+    /// An engine over the given ports.
+    pub fn new(
+        store: Arc<dyn Store>,
+        provider: Arc<dyn Provider>,
+        clock: Arc<dyn Clock>,
+        policy: RetryPolicy,
+        cipher: Arc<Cipher>,
+        settings: WorkerSettings,
+    ) -> Self {
+        if policy.on_unknown == OnUnknown::Retry {
+            tracing::warn!(
+                "⚠️ UNSAFE: policy.buy.on_unknown = \"retry\": a purchase whose outcome is unknown will be retried without \
+                 reconciliation, which can buy a second server. Use \"reconcile\" (the default)."
+            );
+        }
+        let worker_id = format!("worker-{}", uuid::Uuid::now_v7().simple());
+        Self { store, provider, clock, policy, cipher, worker_id, settings, wake: Notify::new() }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    /// The cipher for stored credentials.
+    pub fn cipher(&self) -> &Arc<Cipher> {
+        &self.cipher
+    }
+
+    /// Accepts a paid order (idempotent on its reference) and tells the customer it is being
+    /// provisioned. The worker is woken.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn accept(&self, new: NewOrder) -> Result<Intake, StoreError> {
+        let now = self.clock.now();
+        let order = Order::accept(new, now);
+        let mut p = Progress::new(order.id.clone());
+        p.line(
+            now,
+            format!(
+                "📥 Order {} received: package {}, {} GB RAM, for {}",
+                order.order_ref.as_str(),
+                order.package_id,
+                order.ram_gb.get(),
+                order.customer.email
+            ),
+        );
+        p.line(now, "📧 Customer notified: \"Your server is being provisioned...\"");
+        let intake = self.store.insert_order(&order, &p.take(), &[NoticeKind::Provisioning]).await?;
+        if matches!(intake, Intake::Created(_)) {
+            self.wake.notify_one();
+        }
+        Ok(intake)
+    }
+
+    /// Wakes the worker loop (after an admin action made an order due).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Claims every due order and works each one step, concurrently; returns how many were
+    /// worked. Tests drive the engine with this instead of sleeping.
+    ///
+    /// # Errors
+    /// When claiming fails. Failures of single steps are logged; their orders stay safe in the store.
+    pub async fn run_due_once(&self) -> Result<usize, StoreError> {
+        let claimed = self.store.claim_due(&self.worker_id, self.clock.now(), self.settings.lease, usize::MAX).await?;
+        let n = claimed.len();
+        join_all(claimed.into_iter().map(|c| self.work_logged(c))).await;
+        Ok(n)
+    }
+
+    /// Runs the worker until `shutdown`: claims due orders up to the concurrency limit, works
+    /// them, sleeps until the next one falls due (or intake wakes it). On shutdown it stops
+    /// claiming and lets in-flight steps finish within `grace`; steps still running then are
+    /// dropped and their leases released, so another worker can reconcile them at once.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
+        let mut tasks: JoinSet<crate::store::Lease> = JoinSet::new();
+        let mut held: Vec<crate::store::Lease> = Vec::new();
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let free = self.settings.concurrency.saturating_sub(tasks.len());
+            if free > 0 {
+                match self.store.claim_due(&self.worker_id, self.clock.now(), self.settings.lease, free).await {
+                    Ok(claimed) => {
+                        for c in claimed {
+                            held.push(c.lease.clone());
+                            let engine = Arc::clone(&self);
+                            tasks.spawn(async move {
+                                let lease = c.lease.clone();
+                                engine.work_logged(c).await;
+                                lease
+                            });
+                        }
+                    }
+                    Err(e) => tracing::error!("claiming due orders failed: {e}"),
+                }
+            }
+            let pause = self.pause().await;
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Ok(lease) = done { held.retain(|l| l != &lease); }
+                }
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        tracing::info!(in_flight = tasks.len(), "worker stopping: letting in-flight steps finish");
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline);
+        while !tasks.is_empty() {
+            tokio::select! {
+                biased;
+                Some(done) = tasks.join_next() => { if let Ok(lease) = done { held.retain(|l| l != &lease); } }
+                () = &mut deadline => break,
+            }
+        }
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        for lease in held {
+            // The step was cut short; whatever it left (an intent without an outcome) is read as
+            // unknown by whoever claims the order next.
+            if let Err(e) = self.store.release(&lease).await {
+                tracing::warn!(order_id = %lease.order_id, "could not release lease at shutdown: {e}");
+            } else {
+                tracing::info!(order_id = %lease.order_id, "lease released at shutdown");
+            }
+        }
+    }
+
+    async fn pause(&self) -> Duration {
+        let poll = self.settings.poll_interval;
+        match self.store.next_due().await {
+            Ok(Some(at)) => self.clock.real(at.since(self.clock.now())).min(poll),
+            _ => poll,
+        }
+    }
+
+    async fn work_logged(&self, claimed: Claimed) {
+        let id = claimed.order.id.clone();
+        if let Err(e) = self.work(claimed).await {
+            tracing::error!(order_id = %id, "step failed, the order stays queued for another try: {e}");
+        }
+    }
+
+    /// Takes one order one step further (continuing at once from a purchase to the first status
+    /// call, as the seed does).
+    async fn work(&self, claimed: Claimed) -> Result<(), EngineError> {
+        let Claimed { lease, mut order } = claimed;
+        let mut p = Progress::new(order.id.clone());
+        if order.state == OrderState::Queued {
+            let now = self.clock.now();
+            if order.begin_buying(now).is_ok() {
+                p.line(now, format!("[SMARTVPS] 🚀 Provisioning started for order {}", order.order_ref.as_str()));
+            }
+        }
+        if order.state == OrderState::Buying {
+            let next = buy::step(self, &lease, &mut order, &mut p).await?;
+            if next == buy::Next::Done {
+                return Ok(());
+            }
+        }
+        if order.state == OrderState::AwaitingCredentials {
+            credentials::step(self, &lease, &mut order, &mut p).await?;
+            return Ok(());
+        }
+        // Nothing to do for this state (an admin changed it meanwhile): just let go.
+        self.store.save(&lease, &order, Change { entries: p.take(), ..Change::default() }).await?;
+        Ok(())
+    }
+}

@@ -1,1 +1,211 @@
-//! (in progress)
+//! The `Store` port: orders, their timelines, the purchase ledger, per-package single flight,
+//! worker leases and the notice outbox.
+//!
+//! Every write a worker makes is *fenced* by its lease token: a worker whose lease expired and was
+//! taken over gets [`StoreError::LeaseLost`] and changes nothing. Ledger outcomes are the one
+//! exception: they are facts about the world, recorded first-writer-wins by purchase id, so a stale
+//! worker's late reply is kept as evidence rather than lost.
+//!
+//! Implementations: [`sqlite::SqliteStore`] (the embedded default) and [`memory::MemoryStore`]
+//! (virtual-time tests and the deterministic simulation). Both pass the same suite in
+//! `tests/store.rs`.
+
+pub mod memory;
+pub mod sqlite;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::clock::Timestamp;
+use crate::domain::{NoticeKind, Order, OrderId, OrderState, PackageId, Purchase, PurchaseIntent, PurchaseOutcome, Resolution, TimelineEntry};
+
+/// What can go wrong in a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The worker's lease expired and another worker took the order over; nothing was written.
+    #[error("lease lost on order {0}: another worker owns it now")]
+    LeaseLost(OrderId),
+    /// The order is being worked (or its state changed) so an admin change cannot apply now.
+    #[error("order {0} changed concurrently; try again")]
+    Conflict(OrderId),
+    /// A row could not be read back into the domain (corrupt or from a newer version).
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    /// The database itself failed.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e.to_string())
+    }
+}
+
+/// A worker's claim on an order, until `expires_at`. `token` fences every write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The order.
+    pub order_id: OrderId,
+    /// Which worker holds it.
+    pub worker: String,
+    /// Fencing token: incremented on every claim and every admin change.
+    pub token: i64,
+    /// When the claim lapses and another worker may take the order.
+    pub expires_at: Timestamp,
+}
+
+/// A claimed order.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    /// The lease.
+    pub lease: Lease,
+    /// The order as it was at claim time.
+    pub order: Order,
+}
+
+/// What intake did with a request.
+#[derive(Clone, Debug)]
+pub enum Intake {
+    /// A new order was stored.
+    Created(Order),
+    /// The same request was seen before: here is that order.
+    Existing(Order),
+    /// The reference is taken by an order with different contents.
+    Conflict(Order),
+}
+
+/// Everything a worker step writes besides the order row itself, committed atomically with it.
+#[derive(Clone, Debug, Default)]
+pub struct Change {
+    /// Timeline lines to append.
+    pub entries: Vec<TimelineEntry>,
+    /// Notices to put in the outbox.
+    pub notices: Vec<NoticeKind>,
+    /// Encrypted credentials to save.
+    pub credentials: Option<Vec<u8>>,
+    /// Settle an unknown purchase.
+    pub resolve: Option<(i64, Resolution)>,
+    /// Keep the lease after this write (the step goes on); otherwise it is released.
+    pub keep_lease: bool,
+    /// Give up the order's single flight on its package (its purchase is settled). A flight is
+    /// also released whenever the order leaves the buying state.
+    pub release_flight: bool,
+}
+
+/// The answer to a single-flight request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Flight {
+    /// This order may have a purchase in flight for the package.
+    Granted,
+    /// Another order holds the package's flight.
+    HeldBy(OrderId),
+}
+
+/// What happened when a purchase outcome was recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// The outcome is now the purchase's outcome.
+    Recorded,
+    /// The purchase already had an outcome (it was marked unknown after its worker was presumed
+    /// lost); a late success was kept as `late_ip`.
+    AlreadyDecided,
+}
+
+/// Filters for listing orders.
+#[derive(Clone, Debug, Default)]
+pub struct OrderFilter {
+    /// Only this state.
+    pub state: Option<OrderState>,
+    /// Only this package.
+    pub package: Option<PackageId>,
+    /// Created at or after.
+    pub created_from: Option<Timestamp>,
+    /// Created before.
+    pub created_to: Option<Timestamp>,
+    /// Page size (default 50, at most 500).
+    pub limit: Option<usize>,
+    /// Rows to skip.
+    pub offset: Option<usize>,
+}
+
+impl OrderFilter {
+    /// The effective page size.
+    pub fn page_size(&self) -> usize {
+        self.limit.unwrap_or(50).clamp(1, 500)
+    }
+}
+
+/// A notice waiting in the outbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Notice {
+    /// Outbox row id; also the receivers' idempotency key.
+    pub id: i64,
+    /// The order it is about.
+    pub order_id: OrderId,
+    /// What it says.
+    pub kind: NoticeKind,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+}
+
+/// Counts of orders per state.
+pub type StateCounts = Vec<(OrderState, u64)>;
+
+/// The persistence port.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new order with its first timeline lines and notices, or finds the order already
+    /// stored under its reference (idempotent intake).
+    async fn insert_order(&self, order: &Order, entries: &[TimelineEntry], notices: &[NoticeKind]) -> Result<Intake, StoreError>;
+    /// One order.
+    async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError>;
+    /// Orders, newest first.
+    async fn orders(&self, filter: &OrderFilter) -> Result<Vec<Order>, StoreError>;
+    /// How many orders are in each state.
+    async fn state_counts(&self) -> Result<StateCounts, StoreError>;
+    /// An order's timeline, oldest first.
+    async fn timeline(&self, id: &OrderId) -> Result<Vec<TimelineEntry>, StoreError>;
+    /// An order's purchases, oldest first.
+    async fn purchases(&self, id: &OrderId) -> Result<Vec<Purchase>, StoreError>;
+    /// An order's encrypted credentials.
+    async fn credentials(&self, id: &OrderId) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Claims up to `limit` due orders (active, `run_at <= now`, lease free or expired) for
+    /// `worker` until `now + lease_for`.
+    async fn claim_due(&self, worker: &str, now: Timestamp, lease_for: Duration, limit: usize) -> Result<Vec<Claimed>, StoreError>;
+    /// When the next active order falls due (its `run_at`, or its lease expiry if later).
+    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError>;
+    /// Writes the order and `change` under the lease, atomically.
+    async fn save(&self, lease: &Lease, order: &Order, change: Change) -> Result<(), StoreError>;
+    /// Gives up a lease without changing the order (shutdown): another worker may claim it now.
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// Takes the package's single flight for the lease's order (idempotent for the holder).
+    async fn acquire_flight(&self, lease: &Lease, package: PackageId) -> Result<Flight, StoreError>;
+    /// Commits a purchase intent together with the order (its new attempt count) and timeline
+    /// lines, before buyvps is sent. Returns the purchase id. The lease is kept.
+    async fn begin_purchase(&self, lease: &Lease, order: &Order, intent: &PurchaseIntent, entries: &[TimelineEntry]) -> Result<i64, StoreError>;
+    /// Records a purchase's outcome, first writer wins (see [`Recorded`]). Not fenced.
+    async fn record_outcome(&self, purchase_id: i64, outcome: &PurchaseOutcome, at: Timestamp) -> Result<Recorded, StoreError>;
+    /// Which order owns an address, from the orders and the ledger.
+    async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError>;
+
+    /// Applies an admin change to an order that no worker holds; bumps the fencing token so a
+    /// stale worker cannot overwrite it.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when a worker holds a live lease or the order changed since
+    /// `expected_updated_at`.
+    async fn admin_save(&self, order: &Order, expected_updated_at: Timestamp, now: Timestamp, change: Change) -> Result<(), StoreError>;
+
+    /// Notices due for delivery.
+    async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError>;
+    /// Marks a notice delivered.
+    async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError>;
+    /// Records a failed delivery and when to try again (`None`: give up).
+    async fn notice_failed(&self, id: i64, error: &str, retry_at: Option<Timestamp>) -> Result<(), StoreError>;
+}

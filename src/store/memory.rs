@@ -1,0 +1,350 @@
+//! An in-memory `Store` for virtual-time tests and the deterministic simulation. Same semantics
+//! as the SQLite store (fenced writes, first-writer-wins outcomes, single flight), indexed so a
+//! hundred thousand orders stay cheap.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{Change, Claimed, Flight, Intake, Lease, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError};
+use crate::clock::Timestamp;
+use crate::domain::{NoticeKind, Order, OrderId, OrderState, PackageId, Purchase, PurchaseIntent, PurchaseOutcome, TimelineEntry};
+
+struct Row {
+    order: Order,
+    lease_owner: Option<String>,
+    lease_token: i64,
+    lease_expires: Option<Timestamp>,
+    credentials: Option<Vec<u8>>,
+    timeline: Vec<TimelineEntry>,
+}
+
+struct OutboxRow {
+    notice: Notice,
+    next_at: Option<Timestamp>,
+}
+
+#[derive(Default)]
+struct Inner {
+    orders: HashMap<OrderId, Row>,
+    by_ref: HashMap<String, OrderId>,
+    /// Active, unleased orders by due time: what `claim_due` scans.
+    due: BTreeSet<(Timestamp, OrderId)>,
+    /// Leased orders by lease expiry: returned to `due` when their lease lapses.
+    leased: BTreeSet<(Timestamp, OrderId)>,
+    purchases: Vec<Purchase>,
+    flights: HashMap<PackageId, OrderId>,
+    outbox: Vec<OutboxRow>,
+    owners: HashMap<Ipv4Addr, OrderId>,
+}
+
+/// The in-memory store.
+#[derive(Default)]
+pub struct MemoryStore {
+    /// A std mutex: nothing is awaited while it is held.
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (every write is applied whole),
+        // so a poisoned lock is safe to keep using.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Inner {
+    fn fenced(&mut self, lease: &Lease) -> Result<&mut Row, StoreError> {
+        match self.orders.get_mut(&lease.order_id) {
+            Some(row) if row.lease_token == lease.token && row.lease_owner.as_deref() == Some(lease.worker.as_str()) => Ok(row),
+            _ => Err(StoreError::LeaseLost(lease.order_id.clone())),
+        }
+    }
+
+    fn reindex(&mut self, id: &OrderId, old: &Order, old_lease: Option<Timestamp>) {
+        if let Some(at) = old.run_at {
+            self.due.remove(&(at, id.clone()));
+        }
+        if let Some(exp) = old_lease {
+            self.leased.remove(&(exp, id.clone()));
+        }
+        let Some(row) = self.orders.get(id) else { return };
+        if let Some(exp) = row.lease_expires {
+            self.leased.insert((exp, id.clone()));
+        } else if row.order.state.is_active()
+            && let Some(at) = row.order.run_at
+        {
+            self.due.insert((at, id.clone()));
+        }
+    }
+
+    fn apply(&mut self, id: &OrderId, order: &Order, change: Change, now: Timestamp) {
+        let Some(row) = self.orders.get_mut(id) else { return };
+        let old = std::mem::replace(&mut row.order, order.clone());
+        let old_lease = row.lease_expires;
+        row.timeline.extend(change.entries);
+        if let Some(c) = change.credentials {
+            row.credentials = Some(c);
+        }
+        if !change.keep_lease {
+            row.lease_owner = None;
+            row.lease_expires = None;
+        }
+        if let Some(ip) = order.server_ip {
+            self.owners.insert(ip, id.clone());
+        }
+        if order.state != OrderState::Buying || change.release_flight {
+            self.flights.retain(|_, holder| holder != id);
+        }
+        if let Some((pid, resolution)) = change.resolve
+            && let Some(p) = self.purchases.get_mut((pid - 1) as usize)
+        {
+            p.resolution = Some(resolution);
+        }
+        for kind in change.notices {
+            let nid = self.outbox.len() as i64 + 1;
+            self.outbox.push(OutboxRow { notice: Notice { id: nid, order_id: id.clone(), kind, attempts: 0 }, next_at: Some(now) });
+        }
+        self.reindex(id, &old, old_lease);
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn insert_order(&self, order: &Order, entries: &[TimelineEntry], notices: &[NoticeKind]) -> Result<Intake, StoreError> {
+        let mut g = self.lock();
+        if let Some(existing) = g.by_ref.get(order.order_ref.as_str()).and_then(|id| g.orders.get(id)) {
+            let o = existing.order.clone();
+            return Ok(if o.fingerprint == order.fingerprint { Intake::Existing(o) } else { Intake::Conflict(o) });
+        }
+        g.by_ref.insert(order.order_ref.as_str().to_string(), order.id.clone());
+        g.orders.insert(
+            order.id.clone(),
+            Row { order: order.clone(), lease_owner: None, lease_token: 0, lease_expires: None, credentials: None, timeline: entries.to_vec() },
+        );
+        if let Some(at) = order.run_at {
+            g.due.insert((at, order.id.clone()));
+        }
+        for kind in notices {
+            let nid = g.outbox.len() as i64 + 1;
+            g.outbox.push(OutboxRow {
+                notice: Notice { id: nid, order_id: order.id.clone(), kind: *kind, attempts: 0 },
+                next_at: Some(order.created_at),
+            });
+        }
+        Ok(Intake::Created(order.clone()))
+    }
+
+    async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+        Ok(self.lock().orders.get(id).map(|r| r.order.clone()))
+    }
+
+    async fn orders(&self, filter: &OrderFilter) -> Result<Vec<Order>, StoreError> {
+        let g = self.lock();
+        let mut all: Vec<&Order> = g
+            .orders
+            .values()
+            .map(|r| &r.order)
+            .filter(|o| filter.state.is_none_or(|s| o.state == s))
+            .filter(|o| filter.package.is_none_or(|p| o.package_id == p))
+            .filter(|o| filter.created_from.is_none_or(|t| o.created_at >= t))
+            .filter(|o| filter.created_to.is_none_or(|t| o.created_at < t))
+            .collect();
+        all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+        Ok(all.into_iter().skip(filter.offset.unwrap_or(0)).take(filter.page_size()).cloned().collect())
+    }
+
+    async fn state_counts(&self) -> Result<StateCounts, StoreError> {
+        let g = self.lock();
+        Ok(OrderState::ALL
+            .iter()
+            .map(|s| (*s, g.orders.values().filter(|r| r.order.state == *s).count() as u64))
+            .collect())
+    }
+
+    async fn timeline(&self, id: &OrderId) -> Result<Vec<TimelineEntry>, StoreError> {
+        Ok(self.lock().orders.get(id).map(|r| r.timeline.clone()).unwrap_or_default())
+    }
+
+    async fn purchases(&self, id: &OrderId) -> Result<Vec<Purchase>, StoreError> {
+        Ok(self.lock().purchases.iter().filter(|p| &p.order_id == id).cloned().collect())
+    }
+
+    async fn credentials(&self, id: &OrderId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock().orders.get(id).and_then(|r| r.credentials.clone()))
+    }
+
+    async fn claim_due(&self, worker: &str, now: Timestamp, lease_for: Duration, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+        let mut g = self.lock();
+        // Leases that lapsed go back to the due set: their orders are claimable again.
+        while let Some((exp, id)) = g.leased.first().cloned() {
+            if exp > now {
+                break;
+            }
+            g.leased.remove(&(exp, id.clone()));
+            if let Some(row) = g.orders.get_mut(&id) {
+                row.lease_owner = None;
+                row.lease_expires = None;
+                if row.order.state.is_active()
+                    && let Some(at) = row.order.run_at
+                {
+                    g.due.insert((at, id));
+                }
+            }
+        }
+        let picked: Vec<(Timestamp, OrderId)> = g.due.iter().take_while(|(at, _)| *at <= now).take(limit).cloned().collect();
+        let expires_at = now.plus(lease_for);
+        let mut out = Vec::with_capacity(picked.len());
+        for key in picked {
+            g.due.remove(&key);
+            let id = key.1;
+            let Some(row) = g.orders.get_mut(&id) else { continue };
+            row.lease_token += 1;
+            row.lease_owner = Some(worker.to_string());
+            row.lease_expires = Some(expires_at);
+            let lease = Lease { order_id: id.clone(), worker: worker.to_string(), token: row.lease_token, expires_at };
+            out.push(Claimed { lease, order: row.order.clone() });
+            g.leased.insert((expires_at, id));
+        }
+        Ok(out)
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        let g = self.lock();
+        let due = g.due.first().map(|(t, _)| *t);
+        let lapse = g.leased.first().map(|(t, _)| *t);
+        Ok(match (due, lapse) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    async fn save(&self, lease: &Lease, order: &Order, change: Change) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        g.fenced(lease)?;
+        g.apply(&lease.order_id, order, change, order.updated_at);
+        Ok(())
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let row = g.fenced(lease)?;
+        let old_lease = row.lease_expires;
+        row.lease_owner = None;
+        row.lease_expires = None;
+        let order = row.order.clone();
+        g.reindex(&lease.order_id, &order, old_lease);
+        Ok(())
+    }
+
+    async fn acquire_flight(&self, lease: &Lease, package: PackageId) -> Result<Flight, StoreError> {
+        let mut g = self.lock();
+        g.fenced(lease)?;
+        match g.flights.get(&package) {
+            Some(holder) if holder != &lease.order_id => Ok(Flight::HeldBy(holder.clone())),
+            _ => {
+                g.flights.insert(package, lease.order_id.clone());
+                Ok(Flight::Granted)
+            }
+        }
+    }
+
+    async fn begin_purchase(&self, lease: &Lease, order: &Order, intent: &PurchaseIntent, entries: &[TimelineEntry]) -> Result<i64, StoreError> {
+        let mut g = self.lock();
+        g.fenced(lease)?;
+        let id = g.purchases.len() as i64 + 1;
+        g.purchases.push(Purchase {
+            id,
+            order_id: intent.order_id.clone(),
+            attempt: intent.attempt,
+            package_id: intent.package_id,
+            package_name: intent.package_name.clone(),
+            stock_before: intent.stock_before,
+            sent_at: intent.sent_at,
+            outcome: None,
+            decided_at: None,
+            resolution: None,
+            late_ip: None,
+        });
+        let change = Change { entries: entries.to_vec(), keep_lease: true, ..Change::default() };
+        g.apply(&lease.order_id, order, change, intent.sent_at);
+        Ok(id)
+    }
+
+    async fn record_outcome(&self, purchase_id: i64, outcome: &PurchaseOutcome, at: Timestamp) -> Result<Recorded, StoreError> {
+        let mut g = self.lock();
+        let idx = usize::try_from(purchase_id - 1).map_err(|_| StoreError::Corrupt(format!("no purchase {purchase_id}")))?;
+        let Some(p) = g.purchases.get_mut(idx) else {
+            return Err(StoreError::Corrupt(format!("no purchase {purchase_id}")));
+        };
+        if p.outcome.is_none() {
+            p.outcome = Some(outcome.clone());
+            p.decided_at = Some(at);
+            let order = p.order_id.clone();
+            if let PurchaseOutcome::Succeeded { ip } = outcome {
+                g.owners.insert(*ip, order);
+            }
+            return Ok(Recorded::Recorded);
+        }
+        if let PurchaseOutcome::Succeeded { ip } = outcome {
+            p.late_ip = Some(*ip);
+            let order = p.order_id.clone();
+            g.owners.insert(*ip, order);
+        }
+        Ok(Recorded::AlreadyDecided)
+    }
+
+    async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {
+        Ok(self.lock().owners.get(&ip).cloned())
+    }
+
+    async fn admin_save(&self, order: &Order, expected_updated_at: Timestamp, now: Timestamp, change: Change) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let Some(row) = g.orders.get_mut(&order.id) else {
+            return Err(StoreError::Conflict(order.id.clone()));
+        };
+        let leased = row.lease_expires.is_some_and(|exp| exp > now);
+        if leased || row.order.updated_at != expected_updated_at {
+            return Err(StoreError::Conflict(order.id.clone()));
+        }
+        row.lease_token += 1;
+        let old_lease = row.lease_expires.take();
+        row.lease_owner = None;
+        if let Some(exp) = old_lease {
+            g.leased.remove(&(exp, order.id.clone()));
+        }
+        g.apply(&order.id, order, Change { keep_lease: false, ..change }, now);
+        Ok(())
+    }
+
+    async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError> {
+        let g = self.lock();
+        Ok(g.outbox.iter().filter(|r| r.next_at.is_some_and(|t| t <= now)).take(limit).map(|r| r.notice.clone()).collect())
+    }
+
+    async fn notice_delivered(&self, id: i64, _at: Timestamp) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if let Some(r) = g.outbox.get_mut((id - 1) as usize) {
+            r.notice.attempts += 1;
+            r.next_at = None;
+        }
+        Ok(())
+    }
+
+    async fn notice_failed(&self, id: i64, _error: &str, retry_at: Option<Timestamp>) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if let Some(r) = g.outbox.get_mut((id - 1) as usize) {
+            r.notice.attempts += 1;
+            r.next_at = retry_at;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,521 @@
+//! The SQLite store: the embedded default. WAL mode, one file, migrations embedded in the binary.
+//!
+//! Claims are a single `UPDATE ... RETURNING` (atomic in SQLite); multi-statement writes run in
+//! `BEGIN IMMEDIATE` transactions so two writers never deadlock upgrading a read lock. Every
+//! timestamp is bound from the `Clock`; SQL's own notion of now is never used.
+
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{Change, Claimed, Flight, Intake, Lease, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError};
+use crate::clock::Timestamp;
+use crate::domain::{
+    Customer, Failure, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId, PackageName, Phase, Purchase, PurchaseIntent,
+    PurchaseOutcome, RamGb, Resolution, TimelineEntry,
+};
+
+/// Embedded migrations, applied in order and recorded in `schema_migrations`.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))];
+
+const ORDER_COLUMNS: &str = "id, order_ref, fingerprint, package_id, ram_gb, customer_email, customer_name, os, state, buy_attempts, \
+     status_attempts, server_ip, failure_phase, failure_reason, run_at, created_at, updated_at, ready_at";
+
+/// The SQLite store.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`)
+    /// and applies migrations.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or a migration fails.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Database(format!("bad database url {url:?}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let memory = url.contains(":memory:");
+        let pool = SqlitePoolOptions::new()
+            // An in-memory database exists per connection: keep exactly one.
+            .max_connections(if memory { 1 } else { 8 })
+            .min_connections(if memory { 1 } else { 0 })
+            .idle_timeout(if memory { None } else { Some(Duration::from_secs(600)) })
+            .max_lifetime(if memory { None } else { Some(Duration::from_secs(3600)) })
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+            .execute(&self.pool)
+            .await?;
+        for (version, name, sql) in MIGRATIONS {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if done.is_none() {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| StoreError::Database(format!("migration {version} ({name}) failed: {e}")))?;
+                sqlx::query("INSERT INTO schema_migrations (version, name) VALUES (?, ?)").bind(version).bind(name).execute(&mut *tx).await?;
+                tracing::info!(version, name, "applied database migration");
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// The pool, for benchmarks that measure the raw commit rate of the same database.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn ip_col(row: &SqliteRow, col: &str) -> Result<Option<Ipv4Addr>, StoreError> {
+    let v: Option<String> = row.try_get(col)?;
+    v.map(|s| s.parse().map_err(|e| corrupt(col, e))).transpose()
+}
+
+fn order_from(row: &SqliteRow) -> Result<Order, StoreError> {
+    let state: String = row.try_get("state")?;
+    let phase: Option<String> = row.try_get("failure_phase")?;
+    let reason: Option<String> = row.try_get("failure_reason")?;
+    let failure = match phase {
+        Some(ph) => Some(Failure { phase: Phase::from_str(&ph).map_err(|e| corrupt("failure_phase", e))?, reason: reason.unwrap_or_default() }),
+        None => None,
+    };
+    let pkg: i64 = row.try_get("package_id")?;
+    let ram: i64 = row.try_get("ram_gb")?;
+    let opt_ts = |col: &str| -> Result<Option<Timestamp>, StoreError> { Ok(row.try_get::<Option<i64>, _>(col)?.map(Timestamp)) };
+    Ok(Order {
+        id: OrderId::parse(row.try_get("id")?).map_err(|e| corrupt("id", e))?,
+        order_ref: OrderRef::parse(row.try_get("order_ref")?).map_err(|e| corrupt("order_ref", e))?,
+        fingerprint: row.try_get("fingerprint")?,
+        package_id: PackageId(u32::try_from(pkg).map_err(|e| corrupt("package_id", e))?),
+        ram_gb: RamGb::parse(ram).map_err(|e| corrupt("ram_gb", e))?,
+        customer: Customer { email: row.try_get("customer_email")?, name: row.try_get("customer_name")? },
+        os: row.try_get("os")?,
+        state: OrderState::from_str(&state).map_err(|e| corrupt("state", e))?,
+        buy_attempts: u32::try_from(row.try_get::<i64, _>("buy_attempts")?).unwrap_or(0),
+        status_attempts: u32::try_from(row.try_get::<i64, _>("status_attempts")?).unwrap_or(0),
+        server_ip: ip_col(row, "server_ip")?,
+        failure,
+        run_at: opt_ts("run_at")?,
+        created_at: Timestamp(row.try_get("created_at")?),
+        updated_at: Timestamp(row.try_get("updated_at")?),
+        ready_at: opt_ts("ready_at")?,
+    })
+}
+
+fn purchase_from(row: &SqliteRow) -> Result<Purchase, StoreError> {
+    let outcome_kind: Option<String> = row.try_get("outcome")?;
+    let reason: Option<String> = row.try_get("outcome_reason")?;
+    let outcome = match outcome_kind.as_deref() {
+        None => None,
+        Some("succeeded") => Some(PurchaseOutcome::Succeeded {
+            ip: ip_col(row, "outcome_ip")?.ok_or_else(|| corrupt("outcome_ip", "missing for a succeeded purchase"))?,
+        }),
+        Some("rejected") => Some(PurchaseOutcome::Rejected { reason: reason.unwrap_or_default() }),
+        Some("unknown") => Some(PurchaseOutcome::Unknown { reason: reason.unwrap_or_default() }),
+        Some(other) => return Err(corrupt("outcome", other)),
+    };
+    let res_kind: Option<String> = row.try_get("resolution")?;
+    let detail: Option<String> = row.try_get("resolution_detail")?;
+    let resolution = match res_kind.as_deref() {
+        None => None,
+        Some("not_bought") => Some(Resolution::NotBought { evidence: detail.unwrap_or_default() }),
+        Some("escalated") => Some(Resolution::Escalated { evidence: detail.unwrap_or_default() }),
+        Some("adopted") => Some(Resolution::Adopted { ip: detail.unwrap_or_default().parse().map_err(|e| corrupt("resolution_detail", e))? }),
+        Some("retried_blindly") => Some(Resolution::RetriedBlindly),
+        Some(other) => return Err(corrupt("resolution", other)),
+    };
+    let name: String = row.try_get("package_name")?;
+    Ok(Purchase {
+        id: row.try_get("id")?,
+        order_id: OrderId::parse(row.try_get("order_id")?).map_err(|e| corrupt("order_id", e))?,
+        attempt: u32::try_from(row.try_get::<i64, _>("attempt")?).unwrap_or(0),
+        package_id: PackageId(u32::try_from(row.try_get::<i64, _>("package_id")?).map_err(|e| corrupt("package_id", e))?),
+        package_name: PackageName::parse(&name).map_err(|e| corrupt("package_name", e))?,
+        stock_before: row.try_get::<Option<i64>, _>("stock_before")?.and_then(|v| u32::try_from(v).ok()),
+        sent_at: Timestamp(row.try_get("sent_at")?),
+        outcome,
+        decided_at: row.try_get::<Option<i64>, _>("decided_at")?.map(Timestamp),
+        resolution,
+        late_ip: ip_col(row, "late_ip")?,
+    })
+}
+
+fn resolution_detail(r: &Resolution) -> Option<String> {
+    match r {
+        Resolution::NotBought { evidence } | Resolution::Escalated { evidence } => Some(evidence.clone()),
+        Resolution::Adopted { ip } => Some(ip.to_string()),
+        Resolution::RetriedBlindly => None,
+    }
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+async fn check_lease(tx: &mut Tx, lease: &Lease) -> Result<(), StoreError> {
+    let ok: Option<i64> = sqlx::query_scalar("SELECT 1 FROM orders WHERE id = ? AND lease_token = ? AND lease_owner = ?")
+        .bind(lease.order_id.as_str())
+        .bind(lease.token)
+        .bind(&lease.worker)
+        .fetch_optional(&mut **tx)
+        .await?;
+    ok.map(|_| ()).ok_or_else(|| StoreError::LeaseLost(lease.order_id.clone()))
+}
+
+/// Writes the order's mutable columns and everything in `change`.
+async fn write(tx: &mut Tx, order: &Order, change: Change, now: Timestamp) -> Result<(), StoreError> {
+    let mut q = String::from(
+        "UPDATE orders SET state = ?, buy_attempts = ?, status_attempts = ?, server_ip = ?, failure_phase = ?, failure_reason = ?, \
+         run_at = ?, updated_at = ?, ready_at = ?",
+    );
+    if change.credentials.is_some() {
+        q.push_str(", credentials = ?");
+    }
+    if !change.keep_lease {
+        q.push_str(", lease_owner = NULL, lease_expires_at = NULL");
+    }
+    q.push_str(" WHERE id = ?");
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(q))
+        .bind(order.state.as_str())
+        .bind(i64::from(order.buy_attempts))
+        .bind(i64::from(order.status_attempts))
+        .bind(order.server_ip.map(|ip| ip.to_string()))
+        .bind(order.failure.as_ref().map(|f| f.phase.as_str()))
+        .bind(order.failure.as_ref().map(|f| f.reason.clone()))
+        .bind(order.run_at.map(Timestamp::millis))
+        .bind(order.updated_at.millis())
+        .bind(order.ready_at.map(Timestamp::millis));
+    if let Some(c) = change.credentials {
+        query = query.bind(c);
+    }
+    query.bind(order.id.as_str()).execute(&mut **tx).await?;
+    insert_entries(tx, &order.id, &change.entries).await?;
+    if order.state != OrderState::Buying || change.release_flight {
+        sqlx::query("DELETE FROM flights WHERE order_id = ?").bind(order.id.as_str()).execute(&mut **tx).await?;
+    }
+    if let Some((pid, res)) = change.resolve {
+        sqlx::query("UPDATE purchases SET resolution = ?, resolution_detail = ? WHERE id = ? AND order_id = ?")
+            .bind(res.kind())
+            .bind(resolution_detail(&res))
+            .bind(pid)
+            .bind(order.id.as_str())
+            .execute(&mut **tx)
+            .await?;
+    }
+    insert_notices(tx, &order.id, &change.notices, now).await
+}
+
+async fn insert_entries(tx: &mut Tx, id: &OrderId, entries: &[TimelineEntry]) -> Result<(), StoreError> {
+    for e in entries {
+        sqlx::query("INSERT INTO timeline (order_id, at, kind, message) VALUES (?, ?, ?, ?)")
+            .bind(id.as_str())
+            .bind(e.at.millis())
+            .bind(e.kind.as_str())
+            .bind(&e.message)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn insert_notices(tx: &mut Tx, id: &OrderId, notices: &[NoticeKind], now: Timestamp) -> Result<(), StoreError> {
+    for kind in notices {
+        sqlx::query("INSERT INTO outbox (order_id, kind, created_at, next_at) VALUES (?, ?, ?, ?)")
+            .bind(id.as_str())
+            .bind(kind.as_str())
+            .bind(now.millis())
+            .bind(now.millis())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_order(&self, order: &Order, entries: &[TimelineEntry], notices: &[NoticeKind]) -> Result<Intake, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let q = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_ref = ?");
+        if let Some(row) = sqlx::query(sqlx::AssertSqlSafe(q)).bind(order.order_ref.as_str()).fetch_optional(&mut *tx).await? {
+            let existing = order_from(&row)?;
+            return Ok(if existing.fingerprint == order.fingerprint { Intake::Existing(existing) } else { Intake::Conflict(existing) });
+        }
+        sqlx::query(
+            "INSERT INTO orders (id, order_ref, fingerprint, package_id, ram_gb, customer_email, customer_name, os, state, run_at, \
+             created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(order.id.as_str())
+        .bind(order.order_ref.as_str())
+        .bind(&order.fingerprint)
+        .bind(i64::from(order.package_id.0))
+        .bind(i64::from(order.ram_gb.get()))
+        .bind(&order.customer.email)
+        .bind(&order.customer.name)
+        .bind(&order.os)
+        .bind(order.state.as_str())
+        .bind(order.run_at.map(Timestamp::millis))
+        .bind(order.created_at.millis())
+        .bind(order.updated_at.millis())
+        .execute(&mut *tx)
+        .await?;
+        insert_entries(&mut tx, &order.id, entries).await?;
+        insert_notices(&mut tx, &order.id, notices, order.created_at).await?;
+        tx.commit().await?;
+        Ok(Intake::Created(order.clone()))
+    }
+
+    async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+        let q = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?");
+        sqlx::query(sqlx::AssertSqlSafe(q)).bind(id.as_str()).fetch_optional(&self.pool).await?.as_ref().map(order_from).transpose()
+    }
+
+    async fn orders(&self, f: &OrderFilter) -> Result<Vec<Order>, StoreError> {
+        let q = format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR package_id = ?2) \
+             AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR created_at < ?4) ORDER BY created_at DESC, id DESC LIMIT ?5 OFFSET ?6"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(f.state.map(OrderState::as_str))
+            .bind(f.package.map(|p| i64::from(p.0)))
+            .bind(f.created_from.map(Timestamp::millis))
+            .bind(f.created_to.map(Timestamp::millis))
+            .bind(f.page_size() as i64)
+            .bind(f.offset.unwrap_or(0) as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(order_from).collect()
+    }
+
+    async fn state_counts(&self) -> Result<StateCounts, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM orders GROUP BY state").fetch_all(&self.pool).await?;
+        let mut counts: StateCounts = OrderState::ALL.iter().map(|s| (*s, 0)).collect();
+        for row in rows {
+            let state: String = row.try_get("state")?;
+            let n: i64 = row.try_get("n")?;
+            if let Some(slot) = counts.iter_mut().find(|(s, _)| s.as_str() == state) {
+                slot.1 = u64::try_from(n).unwrap_or(0);
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn timeline(&self, id: &OrderId) -> Result<Vec<TimelineEntry>, StoreError> {
+        let rows = sqlx::query("SELECT at, kind, message FROM timeline WHERE order_id = ? ORDER BY id").bind(id.as_str()).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.try_get("kind")?;
+                Ok(TimelineEntry { at: Timestamp(r.try_get("at")?), kind: crate::domain::EntryKind::parse(&kind), message: r.try_get("message")? })
+            })
+            .collect()
+    }
+
+    async fn purchases(&self, id: &OrderId) -> Result<Vec<Purchase>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM purchases WHERE order_id = ? ORDER BY id").bind(id.as_str()).fetch_all(&self.pool).await?;
+        rows.iter().map(purchase_from).collect()
+    }
+
+    async fn credentials(&self, id: &OrderId) -> Result<Option<Vec<u8>>, StoreError> {
+        let v: Option<Option<Vec<u8>>> = sqlx::query_scalar("SELECT credentials FROM orders WHERE id = ?").bind(id.as_str()).fetch_optional(&self.pool).await?;
+        Ok(v.flatten())
+    }
+
+    async fn claim_due(&self, worker: &str, now: Timestamp, lease_for: Duration, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+        let expires = now.plus(lease_for);
+        let q = format!(
+            "UPDATE orders SET lease_owner = ?1, lease_token = lease_token + 1, lease_expires_at = ?2 WHERE id IN (\
+               SELECT id FROM orders WHERE state IN ('queued', 'buying', 'awaiting_credentials') AND run_at <= ?3 \
+               AND (lease_expires_at IS NULL OR lease_expires_at <= ?3) ORDER BY run_at LIMIT ?4) \
+             RETURNING {ORDER_COLUMNS}, lease_token"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(worker)
+            .bind(expires.millis())
+            .bind(now.millis())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let order = order_from(row)?;
+                let lease = Lease { order_id: order.id.clone(), worker: worker.to_string(), token: row.try_get("lease_token")?, expires_at: expires };
+                Ok(Claimed { lease, order })
+            })
+            .collect()
+    }
+
+    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(MAX(run_at, COALESCE(lease_expires_at, run_at))) FROM orders \
+             WHERE state IN ('queued', 'buying', 'awaiting_credentials') AND run_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(v.map(Timestamp))
+    }
+
+    async fn save(&self, lease: &Lease, order: &Order, change: Change) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        check_lease(&mut tx, lease).await?;
+        write(&mut tx, order, change, order.updated_at).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE orders SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_token = ? AND lease_owner = ?")
+            .bind(lease.order_id.as_str())
+            .bind(lease.token)
+            .bind(&lease.worker)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 { Err(StoreError::LeaseLost(lease.order_id.clone())) } else { Ok(()) }
+    }
+
+    async fn acquire_flight(&self, lease: &Lease, package: PackageId) -> Result<Flight, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        check_lease(&mut tx, lease).await?;
+        sqlx::query("INSERT INTO flights (package_id, order_id) VALUES (?, ?) ON CONFLICT (package_id) DO NOTHING")
+            .bind(i64::from(package.0))
+            .bind(lease.order_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let holder: String = sqlx::query_scalar("SELECT order_id FROM flights WHERE package_id = ?").bind(i64::from(package.0)).fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        if holder == lease.order_id.as_str() {
+            Ok(Flight::Granted)
+        } else {
+            Ok(Flight::HeldBy(OrderId::parse(&holder).map_err(|e| corrupt("flights.order_id", e))?))
+        }
+    }
+
+    async fn begin_purchase(&self, lease: &Lease, order: &Order, intent: &PurchaseIntent, entries: &[TimelineEntry]) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        check_lease(&mut tx, lease).await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO purchases (order_id, attempt, package_id, package_name, stock_before, sent_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(intent.order_id.as_str())
+        .bind(i64::from(intent.attempt))
+        .bind(i64::from(intent.package_id.0))
+        .bind(intent.package_name.as_str())
+        .bind(intent.stock_before.map(i64::from))
+        .bind(intent.sent_at.millis())
+        .fetch_one(&mut *tx)
+        .await?;
+        let change = Change { entries: entries.to_vec(), keep_lease: true, ..Change::default() };
+        write(&mut tx, order, change, intent.sent_at).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn record_outcome(&self, purchase_id: i64, outcome: &PurchaseOutcome, at: Timestamp) -> Result<Recorded, StoreError> {
+        let (ip, reason) = match outcome {
+            PurchaseOutcome::Succeeded { ip } => (Some(ip.to_string()), None),
+            PurchaseOutcome::Rejected { reason } | PurchaseOutcome::Unknown { reason } => (None, Some(reason.clone())),
+        };
+        let done = sqlx::query("UPDATE purchases SET outcome = ?, outcome_ip = ?, outcome_reason = ?, decided_at = ? WHERE id = ? AND outcome IS NULL")
+            .bind(outcome.kind())
+            .bind(&ip)
+            .bind(&reason)
+            .bind(at.millis())
+            .bind(purchase_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 1 {
+            return Ok(Recorded::Recorded);
+        }
+        if let Some(ip) = ip {
+            sqlx::query("UPDATE purchases SET late_ip = ? WHERE id = ?").bind(ip).bind(purchase_id).execute(&self.pool).await?;
+        }
+        Ok(Recorded::AlreadyDecided)
+    }
+
+    async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {
+        let ip = ip.to_string();
+        let v: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM orders WHERE server_ip = ?1 UNION ALL SELECT order_id FROM purchases WHERE outcome_ip = ?1 OR late_ip = ?1 LIMIT 1",
+        )
+        .bind(&ip)
+        .fetch_optional(&self.pool)
+        .await?;
+        v.map(|s| OrderId::parse(&s).map_err(|e| corrupt("order id", e))).transpose()
+    }
+
+    async fn admin_save(&self, order: &Order, expected_updated_at: Timestamp, now: Timestamp, change: Change) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let done = sqlx::query(
+            "UPDATE orders SET lease_token = lease_token + 1, lease_owner = NULL, lease_expires_at = NULL \
+             WHERE id = ? AND updated_at = ? AND (lease_expires_at IS NULL OR lease_expires_at <= ?)",
+        )
+        .bind(order.id.as_str())
+        .bind(expected_updated_at.millis())
+        .bind(now.millis())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(order.id.clone()));
+        }
+        write(&mut tx, order, Change { keep_lease: false, ..change }, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError> {
+        let rows = sqlx::query("SELECT id, order_id, kind, attempts FROM outbox WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at, id LIMIT ?")
+            .bind(now.millis())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.try_get("kind")?;
+                Ok(Notice {
+                    id: r.try_get("id")?,
+                    order_id: OrderId::parse(r.try_get("order_id")?).map_err(|e| corrupt("outbox.order_id", e))?,
+                    kind: NoticeKind::parse(&kind).ok_or_else(|| corrupt("outbox.kind", &kind))?,
+                    attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET attempts = attempts + 1, next_at = NULL, delivered_at = ? WHERE id = ?").bind(at.millis()).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn notice_failed(&self, id: i64, error: &str, retry_at: Option<Timestamp>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? WHERE id = ?")
+            .bind(retry_at.map(Timestamp::millis))
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
