@@ -1,1 +1,331 @@
-//! (in progress)
+//! Wiring: builds the ports from settings once, at start-up, and runs the API, the worker and
+//! the notice dispatcher until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{ConfigError, Settings};
+use crate::crypto::Cipher;
+use crate::engine::{Engine, WorkerSettings};
+use crate::notify::{Dispatcher, LogNotifier, Notifier};
+use crate::provider::Provider;
+use crate::provider::smartvps::{SmartVpsClient, SmartVpsConfig};
+use crate::simulator::{self, HttpConfig, Simulator};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+
+/// The credentials the built-in simulator accepts (it is local and holds nothing of value).
+const BUILTIN_USER: &str = "builtin";
+const BUILTIN_PASSWORD: &str = "builtin-simulator";
+
+/// A running service: API, worker and dispatcher (and the built-in simulator when used).
+pub struct Running {
+    /// Where the API listens.
+    pub addr: SocketAddr,
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// The simulator, when SmartVPS is simulated.
+    pub simulator: Option<Simulator>,
+    /// Where the simulator listens, when it does.
+    pub simulator_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops claiming work, lets in-flight steps finish (or releases their leases), stops the API.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// What `start` should use besides the settings.
+#[derive(Default)]
+pub struct StartOptions {
+    /// A simulator prepared by the caller (demo, tests); otherwise a default one is built when
+    /// no `smartvps.base_url` is configured.
+    pub simulator: Option<Simulator>,
+    /// Notifier (default: the log notifier).
+    pub notifier: Option<Arc<dyn Notifier>>,
+}
+
+/// The credentials cipher: from `PROVISIONER_SECRET_KEY`, or on the built-in simulator a fresh
+/// key for this run.
+///
+/// # Errors
+/// A [`ConfigError`] when a real SmartVPS is configured without a key, or the key is malformed.
+pub fn cipher(settings: &Settings) -> Result<Cipher, ConfigError> {
+    match (&settings.secret_key, &settings.smartvps) {
+        (Some(key), _) => Cipher::from_hex(key)
+            .map_err(|e| ConfigError::new("PROVISIONER_SECRET_KEY", e.to_string())),
+        (None, Some(_)) => Err(ConfigError::new(
+            "PROVISIONER_SECRET_KEY",
+            "required with a real SmartVPS: customer passwords are encrypted at rest with it (generate one with `provisioner keygen`)",
+        )),
+        (None, None) => {
+            tracing::warn!(
+                "no PROVISIONER_SECRET_KEY: generated a key for this run (built-in simulator only); credentials stored now cannot be \
+                 decrypted after a restart"
+            );
+            Cipher::from_hex(&Cipher::generate_key())
+                .map_err(|e| ConfigError::new("PROVISIONER_SECRET_KEY", e.to_string()))
+        }
+    }
+}
+
+async fn store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    let store = SqliteStore::connect(&settings.database.url)
+        .await
+        .with_context(|| format!("opening database {}", settings.database.url))?;
+    Ok(Arc::new(store))
+}
+
+fn engine_settings(settings: &Settings) -> WorkerSettings {
+    WorkerSettings {
+        concurrency: settings.worker.concurrency,
+        lease: settings.worker.lease,
+        poll_interval: settings.worker.poll_interval,
+        ..WorkerSettings::for_policy(&settings.policy)
+    }
+}
+
+fn client(
+    base_url: &str,
+    path_prefix: &str,
+    username: &str,
+    password: SecretString,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Arc<dyn Provider>> {
+    let cfg = SmartVpsConfig {
+        base_url: base_url.to_string(),
+        path_prefix: path_prefix.to_string(),
+        username: username.to_string(),
+        password,
+    };
+    Ok(Arc::new(
+        SmartVpsClient::new(cfg, clock).context("building the SmartVPS client")?,
+    ))
+}
+
+/// Starts the service: binds the API, starts the simulator when SmartVPS is simulated, the
+/// worker and the dispatcher.
+///
+/// # Errors
+/// Configuration, database or bind failures.
+pub async fn start(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+    options: StartOptions,
+) -> anyhow::Result<Running> {
+    let cipher = Arc::new(cipher(settings)?);
+    let store = store(settings).await?;
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let (provider, simulator, simulator_addr) = match &settings.smartvps {
+        Some(s) => {
+            tracing::info!(base_url = %s.base_url, path_prefix = %s.path_prefix, "using SmartVPS at {}", s.base_url);
+            (
+                client(
+                    &s.base_url,
+                    &s.path_prefix,
+                    &s.username,
+                    s.password.clone(),
+                    Arc::clone(&clock),
+                )?,
+                None,
+                None,
+            )
+        }
+        None => {
+            let sim = options
+                .simulator
+                .unwrap_or_else(|| Simulator::with_default_catalog(Arc::clone(&clock), 1));
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding the built-in simulator")?;
+            let addr = listener.local_addr()?;
+            let cfg = HttpConfig::new(BUILTIN_USER, BUILTIN_PASSWORD);
+            let (s, token) = (sim.clone(), shutdown.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = simulator::serve(s, listener, cfg, token).await {
+                    tracing::error!("built-in simulator stopped: {e}");
+                }
+            }));
+            tracing::warn!(
+                "no smartvps.base_url configured: using the BUILT-IN SIMULATOR at http://{addr}/ (no real servers are bought). Set \
+                 smartvps.base_url, SMARTVPS_USERNAME and SMARTVPS_PASSWORD to use SmartVPS."
+            );
+            let base = format!("http://{addr}/");
+            let provider = client(
+                &base,
+                crate::config::DEFAULT_PATH_PREFIX,
+                BUILTIN_USER,
+                SecretString::from(BUILTIN_PASSWORD),
+                Arc::clone(&clock),
+            )?;
+            (provider, Some(sim), Some(addr))
+        }
+    };
+    let engine = Arc::new(Engine::new(
+        Arc::clone(&store),
+        provider,
+        Arc::clone(&clock),
+        settings.policy.clone(),
+        Arc::clone(&cipher),
+        engine_settings(settings),
+    ));
+
+    let notifier = options.notifier.unwrap_or_else(|| Arc::new(LogNotifier));
+    let dispatcher = Dispatcher::new(Arc::clone(&store), notifier, cipher, Arc::clone(&clock));
+    let token = shutdown.clone();
+    let interval = settings.worker.poll_interval;
+    tasks.push(tokio::spawn(async move {
+        dispatcher.run(token, interval).await
+    }));
+
+    let (worker, token, grace) = (
+        Arc::clone(&engine),
+        shutdown.clone(),
+        settings.worker.shutdown_grace,
+    );
+    tasks.push(tokio::spawn(async move { worker.run(token, grace).await }));
+
+    let listener = TcpListener::bind(settings.server.listen)
+        .await
+        .with_context(|| format!("binding the API on {}", settings.server.listen))?;
+    let addr = listener.local_addr()?;
+    let app = crate::web::router(crate::web::AppState {
+        engine: Arc::clone(&engine),
+    });
+    let token = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!("API server stopped: {e}");
+        }
+    }));
+    tracing::info!(%addr, policy = ?settings.policy, "provisioner listening on http://{addr}/");
+    Ok(Running {
+        addr,
+        engine,
+        simulator,
+        simulator_addr,
+        shutdown,
+        tasks,
+    })
+}
+
+/// `provisioner serve`: runs until SIGTERM or Ctrl-C, then shuts down gracefully.
+///
+/// # Errors
+/// Start-up failures.
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    if let Some(src) = &settings.source {
+        tracing::info!("configuration read from {}", src.display());
+    }
+    let running = start(&settings, Arc::new(SystemClock), StartOptions::default()).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down: in-flight steps finish or release their leases");
+    running.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+/// An engine on the configured database, for CLI commands that act on orders without serving.
+///
+/// # Errors
+/// Configuration or database failures.
+pub async fn offline_engine(settings: &Settings) -> anyhow::Result<Arc<Engine>> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = store(settings).await?;
+    let cipher = Arc::new(match &settings.secret_key {
+        Some(_) => cipher(settings)?,
+        // Listing and retrying never decrypt; a throwaway key is fine here.
+        None => Cipher::from_hex(&Cipher::generate_key())?,
+    });
+    let provider: Arc<dyn Provider> = match &settings.smartvps {
+        Some(s) => client(
+            &s.base_url,
+            &s.path_prefix,
+            &s.username,
+            s.password.clone(),
+            Arc::clone(&clock),
+        )?,
+        None => Arc::new(Simulator::with_default_catalog(Arc::clone(&clock), 1).provider()),
+    };
+    Ok(Arc::new(Engine::new(
+        store,
+        provider,
+        clock,
+        settings.policy.clone(),
+        cipher,
+        engine_settings(settings),
+    )))
+}
+
+/// `provisioner simulator`: the simulator alone on `listen`.
+///
+/// # Errors
+/// Bind failures.
+pub async fn run_simulator(
+    listen: SocketAddr,
+    username: String,
+    password: String,
+    path_prefix: String,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let sim = Simulator::with_default_catalog(clock, seed);
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "SmartVPS simulator listening on http://{addr}/{path_prefix} (user {username:?}); Ctrl-C stops it"
+    );
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        token.cancel();
+    });
+    let cfg = HttpConfig {
+        prefix: path_prefix,
+        ..HttpConfig::new(username, password)
+    };
+    simulator::serve(sim, listener, cfg, shutdown).await?;
+    Ok(())
+}

@@ -13,14 +13,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch. Stored as an integer in every backend so comparisons in SQL
 /// are exact and no backend's own idea of "now" is ever used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
     /// The timestamp `d` after this one (saturating).
     pub fn plus(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        Timestamp(
+            self.0
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
     }
 
     /// Time elapsed from `earlier` to `self`, zero if `earlier` is later.
@@ -40,7 +45,11 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_rfc3339_millis(self.system_time()))
+        write!(
+            f,
+            "{}",
+            humantime::format_rfc3339_millis(self.system_time())
+        )
     }
 }
 
@@ -95,8 +104,16 @@ impl ScaledClock {
     /// # Panics
     /// Never; a speed that is not finite and positive is treated as 1.
     pub fn new(start: Timestamp, speed: f64) -> Self {
-        let speed = if speed.is_finite() && speed > 0.0 { speed } else { 1.0 };
-        Self { origin: tokio::time::Instant::now(), start, speed }
+        let speed = if speed.is_finite() && speed > 0.0 {
+            speed
+        } else {
+            1.0
+        };
+        Self {
+            origin: tokio::time::Instant::now(),
+            start,
+            speed,
+        }
     }
 
     /// A virtual clock for tests: starts at a fixed, readable date and runs at tokio's pace.

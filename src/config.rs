@@ -1,1 +1,1178 @@
-//! (in progress)
+//! Typed settings: an optional TOML file, then `PROVISIONER_*`/`SMARTVPS_*` environment variables,
+//! then validation. Defaults are the seed's, so running with no file at all gives the seed's retry
+//! timing, a local SQLite database and the built-in SmartVPS simulator.
+//!
+//! The file is read into "raw" structs whose durations are plain strings, and converted afterwards.
+//! Converting by hand rather than inside serde lets every error name its key exactly
+//! (`policy.buy.timeout`, or `SMARTVPS_PASSWORD` when the bad value came from the environment).
+//! See [`example_toml`] for every key with its default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+use crate::policy::{OnUnknown, PhasePolicy, RetryPolicy};
+
+/// The file read when no `--config` is given, relative to the working directory.
+pub const DEFAULT_CONFIG_FILE: &str = "provisioner.toml";
+/// Default `database.url`: an embedded SQLite file next to the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://provisioner.db";
+/// Default `server.listen`: loopback only, so a fresh install is not exposed by accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default `smartvps.path_prefix`: the production reseller API's (the vendor sheet's `api/ocean/`
+/// is wrong for production, hence a setting).
+pub const DEFAULT_PATH_PREFIX: &str = "api/oceansmart/";
+/// Default `worker.concurrency`: orders one process drives at once. Orders spend nearly all their
+/// time waiting (persisted, not in memory), so this bounds in-flight HTTP calls, not orders.
+pub const DEFAULT_CONCURRENCY: usize = 32;
+/// Default `worker.poll_interval`: how often an idle worker looks for due orders.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `worker.shutdown_grace`: how long a stopping process lets in-flight calls finish.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Margin added to the computed default lease, for store round trips and clock skew.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+/// Every environment variable read, in the order they are documented.
+pub const ENV_VARS: &[&str] = &[
+    ENV_SMARTVPS_USERNAME,
+    ENV_SMARTVPS_PASSWORD,
+    ENV_SMARTVPS_BASE_URL,
+    ENV_SMARTVPS_PATH_PREFIX,
+    ENV_DATABASE_URL,
+    ENV_LISTEN,
+    ENV_ON_UNKNOWN,
+    ENV_WORKER_CONCURRENCY,
+    ENV_SECRET_KEY,
+];
+const ENV_SMARTVPS_USERNAME: &str = "SMARTVPS_USERNAME";
+const ENV_SMARTVPS_PASSWORD: &str = "SMARTVPS_PASSWORD";
+const ENV_SMARTVPS_BASE_URL: &str = "SMARTVPS_BASE_URL";
+const ENV_SMARTVPS_PATH_PREFIX: &str = "SMARTVPS_PATH_PREFIX";
+const ENV_DATABASE_URL: &str = "PROVISIONER_DATABASE_URL";
+const ENV_LISTEN: &str = "PROVISIONER_LISTEN";
+const ENV_ON_UNKNOWN: &str = "PROVISIONER_ON_UNKNOWN";
+const ENV_WORKER_CONCURRENCY: &str = "PROVISIONER_WORKER_CONCURRENCY";
+const ENV_SECRET_KEY: &str = "PROVISIONER_SECRET_KEY";
+
+/// Everything the service needs to start, validated.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Attempts, timeouts and waits of both phases, and what to do with unknown purchases.
+    pub policy: RetryPolicy,
+    /// The real SmartVPS API; `None` means the built-in simulator is used, so the service runs
+    /// with no credentials at all.
+    pub smartvps: Option<SmartVpsSettings>,
+    /// Where orders, the purchase ledger and the outbox live.
+    pub database: DatabaseSettings,
+    /// The HTTP API's socket.
+    pub server: ServerSettings,
+    /// The worker loop's knobs.
+    pub worker: WorkerSettings,
+    /// Key that encrypts customer passwords at rest. Read from `PROVISIONER_SECRET_KEY` only, so it
+    /// never sits in a config file that gets copied around; redacted in `Debug`.
+    pub secret_key: Option<SecretString>,
+    /// The file that was read, if any, so the start-up log can say where settings came from.
+    pub source: Option<PathBuf>,
+}
+
+/// The SmartVPS reseller API account.
+#[derive(Clone, Debug)]
+pub struct SmartVpsSettings {
+    /// Scheme and host, always ending in `/` so joining `path_prefix` onto it cannot glue the host
+    /// to the path (`https://smartvps.online/`).
+    pub base_url: String,
+    /// Path under `base_url` where the API's calls live (production: `api/oceansmart/`).
+    pub path_prefix: String,
+    /// Reseller account name for HTTP Basic auth.
+    pub username: String,
+    /// Reseller account password; redacted in `Debug`.
+    pub password: SecretString,
+}
+
+/// Storage settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatabaseSettings {
+    /// Connection URL; only `sqlite:` URLs are accepted by this build.
+    pub url: String,
+}
+
+/// HTTP server settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Address and port the HTTP API binds.
+    pub listen: SocketAddr,
+}
+
+/// Worker loop settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerSettings {
+    /// Orders driven at once by this process.
+    pub concurrency: usize,
+    /// How long a worker owns an order it picked up. It must outlast the longest step, or another
+    /// worker takes the order over mid-purchase; see [`WorkerSettings::default_lease`].
+    pub lease: Duration,
+    /// How often an idle worker looks for due orders.
+    pub poll_interval: Duration,
+    /// How long shutdown waits for in-flight steps before abandoning them to lease expiry.
+    pub shutdown_grace: Duration,
+}
+
+impl WorkerSettings {
+    /// The lease used when `worker.lease` is not set: `2 × max(buy.timeout, status.timeout) + 30s`.
+    /// A step is at most an ipstock call plus one buyvps (each bounded by the buy timeout) or one
+    /// status call; the 30 s cover store round trips and clock skew between workers.
+    pub fn default_lease(policy: &RetryPolicy) -> Duration {
+        policy
+            .buy
+            .timeout
+            .max(policy.status.timeout)
+            .saturating_mul(2)
+            .saturating_add(LEASE_MARGIN)
+    }
+
+    /// The shortest lease that outlasts one step: a lease must be strictly longer than this.
+    pub fn minimum_lease(policy: &RetryPolicy) -> Duration {
+        policy
+            .buy
+            .timeout
+            .saturating_mul(2)
+            .max(policy.status.timeout)
+    }
+}
+
+/// A setting that is missing, malformed or inconsistent, named by its TOML key path
+/// (`policy.buy.delays`) or by the environment variable it came from (`SMARTVPS_PASSWORD`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config error: `{key}`: {message}")]
+pub struct ConfigError {
+    /// The TOML key path or environment variable at fault.
+    pub key: String,
+    /// What is wrong and, where it helps, what would be right.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error about `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Default for Settings {
+    /// The settings with no file and no environment: the seed's policy and the simulator.
+    fn default() -> Self {
+        Self::from_sources(None, &|_| None).expect("the built-in defaults are valid")
+    }
+}
+
+impl Settings {
+    /// Reads `explicit` (`--config PATH`) if given, else `./provisioner.toml` if it exists, else
+    /// uses the defaults; then applies the process environment.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not valid TOML, has an unknown key or a bad value; an
+    /// environment variable is bad or not UTF-8; or the result is inconsistent.
+    pub fn load(explicit: Option<&Path>) -> Result<Settings, ConfigError> {
+        let path = match explicit {
+            Some(path) => Some(path.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|path| path.is_file()),
+        };
+        let text = match &path {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(
+                    path.display().to_string(),
+                    format!("cannot read the config file: {e}"),
+                )
+            })?),
+            None => None,
+        };
+        // A non-UTF-8 value is refused rather than read lossily: a mangled password would only
+        // surface later as an authentication failure far from its cause.
+        for name in ENV_VARS {
+            if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(name) {
+                return Err(ConfigError::new(*name, "is not valid UTF-8"));
+            }
+        }
+        let mut settings = Self::from_sources(text.as_deref(), &|name| std::env::var(name).ok())?;
+        settings.source = path;
+        Ok(settings)
+    }
+
+    /// Builds settings from a TOML text (if any) and an environment lookup, without touching the
+    /// process: the pure core of [`Settings::load`]. An environment variable set to the empty string
+    /// counts as unset, as container tooling often sets unused variables that way.
+    ///
+    /// # Errors
+    /// As for [`Settings::load`], minus the I/O.
+    pub fn from_sources(
+        toml_text: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let raw = match toml_text {
+            Some(text) => parse_file(text)?,
+            None => RawFile::default(),
+        };
+        let env = Env(env);
+        let policy = resolve_policy(raw.policy.unwrap_or_default(), &env)?;
+        let smartvps = resolve_smartvps(raw.smartvps.unwrap_or_default(), &env)?;
+        let database = resolve_database(raw.database.unwrap_or_default(), &env)?;
+        let server = resolve_server(raw.server.unwrap_or_default(), &env)?;
+        let worker = resolve_worker(raw.worker.unwrap_or_default(), &policy, &env)?;
+        let secret_key = env.get(ENV_SECRET_KEY).map(SecretString::from);
+        Ok(Settings {
+            policy,
+            smartvps,
+            database,
+            server,
+            worker,
+            secret_key,
+            source: None,
+        })
+    }
+}
+
+/// A fully commented example config with every key at its default. It parses to exactly the
+/// defaults (a test checks it), so it can be copied as a starting point.
+pub fn example_toml() -> &'static str {
+    EXAMPLE_TOML
+}
+
+const EXAMPLE_TOML: &str = r#"# provisioner.toml: every setting, at its default.
+# Durations are strings such as "90s", "2m" or "1m 30s".
+# Environment variables, where named, override the file.
+
+[policy]
+# What the engine does when a buyVps call ends without a definite answer (a timeout, a reset,
+# a 5xx, an unreadable reply), because SmartVPS may have bought the server anyway:
+#   "reconcile"  wait the strategic delay, then check the evidence before buying again (default);
+#   "retry"      buy again after the delay without looking: the seed taken literally, can buy twice;
+#   "escalate"   hand the order to an admin at once.
+# Env: PROVISIONER_ON_UNKNOWN
+on_unknown = "reconcile"
+
+# The buy phase: buyVps calls.
+[policy.buy]
+# Calls before the order is marked failed (1 to 100).
+attempts = 3
+# Each call's HTTP timeout: SmartVPS can take minutes to create a server.
+timeout = "2m"
+# Waits between attempts, exactly attempts - 1 of them: the first follows attempt 1.
+# Long on purpose: SmartVPS gets time to finish a purchase before it is retried.
+delays = ["2m", "3m"]
+
+# The credentials phase: status calls until the server's credentials are available.
+[policy.status]
+attempts = 3
+timeout = "90s"
+delays = ["1m", "2m"]
+
+# The SmartVPS reseller API. Without this section (and without SMARTVPS_BASE_URL) the built-in
+# simulator is used and no real server is bought. With it, username and password are required.
+# [smartvps]
+# base_url = "https://smartvps.online/"  # env SMARTVPS_BASE_URL
+# path_prefix = "api/oceansmart/"        # env SMARTVPS_PATH_PREFIX
+# username = "reseller"                  # env SMARTVPS_USERNAME
+# password = "change-me"                 # env SMARTVPS_PASSWORD (prefer the variable)
+
+[database]
+# Only sqlite: URLs in this build. Env: PROVISIONER_DATABASE_URL
+url = "sqlite://provisioner.db"
+
+[server]
+# IP:PORT for the HTTP API; host names are not resolved. Env: PROVISIONER_LISTEN
+listen = "127.0.0.1:8080"
+
+[worker]
+# Orders driven at once by this process. Env: PROVISIONER_WORKER_CONCURRENCY
+concurrency = 32
+# How long a worker owns an order it picked up. Default: 2 x max(buy.timeout, status.timeout)
+# + 30s, "4m 30s" with the timeouts above. If set, it must be longer than 2 x buy.timeout and
+# longer than status.timeout: a shorter lease lets another worker take over mid-purchase.
+# lease = "4m 30s"
+# How often an idle worker looks for due orders.
+poll_interval = "1s"
+# How long shutdown lets in-flight calls finish.
+shutdown_grace = "30s"
+
+# The key that encrypts customer passwords at rest is read from PROVISIONER_SECRET_KEY only,
+# never from this file.
+"#;
+
+// ---------------------------------------------------------------------------------------------
+// The file as written: every field optional, durations as text, unknown keys refused.
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a TOML document of tables")]
+struct RawFile {
+    policy: Option<RawPolicy>,
+    smartvps: Option<RawSmartVps>,
+    database: Option<RawDatabase>,
+    server: Option<RawServer>,
+    worker: Option<RawWorker>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [policy] table")]
+struct RawPolicy {
+    on_unknown: Option<String>,
+    buy: Option<RawPhase>,
+    status: Option<RawPhase>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table with attempts, timeout and delays"
+)]
+struct RawPhase {
+    attempts: Option<u32>,
+    timeout: Option<DurationText>,
+    delays: Option<Vec<DurationText>>,
+}
+
+// No `Debug` here: it holds the password in the clear.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [smartvps] table")]
+struct RawSmartVps {
+    base_url: Option<String>,
+    path_prefix: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [database] table")]
+struct RawDatabase {
+    url: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [server] table")]
+struct RawServer {
+    listen: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [worker] table")]
+struct RawWorker {
+    concurrency: Option<usize>,
+    lease: Option<DurationText>,
+    poll_interval: Option<DurationText>,
+    shutdown_grace: Option<DurationText>,
+}
+
+/// A duration as written. Only strings are accepted, so `timeout = 120` (of unknown unit) is
+/// refused with a hint rather than guessed at.
+struct DurationText(String);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl Visitor<'_> for TextVisitor {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a duration string with its unit, such as "120s" or "2m""#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationText, E> {
+                Ok(DurationText(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor)
+    }
+}
+
+fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        ConfigError::new(
+            key,
+            format!("invalid duration {text:?}: {e} (write e.g. \"120s\" or \"2m\")"),
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// TOML errors, mapped to the key they are about.
+
+fn parse_file(text: &str) -> Result<RawFile, ConfigError> {
+    // Parsing to a spanned document first separates syntax errors from schema errors, and gives
+    // the spans that turn a schema error's position back into a key path.
+    let document = toml::de::DeTable::parse(text).map_err(|e| syntax_error(text, &e))?;
+    toml::from_str::<RawFile>(text).map_err(|e| schema_error(text, document.get_ref(), &e))
+}
+
+fn schema_error(
+    text: &str,
+    document: &toml::de::DeTable<'_>,
+    error: &toml::de::Error,
+) -> ConfigError {
+    let span = error.span();
+    let key = span
+        .as_ref()
+        .and_then(|span| key_at(document, span.start, ""));
+    let message = error.message().trim_end();
+    if key.as_deref() == Some("secret_key") {
+        return ConfigError::new(
+            "secret_key",
+            format!(
+                "is read from the {ENV_SECRET_KEY} environment variable only, never from the file"
+            ),
+        );
+    }
+    match (key, span) {
+        (Some(key), Some(span)) => {
+            ConfigError::new(key, format!("{message} (line {})", line_of(text, &span)))
+        }
+        (None, Some(span)) => {
+            let line = line_of(text, &span);
+            ConfigError::new(format!("line {line}"), message)
+        }
+        (_, None) => ConfigError::new("(file)", message),
+    }
+}
+
+/// The dotted path of the deepest key whose name or value covers byte `offset`.
+fn key_at(table: &toml::de::DeTable<'_>, offset: usize, prefix: &str) -> Option<String> {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{key}", key = key.get_ref())
+        };
+        // Tables declared with `[a.b]` headers have spans that need not cover their contents, so
+        // always look inside them.
+        if let Some(inner) = value.get_ref().as_table()
+            && let Some(found) = key_at(inner, offset, &path)
+        {
+            return Some(found);
+        }
+        if key.span().contains(&offset) || value.span().contains(&offset) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    let offset = error.span().map_or(text.len(), |span| span.start);
+    let line = line_of(text, &(offset..offset));
+    let key = key_on_line(text, line).unwrap_or_else(|| format!("line {line}"));
+    ConfigError::new(
+        key,
+        format!(
+            "invalid TOML at line {line}: {}",
+            error.message().trim_end()
+        ),
+    )
+}
+
+/// 1-based line number of a span's start.
+fn line_of(text: &str, span: &Range<usize>) -> usize {
+    let end = span.start.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// Best-effort key path for a line the TOML parser could not read: the table header above it
+/// plus the key written at its start.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let header_of = |l: &str| {
+        let l = l.trim();
+        l.starts_with('[').then(|| {
+            let inner = l.trim_start_matches('[');
+            let inner = inner.split(']').next().unwrap_or(inner);
+            clean_key(inner)
+        })
+    };
+    let current = lines.get(line.checked_sub(1)?)?;
+    if let Some(header) = header_of(current) {
+        return Some(header).filter(|h| !h.is_empty());
+    }
+    let table = lines[..line - 1]
+        .iter()
+        .rev()
+        .find_map(|l| header_of(l))
+        .filter(|h| !h.is_empty());
+    let key = current.trim();
+    let key = (!key.starts_with('#'))
+        .then(|| key.split('=').next())
+        .flatten()
+        .map(clean_key)
+        .filter(|k| !k.is_empty());
+    match (table, key) {
+        (Some(table), Some(key)) => Some(format!("{table}.{key}")),
+        (table, key) => key.or(table),
+    }
+}
+
+fn clean_key(raw: &str) -> String {
+    raw.split('.')
+        .map(|part| part.trim().trim_matches(['"', '\'']))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw values plus environment to settings, each checked under the key it came from.
+
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|v| !v.is_empty())
+    }
+
+    /// The environment's value (keyed by the variable's name) if set, else the file's (keyed by
+    /// its TOML path).
+    fn or_file(
+        &self,
+        name: &'static str,
+        file: Option<String>,
+        file_key: &str,
+    ) -> Option<(String, String)> {
+        match self.get(name) {
+            Some(value) => Some((value, name.to_owned())),
+            None => file.map(|value| (value, file_key.to_owned())),
+        }
+    }
+}
+
+fn resolve_policy(raw: RawPolicy, env: &Env<'_>) -> Result<RetryPolicy, ConfigError> {
+    let defaults = RetryPolicy::default();
+    let on_unknown = match env.or_file(ENV_ON_UNKNOWN, raw.on_unknown, "policy.on_unknown") {
+        Some((text, key)) => OnUnknown::parse(text.trim()).ok_or_else(|| {
+            ConfigError::new(
+                key,
+                format!("must be one of \"reconcile\", \"retry\", \"escalate\"; got {text:?}"),
+            )
+        })?,
+        None => defaults.on_unknown,
+    };
+    Ok(RetryPolicy {
+        buy: resolve_phase(raw.buy.unwrap_or_default(), defaults.buy, "policy.buy")?,
+        status: resolve_phase(
+            raw.status.unwrap_or_default(),
+            defaults.status,
+            "policy.status",
+        )?,
+        on_unknown,
+    })
+}
+
+fn resolve_phase(
+    raw: RawPhase,
+    default: PhasePolicy,
+    prefix: &str,
+) -> Result<PhasePolicy, ConfigError> {
+    let timeout = match raw.timeout {
+        Some(text) => parse_duration(&format!("{prefix}.timeout"), &text.0)?,
+        None => default.timeout,
+    };
+    let delays = match raw.delays {
+        Some(texts) => texts
+            .iter()
+            .map(|text| parse_duration(&format!("{prefix}.delays"), &text.0))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => default.delays,
+    };
+    let phase = PhasePolicy {
+        attempts: raw.attempts.unwrap_or(default.attempts),
+        timeout,
+        delays,
+    };
+    phase
+        .validate()
+        .map_err(|(key, message)| ConfigError::new(format!("{prefix}.{key}"), message))?;
+    Ok(phase)
+}
+
+fn resolve_smartvps(
+    raw: RawSmartVps,
+    env: &Env<'_>,
+) -> Result<Option<SmartVpsSettings>, ConfigError> {
+    // Username and password without a base URL are ignored: the simulator needs no account, and a
+    // shared environment may export them for other tools.
+    let Some((base_url, base_url_key)) =
+        env.or_file(ENV_SMARTVPS_BASE_URL, raw.base_url, "smartvps.base_url")
+    else {
+        return Ok(None);
+    };
+    let base_url = base_url.trim();
+    if !is_http_url(base_url) {
+        return Err(ConfigError::new(
+            base_url_key,
+            format!(
+                "must be an http:// or https:// URL such as \"https://smartvps.online/\"; got {base_url:?}"
+            ),
+        ));
+    }
+    let base_url = if base_url.ends_with('/') {
+        base_url.to_owned()
+    } else {
+        format!("{base_url}/")
+    };
+    let required = |name: &'static str, file: Option<String>, key: &str| {
+        env.or_file(name, file, key)
+            .map(|(value, _)| value)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    key,
+                    format!("required when smartvps.base_url is set (or set {name})"),
+                )
+            })
+    };
+    let username = required(ENV_SMARTVPS_USERNAME, raw.username, "smartvps.username")?;
+    let password = required(ENV_SMARTVPS_PASSWORD, raw.password, "smartvps.password")?;
+    let path_prefix = env
+        .or_file(
+            ENV_SMARTVPS_PATH_PREFIX,
+            raw.path_prefix,
+            "smartvps.path_prefix",
+        )
+        .map_or_else(|| DEFAULT_PATH_PREFIX.to_owned(), |(value, _)| value);
+    Ok(Some(SmartVpsSettings {
+        base_url,
+        path_prefix,
+        username,
+        password: SecretString::from(password),
+    }))
+}
+
+/// `http(s)://` followed by a host, with no whitespace anywhere. Deliberately loose: the client
+/// reports anything subtler when it first connects.
+fn is_http_url(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    let Some(rest) = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    !host.is_empty() && !host.starts_with(':') && !text.chars().any(char::is_whitespace)
+}
+
+fn resolve_database(raw: RawDatabase, env: &Env<'_>) -> Result<DatabaseSettings, ConfigError> {
+    let Some((url, key)) = env.or_file(ENV_DATABASE_URL, raw.url, "database.url") else {
+        return Ok(DatabaseSettings {
+            url: DEFAULT_DATABASE_URL.to_owned(),
+        });
+    };
+    let url = url.trim().to_owned();
+    if url.starts_with("sqlite:") {
+        Ok(DatabaseSettings { url })
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Err(ConfigError::new(
+            key,
+            "only sqlite: URLs are supported in this build",
+        ))
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!("must be a sqlite: URL such as \"{DEFAULT_DATABASE_URL}\"; got {url:?}"),
+        ))
+    }
+}
+
+fn resolve_server(raw: RawServer, env: &Env<'_>) -> Result<ServerSettings, ConfigError> {
+    let (text, key) = env
+        .or_file(ENV_LISTEN, raw.listen, "server.listen")
+        .unwrap_or_else(|| (DEFAULT_LISTEN.to_owned(), "server.listen".to_owned()));
+    let listen = text.trim().parse::<SocketAddr>().map_err(|_| {
+        ConfigError::new(
+            key,
+            format!("must be an IP address and port such as \"{DEFAULT_LISTEN}\" (host names are not resolved); got {text:?}"),
+        )
+    })?;
+    Ok(ServerSettings { listen })
+}
+
+fn resolve_worker(
+    raw: RawWorker,
+    policy: &RetryPolicy,
+    env: &Env<'_>,
+) -> Result<WorkerSettings, ConfigError> {
+    let (concurrency, key) = match env.get(ENV_WORKER_CONCURRENCY) {
+        Some(text) => {
+            let parsed = text.trim().parse::<usize>().map_err(|_| {
+                ConfigError::new(
+                    ENV_WORKER_CONCURRENCY,
+                    format!("must be a whole number of orders; got {text:?}"),
+                )
+            })?;
+            (parsed, ENV_WORKER_CONCURRENCY)
+        }
+        None => (
+            raw.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+            "worker.concurrency",
+        ),
+    };
+    if concurrency == 0 {
+        return Err(ConfigError::new(
+            key,
+            "must be at least 1, or no order is ever worked on",
+        ));
+    }
+    let duration = |text: Option<DurationText>, key: &str, default: Duration| match text {
+        Some(text) => parse_duration(key, &text.0),
+        None => Ok(default),
+    };
+    let poll_interval = duration(
+        raw.poll_interval,
+        "worker.poll_interval",
+        DEFAULT_POLL_INTERVAL,
+    )?;
+    if poll_interval.is_zero() {
+        return Err(ConfigError::new(
+            "worker.poll_interval",
+            "must be greater than zero, or idle workers spin on the store",
+        ));
+    }
+    let shutdown_grace = duration(
+        raw.shutdown_grace,
+        "worker.shutdown_grace",
+        DEFAULT_SHUTDOWN_GRACE,
+    )?;
+    let lease = match raw.lease {
+        Some(text) => {
+            let lease = parse_duration("worker.lease", &text.0)?;
+            let minimum = WorkerSettings::minimum_lease(policy);
+            if lease <= minimum {
+                return Err(ConfigError::new(
+                    "worker.lease",
+                    format!(
+                        "must be longer than {} (2 x policy.buy.timeout = {}, and policy.status.timeout = {}): \
+                         a lease shorter than a step lets another worker take over an order mid-purchase; got {}",
+                        humantime::format_duration(minimum),
+                        humantime::format_duration(policy.buy.timeout.saturating_mul(2)),
+                        humantime::format_duration(policy.status.timeout),
+                        humantime::format_duration(lease),
+                    ),
+                ));
+            }
+            lease
+        }
+        None => WorkerSettings::default_lease(policy),
+    };
+    Ok(WorkerSettings {
+        concurrency,
+        lease,
+        poll_interval,
+        shutdown_grace,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        Settings::from_sources(Some(text), &no_env)
+    }
+
+    fn key_of(result: Result<Settings, ConfigError>) -> String {
+        result.expect_err("expected a config error").key
+    }
+
+    const SMARTVPS: &str = "[smartvps]\nbase_url = \"https://smartvps.online\"\nusername = \"reseller\"\npassword = \"hunter2\"\n";
+
+    #[test]
+    fn defaults_are_the_seed() {
+        let s = Settings::from_sources(None, &no_env).unwrap();
+        assert_eq!(s.policy, RetryPolicy::default());
+        assert_eq!(s.policy.buy.attempts, 3);
+        assert_eq!(s.policy.buy.timeout, Duration::from_secs(120));
+        assert_eq!(
+            s.policy.buy.delays,
+            [Duration::from_secs(120), Duration::from_secs(180)]
+        );
+        assert_eq!(s.policy.status.timeout, Duration::from_secs(90));
+        assert_eq!(
+            s.policy.status.delays,
+            [Duration::from_secs(60), Duration::from_secs(120)]
+        );
+        assert_eq!(s.policy.on_unknown, OnUnknown::Reconcile);
+        assert!(s.smartvps.is_none());
+        assert_eq!(s.database.url, "sqlite://provisioner.db");
+        assert_eq!(s.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(s.worker.concurrency, 32);
+        assert_eq!(s.worker.lease, Duration::from_secs(2 * 120 + 30));
+        assert_eq!(s.worker.poll_interval, Duration::from_secs(1));
+        assert_eq!(s.worker.shutdown_grace, Duration::from_secs(30));
+        assert!(s.secret_key.is_none() && s.source.is_none());
+    }
+
+    #[test]
+    fn example_parses_to_the_defaults() {
+        let example = from_toml(example_toml()).unwrap();
+        let defaults = Settings::default();
+        assert_eq!(example.policy, defaults.policy);
+        assert_eq!(example.database, defaults.database);
+        assert_eq!(example.server, defaults.server);
+        assert_eq!(example.worker, defaults.worker);
+        assert!(example.smartvps.is_none());
+    }
+
+    #[test]
+    fn example_smartvps_and_lease_blocks_parse_when_uncommented() {
+        let uncommented: String = example_toml()
+            .lines()
+            .map(|line| {
+                let keep = [
+                    "# [smartvps]",
+                    "# base_url",
+                    "# path_prefix",
+                    "# username",
+                    "# password",
+                    "# lease",
+                ];
+                if keep.iter().any(|k| line.starts_with(k)) {
+                    &line[2..]
+                } else {
+                    line
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let s = from_toml(&uncommented).unwrap();
+        let smartvps = s.smartvps.expect("smartvps section is active");
+        assert_eq!(smartvps.base_url, "https://smartvps.online/");
+        assert_eq!(smartvps.path_prefix, DEFAULT_PATH_PREFIX);
+        assert_eq!(s.worker.lease, WorkerSettings::default_lease(&s.policy));
+    }
+
+    #[test]
+    fn durations_and_sections_are_read() {
+        let s = from_toml(
+            "[policy]\non_unknown = \"escalate\"\n[policy.buy]\nattempts = 2\ntimeout = \"45s\"\ndelays = [\"1m 30s\"]\n\
+             [worker]\nconcurrency = 4\npoll_interval = \"250ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.policy.on_unknown, OnUnknown::Escalate);
+        assert_eq!(s.policy.buy.attempts, 2);
+        assert_eq!(s.policy.buy.timeout, Duration::from_secs(45));
+        assert_eq!(s.policy.buy.delays, [Duration::from_secs(90)]);
+        assert_eq!(s.policy.status, RetryPolicy::default().status);
+        assert_eq!(s.worker.concurrency, 4);
+        assert_eq!(s.worker.poll_interval, Duration::from_millis(250));
+        // The default lease follows the configured timeouts: 2 x max(45s, 90s) + 30s.
+        assert_eq!(s.worker.lease, Duration::from_secs(210));
+    }
+
+    #[test]
+    fn unparseable_duration_names_its_key() {
+        let err = from_toml("[policy.buy]\ntimeout = \"abc\"\n").unwrap_err();
+        assert_eq!(err.key, "policy.buy.timeout");
+        assert!(
+            err.message.starts_with("invalid duration \"abc\": "),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.to_string()
+                .starts_with("config error: `policy.buy.timeout`: invalid duration \"abc\"")
+        );
+        assert_eq!(
+            key_of(from_toml(
+                "[policy.status]\ndelays = [\"1m\", \"2 fortnights\"]\n"
+            )),
+            "policy.status.delays"
+        );
+        assert_eq!(
+            key_of(from_toml("[worker]\nshutdown_grace = \"soon\"\n")),
+            "worker.shutdown_grace"
+        );
+    }
+
+    #[test]
+    fn duration_without_unit_is_refused_with_a_hint() {
+        let err = from_toml("[policy.buy]\ntimeout = 120\n").unwrap_err();
+        assert_eq!(err.key, "policy.buy.timeout");
+        assert!(err.message.contains("\"120s\""), "{}", err.message);
+    }
+
+    #[test]
+    fn delay_count_and_attempts_are_checked_by_the_phase() {
+        let err = from_toml("[policy.buy]\nattempts = 3\ndelays = [\"2m\"]\n").unwrap_err();
+        assert_eq!(err.key, "policy.buy.delays");
+        assert!(
+            err.to_string().starts_with(
+                "config error: `policy.buy.delays`: needs exactly attempts - 1 = 2 wait(s)"
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            key_of(from_toml("[policy.status]\nattempts = 0\ndelays = []\n")),
+            "policy.status.attempts"
+        );
+        assert_eq!(
+            key_of(from_toml("[policy.status]\ntimeout = \"0s\"\n")),
+            "policy.status.timeout"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_name_their_full_path() {
+        let err = from_toml("[policy.buy]\natempts = 3\n").unwrap_err();
+        assert_eq!(err.key, "policy.buy.atempts");
+        assert!(
+            err.message.contains("unknown field `atempts`"),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            key_of(from_toml("[policy]\nbuy.atempts = 3\n")),
+            "policy.buy.atempts"
+        );
+        assert_eq!(key_of(from_toml("[polcy]\n")), "polcy");
+        assert_eq!(
+            key_of(from_toml("[worker]\nconcurency = 3\n")),
+            "worker.concurency"
+        );
+        assert_eq!(
+            key_of(from_toml(&format!("{SMARTVPS}token = \"x\"\n"))),
+            "smartvps.token"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_their_key() {
+        assert_eq!(
+            key_of(from_toml("[policy.buy]\nattempts = \"three\"\n")),
+            "policy.buy.attempts"
+        );
+        assert_eq!(
+            key_of(from_toml("[policy.buy]\nattempts = -1\n")),
+            "policy.buy.attempts"
+        );
+        assert_eq!(
+            key_of(from_toml("[worker]\nconcurrency = \"many\"\n")),
+            "worker.concurrency"
+        );
+        assert_eq!(key_of(from_toml("policy = 3\n")), "policy");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_nearest_key() {
+        let err = from_toml("[policy.buy]\nattempts = = 3\n").unwrap_err();
+        assert_eq!(err.key, "policy.buy.attempts");
+        assert!(
+            err.message.starts_with("invalid TOML at line 2"),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            key_of(from_toml("[server]\nlisten = \"127.0.0.1:80\n")),
+            "server.listen"
+        );
+    }
+
+    #[test]
+    fn secret_key_is_refused_in_the_file() {
+        let err = from_toml("secret_key = \"abc\"\n").unwrap_err();
+        assert_eq!(err.key, "secret_key");
+        assert!(
+            err.message.contains("PROVISIONER_SECRET_KEY"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert_eq!(
+            key_of(from_toml("[worker]\nconcurrency = 0\n")),
+            "worker.concurrency"
+        );
+        assert_eq!(
+            key_of(from_toml("[worker]\npoll_interval = \"0s\"\n")),
+            "worker.poll_interval"
+        );
+        assert_eq!(
+            key_of(from_toml("[server]\nlisten = \"localhost:8080\"\n")),
+            "server.listen"
+        );
+        assert_eq!(
+            key_of(from_toml("[policy]\non_unknown = \"ignore\"\n")),
+            "policy.on_unknown"
+        );
+        let err = from_toml("[database]\nurl = \"postgres://db/provisioner\"\n").unwrap_err();
+        assert_eq!(err.key, "database.url");
+        assert_eq!(err.message, "only sqlite: URLs are supported in this build");
+        assert_eq!(
+            key_of(from_toml("[database]\nurl = \"mysql://db\"\n")),
+            "database.url"
+        );
+    }
+
+    #[test]
+    fn smartvps_needs_a_url_like_base_url_and_an_account() {
+        for bad in [
+            "smartvps.online",
+            "ftp://smartvps.online",
+            "https://",
+            "https://smart vps.online",
+        ] {
+            let text = SMARTVPS.replace("https://smartvps.online", bad);
+            assert_eq!(key_of(from_toml(&text)), "smartvps.base_url", "{bad}");
+        }
+        let err = from_toml(
+            "[smartvps]\nbase_url = \"https://smartvps.online/\"\nusername = \"reseller\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "smartvps.password");
+        assert_eq!(
+            err.message,
+            "required when smartvps.base_url is set (or set SMARTVPS_PASSWORD)"
+        );
+        let err =
+            from_toml("[smartvps]\nbase_url = \"https://smartvps.online/\"\npassword = \"x\"\n")
+                .unwrap_err();
+        assert_eq!(err.key, "smartvps.username");
+        // An account without a base URL is ignored: the simulator is used.
+        let s = from_toml("[smartvps]\nusername = \"reseller\"\npassword = \"x\"\n").unwrap();
+        assert!(s.smartvps.is_none());
+        let s = from_toml(SMARTVPS).unwrap();
+        let smartvps = s.smartvps.unwrap();
+        assert_eq!(smartvps.base_url, "https://smartvps.online/");
+        assert_eq!(smartvps.path_prefix, "api/oceansmart/");
+        assert_eq!(smartvps.password.expose_secret(), "hunter2");
+    }
+
+    #[test]
+    fn lease_must_outlast_a_step() {
+        // 2 x buy.timeout = 4m is the longest step with the seed's timeouts.
+        let err = from_toml("[worker]\nlease = \"4m\"\n").unwrap_err();
+        assert_eq!(err.key, "worker.lease");
+        assert!(err.message.contains("mid-purchase"), "{}", err.message);
+        assert_eq!(
+            from_toml("[worker]\nlease = \"4m 1s\"\n")
+                .unwrap()
+                .worker
+                .lease,
+            Duration::from_secs(241)
+        );
+        // The status timeout alone can be the longest step.
+        let text = "[policy.status]\ntimeout = \"10m\"\n[worker]\nlease = \"9m\"\n";
+        assert_eq!(key_of(from_toml(text)), "worker.lease");
+    }
+
+    #[test]
+    fn environment_wins_over_the_file() {
+        let env = env_of(&[
+            ("SMARTVPS_BASE_URL", "https://smartvps.store"),
+            ("SMARTVPS_PATH_PREFIX", "api/ocean/"),
+            ("SMARTVPS_USERNAME", "from-env"),
+            ("SMARTVPS_PASSWORD", "env-secret"),
+            ("PROVISIONER_DATABASE_URL", "sqlite::memory:"),
+            ("PROVISIONER_LISTEN", "0.0.0.0:9000"),
+            ("PROVISIONER_ON_UNKNOWN", "retry"),
+            ("PROVISIONER_WORKER_CONCURRENCY", "8"),
+            ("PROVISIONER_SECRET_KEY", "k3y"),
+        ]);
+        let file = format!(
+            "{SMARTVPS}[database]\nurl = \"sqlite://file.db\"\n[server]\nlisten = \"127.0.0.1:1\"\n[worker]\nconcurrency = 2\n"
+        );
+        let s = Settings::from_sources(Some(&file), &env).unwrap();
+        let smartvps = s.smartvps.as_ref().unwrap();
+        assert_eq!(smartvps.base_url, "https://smartvps.store/");
+        assert_eq!(smartvps.path_prefix, "api/ocean/");
+        assert_eq!(smartvps.username, "from-env");
+        assert_eq!(smartvps.password.expose_secret(), "env-secret");
+        assert_eq!(s.database.url, "sqlite::memory:");
+        assert_eq!(s.server.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(s.policy.on_unknown, OnUnknown::Retry);
+        assert_eq!(s.worker.concurrency, 8);
+        assert_eq!(s.secret_key.as_ref().unwrap().expose_secret(), "k3y");
+    }
+
+    #[test]
+    fn environment_completes_the_file_and_empty_values_are_unset() {
+        let file = "[smartvps]\nbase_url = \"https://smartvps.online/\"\nusername = \"reseller\"\n";
+        let s = Settings::from_sources(Some(file), &env_of(&[("SMARTVPS_PASSWORD", "p")])).unwrap();
+        assert_eq!(s.smartvps.unwrap().password.expose_secret(), "p");
+        let err =
+            Settings::from_sources(Some(file), &env_of(&[("SMARTVPS_PASSWORD", "")])).unwrap_err();
+        assert_eq!(err.key, "smartvps.password");
+        // SMARTVPS_BASE_URL alone switches the simulator off and so needs the account too.
+        let err =
+            Settings::from_sources(None, &env_of(&[("SMARTVPS_BASE_URL", "https://x.example")]))
+                .unwrap_err();
+        assert_eq!(err.key, "smartvps.username");
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable() {
+        for (name, value) in [
+            ("PROVISIONER_WORKER_CONCURRENCY", "lots"),
+            ("PROVISIONER_WORKER_CONCURRENCY", "0"),
+            ("PROVISIONER_LISTEN", "nowhere"),
+            ("PROVISIONER_ON_UNKNOWN", "shrug"),
+            ("PROVISIONER_DATABASE_URL", "postgres://db"),
+            ("SMARTVPS_BASE_URL", "smartvps.online"),
+        ] {
+            let env = env_of(&[(name, value)]);
+            let err = Settings::from_sources(None, &env).unwrap_err();
+            assert_eq!(err.key, name, "{value}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let env = env_of(&[("PROVISIONER_SECRET_KEY", "top-secret-key")]);
+        let s = Settings::from_sources(Some(SMARTVPS), &env).unwrap();
+        let debug = format!("{s:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("top-secret-key"),
+            "{debug}"
+        );
+        assert!(debug.contains("REDACTED"), "{debug}");
+        let debug = format!("{:?}", s.smartvps.unwrap());
+        assert!(
+            !debug.contains("hunter2") && debug.contains("reseller"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn load_reads_an_explicit_file_and_reports_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("custom.toml");
+        std::fs::write(&path, "[worker]\nconcurrency = 5\n").unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.worker.concurrency, 5);
+        assert_eq!(s.source.as_deref(), Some(path.as_path()));
+        let missing = dir.path().join("missing.toml");
+        let err = Settings::load(Some(&missing)).unwrap_err();
+        assert_eq!(err.key, missing.display().to_string());
+    }
+}

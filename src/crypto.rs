@@ -14,10 +14,14 @@ use crate::domain::Credentials;
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
     /// The key is not 64 hex characters.
-    #[error("PROVISIONER_SECRET_KEY must be 64 hexadecimal characters (32 bytes); generate one with `provisioner keygen`")]
+    #[error(
+        "PROVISIONER_SECRET_KEY must be 64 hexadecimal characters (32 bytes); generate one with `provisioner keygen`"
+    )]
     BadKey,
     /// Decryption failed: wrong key, or the record was tampered with.
-    #[error("stored credentials cannot be decrypted with this key (wrong PROVISIONER_SECRET_KEY, or corrupted data)")]
+    #[error(
+        "stored credentials cannot be decrypted with this key (wrong PROVISIONER_SECRET_KEY, or corrupted data)"
+    )]
     Decrypt,
 }
 
@@ -56,7 +60,9 @@ impl Cipher {
             let s = std::str::from_utf8(chunk).map_err(|_| CryptoError::BadKey)?;
             bytes[i] = u8::from_str_radix(s, 16).map_err(|_| CryptoError::BadKey)?;
         }
-        Ok(Self { aead: ChaCha20Poly1305::new(Key::from_slice(&bytes)) })
+        Ok(Self {
+            aead: ChaCha20Poly1305::new(Key::from_slice(&bytes)),
+        })
     }
 
     /// A fresh random key, hex-encoded.
@@ -68,13 +74,21 @@ impl Cipher {
 
     /// Encrypts credentials (the address is stored in clear on the order; it is not a secret).
     pub fn seal(&self, creds: &Credentials) -> Vec<u8> {
-        let plain = serde_json::to_vec(&Sealed { username: &creds.username, password: creds.expose_password(), os: creds.os.as_deref() })
-            .unwrap_or_default();
+        let plain = serde_json::to_vec(&Sealed {
+            username: &creds.username,
+            password: creds.expose_password(),
+            os: creds.os.as_deref(),
+        })
+        .unwrap_or_default();
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         let mut out = nonce.to_vec();
         // Encryption with a valid key and nonce cannot fail for in-memory buffers.
-        out.extend(self.aead.encrypt(Nonce::from_slice(&nonce), plain.as_slice()).unwrap_or_default());
+        out.extend(
+            self.aead
+                .encrypt(Nonce::from_slice(&nonce), plain.as_slice())
+                .unwrap_or_default(),
+        );
         out
     }
 
@@ -87,9 +101,17 @@ impl Cipher {
             return Err(CryptoError::Decrypt);
         }
         let (nonce, body) = sealed.split_at(NONCE_LEN);
-        let plain = self.aead.decrypt(Nonce::from_slice(nonce), body).map_err(|_| CryptoError::Decrypt)?;
+        let plain = self
+            .aead
+            .decrypt(Nonce::from_slice(nonce), body)
+            .map_err(|_| CryptoError::Decrypt)?;
         let s: Sealed<'_> = serde_json::from_slice(&plain).map_err(|_| CryptoError::Decrypt)?;
-        Ok(Credentials { ip, username: s.username.to_string(), password: SecretString::from(s.password.to_string()), os: s.os.map(str::to_string) })
+        Ok(Credentials {
+            ip,
+            username: s.username.to_string(),
+            password: SecretString::from(s.password.to_string()),
+            os: s.os.map(str::to_string),
+        })
     }
 }
 
@@ -98,7 +120,12 @@ mod tests {
     use super::*;
 
     fn creds() -> Credentials {
-        Credentials { ip: "1.2.3.4".parse().unwrap(), username: "root".into(), password: SecretString::from("S3cret-pass"), os: None }
+        Credentials {
+            ip: "1.2.3.4".parse().unwrap(),
+            username: "root".into(),
+            password: SecretString::from("S3cret-pass"),
+            os: None,
+        }
     }
 
     #[test]

@@ -18,10 +18,13 @@
 //! - [`crypto`]: AEAD encryption of customer passwords at rest.
 //! - [`web`]: the axum JSON API.
 //! - [`app`]: wiring the ports together for `serve` and `demo`.
+//! - [`demo`]: the one-command demo on embedded defaults.
+//! - [`bench`]: `bench strategies`, the retry-versus-reconcile comparison.
 //! - [`cli`]: the command-line interface.
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -1,1 +1,7 @@
-fn main() {}
+//! The `provisioner` binary: parse the command line and run it. Everything else is in the library.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    provisioner::cli::main()
+}

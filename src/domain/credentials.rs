@@ -23,7 +23,10 @@ impl Credentials {
     pub fn default_username(os: Option<&str>) -> &'static str {
         let windows = os.is_some_and(|os| {
             let os = os.to_ascii_lowercase();
-            os.contains("win") || ["2012", "2016", "2019", "2022", "11"].iter().any(|v| os.trim() == *v)
+            os.contains("win")
+                || ["2012", "2016", "2019", "2022", "11"]
+                    .iter()
+                    .any(|v| os.trim() == *v)
         });
         if windows { "administrator" } else { "root" }
     }
@@ -62,7 +65,10 @@ mod tests {
 
     #[test]
     fn username_convention() {
-        assert_eq!(Credentials::default_username(Some("Windows 2019")), "administrator");
+        assert_eq!(
+            Credentials::default_username(Some("Windows 2019")),
+            "administrator"
+        );
         assert_eq!(Credentials::default_username(Some("2022")), "administrator");
         assert_eq!(Credentials::default_username(Some("ubuntu")), "root");
         assert_eq!(Credentials::default_username(None), "root");

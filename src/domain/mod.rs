@@ -10,7 +10,10 @@ use serde::Serialize;
 
 pub use credentials::Credentials;
 pub use ledger::{Purchase, PurchaseIntent, PurchaseOutcome, Resolution};
-pub use order::{Customer, FieldError, Failure, NewOrder, Order, OrderId, OrderRef, OrderRequest, OrderState, Phase, RamGb, TransitionError};
+pub use order::{
+    Customer, Failure, FieldError, NewOrder, Order, OrderId, OrderRef, OrderRequest, OrderState,
+    Phase, RamGb, TransitionError,
+};
 pub use package::{PackageId, PackageName};
 
 use crate::clock::Timestamp;
@@ -87,6 +90,13 @@ impl NoticeKind {
 
     /// Parses a stored name.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Provisioning, Self::Ready, Self::Failed, Self::NeedsAttention].into_iter().find(|k| k.as_str() == s)
+        [
+            Self::Provisioning,
+            Self::Ready,
+            Self::Failed,
+            Self::NeedsAttention,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }

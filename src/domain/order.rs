@@ -63,7 +63,10 @@ pub struct FieldError {
 impl FieldError {
     /// A new field error.
     pub fn new(field: &str, message: impl Into<String>) -> Self {
-        Self { field: field.to_string(), message: message.into() }
+        Self {
+            field: field.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -83,10 +86,16 @@ impl OrderRef {
             return Err(FieldError::new("order_ref", "must not be empty"));
         }
         if s.chars().count() > 128 {
-            return Err(FieldError::new("order_ref", "must be at most 128 characters"));
+            return Err(FieldError::new(
+                "order_ref",
+                "must be at most 128 characters",
+            ));
         }
         if s.chars().any(char::is_control) {
-            return Err(FieldError::new("order_ref", "must not contain control characters"));
+            return Err(FieldError::new(
+                "order_ref",
+                "must not contain control characters",
+            ));
         }
         Ok(Self(s.to_string()))
     }
@@ -113,7 +122,10 @@ impl RamGb {
     pub fn parse(gb: i64) -> Result<Self, FieldError> {
         match u32::try_from(gb) {
             Ok(v) if (1..=Self::MAX).contains(&v) => Ok(Self(v)),
-            _ => Err(FieldError::new("ram_gb", format!("must be a whole number from 1 to {}", Self::MAX))),
+            _ => Err(FieldError::new(
+                "ram_gb",
+                format!("must be a whole number from 1 to {}", Self::MAX),
+            )),
         }
     }
 
@@ -144,20 +156,33 @@ impl Customer {
         let email = email.trim();
         let valid_email = email.len() <= 254
             && !email.chars().any(|c| c.is_whitespace() || c.is_control())
-            && email
-                .split_once('@')
-                .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.') && !domain.contains('@'));
+            && email.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty()
+                    && domain.contains('.')
+                    && !domain.starts_with('.')
+                    && !domain.ends_with('.')
+                    && !domain.contains('@')
+            });
         if !valid_email {
-            return Err(FieldError::new("customer.email", "must be an email address like name@example.com"));
+            return Err(FieldError::new(
+                "customer.email",
+                "must be an email address like name@example.com",
+            ));
         }
         let name = name.trim();
         if name.is_empty() {
             return Err(FieldError::new("customer.name", "must not be empty"));
         }
         if name.chars().count() > 200 || name.chars().any(char::is_control) {
-            return Err(FieldError::new("customer.name", "must be at most 200 printable characters"));
+            return Err(FieldError::new(
+                "customer.name",
+                "must be at most 200 printable characters",
+            ));
         }
-        Ok(Self { email: email.to_string(), name: name.to_string() })
+        Ok(Self {
+            email: email.to_string(),
+            name: name.to_string(),
+        })
     }
 }
 
@@ -222,12 +247,21 @@ impl NewOrder {
             Some(os) => {
                 let lower = os.to_ascii_lowercase();
                 if !OS_CHOICES.contains(&lower.as_str()) {
-                    return Err(FieldError::new("os", format!("must be one of {}", OS_CHOICES.join(", "))));
+                    return Err(FieldError::new(
+                        "os",
+                        format!("must be one of {}", OS_CHOICES.join(", ")),
+                    ));
                 }
                 Some(lower)
             }
         };
-        Ok(Self { order_ref, package_id, ram_gb, customer, os })
+        Ok(Self {
+            order_ref,
+            package_id,
+            ram_gb,
+            customer,
+            os,
+        })
     }
 
     /// A stable digest of the request's meaning, so a replayed webhook can be told from a
@@ -291,7 +325,10 @@ impl OrderState {
 
     /// Whether the engine still works on orders in this state.
     pub fn is_active(self) -> bool {
-        matches!(self, Self::Queued | Self::Buying | Self::AwaitingCredentials)
+        matches!(
+            self,
+            Self::Queued | Self::Buying | Self::AwaitingCredentials
+        )
     }
 }
 
@@ -304,7 +341,10 @@ impl fmt::Display for OrderState {
 impl FromStr for OrderState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown order state {s:?}"))
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown order state {s:?}"))
     }
 }
 
@@ -420,7 +460,14 @@ impl Order {
     }
 
     fn require(&self, action: &'static str, allowed: &[OrderState]) -> Result<(), TransitionError> {
-        if allowed.contains(&self.state) { Ok(()) } else { Err(TransitionError { action, state: self.state }) }
+        if allowed.contains(&self.state) {
+            Ok(())
+        } else {
+            Err(TransitionError {
+                action,
+                state: self.state,
+            })
+        }
     }
 
     /// Queued -> buying: the worker has picked it up.
@@ -441,7 +488,10 @@ impl Order {
     pub fn start_buy_attempt(&mut self, now: Timestamp) -> Result<u32, TransitionError> {
         self.require("start a buy attempt for", &[OrderState::Buying])?;
         if self.server_ip.is_some() {
-            return Err(TransitionError { action: "buy again for", state: OrderState::AwaitingCredentials });
+            return Err(TransitionError {
+                action: "buy again for",
+                state: OrderState::AwaitingCredentials,
+            });
         }
         self.buy_attempts += 1;
         self.updated_at = now;
@@ -465,7 +515,10 @@ impl Order {
     /// Unless the order is still being worked.
     pub fn wait_until(&mut self, at: Timestamp, now: Timestamp) -> Result<(), TransitionError> {
         if !self.state.is_active() {
-            return Err(TransitionError { action: "schedule", state: self.state });
+            return Err(TransitionError {
+                action: "schedule",
+                state: self.state,
+            });
         }
         self.run_at = Some(at);
         self.updated_at = now;
@@ -504,10 +557,25 @@ impl Order {
     ///
     /// # Errors
     /// Unless still being worked.
-    pub fn fail(&mut self, phase: Phase, reason: impl Into<String>, now: Timestamp) -> Result<(), TransitionError> {
-        self.require("fail", &[OrderState::Queued, OrderState::Buying, OrderState::AwaitingCredentials])?;
+    pub fn fail(
+        &mut self,
+        phase: Phase,
+        reason: impl Into<String>,
+        now: Timestamp,
+    ) -> Result<(), TransitionError> {
+        self.require(
+            "fail",
+            &[
+                OrderState::Queued,
+                OrderState::Buying,
+                OrderState::AwaitingCredentials,
+            ],
+        )?;
         self.state = OrderState::Failed;
-        self.failure = Some(Failure { phase, reason: reason.into() });
+        self.failure = Some(Failure {
+            phase,
+            reason: reason.into(),
+        });
         self.run_at = None;
         self.updated_at = now;
         Ok(())
@@ -517,10 +585,25 @@ impl Order {
     ///
     /// # Errors
     /// Unless still being worked.
-    pub fn escalate(&mut self, phase: Phase, reason: impl Into<String>, now: Timestamp) -> Result<(), TransitionError> {
-        self.require("escalate", &[OrderState::Queued, OrderState::Buying, OrderState::AwaitingCredentials])?;
+    pub fn escalate(
+        &mut self,
+        phase: Phase,
+        reason: impl Into<String>,
+        now: Timestamp,
+    ) -> Result<(), TransitionError> {
+        self.require(
+            "escalate",
+            &[
+                OrderState::Queued,
+                OrderState::Buying,
+                OrderState::AwaitingCredentials,
+            ],
+        )?;
         self.state = OrderState::NeedsAttention;
-        self.failure = Some(Failure { phase, reason: reason.into() });
+        self.failure = Some(Failure {
+            phase,
+            reason: reason.into(),
+        });
         self.run_at = None;
         self.updated_at = now;
         Ok(())
@@ -533,7 +616,11 @@ impl Order {
     /// Unless failed.
     pub fn retry(&mut self, now: Timestamp) -> Result<Phase, TransitionError> {
         self.require("retry", &[OrderState::Failed])?;
-        let phase = if self.server_ip.is_some() { Phase::Credentials } else { Phase::Buy };
+        let phase = if self.server_ip.is_some() {
+            Phase::Credentials
+        } else {
+            Phase::Buy
+        };
         self.state = match phase {
             Phase::Buy => OrderState::Buying,
             Phase::Credentials => OrderState::AwaitingCredentials,
@@ -553,7 +640,13 @@ impl Order {
     pub fn cancel(&mut self, now: Timestamp) -> Result<(), TransitionError> {
         self.require(
             "cancel",
-            &[OrderState::Queued, OrderState::Buying, OrderState::AwaitingCredentials, OrderState::Failed, OrderState::NeedsAttention],
+            &[
+                OrderState::Queued,
+                OrderState::Buying,
+                OrderState::AwaitingCredentials,
+                OrderState::Failed,
+                OrderState::NeedsAttention,
+            ],
         )?;
         self.state = OrderState::Cancelled;
         self.run_at = None;
@@ -572,7 +665,10 @@ mod tests {
             order_ref: "pay_1".into(),
             package: 5,
             ram_gb: 4,
-            customer: CustomerRequest { email: "a@example.com".into(), name: "Ann".into() },
+            customer: CustomerRequest {
+                email: "a@example.com".into(),
+                name: "Ann".into(),
+            },
             os: Some("Ubuntu".into()),
         }
     }
@@ -605,10 +701,14 @@ mod tests {
         let mut o = order();
         o.begin_buying(Timestamp(1)).unwrap();
         assert_eq!(o.start_buy_attempt(Timestamp(1)).unwrap(), 1);
-        o.bought("103.82.72.5".parse().unwrap(), Timestamp(2)).unwrap();
+        o.bought("103.82.72.5".parse().unwrap(), Timestamp(2))
+            .unwrap();
         assert_eq!(o.state, OrderState::AwaitingCredentials);
         assert_eq!(o.run_at, Some(Timestamp(2)));
-        assert!(o.start_buy_attempt(Timestamp(2)).is_err(), "the credentials phase never buys");
+        assert!(
+            o.start_buy_attempt(Timestamp(2)).is_err(),
+            "the credentials phase never buys"
+        );
         o.ready(Timestamp(3)).unwrap();
         assert_eq!(o.state, OrderState::Ready);
         assert!(o.cancel(Timestamp(4)).is_err());
@@ -619,8 +719,10 @@ mod tests {
         let mut o = order();
         o.begin_buying(Timestamp(1)).unwrap();
         o.start_buy_attempt(Timestamp(1)).unwrap();
-        o.bought("103.82.72.5".parse().unwrap(), Timestamp(2)).unwrap();
-        o.fail(Phase::Credentials, "no credentials", Timestamp(3)).unwrap();
+        o.bought("103.82.72.5".parse().unwrap(), Timestamp(2))
+            .unwrap();
+        o.fail(Phase::Credentials, "no credentials", Timestamp(3))
+            .unwrap();
         assert_eq!(o.retry(Timestamp(4)).unwrap(), Phase::Credentials);
         assert_eq!(o.state, OrderState::AwaitingCredentials);
         assert_eq!(o.server_ip, Some("103.82.72.5".parse().unwrap()));

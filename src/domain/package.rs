@@ -6,7 +6,9 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 /// SmartVPS's package id (PID): the only stable key for a product.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct PackageId(pub u32);
 
@@ -50,14 +52,19 @@ impl PackageName {
     /// When the name is empty, has more than three groups, a group that is not an octet, or an
     /// `x` anywhere but at the end of the last group.
     pub fn parse(raw: &str) -> Result<Self, PackageNameError> {
-        let err = |why| PackageNameError { name: raw.chars().take(64).collect(), why };
+        let err = |why| PackageNameError {
+            name: raw.chars().take(64).collect(),
+            why,
+        };
         let trimmed = raw.trim();
         if trimmed.is_empty() {
             return Err(err("empty"));
         }
         let parts: Vec<&str> = trimmed.split('.').collect();
         if parts.len() > 3 {
-            return Err(err("more than three groups (a package name is an address prefix)"));
+            return Err(err(
+                "more than three groups (a package name is an address prefix)",
+            ));
         }
         let mut groups = Vec::with_capacity(parts.len());
         for (i, part) in parts.iter().enumerate() {
@@ -74,11 +81,17 @@ impl PackageName {
                 if part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(err("each group must be an octet (0-255)"));
                 }
-                Group::Exact(part.parse::<u8>().map_err(|_| err("each group must be an octet (0-255)"))?)
+                Group::Exact(
+                    part.parse::<u8>()
+                        .map_err(|_| err("each group must be an octet (0-255)"))?,
+                )
             };
             groups.push(group);
         }
-        Ok(Self { raw: trimmed.to_string(), groups })
+        Ok(Self {
+            raw: trimmed.to_string(),
+            groups,
+        })
     }
 
     /// The name as sent to SmartVPS.
@@ -89,13 +102,16 @@ impl PackageName {
     /// Whether `ip` belongs to this package: its leading octets match, honouring the wildcard.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         let octets = ip.octets();
-        self.groups.iter().zip(octets).all(|(group, octet)| match group {
-            Group::Exact(want) => *want == octet,
-            Group::Wildcard(prefix) => {
-                let text = octet.to_string();
-                text.starts_with(prefix.as_str()) && text.len() > prefix.len()
-            }
-        })
+        self.groups
+            .iter()
+            .zip(octets)
+            .all(|(group, octet)| match group {
+                Group::Exact(want) => *want == octet,
+                Group::Wildcard(prefix) => {
+                    let text = octet.to_string();
+                    text.starts_with(prefix.as_str()) && text.len() > prefix.len()
+                }
+            })
     }
 }
 
@@ -150,7 +166,16 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "103.x.5", "1.2.3.4", "300.1", "abc", "103.82.7y", "103..1", "103.123x"] {
+        for bad in [
+            "",
+            "103.x.5",
+            "1.2.3.4",
+            "300.1",
+            "abc",
+            "103.82.7y",
+            "103..1",
+            "103.123x",
+        ] {
             assert!(PackageName::parse(bad).is_err(), "{bad} should not parse");
         }
     }

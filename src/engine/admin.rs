@@ -23,7 +23,10 @@ pub enum AdminError {
 
 impl Engine {
     async fn load(&self, id: &OrderId) -> Result<Order, AdminError> {
-        self.store.order(id).await?.ok_or_else(|| AdminError::NotFound(id.clone()))
+        self.store
+            .order(id)
+            .await?
+            .ok_or_else(|| AdminError::NotFound(id.clone()))
     }
 
     /// Retries a failed order: the buy phase when no server is owned, otherwise status polling
@@ -31,28 +34,57 @@ impl Engine {
     ///
     /// # Errors
     /// [`AdminError`] naming why.
-    pub async fn retry(&self, id: &OrderId, actor: &str, reason: &str) -> Result<Order, AdminError> {
+    pub async fn retry(
+        &self,
+        id: &OrderId,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Order, AdminError> {
         if reason.trim().is_empty() {
             return Err(AdminError::NoReason);
         }
         let mut order = self.load(id).await?;
         if order.state != OrderState::Failed {
-            return Err(AdminError::Refused(format!("only a failed order can be retried; this one is {}", order.state)));
+            return Err(AdminError::Refused(format!(
+                "only a failed order can be retried; this one is {}",
+                order.state
+            )));
         }
         let purchases = self.store.purchases(id).await?;
         if order.server_ip.is_none() && purchases.iter().any(|p| p.is_unsettled()) {
-            return Err(AdminError::Refused("a purchase for this order has an unsettled outcome; resolve it first".into()));
+            return Err(AdminError::Refused(
+                "a purchase for this order has an unsettled outcome; resolve it first".into(),
+            ));
         }
         let expected = order.updated_at;
         let now = self.clock.now();
-        let phase = order.retry(now).map_err(|e| AdminError::Refused(e.to_string()))?;
+        let phase = order
+            .retry(now)
+            .map_err(|e| AdminError::Refused(e.to_string()))?;
         let what = match phase {
             Phase::Buy => "the buy phase restarts with fresh attempts".to_string(),
-            Phase::Credentials => format!("status polling of {} resumes; nothing will be bought", order.server_ip.map(|i| i.to_string()).unwrap_or_default()),
+            Phase::Credentials => format!(
+                "status polling of {} resumes; nothing will be bought",
+                order.server_ip.map(|i| i.to_string()).unwrap_or_default()
+            ),
         };
-        let entry = TimelineEntry { at: now, kind: EntryKind::Admin, message: format!("🔁 Retry by {actor}: {reason} ({what})") };
+        let entry = TimelineEntry {
+            at: now,
+            kind: EntryKind::Admin,
+            message: format!("🔁 Retry by {actor}: {reason} ({what})"),
+        };
         tracing::info!(order_id = %id, actor, "{}", entry.message);
-        self.store.admin_save(&order, expected, now, Change { entries: vec![entry], ..Change::default() }).await?;
+        self.store
+            .admin_save(
+                &order,
+                expected,
+                now,
+                Change {
+                    entries: vec![entry],
+                    ..Change::default()
+                },
+            )
+            .await?;
         self.wake();
         Ok(order)
     }

@@ -3,7 +3,9 @@
 
 use super::progress::Progress;
 use super::{Engine, EngineError};
-use crate::domain::{NoticeKind, Order, Phase, Purchase, PurchaseIntent, PurchaseOutcome, Resolution};
+use crate::domain::{
+    NoticeKind, Order, Phase, Purchase, PurchaseIntent, PurchaseOutcome, Resolution,
+};
 use crate::policy::{OnUnknown, describe_wait};
 use crate::provider::{CallContext, Outcome, StockEntry};
 use crate::store::{Change, Flight, Lease, Recorded};
@@ -17,17 +19,29 @@ pub(super) enum Next {
     Credentials,
 }
 
-pub(super) async fn step(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Progress) -> Result<Next, EngineError> {
+pub(super) async fn step(
+    e: &Engine,
+    lease: &Lease,
+    order: &mut Order,
+    p: &mut Progress,
+) -> Result<Next, EngineError> {
     let latest = e.store.purchases(&order.id).await?.pop();
     if let Some(mut purchase) = latest.filter(Purchase::is_unsettled) {
         if purchase.outcome.is_none() {
             // We hold the lease, so the worker that sent this purchase lost its own lease before
             // recording a reply: it crashed or stalled mid-call. The server may exist.
             let now = e.clock.now();
-            let outcome = PurchaseOutcome::Unknown { reason: "no reply recorded: the worker stopped mid-call".into() };
+            let outcome = PurchaseOutcome::Unknown {
+                reason: "no reply recorded: the worker stopped mid-call".into(),
+            };
             e.store.record_outcome(purchase.id, &outcome, now).await?;
             p.warn(now, format!("❓ buyVps attempt {} has no recorded reply (worker stopped mid-call): outcome unknown", purchase.attempt));
-            purchase = e.store.purchases(&order.id).await?.pop().unwrap_or(purchase);
+            purchase = e
+                .store
+                .purchases(&order.id)
+                .await?
+                .pop()
+                .unwrap_or(purchase);
             return after_unknown(e, lease, order, p, &purchase).await;
         }
         return reconcile(e, lease, order, p, &purchase).await;
@@ -36,7 +50,13 @@ pub(super) async fn step(e: &Engine, lease: &Lease, order: &mut Order, p: &mut P
 }
 
 /// One buy attempt: single flight, stock read, intent, buyvps, outcome.
-async fn attempt(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Progress, stock: Option<StockEntry>) -> Result<Next, EngineError> {
+async fn attempt(
+    e: &Engine,
+    lease: &Lease,
+    order: &mut Order,
+    p: &mut Progress,
+    stock: Option<StockEntry>,
+) -> Result<Next, EngineError> {
     let now = e.clock.now();
     if let Flight::HeldBy(other) = e.store.acquire_flight(lease, order.package_id).await? {
         tracing::debug!(order_id = %order.id, holder = %other, "package has a purchase in flight; waiting");
@@ -49,32 +69,56 @@ async fn attempt(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Progress,
             Outcome::Succeeded(list) => match list.into_iter().find(|s| s.id == order.package_id) {
                 Some(entry) => entry,
                 None => {
-                    let reason = format!("package {} is not in SmartVPS's stock list", order.package_id);
+                    let reason = format!(
+                        "package {} is not in SmartVPS's stock list",
+                        order.package_id
+                    );
                     return fail_now(e, lease, order, p, reason).await;
                 }
             },
             Outcome::Rejected(why) | Outcome::Unknown(why) => {
                 let n = count_attempt(e, order)?;
-                return rejected(e, lease, order, p, n, &format!("could not read stock: {why}")).await;
+                return rejected(
+                    e,
+                    lease,
+                    order,
+                    p,
+                    n,
+                    &format!("could not read stock: {why}"),
+                )
+                .await;
             }
         },
     };
     let name = match &entry.name {
         Ok(name) => name.clone(),
         Err(bad) => {
-            let reason = format!("package {} has a name SmartVPS sent that cannot be checked against addresses: {bad}", order.package_id);
+            let reason = format!(
+                "package {} has a name SmartVPS sent that cannot be checked against addresses: {bad}",
+                order.package_id
+            );
             return fail_now(e, lease, order, p, reason).await;
         }
     };
     if !entry.active || entry.free == 0 {
         let n = count_attempt(e, order)?;
-        let why = if entry.active { format!("package {name} is sold out (0 free)") } else { format!("package {name} is not active") };
+        let why = if entry.active {
+            format!("package {name} is sold out (0 free)")
+        } else {
+            format!("package {name} is not active")
+        };
         return rejected(e, lease, order, p, n, &why).await;
     }
 
     let n = order.start_buy_attempt(e.clock.now()).map_err(corrupt)?;
     let sent_at = e.clock.now();
-    p.line(sent_at, format!("[SMARTVPS] Calling buyVps - attempt {n}/{}", e.policy.buy.attempts));
+    p.line(
+        sent_at,
+        format!(
+            "[SMARTVPS] Calling buyVps - attempt {n}/{}",
+            e.policy.buy.attempts
+        ),
+    );
     let intent = PurchaseIntent {
         order_id: order.id.clone(),
         attempt: n,
@@ -83,15 +127,25 @@ async fn attempt(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Progress,
         stock_before: Some(entry.free),
         sent_at,
     };
-    let purchase_id = e.store.begin_purchase(lease, order, &intent, &p.take()).await?;
+    let purchase_id = e
+        .store
+        .begin_purchase(lease, order, &intent, &p.take())
+        .await?;
 
     let ctx = CallContext::for_order(&order.id, n);
-    let outcome = e.provider.buy(&ctx, &name, order.ram_gb, e.policy.buy.timeout).await;
+    let outcome = e
+        .provider
+        .buy(&ctx, &name, order.ram_gb, e.policy.buy.timeout)
+        .await;
     let now = e.clock.now();
     let recorded = match &outcome {
         Outcome::Succeeded(ip) => PurchaseOutcome::Succeeded { ip: *ip },
-        Outcome::Rejected(reason) => PurchaseOutcome::Rejected { reason: reason.clone() },
-        Outcome::Unknown(reason) => PurchaseOutcome::Unknown { reason: reason.clone() },
+        Outcome::Rejected(reason) => PurchaseOutcome::Rejected {
+            reason: reason.clone(),
+        },
+        Outcome::Unknown(reason) => PurchaseOutcome::Unknown {
+            reason: reason.clone(),
+        },
     };
     if e.store.record_outcome(purchase_id, &recorded, now).await? == Recorded::AlreadyDecided {
         // Another worker took this order over and marked the purchase unknown; the reply is kept
@@ -110,25 +164,63 @@ async fn attempt(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Progress,
                 return escalate(e, lease, order, p, reason, Change::default()).await;
             }
             if let Some(owner) = e.store.owner_of(ip).await?.filter(|o| o != &order.id) {
-                let reason = format!("SmartVPS returned {ip}, which already belongs to order {owner}: not delivering it twice");
+                let reason = format!(
+                    "SmartVPS returned {ip}, which already belongs to order {owner}: not delivering it twice"
+                );
                 p.warn(now, format!("⚠️ {reason}"));
                 return escalate(e, lease, order, p, reason, Change::default()).await;
             }
-            p.line(now, format!("[SMARTVPS] ✅ buyVps succeeded on attempt {n}"));
+            p.line(
+                now,
+                format!("[SMARTVPS] ✅ buyVps succeeded on attempt {n}"),
+            );
             p.line(now, format!("[SMARTVPS] Server bought: {ip}"));
             order.bought(ip, now).map_err(corrupt)?;
-            let change = Change { entries: p.take(), keep_lease: true, release_flight: true, ..Change::default() };
+            let change = Change {
+                entries: p.take(),
+                keep_lease: true,
+                release_flight: true,
+                ..Change::default()
+            };
             e.store.save(lease, order, change).await?;
             Ok(Next::Credentials)
         }
         Outcome::Rejected(reason) => {
-            p.line(now, format!("[SMARTVPS] ❌ buyVps attempt {n} failed: {reason}"));
-            schedule_or_fail(e, lease, order, p, n, &reason, Change { release_flight: true, ..Change::default() }).await
+            p.line(
+                now,
+                format!("[SMARTVPS] ❌ buyVps attempt {n} failed: {reason}"),
+            );
+            schedule_or_fail(
+                e,
+                lease,
+                order,
+                p,
+                n,
+                &reason,
+                Change {
+                    release_flight: true,
+                    ..Change::default()
+                },
+            )
+            .await
         }
         Outcome::Unknown(reason) => {
-            p.line(now, format!("[SMARTVPS] ❌ buyVps attempt {n} failed: {reason}"));
-            p.warn(now, format!("❓ Outcome of buyVps attempt {n} is unknown: SmartVPS may still complete it"));
-            let purchase = e.store.purchases(&order.id).await?.into_iter().find(|x| x.id == purchase_id);
+            p.line(
+                now,
+                format!("[SMARTVPS] ❌ buyVps attempt {n} failed: {reason}"),
+            );
+            p.warn(
+                now,
+                format!(
+                    "❓ Outcome of buyVps attempt {n} is unknown: SmartVPS may still complete it"
+                ),
+            );
+            let purchase = e
+                .store
+                .purchases(&order.id)
+                .await?
+                .into_iter()
+                .find(|x| x.id == purchase_id);
             match purchase {
                 Some(purchase) => after_unknown(e, lease, order, p, &purchase).await,
                 None => Err(corrupt(format!("purchase {purchase_id} vanished"))),
@@ -138,7 +230,13 @@ async fn attempt(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Progress,
 }
 
 /// What the policy does right after an outcome turned out unknown.
-async fn after_unknown(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Progress, purchase: &Purchase) -> Result<Next, EngineError> {
+async fn after_unknown(
+    e: &Engine,
+    lease: &Lease,
+    order: &mut Order,
+    p: &mut Progress,
+    purchase: &Purchase,
+) -> Result<Next, EngineError> {
     let now = e.clock.now();
     let n = purchase.attempt;
     match e.policy.on_unknown {
@@ -148,13 +246,20 @@ async fn after_unknown(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Pro
                  bought at {}",
                 purchase.sent_at
             );
-            let change = Change { resolve: Some((purchase.id, escalated(&reason))), ..Change::default() };
+            let change = Change {
+                resolve: Some((purchase.id, escalated(&reason))),
+                ..Change::default()
+            };
             escalate(e, lease, order, p, reason, change).await
         }
         OnUnknown::Retry => {
             p.warn(now, "⚠️ UNSAFE: retrying without reconciliation (policy.buy.on_unknown = retry): this can buy a second server");
             let reason = unknown_reason(purchase);
-            let change = Change { resolve: Some((purchase.id, Resolution::RetriedBlindly)), release_flight: true, ..Change::default() };
+            let change = Change {
+                resolve: Some((purchase.id, Resolution::RetriedBlindly)),
+                release_flight: true,
+                ..Change::default()
+            };
             schedule_or_fail(e, lease, order, p, n, &reason, change).await
         }
         OnUnknown::Reconcile => {
@@ -162,7 +267,13 @@ async fn after_unknown(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Pro
             // upstream; the package's single flight stays held so our own purchases cannot blur
             // the stock evidence meanwhile.
             let wait = e.policy.buy.settle_after(n);
-            p.line(now, format!("[SMARTVPS] ⏳ Strategic delay: Waiting {} before retry...", describe_wait(wait)));
+            p.line(
+                now,
+                format!(
+                    "[SMARTVPS] ⏳ Strategic delay: Waiting {} before retry...",
+                    describe_wait(wait)
+                ),
+            );
             p.line(now, "[SMARTVPS] 🔎 Before any new purchase, SmartVPS's stock will be checked to confirm nothing was bought");
             let _ = order.wait_until(now.plus(wait), now);
             finish(e, lease, order, p, Change::default()).await
@@ -171,19 +282,38 @@ async fn after_unknown(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Pro
 }
 
 /// Settles an unknown purchase from the evidence: a late reply, or the package's stock.
-async fn reconcile(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Progress, purchase: &Purchase) -> Result<Next, EngineError> {
+async fn reconcile(
+    e: &Engine,
+    lease: &Lease,
+    order: &mut Order,
+    p: &mut Progress,
+    purchase: &Purchase,
+) -> Result<Next, EngineError> {
     let now = e.clock.now();
     let n = purchase.attempt;
     if let Some(ip) = purchase.late_ip {
-        if purchase.package_name.contains(ip) && e.store.owner_of(ip).await?.is_none_or(|o| o == order.id) {
+        if purchase.package_name.contains(ip)
+            && e.store.owner_of(ip).await?.is_none_or(|o| o == order.id)
+        {
             p.line(now, format!("[SMARTVPS] ✅ buyVps attempt {n} had succeeded after all (late reply): server {ip}"));
             order.bought(ip, now).map_err(corrupt)?;
-            let change = Change { entries: p.take(), keep_lease: true, release_flight: true, resolve: Some((purchase.id, Resolution::Adopted { ip })), ..Change::default() };
+            let change = Change {
+                entries: p.take(),
+                keep_lease: true,
+                release_flight: true,
+                resolve: Some((purchase.id, Resolution::Adopted { ip })),
+                ..Change::default()
+            };
             e.store.save(lease, order, change).await?;
             return Ok(Next::Credentials);
         }
-        let reason = format!("a late reply says buyVps attempt {n} bought {ip}, which cannot be delivered (wrong package or already owned)");
-        let change = Change { resolve: Some((purchase.id, escalated(&reason))), ..Change::default() };
+        let reason = format!(
+            "a late reply says buyVps attempt {n} bought {ip}, which cannot be delivered (wrong package or already owned)"
+        );
+        let change = Change {
+            resolve: Some((purchase.id, escalated(&reason))),
+            ..Change::default()
+        };
         return escalate(e, lease, order, p, reason, change).await;
     }
     match e.policy.on_unknown {
@@ -197,8 +327,21 @@ async fn reconcile(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Progres
             let decided = purchase.decided_at.unwrap_or(purchase.sent_at);
             let settle = e.policy.buy.settle_after(n);
             if now.since(decided) >= settle * 4 {
-                let reason = format!("buyVps attempt {n} has an unknown outcome and SmartVPS's stock could not be read to reconcile it ({why})");
-                return escalate(e, lease, order, p, reason, Change { resolve: Some((purchase.id, escalated(&why))), ..Change::default() }).await;
+                let reason = format!(
+                    "buyVps attempt {n} has an unknown outcome and SmartVPS's stock could not be read to reconcile it ({why})"
+                );
+                return escalate(
+                    e,
+                    lease,
+                    order,
+                    p,
+                    reason,
+                    Change {
+                        resolve: Some((purchase.id, escalated(&why))),
+                        ..Change::default()
+                    },
+                )
+                .await;
             }
             p.line(now, format!("[SMARTVPS] 🔎 Could not read stock to reconcile attempt {n} ({why}); trying again in {}", describe_wait(settle)));
             let _ = order.wait_until(now.plus(settle), now);
@@ -213,15 +356,46 @@ async fn reconcile(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Progres
                 "free stock of package {} unchanged at {a} since attempt {n} was sent, and no late reply: nothing was bought",
                 purchase.package_name
             );
-            p.line(now, format!("[SMARTVPS] 🔎 Reconciled attempt {n}: {evidence}"));
-            let change = Change { resolve: Some((purchase.id, Resolution::NotBought { evidence })), ..Change::default() };
+            p.line(
+                now,
+                format!("[SMARTVPS] 🔎 Reconciled attempt {n}: {evidence}"),
+            );
+            let change = Change {
+                resolve: Some((purchase.id, Resolution::NotBought { evidence })),
+                ..Change::default()
+            };
             if n >= e.policy.buy.attempts {
-                let reason = format!("buyVps failed {n} times (last: {}); confirmed nothing was bought", unknown_reason(purchase));
+                let reason = format!(
+                    "buyVps failed {n} times (last: {}); confirmed nothing was bought",
+                    unknown_reason(purchase)
+                );
                 p.line(now, format!("💥 PROVISIONING FAILED after {n} attempts"));
-                return fail(e, lease, order, p, Phase::Buy, reason, Change { release_flight: true, ..change }).await;
+                return fail(
+                    e,
+                    lease,
+                    order,
+                    p,
+                    Phase::Buy,
+                    reason,
+                    Change {
+                        release_flight: true,
+                        ..change
+                    },
+                )
+                .await;
             }
             // Save the settlement first so a crash during the next attempt cannot re-reconcile it.
-            e.store.save(lease, order, Change { entries: p.take(), keep_lease: true, ..change }).await?;
+            e.store
+                .save(
+                    lease,
+                    order,
+                    Change {
+                        entries: p.take(),
+                        keep_lease: true,
+                        ..change
+                    },
+                )
+                .await?;
             attempt(e, lease, order, p, entry).await
         }
         _ => {
@@ -235,19 +409,31 @@ async fn reconcile(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Progres
                 purchase.sent_at
             );
             p.warn(now, format!("🔎 Reconciled attempt {n}: {evidence}"));
-            let change = Change { resolve: Some((purchase.id, Resolution::Escalated { evidence: evidence.clone() })), ..Change::default() };
+            let change = Change {
+                resolve: Some((
+                    purchase.id,
+                    Resolution::Escalated {
+                        evidence: evidence.clone(),
+                    },
+                )),
+                ..Change::default()
+            };
             escalate(e, lease, order, p, evidence, change).await
         }
     }
 }
 
 fn escalated(evidence: &str) -> Resolution {
-    Resolution::Escalated { evidence: evidence.to_string() }
+    Resolution::Escalated {
+        evidence: evidence.to_string(),
+    }
 }
 
 fn unknown_reason(p: &Purchase) -> String {
     match &p.outcome {
-        Some(PurchaseOutcome::Unknown { reason }) | Some(PurchaseOutcome::Rejected { reason }) => reason.clone(),
+        Some(PurchaseOutcome::Unknown { reason }) | Some(PurchaseOutcome::Rejected { reason }) => {
+            reason.clone()
+        }
         _ => "unknown outcome".into(),
     }
 }
@@ -256,53 +442,154 @@ fn count_attempt(e: &Engine, order: &mut Order) -> Result<u32, EngineError> {
     order.start_buy_attempt(e.clock.now()).map_err(corrupt)
 }
 
-async fn rejected(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Progress, n: u32, reason: &str) -> Result<Next, EngineError> {
+async fn rejected(
+    e: &Engine,
+    lease: &Lease,
+    order: &mut Order,
+    p: &mut Progress,
+    n: u32,
+    reason: &str,
+) -> Result<Next, EngineError> {
     let now = e.clock.now();
-    p.line(now, format!("[SMARTVPS] ❌ buyVps attempt {n} failed: {reason}"));
-    schedule_or_fail(e, lease, order, p, n, reason, Change { release_flight: true, ..Change::default() }).await
+    p.line(
+        now,
+        format!("[SMARTVPS] ❌ buyVps attempt {n} failed: {reason}"),
+    );
+    schedule_or_fail(
+        e,
+        lease,
+        order,
+        p,
+        n,
+        reason,
+        Change {
+            release_flight: true,
+            ..Change::default()
+        },
+    )
+    .await
 }
 
 /// After a failed attempt: the strategic wait, or failure when attempts are exhausted.
-async fn schedule_or_fail(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Progress, n: u32, reason: &str, change: Change) -> Result<Next, EngineError> {
+async fn schedule_or_fail(
+    e: &Engine,
+    lease: &Lease,
+    order: &mut Order,
+    p: &mut Progress,
+    n: u32,
+    reason: &str,
+    change: Change,
+) -> Result<Next, EngineError> {
     let now = e.clock.now();
     match e.policy.buy.delay_after(n) {
         Some(wait) => {
-            p.line(now, format!("[SMARTVPS] ⏳ Strategic delay: Waiting {} before retry...", describe_wait(wait)));
+            p.line(
+                now,
+                format!(
+                    "[SMARTVPS] ⏳ Strategic delay: Waiting {} before retry...",
+                    describe_wait(wait)
+                ),
+            );
             p.line(now, "[SMARTVPS] 💡 This allows SmartVPS API to fully process and prevents race conditions");
             let _ = order.wait_until(now.plus(wait), now);
             finish(e, lease, order, p, change).await
         }
         None => {
             p.line(now, format!("💥 PROVISIONING FAILED after {n} attempts"));
-            fail(e, lease, order, p, Phase::Buy, format!("buyVps failed {n} times; last: {reason}"), change).await
+            fail(
+                e,
+                lease,
+                order,
+                p,
+                Phase::Buy,
+                format!("buyVps failed {n} times; last: {reason}"),
+                change,
+            )
+            .await
         }
     }
 }
 
 /// A failure no retry can fix (unknown package): fail without spending attempts.
-async fn fail_now(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Progress, reason: String) -> Result<Next, EngineError> {
+async fn fail_now(
+    e: &Engine,
+    lease: &Lease,
+    order: &mut Order,
+    p: &mut Progress,
+    reason: String,
+) -> Result<Next, EngineError> {
     p.line(e.clock.now(), format!("💥 PROVISIONING FAILED: {reason}"));
-    fail(e, lease, order, p, Phase::Buy, reason, Change { release_flight: true, ..Change::default() }).await
+    fail(
+        e,
+        lease,
+        order,
+        p,
+        Phase::Buy,
+        reason,
+        Change {
+            release_flight: true,
+            ..Change::default()
+        },
+    )
+    .await
 }
 
-async fn fail(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Progress, phase: Phase, reason: String, change: Change) -> Result<Next, EngineError> {
+async fn fail(
+    e: &Engine,
+    lease: &Lease,
+    order: &mut Order,
+    p: &mut Progress,
+    phase: Phase,
+    reason: String,
+    change: Change,
+) -> Result<Next, EngineError> {
     let now = e.clock.now();
     order.fail(phase, reason, now).map_err(corrupt)?;
-    p.line(now, "📧 Customer notified: provisioning failed; an admin can retry");
-    let change = Change { notices: vec![NoticeKind::Failed], ..change };
+    p.line(
+        now,
+        "📧 Customer notified: provisioning failed; an admin can retry",
+    );
+    let change = Change {
+        notices: vec![NoticeKind::Failed],
+        ..change
+    };
     finish(e, lease, order, p, change).await
 }
 
-pub(super) async fn escalate(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Progress, reason: String, change: Change) -> Result<Next, EngineError> {
+pub(super) async fn escalate(
+    e: &Engine,
+    lease: &Lease,
+    order: &mut Order,
+    p: &mut Progress,
+    reason: String,
+    change: Change,
+) -> Result<Next, EngineError> {
     let now = e.clock.now();
     order.escalate(Phase::Buy, reason, now).map_err(corrupt)?;
-    p.warn(now, "🛑 Order needs attention: an admin must decide (no automatic purchase will be made)");
-    let change = Change { notices: vec![NoticeKind::NeedsAttention], release_flight: true, ..change };
+    p.warn(
+        now,
+        "🛑 Order needs attention: an admin must decide (no automatic purchase will be made)",
+    );
+    let change = Change {
+        notices: vec![NoticeKind::NeedsAttention],
+        release_flight: true,
+        ..change
+    };
     finish(e, lease, order, p, change).await
 }
 
-async fn finish(e: &Engine, lease: &Lease, order: &Order, p: &mut Progress, change: Change) -> Result<Next, EngineError> {
-    let change = Change { entries: p.take(), keep_lease: false, ..change };
+async fn finish(
+    e: &Engine,
+    lease: &Lease,
+    order: &Order,
+    p: &mut Progress,
+    change: Change,
+) -> Result<Next, EngineError> {
+    let change = Change {
+        entries: p.take(),
+        keep_lease: false,
+        ..change
+    };
     e.store.save(lease, order, change).await?;
     Ok(Next::Done)
 }

@@ -9,28 +9,61 @@ use crate::policy::describe_wait;
 use crate::provider::{CallContext, Outcome};
 use crate::store::{Change, Lease};
 
-pub(super) async fn step(e: &Engine, lease: &Lease, order: &mut Order, p: &mut Progress) -> Result<(), EngineError> {
+pub(super) async fn step(
+    e: &Engine,
+    lease: &Lease,
+    order: &mut Order,
+    p: &mut Progress,
+) -> Result<(), EngineError> {
     let Some(ip) = order.server_ip else {
         let now = e.clock.now();
-        order.escalate(Phase::Credentials, "awaiting credentials without a server address", now).map_err(corrupt)?;
-        let change = Change { entries: p.take(), notices: vec![NoticeKind::NeedsAttention], ..Change::default() };
+        order
+            .escalate(
+                Phase::Credentials,
+                "awaiting credentials without a server address",
+                now,
+            )
+            .map_err(corrupt)?;
+        let change = Change {
+            entries: p.take(),
+            notices: vec![NoticeKind::NeedsAttention],
+            ..Change::default()
+        };
         e.store.save(lease, order, change).await?;
         return Ok(());
     };
     let n = order.start_status_attempt(e.clock.now()).map_err(corrupt)?;
     let total = e.policy.status.attempts;
-    p.line(e.clock.now(), format!("[SMARTVPS] Calling status - attempt {n}/{total}"));
+    p.line(
+        e.clock.now(),
+        format!("[SMARTVPS] Calling status - attempt {n}/{total}"),
+    );
     let ctx = CallContext::for_order(&order.id, n);
     let outcome = e.provider.status(&ctx, ip, e.policy.status.timeout).await;
     let now = e.clock.now();
     let reason = match outcome {
         Outcome::Succeeded(status) => match status.credentials(ip) {
             Some(creds) => {
-                p.line(now, format!("[SMARTVPS] ✅ status succeeded on attempt {n}"));
+                p.line(
+                    now,
+                    format!("[SMARTVPS] ✅ status succeeded on attempt {n}"),
+                );
                 order.ready(now).map_err(corrupt)?;
-                p.line(now, format!("🎉 Server {ip} is ready (user {}); credentials saved encrypted", creds.username));
-                p.line(now, "📧 Customer notified: \"Your server is ready!\" with credentials");
-                p.line(now, format!("Total Time: {}ms", now.since(order.created_at).as_millis()));
+                p.line(
+                    now,
+                    format!(
+                        "🎉 Server {ip} is ready (user {}); credentials saved encrypted",
+                        creds.username
+                    ),
+                );
+                p.line(
+                    now,
+                    "📧 Customer notified: \"Your server is ready!\" with credentials",
+                );
+                p.line(
+                    now,
+                    format!("Total Time: {}ms", now.since(order.created_at).as_millis()),
+                );
                 let change = Change {
                     entries: p.take(),
                     credentials: Some(e.cipher.seal(&creds)),
@@ -44,10 +77,19 @@ pub(super) async fn step(e: &Engine, lease: &Lease, order: &mut Order, p: &mut P
         },
         Outcome::Rejected(reason) | Outcome::Unknown(reason) => reason,
     };
-    p.line(now, format!("[SMARTVPS] ❌ status attempt {n} failed: {reason}"));
+    p.line(
+        now,
+        format!("[SMARTVPS] ❌ status attempt {n} failed: {reason}"),
+    );
     let change = match e.policy.status.delay_after(n) {
         Some(wait) => {
-            p.line(now, format!("[SMARTVPS] ⏳ Strategic delay: Waiting {} before retry...", describe_wait(wait)));
+            p.line(
+                now,
+                format!(
+                    "[SMARTVPS] ⏳ Strategic delay: Waiting {} before retry...",
+                    describe_wait(wait)
+                ),
+            );
             let _ = order.wait_until(now.plus(wait), now);
             Change::default()
         }
@@ -56,10 +98,25 @@ pub(super) async fn step(e: &Engine, lease: &Lease, order: &mut Order, p: &mut P
             order
                 .fail(Phase::Credentials, format!("status failed {n} times (last: {reason}); server {ip} is owned, retry resumes polling it"), now)
                 .map_err(corrupt)?;
-            p.line(now, "📧 Customer notified: provisioning is delayed; an admin will retry");
-            Change { notices: vec![NoticeKind::Failed], ..Change::default() }
+            p.line(
+                now,
+                "📧 Customer notified: provisioning is delayed; an admin will retry",
+            );
+            Change {
+                notices: vec![NoticeKind::Failed],
+                ..Change::default()
+            }
         }
     };
-    e.store.save(lease, order, Change { entries: p.take(), ..change }).await?;
+    e.store
+        .save(
+            lease,
+            order,
+            Change {
+                entries: p.take(),
+                ..change
+            },
+        )
+        .await?;
     Ok(())
 }

@@ -102,7 +102,16 @@ impl Engine {
             );
         }
         let worker_id = format!("worker-{}", uuid::Uuid::now_v7().simple());
-        Self { store, provider, clock, policy, cipher, worker_id, settings, wake: Notify::new() }
+        Self {
+            store,
+            provider,
+            clock,
+            policy,
+            cipher,
+            worker_id,
+            settings,
+            wake: Notify::new(),
+        }
     }
 
     /// The store.
@@ -144,8 +153,14 @@ impl Engine {
                 order.customer.email
             ),
         );
-        p.line(now, "📧 Customer notified: \"Your server is being provisioned...\"");
-        let intake = self.store.insert_order(&order, &p.take(), &[NoticeKind::Provisioning]).await?;
+        p.line(
+            now,
+            "📧 Customer notified: \"Your server is being provisioned...\"",
+        );
+        let intake = self
+            .store
+            .insert_order(&order, &p.take(), &[NoticeKind::Provisioning])
+            .await?;
         if matches!(intake, Intake::Created(_)) {
             self.wake.notify_one();
         }
@@ -163,7 +178,15 @@ impl Engine {
     /// # Errors
     /// When claiming fails. Failures of single steps are logged; their orders stay safe in the store.
     pub async fn run_due_once(&self) -> Result<usize, StoreError> {
-        let claimed = self.store.claim_due(&self.worker_id, self.clock.now(), self.settings.lease, usize::MAX).await?;
+        let claimed = self
+            .store
+            .claim_due(
+                &self.worker_id,
+                self.clock.now(),
+                self.settings.lease,
+                usize::MAX,
+            )
+            .await?;
         let n = claimed.len();
         join_all(claimed.into_iter().map(|c| self.work_logged(c))).await;
         Ok(n)
@@ -182,7 +205,11 @@ impl Engine {
             }
             let free = self.settings.concurrency.saturating_sub(tasks.len());
             if free > 0 {
-                match self.store.claim_due(&self.worker_id, self.clock.now(), self.settings.lease, free).await {
+                match self
+                    .store
+                    .claim_due(&self.worker_id, self.clock.now(), self.settings.lease, free)
+                    .await
+                {
                     Ok(claimed) => {
                         for c in claimed {
                             held.push(c.lease.clone());
@@ -208,7 +235,10 @@ impl Engine {
                 () = tokio::time::sleep(pause) => {}
             }
         }
-        tracing::info!(in_flight = tasks.len(), "worker stopping: letting in-flight steps finish");
+        tracing::info!(
+            in_flight = tasks.len(),
+            "worker stopping: letting in-flight steps finish"
+        );
         let deadline = tokio::time::sleep(grace);
         tokio::pin!(deadline);
         while !tasks.is_empty() {
@@ -239,6 +269,35 @@ impl Engine {
         }
     }
 
+    /// Claims up to `limit` due orders for this worker without working them (for custom drivers
+    /// such as the deterministic simulation, which decides when a worker "crashes").
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+        self.store
+            .claim_due(
+                &self.worker_id,
+                self.clock.now(),
+                self.settings.lease,
+                limit,
+            )
+            .await
+    }
+
+    /// Works one claimed order one step (see [`Engine::claim`]).
+    ///
+    /// # Errors
+    /// When the store fails or the lease was lost; the order stays safe in the store.
+    pub async fn work_one(&self, claimed: Claimed) -> Result<(), EngineError> {
+        self.work(claimed).await
+    }
+
+    /// This worker's name in leases.
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
     async fn work_logged(&self, claimed: Claimed) {
         let id = claimed.order.id.clone();
         if let Err(e) = self.work(claimed).await {
@@ -254,7 +313,13 @@ impl Engine {
         if order.state == OrderState::Queued {
             let now = self.clock.now();
             if order.begin_buying(now).is_ok() {
-                p.line(now, format!("[SMARTVPS] 🚀 Provisioning started for order {}", order.order_ref.as_str()));
+                p.line(
+                    now,
+                    format!(
+                        "[SMARTVPS] 🚀 Provisioning started for order {}",
+                        order.order_ref.as_str()
+                    ),
+                );
             }
         }
         if order.state == OrderState::Buying {
@@ -268,7 +333,16 @@ impl Engine {
             return Ok(());
         }
         // Nothing to do for this state (an admin changed it meanwhile): just let go.
-        self.store.save(&lease, &order, Change { entries: p.take(), ..Change::default() }).await?;
+        self.store
+            .save(
+                &lease,
+                &order,
+                Change {
+                    entries: p.take(),
+                    ..Change::default()
+                },
+            )
+            .await?;
         Ok(())
     }
 }

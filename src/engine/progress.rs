@@ -12,7 +12,10 @@ pub(crate) struct Progress {
 
 impl Progress {
     pub(crate) fn new(order_id: OrderId) -> Self {
-        Self { order_id, entries: Vec::new() }
+        Self {
+            order_id,
+            entries: Vec::new(),
+        }
     }
 
     /// A seed-style progress line.

@@ -15,7 +15,12 @@ impl Notifier for LogNotifier {
         let login = n
             .credentials
             .as_ref()
-            .map(|c| format!(" Login: {}@{} (password withheld from the log)", c.username, c.ip))
+            .map(|c| {
+                format!(
+                    " Login: {}@{} (password withheld from the log)",
+                    c.username, c.ip
+                )
+            })
             .unwrap_or_default();
         tracing::info!(order_id = %n.order.id, to = %n.order.customer.email, notice = n.kind.as_str(), "📧 {}: {}{login}", n.subject, n.body);
         Ok(())

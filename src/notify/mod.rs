@@ -48,12 +48,20 @@ pub trait Notifier: Send + Sync + 'static {
 }
 
 /// Renders a notice for an order.
-pub fn render(id: i64, kind: NoticeKind, order: Order, credentials: Option<Credentials>) -> Rendered {
+pub fn render(
+    id: i64,
+    kind: NoticeKind,
+    order: Order,
+    credentials: Option<Credentials>,
+) -> Rendered {
     let name = order.customer.name.clone();
     let (subject, body) = match kind {
         NoticeKind::Provisioning => (
             "Your server is being provisioned...".to_string(),
-            format!("Hi {name}, your payment for order {} is confirmed. Your server is being provisioned...", order.order_ref.as_str()),
+            format!(
+                "Hi {name}, your payment for order {} is confirmed. Your server is being provisioned...",
+                order.order_ref.as_str()
+            ),
         ),
         NoticeKind::Ready => (
             "Your server is ready!".to_string(),
@@ -68,10 +76,20 @@ pub fn render(id: i64, kind: NoticeKind, order: Order, credentials: Option<Crede
         ),
         NoticeKind::NeedsAttention => (
             "Your server needs a manual check".to_string(),
-            format!("Hi {name}, order {} needs a manual check by our team before your server can be delivered.", order.order_ref.as_str()),
+            format!(
+                "Hi {name}, order {} needs a manual check by our team before your server can be delivered.",
+                order.order_ref.as_str()
+            ),
         ),
     };
-    Rendered { id, kind, order, subject, body, credentials }
+    Rendered {
+        id,
+        kind,
+        order,
+        subject,
+        body,
+        credentials,
+    }
 }
 
 /// Sends due outbox notices through a notifier.
@@ -84,8 +102,18 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher.
-    pub fn new(store: Arc<dyn Store>, notifier: Arc<dyn Notifier>, cipher: Arc<Cipher>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, notifier, cipher, clock }
+    pub fn new(
+        store: Arc<dyn Store>,
+        notifier: Arc<dyn Notifier>,
+        cipher: Arc<Cipher>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            notifier,
+            cipher,
+            clock,
+        }
     }
 
     /// Sends every due notice once; returns how many were delivered.
@@ -98,13 +126,20 @@ impl Dispatcher {
         for notice in self.store.due_notices(now, 100).await? {
             match self.deliver(&notice).await {
                 Ok(()) => {
-                    self.store.notice_delivered(notice.id, self.clock.now()).await?;
+                    self.store
+                        .notice_delivered(notice.id, self.clock.now())
+                        .await?;
                     delivered += 1;
                 }
                 Err(e) => {
                     // Exponential backoff from 5 s, capped at an hour, for at most 12 attempts.
                     let attempts = notice.attempts + 1;
-                    let retry = (attempts < 12).then(|| now.plus(Duration::from_secs(5u64 << attempts.min(10)).min(Duration::from_secs(3600))));
+                    let retry = (attempts < 12).then(|| {
+                        now.plus(
+                            Duration::from_secs(5u64 << attempts.min(10))
+                                .min(Duration::from_secs(3600)),
+                        )
+                    });
                     tracing::warn!(order_id = %notice.order_id, notice = notice.kind.as_str(), attempts, "notice delivery failed: {e}");
                     self.store.notice_failed(notice.id, &e.0, retry).await?;
                 }
@@ -121,15 +156,29 @@ impl Dispatcher {
             .map_err(|e| NotifyError(e.to_string()))?
             .ok_or_else(|| NotifyError(format!("order {} is gone", notice.order_id)))?;
         let credentials = if notice.kind == NoticeKind::Ready {
-            let sealed = self.store.credentials(&order.id).await.map_err(|e| NotifyError(e.to_string()))?;
+            let sealed = self
+                .store
+                .credentials(&order.id)
+                .await
+                .map_err(|e| NotifyError(e.to_string()))?;
             match (sealed, order.server_ip) {
-                (Some(sealed), Some(ip)) => Some(self.cipher.open(ip, &sealed).map_err(|e| NotifyError(e.to_string()))?),
-                _ => return Err(NotifyError("ready notice without stored credentials".into())),
+                (Some(sealed), Some(ip)) => Some(
+                    self.cipher
+                        .open(ip, &sealed)
+                        .map_err(|e| NotifyError(e.to_string()))?,
+                ),
+                _ => {
+                    return Err(NotifyError(
+                        "ready notice without stored credentials".into(),
+                    ));
+                }
             }
         } else {
             None
         };
-        self.notifier.send(&render(notice.id, notice.kind, order, credentials)).await
+        self.notifier
+            .send(&render(notice.id, notice.kind, order, credentials))
+            .await
     }
 
     /// Runs until `shutdown`, polling every `interval`.

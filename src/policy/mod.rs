@@ -34,7 +34,9 @@ impl OnUnknown {
 
     /// Parses the config spelling.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Reconcile, Self::Retry, Self::Escalate].into_iter().find(|v| v.as_str() == s)
+        [Self::Reconcile, Self::Retry, Self::Escalate]
+            .into_iter()
+            .find(|v| v.as_str() == s)
     }
 }
 
@@ -143,14 +145,18 @@ impl RetryPolicy {
             timeout: p.timeout / f,
             delays: p.delays.iter().map(|d| *d / f).collect(),
         };
-        Self { buy: phase(&self.buy), status: phase(&self.status), on_unknown: self.on_unknown }
+        Self {
+            buy: phase(&self.buy),
+            status: phase(&self.status),
+            on_unknown: self.on_unknown,
+        }
     }
 }
 
 /// Formats a duration the way the seed speaks of waits: whole minutes when it is whole minutes.
 pub fn describe_wait(d: Duration) -> String {
     let secs = d.as_secs();
-    if secs >= 60 && secs % 60 == 0 && d.subsec_millis() == 0 {
+    if secs >= 60 && secs.is_multiple_of(60) && d.subsec_millis() == 0 {
         format!("{} minute(s)", secs / 60)
     } else if d.subsec_millis() == 0 {
         format!("{secs} second(s)")

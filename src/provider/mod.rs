@@ -59,12 +59,17 @@ pub struct CallContext {
 impl CallContext {
     /// A context for `order`'s attempt `attempt`.
     pub fn for_order(order: &OrderId, attempt: u32) -> Self {
-        Self { order_id: Some(order.clone()), attempt }
+        Self {
+            order_id: Some(order.clone()),
+            attempt,
+        }
     }
 
     /// The request id the HTTP client sends: `<order id>/<attempt>`, or empty.
     pub fn request_id(&self) -> Option<String> {
-        self.order_id.as_ref().map(|o| format!("{o}/{}", self.attempt))
+        self.order_id
+            .as_ref()
+            .map(|o| format!("{o}/{}", self.attempt))
     }
 }
 
@@ -107,8 +112,15 @@ pub struct ServerStatus {
 impl ServerStatus {
     /// The credentials, when the server is ready: a non-empty password and no pending action.
     pub fn credentials(&self, ip: Ipv4Addr) -> Option<Credentials> {
-        let password = self.password.as_ref().filter(|p| !p.expose_secret().trim().is_empty())?;
-        if self.action.as_deref().is_some_and(|a| a.eq_ignore_ascii_case("pending")) {
+        let password = self
+            .password
+            .as_ref()
+            .filter(|p| !p.expose_secret().trim().is_empty())?;
+        if self
+            .action
+            .as_deref()
+            .is_some_and(|a| a.eq_ignore_ascii_case("pending"))
+        {
             return None;
         }
         let username = self
@@ -118,7 +130,12 @@ impl ServerStatus {
             .filter(|u| !u.is_empty())
             .map(str::to_string)
             .unwrap_or_else(|| Credentials::default_username(self.os.as_deref()).to_string());
-        Some(Credentials { ip, username, password: password.clone(), os: self.os.clone() })
+        Some(Credentials {
+            ip,
+            username,
+            password: password.clone(),
+            os: self.os.clone(),
+        })
     }
 
     /// Why the server is not ready yet, in words.
@@ -134,7 +151,16 @@ impl fmt::Debug for ServerStatus {
             .field("ip", &self.ip)
             .field("os", &self.os)
             .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|p| if p.expose_secret().is_empty() { "" } else { "[redacted]" }))
+            .field(
+                "password",
+                &self.password.as_ref().map(|p| {
+                    if p.expose_secret().is_empty() {
+                        ""
+                    } else {
+                        "[redacted]"
+                    }
+                }),
+            )
             .field("expiry", &self.expiry)
             .field("power", &self.power)
             .field("machine", &self.machine)
@@ -151,7 +177,18 @@ pub trait Provider: Send + Sync + 'static {
     /// The stock list.
     async fn ipstock(&self, timeout: Duration) -> Outcome<Vec<StockEntry>>;
     /// Buys a server in `package` with `ram`; success carries the assigned address.
-    async fn buy(&self, ctx: &CallContext, package: &PackageName, ram: RamGb, timeout: Duration) -> Outcome<Ipv4Addr>;
+    async fn buy(
+        &self,
+        ctx: &CallContext,
+        package: &PackageName,
+        ram: RamGb,
+        timeout: Duration,
+    ) -> Outcome<Ipv4Addr>;
     /// A server's details.
-    async fn status(&self, ctx: &CallContext, ip: Ipv4Addr, timeout: Duration) -> Outcome<ServerStatus>;
+    async fn status(
+        &self,
+        ctx: &CallContext,
+        ip: Ipv4Addr,
+        timeout: Duration,
+    ) -> Outcome<ServerStatus>;
 }

@@ -9,9 +9,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Change, Claimed, Flight, Intake, Lease, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError};
+use super::{
+    Change, Claimed, Flight, Intake, Lease, Notice, OrderFilter, Recorded, StateCounts, Store,
+    StoreError,
+};
 use crate::clock::Timestamp;
-use crate::domain::{NoticeKind, Order, OrderId, OrderState, PackageId, Purchase, PurchaseIntent, PurchaseOutcome, TimelineEntry};
+use crate::domain::{
+    NoticeKind, Order, OrderId, OrderState, PackageId, Purchase, PurchaseIntent, PurchaseOutcome,
+    TimelineEntry,
+};
 
 struct Row {
     order: Order,
@@ -36,6 +42,8 @@ struct Inner {
     /// Leased orders by lease expiry: returned to `due` when their lease lapses.
     leased: BTreeSet<(Timestamp, OrderId)>,
     purchases: Vec<Purchase>,
+    /// Purchase indexes per order, so an order's ledger is read without a scan.
+    purchases_by_order: HashMap<OrderId, Vec<usize>>,
     flights: HashMap<PackageId, OrderId>,
     outbox: Vec<OutboxRow>,
     owners: HashMap<Ipv4Addr, OrderId>,
@@ -57,14 +65,21 @@ impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves consistent data (every write is applied whole),
         // so a poisoned lock is safe to keep using.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 impl Inner {
     fn fenced(&mut self, lease: &Lease) -> Result<&mut Row, StoreError> {
         match self.orders.get_mut(&lease.order_id) {
-            Some(row) if row.lease_token == lease.token && row.lease_owner.as_deref() == Some(lease.worker.as_str()) => Ok(row),
+            Some(row)
+                if row.lease_token == lease.token
+                    && row.lease_owner.as_deref() == Some(lease.worker.as_str()) =>
+            {
+                Ok(row)
+            }
             _ => Err(StoreError::LeaseLost(lease.order_id.clone())),
         }
     }
@@ -76,7 +91,9 @@ impl Inner {
         if let Some(exp) = old_lease {
             self.leased.remove(&(exp, id.clone()));
         }
-        let Some(row) = self.orders.get(id) else { return };
+        let Some(row) = self.orders.get(id) else {
+            return;
+        };
         if let Some(exp) = row.lease_expires {
             self.leased.insert((exp, id.clone()));
         } else if row.order.state.is_active()
@@ -87,7 +104,9 @@ impl Inner {
     }
 
     fn apply(&mut self, id: &OrderId, order: &Order, change: Change, now: Timestamp) {
-        let Some(row) = self.orders.get_mut(id) else { return };
+        let Some(row) = self.orders.get_mut(id) else {
+            return;
+        };
         let old = std::mem::replace(&mut row.order, order.clone());
         let old_lease = row.lease_expires;
         row.timeline.extend(change.entries);
@@ -111,7 +130,15 @@ impl Inner {
         }
         for kind in change.notices {
             let nid = self.outbox.len() as i64 + 1;
-            self.outbox.push(OutboxRow { notice: Notice { id: nid, order_id: id.clone(), kind, attempts: 0 }, next_at: Some(now) });
+            self.outbox.push(OutboxRow {
+                notice: Notice {
+                    id: nid,
+                    order_id: id.clone(),
+                    kind,
+                    attempts: 0,
+                },
+                next_at: Some(now),
+            });
         }
         self.reindex(id, &old, old_lease);
     }
@@ -119,16 +146,37 @@ impl Inner {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn insert_order(&self, order: &Order, entries: &[TimelineEntry], notices: &[NoticeKind]) -> Result<Intake, StoreError> {
+    async fn insert_order(
+        &self,
+        order: &Order,
+        entries: &[TimelineEntry],
+        notices: &[NoticeKind],
+    ) -> Result<Intake, StoreError> {
         let mut g = self.lock();
-        if let Some(existing) = g.by_ref.get(order.order_ref.as_str()).and_then(|id| g.orders.get(id)) {
+        if let Some(existing) = g
+            .by_ref
+            .get(order.order_ref.as_str())
+            .and_then(|id| g.orders.get(id))
+        {
             let o = existing.order.clone();
-            return Ok(if o.fingerprint == order.fingerprint { Intake::Existing(o) } else { Intake::Conflict(o) });
+            return Ok(if o.fingerprint == order.fingerprint {
+                Intake::Existing(o)
+            } else {
+                Intake::Conflict(o)
+            });
         }
-        g.by_ref.insert(order.order_ref.as_str().to_string(), order.id.clone());
+        g.by_ref
+            .insert(order.order_ref.as_str().to_string(), order.id.clone());
         g.orders.insert(
             order.id.clone(),
-            Row { order: order.clone(), lease_owner: None, lease_token: 0, lease_expires: None, credentials: None, timeline: entries.to_vec() },
+            Row {
+                order: order.clone(),
+                lease_owner: None,
+                lease_token: 0,
+                lease_expires: None,
+                credentials: None,
+                timeline: entries.to_vec(),
+            },
         );
         if let Some(at) = order.run_at {
             g.due.insert((at, order.id.clone()));
@@ -136,7 +184,12 @@ impl Store for MemoryStore {
         for kind in notices {
             let nid = g.outbox.len() as i64 + 1;
             g.outbox.push(OutboxRow {
-                notice: Notice { id: nid, order_id: order.id.clone(), kind: *kind, attempts: 0 },
+                notice: Notice {
+                    id: nid,
+                    order_id: order.id.clone(),
+                    kind: *kind,
+                    attempts: 0,
+                },
                 next_at: Some(order.created_at),
             });
         }
@@ -158,31 +211,70 @@ impl Store for MemoryStore {
             .filter(|o| filter.created_from.is_none_or(|t| o.created_at >= t))
             .filter(|o| filter.created_to.is_none_or(|t| o.created_at < t))
             .collect();
-        all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
-        Ok(all.into_iter().skip(filter.offset.unwrap_or(0)).take(filter.page_size()).cloned().collect())
+        all.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then_with(|| b.id.cmp(&a.id))
+        });
+        Ok(all
+            .into_iter()
+            .skip(filter.offset.unwrap_or(0))
+            .take(filter.page_size())
+            .cloned()
+            .collect())
     }
 
     async fn state_counts(&self) -> Result<StateCounts, StoreError> {
         let g = self.lock();
         Ok(OrderState::ALL
             .iter()
-            .map(|s| (*s, g.orders.values().filter(|r| r.order.state == *s).count() as u64))
+            .map(|s| {
+                (
+                    *s,
+                    g.orders.values().filter(|r| r.order.state == *s).count() as u64,
+                )
+            })
             .collect())
     }
 
     async fn timeline(&self, id: &OrderId) -> Result<Vec<TimelineEntry>, StoreError> {
-        Ok(self.lock().orders.get(id).map(|r| r.timeline.clone()).unwrap_or_default())
+        Ok(self
+            .lock()
+            .orders
+            .get(id)
+            .map(|r| r.timeline.clone())
+            .unwrap_or_default())
     }
 
     async fn purchases(&self, id: &OrderId) -> Result<Vec<Purchase>, StoreError> {
-        Ok(self.lock().purchases.iter().filter(|p| &p.order_id == id).cloned().collect())
+        let g = self.lock();
+        let idx = g
+            .purchases_by_order
+            .get(id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        Ok(idx
+            .iter()
+            .filter_map(|i| g.purchases.get(*i))
+            .cloned()
+            .collect())
     }
 
     async fn credentials(&self, id: &OrderId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.lock().orders.get(id).and_then(|r| r.credentials.clone()))
+        Ok(self
+            .lock()
+            .orders
+            .get(id)
+            .and_then(|r| r.credentials.clone()))
     }
 
-    async fn claim_due(&self, worker: &str, now: Timestamp, lease_for: Duration, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+    async fn claim_due(
+        &self,
+        worker: &str,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
         let mut g = self.lock();
         // Leases that lapsed go back to the due set: their orders are claimable again.
         while let Some((exp, id)) = g.leased.first().cloned() {
@@ -200,18 +292,34 @@ impl Store for MemoryStore {
                 }
             }
         }
-        let picked: Vec<(Timestamp, OrderId)> = g.due.iter().take_while(|(at, _)| *at <= now).take(limit).cloned().collect();
+        let picked: Vec<(Timestamp, OrderId)> = g
+            .due
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit)
+            .cloned()
+            .collect();
         let expires_at = now.plus(lease_for);
         let mut out = Vec::with_capacity(picked.len());
         for key in picked {
             g.due.remove(&key);
             let id = key.1;
-            let Some(row) = g.orders.get_mut(&id) else { continue };
+            let Some(row) = g.orders.get_mut(&id) else {
+                continue;
+            };
             row.lease_token += 1;
             row.lease_owner = Some(worker.to_string());
             row.lease_expires = Some(expires_at);
-            let lease = Lease { order_id: id.clone(), worker: worker.to_string(), token: row.lease_token, expires_at };
-            out.push(Claimed { lease, order: row.order.clone() });
+            let lease = Lease {
+                order_id: id.clone(),
+                worker: worker.to_string(),
+                token: row.lease_token,
+                expires_at,
+            };
+            out.push(Claimed {
+                lease,
+                order: row.order.clone(),
+            });
             g.leased.insert((expires_at, id));
         }
         Ok(out)
@@ -245,7 +353,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn acquire_flight(&self, lease: &Lease, package: PackageId) -> Result<Flight, StoreError> {
+    async fn acquire_flight(
+        &self,
+        lease: &Lease,
+        package: PackageId,
+    ) -> Result<Flight, StoreError> {
         let mut g = self.lock();
         g.fenced(lease)?;
         match g.flights.get(&package) {
@@ -257,10 +369,21 @@ impl Store for MemoryStore {
         }
     }
 
-    async fn begin_purchase(&self, lease: &Lease, order: &Order, intent: &PurchaseIntent, entries: &[TimelineEntry]) -> Result<i64, StoreError> {
+    async fn begin_purchase(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        intent: &PurchaseIntent,
+        entries: &[TimelineEntry],
+    ) -> Result<i64, StoreError> {
         let mut g = self.lock();
         g.fenced(lease)?;
         let id = g.purchases.len() as i64 + 1;
+        let index = g.purchases.len();
+        g.purchases_by_order
+            .entry(intent.order_id.clone())
+            .or_default()
+            .push(index);
         g.purchases.push(Purchase {
             id,
             order_id: intent.order_id.clone(),
@@ -274,14 +397,24 @@ impl Store for MemoryStore {
             resolution: None,
             late_ip: None,
         });
-        let change = Change { entries: entries.to_vec(), keep_lease: true, ..Change::default() };
+        let change = Change {
+            entries: entries.to_vec(),
+            keep_lease: true,
+            ..Change::default()
+        };
         g.apply(&lease.order_id, order, change, intent.sent_at);
         Ok(id)
     }
 
-    async fn record_outcome(&self, purchase_id: i64, outcome: &PurchaseOutcome, at: Timestamp) -> Result<Recorded, StoreError> {
+    async fn record_outcome(
+        &self,
+        purchase_id: i64,
+        outcome: &PurchaseOutcome,
+        at: Timestamp,
+    ) -> Result<Recorded, StoreError> {
         let mut g = self.lock();
-        let idx = usize::try_from(purchase_id - 1).map_err(|_| StoreError::Corrupt(format!("no purchase {purchase_id}")))?;
+        let idx = usize::try_from(purchase_id - 1)
+            .map_err(|_| StoreError::Corrupt(format!("no purchase {purchase_id}")))?;
         let Some(p) = g.purchases.get_mut(idx) else {
             return Err(StoreError::Corrupt(format!("no purchase {purchase_id}")));
         };
@@ -306,7 +439,13 @@ impl Store for MemoryStore {
         Ok(self.lock().owners.get(&ip).cloned())
     }
 
-    async fn admin_save(&self, order: &Order, expected_updated_at: Timestamp, now: Timestamp, change: Change) -> Result<(), StoreError> {
+    async fn admin_save(
+        &self,
+        order: &Order,
+        expected_updated_at: Timestamp,
+        now: Timestamp,
+        change: Change,
+    ) -> Result<(), StoreError> {
         let mut g = self.lock();
         let Some(row) = g.orders.get_mut(&order.id) else {
             return Err(StoreError::Conflict(order.id.clone()));
@@ -321,13 +460,26 @@ impl Store for MemoryStore {
         if let Some(exp) = old_lease {
             g.leased.remove(&(exp, order.id.clone()));
         }
-        g.apply(&order.id, order, Change { keep_lease: false, ..change }, now);
+        g.apply(
+            &order.id,
+            order,
+            Change {
+                keep_lease: false,
+                ..change
+            },
+            now,
+        );
         Ok(())
     }
 
     async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError> {
         let g = self.lock();
-        Ok(g.outbox.iter().filter(|r| r.next_at.is_some_and(|t| t <= now)).take(limit).map(|r| r.notice.clone()).collect())
+        Ok(g.outbox
+            .iter()
+            .filter(|r| r.next_at.is_some_and(|t| t <= now))
+            .take(limit)
+            .map(|r| r.notice.clone())
+            .collect())
     }
 
     async fn notice_delivered(&self, id: i64, _at: Timestamp) -> Result<(), StoreError> {
@@ -339,7 +491,12 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn notice_failed(&self, id: i64, _error: &str, retry_at: Option<Timestamp>) -> Result<(), StoreError> {
+    async fn notice_failed(
+        &self,
+        id: i64,
+        _error: &str,
+        retry_at: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
         let mut g = self.lock();
         if let Some(r) = g.outbox.get_mut((id - 1) as usize) {
             r.notice.attempts += 1;

@@ -20,7 +20,10 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::clock::Timestamp;
-use crate::domain::{NoticeKind, Order, OrderId, OrderState, PackageId, Purchase, PurchaseIntent, PurchaseOutcome, Resolution, TimelineEntry};
+use crate::domain::{
+    NoticeKind, Order, OrderId, OrderState, PackageId, Purchase, PurchaseIntent, PurchaseOutcome,
+    Resolution, TimelineEntry,
+};
 
 /// What can go wrong in a store.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +163,12 @@ pub type StateCounts = Vec<(OrderState, u64)>;
 pub trait Store: Send + Sync + 'static {
     /// Stores a new order with its first timeline lines and notices, or finds the order already
     /// stored under its reference (idempotent intake).
-    async fn insert_order(&self, order: &Order, entries: &[TimelineEntry], notices: &[NoticeKind]) -> Result<Intake, StoreError>;
+    async fn insert_order(
+        &self,
+        order: &Order,
+        entries: &[TimelineEntry],
+        notices: &[NoticeKind],
+    ) -> Result<Intake, StoreError>;
     /// One order.
     async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError>;
     /// Orders, newest first.
@@ -176,7 +184,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claims up to `limit` due orders (active, `run_at <= now`, lease free or expired) for
     /// `worker` until `now + lease_for`.
-    async fn claim_due(&self, worker: &str, now: Timestamp, lease_for: Duration, limit: usize) -> Result<Vec<Claimed>, StoreError>;
+    async fn claim_due(
+        &self,
+        worker: &str,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError>;
     /// When the next active order falls due (its `run_at`, or its lease expiry if later).
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError>;
     /// Writes the order and `change` under the lease, atomically.
@@ -185,12 +199,24 @@ pub trait Store: Send + Sync + 'static {
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
 
     /// Takes the package's single flight for the lease's order (idempotent for the holder).
-    async fn acquire_flight(&self, lease: &Lease, package: PackageId) -> Result<Flight, StoreError>;
+    async fn acquire_flight(&self, lease: &Lease, package: PackageId)
+    -> Result<Flight, StoreError>;
     /// Commits a purchase intent together with the order (its new attempt count) and timeline
     /// lines, before buyvps is sent. Returns the purchase id. The lease is kept.
-    async fn begin_purchase(&self, lease: &Lease, order: &Order, intent: &PurchaseIntent, entries: &[TimelineEntry]) -> Result<i64, StoreError>;
+    async fn begin_purchase(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        intent: &PurchaseIntent,
+        entries: &[TimelineEntry],
+    ) -> Result<i64, StoreError>;
     /// Records a purchase's outcome, first writer wins (see [`Recorded`]). Not fenced.
-    async fn record_outcome(&self, purchase_id: i64, outcome: &PurchaseOutcome, at: Timestamp) -> Result<Recorded, StoreError>;
+    async fn record_outcome(
+        &self,
+        purchase_id: i64,
+        outcome: &PurchaseOutcome,
+        at: Timestamp,
+    ) -> Result<Recorded, StoreError>;
     /// Which order owns an address, from the orders and the ledger.
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError>;
 
@@ -200,12 +226,23 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Conflict`] when a worker holds a live lease or the order changed since
     /// `expected_updated_at`.
-    async fn admin_save(&self, order: &Order, expected_updated_at: Timestamp, now: Timestamp, change: Change) -> Result<(), StoreError>;
+    async fn admin_save(
+        &self,
+        order: &Order,
+        expected_updated_at: Timestamp,
+        now: Timestamp,
+        change: Change,
+    ) -> Result<(), StoreError>;
 
     /// Notices due for delivery.
     async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError>;
     /// Marks a notice delivered.
     async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError>;
     /// Records a failed delivery and when to try again (`None`: give up).
-    async fn notice_failed(&self, id: i64, error: &str, retry_at: Option<Timestamp>) -> Result<(), StoreError>;
+    async fn notice_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<Timestamp>,
+    ) -> Result<(), StoreError>;
 }

@@ -9,18 +9,27 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqlitePool};
 
-use super::{Change, Claimed, Flight, Intake, Lease, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError};
+use super::{
+    Change, Claimed, Flight, Intake, Lease, Notice, OrderFilter, Recorded, StateCounts, Store,
+    StoreError,
+};
 use crate::clock::Timestamp;
 use crate::domain::{
-    Customer, Failure, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId, PackageName, Phase, Purchase, PurchaseIntent,
-    PurchaseOutcome, RamGb, Resolution, TimelineEntry,
+    Customer, Failure, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId, PackageName,
+    Phase, Purchase, PurchaseIntent, PurchaseOutcome, RamGb, Resolution, TimelineEntry,
 };
 
 /// Embedded migrations, applied in order and recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
 
 const ORDER_COLUMNS: &str = "id, order_ref, fingerprint, package_id, ram_gb, customer_email, customer_name, os, state, buy_attempts, \
      status_attempts, server_ip, failure_phase, failure_reason, run_at, created_at, updated_at, ready_at";
@@ -50,8 +59,16 @@ impl SqliteStore {
             // An in-memory database exists per connection: keep exactly one.
             .max_connections(if memory { 1 } else { 8 })
             .min_connections(if memory { 1 } else { 0 })
-            .idle_timeout(if memory { None } else { Some(Duration::from_secs(600)) })
-            .max_lifetime(if memory { None } else { Some(Duration::from_secs(3600)) })
+            .idle_timeout(if memory {
+                None
+            } else {
+                Some(Duration::from_secs(600))
+            })
+            .max_lifetime(if memory {
+                None
+            } else {
+                Some(Duration::from_secs(3600))
+            })
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
@@ -66,16 +83,23 @@ impl SqliteStore {
             .await?;
         for (version, name, sql) in MIGRATIONS {
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
-                .bind(version)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
+                    .bind(version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if done.is_none() {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(*sql))
                     .execute(&mut *tx)
                     .await
-                    .map_err(|e| StoreError::Database(format!("migration {version} ({name}) failed: {e}")))?;
-                sqlx::query("INSERT INTO schema_migrations (version, name) VALUES (?, ?)").bind(version).bind(name).execute(&mut *tx).await?;
+                    .map_err(|e| {
+                        StoreError::Database(format!("migration {version} ({name}) failed: {e}"))
+                    })?;
+                sqlx::query("INSERT INTO schema_migrations (version, name) VALUES (?, ?)")
+                    .bind(version)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
                 tracing::info!(version, name, "applied database migration");
             }
             tx.commit().await?;
@@ -95,7 +119,8 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
 
 fn ip_col(row: &SqliteRow, col: &str) -> Result<Option<Ipv4Addr>, StoreError> {
     let v: Option<String> = row.try_get(col)?;
-    v.map(|s| s.parse().map_err(|e| corrupt(col, e))).transpose()
+    v.map(|s| s.parse().map_err(|e| corrupt(col, e)))
+        .transpose()
 }
 
 fn order_from(row: &SqliteRow) -> Result<Order, StoreError> {
@@ -103,19 +128,28 @@ fn order_from(row: &SqliteRow) -> Result<Order, StoreError> {
     let phase: Option<String> = row.try_get("failure_phase")?;
     let reason: Option<String> = row.try_get("failure_reason")?;
     let failure = match phase {
-        Some(ph) => Some(Failure { phase: Phase::from_str(&ph).map_err(|e| corrupt("failure_phase", e))?, reason: reason.unwrap_or_default() }),
+        Some(ph) => Some(Failure {
+            phase: Phase::from_str(&ph).map_err(|e| corrupt("failure_phase", e))?,
+            reason: reason.unwrap_or_default(),
+        }),
         None => None,
     };
     let pkg: i64 = row.try_get("package_id")?;
     let ram: i64 = row.try_get("ram_gb")?;
-    let opt_ts = |col: &str| -> Result<Option<Timestamp>, StoreError> { Ok(row.try_get::<Option<i64>, _>(col)?.map(Timestamp)) };
+    let opt_ts = |col: &str| -> Result<Option<Timestamp>, StoreError> {
+        Ok(row.try_get::<Option<i64>, _>(col)?.map(Timestamp))
+    };
     Ok(Order {
         id: OrderId::parse(row.try_get("id")?).map_err(|e| corrupt("id", e))?,
-        order_ref: OrderRef::parse(row.try_get("order_ref")?).map_err(|e| corrupt("order_ref", e))?,
+        order_ref: OrderRef::parse(row.try_get("order_ref")?)
+            .map_err(|e| corrupt("order_ref", e))?,
         fingerprint: row.try_get("fingerprint")?,
         package_id: PackageId(u32::try_from(pkg).map_err(|e| corrupt("package_id", e))?),
         ram_gb: RamGb::parse(ram).map_err(|e| corrupt("ram_gb", e))?,
-        customer: Customer { email: row.try_get("customer_email")?, name: row.try_get("customer_name")? },
+        customer: Customer {
+            email: row.try_get("customer_email")?,
+            name: row.try_get("customer_name")?,
+        },
         os: row.try_get("os")?,
         state: OrderState::from_str(&state).map_err(|e| corrupt("state", e))?,
         buy_attempts: u32::try_from(row.try_get::<i64, _>("buy_attempts")?).unwrap_or(0),
@@ -135,19 +169,33 @@ fn purchase_from(row: &SqliteRow) -> Result<Purchase, StoreError> {
     let outcome = match outcome_kind.as_deref() {
         None => None,
         Some("succeeded") => Some(PurchaseOutcome::Succeeded {
-            ip: ip_col(row, "outcome_ip")?.ok_or_else(|| corrupt("outcome_ip", "missing for a succeeded purchase"))?,
+            ip: ip_col(row, "outcome_ip")?
+                .ok_or_else(|| corrupt("outcome_ip", "missing for a succeeded purchase"))?,
         }),
-        Some("rejected") => Some(PurchaseOutcome::Rejected { reason: reason.unwrap_or_default() }),
-        Some("unknown") => Some(PurchaseOutcome::Unknown { reason: reason.unwrap_or_default() }),
+        Some("rejected") => Some(PurchaseOutcome::Rejected {
+            reason: reason.unwrap_or_default(),
+        }),
+        Some("unknown") => Some(PurchaseOutcome::Unknown {
+            reason: reason.unwrap_or_default(),
+        }),
         Some(other) => return Err(corrupt("outcome", other)),
     };
     let res_kind: Option<String> = row.try_get("resolution")?;
     let detail: Option<String> = row.try_get("resolution_detail")?;
     let resolution = match res_kind.as_deref() {
         None => None,
-        Some("not_bought") => Some(Resolution::NotBought { evidence: detail.unwrap_or_default() }),
-        Some("escalated") => Some(Resolution::Escalated { evidence: detail.unwrap_or_default() }),
-        Some("adopted") => Some(Resolution::Adopted { ip: detail.unwrap_or_default().parse().map_err(|e| corrupt("resolution_detail", e))? }),
+        Some("not_bought") => Some(Resolution::NotBought {
+            evidence: detail.unwrap_or_default(),
+        }),
+        Some("escalated") => Some(Resolution::Escalated {
+            evidence: detail.unwrap_or_default(),
+        }),
+        Some("adopted") => Some(Resolution::Adopted {
+            ip: detail
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e| corrupt("resolution_detail", e))?,
+        }),
         Some("retried_blindly") => Some(Resolution::RetriedBlindly),
         Some(other) => return Err(corrupt("resolution", other)),
     };
@@ -156,9 +204,14 @@ fn purchase_from(row: &SqliteRow) -> Result<Purchase, StoreError> {
         id: row.try_get("id")?,
         order_id: OrderId::parse(row.try_get("order_id")?).map_err(|e| corrupt("order_id", e))?,
         attempt: u32::try_from(row.try_get::<i64, _>("attempt")?).unwrap_or(0),
-        package_id: PackageId(u32::try_from(row.try_get::<i64, _>("package_id")?).map_err(|e| corrupt("package_id", e))?),
+        package_id: PackageId(
+            u32::try_from(row.try_get::<i64, _>("package_id")?)
+                .map_err(|e| corrupt("package_id", e))?,
+        ),
         package_name: PackageName::parse(&name).map_err(|e| corrupt("package_name", e))?,
-        stock_before: row.try_get::<Option<i64>, _>("stock_before")?.and_then(|v| u32::try_from(v).ok()),
+        stock_before: row
+            .try_get::<Option<i64>, _>("stock_before")?
+            .and_then(|v| u32::try_from(v).ok()),
         sent_at: Timestamp(row.try_get("sent_at")?),
         outcome,
         decided_at: row.try_get::<Option<i64>, _>("decided_at")?.map(Timestamp),
@@ -169,7 +222,9 @@ fn purchase_from(row: &SqliteRow) -> Result<Purchase, StoreError> {
 
 fn resolution_detail(r: &Resolution) -> Option<String> {
     match r {
-        Resolution::NotBought { evidence } | Resolution::Escalated { evidence } => Some(evidence.clone()),
+        Resolution::NotBought { evidence } | Resolution::Escalated { evidence } => {
+            Some(evidence.clone())
+        }
         Resolution::Adopted { ip } => Some(ip.to_string()),
         Resolution::RetriedBlindly => None,
     }
@@ -178,17 +233,25 @@ fn resolution_detail(r: &Resolution) -> Option<String> {
 type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
 
 async fn check_lease(tx: &mut Tx, lease: &Lease) -> Result<(), StoreError> {
-    let ok: Option<i64> = sqlx::query_scalar("SELECT 1 FROM orders WHERE id = ? AND lease_token = ? AND lease_owner = ?")
-        .bind(lease.order_id.as_str())
-        .bind(lease.token)
-        .bind(&lease.worker)
-        .fetch_optional(&mut **tx)
-        .await?;
-    ok.map(|_| ()).ok_or_else(|| StoreError::LeaseLost(lease.order_id.clone()))
+    let ok: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM orders WHERE id = ? AND lease_token = ? AND lease_owner = ?",
+    )
+    .bind(lease.order_id.as_str())
+    .bind(lease.token)
+    .bind(&lease.worker)
+    .fetch_optional(&mut **tx)
+    .await?;
+    ok.map(|_| ())
+        .ok_or_else(|| StoreError::LeaseLost(lease.order_id.clone()))
 }
 
 /// Writes the order's mutable columns and everything in `change`.
-async fn write(tx: &mut Tx, order: &Order, change: Change, now: Timestamp) -> Result<(), StoreError> {
+async fn write(
+    tx: &mut Tx,
+    order: &Order,
+    change: Change,
+    now: Timestamp,
+) -> Result<(), StoreError> {
     let mut q = String::from(
         "UPDATE orders SET state = ?, buy_attempts = ?, status_attempts = ?, server_ip = ?, failure_phase = ?, failure_reason = ?, \
          run_at = ?, updated_at = ?, ready_at = ?",
@@ -216,7 +279,10 @@ async fn write(tx: &mut Tx, order: &Order, change: Change, now: Timestamp) -> Re
     query.bind(order.id.as_str()).execute(&mut **tx).await?;
     insert_entries(tx, &order.id, &change.entries).await?;
     if order.state != OrderState::Buying || change.release_flight {
-        sqlx::query("DELETE FROM flights WHERE order_id = ?").bind(order.id.as_str()).execute(&mut **tx).await?;
+        sqlx::query("DELETE FROM flights WHERE order_id = ?")
+            .bind(order.id.as_str())
+            .execute(&mut **tx)
+            .await?;
     }
     if let Some((pid, res)) = change.resolve {
         sqlx::query("UPDATE purchases SET resolution = ?, resolution_detail = ? WHERE id = ? AND order_id = ?")
@@ -230,7 +296,11 @@ async fn write(tx: &mut Tx, order: &Order, change: Change, now: Timestamp) -> Re
     insert_notices(tx, &order.id, &change.notices, now).await
 }
 
-async fn insert_entries(tx: &mut Tx, id: &OrderId, entries: &[TimelineEntry]) -> Result<(), StoreError> {
+async fn insert_entries(
+    tx: &mut Tx,
+    id: &OrderId,
+    entries: &[TimelineEntry],
+) -> Result<(), StoreError> {
     for e in entries {
         sqlx::query("INSERT INTO timeline (order_id, at, kind, message) VALUES (?, ?, ?, ?)")
             .bind(id.as_str())
@@ -243,7 +313,12 @@ async fn insert_entries(tx: &mut Tx, id: &OrderId, entries: &[TimelineEntry]) ->
     Ok(())
 }
 
-async fn insert_notices(tx: &mut Tx, id: &OrderId, notices: &[NoticeKind], now: Timestamp) -> Result<(), StoreError> {
+async fn insert_notices(
+    tx: &mut Tx,
+    id: &OrderId,
+    notices: &[NoticeKind],
+    now: Timestamp,
+) -> Result<(), StoreError> {
     for kind in notices {
         sqlx::query("INSERT INTO outbox (order_id, kind, created_at, next_at) VALUES (?, ?, ?, ?)")
             .bind(id.as_str())
@@ -258,12 +333,25 @@ async fn insert_notices(tx: &mut Tx, id: &OrderId, notices: &[NoticeKind], now: 
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn insert_order(&self, order: &Order, entries: &[TimelineEntry], notices: &[NoticeKind]) -> Result<Intake, StoreError> {
+    async fn insert_order(
+        &self,
+        order: &Order,
+        entries: &[TimelineEntry],
+        notices: &[NoticeKind],
+    ) -> Result<Intake, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let q = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_ref = ?");
-        if let Some(row) = sqlx::query(sqlx::AssertSqlSafe(q)).bind(order.order_ref.as_str()).fetch_optional(&mut *tx).await? {
+        if let Some(row) = sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(order.order_ref.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+        {
             let existing = order_from(&row)?;
-            return Ok(if existing.fingerprint == order.fingerprint { Intake::Existing(existing) } else { Intake::Conflict(existing) });
+            return Ok(if existing.fingerprint == order.fingerprint {
+                Intake::Existing(existing)
+            } else {
+                Intake::Conflict(existing)
+            });
         }
         sqlx::query(
             "INSERT INTO orders (id, order_ref, fingerprint, package_id, ram_gb, customer_email, customer_name, os, state, run_at, \
@@ -291,7 +379,13 @@ impl Store for SqliteStore {
 
     async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
         let q = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?");
-        sqlx::query(sqlx::AssertSqlSafe(q)).bind(id.as_str()).fetch_optional(&self.pool).await?.as_ref().map(order_from).transpose()
+        sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(order_from)
+            .transpose()
     }
 
     async fn orders(&self, f: &OrderFilter) -> Result<Vec<Order>, StoreError> {
@@ -312,7 +406,9 @@ impl Store for SqliteStore {
     }
 
     async fn state_counts(&self) -> Result<StateCounts, StoreError> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM orders GROUP BY state").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM orders GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
         let mut counts: StateCounts = OrderState::ALL.iter().map(|s| (*s, 0)).collect();
         for row in rows {
             let state: String = row.try_get("state")?;
@@ -325,26 +421,47 @@ impl Store for SqliteStore {
     }
 
     async fn timeline(&self, id: &OrderId) -> Result<Vec<TimelineEntry>, StoreError> {
-        let rows = sqlx::query("SELECT at, kind, message FROM timeline WHERE order_id = ? ORDER BY id").bind(id.as_str()).fetch_all(&self.pool).await?;
+        let rows =
+            sqlx::query("SELECT at, kind, message FROM timeline WHERE order_id = ? ORDER BY id")
+                .bind(id.as_str())
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| {
                 let kind: String = r.try_get("kind")?;
-                Ok(TimelineEntry { at: Timestamp(r.try_get("at")?), kind: crate::domain::EntryKind::parse(&kind), message: r.try_get("message")? })
+                Ok(TimelineEntry {
+                    at: Timestamp(r.try_get("at")?),
+                    kind: crate::domain::EntryKind::parse(&kind),
+                    message: r.try_get("message")?,
+                })
             })
             .collect()
     }
 
     async fn purchases(&self, id: &OrderId) -> Result<Vec<Purchase>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM purchases WHERE order_id = ? ORDER BY id").bind(id.as_str()).fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM purchases WHERE order_id = ? ORDER BY id")
+            .bind(id.as_str())
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(purchase_from).collect()
     }
 
     async fn credentials(&self, id: &OrderId) -> Result<Option<Vec<u8>>, StoreError> {
-        let v: Option<Option<Vec<u8>>> = sqlx::query_scalar("SELECT credentials FROM orders WHERE id = ?").bind(id.as_str()).fetch_optional(&self.pool).await?;
+        let v: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT credentials FROM orders WHERE id = ?")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(v.flatten())
     }
 
-    async fn claim_due(&self, worker: &str, now: Timestamp, lease_for: Duration, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+    async fn claim_due(
+        &self,
+        worker: &str,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
         let expires = now.plus(lease_for);
         let q = format!(
             "UPDATE orders SET lease_owner = ?1, lease_token = lease_token + 1, lease_expires_at = ?2 WHERE id IN (\
@@ -362,7 +479,12 @@ impl Store for SqliteStore {
         rows.iter()
             .map(|row| {
                 let order = order_from(row)?;
-                let lease = Lease { order_id: order.id.clone(), worker: worker.to_string(), token: row.try_get("lease_token")?, expires_at: expires };
+                let lease = Lease {
+                    order_id: order.id.clone(),
+                    worker: worker.to_string(),
+                    token: row.try_get("lease_token")?,
+                    expires_at: expires,
+                };
                 Ok(Claimed { lease, order })
             })
             .collect()
@@ -393,10 +515,18 @@ impl Store for SqliteStore {
             .bind(&lease.worker)
             .execute(&self.pool)
             .await?;
-        if done.rows_affected() == 0 { Err(StoreError::LeaseLost(lease.order_id.clone())) } else { Ok(()) }
+        if done.rows_affected() == 0 {
+            Err(StoreError::LeaseLost(lease.order_id.clone()))
+        } else {
+            Ok(())
+        }
     }
 
-    async fn acquire_flight(&self, lease: &Lease, package: PackageId) -> Result<Flight, StoreError> {
+    async fn acquire_flight(
+        &self,
+        lease: &Lease,
+        package: PackageId,
+    ) -> Result<Flight, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         check_lease(&mut tx, lease).await?;
         sqlx::query("INSERT INTO flights (package_id, order_id) VALUES (?, ?) ON CONFLICT (package_id) DO NOTHING")
@@ -404,16 +534,28 @@ impl Store for SqliteStore {
             .bind(lease.order_id.as_str())
             .execute(&mut *tx)
             .await?;
-        let holder: String = sqlx::query_scalar("SELECT order_id FROM flights WHERE package_id = ?").bind(i64::from(package.0)).fetch_one(&mut *tx).await?;
+        let holder: String =
+            sqlx::query_scalar("SELECT order_id FROM flights WHERE package_id = ?")
+                .bind(i64::from(package.0))
+                .fetch_one(&mut *tx)
+                .await?;
         tx.commit().await?;
         if holder == lease.order_id.as_str() {
             Ok(Flight::Granted)
         } else {
-            Ok(Flight::HeldBy(OrderId::parse(&holder).map_err(|e| corrupt("flights.order_id", e))?))
+            Ok(Flight::HeldBy(
+                OrderId::parse(&holder).map_err(|e| corrupt("flights.order_id", e))?,
+            ))
         }
     }
 
-    async fn begin_purchase(&self, lease: &Lease, order: &Order, intent: &PurchaseIntent, entries: &[TimelineEntry]) -> Result<i64, StoreError> {
+    async fn begin_purchase(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        intent: &PurchaseIntent,
+        entries: &[TimelineEntry],
+    ) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         check_lease(&mut tx, lease).await?;
         let id: i64 = sqlx::query_scalar(
@@ -427,16 +569,27 @@ impl Store for SqliteStore {
         .bind(intent.sent_at.millis())
         .fetch_one(&mut *tx)
         .await?;
-        let change = Change { entries: entries.to_vec(), keep_lease: true, ..Change::default() };
+        let change = Change {
+            entries: entries.to_vec(),
+            keep_lease: true,
+            ..Change::default()
+        };
         write(&mut tx, order, change, intent.sent_at).await?;
         tx.commit().await?;
         Ok(id)
     }
 
-    async fn record_outcome(&self, purchase_id: i64, outcome: &PurchaseOutcome, at: Timestamp) -> Result<Recorded, StoreError> {
+    async fn record_outcome(
+        &self,
+        purchase_id: i64,
+        outcome: &PurchaseOutcome,
+        at: Timestamp,
+    ) -> Result<Recorded, StoreError> {
         let (ip, reason) = match outcome {
             PurchaseOutcome::Succeeded { ip } => (Some(ip.to_string()), None),
-            PurchaseOutcome::Rejected { reason } | PurchaseOutcome::Unknown { reason } => (None, Some(reason.clone())),
+            PurchaseOutcome::Rejected { reason } | PurchaseOutcome::Unknown { reason } => {
+                (None, Some(reason.clone()))
+            }
         };
         let done = sqlx::query("UPDATE purchases SET outcome = ?, outcome_ip = ?, outcome_reason = ?, decided_at = ? WHERE id = ? AND outcome IS NULL")
             .bind(outcome.kind())
@@ -450,7 +603,11 @@ impl Store for SqliteStore {
             return Ok(Recorded::Recorded);
         }
         if let Some(ip) = ip {
-            sqlx::query("UPDATE purchases SET late_ip = ? WHERE id = ?").bind(ip).bind(purchase_id).execute(&self.pool).await?;
+            sqlx::query("UPDATE purchases SET late_ip = ? WHERE id = ?")
+                .bind(ip)
+                .bind(purchase_id)
+                .execute(&self.pool)
+                .await?;
         }
         Ok(Recorded::AlreadyDecided)
     }
@@ -463,10 +620,17 @@ impl Store for SqliteStore {
         .bind(&ip)
         .fetch_optional(&self.pool)
         .await?;
-        v.map(|s| OrderId::parse(&s).map_err(|e| corrupt("order id", e))).transpose()
+        v.map(|s| OrderId::parse(&s).map_err(|e| corrupt("order id", e)))
+            .transpose()
     }
 
-    async fn admin_save(&self, order: &Order, expected_updated_at: Timestamp, now: Timestamp, change: Change) -> Result<(), StoreError> {
+    async fn admin_save(
+        &self,
+        order: &Order,
+        expected_updated_at: Timestamp,
+        now: Timestamp,
+        change: Change,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query(
             "UPDATE orders SET lease_token = lease_token + 1, lease_owner = NULL, lease_expires_at = NULL \
@@ -480,7 +644,16 @@ impl Store for SqliteStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(order.id.clone()));
         }
-        write(&mut tx, order, Change { keep_lease: false, ..change }, now).await?;
+        write(
+            &mut tx,
+            order,
+            Change {
+                keep_lease: false,
+                ..change
+            },
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -496,7 +669,8 @@ impl Store for SqliteStore {
                 let kind: String = r.try_get("kind")?;
                 Ok(Notice {
                     id: r.try_get("id")?,
-                    order_id: OrderId::parse(r.try_get("order_id")?).map_err(|e| corrupt("outbox.order_id", e))?,
+                    order_id: OrderId::parse(r.try_get("order_id")?)
+                        .map_err(|e| corrupt("outbox.order_id", e))?,
                     kind: NoticeKind::parse(&kind).ok_or_else(|| corrupt("outbox.kind", &kind))?,
                     attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
                 })
@@ -509,13 +683,20 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn notice_failed(&self, id: i64, error: &str, retry_at: Option<Timestamp>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? WHERE id = ?")
-            .bind(retry_at.map(Timestamp::millis))
-            .bind(error)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+    async fn notice_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? WHERE id = ?",
+        )
+        .bind(retry_at.map(Timestamp::millis))
+        .bind(error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

@@ -1,0 +1,232 @@
+//! Test harnesses: a virtual-time engine on the in-memory store with the simulator in-process,
+//! and a real service (SQLite file, HTTP API, real client, simulator over HTTP) on a fast clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use provisioner::app::{Running, StartOptions, start};
+use provisioner::clock::{Clock, ScaledClock, SystemClock, Timestamp};
+use provisioner::config::Settings;
+use provisioner::crypto::Cipher;
+use provisioner::domain::order::CustomerRequest;
+use provisioner::domain::{NewOrder, Order, OrderId, OrderRequest, PackageId, TimelineEntry};
+use provisioner::engine::{Engine, WorkerSettings};
+use provisioner::policy::RetryPolicy;
+use provisioner::simulator::{PackageSpec, Simulator};
+use provisioner::store::memory::MemoryStore;
+use provisioner::store::{Intake, Store};
+
+/// Logs only when TEST_LOG is set.
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        provisioner::telemetry::init(provisioner::telemetry::LogFormat::Human, "info");
+    }
+}
+
+pub fn request(order_ref: &str, package: u32) -> OrderRequest {
+    OrderRequest {
+        order_ref: order_ref.into(),
+        package: i64::from(package),
+        ram_gb: 4,
+        customer: CustomerRequest {
+            email: "ann@example.com".into(),
+            name: "Ann".into(),
+        },
+        os: Some("ubuntu".into()),
+    }
+}
+
+/// A virtual-time world: paused tokio time, memory store, simulator in-process.
+pub struct VirtualWorld {
+    pub clock: Arc<ScaledClock>,
+    pub sim: Simulator,
+    pub store: Arc<MemoryStore>,
+    pub engine: Engine,
+    pub start: Timestamp,
+}
+
+impl VirtualWorld {
+    /// Must be called inside `#[tokio::test(start_paused = true)]`.
+    pub fn new(policy: RetryPolicy, packages: &[(u32, &str, u32)]) -> Self {
+        init_logs();
+        let clock = Arc::new(ScaledClock::virtual_at_epoch());
+        let dyn_clock: Arc<dyn Clock> = clock.clone();
+        let sim = Simulator::new(Arc::clone(&dyn_clock), 42);
+        for (id, name, free) in packages {
+            sim.add_package(PackageSpec::new(*id, name, *free).unwrap());
+        }
+        let store = Arc::new(MemoryStore::new());
+        let engine = Self::engine_on(&store, &sim, &dyn_clock, policy);
+        let start = clock.now();
+        Self {
+            clock,
+            sim,
+            store,
+            engine,
+            start,
+        }
+    }
+
+    pub fn engine_on(
+        store: &Arc<MemoryStore>,
+        sim: &Simulator,
+        clock: &Arc<dyn Clock>,
+        policy: RetryPolicy,
+    ) -> Engine {
+        let cipher = Arc::new(Cipher::from_hex(&Cipher::generate_key()).unwrap());
+        let settings = WorkerSettings::for_policy(&policy);
+        Engine::new(
+            store.clone(),
+            Arc::new(sim.provider()),
+            Arc::clone(clock),
+            policy,
+            cipher,
+            settings,
+        )
+    }
+
+    pub async fn accept(&self, order_ref: &str, package: u32) -> Order {
+        match self
+            .engine
+            .accept(NewOrder::parse(&request(order_ref, package)).unwrap())
+            .await
+            .unwrap()
+        {
+            Intake::Created(o) => o,
+            other => panic!("expected a new order, got {other:?}"),
+        }
+    }
+
+    /// Works every due order, then lets virtual time jump to the next due one; until nothing is
+    /// due. Returns the number of steps worked.
+    pub async fn drive(&self) -> usize {
+        let mut steps = 0;
+        for _ in 0..10_000 {
+            steps += self.engine.run_due_once().await.unwrap();
+            match self.store.next_due().await.unwrap() {
+                None => return steps,
+                Some(at) => {
+                    let now = self.clock.now();
+                    if at > now {
+                        self.clock.sleep(at.since(now)).await;
+                    }
+                }
+            }
+        }
+        panic!("the engine did not settle within 10,000 rounds");
+    }
+
+    /// The engine's lease length (a crashed worker's order is taken over after it).
+    pub fn engine_lease(&self) -> Duration {
+        WorkerSettings::for_policy(self.engine.policy()).lease
+    }
+
+    /// Seconds since the world started.
+    pub fn offset(&self, t: Timestamp) -> u64 {
+        t.since(self.start).as_secs()
+    }
+
+    pub async fn order(&self, id: &OrderId) -> Order {
+        self.store.order(id).await.unwrap().unwrap()
+    }
+
+    pub async fn timeline(&self, id: &OrderId) -> Vec<TimelineEntry> {
+        self.store.timeline(id).await.unwrap()
+    }
+
+    /// Offsets (s) of timeline lines containing `needle`.
+    pub async fn times_of(&self, id: &OrderId, needle: &str) -> Vec<u64> {
+        self.timeline(id)
+            .await
+            .iter()
+            .filter(|e| e.message.contains(needle))
+            .map(|e| self.offset(e.at))
+            .collect()
+    }
+
+    /// Servers SmartVPS (the simulator) sold for this order.
+    pub fn servers_for(&self, id: &OrderId) -> usize {
+        self.sim.purchases_for(&format!("{id}/")).len()
+    }
+}
+
+/// A real service on a SQLite file, time running `speed` times as fast.
+pub struct RealService {
+    pub running: Running,
+    pub api: String,
+    pub http: reqwest::Client,
+}
+
+pub fn fast_clock(speed: f64) -> Arc<dyn Clock> {
+    Arc::new(ScaledClock::new(SystemClock.now(), speed))
+}
+
+pub async fn start_service(
+    db: &std::path::Path,
+    sim: &Simulator,
+    clock: Arc<dyn Clock>,
+    key: &secrecy::SecretString,
+) -> RealService {
+    init_logs();
+    let mut settings = Settings::from_sources(None, &|_| None).unwrap();
+    settings.database.url = format!("sqlite://{}", db.display());
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    settings.secret_key = Some(key.clone());
+    settings.worker.poll_interval = Duration::from_millis(20);
+    settings.worker.shutdown_grace = Duration::from_secs(5);
+    let running = start(
+        &settings,
+        clock,
+        StartOptions {
+            simulator: Some(sim.clone()),
+            ..StartOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let api = format!("http://{}", running.addr);
+    RealService {
+        running,
+        api,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl RealService {
+    pub async fn get(&self, id: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}/api/v1/orders/{id}", self.api))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Polls the order until `done` holds (bounded: fails after `limit` of real time).
+    pub async fn until(
+        &self,
+        id: &str,
+        limit: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let v = self.get(id).await;
+            if done(&v) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "order {id} never reached the expected condition; last seen: {v:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+pub fn scenario_package(sim: &Simulator, id: u32, name: &str) -> PackageId {
+    sim.add_package(PackageSpec::new(id, name, 50).unwrap());
+    PackageId(id)
+}

@@ -1,0 +1,8 @@
+//! Integration tests, one binary (one link on a 2-core machine).
+
+mod helpers;
+
+mod e2e;
+mod never_buy_twice;
+mod restart;
+mod seed_cases;

@@ -1,0 +1,282 @@
+//! Never buy twice: unknown outcomes are reconciled, crashes mid-purchase are read as unknown,
+//! wrong-package addresses are held back, the credentials phase never buys, one purchase per
+//! package is in flight at a time.
+
+use std::time::Duration;
+
+use provisioner::clock::Clock;
+use provisioner::domain::{OrderState, PackageId, Phase, PurchaseOutcome, Resolution};
+use provisioner::policy::{OnUnknown, RetryPolicy};
+use provisioner::simulator::{BuyEffect, BuyStep, Scenario, StatusStep};
+use provisioner::store::Store;
+
+use crate::helpers::VirtualWorld;
+
+const PKG: PackageId = PackageId(7);
+
+fn world(policy: RetryPolicy) -> VirtualWorld {
+    VirtualWorld::new(policy, &[(7, "103.82.72", 50), (8, "45.12.33", 50)])
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_purchase_completing_90s_after_our_timeout_ends_with_exactly_one_server() {
+    let w = world(RetryPolicy::default());
+    Scenario::LateCompletion.install(&w.sim, PKG).unwrap();
+    let order = w.accept("late", 7).await;
+    w.drive().await;
+    let o = w.order(&order.id).await;
+    assert_eq!(
+        w.servers_for(&order.id),
+        1,
+        "exactly one server bought upstream"
+    );
+    assert_eq!(
+        o.state,
+        OrderState::NeedsAttention,
+        "the evidence says a server may exist: an admin decides"
+    );
+    let ledger = w.store.purchases(&order.id).await.unwrap();
+    assert_eq!(ledger.len(), 1, "no second purchase was sent");
+    assert!(matches!(
+        ledger[0].outcome,
+        Some(PurchaseOutcome::Unknown { .. })
+    ));
+    assert!(matches!(
+        ledger[0].resolution,
+        Some(Resolution::Escalated { .. })
+    ));
+    let evidence = &o.failure.unwrap().reason;
+    assert!(evidence.contains("went from 50 to 49"), "{evidence}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_seed_taken_literally_buys_that_server_twice() {
+    let w = world(RetryPolicy {
+        on_unknown: OnUnknown::Retry,
+        ..RetryPolicy::default()
+    });
+    Scenario::LateCompletion.install(&w.sim, PKG).unwrap();
+    let order = w.accept("late-literal", 7).await;
+    w.drive().await;
+    assert_eq!(w.order(&order.id).await.state, OrderState::Ready);
+    assert_eq!(
+        w.servers_for(&order.id),
+        2,
+        "the blind retry bought a second server"
+    );
+    assert!(w.times_of(&order.id, "UNSAFE").await.len() == 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn escalate_policy_hands_unknown_outcomes_to_an_admin_at_once() {
+    let w = world(RetryPolicy {
+        on_unknown: OnUnknown::Escalate,
+        ..RetryPolicy::default()
+    });
+    Scenario::Moderate.install(&w.sim, PKG).unwrap();
+    let order = w.accept("esc", 7).await;
+    w.drive().await;
+    let o = w.order(&order.id).await;
+    assert_eq!(o.state, OrderState::NeedsAttention);
+    assert_eq!(w.offset(o.updated_at), 120);
+    assert_eq!(w.store.purchases(&order.id).await.unwrap().len(), 1);
+}
+
+/// Drops the worker's step `after` into it: the crash of a worker mid-call.
+async fn crash_mid_step(w: &VirtualWorld, after: Duration) {
+    let claimed = w.engine.claim(10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let step = w.engine.work_one(claimed.into_iter().next().unwrap());
+    assert!(
+        tokio::time::timeout(after, step).await.is_err(),
+        "the step should still have been running"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_intent_without_outcome_after_a_crash_is_reconciled_not_rebought() {
+    // The crashed call's purchase completes upstream 30 s after it was sent.
+    let w = world(RetryPolicy::default());
+    w.sim.script_buy(PKG, [BuyStep::succeed(secs(30))]).unwrap();
+    let order = w.accept("crash-bought", 7).await;
+    crash_mid_step(&w, secs(10)).await;
+    let ledger = w.store.purchases(&order.id).await.unwrap();
+    assert_eq!(ledger.len(), 1);
+    assert!(
+        ledger[0].outcome.is_none(),
+        "the intent was committed before the call; no outcome yet"
+    );
+
+    // A new worker (same store) takes over after the lease lapses.
+    let clock: std::sync::Arc<dyn provisioner::clock::Clock> = w.clock.clone();
+    let store: std::sync::Arc<provisioner::store::memory::MemoryStore> = w.store.clone();
+    let second = VirtualWorld::engine_on(&store, &w.sim, &clock, RetryPolicy::default());
+    for _ in 0..100 {
+        second.run_due_once().await.unwrap();
+        match w.store.next_due().await.unwrap() {
+            Some(at) if at > w.clock.now() => w.clock.sleep(at.since(w.clock.now())).await,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let o = w.order(&order.id).await;
+    assert_eq!(w.servers_for(&order.id), 1);
+    assert_eq!(
+        o.state,
+        OrderState::NeedsAttention,
+        "stock fell while the outcome was unknown"
+    );
+    assert_eq!(
+        w.store.purchases(&order.id).await.unwrap().len(),
+        1,
+        "no second purchase without reconciliation"
+    );
+    assert!(!w.times_of(&order.id, "no recorded reply").await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_whose_purchase_never_happened_is_bought_again_once() {
+    let w = world(RetryPolicy::default());
+    w.sim
+        .script_buy(PKG, [BuyStep::hang(secs(600)), BuyStep::succeed(secs(30))])
+        .unwrap();
+    let order = w.accept("crash-nothing", 7).await;
+    crash_mid_step(&w, secs(10)).await;
+    w.drive().await;
+    let o = w.order(&order.id).await;
+    assert_eq!(o.state, OrderState::Ready);
+    assert_eq!(w.servers_for(&order.id), 1);
+    let ledger = w.store.purchases(&order.id).await.unwrap();
+    assert_eq!(ledger.len(), 2);
+    assert!(matches!(
+        ledger[0].resolution,
+        Some(Resolution::NotBought { .. })
+    ));
+    // The second purchase went out only after the lease lapsed and the settle wait passed.
+    let lease = w.engine_lease();
+    assert!(ledger[1].sent_at.since(ledger[0].sent_at) >= lease + secs(120));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wrong_package_address_is_owned_but_never_delivered_or_retried() {
+    let w = world(RetryPolicy::default());
+    w.sim
+        .script_buy(
+            PKG,
+            [BuyStep::new(secs(30), BuyEffect::SucceedInOtherPackage)],
+        )
+        .unwrap();
+    let order = w.accept("wrong", 7).await;
+    w.drive().await;
+    let o = w.order(&order.id).await;
+    assert_eq!(o.state, OrderState::NeedsAttention);
+    assert!(o.server_ip.is_none(), "not delivered");
+    let ledger = w.store.purchases(&order.id).await.unwrap();
+    assert_eq!(ledger.len(), 1, "never retried automatically");
+    let Some(PurchaseOutcome::Succeeded { ip }) = ledger[0].outcome else {
+        panic!("{:?}", ledger[0])
+    };
+    assert!(!ip.to_string().starts_with("103.82.72."));
+    assert_eq!(
+        w.store.owner_of(ip).await.unwrap(),
+        Some(order.id.clone()),
+        "recorded as ours"
+    );
+    assert!(w.store.credentials(&order.id).await.unwrap().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_credentials_phase_never_buys_and_a_retry_resumes_polling() {
+    let w = world(RetryPolicy::default());
+    w.sim.script_buy(PKG, [BuyStep::succeed(secs(30))]).unwrap();
+    w.sim
+        .script_status(
+            PKG,
+            [
+                StatusStep::hang(secs(600)),
+                StatusStep::hang(secs(600)),
+                StatusStep::hang(secs(600)),
+            ],
+        )
+        .unwrap();
+    let order = w.accept("creds", 7).await;
+    w.drive().await;
+    let o = w.order(&order.id).await;
+    assert_eq!(o.state, OrderState::Failed);
+    assert_eq!(o.failure.as_ref().unwrap().phase, Phase::Credentials);
+    let ip = o.server_ip.expect("the owned address is kept");
+
+    let retried = w
+        .engine
+        .retry(
+            &order.id,
+            "test-admin",
+            "SmartVPS support says the server is up",
+        )
+        .await
+        .unwrap();
+    assert_eq!(retried.state, OrderState::AwaitingCredentials);
+    w.drive().await;
+    let o = w.order(&order.id).await;
+    assert_eq!(o.state, OrderState::Ready);
+    assert_eq!(o.server_ip, Some(ip));
+    assert_eq!(
+        w.servers_for(&order.id),
+        1,
+        "nothing bought in the credentials phase or on retry"
+    );
+    assert_eq!(w.store.purchases(&order.id).await.unwrap().len(), 1);
+    assert_eq!(w.times_of(&order.id, "Retry by test-admin").await.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_purchase_per_package_in_flight_while_an_outcome_is_unknown() {
+    let w = world(RetryPolicy::default());
+    // Order A's first purchase hangs (unknown); order B on the same package must not buy until
+    // A's outcome is reconciled, or the stock evidence would be blurred by B's purchase.
+    w.sim
+        .script_buy(
+            PKG,
+            [
+                BuyStep::hang(secs(600)),
+                BuyStep::succeed(secs(30)),
+                BuyStep::succeed(secs(30)),
+            ],
+        )
+        .unwrap();
+    let a = w.accept("a", 7).await;
+    w.engine.run_due_once().await.unwrap();
+    let b = w.accept("b", 7).await;
+    w.drive().await;
+    assert_eq!(w.order(&a.id).await.state, OrderState::Ready);
+    assert_eq!(w.order(&b.id).await.state, OrderState::Ready);
+    let la = w.store.purchases(&a.id).await.unwrap();
+    let lb = w.store.purchases(&b.id).await.unwrap();
+    assert_eq!(lb.len(), 1);
+    // A timed out at 120 s and was reconciled at 240 s; B's purchase went out after that.
+    assert!(
+        w.offset(lb[0].sent_at) >= 240,
+        "B bought at {}s",
+        w.offset(lb[0].sent_at)
+    );
+    assert!(w.offset(la[1].sent_at) == 240);
+    assert_eq!(w.servers_for(&a.id) + w.servers_for(&b.id), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stock_taken_by_other_buyers_while_unknown_escalates_instead_of_guessing() {
+    let w = world(RetryPolicy::default());
+    w.sim.script_buy(PKG, [BuyStep::hang(secs(600))]).unwrap();
+    let order = w.accept("others", 7).await;
+    w.engine.run_due_once().await.unwrap();
+    w.sim.take_stock(PKG, 2).unwrap();
+    w.drive().await;
+    let o = w.order(&order.id).await;
+    assert_eq!(o.state, OrderState::NeedsAttention);
+    assert_eq!(w.servers_for(&order.id), 0);
+    assert_eq!(w.store.purchases(&order.id).await.unwrap().len(), 1);
+}
