@@ -3,7 +3,7 @@
 //!
 //! Everything here is synchronous and takes the current time as an argument; the
 //! [`Simulator`](super::Simulator) handle owns the clock and the lock. Purchases complete
-//! *lazily*: every entry point first [settles](World::settle) the purchases due by `now`, so a
+//! *lazily*: every entry point first settles the purchases due by `now`, so a
 //! purchase completes upstream whether or not its caller is still waiting.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -675,7 +675,7 @@ impl World {
             os: s.info.os.clone(),
             username: Credentials::default_username(Some(&s.info.os)).to_string(),
             password: if built {
-                secrecy::ExposeSecret::expose_secret(&s.info.password).to_string()
+                s.info.password.expose_secret().to_string()
             } else {
                 String::new()
             },
