@@ -1,9 +1,77 @@
-//! `provisioner bench strategies` (filled in with the deterministic simulation).
+//! `provisioner bench strategies`: the same fault schedules under `on_unknown = retry` (the seed
+//! taken literally) and `reconcile`, side by side.
 
-/// Placeholder until the simulation harness lands in this module.
+use std::time::Instant;
+
+use crate::policy::plan::format_total;
+use crate::policy::{OnUnknown, RetryPolicy};
+use crate::simulation::{SimulationConfig, SimulationReport, run_virtual};
+use crate::simulator::FaultProfile;
+
+/// Runs the comparison and prints a Markdown table.
 ///
 /// # Errors
-/// Never yet.
-pub async fn strategies(_orders: usize, _seed: u64) -> anyhow::Result<()> {
-    anyhow::bail!("bench strategies is not built yet")
+/// When a run under `reconcile` broke a promise (the table is still printed).
+pub async fn strategies(orders: usize, seed: u64) -> anyhow::Result<()> {
+    let profiles = ["calm", "flaky", "hostile"];
+    println!(
+        "bench strategies: {orders} orders per run, seed {seed}, 3 workers, 2% of steps crash mid-step, virtual time\n"
+    );
+    println!(
+        "| profile | strategy | orders | duplicate purchases | needs_attention (nothing bought) | failed | ready | p50 to ready | p95 to ready | \
+         upstream calls/order | wall time |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut broken = Vec::new();
+    for name in profiles {
+        let profile = FaultProfile::named(name).unwrap_or_default();
+        for strategy in [OnUnknown::Retry, OnUnknown::Reconcile] {
+            let policy = RetryPolicy {
+                on_unknown: strategy,
+                ..RetryPolicy::default()
+            };
+            let cfg = SimulationConfig::new(seed, orders, profile.clone(), policy);
+            let started = Instant::now();
+            // The simulation needs its own paused-time runtime; keep it off this runtime's threads.
+            let report: SimulationReport =
+                tokio::task::spawn_blocking(move || run_virtual(&cfg)).await?;
+            let wall = started.elapsed();
+            let q = |p| {
+                report
+                    .time_to_ready_quantile(p)
+                    .map(|d| {
+                        format_total(std::time::Duration::from_secs(
+                            d.as_secs_f64().round() as u64
+                        ))
+                    })
+                    .unwrap_or_else(|| "-".into())
+            };
+            println!(
+                "| {name} | {strategy} | {} | {} | {} ({}) | {} | {} | {} | {} | {:.2} | {:.1}s |",
+                report.orders,
+                report.duplicates,
+                report.needs_attention,
+                report.false_alarms,
+                report.failed,
+                report.ready,
+                q(0.5),
+                q(0.95),
+                report.calls_per_order(),
+                wall.as_secs_f64()
+            );
+            if strategy == OnUnknown::Reconcile
+                && (!report.violations.is_empty() || report.duplicates > 0)
+            {
+                broken.push(format!("{name}: {}", report.violations.join("; ")));
+            }
+        }
+    }
+    if broken.is_empty() {
+        println!(
+            "\nreconcile kept every promise in every profile (zero duplicates, no order lost or stuck)."
+        );
+        Ok(())
+    } else {
+        anyhow::bail!("promises broken under reconcile:\n{}", broken.join("\n"))
+    }
 }

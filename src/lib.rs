@@ -12,6 +12,7 @@
 //! - [`domain`]: orders and their state machine, packages, credentials, the purchase ledger.
 //! - [`provider`]: the `Provider` port and the SmartVPS HTTP client with tolerant wire decoding.
 //! - [`simulator`]: a SmartVPS world, scriptable faults, in-process and over HTTP.
+//! - [`simulation`]: the deterministic simulation: many orders, random faults, crashes, invariants.
 //! - [`store`]: the `Store` port; SQLite and in-memory implementations.
 //! - [`engine`]: the worker: leases, the buy and credentials phases, reconciliation.
 //! - [`notify`]: the `Notifier` port and the outbox dispatcher.
@@ -19,7 +20,7 @@
 //! - [`web`]: the axum JSON API.
 //! - [`app`]: wiring the ports together for `serve` and `demo`.
 //! - [`demo`]: the one-command demo on embedded defaults.
-//! - [`bench`]: `bench strategies`, the retry-versus-reconcile comparison.
+//! - [`bench`](crate::bench): `bench strategies`, the retry-versus-reconcile comparison.
 //! - [`cli`]: the command-line interface.
 #![forbid(unsafe_code)]
 
@@ -35,6 +36,7 @@ pub mod engine;
 pub mod notify;
 pub mod policy;
 pub mod provider;
+pub mod simulation;
 pub mod simulator;
 pub mod store;
 pub mod telemetry;

@@ -44,6 +44,7 @@ CREATE TABLE purchases (
     package_id        INTEGER NOT NULL,
     package_name      TEXT NOT NULL,
     stock_before      INTEGER,
+    pool_before       INTEGER,
     sent_at           INTEGER NOT NULL,
     outcome           TEXT,
     outcome_ip        TEXT,

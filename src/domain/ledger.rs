@@ -94,6 +94,9 @@ pub struct Purchase {
     pub package_name: PackageName,
     /// The package's free count read just before sending: reconciliation evidence.
     pub stock_before: Option<u32>,
+    /// Free addresses over every package, read with `stock_before`. SmartVPS sometimes takes the
+    /// address from another package's pool, which only this total shows.
+    pub pool_before: Option<u64>,
     /// When the intent was committed (just before sending).
     pub sent_at: Timestamp,
     /// The outcome; `None` while in flight.
@@ -135,6 +138,8 @@ pub struct PurchaseIntent {
     pub package_name: PackageName,
     /// Free count just read.
     pub stock_before: Option<u32>,
+    /// Free addresses over every package, just read.
+    pub pool_before: Option<u64>,
     /// Now.
     pub sent_at: Timestamp,
 }

@@ -49,13 +49,30 @@ pub(super) async fn step(
     attempt(e, lease, order, p, None).await
 }
 
+/// One read of SmartVPS's stock list, as evidence: our package's entry and the free total of
+/// the whole pool (SmartVPS sometimes assigns an address from another package).
+struct StockRead {
+    entry: Option<StockEntry>,
+    pool: u64,
+}
+
+impl StockRead {
+    fn new(list: Vec<StockEntry>, package: crate::domain::PackageId) -> Self {
+        let pool = list.iter().map(|s| u64::from(s.free)).sum();
+        Self {
+            entry: list.into_iter().find(|s| s.id == package),
+            pool,
+        }
+    }
+}
+
 /// One buy attempt: single flight, stock read, intent, buyvps, outcome.
 async fn attempt(
     e: &Engine,
     lease: &Lease,
     order: &mut Order,
     p: &mut Progress,
-    stock: Option<StockEntry>,
+    stock: Option<StockRead>,
 ) -> Result<Next, EngineError> {
     let now = e.clock.now();
     if let Flight::HeldBy(other) = e.store.acquire_flight(lease, order.package_id).await? {
@@ -63,19 +80,10 @@ async fn attempt(
         let _ = order.wait_until(now.plus(e.settings.flight_wait), now);
         return finish(e, lease, order, p, Change::default()).await;
     }
-    let entry = match stock {
-        Some(entry) => entry,
+    let read = match stock {
+        Some(read) => read,
         None => match e.provider.ipstock(e.policy.buy.timeout).await {
-            Outcome::Succeeded(list) => match list.into_iter().find(|s| s.id == order.package_id) {
-                Some(entry) => entry,
-                None => {
-                    let reason = format!(
-                        "package {} is not in SmartVPS's stock list",
-                        order.package_id
-                    );
-                    return fail_now(e, lease, order, p, reason).await;
-                }
-            },
+            Outcome::Succeeded(list) => StockRead::new(list, order.package_id),
             Outcome::Rejected(why) | Outcome::Unknown(why) => {
                 let n = count_attempt(e, order)?;
                 return rejected(
@@ -89,6 +97,17 @@ async fn attempt(
                 .await;
             }
         },
+    };
+    let pool = read.pool;
+    let entry = match read.entry {
+        Some(entry) => entry,
+        None => {
+            let reason = format!(
+                "package {} is not in SmartVPS's stock list",
+                order.package_id
+            );
+            return fail_now(e, lease, order, p, reason).await;
+        }
     };
     let name = match &entry.name {
         Ok(name) => name.clone(),
@@ -125,6 +144,7 @@ async fn attempt(
         package_id: order.package_id,
         package_name: name.clone(),
         stock_before: Some(entry.free),
+        pool_before: Some(pool),
         sent_at,
     };
     let purchase_id = e
@@ -321,8 +341,8 @@ async fn reconcile(
         // A purchase left unknown by a lost worker under another policy: apply that policy now.
         _ => return after_unknown(e, lease, order, p, purchase).await,
     }
-    let entry = match e.provider.ipstock(e.policy.buy.timeout).await {
-        Outcome::Succeeded(list) => list.into_iter().find(|s| s.id == order.package_id),
+    let read = match e.provider.ipstock(e.policy.buy.timeout).await {
+        Outcome::Succeeded(list) => StockRead::new(list, order.package_id),
         Outcome::Rejected(why) | Outcome::Unknown(why) => {
             let decided = purchase.decided_at.unwrap_or(purchase.sent_at);
             let settle = e.policy.buy.settle_after(n);
@@ -349,12 +369,18 @@ async fn reconcile(
         }
     };
     let before = purchase.stock_before;
-    let after = entry.as_ref().map(|s| s.free);
+    let after = read.entry.as_ref().map(|s| s.free);
+    // Nothing was bought only if our package's free count has not moved and never ran dry: a
+    // purchase of ours takes an address from it, and SmartVPS hands out another package's address
+    // only when it is exhausted. Any movement (ours or another reseller's) is ambiguous and goes
+    // to an admin. The pool total is kept as evidence for the admin, not as a test: our own
+    // purchases in other packages move it all the time.
     match (before, after) {
-        (Some(b), Some(a)) if a == b => {
+        (Some(b), Some(a)) if a == b && a > 0 => {
             let evidence = format!(
-                "free stock of package {} unchanged at {a} since attempt {n} was sent, and no late reply: nothing was bought",
-                purchase.package_name
+                "free stock of package {} unchanged at {a} (and {} free over all packages) since attempt {n} was sent, and no \
+                 late reply: nothing was bought",
+                purchase.package_name, read.pool
             );
             p.line(
                 now,
@@ -396,16 +422,21 @@ async fn reconcile(
                     },
                 )
                 .await?;
-            attempt(e, lease, order, p, entry).await
+            attempt(e, lease, order, p, Some(read)).await
         }
         _ => {
             let seen = |v: Option<u32>| v.map_or_else(|| "unknown".to_string(), |v| v.to_string());
+            let pool_before = purchase
+                .pool_before
+                .map_or_else(|| "unknown".to_string(), |v| v.to_string());
             let evidence = format!(
-                "free stock of package {} went from {} to {} since buyVps attempt {n} timed out: a server may have been bought for this \
-                 order. Look for it in the SmartVPS panel (bought around {}), then resolve with its address, or confirm nothing was bought",
+                "free stock of package {} went from {} to {} (all packages: {pool_before} to {}) since buyVps attempt {n} got no \
+                 definite answer: a server may have been bought for this order. Look for it in the SmartVPS panel (bought around \
+                 {}), then resolve with its address, or confirm nothing was bought",
                 purchase.package_name,
                 seen(before),
                 seen(after),
+                read.pool,
                 purchase.sent_at
             );
             p.warn(now, format!("🔎 Reconciled attempt {n}: {evidence}"));

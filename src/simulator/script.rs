@@ -379,6 +379,13 @@ impl Dice {
         if effect.buys() {
             latency = latency.min(p.latest_completion());
         }
+        if effect == BuyEffect::SucceedInOtherPackage {
+            // The wire contract: SmartVPS hands out another package's address when the one asked
+            // for is exhausted (the world does that by itself). Drawn at random with stock left, the
+            // quirk is answered in time, so the caller sees the address; a late completion always
+            // comes from the package asked for unless it ran dry meanwhile.
+            latency = latency.min(p.buy_timeout.saturating_sub(secs(1)));
+        }
         let build_time = if self.chance(p.late_credentials) {
             self.duration_in(&p.build_time)
         } else {

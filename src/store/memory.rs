@@ -391,6 +391,7 @@ impl Store for MemoryStore {
             package_id: intent.package_id,
             package_name: intent.package_name.clone(),
             stock_before: intent.stock_before,
+            pool_before: intent.pool_before,
             sent_at: intent.sent_at,
             outcome: None,
             decided_at: None,

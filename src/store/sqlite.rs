@@ -212,6 +212,9 @@ fn purchase_from(row: &SqliteRow) -> Result<Purchase, StoreError> {
         stock_before: row
             .try_get::<Option<i64>, _>("stock_before")?
             .and_then(|v| u32::try_from(v).ok()),
+        pool_before: row
+            .try_get::<Option<i64>, _>("pool_before")?
+            .and_then(|v| u64::try_from(v).ok()),
         sent_at: Timestamp(row.try_get("sent_at")?),
         outcome,
         decided_at: row.try_get::<Option<i64>, _>("decided_at")?.map(Timestamp),
@@ -559,13 +562,15 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         check_lease(&mut tx, lease).await?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO purchases (order_id, attempt, package_id, package_name, stock_before, sent_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO purchases (order_id, attempt, package_id, package_name, stock_before, pool_before, sent_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(intent.order_id.as_str())
         .bind(i64::from(intent.attempt))
         .bind(i64::from(intent.package_id.0))
         .bind(intent.package_name.as_str())
         .bind(intent.stock_before.map(i64::from))
+        .bind(intent.pool_before.and_then(|v| i64::try_from(v).ok()))
         .bind(intent.sent_at.millis())
         .fetch_one(&mut *tx)
         .await?;

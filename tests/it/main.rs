@@ -6,3 +6,4 @@ mod e2e;
 mod never_buy_twice;
 mod restart;
 mod seed_cases;
+mod simulation;

@@ -1,0 +1,532 @@
+//! The deterministic simulation: thousands of orders through the real engine, the in-memory
+//! store and the simulator in-process, under seeded random faults and worker crashes, on
+//! virtual time. Every order is then checked against the promises the service makes.
+//!
+//! Determinism: a current-thread runtime with paused time, every random draw from seeded
+//! generators, `biased` selects. The same seed replays the same run, so a failure is reported
+//! with its seed and can be reproduced with `bench strategies --seed`.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use secrecy::ExposeSecret;
+use tokio::task::JoinSet;
+
+use crate::clock::{Clock, ScaledClock, Timestamp};
+use crate::crypto::Cipher;
+use crate::domain::order::CustomerRequest;
+use crate::domain::{
+    NewOrder, Order, OrderId, OrderRequest, OrderState, Phase, PurchaseOutcome, Resolution,
+};
+use crate::engine::{Engine, WorkerSettings};
+use crate::policy::RetryPolicy;
+use crate::simulator::{FaultProfile, PackageSpec, PurchaseRecord, Simulator};
+use crate::store::Store;
+use crate::store::memory::MemoryStore;
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimulationConfig {
+    /// Seeds the simulator's faults, arrivals and crashes.
+    pub seed: u64,
+    /// Orders to run.
+    pub orders: usize,
+    /// Upstream faults.
+    pub profile: FaultProfile,
+    /// The policy under test (its `on_unknown` is the strategy).
+    pub policy: RetryPolicy,
+    /// Chance that the worker running a step is dropped mid-step (a crash) and restarted from the store.
+    pub crash_rate: f64,
+    /// Workers sharing the store.
+    pub workers: usize,
+    /// Orders per package (single flight serialises purchases within a package).
+    pub orders_per_package: usize,
+    /// Arrivals spread uniformly over this window.
+    pub arrival_window: Duration,
+}
+
+impl SimulationConfig {
+    /// The defaults used by the test suite and the benchmark for `orders` orders.
+    pub fn new(seed: u64, orders: usize, profile: FaultProfile, policy: RetryPolicy) -> Self {
+        Self {
+            seed,
+            orders,
+            profile,
+            policy,
+            crash_rate: 0.02,
+            workers: 3,
+            orders_per_package: 25,
+            arrival_window: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What happened, and what broke.
+#[derive(Clone, Debug, Default)]
+pub struct SimulationReport {
+    /// The seed, to replay.
+    pub seed: u64,
+    /// Orders run.
+    pub orders: usize,
+    /// Orders that ended ready.
+    pub ready: usize,
+    /// Orders that ended failed.
+    pub failed: usize,
+    /// Orders that ended needing attention.
+    pub needs_attention: usize,
+    /// Orders that went to an admin although SmartVPS sold nothing for them (other resellers
+    /// moved the stock while an outcome was unknown): the price of never guessing.
+    pub false_alarms: usize,
+    /// Orders for which SmartVPS sold more than one server.
+    pub duplicates: usize,
+    /// Servers bought in all.
+    pub servers: usize,
+    /// Upstream calls in all.
+    pub upstream_calls: u64,
+    /// Steps whose worker was dropped mid-step.
+    pub crashes: u64,
+    /// Intake to ready, for ready orders (simulated time).
+    pub time_to_ready: Vec<Duration>,
+    /// Longest intake-to-final-state time (simulated).
+    pub longest: Duration,
+    /// Broken promises, one line each (empty when all held).
+    pub violations: Vec<String>,
+}
+
+impl SimulationReport {
+    /// The `q` quantile (0..=1) of time to ready.
+    pub fn time_to_ready_quantile(&self, q: f64) -> Option<Duration> {
+        let mut v = self.time_to_ready.clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort();
+        let idx = ((v.len() - 1) as f64 * q).round() as usize;
+        v.get(idx).copied()
+    }
+
+    /// Upstream calls per order.
+    pub fn calls_per_order(&self) -> f64 {
+        self.upstream_calls as f64 / self.orders.max(1) as f64
+    }
+}
+
+/// Runs a simulation on a fresh current-thread runtime with paused (virtual) time.
+///
+/// # Panics
+/// Only if a tokio runtime cannot be built.
+pub fn run_virtual(cfg: &SimulationConfig) -> SimulationReport {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime with paused time");
+    rt.block_on(run(cfg))
+}
+
+/// Runs a simulation. Must run on a current-thread runtime with paused time.
+pub async fn run(cfg: &SimulationConfig) -> SimulationReport {
+    let clock = Arc::new(ScaledClock::virtual_at_epoch());
+    let dyn_clock: Arc<dyn Clock> = clock.clone();
+    let sim = Simulator::new(Arc::clone(&dyn_clock), cfg.seed);
+    let packages = cfg.orders.div_ceil(cfg.orders_per_package.max(1)).max(1);
+    for p in 0..packages {
+        // Distinct /24 prefixes: 10.<hi>.<lo> keeps every package's addresses apart.
+        let name = format!("10.{}.{}", p / 256, p % 256);
+        sim.add_package(
+            PackageSpec::new(1000 + p as u32, &name, 100_000).expect("a valid package name"),
+        );
+    }
+    sim.set_fault_profile(Some(cfg.profile.clone()));
+    let store = Arc::new(MemoryStore::new());
+    let dyn_store: Arc<dyn Store> = store.clone();
+    let cipher =
+        Arc::new(Cipher::from_hex(&Cipher::generate_key()).expect("a generated key is valid"));
+    let settings = WorkerSettings::for_policy(&cfg.policy);
+    let engines: Vec<Arc<Engine>> = (0..cfg.workers.max(1))
+        .map(|_| {
+            Arc::new(Engine::new(
+                Arc::clone(&dyn_store),
+                Arc::new(sim.provider()),
+                Arc::clone(&dyn_clock),
+                cfg.policy.clone(),
+                Arc::clone(&cipher),
+                settings.clone(),
+            ))
+        })
+        .collect();
+
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5eed_c0de);
+    let start = clock.now();
+    let mut arrivals: Vec<(Timestamp, usize)> = (0..cfg.orders)
+        .map(|i| {
+            (
+                start.plus(cfg.arrival_window.mul_f64(rng.random::<f64>())),
+                i,
+            )
+        })
+        .collect();
+    arrivals.sort();
+    let last_arrival = arrivals.last().map_or(start, |a| a.0);
+    // Generous: no order should need more than a few hours even behind a busy package.
+    let horizon = last_arrival.plus(Duration::from_secs(12 * 3600));
+    let mut arrivals = arrivals.into_iter().peekable();
+    let mut ids: Vec<OrderId> = Vec::with_capacity(cfg.orders);
+    let mut tasks: JoinSet<bool> = JoinSet::new();
+    let mut report = SimulationReport {
+        seed: cfg.seed,
+        orders: cfg.orders,
+        ..SimulationReport::default()
+    };
+    let step_bound = settings.lease;
+
+    loop {
+        let now = clock.now();
+        while let Some((_, i)) = arrivals.next_if(|(at, _)| *at <= now) {
+            let request = OrderRequest {
+                order_ref: format!("sim-{}-{i}", cfg.seed),
+                package: i64::from(1000 + (i % packages) as u32),
+                ram_gb: 1 + (i % 8) as i64,
+                customer: CustomerRequest {
+                    email: format!("c{i}@example.com"),
+                    name: format!("Customer {i}"),
+                },
+                os: None,
+            };
+            let new = NewOrder::parse(&request).expect("generated requests are valid");
+            match engines[0].accept(new).await {
+                Ok(crate::store::Intake::Created(o)) => ids.push(o.id),
+                other => report
+                    .violations
+                    .push(format!("intake of order {i} failed: {other:?}")),
+            }
+        }
+        for engine in &engines {
+            let claimed = match engine.claim(256).await {
+                Ok(c) => c,
+                Err(e) => {
+                    report.violations.push(format!("claim failed: {e}"));
+                    Vec::new()
+                }
+            };
+            for c in claimed {
+                let engine = Arc::clone(engine);
+                let crash = rng.random_bool(cfg.crash_rate.clamp(0.0, 1.0));
+                let after = step_bound.mul_f64(rng.random::<f64>() * 0.9);
+                tasks.spawn(async move {
+                    if crash {
+                        // The worker dies mid-step: its future is dropped wherever it is, its
+                        // lease stays until expiry, and another worker takes over from the store.
+                        tokio::time::timeout(after, engine.work_one(c))
+                            .await
+                            .is_err()
+                    } else {
+                        let _ = engine.work_one(c).await;
+                        false
+                    }
+                });
+            }
+        }
+        let next_due = store.next_due().await.ok().flatten();
+        let next = [next_due, arrivals.peek().map(|a| a.0)]
+            .into_iter()
+            .flatten()
+            .min();
+        if tasks.is_empty() && next.is_none() {
+            break;
+        }
+        if clock.now() > horizon {
+            report.violations.push(format!(
+                "simulation passed its horizon with work left (seed {})",
+                cfg.seed
+            ));
+            break;
+        }
+        let wait = next.map_or(Duration::from_secs(60), |t| t.since(clock.now()));
+        tokio::select! {
+            biased;
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if matches!(done, Ok(true)) { report.crashes += 1; }
+            }
+            () = clock.sleep(wait) => {}
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        if matches!(done, Ok(true)) {
+            report.crashes += 1;
+        }
+    }
+
+    check(cfg, &sim, &*store, &cipher, &ids, &mut report).await;
+    report
+}
+
+/// Checks every order against the service's promises.
+async fn check(
+    cfg: &SimulationConfig,
+    sim: &Simulator,
+    store: &dyn Store,
+    cipher: &Cipher,
+    ids: &[OrderId],
+    report: &mut SimulationReport,
+) {
+    let mut bought: HashMap<String, Vec<PurchaseRecord>> = HashMap::new();
+    let purchases = sim.purchases();
+    report.servers = purchases.len();
+    for p in purchases {
+        let order = p
+            .request_id
+            .as_deref()
+            .and_then(|r| r.split('/').next())
+            .unwrap_or("")
+            .to_string();
+        bought.entry(order).or_default().push(p);
+    }
+    let calls = sim.calls();
+    report.upstream_calls = calls.ipstock + calls.buy + calls.status + calls.other;
+    let mut per_package: HashMap<u32, Vec<(Timestamp, Timestamp, String)>> = HashMap::new();
+    let seed = cfg.seed;
+    let mut violate = |report: &mut SimulationReport, id: &OrderId, what: String| {
+        if report.violations.len() < 50 {
+            report
+                .violations
+                .push(format!("seed {seed}, order {id}: {what}"));
+        }
+    };
+
+    for id in ids {
+        let Ok(Some(order)) = store.order(id).await else {
+            violate(report, id, "order lost".into());
+            continue;
+        };
+        let ledger = store.purchases(id).await.unwrap_or_default();
+        let timeline = store.timeline(id).await.unwrap_or_default();
+        let servers = bought
+            .get(id.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let end = order.ready_at.unwrap_or(order.updated_at);
+        report.longest = report.longest.max(end.since(order.created_at));
+
+        match order.state {
+            OrderState::Ready => report.ready += 1,
+            OrderState::Failed => report.failed += 1,
+            OrderState::NeedsAttention => {
+                report.needs_attention += 1;
+                if servers.is_empty() {
+                    report.false_alarms += 1;
+                }
+            }
+            other => violate(report, id, format!("stuck in {other}")),
+        }
+        if servers.len() > 1 {
+            report.duplicates += 1;
+            let explained = cfg.policy.on_unknown == crate::policy::OnUnknown::Retry;
+            if !explained {
+                violate(
+                    report,
+                    id,
+                    format!(
+                        "{} servers bought: {:?}",
+                        servers.len(),
+                        servers.iter().map(|s| s.ip).collect::<Vec<_>>()
+                    ),
+                );
+            }
+        }
+        let before = report.violations.len();
+        check_order(
+            &order,
+            &ledger,
+            servers,
+            report,
+            &mut violate,
+            cipher,
+            store,
+            sim,
+        )
+        .await;
+        if std::env::var_os("SIM_TRACE").is_some()
+            && (report.violations.len() > before || servers.len() > 1)
+        {
+            eprintln!("--- order {id} ({}):", order.state);
+            for e in &timeline {
+                eprintln!(
+                    "  {:>6}s {}",
+                    e.at.since(order.created_at).as_secs(),
+                    e.message
+                );
+            }
+            for p in &ledger {
+                eprintln!(
+                    "  ledger #{} attempt {} sent +{}s outcome {:?} resolution {:?} late {:?}",
+                    p.id,
+                    p.attempt,
+                    p.sent_at.since(order.created_at).as_secs(),
+                    p.outcome,
+                    p.resolution,
+                    p.late_ip
+                );
+            }
+            for s in servers {
+                eprintln!(
+                    "  upstream {} pkg {} requested +{}s completed +{}s req {:?} other_pkg {}",
+                    s.ip,
+                    s.package,
+                    s.requested_at.since(order.created_at).as_secs(),
+                    s.completed_at.since(order.created_at).as_secs(),
+                    s.request_id,
+                    s.from_other_package
+                );
+            }
+        }
+
+        let calls_logged = timeline
+            .iter()
+            .filter(|e| e.message.contains("Calling buyVps - attempt"))
+            .count();
+        if calls_logged != ledger.len() {
+            violate(
+                report,
+                id,
+                format!(
+                    "timeline shows {calls_logged} buyVps calls, the ledger {}",
+                    ledger.len()
+                ),
+            );
+        }
+        for p in &ledger {
+            match (&p.outcome, &p.resolution) {
+                (None, _) => violate(
+                    report,
+                    id,
+                    format!("purchase {} has no outcome at the end", p.id),
+                ),
+                (Some(PurchaseOutcome::Unknown { .. }), None) => violate(
+                    report,
+                    id,
+                    format!("unknown purchase {} never settled", p.id),
+                ),
+                _ => {}
+            }
+            if let Some(decided) = p.decided_at {
+                per_package.entry(p.package_id.0).or_default().push((
+                    p.sent_at,
+                    decided,
+                    id.to_string(),
+                ));
+            }
+        }
+    }
+    // Single flight: no two purchases of one package were in flight at once.
+    for (pkg, mut spans) in per_package {
+        spans.sort();
+        for pair in spans.windows(2) {
+            if pair[1].0 < pair[0].1 && report.violations.len() < 50 {
+                report.violations.push(format!(
+                    "seed {seed}: package {pkg} had overlapping purchases for orders {} and {}",
+                    pair[0].2, pair[1].2
+                ));
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn check_order(
+    order: &Order,
+    ledger: &[crate::domain::Purchase],
+    servers: &[PurchaseRecord],
+    report: &mut SimulationReport,
+    violate: &mut impl FnMut(&mut SimulationReport, &OrderId, String),
+    cipher: &Cipher,
+    store: &dyn Store,
+    sim: &Simulator,
+) {
+    let id = &order.id;
+    let upstream: Vec<Ipv4Addr> = servers.iter().map(|s| s.ip).collect();
+    match order.state {
+        OrderState::Ready => {
+            let Some(ip) = order.server_ip else {
+                violate(report, id, "ready without an address".into());
+                return;
+            };
+            if !upstream.contains(&ip) {
+                violate(
+                    report,
+                    id,
+                    format!("ready with {ip}, which SmartVPS did not sell for it ({upstream:?})"),
+                );
+            }
+            let delivered_via_ledger = ledger.iter().any(|p| {
+                matches!(p.outcome, Some(PurchaseOutcome::Succeeded { ip: got }) if got == ip)
+                    || matches!(p.resolution, Some(Resolution::Adopted { ip: got }) if got == ip)
+            });
+            if !delivered_via_ledger {
+                violate(report, id, format!("ledger does not record {ip}"));
+            }
+            match store.credentials(id).await {
+                Ok(Some(sealed)) => match cipher.open(ip, &sealed) {
+                    Ok(creds) => {
+                        let upstream_pw = sim
+                            .server(ip)
+                            .map(|s| s.password.expose_secret().to_string());
+                        if creds.expose_password().is_empty()
+                            || upstream_pw.as_deref() != Some(creds.expose_password())
+                        {
+                            violate(
+                                report,
+                                id,
+                                "stored credentials do not match the server's".into(),
+                            );
+                        }
+                    }
+                    Err(e) => violate(report, id, format!("credentials do not decrypt: {e}")),
+                },
+                _ => violate(report, id, "ready without stored credentials".into()),
+            }
+            if let Some(at) = order.ready_at {
+                report.time_to_ready.push(at.since(order.created_at));
+            }
+        }
+        OrderState::Failed => match order.failure.as_ref().map(|f| f.phase) {
+            Some(Phase::Buy) if !upstream.is_empty() => {
+                violate(
+                    report,
+                    id,
+                    format!("failed in the buy phase, yet SmartVPS sold {upstream:?}"),
+                );
+            }
+            Some(Phase::Credentials) if order.server_ip.is_none() => {
+                violate(
+                    report,
+                    id,
+                    "failed in the credentials phase without the owned address".into(),
+                );
+            }
+            None => violate(report, id, "failed without a reason".into()),
+            _ => {}
+        },
+        OrderState::NeedsAttention
+            if order.failure.as_ref().is_none_or(|f| f.reason.is_empty()) =>
+        {
+            violate(report, id, "needs attention without evidence".into());
+        }
+        _ => {}
+    }
+    if order.state != OrderState::Ready
+        && order.server_ip.is_none()
+        && !upstream.is_empty()
+        && order.state != OrderState::NeedsAttention
+    {
+        violate(
+            report,
+            id,
+            format!("SmartVPS sold {upstream:?} but the order neither holds it nor asks an admin"),
+        );
+    }
+}
