@@ -46,11 +46,10 @@ pub struct WorkerSettings {
 impl WorkerSettings {
     /// Settings derived from a policy: the lease outlasts the longest step.
     pub fn for_policy(policy: &RetryPolicy) -> Self {
-        let longest = policy.buy.timeout.max(policy.status.timeout);
         Self {
-            concurrency: 32,
-            lease: longest * 2 + Duration::from_secs(30),
-            poll_interval: Duration::from_secs(1),
+            concurrency: crate::config::DEFAULT_CONCURRENCY,
+            lease: crate::config::WorkerSettings::default_lease(policy),
+            poll_interval: crate::config::DEFAULT_POLL_INTERVAL,
             flight_wait: Duration::from_secs(10),
         }
     }

@@ -165,7 +165,8 @@ pub struct FaultProfile {
     pub buy_error: f64,
     /// A garbled 2xx reply, nothing bought.
     pub buy_garbled: f64,
-    /// Success with an address from another package although the package has stock.
+    /// The wrong-package quirk: other resellers exhaust the package just as the purchase
+    /// completes, so SmartVPS assigns an address from another package (and restocks later).
     pub buy_wrong_package: f64,
     /// A status reply that comes well after `status_timeout`.
     pub status_hang: f64,
@@ -378,13 +379,6 @@ impl Dice {
         };
         if effect.buys() {
             latency = latency.min(p.latest_completion());
-        }
-        if effect == BuyEffect::SucceedInOtherPackage {
-            // The wire contract: SmartVPS hands out another package's address when the one asked
-            // for is exhausted (the world does that by itself). Drawn at random with stock left, the
-            // quirk is answered in time, so the caller sees the address; a late completion always
-            // comes from the package asked for unless it ran dry meanwhile.
-            latency = latency.min(p.buy_timeout.saturating_sub(secs(1)));
         }
         let build_time = if self.chance(p.late_credentials) {
             self.duration_in(&p.build_time)

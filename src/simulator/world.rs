@@ -189,6 +189,8 @@ pub(crate) struct World {
     purchases: Vec<PurchaseRecord>,
     /// Keyed by (due, ticket) so purchases complete in time order, ties in arrival order.
     pending: BTreeMap<(Timestamp, u64), Pending>,
+    /// Packages drained by other resellers, restocked later: (when, ticket) -> (package, new free).
+    restocks: BTreeMap<(Timestamp, u64), (PackageId, u32)>,
     /// Callers still waiting for a purchase's completion; `None` until it completes.
     waiting: HashMap<u64, Option<Completion>>,
     next_ticket: u64,
@@ -221,6 +223,7 @@ impl World {
             servers: BTreeMap::new(),
             purchases: Vec::new(),
             pending: BTreeMap::new(),
+            restocks: BTreeMap::new(),
             waiting: HashMap::new(),
             next_ticket: 1,
             calls: CallCounts::default(),
@@ -380,16 +383,53 @@ impl World {
 
     /// Completes every pending purchase due by `now`, in time order.
     pub(crate) fn settle(&mut self, now: Timestamp) {
-        while let Some(entry) = self.pending.first_entry() {
-            if entry.key().0 > now {
-                break;
+        loop {
+            let purchase = self
+                .pending
+                .first_key_value()
+                .map(|(k, _)| *k)
+                .filter(|k| k.0 <= now);
+            let restock = self
+                .restocks
+                .first_key_value()
+                .map(|(k, _)| *k)
+                .filter(|k| k.0 <= now);
+            match (purchase, restock) {
+                (Some(p), r) if r.is_none_or(|r| p <= r) => {
+                    if let Some(pending) = self.pending.remove(&p) {
+                        self.complete(pending, p.0);
+                    }
+                }
+                (_, Some(r)) => {
+                    if let Some((pkg, free)) = self.restocks.remove(&r)
+                        && let Some(p) = self.packages.get_mut(&pkg)
+                    {
+                        p.free = free;
+                    }
+                }
+                _ => break,
             }
-            let ((due, _), pending) = entry.remove_entry();
-            self.complete(pending, due);
         }
     }
 
     fn complete(&mut self, p: Pending, at: Timestamp) {
+        if p.other_package {
+            // The wrong-package quirk as SmartVPS shows it: the package asked for is exhausted
+            // (other resellers took its last addresses just now), so the address comes from
+            // another package. It is restocked later with more than it had, as a new allocation
+            // of addresses: a restock never brings the count back to exactly where it was.
+            if let Some(pk) = self.packages.get_mut(&p.package)
+                && pk.free > 0
+            {
+                let refill = pk.free + 1000;
+                pk.free = 0;
+                let after = Duration::from_secs(self.rng.random_range(600..=1800));
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                self.restocks
+                    .insert((at.plus(after), ticket), (p.package, refill));
+            }
+        }
         let result = match self.allocate(p.package, p.other_package) {
             Some((address_package, ip)) => {
                 let defaults = self

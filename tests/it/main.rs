@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod cli;
 mod e2e;
 mod never_buy_twice;
 mod restart;

@@ -136,3 +136,25 @@ async fn the_same_seed_replays_the_same_run() {
         )
     );
 }
+
+/// Replays one run from the environment: `SIM_SEED`, `SIM_ORDERS`, `SIM_PROFILE`
+/// (calm|flaky|hostile), `SIM_STRATEGY` (reconcile|retry); `SIM_TRACE=1` prints every order
+/// that broke a promise. Run with `cargo test --release --test it replay -- --ignored`.
+#[tokio::test(start_paused = true)]
+#[ignore = "a replay tool: configure it with SIM_* variables"]
+async fn replay() {
+    let var = |k: &str| std::env::var(k).ok();
+    let profile = FaultProfile::named(&var("SIM_PROFILE").unwrap_or_else(|| "hostile".into()))
+        .expect("SIM_PROFILE");
+    let strategy = OnUnknown::parse(&var("SIM_STRATEGY").unwrap_or_else(|| "reconcile".into()))
+        .expect("SIM_STRATEGY");
+    let orders = var("SIM_ORDERS")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    let policy = RetryPolicy {
+        on_unknown: strategy,
+        ..RetryPolicy::default()
+    };
+    let r = run(&SimulationConfig::new(seed(), orders, profile, policy)).await;
+    assert_clean(&r);
+}

@@ -1,0 +1,79 @@
+//! The binary itself: `plan` prints the seed's totals; configuration errors exit 2 naming the key.
+
+use std::process::Command;
+
+fn provisioner(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("SMARTVPS_BASE_URL")
+        .env_remove("SMARTVPS_USERNAME")
+        .env_remove("SMARTVPS_PASSWORD")
+        .env_remove("PROVISIONER_SECRET_KEY")
+        .output()
+        .expect("the provisioner binary runs")
+}
+
+#[test]
+fn plan_prints_the_four_seed_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = provisioner(&["plan"], dir.path());
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "Best case         40s",
+        "Moderate case     7 min 10 s",
+        "Worst case        15 min 40 s",
+        "Complete failure  11 min 0 s",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn bad_configs_stop_start_up_with_exit_2_naming_the_key() {
+    let cases = [
+        (
+            "[policy.buy]\nattempts = 3\ndelays = [\"2m\"]\n",
+            "policy.buy.delays",
+        ),
+        (
+            "[policy.status]\nattempts = 0\ndelays = []\n",
+            "policy.status.attempts",
+        ),
+        ("[policy.buy]\ntimeout = \"soon\"\n", "policy.buy.timeout"),
+        ("[policy.buy]\natempts = 3\n", "policy.buy.atempts"),
+        (
+            "[smartvps]\nbase_url = \"https://smartvps.online/\"\nusername = \"r\"\n",
+            "smartvps.password",
+        ),
+    ];
+    for (toml, key) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, toml).unwrap();
+        let out = provisioner(&["--config", path.to_str().unwrap(), "serve"], dir.path());
+        assert_eq!(out.status.code(), Some(2), "{toml}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(key), "expected {key} in {err:?}");
+        assert_eq!(err.trim().lines().count(), 1, "one clear message: {err:?}");
+    }
+}
+
+#[test]
+fn a_real_smartvps_without_a_secret_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("real.toml");
+    std::fs::write(
+        &path,
+        "[smartvps]\nbase_url = \"https://smartvps.online/\"\nusername = \"r\"\npassword = \"p\"\n",
+    )
+    .unwrap();
+    let out = provisioner(&["--config", path.to_str().unwrap(), "serve"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("PROVISIONER_SECRET_KEY")
+    );
+}
