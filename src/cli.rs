@@ -140,6 +140,8 @@ pub fn main() -> ExitCode {
         _ => "info",
     };
     telemetry::init(cli.log_format, level);
+    // One TLS stack for every HTTP client in the process (rustls with ring).
+    crate::provider::smartvps::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

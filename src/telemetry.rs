@@ -20,7 +20,9 @@ pub fn init(format: LogFormat, default_level: &str) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        // Logs go to stderr: stdout is for command output (`plan`, `orders list`, the demo table).
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -18,6 +18,7 @@ use provisioner::store::{Intake, Store};
 
 /// Logs only when TEST_LOG is set.
 pub fn init_logs() {
+    provisioner::provider::smartvps::install_crypto_provider();
     if std::env::var_os("TEST_LOG").is_some() {
         provisioner::telemetry::init(provisioner::telemetry::LogFormat::Human, "info");
     }

@@ -7,4 +7,5 @@ mod e2e;
 mod never_buy_twice;
 mod restart;
 mod seed_cases;
+mod shutdown;
 mod simulation;

@@ -4,4 +4,4 @@
 pub mod client;
 pub mod wire;
 
-pub use client::{ClientError, SmartVpsClient, SmartVpsConfig};
+pub use client::{ClientError, SmartVpsClient, SmartVpsConfig, install_crypto_provider};
