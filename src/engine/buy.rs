@@ -550,7 +550,7 @@ async fn fail(
         "📧 Customer notified: provisioning failed; an admin can retry",
     );
     let change = Change {
-        notices: vec![NoticeKind::Failed],
+        notices: vec![NoticeKind::Failed, NoticeKind::AdminFailed],
         ..change
     };
     finish(e, lease, order, p, change).await
@@ -571,7 +571,7 @@ pub(super) async fn escalate(
         "🛑 Order needs attention: an admin must decide (no automatic purchase will be made)",
     );
     let change = Change {
-        notices: vec![NoticeKind::NeedsAttention],
+        notices: vec![NoticeKind::NeedsAttention, NoticeKind::AdminNeedsAttention],
         release_flight: true,
         ..change
     };

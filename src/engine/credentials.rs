@@ -26,7 +26,7 @@ pub(super) async fn step(
             .map_err(corrupt)?;
         let change = Change {
             entries: p.take(),
-            notices: vec![NoticeKind::NeedsAttention],
+            notices: vec![NoticeKind::NeedsAttention, NoticeKind::AdminNeedsAttention],
             ..Change::default()
         };
         e.store.save(lease, order, change).await?;
@@ -103,7 +103,7 @@ pub(super) async fn step(
                 "📧 Customer notified: provisioning is delayed; an admin will retry",
             );
             Change {
-                notices: vec![NoticeKind::Failed],
+                notices: vec![NoticeKind::Failed, NoticeKind::AdminFailed],
                 ..Change::default()
             }
         }
