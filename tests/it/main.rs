@@ -1,8 +1,11 @@
 //! Integration tests, one binary (one link on a 2-core machine).
 
 mod helpers;
+mod receivers;
 
 mod e2e;
+mod email;
 mod never_buy_twice;
+mod outbox;
 mod restart;
 mod seed_cases;
