@@ -18,6 +18,7 @@ use crate::notify::email::EmailNotifier;
 use crate::notify::webhook::WebhookNotifier;
 use crate::notify::{Channels, Dispatcher, DispatcherSettings, LogNotifier, Notifier};
 use crate::provider::Provider;
+use crate::provider::metered::MeteredProvider;
 use crate::provider::smartvps::{SmartVpsClient, SmartVpsConfig};
 use crate::simulator::{self, HttpConfig, Simulator};
 use crate::store::Store;
@@ -232,6 +233,19 @@ pub async fn start(
             (provider, Some(sim), Some(addr))
         }
     };
+    // Installed before the first call is counted.
+    let metrics = crate::telemetry::metrics();
+    let token = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        // Drains histogram samples even when nobody scrapes, so they cannot pile up.
+        loop {
+            tokio::select! {
+                () = token.cancelled() => break,
+                () = tokio::time::sleep(std::time::Duration::from_secs(5)) => metrics.run_upkeep(),
+            }
+        }
+    }));
+    let provider: Arc<dyn Provider> = Arc::new(MeteredProvider::new(provider, Arc::clone(&clock)));
     let engine = Arc::new(Engine::new(
         Arc::clone(&store),
         provider,

@@ -35,6 +35,7 @@ pub(super) async fn step(
                 reason: "no reply recorded: the worker stopped mid-call".into(),
             };
             e.store.record_outcome(purchase.id, &outcome, now).await?;
+            metrics::counter!("provisioner_unknown_outcomes_total").increment(1);
             p.warn(now, format!("❓ buyVps attempt {} has no recorded reply (worker stopped mid-call): outcome unknown", purchase.attempt));
             purchase = e
                 .store
@@ -147,6 +148,7 @@ async fn attempt(
             reason: reason.clone(),
         },
     };
+    metrics::counter!("provisioner_purchases_total", "outcome" => recorded.kind()).increment(1);
     if e.store.record_outcome(purchase_id, &recorded, now).await? == Recorded::AlreadyDecided {
         // Another worker took this order over and marked the purchase unknown; the reply is kept
         // in the ledger as evidence for its reconciliation. Our lease is gone.
@@ -174,6 +176,8 @@ async fn attempt(
                 now,
                 format!("[SMARTVPS] ✅ buyVps succeeded on attempt {n}"),
             );
+            metrics::histogram!("provisioner_attempts_until_success", "phase" => "buy")
+                .record(f64::from(n));
             p.line(now, format!("[SMARTVPS] Server bought: {ip}"));
             order.bought(ip, now).map_err(corrupt)?;
             let change = Change {
@@ -205,6 +209,7 @@ async fn attempt(
             .await
         }
         Outcome::Unknown(reason) => {
+            metrics::counter!("provisioner_unknown_outcomes_total").increment(1);
             p.line(
                 now,
                 format!("[SMARTVPS] ❌ buyVps attempt {n} failed: {reason}"),
@@ -296,6 +301,8 @@ async fn reconcile(
             && e.store.owner_of(ip).await?.is_none_or(|o| o == order.id)
         {
             p.line(now, format!("[SMARTVPS] ✅ buyVps attempt {n} had succeeded after all (late reply): server {ip}"));
+            metrics::counter!("provisioner_reconciliations_total", "result" => "adopted")
+                .increment(1);
             order.bought(ip, now).map_err(corrupt)?;
             let change = Change {
                 entries: p.take(),
@@ -310,6 +317,8 @@ async fn reconcile(
         let reason = format!(
             "a late reply says buyVps attempt {n} bought {ip}, which cannot be delivered (wrong package or already owned)"
         );
+        metrics::counter!("provisioner_reconciliations_total", "result" => "escalated")
+            .increment(1);
         let change = Change {
             resolve: Some((purchase.id, escalated(&reason))),
             ..Change::default()
@@ -327,6 +336,8 @@ async fn reconcile(
             let decided = purchase.decided_at.unwrap_or(purchase.sent_at);
             let settle = e.policy.buy.settle_after(n);
             if now.since(decided) >= settle * 4 {
+                metrics::counter!("provisioner_reconciliations_total", "result" => "escalated")
+                    .increment(1);
                 let reason = format!(
                     "buyVps attempt {n} has an unknown outcome and SmartVPS's stock could not be read to reconcile it ({why})"
                 );
@@ -360,6 +371,8 @@ async fn reconcile(
                 now,
                 format!("[SMARTVPS] 🔎 Reconciled attempt {n}: {evidence}"),
             );
+            metrics::counter!("provisioner_reconciliations_total", "result" => "not_bought")
+                .increment(1);
             let change = Change {
                 resolve: Some((purchase.id, Resolution::NotBought { evidence })),
                 ..Change::default()
@@ -409,6 +422,8 @@ async fn reconcile(
                 purchase.sent_at
             );
             p.warn(now, format!("🔎 Reconciled attempt {n}: {evidence}"));
+            metrics::counter!("provisioner_reconciliations_total", "result" => "escalated")
+                .increment(1);
             let change = Change {
                 resolve: Some((
                     purchase.id,

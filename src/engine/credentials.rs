@@ -49,6 +49,10 @@ pub(super) async fn step(
                     format!("[SMARTVPS] ✅ status succeeded on attempt {n}"),
                 );
                 order.ready(now).map_err(corrupt)?;
+                metrics::histogram!("provisioner_attempts_until_success", "phase" => "credentials")
+                    .record(f64::from(n));
+                metrics::histogram!("provisioner_time_to_ready_seconds")
+                    .record(now.since(order.created_at).as_secs_f64());
                 p.line(
                     now,
                     format!(

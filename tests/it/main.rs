@@ -5,6 +5,7 @@ mod receivers;
 
 mod e2e;
 mod email;
+mod metrics;
 mod never_buy_twice;
 mod outbox;
 mod restart;

@@ -62,7 +62,10 @@ async fn deliveries_are_idempotent_exclusive_and_never_resent_once_delivered() {
             .await
             .unwrap();
         // A repeated fan-out queues nothing new.
-        store.add_deliveries(std::slice::from_ref(&a), t0).await.unwrap();
+        store
+            .add_deliveries(std::slice::from_ref(&a), t0)
+            .await
+            .unwrap();
         // The outbox notice itself is still waiting to be fanned out: 1 + 2.
         assert_eq!(store.outbox_backlog().await.unwrap(), 3, "{name}");
 
