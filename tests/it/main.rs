@@ -7,6 +7,7 @@ mod e2e;
 mod email;
 mod metrics;
 mod never_buy_twice;
+mod no_secrets;
 mod outbox;
 mod restart;
 mod seed_cases;
