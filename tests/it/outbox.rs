@@ -397,3 +397,45 @@ async fn a_dead_endpoint_is_abandoned_after_max_attempts_and_alerts_need_no_orde
     assert_eq!(got[0].body["alert"]["kind"], "low_stock");
     assert!(got[0].body.get("order").is_none());
 }
+
+/// The README's Python verification snippet accepts what we send and refuses a changed body.
+#[test]
+fn readme_verification_snippet_accepts_our_signature() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme
+        .find("### Verifying webhooks")
+        .expect("README section")..];
+    let start = section.find("```python\n").expect("python block") + "```python\n".len();
+    let snippet = &section[start..start + section[start..].find("```").unwrap()];
+    let body = r#"{"event":"order.ready","id":"ntc_1_x/webhook:shop"}"#;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = provisioner::notify::webhook::sign(SECRET.as_bytes(), now as i64, body.as_bytes());
+    let program = format!(
+        "{snippet}\nprint(verify({SECRET:?}.encode(), {header:?}, {body:?}.encode()), verify({SECRET:?}.encode(), {header:?}, b'{{}}'))\n"
+    );
+    let out = match std::process::Command::new("python3")
+        .args(["-c", &program])
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "python3 is required in CI: {e}"
+            );
+            eprintln!("SKIPPED: python3 not found ({e})");
+            return;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        "True False",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
