@@ -1244,6 +1244,16 @@ mod tests {
     }
 
     #[test]
+    fn readme_reproduces_the_example() {
+        // The README's configuration reference is this text; regenerate it when this fails.
+        let readme = include_str!("../README.md");
+        assert!(
+            readme.contains(example_toml()),
+            "README.md's config reference is out of date"
+        );
+    }
+
+    #[test]
     fn example_notify_blocks_parse_when_uncommented() {
         let text = uncommented(&["# [[notify.webhooks]]", "# [notify.email]"]);
         let env = env_of(&[
