@@ -14,8 +14,11 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, Settings};
 use crate::crypto::Cipher;
 use crate::engine::{Engine, WorkerSettings};
-use crate::notify::{Dispatcher, LogNotifier, Notifier};
+use crate::notify::email::EmailNotifier;
+use crate::notify::webhook::WebhookNotifier;
+use crate::notify::{Channels, Dispatcher, DispatcherSettings, LogNotifier, Notifier};
 use crate::provider::Provider;
+use crate::provider::metered::MeteredProvider;
 use crate::provider::smartvps::{SmartVpsClient, SmartVpsConfig};
 use crate::simulator::{self, HttpConfig, Simulator};
 use crate::store::Store;
@@ -31,6 +34,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The engine.
     pub engine: Arc<Engine>,
+    /// The notice dispatcher (also running in the background).
+    pub dispatcher: Arc<Dispatcher>,
     /// The simulator, when SmartVPS is simulated.
     pub simulator: Option<Simulator>,
     /// Where the simulator listens, when it does.
@@ -55,7 +60,8 @@ pub struct StartOptions {
     /// A simulator prepared by the caller (demo, tests); otherwise a default one is built when
     /// no `smartvps.base_url` is configured.
     pub simulator: Option<Simulator>,
-    /// Notifier (default: the log notifier).
+    /// An extra channel besides the configured webhooks and email (tests). With neither, notices
+    /// go to the log.
     pub notifier: Option<Arc<dyn Notifier>>,
 }
 
@@ -88,6 +94,57 @@ async fn store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
         .await
         .with_context(|| format!("opening database {}", settings.database.url))?;
     Ok(Arc::new(store))
+}
+
+/// The configured notification channels (webhooks, then email), plus `extra`; the log when there
+/// are none.
+///
+/// # Errors
+/// When a channel's client cannot be built.
+pub fn channels(
+    settings: &Settings,
+    clock: &Arc<dyn Clock>,
+    extra: Option<Arc<dyn Notifier>>,
+) -> anyhow::Result<Channels> {
+    let notify = &settings.notify;
+    let mut out: Vec<Arc<dyn Notifier>> = Vec::new();
+    for endpoint in &notify.webhooks {
+        let hook = WebhookNotifier::new(endpoint.clone(), notify.timeout, Arc::clone(clock))
+            .with_context(|| format!("webhook {}", endpoint.name))?;
+        out.push(Arc::new(hook));
+    }
+    if let Some(email) = &notify.email {
+        out.extend(EmailNotifier::channels(email).context("email")?);
+    }
+    out.extend(extra);
+    if out.is_empty() {
+        tracing::warn!(
+            "no webhook or email configured ([notify] in the config): customer notices and admin alerts are only written to the log"
+        );
+        out.push(Arc::new(LogNotifier));
+    } else if !out
+        .iter()
+        .any(|c| c.accepts(crate::domain::NoticeKind::AdminFailed))
+    {
+        tracing::warn!(
+            "no admin channel (notify.email.admin_to, or a webhook taking admin.alert): failed orders alert nobody but the log"
+        );
+    }
+    let names: Vec<&str> = out.iter().map(|c| c.channel()).collect();
+    tracing::info!(channels = ?names, "notification channels");
+    Ok(out.into())
+}
+
+fn dispatcher_settings(settings: &Settings) -> DispatcherSettings {
+    let n = &settings.notify;
+    DispatcherSettings {
+        max_attempts: n.max_attempts,
+        backoff_base: n.backoff_base,
+        backoff_cap: n.backoff_cap,
+        // Past the channels' own timeouts, which bound each step of a send.
+        send_timeout: n.timeout * 3,
+        ..DispatcherSettings::default()
+    }
 }
 
 fn engine_settings(settings: &Settings) -> WorkerSettings {
@@ -176,6 +233,19 @@ pub async fn start(
             (provider, Some(sim), Some(addr))
         }
     };
+    // Installed before the first call is counted.
+    let metrics = crate::telemetry::metrics();
+    let token = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        // Drains histogram samples even when nobody scrapes, so they cannot pile up.
+        loop {
+            tokio::select! {
+                () = token.cancelled() => break,
+                () = tokio::time::sleep(std::time::Duration::from_secs(5)) => metrics.run_upkeep(),
+            }
+        }
+    }));
+    let provider: Arc<dyn Provider> = Arc::new(MeteredProvider::new(provider, Arc::clone(&clock)));
     let engine = Arc::new(Engine::new(
         Arc::clone(&store),
         provider,
@@ -185,13 +255,17 @@ pub async fn start(
         engine_settings(settings),
     ));
 
-    let notifier = options.notifier.unwrap_or_else(|| Arc::new(LogNotifier));
-    let dispatcher = Dispatcher::new(Arc::clone(&store), notifier, cipher, Arc::clone(&clock));
-    let token = shutdown.clone();
+    let channels = channels(settings, &clock, options.notifier)?;
+    let dispatcher = Arc::new(Dispatcher::new(
+        Arc::clone(&store),
+        channels,
+        cipher,
+        Arc::clone(&clock),
+        dispatcher_settings(settings),
+    ));
+    let (d, token) = (Arc::clone(&dispatcher), shutdown.clone());
     let interval = settings.worker.poll_interval;
-    tasks.push(tokio::spawn(async move {
-        dispatcher.run(token, interval).await
-    }));
+    tasks.push(tokio::spawn(async move { d.run(token, interval).await }));
 
     let (worker, token, grace) = (
         Arc::clone(&engine),
@@ -220,6 +294,7 @@ pub async fn start(
     Ok(Running {
         addr,
         engine,
+        dispatcher,
         simulator,
         simulator_addr,
         shutdown,

@@ -17,6 +17,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
+use crate::notify::email::{EmailSettings, SmtpTls};
+use crate::notify::webhook::{EVENTS, WebhookEndpoint};
 use crate::policy::{OnUnknown, PhasePolicy, RetryPolicy};
 
 /// The file read when no `--config` is given, relative to the working directory.
@@ -49,6 +51,8 @@ pub const ENV_VARS: &[&str] = &[
     ENV_ON_UNKNOWN,
     ENV_WORKER_CONCURRENCY,
     ENV_SECRET_KEY,
+    ENV_SMTP_USERNAME,
+    ENV_SMTP_PASSWORD,
 ];
 const ENV_SMARTVPS_USERNAME: &str = "SMARTVPS_USERNAME";
 const ENV_SMARTVPS_PASSWORD: &str = "SMARTVPS_PASSWORD";
@@ -59,6 +63,18 @@ const ENV_LISTEN: &str = "PROVISIONER_LISTEN";
 const ENV_ON_UNKNOWN: &str = "PROVISIONER_ON_UNKNOWN";
 const ENV_WORKER_CONCURRENCY: &str = "PROVISIONER_WORKER_CONCURRENCY";
 const ENV_SECRET_KEY: &str = "PROVISIONER_SECRET_KEY";
+const ENV_SMTP_USERNAME: &str = "PROVISIONER_SMTP_USERNAME";
+const ENV_SMTP_PASSWORD: &str = "PROVISIONER_SMTP_PASSWORD";
+/// Default `notify.max_attempts`: with the default backoff, about 4 hours of retries.
+pub const DEFAULT_NOTIFY_MAX_ATTEMPTS: u32 = 12;
+/// Default `notify.backoff_base`.
+pub const DEFAULT_NOTIFY_BACKOFF_BASE: Duration = Duration::from_secs(5);
+/// Default `notify.backoff_cap`.
+pub const DEFAULT_NOTIFY_BACKOFF_CAP: Duration = Duration::from_secs(3600);
+/// Default `notify.timeout`.
+pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest webhook secret accepted: a short HMAC key can be guessed offline from one request.
+const MIN_WEBHOOK_SECRET: usize = 16;
 
 /// Everything the service needs to start, validated.
 #[derive(Clone, Debug)]
@@ -74,6 +90,8 @@ pub struct Settings {
     pub server: ServerSettings,
     /// The worker loop's knobs.
     pub worker: WorkerSettings,
+    /// Where customer notices and admin alerts go, and how deliveries are retried.
+    pub notify: NotifySettings,
     /// Key that encrypts customer passwords at rest. Read from `PROVISIONER_SECRET_KEY` only, so it
     /// never sits in a config file that gets copied around; redacted in `Debug`.
     pub secret_key: Option<SecretString>,
@@ -144,6 +162,23 @@ impl WorkerSettings {
             .saturating_mul(2)
             .max(policy.status.timeout)
     }
+}
+
+/// Notification channels and delivery retries.
+#[derive(Clone, Debug)]
+pub struct NotifySettings {
+    /// Webhook endpoints; each gets every event it subscribes to.
+    pub webhooks: Vec<WebhookEndpoint>,
+    /// SMTP, when email is configured.
+    pub email: Option<EmailSettings>,
+    /// Attempts per delivery before it is abandoned.
+    pub max_attempts: u32,
+    /// First retry ceiling (doubling, full jitter).
+    pub backoff_base: Duration,
+    /// Largest retry ceiling.
+    pub backoff_cap: Duration,
+    /// Bound on one webhook request or SMTP exchange.
+    pub timeout: Duration,
 }
 
 /// A setting that is missing, malformed or inconsistent, named by its TOML key path
@@ -227,6 +262,7 @@ impl Settings {
         let database = resolve_database(raw.database.unwrap_or_default(), &env)?;
         let server = resolve_server(raw.server.unwrap_or_default(), &env)?;
         let worker = resolve_worker(raw.worker.unwrap_or_default(), &policy, &env)?;
+        let notify = resolve_notify(raw.notify.unwrap_or_default(), &env)?;
         let secret_key = env.get(ENV_SECRET_KEY).map(SecretString::from);
         Ok(Settings {
             policy,
@@ -234,6 +270,7 @@ impl Settings {
             database,
             server,
             worker,
+            notify,
             secret_key,
             source: None,
         })
@@ -303,6 +340,36 @@ poll_interval = "1s"
 # How long shutdown lets in-flight calls finish.
 shutdown_grace = "30s"
 
+# Notices to customers and admins. Without webhooks or email they are written to the log.
+[notify]
+# Attempts per delivery (one notice to one channel) before it is abandoned; the count is stored,
+# so restarts do not reset it.
+max_attempts = 12
+# Retry n waits a random time between 0 and min(backoff_cap, backoff_base x 2^n) ("full jitter").
+backoff_base = "5s"
+backoff_cap = "1h"
+# Bound on one webhook request or one SMTP exchange.
+timeout = "10s"
+
+# Webhooks: one [[notify.webhooks]] table per endpoint. Every event is POSTed as JSON and signed
+# with HMAC-SHA256 (see "Verifying webhooks" in the README).
+# [[notify.webhooks]]
+# name = "storefront"                  # stable: part of each delivery's idempotency key
+# url = "https://shop.example.com/hooks/provisioner"  # https, or http to this machine only
+# secret_env = "STOREFRONT_WEBHOOK_SECRET"  # variable holding the signing secret (or secret = "...")
+# trusted = false                      # true: order.ready carries the server's login details
+# events = ["order.provisioning", "order.ready", "order.failed", "order.needs_attention", "admin.alert"]
+
+# Email over SMTP: the customer's notices to the order's address, admin alerts to admin_to.
+# [notify.email]
+# host = "smtp.example.com"
+# port = 587                           # default: 587 for starttls, 465 for tls, 25 for none
+# tls = "starttls"                     # "starttls", "tls", or "none" (a relay on this machine only)
+# username = "mailer"                  # env PROVISIONER_SMTP_USERNAME
+# password = "change-me"               # env PROVISIONER_SMTP_PASSWORD (prefer the variable)
+# from = "Provisioner <noreply@example.com>"
+# admin_to = ["ops@example.com"]
+
 # The key that encrypts customer passwords at rest is read from PROVISIONER_SECRET_KEY only,
 # never from this file.
 "#;
@@ -318,6 +385,7 @@ struct RawFile {
     database: Option<RawDatabase>,
     server: Option<RawServer>,
     worker: Option<RawWorker>,
+    notify: Option<RawNotify>,
 }
 
 #[derive(Default, Deserialize)]
@@ -368,6 +436,42 @@ struct RawWorker {
     lease: Option<DurationText>,
     poll_interval: Option<DurationText>,
     shutdown_grace: Option<DurationText>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [notify] table")]
+struct RawNotify {
+    max_attempts: Option<u32>,
+    backoff_base: Option<DurationText>,
+    backoff_cap: Option<DurationText>,
+    timeout: Option<DurationText>,
+    webhooks: Option<Vec<RawWebhook>>,
+    email: Option<RawEmail>,
+}
+
+// No `Debug`: it can hold a secret in the clear.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[notify.webhooks]] table")]
+struct RawWebhook {
+    name: Option<String>,
+    url: Option<String>,
+    secret: Option<String>,
+    secret_env: Option<String>,
+    trusted: Option<bool>,
+    events: Option<Vec<String>>,
+}
+
+// No `Debug`: it can hold the password in the clear.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [notify.email] table")]
+struct RawEmail {
+    host: Option<String>,
+    port: Option<u16>,
+    tls: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    from: Option<String>,
+    admin_to: Option<Vec<String>>,
 }
 
 /// A duration as written. Only strings are accepted, so `timeout = 120` (of unknown unit) is
@@ -453,6 +557,20 @@ fn key_at(table: &toml::de::DeTable<'_>, offset: usize, prefix: &str) -> Option<
             && let Some(found) = key_at(inner, offset, &path)
         {
             return Some(found);
+        }
+        // Arrays of tables (`[[notify.webhooks]]`): name the element, `notify.webhooks[1].url`.
+        if let Some(items) = value.get_ref().as_array() {
+            for (i, item) in items.iter().enumerate() {
+                if let Some(inner) = item.get_ref().as_table() {
+                    let element = format!("{path}[{i}]");
+                    if let Some(found) = key_at(inner, offset, &element) {
+                        return Some(found);
+                    }
+                    if item.span().contains(&offset) {
+                        return Some(element);
+                    }
+                }
+            }
         }
         if key.span().contains(&offset) || value.span().contains(&offset) {
             return Some(path);
@@ -775,6 +893,257 @@ fn resolve_worker(
     })
 }
 
+fn resolve_notify(raw: RawNotify, env: &Env<'_>) -> Result<NotifySettings, ConfigError> {
+    let duration = |text: Option<DurationText>, key: &str, default: Duration| match text {
+        Some(text) => {
+            let d = parse_duration(key, &text.0)?;
+            if d.is_zero() {
+                return Err(ConfigError::new(key, "must be greater than zero"));
+            }
+            Ok(d)
+        }
+        None => Ok(default),
+    };
+    let max_attempts = raw.max_attempts.unwrap_or(DEFAULT_NOTIFY_MAX_ATTEMPTS);
+    if !(1..=100).contains(&max_attempts) {
+        return Err(ConfigError::new(
+            "notify.max_attempts",
+            format!("must be between 1 and 100; got {max_attempts}"),
+        ));
+    }
+    let backoff_base = duration(
+        raw.backoff_base,
+        "notify.backoff_base",
+        DEFAULT_NOTIFY_BACKOFF_BASE,
+    )?;
+    let backoff_cap = duration(
+        raw.backoff_cap,
+        "notify.backoff_cap",
+        DEFAULT_NOTIFY_BACKOFF_CAP,
+    )?;
+    if backoff_cap < backoff_base {
+        return Err(ConfigError::new(
+            "notify.backoff_cap",
+            format!(
+                "must be at least notify.backoff_base ({})",
+                humantime::format_duration(backoff_base)
+            ),
+        ));
+    }
+    let timeout = duration(raw.timeout, "notify.timeout", DEFAULT_NOTIFY_TIMEOUT)?;
+    let mut webhooks: Vec<WebhookEndpoint> = Vec::new();
+    for (i, hook) in raw.webhooks.unwrap_or_default().into_iter().enumerate() {
+        let endpoint = resolve_webhook(hook, &format!("notify.webhooks[{i}]"), env)?;
+        if webhooks.iter().any(|w| w.name == endpoint.name) {
+            return Err(ConfigError::new(
+                format!("notify.webhooks[{i}].name"),
+                format!(
+                    "{:?} is used by another webhook; names must be unique",
+                    endpoint.name
+                ),
+            ));
+        }
+        webhooks.push(endpoint);
+    }
+    let email = raw
+        .email
+        .map(|e| resolve_email(e, timeout, env))
+        .transpose()?;
+    Ok(NotifySettings {
+        webhooks,
+        email,
+        max_attempts,
+        backoff_base,
+        backoff_cap,
+        timeout,
+    })
+}
+
+fn resolve_webhook(
+    raw: RawWebhook,
+    prefix: &str,
+    env: &Env<'_>,
+) -> Result<WebhookEndpoint, ConfigError> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    let name = raw.name.ok_or_else(|| {
+        ConfigError::new(
+            key("name"),
+            "required: a stable name such as \"storefront\"",
+        )
+    })?;
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Err(ConfigError::new(
+            key("name"),
+            format!("must be 1 to 64 of a-z, 0-9, '-' and '_'; got {name:?}"),
+        ));
+    }
+    let text = raw
+        .url
+        .ok_or_else(|| ConfigError::new(key("url"), "required"))?;
+    let url = reqwest::Url::parse(text.trim())
+        .map_err(|e| ConfigError::new(key("url"), format!("not a URL: {e}")))?;
+    let local = url.host_str().is_some_and(is_loopback_host);
+    match url.scheme() {
+        "https" => {}
+        "http" if local => {}
+        _ => {
+            return Err(ConfigError::new(
+                key("url"),
+                "must be https:// (plain http:// only to this machine): events carry customer data",
+            ));
+        }
+    }
+    let secret = match (raw.secret, raw.secret_env) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                key("secret"),
+                "set secret or secret_env, not both",
+            ));
+        }
+        (Some(secret), None) => (secret, key("secret")),
+        (None, Some(var)) => {
+            let value = env.get(&var).ok_or_else(|| {
+                ConfigError::new(
+                    key("secret_env"),
+                    format!("names {var}, which is not set (or empty)"),
+                )
+            })?;
+            (value, var)
+        }
+        (None, None) => {
+            return Err(ConfigError::new(
+                key("secret_env"),
+                "required: the environment variable holding the signing secret (or secret = \"...\")",
+            ));
+        }
+    };
+    if secret.0.len() < MIN_WEBHOOK_SECRET {
+        return Err(ConfigError::new(
+            secret.1,
+            format!(
+                "must be at least {MIN_WEBHOOK_SECRET} characters (generate one with `openssl rand -hex 32`)"
+            ),
+        ));
+    }
+    let events = raw.events.unwrap_or_default();
+    if let Some(bad) = events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
+        return Err(ConfigError::new(
+            key("events"),
+            format!("unknown event {bad:?}; known: {}", EVENTS.join(", ")),
+        ));
+    }
+    Ok(WebhookEndpoint {
+        name,
+        url,
+        secret: SecretString::from(secret.0),
+        trusted: raw.trusted.unwrap_or(false),
+        events,
+    })
+}
+
+fn resolve_email(
+    raw: RawEmail,
+    timeout: Duration,
+    env: &Env<'_>,
+) -> Result<EmailSettings, ConfigError> {
+    let host = raw
+        .host
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| ConfigError::new("notify.email.host", "required in [notify.email]"))?;
+    let tls = match raw.tls {
+        Some(text) => SmtpTls::parse(text.trim()).ok_or_else(|| {
+            ConfigError::new(
+                "notify.email.tls",
+                format!("must be one of \"starttls\", \"tls\", \"none\"; got {text:?}"),
+            )
+        })?,
+        None => SmtpTls::StartTls,
+    };
+    if tls == SmtpTls::None && !is_loopback_host(&host) {
+        return Err(ConfigError::new(
+            "notify.email.tls",
+            format!(
+                "\"none\" is only for a relay on this machine (the ready email carries a password); {host:?} needs \"starttls\" or \"tls\""
+            ),
+        ));
+    }
+    let port = raw.port.unwrap_or_else(|| tls.default_port());
+    if port == 0 {
+        return Err(ConfigError::new("notify.email.port", "must not be 0"));
+    }
+    let from_text = raw.from.ok_or_else(|| {
+        ConfigError::new(
+            "notify.email.from",
+            "required, e.g. \"Provisioner <noreply@example.com>\"",
+        )
+    })?;
+    let from = from_text.trim().parse().map_err(|e| {
+        ConfigError::new(
+            "notify.email.from",
+            format!("not an address ({e}): {from_text:?}"),
+        )
+    })?;
+    let admin_to = raw
+        .admin_to
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            a.trim().parse().map_err(|e| {
+                ConfigError::new(
+                    "notify.email.admin_to",
+                    format!("not an address ({e}): {a:?}"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let username = env
+        .or_file(ENV_SMTP_USERNAME, raw.username, "notify.email.username")
+        .map(|(v, _)| v);
+    let password = env
+        .or_file(ENV_SMTP_PASSWORD, raw.password, "notify.email.password")
+        .map(|(v, _)| v);
+    match (&username, &password) {
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "notify.email.password",
+                format!("required with a username (or set {ENV_SMTP_PASSWORD})"),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "notify.email.username",
+                format!("required with a password (or set {ENV_SMTP_USERNAME})"),
+            ));
+        }
+        _ => {}
+    }
+    Ok(EmailSettings {
+        host,
+        port,
+        tls,
+        username,
+        password: password.map(SecretString::from),
+        from,
+        admin_to,
+        timeout,
+    })
+}
+
+/// `localhost` or a loopback address: traffic that never leaves the machine.
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -844,30 +1213,166 @@ mod tests {
 
     #[test]
     fn example_smartvps_and_lease_blocks_parse_when_uncommented() {
-        let uncommented: String = example_toml()
-            .lines()
-            .map(|line| {
-                let keep = [
-                    "# [smartvps]",
-                    "# base_url",
-                    "# path_prefix",
-                    "# username",
-                    "# password",
-                    "# lease",
-                ];
-                if keep.iter().any(|k| line.starts_with(k)) {
-                    &line[2..]
-                } else {
-                    line
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
-        let s = from_toml(&uncommented).unwrap();
+        let s = from_toml(&uncommented(&["# [smartvps]", "# lease"])).unwrap();
         let smartvps = s.smartvps.expect("smartvps section is active");
         assert_eq!(smartvps.base_url, "https://smartvps.online/");
         assert_eq!(smartvps.path_prefix, DEFAULT_PATH_PREFIX);
         assert_eq!(s.worker.lease, WorkerSettings::default_lease(&s.policy));
+        assert!(s.notify.webhooks.is_empty() && s.notify.email.is_none());
+    }
+
+    /// The example with the commented-out blocks that start with one of `starts` made live: a
+    /// block runs from its first line to the next blank line or prose comment.
+    fn uncommented(starts: &[&str]) -> String {
+        let mut live = false;
+        example_toml()
+            .lines()
+            .map(|line| {
+                if starts.iter().any(|s| line.starts_with(s)) {
+                    live = true;
+                }
+                let prose = line
+                    .strip_prefix("# ")
+                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()));
+                if line.trim().is_empty() || prose {
+                    live = false;
+                }
+                if live { &line[2..] } else { line }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn readme_reproduces_the_example() {
+        // The README's configuration reference is this text; regenerate it when this fails.
+        let readme = include_str!("../README.md");
+        assert!(
+            readme.contains(example_toml()),
+            "README.md's config reference is out of date"
+        );
+    }
+
+    #[test]
+    fn example_notify_blocks_parse_when_uncommented() {
+        let text = uncommented(&["# [[notify.webhooks]]", "# [notify.email]"]);
+        let env = env_of(&[
+            ("STOREFRONT_WEBHOOK_SECRET", "0123456789abcdef0123"),
+            ("PROVISIONER_SMTP_PASSWORD", "smtp-pass"),
+        ]);
+        let s = Settings::from_sources(Some(&text), &env).unwrap();
+        let hook = &s.notify.webhooks[0];
+        assert_eq!(hook.name, "storefront");
+        assert_eq!(
+            hook.url.as_str(),
+            "https://shop.example.com/hooks/provisioner"
+        );
+        assert_eq!(hook.secret.expose_secret(), "0123456789abcdef0123");
+        assert!(!hook.trusted);
+        assert_eq!(hook.events.len(), 5);
+        let email = s.notify.email.as_ref().unwrap();
+        assert_eq!(
+            (email.host.as_str(), email.port, email.tls),
+            ("smtp.example.com", 587, SmtpTls::StartTls)
+        );
+        // The variable wins over the file's password.
+        assert_eq!(
+            email.password.as_ref().unwrap().expose_secret(),
+            "smtp-pass"
+        );
+        assert_eq!(email.from.email.to_string(), "noreply@example.com");
+        assert_eq!(email.admin_to.len(), 1);
+        let debug = format!("{s:?}");
+        assert!(
+            !debug.contains("0123456789abcdef0123") && !debug.contains("smtp-pass"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn notify_defaults_and_values_are_checked_under_their_keys() {
+        let n = Settings::default().notify;
+        assert_eq!(n.max_attempts, 12);
+        assert_eq!(
+            (n.backoff_base, n.backoff_cap),
+            (Duration::from_secs(5), Duration::from_secs(3600))
+        );
+        let hook = "[[notify.webhooks]]\nname = \"shop\"\nurl = \"https://shop.example/h\"\nsecret = \"0123456789abcdef\"\n";
+        assert_eq!(from_toml(hook).unwrap().notify.webhooks[0].name, "shop");
+        for (text, key) in [
+            ("[notify]\nmax_attempts = 0\n", "notify.max_attempts"),
+            ("[notify]\nbackoff_base = \"soon\"\n", "notify.backoff_base"),
+            ("[notify]\nbackoff_base = \"2h\"\n", "notify.backoff_cap"),
+            ("[notify]\nretries = 3\n", "notify.retries"),
+            (
+                &hook.replace("https://shop.example/h", "http://shop.example/h"),
+                "notify.webhooks[0].url",
+            ),
+            (
+                &hook.replace("0123456789abcdef", "short"),
+                "notify.webhooks[0].secret",
+            ),
+            (
+                &hook.replace("shop\"", "Shop Front\""),
+                "notify.webhooks[0].name",
+            ),
+            (
+                &format!("{hook}events = [\"order.shipped\"]\n"),
+                "notify.webhooks[0].events",
+            ),
+            (
+                &format!("{hook}secret_env = \"X\"\n"),
+                "notify.webhooks[0].secret",
+            ),
+            (&format!("{hook}{hook}"), "notify.webhooks[1].name"),
+            (
+                &format!(
+                    "{hook}\n[[notify.webhooks]]\nname = \"b\"\nurl = \"https://b.example\"\nsecret_env = \"UNSET_VAR\"\n"
+                ),
+                "notify.webhooks[1].secret_env",
+            ),
+            (
+                &format!("{hook}\n[[notify.webhooks]]\nnmae = \"b\"\n"),
+                "notify.webhooks[1].nmae",
+            ),
+            ("[notify.email]\nfrom = \"a@b.co\"\n", "notify.email.host"),
+            (
+                "[notify.email]\nhost = \"smtp.example\"\n",
+                "notify.email.from",
+            ),
+            (
+                "[notify.email]\nhost = \"smtp.example\"\nfrom = \"a@b.co\"\ntls = \"none\"\n",
+                "notify.email.tls",
+            ),
+            (
+                "[notify.email]\nhost = \"smtp.example\"\nfrom = \"a@b.co\"\ntls = \"ssl\"\n",
+                "notify.email.tls",
+            ),
+            (
+                "[notify.email]\nhost = \"smtp.example\"\nfrom = \"not an address\"\n",
+                "notify.email.from",
+            ),
+            (
+                "[notify.email]\nhost = \"smtp.example\"\nfrom = \"a@b.co\"\nadmin_to = [\"x\"]\n",
+                "notify.email.admin_to",
+            ),
+            (
+                "[notify.email]\nhost = \"smtp.example\"\nfrom = \"a@b.co\"\nusername = \"u\"\n",
+                "notify.email.password",
+            ),
+        ] {
+            assert_eq!(key_of(from_toml(text)), key, "{text}");
+        }
+        // A relay on this machine may be plain; its port defaults to 25.
+        let local =
+            from_toml("[notify.email]\nhost = \"127.0.0.1\"\nfrom = \"a@b.co\"\ntls = \"none\"\n")
+                .unwrap();
+        assert_eq!(local.notify.email.unwrap().port, 25);
+        // A secret too short from the environment is named by its variable.
+        let text = "[[notify.webhooks]]\nname = \"s\"\nurl = \"https://s.example\"\nsecret_env = \"HOOK_SECRET\"\n";
+        let err =
+            Settings::from_sources(Some(text), &env_of(&[("HOOK_SECRET", "abc")])).unwrap_err();
+        assert_eq!(err.key, "HOOK_SECRET");
     }
 
     #[test]

@@ -10,18 +10,20 @@
 //! - [`config`]: typed settings from TOML and `PROVISIONER_*`/`SMARTVPS_*` environment variables.
 //! - [`policy`]: the retry policy (the seed's timing) and the `plan` timing analysis.
 //! - [`domain`]: orders and their state machine, packages, credentials, the purchase ledger.
-//! - [`provider`]: the `Provider` port and the SmartVPS HTTP client with tolerant wire decoding.
+//! - [`provider`]: the `Provider` port, the SmartVPS HTTP client with tolerant wire decoding, and
+//!   a metering decorator.
 //! - [`simulator`]: a SmartVPS world, scriptable faults, in-process and over HTTP.
 //! - [`simulation`]: the deterministic simulation: many orders, random faults, crashes, invariants.
 //! - [`store`]: the `Store` port; SQLite and in-memory implementations.
 //! - [`engine`]: the worker: leases, the buy and credentials phases, reconciliation.
-//! - [`notify`]: the `Notifier` port and the outbox dispatcher.
+//! - [`notify`]: the `Notifier` port, the outbox dispatcher, signed webhooks, SMTP email.
 //! - [`crypto`]: AEAD encryption of customer passwords at rest.
 //! - [`web`]: the axum JSON API.
 //! - [`app`]: wiring the ports together for `serve` and `demo`.
 //! - [`demo`]: the one-command demo on embedded defaults.
 //! - [`bench`](crate::bench): `bench strategies`, the retry-versus-reconcile comparison.
 //! - [`cli`]: the command-line interface.
+//! - [`telemetry`]: logging (human or JSON) and the Prometheus metrics recorder.
 #![forbid(unsafe_code)]
 
 pub mod app;

@@ -1,5 +1,8 @@
 //! Logging: the seed's human-readable lines by default, JSON lines with `--log-format json`.
 //! Every line about an order carries its `order_id` field.
+//!
+//! Metrics: [`metrics()`] installs the Prometheus recorder that `GET /metrics` renders; the
+//! instrumented code calls the `metrics` macros where things happen.
 
 use tracing_subscriber::EnvFilter;
 
@@ -27,4 +30,98 @@ pub fn init(format: LogFormat, default_level: &str) {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Histogram buckets, per metric, in the metric's unit.
+const BUCKETS: &[(&str, &[f64])] = &[
+    // One upstream call: the simulator answers in milliseconds, SmartVPS can take minutes.
+    (
+        "provisioner_upstream_call_duration_seconds",
+        &[
+            0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+        ],
+    ),
+    // Seed cases: 40 s best, about 7 and 16 minutes moderate and worst.
+    (
+        "provisioner_time_to_ready_seconds",
+        &[
+            30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1200.0, 1800.0, 3600.0, 7200.0,
+        ],
+    ),
+    (
+        "provisioner_attempts_until_success",
+        &[1.0, 2.0, 3.0, 4.0, 5.0, 10.0],
+    ),
+];
+
+/// The process's Prometheus recorder, installed as the global `metrics` recorder on first use.
+/// Every service in the process shares it (tests start several), so counters are per process.
+pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let mut builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+        for (name, buckets) in BUCKETS {
+            builder = builder
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full((*name).to_string()),
+                    buckets,
+                )
+                .expect("bucket lists are non-empty");
+        }
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Err: another recorder was installed first (an embedding program's); ours then stays
+        // empty, which `/metrics` makes visible rather than failing start-up.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed: /metrics will be empty");
+        }
+        describe_metrics();
+        handle.clone()
+    })
+}
+
+/// HELP text for every metric (promtool wants one per family).
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "provisioner_upstream_calls_total",
+        "SmartVPS calls by operation (ipstock, buyvps, status) and outcome (succeeded, rejected, unknown)."
+    );
+    describe_histogram!(
+        "provisioner_upstream_call_duration_seconds",
+        "Duration of SmartVPS calls by operation, in the engine's clock time."
+    );
+    describe_histogram!(
+        "provisioner_attempts_until_success",
+        "The attempt number on which a phase succeeded (buy: buyvps, credentials: status)."
+    );
+    describe_histogram!(
+        "provisioner_time_to_ready_seconds",
+        "Time from intake to ready, per order, in the engine's clock time."
+    );
+    describe_counter!(
+        "provisioner_purchases_total",
+        "buyvps calls recorded in the purchase ledger, by outcome (succeeded, rejected, unknown)."
+    );
+    describe_counter!(
+        "provisioner_unknown_outcomes_total",
+        "Purchases whose outcome is unknown (timeout, reset, 5xx, a worker lost mid-call)."
+    );
+    describe_counter!(
+        "provisioner_reconciliations_total",
+        "Unknown purchases settled, by result (not_bought, adopted, escalated)."
+    );
+    describe_gauge!(
+        "provisioner_orders",
+        "Orders by state, read from the store at scrape time."
+    );
+    describe_gauge!(
+        "provisioner_outbox_backlog",
+        "Notices not yet fanned out plus deliveries neither delivered nor abandoned."
+    );
+    describe_counter!(
+        "provisioner_notifications_total",
+        "Notification delivery attempts by channel, event and outcome (delivered, failed, abandoned)."
+    );
 }

@@ -64,7 +64,10 @@ pub struct TimelineEntry {
 /// A notice the customer (or an admin) should get; stored in the outbox in the same transaction
 /// as the state change that causes it. Rows hold no secrets: credentials are read and decrypted
 /// only when the notice is sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+///
+/// Customer notices and admin alerts are separate kinds so one state change can queue both
+/// (a failed order tells the customer *and* the team) and each is routed on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NoticeKind {
     /// "Your server is being provisioned..."
@@ -75,9 +78,37 @@ pub enum NoticeKind {
     Failed,
     /// The order needs an admin.
     NeedsAttention,
+    /// Admin alert: an order failed (the admin's counterpart of [`NoticeKind::Failed`]).
+    AdminFailed,
+    /// Admin alert: an order needs a decision (counterpart of [`NoticeKind::NeedsAttention`]).
+    AdminNeedsAttention,
+    /// Admin alert: a package is running out of stock. Not tied to an order; queued with
+    /// `notify::admin_alert`.
+    AdminLowStock,
+}
+
+/// Who a notice is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Audience {
+    /// The order's customer.
+    Customer,
+    /// The operators (`notify.email.admin_to`, webhook `admin.alert` events).
+    Admin,
 }
 
 impl NoticeKind {
+    /// Every kind.
+    pub const ALL: [NoticeKind; 7] = [
+        Self::Provisioning,
+        Self::Ready,
+        Self::Failed,
+        Self::NeedsAttention,
+        Self::AdminFailed,
+        Self::AdminNeedsAttention,
+        Self::AdminLowStock,
+    ];
+
     /// Stored name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -85,18 +116,64 @@ impl NoticeKind {
             Self::Ready => "ready",
             Self::Failed => "failed",
             Self::NeedsAttention => "needs_attention",
+            Self::AdminFailed => "admin_failed",
+            Self::AdminNeedsAttention => "admin_needs_attention",
+            Self::AdminLowStock => "admin_low_stock",
         }
     }
 
     /// Parses a stored name.
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Provisioning,
-            Self::Ready,
-            Self::Failed,
-            Self::NeedsAttention,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The webhook event name: `order.*` for customer notices, `admin.alert` for every alert.
+    pub fn event(self) -> &'static str {
+        match self {
+            Self::Provisioning => "order.provisioning",
+            Self::Ready => "order.ready",
+            Self::Failed => "order.failed",
+            Self::NeedsAttention => "order.needs_attention",
+            Self::AdminFailed | Self::AdminNeedsAttention | Self::AdminLowStock => "admin.alert",
+        }
+    }
+
+    /// Who it is for.
+    pub fn audience(self) -> Audience {
+        match self {
+            Self::Provisioning | Self::Ready | Self::Failed | Self::NeedsAttention => {
+                Audience::Customer
+            }
+            Self::AdminFailed | Self::AdminNeedsAttention | Self::AdminLowStock => Audience::Admin,
+        }
+    }
+
+    /// For an admin alert, what it is about (the `alert` field of an `admin.alert` event).
+    pub fn alert(self) -> Option<&'static str> {
+        match self {
+            Self::AdminFailed => Some("order_failed"),
+            Self::AdminNeedsAttention => Some("order_needs_attention"),
+            Self::AdminLowStock => Some("low_stock"),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notice_kinds_round_trip_and_name_their_events() {
+        for kind in NoticeKind::ALL {
+            assert_eq!(NoticeKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(kind.alert().is_some(), kind.audience() == Audience::Admin);
+            assert_eq!(
+                kind.event() == "admin.alert",
+                kind.audience() == Audience::Admin
+            );
+        }
+        assert_eq!(NoticeKind::parse("nope"), None);
+        assert_eq!(NoticeKind::Ready.event(), "order.ready");
     }
 }

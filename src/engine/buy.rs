@@ -35,6 +35,7 @@ pub(super) async fn step(
                 reason: "no reply recorded: the worker stopped mid-call".into(),
             };
             e.store.record_outcome(purchase.id, &outcome, now).await?;
+            metrics::counter!("provisioner_unknown_outcomes_total").increment(1);
             p.warn(now, format!("❓ buyVps attempt {} has no recorded reply (worker stopped mid-call): outcome unknown", purchase.attempt));
             purchase = e
                 .store
@@ -167,6 +168,7 @@ async fn attempt(
             reason: reason.clone(),
         },
     };
+    metrics::counter!("provisioner_purchases_total", "outcome" => recorded.kind()).increment(1);
     if e.store.record_outcome(purchase_id, &recorded, now).await? == Recorded::AlreadyDecided {
         // Another worker took this order over and marked the purchase unknown; the reply is kept
         // in the ledger as evidence for its reconciliation. Our lease is gone.
@@ -194,6 +196,8 @@ async fn attempt(
                 now,
                 format!("[SMARTVPS] ✅ buyVps succeeded on attempt {n}"),
             );
+            metrics::histogram!("provisioner_attempts_until_success", "phase" => "buy")
+                .record(f64::from(n));
             p.line(now, format!("[SMARTVPS] Server bought: {ip}"));
             order.bought(ip, now).map_err(corrupt)?;
             let change = Change {
@@ -225,6 +229,7 @@ async fn attempt(
             .await
         }
         Outcome::Unknown(reason) => {
+            metrics::counter!("provisioner_unknown_outcomes_total").increment(1);
             p.line(
                 now,
                 format!("[SMARTVPS] ❌ buyVps attempt {n} failed: {reason}"),
@@ -316,6 +321,8 @@ async fn reconcile(
             && e.store.owner_of(ip).await?.is_none_or(|o| o == order.id)
         {
             p.line(now, format!("[SMARTVPS] ✅ buyVps attempt {n} had succeeded after all (late reply): server {ip}"));
+            metrics::counter!("provisioner_reconciliations_total", "result" => "adopted")
+                .increment(1);
             order.bought(ip, now).map_err(corrupt)?;
             let change = Change {
                 entries: p.take(),
@@ -330,6 +337,8 @@ async fn reconcile(
         let reason = format!(
             "a late reply says buyVps attempt {n} bought {ip}, which cannot be delivered (wrong package or already owned)"
         );
+        metrics::counter!("provisioner_reconciliations_total", "result" => "escalated")
+            .increment(1);
         let change = Change {
             resolve: Some((purchase.id, escalated(&reason))),
             ..Change::default()
@@ -347,6 +356,8 @@ async fn reconcile(
             let decided = purchase.decided_at.unwrap_or(purchase.sent_at);
             let settle = e.policy.buy.settle_after(n);
             if now.since(decided) >= settle * 4 {
+                metrics::counter!("provisioner_reconciliations_total", "result" => "escalated")
+                    .increment(1);
                 let reason = format!(
                     "buyVps attempt {n} has an unknown outcome and SmartVPS's stock could not be read to reconcile it ({why})"
                 );
@@ -386,6 +397,8 @@ async fn reconcile(
                 now,
                 format!("[SMARTVPS] 🔎 Reconciled attempt {n}: {evidence}"),
             );
+            metrics::counter!("provisioner_reconciliations_total", "result" => "not_bought")
+                .increment(1);
             let change = Change {
                 resolve: Some((purchase.id, Resolution::NotBought { evidence })),
                 ..Change::default()
@@ -440,6 +453,8 @@ async fn reconcile(
                 purchase.sent_at
             );
             p.warn(now, format!("🔎 Reconciled attempt {n}: {evidence}"));
+            metrics::counter!("provisioner_reconciliations_total", "result" => "escalated")
+                .increment(1);
             let change = Change {
                 resolve: Some((
                     purchase.id,
@@ -581,7 +596,7 @@ async fn fail(
         "📧 Customer notified: provisioning failed; an admin can retry",
     );
     let change = Change {
-        notices: vec![NoticeKind::Failed],
+        notices: vec![NoticeKind::Failed, NoticeKind::AdminFailed],
         ..change
     };
     finish(e, lease, order, p, change).await
@@ -602,7 +617,7 @@ pub(super) async fn escalate(
         "🛑 Order needs attention: an admin must decide (no automatic purchase will be made)",
     );
     let change = Change {
-        notices: vec![NoticeKind::NeedsAttention],
+        notices: vec![NoticeKind::NeedsAttention, NoticeKind::AdminNeedsAttention],
         release_flight: true,
         ..change
     };

@@ -26,7 +26,7 @@ pub(super) async fn step(
             .map_err(corrupt)?;
         let change = Change {
             entries: p.take(),
-            notices: vec![NoticeKind::NeedsAttention],
+            notices: vec![NoticeKind::NeedsAttention, NoticeKind::AdminNeedsAttention],
             ..Change::default()
         };
         e.store.save(lease, order, change).await?;
@@ -49,6 +49,10 @@ pub(super) async fn step(
                     format!("[SMARTVPS] ✅ status succeeded on attempt {n}"),
                 );
                 order.ready(now).map_err(corrupt)?;
+                metrics::histogram!("provisioner_attempts_until_success", "phase" => "credentials")
+                    .record(f64::from(n));
+                metrics::histogram!("provisioner_time_to_ready_seconds")
+                    .record(now.since(order.created_at).as_secs_f64());
                 p.line(
                     now,
                     format!(
@@ -103,7 +107,7 @@ pub(super) async fn step(
                 "📧 Customer notified: provisioning is delayed; an admin will retry",
             );
             Change {
-                notices: vec![NoticeKind::Failed],
+                notices: vec![NoticeKind::Failed, NoticeKind::AdminFailed],
                 ..Change::default()
             }
         }

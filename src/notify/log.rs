@@ -1,9 +1,11 @@
-//! The log notifier: writes each notice to the log. It never writes the password: the log is
-//! not a place for secrets, so a "ready" notice says the credentials were withheld from the log.
+//! The log channel: writes each notice to the log, used when no webhook or email is configured
+//! (the demo, a first run). It is never given credentials, so a "ready" notice here says where
+//! the login details go instead of what they are.
 
 use async_trait::async_trait;
 
-use super::{Notifier, NotifyError, Rendered};
+use super::{Event, Notifier, NotifyError, templates};
+use crate::domain::{Audience, NoticeKind};
 
 /// Logs notices.
 #[derive(Debug, Default)]
@@ -11,18 +13,32 @@ pub struct LogNotifier;
 
 #[async_trait]
 impl Notifier for LogNotifier {
-    async fn send(&self, n: &Rendered) -> Result<(), NotifyError> {
-        let login = n
-            .credentials
-            .as_ref()
-            .map(|c| {
-                format!(
-                    " Login: {}@{} (password withheld from the log)",
-                    c.username, c.ip
-                )
-            })
-            .unwrap_or_default();
-        tracing::info!(order_id = %n.order.id, to = %n.order.customer.email, notice = n.kind.as_str(), "📧 {}: {}{login}", n.subject, n.body);
+    fn channel(&self) -> &str {
+        "log"
+    }
+
+    fn accepts(&self, _kind: NoticeKind) -> bool {
+        true
+    }
+
+    async fn send(&self, e: &Event) -> Result<(), NotifyError> {
+        let text = templates::render(e);
+        let order_id = e.order.as_ref().map(|o| o.id.to_string());
+        match e.kind.audience() {
+            Audience::Customer => {
+                let to = e.order.as_ref().map(|o| o.customer.email.as_str());
+                tracing::info!(
+                    order_id,
+                    to,
+                    notice = e.kind.as_str(),
+                    "📧 {}",
+                    text.subject
+                );
+            }
+            Audience::Admin => {
+                tracing::warn!(order_id, notice = e.kind.as_str(), "🚨 {}", text.subject);
+            }
+        }
         Ok(())
     }
 }

@@ -1,196 +1,131 @@
-//! Customer and admin notices: the `Notifier` port and the outbox dispatcher.
+//! Customer and admin notices: the `Notifier` port, the channels (webhook, email, log) and the
+//! outbox dispatcher.
 //!
 //! A notice is written to the outbox in the same transaction as the state change that causes
-//! it; the dispatcher renders and sends it afterwards, so a crash between the two loses nothing.
-//! Outbox rows hold no secrets: credentials are decrypted only while a "ready" notice is sent.
+//! it. The [`Dispatcher`] fans each notice out into one delivery per channel that takes it, then
+//! sends each delivery on its own schedule: a failing receiver is retried with exponential
+//! backoff and full jitter ([`backoff`]), up to a persisted attempt limit, without holding up or
+//! repeating the others. A delivery marked delivered is never sent again, and every send carries
+//! the delivery's idempotency key so a receiver can drop the repeat a crash between sending and
+//! recording can cause.
+//!
+//! Outbox rows hold no secrets: credentials are decrypted only while a "ready" notice is sent,
+//! and only for channels that deliver them (the customer's email, trusted webhooks).
+//!
+//! - [`backoff`]: the retry delay, a pure function.
+//! - [`templates`]: the customer and admin texts.
+//! - [`webhook`]: signed JSON POSTs.
+//! - [`email`]: SMTP email.
+//! - [`LogNotifier`]: the log, when nothing else is configured.
 
+mod backoff;
+mod dispatcher;
+pub mod email;
 mod log;
+pub mod templates;
+pub mod webhook;
 
+pub use backoff::backoff;
+pub use dispatcher::{Dispatched, Dispatcher, DispatcherSettings};
 pub use log::LogNotifier;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::clock::Clock;
-use crate::crypto::Cipher;
+use crate::clock::Timestamp;
 use crate::domain::{Credentials, NoticeKind, Order};
-use crate::store::{Notice, Store, StoreError};
+use crate::store::{NewDelivery, Store, StoreError};
 
-/// A notice ready to send.
+/// One delivery's content, assembled when it is sent.
 #[derive(Debug)]
-pub struct Rendered {
-    /// Outbox id: the receivers' idempotency key.
-    pub id: i64,
+pub struct Event {
+    /// The delivery's idempotency key: unique per event and channel, the same on every retry.
+    pub key: String,
+    /// The event's id, the same on every channel.
+    pub event_id: String,
     /// What it says.
     pub kind: NoticeKind,
-    /// The order it is about.
-    pub order: Order,
-    /// Subject line.
-    pub subject: String,
-    /// Body text, without credentials.
-    pub body: String,
-    /// Credentials, only on a "ready" notice. `Debug` redacts the password.
+    /// The order it is about, as it is when sent (`None` for alerts such as low stock).
+    pub order: Option<Order>,
+    /// Credentials: only on a "ready" notice, and only for a channel that delivers them.
+    /// `Debug` redacts the password.
     pub credentials: Option<Credentials>,
+    /// What an alert without an order says.
+    pub detail: Option<String>,
+    /// When the event was queued.
+    pub occurred_at: Timestamp,
+    /// This delivery attempt's number, from 1.
+    pub attempt: u32,
+    /// Whether an admin channel other than the log exists: a customer is told "our team has
+    /// been alerted" only when someone actually was.
+    pub admins_alerted: bool,
 }
 
-/// Why a delivery failed.
+/// Why a delivery failed. The text is stored and logged, so it never holds a secret or a
+/// receiver's reply body.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct NotifyError(pub String);
 
-/// Delivers notices (log now; webhook and email are further implementations).
+/// A delivery channel: a webhook endpoint, an email audience, the log.
 #[async_trait]
 pub trait Notifier: Send + Sync + 'static {
-    /// Sends one notice.
-    async fn send(&self, notice: &Rendered) -> Result<(), NotifyError>;
+    /// The channel's stable name (`webhook:<name>`, `email:customer`, `email:admin`, `log`). It
+    /// is part of every delivery's idempotency key, and pending deliveries find their channel
+    /// by it.
+    fn channel(&self) -> &str;
+    /// Whether this channel takes notices of `kind`.
+    fn accepts(&self, kind: NoticeKind) -> bool;
+    /// Whether a "ready" notice sent here carries the credentials. Only then are they decrypted.
+    fn wants_credentials(&self) -> bool {
+        false
+    }
+    /// Sends one delivery. `Ok` means the receiver has it.
+    async fn send(&self, event: &Event) -> Result<(), NotifyError>;
 }
 
-/// Renders a notice for an order.
-pub fn render(
-    id: i64,
+/// The configured channels, shared by the dispatcher and whoever queues alerts.
+pub type Channels = Arc<[Arc<dyn Notifier>]>;
+
+/// The idempotency key of `event_id`'s delivery to `channel`.
+pub fn delivery_key(event_id: &str, channel: &str) -> String {
+    format!("{event_id}/{channel}")
+}
+
+/// Queues an admin alert that is not about an order (low stock) for every channel that takes
+/// `kind`, and returns its event id. Alerts about an order are queued by the engine as notices
+/// (`NoticeKind::AdminFailed`, `AdminNeedsAttention`) with the state change instead.
+///
+/// # Errors
+/// When the store fails.
+pub async fn admin_alert(
+    store: &dyn Store,
+    channels: &[Arc<dyn Notifier>],
     kind: NoticeKind,
-    order: Order,
-    credentials: Option<Credentials>,
-) -> Rendered {
-    let name = order.customer.name.clone();
-    let (subject, body) = match kind {
-        NoticeKind::Provisioning => (
-            "Your server is being provisioned...".to_string(),
-            format!(
-                "Hi {name}, your payment for order {} is confirmed. Your server is being provisioned...",
-                order.order_ref.as_str()
-            ),
-        ),
-        NoticeKind::Ready => (
-            "Your server is ready!".to_string(),
-            format!("Hi {name}, your server is ready! Your login details are below."),
-        ),
-        NoticeKind::Failed => (
-            "Your server is delayed".to_string(),
-            format!(
-                "Hi {name}, provisioning of order {} did not complete. Our team has been notified and will retry it.",
-                order.order_ref.as_str()
-            ),
-        ),
-        NoticeKind::NeedsAttention => (
-            "Your server needs a manual check".to_string(),
-            format!(
-                "Hi {name}, order {} needs a manual check by our team before your server can be delivered.",
-                order.order_ref.as_str()
-            ),
-        ),
-    };
-    Rendered {
-        id,
-        kind,
-        order,
-        subject,
-        body,
-        credentials,
-    }
-}
-
-/// Sends due outbox notices through a notifier.
-pub struct Dispatcher {
-    store: Arc<dyn Store>,
-    notifier: Arc<dyn Notifier>,
-    cipher: Arc<Cipher>,
-    clock: Arc<dyn Clock>,
-}
-
-impl Dispatcher {
-    /// A dispatcher.
-    pub fn new(
-        store: Arc<dyn Store>,
-        notifier: Arc<dyn Notifier>,
-        cipher: Arc<Cipher>,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        Self {
-            store,
-            notifier,
-            cipher,
-            clock,
-        }
-    }
-
-    /// Sends every due notice once; returns how many were delivered.
-    ///
-    /// # Errors
-    /// When the store fails.
-    pub async fn run_due_once(&self) -> Result<usize, StoreError> {
-        let now = self.clock.now();
-        let mut delivered = 0;
-        for notice in self.store.due_notices(now, 100).await? {
-            match self.deliver(&notice).await {
-                Ok(()) => {
-                    self.store
-                        .notice_delivered(notice.id, self.clock.now())
-                        .await?;
-                    delivered += 1;
-                }
-                Err(e) => {
-                    // Exponential backoff from 5 s, capped at an hour, for at most 12 attempts.
-                    let attempts = notice.attempts + 1;
-                    let retry = (attempts < 12).then(|| {
-                        now.plus(
-                            Duration::from_secs(5u64 << attempts.min(10))
-                                .min(Duration::from_secs(3600)),
-                        )
-                    });
-                    tracing::warn!(order_id = %notice.order_id, notice = notice.kind.as_str(), attempts, "notice delivery failed: {e}");
-                    self.store.notice_failed(notice.id, &e.0, retry).await?;
-                }
-            }
-        }
-        Ok(delivered)
-    }
-
-    async fn deliver(&self, notice: &Notice) -> Result<(), NotifyError> {
-        let order = self
-            .store
-            .order(&notice.order_id)
-            .await
-            .map_err(|e| NotifyError(e.to_string()))?
-            .ok_or_else(|| NotifyError(format!("order {} is gone", notice.order_id)))?;
-        let credentials = if notice.kind == NoticeKind::Ready {
-            let sealed = self
-                .store
-                .credentials(&order.id)
-                .await
-                .map_err(|e| NotifyError(e.to_string()))?;
-            match (sealed, order.server_ip) {
-                (Some(sealed), Some(ip)) => Some(
-                    self.cipher
-                        .open(ip, &sealed)
-                        .map_err(|e| NotifyError(e.to_string()))?,
-                ),
-                _ => {
-                    return Err(NotifyError(
-                        "ready notice without stored credentials".into(),
-                    ));
-                }
-            }
-        } else {
-            None
-        };
-        self.notifier
-            .send(&render(notice.id, notice.kind, order, credentials))
-            .await
-    }
-
-    /// Runs until `shutdown`, polling every `interval`.
-    pub async fn run(self, shutdown: tokio_util::sync::CancellationToken, interval: Duration) {
-        loop {
-            if let Err(e) = self.run_due_once().await {
-                tracing::error!("notice dispatch failed: {e}");
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(interval) => {}
-            }
-        }
-    }
+    detail: &str,
+    now: Timestamp,
+) -> Result<String, StoreError> {
+    let event_id = format!("alert_{}", uuid::Uuid::now_v7().simple());
+    let deliveries: Vec<NewDelivery> = channels
+        .iter()
+        .filter(|c| c.accepts(kind))
+        .map(|c| NewDelivery {
+            key: delivery_key(&event_id, c.channel()),
+            event_id: event_id.clone(),
+            notice_id: None,
+            order_id: None,
+            kind,
+            channel: c.channel().to_string(),
+            detail: Some(detail.to_string()),
+        })
+        .collect();
+    store.add_deliveries(&deliveries, now).await?;
+    tracing::info!(
+        event_id,
+        alert = kind.alert().unwrap_or(kind.as_str()),
+        channels = deliveries.len(),
+        "🚨 admin alert queued: {detail}"
+    );
+    Ok(event_id)
 }

@@ -2,8 +2,9 @@
 //! classified as succeeded, rejected (a definite no) or unknown (we cannot tell).
 //!
 //! Implementations: [`smartvps::SmartVpsClient`] over HTTP, and the simulator in-process
-//! (`crate::simulator::SimProvider`).
+//! (`crate::simulator::SimProvider`); [`metered::MeteredProvider`] wraps either with metrics.
 
+pub mod metered;
 pub mod smartvps;
 
 use std::fmt;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    Change, Claimed, Flight, Intake, Lease, Notice, OrderFilter, Recorded, StateCounts, Store,
-    StoreError,
+    Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery, Notice,
+    OrderFilter, Recorded, StateCounts, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -33,6 +33,18 @@ struct OutboxRow {
     next_at: Option<Timestamp>,
 }
 
+struct DeliveryRow {
+    new: NewDelivery,
+    created_at: Timestamp,
+    attempts: u32,
+    next_at: Option<Timestamp>,
+    claimed_by: Option<String>,
+    claim_token: i64,
+    claim_expires: Option<Timestamp>,
+    delivered_at: Option<Timestamp>,
+    last_error: Option<String>,
+}
+
 #[derive(Default)]
 struct Inner {
     orders: HashMap<OrderId, Row>,
@@ -46,6 +58,10 @@ struct Inner {
     purchases_by_order: HashMap<OrderId, Vec<usize>>,
     flights: HashMap<PackageId, OrderId>,
     outbox: Vec<OutboxRow>,
+    /// Deliveries by id - 1; a linear scan to claim is fine at test sizes.
+    deliveries: Vec<DeliveryRow>,
+    /// Delivery keys already queued, so a repeated fan-out adds nothing.
+    delivery_keys: HashMap<String, usize>,
     owners: HashMap<Ipv4Addr, OrderId>,
 }
 
@@ -504,5 +520,114 @@ impl Store for MemoryStore {
             r.next_at = retry_at;
         }
         Ok(())
+    }
+
+    async fn add_deliveries(
+        &self,
+        deliveries: &[NewDelivery],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        for d in deliveries {
+            if g.delivery_keys.contains_key(&d.key) {
+                continue;
+            }
+            let index = g.deliveries.len();
+            g.delivery_keys.insert(d.key.clone(), index);
+            g.deliveries.push(DeliveryRow {
+                new: d.clone(),
+                created_at: now,
+                attempts: 0,
+                next_at: Some(now),
+                claimed_by: None,
+                claim_token: 0,
+                claim_expires: None,
+                delivered_at: None,
+                last_error: None,
+            });
+        }
+        Ok(())
+    }
+
+    async fn claim_deliveries(
+        &self,
+        worker: &str,
+        now: Timestamp,
+        claim_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let mut g = self.lock();
+        let mut due: Vec<(Timestamp, usize)> = g
+            .deliveries
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.next_at.is_some_and(|t| t <= now))
+            .filter(|(_, r)| r.claim_expires.is_none_or(|t| t <= now))
+            .filter_map(|(i, r)| r.next_at.map(|t| (t, i)))
+            .collect();
+        due.sort();
+        let mut out = Vec::new();
+        for (_, i) in due.into_iter().take(limit) {
+            let r = &mut g.deliveries[i];
+            r.attempts += 1;
+            r.claim_token += 1;
+            r.claimed_by = Some(worker.to_string());
+            r.claim_expires = Some(now.plus(claim_for));
+            out.push(Delivery {
+                id: i as i64 + 1,
+                key: r.new.key.clone(),
+                event_id: r.new.event_id.clone(),
+                order_id: r.new.order_id.clone(),
+                kind: r.new.kind,
+                channel: r.new.channel.clone(),
+                detail: r.new.detail.clone(),
+                created_at: r.created_at,
+                attempt: r.attempts,
+                worker: worker.to_string(),
+                token: r.claim_token,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn finish_delivery(
+        &self,
+        d: &Delivery,
+        result: &DeliveryResult,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        let Some(r) = usize::try_from(d.id - 1)
+            .ok()
+            .and_then(|i| g.deliveries.get_mut(i))
+        else {
+            return Ok(false);
+        };
+        if r.delivered_at.is_some() {
+            return Ok(false);
+        }
+        match result {
+            DeliveryResult::Delivered { at } => {
+                r.delivered_at = Some(*at);
+                r.next_at = None;
+                r.last_error = None;
+            }
+            DeliveryResult::Failed { error, retry_at } => {
+                if r.claim_token != d.token || r.claimed_by.as_deref() != Some(d.worker.as_str()) {
+                    return Ok(false);
+                }
+                r.next_at = *retry_at;
+                r.last_error = Some(error.clone());
+            }
+        }
+        r.claimed_by = None;
+        r.claim_expires = None;
+        Ok(true)
+    }
+
+    async fn outbox_backlog(&self) -> Result<u64, StoreError> {
+        let g = self.lock();
+        let notices = g.outbox.iter().filter(|r| r.next_at.is_some()).count();
+        let deliveries = g.deliveries.iter().filter(|r| r.next_at.is_some()).count();
+        Ok((notices + deliveries) as u64)
     }
 }

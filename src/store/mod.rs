@@ -158,6 +158,73 @@ pub struct Notice {
 /// Counts of orders per state.
 pub type StateCounts = Vec<(OrderState, u64)>;
 
+/// A delivery to queue: one event for one channel (a webhook endpoint, an email audience, the
+/// log). A notice fanned out to two webhooks and email is three deliveries, each with its own
+/// attempts and schedule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// Idempotency key, unique per event and channel; sent to the receiver so it can drop a
+    /// repeat. Queuing a key that is already queued changes nothing.
+    pub key: String,
+    /// The event's id, the same for every channel it goes to.
+    pub event_id: String,
+    /// The outbox notice it comes from; `None` for an alert queued without one (low stock).
+    pub notice_id: Option<i64>,
+    /// The order it is about, if any.
+    pub order_id: Option<OrderId>,
+    /// What it says.
+    pub kind: NoticeKind,
+    /// Where it goes: `webhook:<name>`, `email:customer`, `email:admin` or `log`.
+    pub channel: String,
+    /// What an alert without an order says (e.g. which package is low). Never a secret.
+    pub detail: Option<String>,
+}
+
+/// A delivery claimed by one dispatcher.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Row id.
+    pub id: i64,
+    /// Idempotency key (see [`NewDelivery::key`]).
+    pub key: String,
+    /// The event's id, shared across channels.
+    pub event_id: String,
+    /// The order it is about, if any.
+    pub order_id: Option<OrderId>,
+    /// What it says.
+    pub kind: NoticeKind,
+    /// Where it goes.
+    pub channel: String,
+    /// What an alert without an order says.
+    pub detail: Option<String>,
+    /// When it was queued.
+    pub created_at: Timestamp,
+    /// This attempt's number, from 1. Counted when the delivery is claimed, so an attempt cut
+    /// short by a crash still counts towards the limit.
+    pub attempt: u32,
+    /// Who claimed it.
+    pub worker: String,
+    /// Fencing token of this claim: a failure reported under an older claim is ignored.
+    pub token: i64,
+}
+
+/// How a claimed delivery went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeliveryResult {
+    /// The receiver accepted it; it is never sent again.
+    Delivered {
+        /// When.
+        at: Timestamp,
+    },
+    /// It failed; try again at `retry_at`, or never (`None`: attempts are exhausted).
+    Failed {
+        /// Why, for the admin (no secrets: receivers' replies are not echoed).
+        error: String,
+        /// The next attempt's time.
+        retry_at: Option<Timestamp>,
+    },
+}
+
 /// The persistence port.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -245,4 +312,39 @@ pub trait Store: Send + Sync + 'static {
         error: &str,
         retry_at: Option<Timestamp>,
     ) -> Result<(), StoreError>;
+
+    // issue 5: outbox deliveries
+    // The dispatcher fans each due notice out into per-channel deliveries with `add_deliveries`
+    // and then marks the notice with `notice_delivered` (meaning "handed to its deliveries"); a
+    // crash in between only repeats the fan-out, which the unique keys make harmless.
+
+    /// Queues deliveries in one transaction. A key already queued is left as it is, so fanning
+    /// the same notice out twice queues nothing new.
+    async fn add_deliveries(
+        &self,
+        deliveries: &[NewDelivery],
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Claims up to `limit` due deliveries (not delivered, not abandoned, `next_at <= now`, no
+    /// live claim) for `worker` until `now + claim_for`, counting one attempt on each. Safe with
+    /// several dispatchers: each delivery goes to one claimer at a time (PostgreSQL:
+    /// `FOR UPDATE SKIP LOCKED`).
+    async fn claim_deliveries(
+        &self,
+        worker: &str,
+        now: Timestamp,
+        claim_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    /// Records how a claimed delivery went; returns whether anything changed. `Delivered` is
+    /// recorded whatever the claim (it is a fact, and it stops every further send); `Failed`
+    /// only while `delivery`'s claim is the current one and it was not delivered meanwhile.
+    async fn finish_delivery(
+        &self,
+        delivery: &Delivery,
+        result: &DeliveryResult,
+    ) -> Result<bool, StoreError>;
+    /// Work waiting in the outbox: notices not yet fanned out plus deliveries neither delivered
+    /// nor abandoned.
+    async fn outbox_backlog(&self) -> Result<u64, StoreError>;
 }

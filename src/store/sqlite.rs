@@ -15,8 +15,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    Change, Claimed, Flight, Intake, Lease, Notice, OrderFilter, Recorded, StateCounts, Store,
-    StoreError,
+    Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery, Notice,
+    OrderFilter, Recorded, StateCounts, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -25,11 +25,19 @@ use crate::domain::{
 };
 
 /// Embedded migrations, applied in order and recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+/// Version 2 is left to a parallel branch's migration; versions only need to be unique.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        3,
+        "outbox_deliveries",
+        include_str!("../../migrations/sqlite/0003_outbox_deliveries.sql"),
+    ),
+];
 
 const ORDER_COLUMNS: &str = "id, order_ref, fingerprint, package_id, ram_gb, customer_email, customer_name, os, state, buy_attempts, \
      status_attempts, server_ip, failure_phase, failure_reason, run_at, created_at, updated_at, ready_at";
@@ -231,6 +239,26 @@ fn resolution_detail(r: &Resolution) -> Option<String> {
         Resolution::Adopted { ip } => Some(ip.to_string()),
         Resolution::RetriedBlindly => None,
     }
+}
+
+fn delivery_from(row: &SqliteRow, worker: &str) -> Result<Delivery, StoreError> {
+    let kind: String = row.try_get("kind")?;
+    let order_id: Option<String> = row.try_get("order_id")?;
+    Ok(Delivery {
+        id: row.try_get("id")?,
+        key: row.try_get("key")?,
+        event_id: row.try_get("event_id")?,
+        order_id: order_id
+            .map(|s| OrderId::parse(&s).map_err(|e| corrupt("outbox_deliveries.order_id", e)))
+            .transpose()?,
+        kind: NoticeKind::parse(&kind).ok_or_else(|| corrupt("outbox_deliveries.kind", &kind))?,
+        channel: row.try_get("channel")?,
+        detail: row.try_get("detail")?,
+        created_at: Timestamp(row.try_get("created_at")?),
+        attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
+        worker: worker.to_string(),
+        token: row.try_get("claim_token")?,
+    })
 }
 
 type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
@@ -703,5 +731,105 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn add_deliveries(
+        &self,
+        deliveries: &[NewDelivery],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for d in deliveries {
+            sqlx::query(
+                "INSERT INTO outbox_deliveries (key, event_id, notice_id, order_id, kind, channel, detail, created_at, next_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(&d.key)
+            .bind(&d.event_id)
+            .bind(d.notice_id)
+            .bind(d.order_id.as_ref().map(OrderId::as_str))
+            .bind(d.kind.as_str())
+            .bind(&d.channel)
+            .bind(&d.detail)
+            .bind(now.millis())
+            .bind(now.millis())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim_deliveries(
+        &self,
+        worker: &str,
+        now: Timestamp,
+        claim_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        // One UPDATE ... RETURNING: atomic in SQLite, so two dispatchers never claim the same row.
+        let rows = sqlx::query(
+            "UPDATE outbox_deliveries SET claimed_by = ?1, claim_token = claim_token + 1, claim_expires_at = ?2, \
+               attempts = attempts + 1 WHERE id IN (\
+               SELECT id FROM outbox_deliveries WHERE next_at IS NOT NULL AND next_at <= ?3 \
+               AND (claim_expires_at IS NULL OR claim_expires_at <= ?3) ORDER BY next_at, id LIMIT ?4) \
+             RETURNING id, key, event_id, order_id, kind, channel, detail, created_at, attempts, claim_token",
+        )
+        .bind(worker)
+        .bind(now.plus(claim_for).millis())
+        .bind(now.millis())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| delivery_from(r, worker))
+            .collect::<Result<Vec<_>, _>>()?;
+        // RETURNING does not promise an order; keep the oldest due first.
+        out.sort_by_key(|d| d.id);
+        Ok(out)
+    }
+
+    async fn finish_delivery(
+        &self,
+        d: &Delivery,
+        result: &DeliveryResult,
+    ) -> Result<bool, StoreError> {
+        let done = match result {
+            DeliveryResult::Delivered { at } => {
+                sqlx::query(
+                    "UPDATE outbox_deliveries SET delivered_at = ?, next_at = NULL, last_error = NULL, claimed_by = NULL, \
+                     claim_expires_at = NULL WHERE id = ? AND delivered_at IS NULL",
+                )
+                .bind(at.millis())
+                .bind(d.id)
+                .execute(&self.pool)
+                .await?
+            }
+            DeliveryResult::Failed { error, retry_at } => {
+                sqlx::query(
+                    "UPDATE outbox_deliveries SET next_at = ?, last_error = ?, claimed_by = NULL, claim_expires_at = NULL \
+                     WHERE id = ? AND claim_token = ? AND claimed_by = ? AND delivered_at IS NULL",
+                )
+                .bind(retry_at.map(Timestamp::millis))
+                .bind(error)
+                .bind(d.id)
+                .bind(d.token)
+                .bind(&d.worker)
+                .execute(&self.pool)
+                .await?
+            }
+        };
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn outbox_backlog(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM outbox WHERE next_at IS NOT NULL) \
+             + (SELECT COUNT(*) FROM outbox_deliveries WHERE next_at IS NOT NULL)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 }

@@ -1,5 +1,5 @@
 //! The JSON API: intake (`POST /api/v1/orders`, idempotent on `order_ref`), order status
-//! (`GET /api/v1/orders/{id}`) and `GET /healthz`.
+//! (`GET /api/v1/orders/{id}`), `GET /healthz` and `GET /metrics` (Prometheus text).
 
 mod intake;
 
@@ -30,6 +30,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
         .route("/api/v1/orders", post(intake::create_order))
         .route("/api/v1/orders/{id}", get(order))
         .with_state(state)
@@ -92,6 +93,23 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value
         .map(|(s, n)| (s.as_str().to_string(), n.into()))
         .collect();
     Ok(Json(json!({ "status": "ok", "orders": orders })))
+}
+
+/// Prometheus text: the process's counters and histograms, plus gauges read from the store now
+/// (so every process behind a load balancer reports the shared database's truth).
+async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let handle = crate::telemetry::metrics();
+    let store = state.engine.store();
+    for (s, n) in store.state_counts().await.map_err(ApiError::internal)? {
+        metrics::gauge!("provisioner_orders", "state" => s.as_str()).set(n as f64);
+    }
+    let backlog = store.outbox_backlog().await.map_err(ApiError::internal)?;
+    metrics::gauge!("provisioner_outbox_backlog").set(backlog as f64);
+    let content_type = [(
+        axum::http::header::CONTENT_TYPE,
+        "text/plain; version=0.0.4; charset=utf-8",
+    )];
+    Ok((content_type, handle.render()).into_response())
 }
 
 async fn order(

@@ -1,10 +1,15 @@
 //! Integration tests, one binary (one link on a 2-core machine).
 
 mod helpers;
+mod receivers;
 
 mod cli;
 mod e2e;
+mod email;
+mod metrics;
 mod never_buy_twice;
+mod no_secrets;
+mod outbox;
 mod restart;
 mod seed_cases;
 mod shutdown;
