@@ -423,7 +423,7 @@ impl World {
             {
                 let refill = pk.free + 1000;
                 pk.free = 0;
-                let after = Duration::from_secs(self.rng.random_range(600..=1800));
+                let after = Duration::from_secs(self.rng.random_range(120..=300));
                 let ticket = self.next_ticket;
                 self.next_ticket += 1;
                 self.restocks
