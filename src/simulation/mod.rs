@@ -6,6 +6,8 @@
 //! generators, `biased` selects. The same seed replays the same run, so a failure is reported
 //! with its seed and can be reproduced with `bench strategies --seed`.
 
+mod crash;
+
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -149,7 +151,7 @@ pub async fn run(cfg: &SimulationConfig) -> SimulationReport {
     }
     sim.set_fault_profile(Some(cfg.profile.clone()));
     let store = Arc::new(MemoryStore::new());
-    let dyn_store: Arc<dyn Store> = store.clone();
+    let dyn_store: Arc<dyn Store> = Arc::new(crash::CrashingStore(store.clone()));
     let cipher =
         Arc::new(Cipher::from_hex(&Cipher::generate_key()).expect("a generated key is valid"));
     let settings = WorkerSettings::for_policy(&cfg.policy);
@@ -223,8 +225,15 @@ pub async fn run(cfg: &SimulationConfig) -> SimulationReport {
                 let engine = Arc::clone(engine);
                 let crash = rng.random_bool(cfg.crash_rate.clamp(0.0, 1.0));
                 let after = step_bound.mul_f64(rng.random::<f64>() * 0.9);
-                tasks.spawn(async move {
-                    if crash {
+                // Half the crashes strike at a moment in time (mid-call), half between two
+                // store operations (the process dies after its k-th write of the step).
+                let at_op = crash && rng.random_bool(0.5);
+                let ops = if at_op { rng.random_range(0..8) } else { u32::MAX };
+                tasks.spawn(crash::with_crash_after(ops, async move {
+                    if at_op {
+                        let _ = engine.work_one(c).await;
+                        true
+                    } else if crash {
                         // The worker dies mid-step: its future is dropped wherever it is, its
                         // lease stays until expiry, and another worker takes over from the store.
                         tokio::time::timeout(after, engine.work_one(c))
@@ -234,7 +243,7 @@ pub async fn run(cfg: &SimulationConfig) -> SimulationReport {
                         let _ = engine.work_one(c).await;
                         false
                     }
-                });
+                }));
             }
         }
         let next_due = store.next_due().await.ok().flatten();

@@ -1,0 +1,133 @@
+//! Crashes between store operations. A worker process can die between any two writes (after a
+//! purchase's outcome is recorded and before the order is saved, say). The in-memory store never
+//! yields, so a dropped future alone cannot model that; this wrapper makes every store operation
+//! of a doomed step fail from its k-th on, as if the process had died there. The lease is left
+//! behind, and the order is taken over from the store when it lapses.
+
+use std::cell::Cell;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::clock::Timestamp;
+use crate::domain::{NoticeKind, Order, OrderId, PackageId, Purchase, PurchaseIntent, PurchaseOutcome, TimelineEntry};
+use crate::store::{
+    Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded, StateCounts, Store,
+    StoreError,
+};
+
+tokio::task_local! {
+    /// Store operations the current step may still make; `u32::MAX` for a step that will not crash.
+    static OPS_LEFT: Cell<u32>;
+}
+
+/// Runs `step` with at most `ops` store operations before the "process" dies.
+pub(crate) async fn with_crash_after<F: std::future::Future>(ops: u32, step: F) -> F::Output {
+    OPS_LEFT.scope(Cell::new(ops), step).await
+}
+
+/// Whether the current step may make another store operation.
+fn tick() -> Result<(), StoreError> {
+    let alive = OPS_LEFT
+        .try_with(|left| {
+            let n = left.get();
+            if n == 0 {
+                return false;
+            }
+            if n != u32::MAX {
+                left.set(n - 1);
+            }
+            true
+        })
+        .unwrap_or(true);
+    if alive { Ok(()) } else { Err(StoreError::Database("simulated crash: the worker process is gone".into())) }
+}
+
+/// A store whose operations fail once the current step has "crashed".
+pub(crate) struct CrashingStore(pub(crate) Arc<dyn Store>);
+
+#[async_trait]
+impl Store for CrashingStore {
+    async fn insert_order(&self, order: &Order, entries: &[TimelineEntry], notices: &[NoticeKind]) -> Result<Intake, StoreError> {
+        tick()?;
+        self.0.insert_order(order, entries, notices).await
+    }
+    async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+        tick()?;
+        self.0.order(id).await
+    }
+    async fn orders(&self, filter: &OrderFilter) -> Result<Vec<Order>, StoreError> {
+        self.0.orders(filter).await
+    }
+    async fn state_counts(&self) -> Result<StateCounts, StoreError> {
+        self.0.state_counts().await
+    }
+    async fn timeline(&self, id: &OrderId) -> Result<Vec<TimelineEntry>, StoreError> {
+        tick()?;
+        self.0.timeline(id).await
+    }
+    async fn purchases(&self, id: &OrderId) -> Result<Vec<Purchase>, StoreError> {
+        tick()?;
+        self.0.purchases(id).await
+    }
+    async fn credentials(&self, id: &OrderId) -> Result<Option<Vec<u8>>, StoreError> {
+        tick()?;
+        self.0.credentials(id).await
+    }
+    async fn claim_due(&self, worker: &str, now: Timestamp, lease_for: Duration, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+        self.0.claim_due(worker, now, lease_for, limit).await
+    }
+    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.0.next_due().await
+    }
+    async fn save(&self, lease: &Lease, order: &Order, change: Change) -> Result<(), StoreError> {
+        tick()?;
+        self.0.save(lease, order, change).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        tick()?;
+        self.0.release(lease).await
+    }
+    async fn acquire_flight(&self, lease: &Lease, package: PackageId) -> Result<Flight, StoreError> {
+        tick()?;
+        self.0.acquire_flight(lease, package).await
+    }
+    async fn begin_purchase(&self, lease: &Lease, order: &Order, intent: &PurchaseIntent, entries: &[TimelineEntry]) -> Result<i64, StoreError> {
+        tick()?;
+        self.0.begin_purchase(lease, order, intent, entries).await
+    }
+    async fn record_outcome(&self, purchase_id: i64, outcome: &PurchaseOutcome, at: Timestamp) -> Result<Recorded, StoreError> {
+        tick()?;
+        self.0.record_outcome(purchase_id, outcome, at).await
+    }
+    async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {
+        tick()?;
+        self.0.owner_of(ip).await
+    }
+    async fn admin_save(&self, order: &Order, expected_updated_at: Timestamp, now: Timestamp, change: Change) -> Result<(), StoreError> {
+        self.0.admin_save(order, expected_updated_at, now, change).await
+    }
+    async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError> {
+        self.0.due_notices(now, limit).await
+    }
+    async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError> {
+        self.0.notice_delivered(id, at).await
+    }
+    async fn notice_failed(&self, id: i64, error: &str, retry_at: Option<Timestamp>) -> Result<(), StoreError> {
+        self.0.notice_failed(id, error, retry_at).await
+    }
+    async fn add_deliveries(&self, deliveries: &[NewDelivery], now: Timestamp) -> Result<(), StoreError> {
+        self.0.add_deliveries(deliveries, now).await
+    }
+    async fn claim_deliveries(&self, worker: &str, now: Timestamp, claim_for: Duration, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        self.0.claim_deliveries(worker, now, claim_for, limit).await
+    }
+    async fn finish_delivery(&self, delivery: &Delivery, result: &DeliveryResult) -> Result<bool, StoreError> {
+        self.0.finish_delivery(delivery, result).await
+    }
+    async fn outbox_backlog(&self) -> Result<u64, StoreError> {
+        self.0.outbox_backlog().await
+    }
+}
