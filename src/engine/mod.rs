@@ -50,7 +50,9 @@ impl WorkerSettings {
             concurrency: crate::config::DEFAULT_CONCURRENCY,
             lease: crate::config::WorkerSettings::default_lease(policy),
             poll_interval: crate::config::DEFAULT_POLL_INTERVAL,
-            flight_wait: Duration::from_secs(10),
+            // 10 s against the seed's 2-minute purchases; never longer than one purchase can
+            // hold the flight, so short-timeout deployments (and tests) are not slowed by it.
+            flight_wait: policy.buy.timeout.min(Duration::from_secs(10)),
         }
     }
 }

@@ -12,10 +12,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::clock::Timestamp;
-use crate::domain::{NoticeKind, Order, OrderId, PackageId, Purchase, PurchaseIntent, PurchaseOutcome, TimelineEntry};
+use crate::domain::{
+    NoticeKind, Order, OrderId, PackageId, Purchase, PurchaseIntent, PurchaseOutcome, TimelineEntry,
+};
 use crate::store::{
-    Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded, StateCounts, Store,
-    StoreError,
+    Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery, Notice,
+    OrderFilter, Recorded, StateCounts, Store, StoreError,
 };
 
 tokio::task_local! {
@@ -42,7 +44,13 @@ fn tick() -> Result<(), StoreError> {
             true
         })
         .unwrap_or(true);
-    if alive { Ok(()) } else { Err(StoreError::Database("simulated crash: the worker process is gone".into())) }
+    if alive {
+        Ok(())
+    } else {
+        Err(StoreError::Database(
+            "simulated crash: the worker process is gone".into(),
+        ))
+    }
 }
 
 /// A store whose operations fail once the current step has "crashed".
@@ -50,7 +58,12 @@ pub(crate) struct CrashingStore(pub(crate) Arc<dyn Store>);
 
 #[async_trait]
 impl Store for CrashingStore {
-    async fn insert_order(&self, order: &Order, entries: &[TimelineEntry], notices: &[NoticeKind]) -> Result<Intake, StoreError> {
+    async fn insert_order(
+        &self,
+        order: &Order,
+        entries: &[TimelineEntry],
+        notices: &[NoticeKind],
+    ) -> Result<Intake, StoreError> {
         tick()?;
         self.0.insert_order(order, entries, notices).await
     }
@@ -76,7 +89,13 @@ impl Store for CrashingStore {
         tick()?;
         self.0.credentials(id).await
     }
-    async fn claim_due(&self, worker: &str, now: Timestamp, lease_for: Duration, limit: usize) -> Result<Vec<Claimed>, StoreError> {
+    async fn claim_due(
+        &self,
+        worker: &str,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
         self.0.claim_due(worker, now, lease_for, limit).await
     }
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -90,15 +109,30 @@ impl Store for CrashingStore {
         tick()?;
         self.0.release(lease).await
     }
-    async fn acquire_flight(&self, lease: &Lease, package: PackageId) -> Result<Flight, StoreError> {
+    async fn acquire_flight(
+        &self,
+        lease: &Lease,
+        package: PackageId,
+    ) -> Result<Flight, StoreError> {
         tick()?;
         self.0.acquire_flight(lease, package).await
     }
-    async fn begin_purchase(&self, lease: &Lease, order: &Order, intent: &PurchaseIntent, entries: &[TimelineEntry]) -> Result<i64, StoreError> {
+    async fn begin_purchase(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        intent: &PurchaseIntent,
+        entries: &[TimelineEntry],
+    ) -> Result<i64, StoreError> {
         tick()?;
         self.0.begin_purchase(lease, order, intent, entries).await
     }
-    async fn record_outcome(&self, purchase_id: i64, outcome: &PurchaseOutcome, at: Timestamp) -> Result<Recorded, StoreError> {
+    async fn record_outcome(
+        &self,
+        purchase_id: i64,
+        outcome: &PurchaseOutcome,
+        at: Timestamp,
+    ) -> Result<Recorded, StoreError> {
         tick()?;
         self.0.record_outcome(purchase_id, outcome, at).await
     }
@@ -106,8 +140,16 @@ impl Store for CrashingStore {
         tick()?;
         self.0.owner_of(ip).await
     }
-    async fn admin_save(&self, order: &Order, expected_updated_at: Timestamp, now: Timestamp, change: Change) -> Result<(), StoreError> {
-        self.0.admin_save(order, expected_updated_at, now, change).await
+    async fn admin_save(
+        &self,
+        order: &Order,
+        expected_updated_at: Timestamp,
+        now: Timestamp,
+        change: Change,
+    ) -> Result<(), StoreError> {
+        self.0
+            .admin_save(order, expected_updated_at, now, change)
+            .await
     }
     async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError> {
         self.0.due_notices(now, limit).await
@@ -115,16 +157,35 @@ impl Store for CrashingStore {
     async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError> {
         self.0.notice_delivered(id, at).await
     }
-    async fn notice_failed(&self, id: i64, error: &str, retry_at: Option<Timestamp>) -> Result<(), StoreError> {
+    async fn notice_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
         self.0.notice_failed(id, error, retry_at).await
     }
-    async fn add_deliveries(&self, deliveries: &[NewDelivery], now: Timestamp) -> Result<(), StoreError> {
+    async fn add_deliveries(
+        &self,
+        deliveries: &[NewDelivery],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         self.0.add_deliveries(deliveries, now).await
     }
-    async fn claim_deliveries(&self, worker: &str, now: Timestamp, claim_for: Duration, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+    async fn claim_deliveries(
+        &self,
+        worker: &str,
+        now: Timestamp,
+        claim_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
         self.0.claim_deliveries(worker, now, claim_for, limit).await
     }
-    async fn finish_delivery(&self, delivery: &Delivery, result: &DeliveryResult) -> Result<bool, StoreError> {
+    async fn finish_delivery(
+        &self,
+        delivery: &Delivery,
+        result: &DeliveryResult,
+    ) -> Result<bool, StoreError> {
         self.0.finish_delivery(delivery, result).await
     }
     async fn outbox_backlog(&self) -> Result<u64, StoreError> {

@@ -228,7 +228,11 @@ pub async fn run(cfg: &SimulationConfig) -> SimulationReport {
                 // Half the crashes strike at a moment in time (mid-call), half between two
                 // store operations (the process dies after its k-th write of the step).
                 let at_op = crash && rng.random_bool(0.5);
-                let ops = if at_op { rng.random_range(0..8) } else { u32::MAX };
+                let ops = if at_op {
+                    rng.random_range(0..8)
+                } else {
+                    u32::MAX
+                };
                 tasks.spawn(crash::with_crash_after(ops, async move {
                     if at_op {
                         let _ = engine.work_one(c).await;
