@@ -1138,7 +1138,7 @@ mod tests {
     fn bad_admin_tokens_name_their_key_and_never_echo_the_token() {
         let cases = [
             (
-                format!("[[admin.tokens]]\nname = \"alice\"\ntoken = \"short\"\n"),
+                "[[admin.tokens]]\nname = \"alice\"\ntoken = \"short\"\n".to_string(),
                 "admin.tokens[0].token",
                 "short",
             ),

@@ -13,10 +13,12 @@
 //! - [`provider`]: the `Provider` port and the SmartVPS HTTP client with tolerant wire decoding.
 //! - [`simulator`]: a SmartVPS world, scriptable faults, in-process and over HTTP.
 //! - [`store`]: the `Store` port; SQLite and in-memory implementations.
+//! - [`catalog`]: SmartVPS's stock list kept as the package catalog intake checks orders against.
 //! - [`engine`]: the worker: leases, the buy and credentials phases, reconciliation.
 //! - [`notify`]: the `Notifier` port and the outbox dispatcher.
 //! - [`crypto`]: AEAD encryption of customer passwords at rest.
-//! - [`web`]: the axum JSON API.
+//! - [`web`]: the axum router: intake, the customer credentials endpoint, the admin JSON API,
+//!   the server-rendered admin dashboard, auth and the OpenAPI document.
 //! - [`app`]: wiring the ports together for `serve` and `demo`.
 //! - [`demo`]: the one-command demo on embedded defaults.
 //! - [`bench`]: `bench strategies`, the retry-versus-reconcile comparison.
@@ -25,6 +27,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;
