@@ -2,6 +2,8 @@
 
 mod helpers;
 
+mod admin;
+mod admin_api;
 mod e2e;
 mod never_buy_twice;
 mod restart;
