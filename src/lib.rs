@@ -23,6 +23,7 @@
 //! - [`demo`]: the one-command demo on embedded defaults.
 //! - [`bench`]: `bench strategies`, the retry-versus-reconcile comparison.
 //! - [`cli`]: the command-line interface.
+//! - [`operator`]: `orders` and `catalog` commands, on the database or through the admin API.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -36,6 +37,7 @@ pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod notify;
+pub mod operator;
 pub mod policy;
 pub mod provider;
 pub mod simulator;

@@ -23,7 +23,7 @@ use crate::engine::admin::Resolve;
 use crate::store::OrderFilter;
 
 /// The list's query parameters.
-pub(super) const FILTER_KEYS: [&str; 6] = ["state", "package", "from", "to", "limit", "offset"];
+pub const FILTER_KEYS: [&str; 6] = ["state", "package", "from", "to", "limit", "offset"];
 
 /// Parses the list's query parameters (empty values count as absent, as an HTML form sends
 /// them). Times are RFC 3339 (`2026-05-01T10:00:00Z`; the `Z`, the seconds or the whole time of
@@ -31,7 +31,7 @@ pub(super) const FILTER_KEYS: [&str; 6] = ["state", "package", "from", "to", "li
 ///
 /// # Errors
 /// The first bad parameter, named.
-pub(super) fn parse_filter(params: &HashMap<String, String>) -> Result<OrderFilter, FieldError> {
+pub fn parse_filter(params: &HashMap<String, String>) -> Result<OrderFilter, FieldError> {
     if let Some(k) = params.keys().find(|k| !FILTER_KEYS.contains(&k.as_str())) {
         return Err(FieldError::new(
             k,
@@ -82,7 +82,7 @@ pub(super) fn parse_filter(params: &HashMap<String, String>) -> Result<OrderFilt
 }
 
 /// A time from a query parameter (see [`parse_filter`]).
-pub(super) fn parse_time(field: &str, text: &str) -> Result<Timestamp, FieldError> {
+pub fn parse_time(field: &str, text: &str) -> Result<Timestamp, FieldError> {
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         return text
             .parse::<i64>()
@@ -209,7 +209,7 @@ const RESOLVE_KEYS: [&str; 4] = ["action", "reason", "ip", "override_package_che
 ///
 /// # Errors
 /// An unknown action, or a missing or malformed `ip` for `adopt`.
-pub(super) fn parse_resolve(
+pub fn parse_resolve(
     action: &str,
     ip: Option<&str>,
     override_package_check: bool,

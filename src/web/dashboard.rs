@@ -30,7 +30,7 @@ use super::auth::{
 use super::chart::{self, Chart};
 use super::orders::order_id;
 use super::views::OrderView;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, percent_encode};
 use crate::clock::Timestamp;
 use crate::crypto::random_token;
 use crate::domain::{
@@ -73,18 +73,6 @@ fn page(status: StatusCode, html: Result<String, askama::Error>) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     r
-}
-
-/// Percent-encodes a query value (everything but RFC 3986's unreserved characters).
-fn encode(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn time(t: Timestamp) -> String {
@@ -271,7 +259,7 @@ fn href(params: &[(&str, &str)]) -> String {
     let q: Vec<String> = params
         .iter()
         .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .map(|(k, v)| format!("{k}={}", percent_encode(v)))
         .collect();
     if q.is_empty() {
         "/admin".into()
@@ -697,8 +685,8 @@ mod tests {
 
     #[test]
     fn query_values_are_encoded() {
-        assert_eq!(encode("2026-05-01T10:00"), "2026-05-01T10%3A00");
-        assert_eq!(encode("a b&c"), "a%20b%26c");
+        assert_eq!(percent_encode("2026-05-01T10:00"), "2026-05-01T10%3A00");
+        assert_eq!(percent_encode("a b&c"), "a%20b%26c");
         assert_eq!(
             href(&[("state", "failed"), ("package", "")]),
             "/admin?state=failed"

@@ -16,7 +16,7 @@ pub mod dashboard;
 pub mod openapi;
 pub mod views;
 
-mod admin;
+pub(crate) mod admin;
 mod intake;
 mod orders;
 
@@ -45,6 +45,18 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     /// Admin tokens and dashboard sessions.
     pub auth: Arc<auth::AdminAuth>,
+}
+
+/// Percent-encodes a query or form value: everything but RFC 3986's unreserved characters.
+pub fn percent_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Every JSON API route: method, path (axum syntax, which is also OpenAPI's) and handler.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use provisioner::crypto::Cipher;
 use provisioner::domain::PackageId;
 use provisioner::simulator::{BuyEffect, BuyStep, Scenario, Simulator};
+use provisioner::web::percent_encode;
 use reqwest::StatusCode;
 use reqwest::header::{LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
 use secrecy::ExposeSecret;
@@ -674,19 +675,9 @@ struct Browser<'a> {
 
 /// An `application/x-www-form-urlencoded` body, as a browser sends a form.
 pub fn form_body(pairs: &[(&str, &str)]) -> String {
-    let enc = |v: &str| -> String {
-        v.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    };
     pairs
         .iter()
-        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
         .collect::<Vec<_>>()
         .join("&")
 }

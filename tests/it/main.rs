@@ -4,6 +4,7 @@ mod helpers;
 
 mod admin;
 mod admin_api;
+mod admin_cli;
 mod e2e;
 mod never_buy_twice;
 mod restart;

@@ -327,7 +327,7 @@ impl Provider for SmartVpsClient {
 /// Installs rustls's ring provider as the process default, once. reqwest is built without a
 /// provider of its own (no aws-lc), so one must be installed before a client is built; another
 /// part of the process having installed one already is fine.
-fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         // Err means a provider is already installed, which is all we need.
