@@ -7,7 +7,7 @@
 //! reply), or for purchases when the ledger recorded the outcome.
 
 use crate::clock::Timestamp;
-use crate::domain::{Order, Purchase, PurchaseOutcome, TimelineEntry};
+use crate::domain::{EntryKind, Order, Purchase, PurchaseOutcome, TimelineEntry};
 
 /// Left margin for the row labels, in pixels.
 const LEFT: i64 = 80;
@@ -31,7 +31,8 @@ pub struct Bar {
     pub w: i64,
     /// Height (px).
     pub h: i64,
-    /// CSS class: `ok`, `rejected`, `unknown`, `failed`, `inflight`, `wait` or `planned`.
+    /// CSS class: `ok`, `rejected`, `unknown`, `failed`, `inflight`, `wait`, `planned` (the
+    /// wait in progress) or `idle` (stopped until an admin acted).
     pub class: &'static str,
     /// Hover text: what and when.
     pub title: String,
@@ -158,17 +159,26 @@ pub fn build(
         });
     }
     // Waits: the gaps between one attempt's end and the next attempt's start, drawn in the row
-    // of the attempt they lead to.
+    // of the attempt they lead to. A gap an admin action ended (a failed order retried, an
+    // escalation resolved) is idle time, not the policy's wait, and is drawn differently.
     let mut waits = Vec::new();
     for pair in segments.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         if b.start > a.end {
+            let admin = timeline
+                .iter()
+                .any(|e| e.kind == EntryKind::Admin && e.at > a.end && e.at <= b.start);
+            let long = humantime::format_duration(b.start.since(a.end));
             waits.push(Segment {
                 row: b.row,
                 start: a.end,
                 end: b.start,
-                class: "wait",
-                what: format!("wait {}", humantime::format_duration(b.start.since(a.end))),
+                class: if admin { "idle" } else { "wait" },
+                what: if admin {
+                    format!("stopped {long}, until an admin acted")
+                } else {
+                    format!("wait {long}")
+                },
             });
         }
     }
@@ -292,7 +302,7 @@ pub fn build(
 mod tests {
     use super::*;
     use crate::domain::order::CustomerRequest;
-    use crate::domain::{EntryKind, NewOrder, OrderRequest, OrderState, PackageId, PackageName};
+    use crate::domain::{NewOrder, OrderRequest, OrderState, PackageId, PackageName};
 
     fn order() -> Order {
         let req = OrderRequest {
@@ -402,6 +412,33 @@ mod tests {
         assert_eq!(chart.bars[3].y, ROWS[1]);
         assert_eq!(chart.ticks.first().unwrap().label, "0:00");
         assert_eq!(chart.ticks[1].label, "1:00");
+    }
+
+    #[test]
+    fn time_stopped_until_an_admin_acted_is_not_a_wait() {
+        let mut o = order();
+        o.state = OrderState::Buying;
+        o.updated_at = Timestamp(2_000_000);
+        let mut retry = line(1_900, "🔁 Retry by alice: upstream back");
+        retry.kind = EntryKind::Admin;
+        let timeline = [
+            line(0, "[SMARTVPS] Calling buyVps - attempt 3/3"),
+            line(120, "[SMARTVPS] ❌ buyVps attempt 3 failed: error"),
+            retry,
+            line(1_905, "[SMARTVPS] Calling buyVps - attempt 1/3"),
+        ];
+        let ledger = [purchase(
+            3,
+            0,
+            120,
+            PurchaseOutcome::Rejected {
+                reason: "error".into(),
+            },
+        )];
+        let chart = build(&o, &timeline, &ledger, Timestamp(1_910_000));
+        let classes: Vec<&str> = chart.bars.iter().map(|b| b.class).collect();
+        assert_eq!(classes, ["rejected", "idle", "inflight"]);
+        assert!(chart.bars[1].title.contains("until an admin acted"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod helpers;
 mod admin;
 mod admin_api;
 mod admin_cli;
+mod browser;
 mod e2e;
 mod never_buy_twice;
 mod restart;
