@@ -166,6 +166,20 @@ async fn the_access_token_opens_its_own_order_and_only_credentials_carry_the_pas
         v.get("timeline").is_none() && v.get("purchases").is_none(),
         "{v}"
     );
+    // A failed order: the customer sees the state, not the admin-facing failure text.
+    svc.until(&waiting_id, Duration::from_secs(30), |v| {
+        v["state"] == "failed"
+    })
+    .await;
+    let (s, _, text) = get(
+        format!("{api}/api/v1/orders/{waiting_id}"),
+        Some(waiting_token.clone()),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["state"], "failed");
+    assert!(v["failure"].is_null(), "{v}");
     let (s, _, _) = get(
         format!("{api}/api/v1/orders/{waiting_id}"),
         Some(token.clone()),
