@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::Catalog;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, Settings};
 use crate::crypto::Cipher;
@@ -246,6 +247,13 @@ pub async fn start(
         }
     }));
     let provider: Arc<dyn Provider> = Arc::new(MeteredProvider::new(provider, Arc::clone(&clock)));
+    let catalog = Arc::new(Catalog::new(
+        Arc::clone(&store),
+        Arc::clone(&provider),
+        Arc::clone(&clock),
+        settings.policy.buy.timeout,
+        settings.catalog.low_stock,
+    ));
     let engine = Arc::new(Engine::new(
         Arc::clone(&store),
         provider,
@@ -254,6 +262,13 @@ pub async fn start(
         Arc::clone(&cipher),
         engine_settings(settings),
     ));
+
+    let (sync, token, every) = (
+        Arc::clone(&catalog),
+        shutdown.clone(),
+        settings.catalog.sync_interval,
+    );
+    tasks.push(tokio::spawn(async move { sync.run(token, every).await }));
 
     let channels = channels(settings, &clock, options.notifier)?;
     let dispatcher = Arc::new(Dispatcher::new(
@@ -278,8 +293,25 @@ pub async fn start(
         .await
         .with_context(|| format!("binding the API on {}", settings.server.listen))?;
     let addr = listener.local_addr()?;
+    let auth = Arc::new(crate::web::auth::AdminAuth::new(&settings.admin.tokens));
+    if auth.enabled() {
+        let names: Vec<&str> = settings
+            .admin
+            .tokens
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        tracing::info!(admins = ?names, "admin API and dashboard at http://{addr}/admin");
+    } else {
+        tracing::warn!(
+            "no admin tokens configured: the admin API and the dashboard refuse every request. Set \
+             PROVISIONER_ADMIN_TOKENS=\"name:TOKEN\" (a token from `provisioner keygen`)"
+        );
+    }
     let app = crate::web::router(crate::web::AppState {
         engine: Arc::clone(&engine),
+        catalog,
+        auth,
     });
     let token = shutdown.clone();
     tasks.push(tokio::spawn(async move {
@@ -369,6 +401,18 @@ pub async fn offline_engine(settings: &Settings) -> anyhow::Result<Arc<Engine>> 
         cipher,
         engine_settings(settings),
     )))
+}
+
+/// The catalog service on the configured database and SmartVPS (or the built-in simulator's
+/// default catalog), for `provisioner catalog`.
+pub fn offline_catalog(settings: &Settings, engine: &Engine) -> Catalog {
+    Catalog::new(
+        Arc::clone(engine.store()),
+        Arc::clone(&engine.provider),
+        Arc::clone(engine.clock()),
+        settings.policy.buy.timeout,
+        settings.catalog.low_stock,
+    )
 }
 
 /// `provisioner simulator`: the simulator alone on `listen`.

@@ -1,14 +1,14 @@
-//! The command line: `serve`, `demo`, `plan`, `simulator`, `orders`, `bench`, `keygen`.
+//! The command line: `serve`, `demo`, `plan`, `simulator`, `orders`, `catalog`, `bench`,
+//! `keygen`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{ConfigError, Settings};
-use crate::domain::{OrderId, OrderState};
 use crate::policy::plan;
 use crate::telemetry::{self, LogFormat};
 
@@ -70,11 +70,31 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Inspect and act on orders in the configured database.
+    /// Inspect and act on orders: in the configured database, or with --api through a running
+    /// service's admin API.
     Orders {
+        /// A running service's base URL (e.g. http://127.0.0.1:8080); without it the configured
+        /// database is used directly.
+        #[arg(long, global = true, value_name = "URL")]
+        api: Option<String>,
+        /// Admin token for --api (its name is recorded as who acted).
+        #[arg(
+            long,
+            global = true,
+            env = "PROVISIONER_ADMIN_TOKEN",
+            hide_env_values = true,
+            value_name = "TOKEN"
+        )]
+        token: Option<String>,
         /// What to do.
         #[command(subcommand)]
         action: OrdersAction,
+    },
+    /// The package catalog (SmartVPS's stock list) in the configured database.
+    Catalog {
+        /// What to do.
+        #[command(subcommand)]
+        action: CatalogAction,
     },
     /// Benchmarks.
     Bench {
@@ -94,9 +114,21 @@ pub enum OrdersAction {
         /// Only this state (queued, buying, awaiting_credentials, ready, failed, needs_attention, cancelled).
         #[arg(long)]
         state: Option<String>,
-        /// At most this many.
+        /// Only this package (PID).
+        #[arg(long)]
+        package: Option<u32>,
+        /// Created at or after (RFC 3339, e.g. 2026-05-01T10:00:00Z, or a date).
+        #[arg(long)]
+        from: Option<String>,
+        /// Created before (RFC 3339 or a date).
+        #[arg(long)]
+        to: Option<String>,
+        /// At most this many (1 to 500).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Skip this many (paging).
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
     },
     /// One order with its timeline and purchase ledger.
     Show {
@@ -110,10 +142,73 @@ pub enum OrdersAction {
         /// Why (stored in the timeline).
         #[arg(long)]
         reason: String,
-        /// Who (stored in the timeline).
-        #[arg(long, default_value = "cli")]
-        actor: String,
+        /// Who (stored in the timeline; database only: through --api it is the token's name).
+        #[arg(long)]
+        actor: Option<String>,
     },
+    /// Resolve an order that needs attention.
+    Resolve {
+        /// Order id.
+        id: String,
+        /// adopt: the server at --ip is ours, continue to credentials; not-bought: nothing was
+        /// bought, buy again; fail: give up.
+        #[arg(long, value_enum)]
+        action: ResolveAction,
+        /// The server's address (adopt).
+        #[arg(long)]
+        ip: Option<String>,
+        /// Adopt an address outside the order's package (say why in --reason).
+        #[arg(long)]
+        override_package_check: bool,
+        /// Why (stored in the timeline).
+        #[arg(long)]
+        reason: String,
+        /// Who (database only, as for retry).
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Cancel an order (refused while a purchase is in flight or unsettled).
+    Cancel {
+        /// Order id.
+        id: String,
+        /// Why (stored in the timeline).
+        #[arg(long)]
+        reason: String,
+        /// Who (database only, as for retry).
+        #[arg(long)]
+        actor: Option<String>,
+    },
+}
+
+/// How `orders resolve` settles an order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ResolveAction {
+    /// The server at --ip is ours.
+    Adopt,
+    /// Nothing was bought.
+    NotBought,
+    /// Give up.
+    Fail,
+}
+
+impl ResolveAction {
+    /// The API's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Adopt => "adopt",
+            Self::NotBought => "not_bought",
+            Self::Fail => "fail",
+        }
+    }
+}
+
+/// `catalog` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CatalogAction {
+    /// Read SmartVPS's stock list into the catalog now.
+    Sync,
+    /// Show the catalog as last synced.
+    List,
 }
 
 /// `bench` subcommands.
@@ -196,7 +291,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::app::run_simulator(listen, username, password, path_prefix, seed).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Orders { action } => orders(settings()?, action).await,
+        Command::Orders { api, token, action } => match api {
+            Some(url) => {
+                let token = token.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--api needs an admin token: --token or PROVISIONER_ADMIN_TOKEN"
+                    )
+                })?;
+                crate::operator::run(
+                    crate::operator::Backend::api(&url, secrecy::SecretString::from(token))?,
+                    action,
+                )
+                .await
+            }
+            None => {
+                let s = settings()?;
+                let engine = crate::app::offline_engine(&s).await?;
+                crate::operator::run(crate::operator::Backend::Database(engine), action).await
+            }
+        },
+        Command::Catalog { action } => {
+            let s = settings()?;
+            let engine = crate::app::offline_engine(&s).await?;
+            let catalog = crate::app::offline_catalog(&s, &engine);
+            crate::operator::catalog(&catalog, action).await
+        }
         Command::Bench {
             which: BenchCommand::Strategies { orders, seed },
         } => {
@@ -213,60 +332,67 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn orders(settings: Settings, action: OrdersAction) -> anyhow::Result<ExitCode> {
-    let engine = crate::app::offline_engine(&settings).await?;
-    let store = engine.store();
-    match action {
-        OrdersAction::List { state, limit } => {
-            let state = state
-                .map(|s| s.parse::<OrderState>())
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--state: {e}"))?;
-            let filter = crate::store::OrderFilter {
-                state,
-                limit: Some(limit),
-                ..Default::default()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_takes_api_and_token_before_or_after_the_action() {
+        for args in [
+            &[
+                "provisioner",
+                "orders",
+                "--api",
+                "http://x:1",
+                "--token",
+                "t",
+                "list",
+                "--state",
+                "failed",
+            ][..],
+            &[
+                "provisioner",
+                "orders",
+                "list",
+                "--state",
+                "failed",
+                "--api",
+                "http://x:1",
+                "--token",
+                "t",
+            ][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let Command::Orders { api, token, action } = cli.command else {
+                panic!("{args:?}")
             };
-            println!(
-                "{:<36}  {:<20}  {:<20}  {:>3}  {:>3}  {:<15}  CREATED",
-                "ID", "REF", "STATE", "BUY", "STA", "SERVER"
-            );
-            for o in store.orders(&filter).await? {
-                println!(
-                    "{:<36}  {:<20}  {:<20}  {:>3}  {:>3}  {:<15}  {}",
-                    o.id,
-                    o.order_ref.as_str(),
-                    o.state.as_str(),
-                    o.buy_attempts,
-                    o.status_attempts,
-                    o.server_ip
-                        .map(|i| i.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    o.created_at
-                );
-            }
+            assert_eq!(api.as_deref(), Some("http://x:1"));
+            assert_eq!(token.as_deref(), Some("t"));
+            assert!(matches!(action, OrdersAction::List { state: Some(s), .. } if s == "failed"));
         }
-        OrdersAction::Show { id } => {
-            let id = OrderId::parse(&id).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let Some(o) = store.order(&id).await? else {
-                eprintln!("no order {id}");
-                return Ok(ExitCode::FAILURE);
-            };
-            let view = crate::web::OrderView::new(
-                &o,
-                Some(store.timeline(&id).await?),
-                Some(store.purchases(&id).await?),
-            );
-            println!("{}", serde_json::to_string_pretty(&view)?);
-        }
-        OrdersAction::Retry { id, reason, actor } => {
-            let id = OrderId::parse(&id).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let o = engine.retry(&id, &actor, &reason).await?;
-            println!(
-                "order {} is {} again; a running `provisioner serve` picks it up",
-                o.id, o.state
-            );
-        }
+        let cli = Cli::try_parse_from([
+            "provisioner",
+            "orders",
+            "resolve",
+            "0196a0e0-0000-7000-8000-000000000000",
+            "--action",
+            "not-bought",
+            "--reason",
+            "checked the panel",
+        ])
+        .unwrap();
+        let Command::Orders {
+            action: OrdersAction::Resolve { action, .. },
+            ..
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(action.as_str(), "not_bought");
+        assert!(
+            Cli::try_parse_from(["provisioner", "orders", "retry", "x"]).is_err(),
+            "a reason is required"
+        );
+        assert!(Cli::try_parse_from(["provisioner", "catalog", "sync"]).is_ok());
     }
-    Ok(ExitCode::SUCCESS)
 }

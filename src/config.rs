@@ -53,6 +53,7 @@ pub const ENV_VARS: &[&str] = &[
     ENV_SECRET_KEY,
     ENV_SMTP_USERNAME,
     ENV_SMTP_PASSWORD,
+    ENV_ADMIN_TOKENS,
 ];
 const ENV_SMARTVPS_USERNAME: &str = "SMARTVPS_USERNAME";
 const ENV_SMARTVPS_PASSWORD: &str = "SMARTVPS_PASSWORD";
@@ -75,6 +76,13 @@ pub const DEFAULT_NOTIFY_BACKOFF_CAP: Duration = Duration::from_secs(3600);
 pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Shortest webhook secret accepted: a short HMAC key can be guessed offline from one request.
 const MIN_WEBHOOK_SECRET: usize = 16;
+const ENV_ADMIN_TOKENS: &str = "PROVISIONER_ADMIN_TOKENS";
+/// Default `catalog.sync_interval`: how often SmartVPS's stock list is read into the catalog.
+pub const DEFAULT_CATALOG_SYNC_INTERVAL: Duration = Duration::from_secs(600);
+/// Default `catalog.low_stock`: a package with this many free addresses or fewer is flagged.
+pub const DEFAULT_LOW_STOCK: u32 = 5;
+/// The shortest admin token accepted: shorter ones are guessable.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 /// Everything the service needs to start, validated.
 #[derive(Clone, Debug)]
@@ -92,6 +100,10 @@ pub struct Settings {
     pub worker: WorkerSettings,
     /// Where customer notices and admin alerts go, and how deliveries are retried.
     pub notify: NotifySettings,
+    /// The package catalog: sync interval and the low-stock threshold.
+    pub catalog: CatalogSettings,
+    /// Who may use the admin API and dashboard.
+    pub admin: AdminSettings,
     /// Key that encrypts customer passwords at rest. Read from `PROVISIONER_SECRET_KEY` only, so it
     /// never sits in a config file that gets copied around; redacted in `Debug`.
     pub secret_key: Option<SecretString>,
@@ -181,6 +193,31 @@ pub struct NotifySettings {
     pub timeout: Duration,
 }
 
+/// Package catalog settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogSettings {
+    /// How often SmartVPS's stock list is read into the catalog.
+    pub sync_interval: Duration,
+    /// A sold package with this many free addresses or fewer is flagged as low on stock.
+    pub low_stock: u32,
+}
+
+/// Admin access settings.
+#[derive(Clone, Debug, Default)]
+pub struct AdminSettings {
+    /// The accepted tokens; none means the admin API and dashboard refuse every request.
+    pub tokens: Vec<AdminToken>,
+}
+
+/// One admin's bearer token.
+#[derive(Clone, Debug)]
+pub struct AdminToken {
+    /// Who the token belongs to: stored in the timeline of every action taken with it.
+    pub name: String,
+    /// The secret; redacted in `Debug`, never logged.
+    pub token: SecretString,
+}
+
 /// A setting that is missing, malformed or inconsistent, named by its TOML key path
 /// (`policy.buy.delays`) or by the environment variable it came from (`SMARTVPS_PASSWORD`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -263,6 +300,8 @@ impl Settings {
         let server = resolve_server(raw.server.unwrap_or_default(), &env)?;
         let worker = resolve_worker(raw.worker.unwrap_or_default(), &policy, &env)?;
         let notify = resolve_notify(raw.notify.unwrap_or_default(), &env)?;
+        let catalog = resolve_catalog(raw.catalog.unwrap_or_default())?;
+        let admin = resolve_admin(raw.admin.unwrap_or_default(), &env)?;
         let secret_key = env.get(ENV_SECRET_KEY).map(SecretString::from);
         Ok(Settings {
             policy,
@@ -271,6 +310,8 @@ impl Settings {
             server,
             worker,
             notify,
+            catalog,
+            admin,
             secret_key,
             source: None,
         })
@@ -370,6 +411,23 @@ timeout = "10s"
 # from = "Provisioner <noreply@example.com>"
 # admin_to = ["ops@example.com"]
 
+[catalog]
+# How often SmartVPS's stock list (ipstock) is read into the package catalog that intake checks
+# orders against; `provisioner catalog sync` reads it at once.
+sync_interval = "10m"
+# A package still sold with this many free addresses or fewer is flagged as low on stock, in
+# the log and on the dashboard.
+low_stock = 5
+
+# Admin API and dashboard access. Each token has a name, stored in the timeline of every admin
+# action taken with it, and a secret sent as `Authorization: Bearer TOKEN` (at least 16
+# characters; `provisioner keygen` prints a good one). With no token at all, the admin API and
+# the dashboard refuse every request.
+# Env: PROVISIONER_ADMIN_TOKENS="alice:TOKEN1,bob:TOKEN2" replaces this list (prefer it).
+# [[admin.tokens]]
+# name = "alice"
+# token = "change-me-to-a-long-random-secret"
+
 # The key that encrypts customer passwords at rest is read from PROVISIONER_SECRET_KEY only,
 # never from this file.
 "#;
@@ -386,6 +444,8 @@ struct RawFile {
     server: Option<RawServer>,
     worker: Option<RawWorker>,
     notify: Option<RawNotify>,
+    catalog: Option<RawCatalog>,
+    admin: Option<RawAdmin>,
 }
 
 #[derive(Default, Deserialize)]
@@ -472,6 +532,30 @@ struct RawEmail {
     password: Option<String>,
     from: Option<String>,
     admin_to: Option<Vec<String>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [catalog] table")]
+struct RawCatalog {
+    sync_interval: Option<DurationText>,
+    low_stock: Option<u32>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an [admin] table")]
+struct RawAdmin {
+    tokens: Option<Vec<RawAdminToken>>,
+}
+
+// No `Debug` here: it holds admin tokens in the clear.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table with name and token, as in [[admin.tokens]]"
+)]
+struct RawAdminToken {
+    name: Option<String>,
+    token: Option<String>,
 }
 
 /// A duration as written. Only strings are accepted, so `timeout = 120` (of unknown unit) is
@@ -1144,6 +1228,115 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+fn resolve_catalog(raw: RawCatalog) -> Result<CatalogSettings, ConfigError> {
+    let sync_interval = match raw.sync_interval {
+        Some(text) => parse_duration("catalog.sync_interval", &text.0)?,
+        None => DEFAULT_CATALOG_SYNC_INTERVAL,
+    };
+    if sync_interval < Duration::from_secs(1) {
+        return Err(ConfigError::new(
+            "catalog.sync_interval",
+            "must be at least 1s, or the stock list is polled in a loop",
+        ));
+    }
+    Ok(CatalogSettings {
+        sync_interval,
+        low_stock: raw.low_stock.unwrap_or(DEFAULT_LOW_STOCK),
+    })
+}
+
+/// Admin tokens from `PROVISIONER_ADMIN_TOKENS` when set (it replaces the file's list), else from
+/// `[[admin.tokens]]`. No error message ever contains a token.
+fn resolve_admin(raw: RawAdmin, env: &Env<'_>) -> Result<AdminSettings, ConfigError> {
+    let entries: Vec<(String, Option<String>, Option<String>)> = match env.get(ENV_ADMIN_TOKENS) {
+        Some(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .enumerate()
+            .map(|(i, entry)| match entry.split_once(':') {
+                Some((name, token)) => Ok((
+                    ENV_ADMIN_TOKENS.to_owned(),
+                    Some(name.trim().to_owned()),
+                    Some(token.trim().to_owned()),
+                )),
+                // The entry itself is not echoed: it may be a token with its name forgotten.
+                None => Err(ConfigError::new(
+                    ENV_ADMIN_TOKENS,
+                    format!(
+                        "entry {} is not NAME:TOKEN (entries are separated by commas)",
+                        i + 1
+                    ),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        None => raw
+            .tokens
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (format!("admin.tokens[{i}]"), t.name, t.token))
+            .collect(),
+    };
+    let mut tokens: Vec<AdminToken> = Vec::with_capacity(entries.len());
+    for (at, name, token) in entries {
+        // File entries are named by their own key; environment entries by the variable.
+        let key = |field: &str| {
+            if at == ENV_ADMIN_TOKENS {
+                at.clone()
+            } else {
+                format!("{at}.{field}")
+            }
+        };
+        let name = name.unwrap_or_default();
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
+        if !valid_name {
+            return Err(ConfigError::new(
+                key("name"),
+                format!(
+                    "a token's name must be 1 to 64 letters, digits, '.', '_', '@' or '-'; got {name:?}"
+                ),
+            ));
+        }
+        let token = token.unwrap_or_default();
+        if token.chars().count() < MIN_ADMIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+            return Err(ConfigError::new(
+                key("token"),
+                format!(
+                    "the token of {name:?} must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces \
+                     (`provisioner keygen` prints a good one)"
+                ),
+            ));
+        }
+        if tokens.iter().any(|t| t.name == name) {
+            return Err(ConfigError::new(
+                key("name"),
+                format!("{name:?} is named twice: the name says who acted, so it must be unique"),
+            ));
+        }
+        if tokens
+            .iter()
+            .any(|t| secrecy::ExposeSecret::expose_secret(&t.token) == token)
+        {
+            return Err(ConfigError::new(
+                key("token"),
+                format!(
+                    "the token of {name:?} is also another admin's: each admin needs their own"
+                ),
+            ));
+        }
+        tokens.push(AdminToken {
+            name,
+            token: SecretString::from(token),
+        });
+    }
+    Ok(AdminSettings { tokens })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -1197,6 +1390,9 @@ mod tests {
         assert_eq!(s.worker.lease, Duration::from_secs(2 * 120 + 30));
         assert_eq!(s.worker.poll_interval, Duration::from_secs(1));
         assert_eq!(s.worker.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(s.catalog.sync_interval, Duration::from_secs(600));
+        assert_eq!(s.catalog.low_stock, 5);
+        assert!(s.admin.tokens.is_empty());
         assert!(s.secret_key.is_none() && s.source.is_none());
     }
 
@@ -1208,16 +1404,25 @@ mod tests {
         assert_eq!(example.database, defaults.database);
         assert_eq!(example.server, defaults.server);
         assert_eq!(example.worker, defaults.worker);
+        assert_eq!(example.catalog, defaults.catalog);
+        assert!(example.admin.tokens.is_empty());
         assert!(example.smartvps.is_none());
     }
 
     #[test]
     fn example_smartvps_and_lease_blocks_parse_when_uncommented() {
-        let s = from_toml(&uncommented(&["# [smartvps]", "# lease"])).unwrap();
+        let s = from_toml(&uncommented(&[
+            "# [smartvps]",
+            "# lease",
+            "# [[admin.tokens]]",
+        ]))
+        .unwrap();
         let smartvps = s.smartvps.expect("smartvps section is active");
         assert_eq!(smartvps.base_url, "https://smartvps.online/");
         assert_eq!(smartvps.path_prefix, DEFAULT_PATH_PREFIX);
         assert_eq!(s.worker.lease, WorkerSettings::default_lease(&s.policy));
+        assert_eq!(s.admin.tokens.len(), 1);
+        assert_eq!(s.admin.tokens[0].name, "alice");
         assert!(s.notify.webhooks.is_empty() && s.notify.email.is_none());
     }
 
@@ -1373,6 +1578,107 @@ mod tests {
         let err =
             Settings::from_sources(Some(text), &env_of(&[("HOOK_SECRET", "abc")])).unwrap_err();
         assert_eq!(err.key, "HOOK_SECRET");
+    }
+
+    #[test]
+    fn catalog_settings_are_read_and_checked() {
+        let s = from_toml("[catalog]\nsync_interval = \"30s\"\nlow_stock = 0\n").unwrap();
+        assert_eq!(s.catalog.sync_interval, Duration::from_secs(30));
+        assert_eq!(s.catalog.low_stock, 0);
+        assert_eq!(
+            key_of(from_toml("[catalog]\nsync_interval = \"0s\"\n")),
+            "catalog.sync_interval"
+        );
+        assert_eq!(
+            key_of(from_toml("[catalog]\nlow_stock = -1\n")),
+            "catalog.low_stock"
+        );
+        assert_eq!(
+            key_of(from_toml("[catalog]\nlowstock = 1\n")),
+            "catalog.lowstock"
+        );
+    }
+
+    const ALICE: &str = "alice-token-0123456789";
+    const BOB: &str = "bob-token-0123456789ab";
+
+    #[test]
+    fn admin_tokens_come_from_the_file_or_the_environment() {
+        let file = format!(
+            "[[admin.tokens]]\nname = \"alice\"\ntoken = \"{ALICE}\"\n[[admin.tokens]]\nname = \"bob\"\ntoken = \"{BOB}\"\n"
+        );
+        let s = from_toml(&file).unwrap();
+        let names: Vec<&str> = s.admin.tokens.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["alice", "bob"]);
+        assert_eq!(s.admin.tokens[1].token.expose_secret(), BOB);
+        // The inline-array spelling is the same data.
+        let inline = format!("[admin]\ntokens = [{{ name = \"alice\", token = \"{ALICE}\" }}]\n");
+        assert_eq!(from_toml(&inline).unwrap().admin.tokens.len(), 1);
+        // The environment replaces the file's list.
+        let env = env_of(&[("PROVISIONER_ADMIN_TOKENS", &format!(" carol:{BOB} , "))]);
+        let s = Settings::from_sources(Some(&file), &env).unwrap();
+        assert_eq!(s.admin.tokens.len(), 1);
+        assert_eq!(s.admin.tokens[0].name, "carol");
+        assert_eq!(s.admin.tokens[0].token.expose_secret(), BOB);
+    }
+
+    #[test]
+    fn bad_admin_tokens_name_their_key_and_never_echo_the_token() {
+        let cases = [
+            (
+                "[[admin.tokens]]\nname = \"alice\"\ntoken = \"short\"\n".to_string(),
+                "admin.tokens[0].token",
+                "short",
+            ),
+            (
+                format!("[[admin.tokens]]\nname = \"al ice\"\ntoken = \"{ALICE}\"\n"),
+                "admin.tokens[0].name",
+                ALICE,
+            ),
+            (
+                format!("[[admin.tokens]]\ntoken = \"{ALICE}\"\n"),
+                "admin.tokens[0].name",
+                ALICE,
+            ),
+            (
+                format!(
+                    "[[admin.tokens]]\nname = \"a\"\ntoken = \"{ALICE}\"\n[[admin.tokens]]\nname = \"a\"\ntoken = \"{BOB}\"\n"
+                ),
+                "admin.tokens[1].name",
+                BOB,
+            ),
+            (
+                format!(
+                    "[[admin.tokens]]\nname = \"a\"\ntoken = \"{ALICE}\"\n[[admin.tokens]]\nname = \"b\"\ntoken = \"{ALICE}\"\n"
+                ),
+                "admin.tokens[1].token",
+                ALICE,
+            ),
+            (
+                format!("[[admin.tokens]]\nname = \"a\"\ntoken = \"{ALICE}\"\nrole = \"x\"\n"),
+                "admin.tokens[0].role",
+                ALICE,
+            ),
+        ];
+        for (text, key, secret) in cases {
+            let err = from_toml(&text).unwrap_err();
+            assert_eq!(err.key, key, "{text}");
+            assert!(!err.to_string().contains(secret), "{err}");
+        }
+        for value in [
+            ALICE.to_string(),
+            format!("alice:{ALICE},bob"),
+            "alice:short".into(),
+        ] {
+            let err =
+                Settings::from_sources(None, &env_of(&[("PROVISIONER_ADMIN_TOKENS", &value)]))
+                    .unwrap_err();
+            assert_eq!(err.key, "PROVISIONER_ADMIN_TOKENS");
+            assert!(
+                !err.to_string().contains(ALICE) && !err.to_string().contains("short"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
@@ -1653,11 +1959,16 @@ mod tests {
 
     #[test]
     fn debug_never_shows_secrets() {
-        let env = env_of(&[("PROVISIONER_SECRET_KEY", "top-secret-key")]);
+        let env = env_of(&[
+            ("PROVISIONER_SECRET_KEY", "top-secret-key"),
+            ("PROVISIONER_ADMIN_TOKENS", "alice:admin-secret-token-123"),
+        ]);
         let s = Settings::from_sources(Some(SMARTVPS), &env).unwrap();
         let debug = format!("{s:?}");
         assert!(
-            !debug.contains("hunter2") && !debug.contains("top-secret-key"),
+            !debug.contains("hunter2")
+                && !debug.contains("top-secret-key")
+                && !debug.contains("admin-secret-token-123"),
             "{debug}"
         );
         assert!(debug.contains("REDACTED"), "{debug}");

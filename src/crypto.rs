@@ -1,5 +1,6 @@
 //! Encryption of customer credentials at rest: ChaCha20-Poly1305 with a random 96-bit nonce per
-//! record, keyed by `PROVISIONER_SECRET_KEY` (64 hex characters, 32 bytes).
+//! record, keyed by `PROVISIONER_SECRET_KEY` (64 hex characters, 32 bytes). Also the token
+//! helpers: random bearer tokens, their SHA-256 digests, and constant-time comparison.
 
 use std::fmt;
 
@@ -7,6 +8,8 @@ use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::domain::Credentials;
 
@@ -115,6 +118,37 @@ impl Cipher {
     }
 }
 
+/// A fresh random bearer token: 32 bytes from the OS-seeded generator, hex-encoded.
+pub fn random_token() -> SecretString {
+    Cipher::generate_key()
+}
+
+/// The SHA-256 digest of a token. Tokens are 256-bit random values, so an unkeyed hash is
+/// enough: it cannot be reversed or guessed, and a leaked database yields no usable token.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// [`token_digest`] as 64 hex characters, the form stored in the database.
+pub fn token_hash_hex(token: &str) -> String {
+    token_digest(token)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether a presented token matches a stored hex digest, in time independent of where they
+/// differ (digests have a fixed length, so the length leaks nothing either).
+pub fn token_matches_hash(token: &str, stored_hex: &str) -> bool {
+    let presented = token_hash_hex(token);
+    presented.as_bytes().ct_eq(stored_hex.as_bytes()).into()
+}
+
+/// Constant-time equality of two digests.
+pub fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.ct_eq(b).into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +171,21 @@ mod tests {
         assert_eq!(back.expose_password(), "S3cret-pass");
         let other = Cipher::from_hex(&Cipher::generate_key()).unwrap();
         assert!(other.open("1.2.3.4".parse().unwrap(), &sealed).is_err());
+    }
+
+    #[test]
+    fn token_hashes_match_only_their_token() {
+        let token = random_token();
+        let t = token.expose_secret();
+        assert_eq!(t.len(), 64);
+        let stored = token_hash_hex(t);
+        assert_eq!(stored.len(), 64);
+        assert!(!stored.contains(t), "the hash is not the token");
+        assert!(token_matches_hash(t, &stored));
+        assert!(!token_matches_hash(&t[1..], &stored));
+        assert!(!token_matches_hash(random_token().expose_secret(), &stored));
+        assert!(digests_equal(&token_digest("a"), &token_digest("a")));
+        assert!(!digests_equal(&token_digest("a"), &token_digest("b")));
     }
 
     #[test]

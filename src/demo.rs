@@ -99,6 +99,12 @@ pub async fn run(speed: f64) -> anyhow::Result<ExitCode> {
     settings.server.listen = "127.0.0.1:0".parse()?;
     settings.secret_key = Some(Cipher::generate_key());
     settings.worker.poll_interval = Duration::from_millis(200);
+    // The demo reads timelines through the admin API, with a token made for this run only.
+    let admin_token = crate::crypto::random_token();
+    settings.admin.tokens = vec![crate::config::AdminToken {
+        name: "demo".into(),
+        token: admin_token.clone(),
+    }];
     let running = start(
         &settings,
         Arc::clone(&clock),
@@ -150,8 +156,10 @@ pub async fn run(speed: f64) -> anyhow::Result<ExitCode> {
             let Some(id) = &case.order_id else { continue };
             let view: Value = http
                 .get(format!("{api}/api/v1/orders/{id}"))
+                .bearer_auth(secrecy::ExposeSecret::expose_secret(&admin_token))
                 .send()
                 .await?
+                .error_for_status()?
                 .json()
                 .await?;
             if let Some(lines) = view["timeline"].as_array() {

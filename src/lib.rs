@@ -15,19 +15,23 @@
 //! - [`simulator`]: a SmartVPS world, scriptable faults, in-process and over HTTP.
 //! - [`simulation`]: the deterministic simulation: many orders, random faults, crashes, invariants.
 //! - [`store`]: the `Store` port; SQLite and in-memory implementations.
+//! - [`catalog`]: SmartVPS's stock list kept as the package catalog intake checks orders against.
 //! - [`engine`]: the worker: leases, the buy and credentials phases, reconciliation.
 //! - [`notify`]: the `Notifier` port, the outbox dispatcher, signed webhooks, SMTP email.
 //! - [`crypto`]: AEAD encryption of customer passwords at rest.
-//! - [`web`]: the axum JSON API.
+//! - [`web`]: the axum router: intake, the customer credentials endpoint, the admin JSON API,
+//!   the server-rendered admin dashboard, auth and the OpenAPI document.
 //! - [`app`]: wiring the ports together for `serve` and `demo`.
 //! - [`demo`]: the one-command demo on embedded defaults.
 //! - [`bench`](crate::bench): `bench strategies`, the retry-versus-reconcile comparison.
 //! - [`cli`]: the command-line interface.
 //! - [`telemetry`]: logging (human or JSON) and the Prometheus metrics recorder.
+//! - [`operator`]: `orders` and `catalog` commands, on the database or through the admin API.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod bench;
+pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -36,6 +40,7 @@ pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod notify;
+pub mod operator;
 pub mod policy;
 pub mod provider;
 pub mod simulation;

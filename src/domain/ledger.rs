@@ -123,6 +123,28 @@ impl Purchase {
             Some(_) => false,
         }
     }
+
+    /// The address this purchase shows we own, if any: its success, or a late reply's.
+    pub fn owned_ip(&self) -> Option<Ipv4Addr> {
+        match &self.outcome {
+            Some(PurchaseOutcome::Succeeded { ip }) => Some(*ip),
+            _ => self.late_ip,
+        }
+    }
+
+    /// Whether this purchase may have bought a server that nobody has accounted for: in flight,
+    /// or unknown and not settled as not bought, adopted or blindly retried. Unlike
+    /// [`Purchase::is_unsettled`], an *escalated* unknown still counts: escalation hands the
+    /// question to an admin, it does not answer it.
+    pub fn is_open_unknown(&self) -> bool {
+        match &self.outcome {
+            None => true,
+            Some(PurchaseOutcome::Unknown { .. }) => {
+                matches!(self.resolution, None | Some(Resolution::Escalated { .. }))
+            }
+            Some(_) => false,
+        }
+    }
 }
 
 /// A purchase about to be sent.
@@ -142,4 +164,76 @@ pub struct PurchaseIntent {
     pub pool_before: Option<u64>,
     /// Now.
     pub sent_at: Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn purchase(outcome: Option<PurchaseOutcome>, resolution: Option<Resolution>) -> Purchase {
+        Purchase {
+            id: 1,
+            order_id: OrderId::new(),
+            attempt: 1,
+            package_id: PackageId(7),
+            package_name: PackageName::parse("103.82.72").unwrap(),
+            stock_before: Some(5),
+            pool_before: Some(500),
+            sent_at: Timestamp(0),
+            outcome,
+            decided_at: None,
+            resolution,
+            late_ip: None,
+        }
+    }
+
+    #[test]
+    fn an_escalated_unknown_is_still_open_but_settled_for_the_engine() {
+        let unknown = || {
+            Some(PurchaseOutcome::Unknown {
+                reason: "t/o".into(),
+            })
+        };
+        let esc = purchase(
+            unknown(),
+            Some(Resolution::Escalated {
+                evidence: "stock fell".into(),
+            }),
+        );
+        assert!(esc.is_open_unknown() && !esc.is_unsettled());
+        assert!(purchase(None, None).is_open_unknown());
+        assert!(purchase(unknown(), None).is_open_unknown());
+        let settled = purchase(
+            unknown(),
+            Some(Resolution::NotBought {
+                evidence: "checked".into(),
+            }),
+        );
+        assert!(!settled.is_open_unknown());
+        let rejected = purchase(
+            Some(PurchaseOutcome::Rejected {
+                reason: "no".into(),
+            }),
+            None,
+        );
+        assert!(!rejected.is_open_unknown());
+    }
+
+    #[test]
+    fn owned_ip_comes_from_a_success_or_a_late_reply() {
+        let ip: Ipv4Addr = "103.82.72.4".parse().unwrap();
+        assert_eq!(
+            purchase(Some(PurchaseOutcome::Succeeded { ip }), None).owned_ip(),
+            Some(ip)
+        );
+        let mut late = purchase(
+            Some(PurchaseOutcome::Unknown {
+                reason: "t/o".into(),
+            }),
+            None,
+        );
+        assert_eq!(late.owned_ip(), None);
+        late.late_ip = Some(ip);
+        assert_eq!(late.owned_ip(), Some(ip));
+    }
 }

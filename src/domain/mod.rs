@@ -14,7 +14,7 @@ pub use order::{
     Customer, Failure, FieldError, NewOrder, Order, OrderId, OrderRef, OrderRequest, OrderState,
     Phase, RamGb, TransitionError,
 };
-pub use package::{PackageId, PackageName};
+pub use package::{CatalogPackage, PackageId, PackageName};
 
 use crate::clock::Timestamp;
 

@@ -633,6 +633,77 @@ impl Order {
         Ok(phase)
     }
 
+    /// Admin resolution of `needs_attention`: the server at `ip` is ours (the admin found it in
+    /// the SmartVPS panel), so the order goes on to the credentials phase with fresh status
+    /// attempts. Nothing is bought.
+    ///
+    /// # Errors
+    /// Unless the order needs attention, or when it already owns a different address (an owned
+    /// address is never forgotten or replaced).
+    pub fn resolve_adopt(&mut self, ip: Ipv4Addr, now: Timestamp) -> Result<(), TransitionError> {
+        self.require("adopt a server for", &[OrderState::NeedsAttention])?;
+        if self.server_ip.is_some_and(|owned| owned != ip) {
+            return Err(TransitionError {
+                action: "adopt a second server for",
+                state: self.state,
+            });
+        }
+        self.state = OrderState::AwaitingCredentials;
+        self.server_ip = Some(ip);
+        self.status_attempts = 0;
+        self.failure = None;
+        self.run_at = Some(now);
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Admin resolution of `needs_attention`: the admin confirmed nothing was bought, so the buy
+    /// phase starts again with fresh attempts.
+    ///
+    /// # Errors
+    /// Unless the order needs attention, or when it owns a server (buying again would buy twice).
+    pub fn resolve_not_bought(&mut self, now: Timestamp) -> Result<(), TransitionError> {
+        self.require("buy again for", &[OrderState::NeedsAttention])?;
+        if self.server_ip.is_some() {
+            return Err(TransitionError {
+                action: "buy again for a server-owning",
+                state: self.state,
+            });
+        }
+        self.state = OrderState::Buying;
+        self.buy_attempts = 0;
+        self.failure = None;
+        self.run_at = Some(now);
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Admin resolution of `needs_attention`: give up. The failure keeps the phase the order was
+    /// escalated in, so a later retry resumes where it should.
+    ///
+    /// # Errors
+    /// Unless the order needs attention.
+    pub fn resolve_fail(
+        &mut self,
+        reason: impl Into<String>,
+        now: Timestamp,
+    ) -> Result<(), TransitionError> {
+        self.require("fail", &[OrderState::NeedsAttention])?;
+        let phase = match (&self.failure, self.server_ip) {
+            (_, Some(_)) => Phase::Credentials,
+            (Some(f), None) => f.phase,
+            (None, None) => Phase::Buy,
+        };
+        self.state = OrderState::Failed;
+        self.failure = Some(Failure {
+            phase,
+            reason: reason.into(),
+        });
+        self.run_at = None;
+        self.updated_at = now;
+        Ok(())
+    }
+
     /// Admin cancel.
     ///
     /// # Errors
@@ -734,6 +805,79 @@ mod tests {
         assert_eq!((o.state, o.buy_attempts), (OrderState::Buying, 0));
     }
 
+    fn escalated() -> Order {
+        let mut o = order();
+        o.begin_buying(Timestamp(1)).unwrap();
+        o.start_buy_attempt(Timestamp(1)).unwrap();
+        o.escalate(Phase::Buy, "stock fell", Timestamp(2)).unwrap();
+        o
+    }
+
+    #[test]
+    fn resolve_adopt_moves_to_credentials_without_buying() {
+        let mut o = escalated();
+        let ip: Ipv4Addr = "103.82.72.9".parse().unwrap();
+        o.resolve_adopt(ip, Timestamp(5)).unwrap();
+        assert_eq!(o.state, OrderState::AwaitingCredentials);
+        assert_eq!((o.server_ip, o.status_attempts), (Some(ip), 0));
+        assert_eq!((o.run_at, o.failure.clone()), (Some(Timestamp(5)), None));
+        assert!(o.start_buy_attempt(Timestamp(6)).is_err());
+        // Only from needs_attention.
+        assert!(order().resolve_adopt(ip, Timestamp(5)).is_err());
+    }
+
+    #[test]
+    fn resolve_adopt_never_replaces_an_owned_address() {
+        let mut o = order();
+        o.begin_buying(Timestamp(1)).unwrap();
+        o.bought("103.82.72.5".parse().unwrap(), Timestamp(2))
+            .unwrap();
+        o.escalate(Phase::Credentials, "odd", Timestamp(3)).unwrap();
+        let err = o
+            .resolve_adopt("103.82.72.6".parse().unwrap(), Timestamp(4))
+            .unwrap_err();
+        assert_eq!(err.state, OrderState::NeedsAttention);
+        assert_eq!(o.server_ip, Some("103.82.72.5".parse().unwrap()));
+        o.resolve_adopt("103.82.72.5".parse().unwrap(), Timestamp(4))
+            .unwrap();
+        assert_eq!(o.state, OrderState::AwaitingCredentials);
+    }
+
+    #[test]
+    fn resolve_not_bought_restarts_the_buy_phase_unless_a_server_is_owned() {
+        let mut o = escalated();
+        o.resolve_not_bought(Timestamp(5)).unwrap();
+        assert_eq!((o.state, o.buy_attempts), (OrderState::Buying, 0));
+        assert_eq!(o.run_at, Some(Timestamp(5)));
+        assert!(o.failure.is_none());
+        assert!(o.resolve_not_bought(Timestamp(6)).is_err(), "only once");
+
+        let mut owned = order();
+        owned.begin_buying(Timestamp(1)).unwrap();
+        owned
+            .bought("103.82.72.5".parse().unwrap(), Timestamp(2))
+            .unwrap();
+        owned
+            .escalate(Phase::Credentials, "odd", Timestamp(3))
+            .unwrap();
+        assert!(owned.resolve_not_bought(Timestamp(4)).is_err());
+        assert_eq!(owned.state, OrderState::NeedsAttention);
+    }
+
+    #[test]
+    fn resolve_fail_keeps_the_phase() {
+        let mut o = escalated();
+        o.resolve_fail("given up by alice", Timestamp(5)).unwrap();
+        assert_eq!(o.state, OrderState::Failed);
+        let f = o.failure.clone().unwrap();
+        assert_eq!(
+            (f.phase, f.reason.as_str()),
+            (Phase::Buy, "given up by alice")
+        );
+        assert!(o.run_at.is_none());
+        assert!(o.resolve_fail("again", Timestamp(6)).is_err());
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Begin,
@@ -745,6 +889,9 @@ mod tests {
         Escalate,
         Retry,
         Cancel,
+        Adopt,
+        NotBought,
+        ResolveFail,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -758,6 +905,9 @@ mod tests {
             Just(Op::Escalate),
             Just(Op::Retry),
             Just(Op::Cancel),
+            Just(Op::Adopt),
+            Just(Op::NotBought),
+            Just(Op::ResolveFail),
         ]
     }
 
@@ -784,6 +934,9 @@ mod tests {
                     Op::Escalate => o.escalate(Phase::Buy, "x", now),
                     Op::Retry => o.retry(now).map(|_| ()),
                     Op::Cancel => o.cancel(now),
+                    Op::Adopt => o.resolve_adopt("10.0.0.1".parse().unwrap(), now),
+                    Op::NotBought => o.resolve_not_bought(now),
+                    Op::ResolveFail => o.resolve_fail("x", now),
                 };
                 if before_ip.is_some() { prop_assert_eq!(o.server_ip, before_ip); }
                 if o.server_ip.is_some() { owned = o.server_ip; }

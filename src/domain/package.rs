@@ -5,6 +5,8 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
+use crate::clock::Timestamp;
+
 /// SmartVPS's package id (PID): the only stable key for a product.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
@@ -134,6 +136,34 @@ impl fmt::Debug for PackageName {
     }
 }
 
+/// One package as the last catalog sync read it from SmartVPS's stock list.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CatalogPackage {
+    /// The PID: the key.
+    pub id: PackageId,
+    /// The package name as SmartVPS spells it (kept as text: a name that does not parse is still
+    /// worth showing to an admin).
+    pub name: String,
+    /// Free addresses at the sync.
+    pub free: u32,
+    /// Whether SmartVPS said `active`: only active packages are sold.
+    pub active: bool,
+    /// When the sync read it.
+    pub synced_at: Timestamp,
+}
+
+impl CatalogPackage {
+    /// Whether the package is still sold but running out: `free` at or below `threshold`.
+    pub fn is_low(&self, threshold: u32) -> bool {
+        self.active && self.free <= threshold
+    }
+
+    /// The stored status word.
+    pub fn status(&self) -> &'static str {
+        if self.active { "active" } else { "inactive" }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +192,21 @@ mod tests {
         assert!(!any.contains(ip("103.84.1.1")));
         let two = PackageName::parse("103.83").unwrap();
         assert!(two.contains(ip("103.83.7.7")));
+    }
+
+    #[test]
+    fn low_stock_is_only_for_active_packages() {
+        let p = CatalogPackage {
+            id: PackageId(5),
+            name: "103.82.72".into(),
+            free: 5,
+            active: true,
+            synced_at: Timestamp(0),
+        };
+        assert!(p.is_low(5) && !p.is_low(4));
+        let inactive = CatalogPackage { active: false, ..p };
+        assert!(!inactive.is_low(5));
+        assert_eq!(inactive.status(), "inactive");
     }
 
     #[test]

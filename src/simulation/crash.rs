@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::clock::Timestamp;
+use crate::domain::{CatalogPackage, OrderRef};
 use crate::domain::{
     NoticeKind, Order, OrderId, PackageId, Purchase, PurchaseIntent, PurchaseOutcome, TimelineEntry,
 };
@@ -190,5 +191,20 @@ impl Store for CrashingStore {
     }
     async fn outbox_backlog(&self) -> Result<u64, StoreError> {
         self.0.outbox_backlog().await
+    }
+    async fn replace_catalog(&self, packages: &[CatalogPackage]) -> Result<(), StoreError> {
+        self.0.replace_catalog(packages).await
+    }
+    async fn catalog(&self) -> Result<Vec<CatalogPackage>, StoreError> {
+        self.0.catalog().await
+    }
+    async fn order_by_ref(&self, order_ref: &OrderRef) -> Result<Option<Order>, StoreError> {
+        self.0.order_by_ref(order_ref).await
+    }
+    async fn set_access_token_hash(&self, id: &OrderId, hash: &str) -> Result<(), StoreError> {
+        self.0.set_access_token_hash(id, hash).await
+    }
+    async fn access_token_hash(&self, id: &OrderId) -> Result<Option<String>, StoreError> {
+        self.0.access_token_hash(id).await
     }
 }

@@ -2,7 +2,7 @@
 //! as the SQLite store (fenced writes, first-writer-wins outcomes, single flight), indexed so a
 //! hundred thousand orders stay cheap.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -15,8 +15,8 @@ use super::{
 };
 use crate::clock::Timestamp;
 use crate::domain::{
-    NoticeKind, Order, OrderId, OrderState, PackageId, Purchase, PurchaseIntent, PurchaseOutcome,
-    TimelineEntry,
+    CatalogPackage, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId, Purchase,
+    PurchaseIntent, PurchaseOutcome, TimelineEntry,
 };
 
 struct Row {
@@ -26,6 +26,8 @@ struct Row {
     lease_expires: Option<Timestamp>,
     credentials: Option<Vec<u8>>,
     timeline: Vec<TimelineEntry>,
+    /// SHA-256 (hex) of the customer's access token.
+    access_token_hash: Option<String>,
 }
 
 struct OutboxRow {
@@ -63,6 +65,8 @@ struct Inner {
     /// Delivery keys already queued, so a repeated fan-out adds nothing.
     delivery_keys: HashMap<String, usize>,
     owners: HashMap<Ipv4Addr, OrderId>,
+    /// The catalog, by PID (a BTreeMap so it lists in PID order).
+    catalog: BTreeMap<PackageId, CatalogPackage>,
 }
 
 /// The in-memory store.
@@ -192,6 +196,7 @@ impl Store for MemoryStore {
                 lease_expires: None,
                 credentials: None,
                 timeline: entries.to_vec(),
+                access_token_hash: None,
             },
         );
         if let Some(at) = order.run_at {
@@ -629,5 +634,40 @@ impl Store for MemoryStore {
         let notices = g.outbox.iter().filter(|r| r.next_at.is_some()).count();
         let deliveries = g.deliveries.iter().filter(|r| r.next_at.is_some()).count();
         Ok((notices + deliveries) as u64)
+    }
+
+    async fn replace_catalog(&self, packages: &[CatalogPackage]) -> Result<(), StoreError> {
+        self.lock().catalog = packages.iter().map(|p| (p.id, p.clone())).collect();
+        Ok(())
+    }
+
+    async fn catalog(&self) -> Result<Vec<CatalogPackage>, StoreError> {
+        Ok(self.lock().catalog.values().cloned().collect())
+    }
+
+    async fn order_by_ref(&self, order_ref: &OrderRef) -> Result<Option<Order>, StoreError> {
+        let g = self.lock();
+        Ok(g.by_ref
+            .get(order_ref.as_str())
+            .and_then(|id| g.orders.get(id))
+            .map(|r| r.order.clone()))
+    }
+
+    async fn set_access_token_hash(&self, id: &OrderId, hash: &str) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        let row = g
+            .orders
+            .get_mut(id)
+            .ok_or_else(|| StoreError::Corrupt(format!("no order {id} to hold an access token")))?;
+        row.access_token_hash = Some(hash.to_string());
+        Ok(())
+    }
+
+    async fn access_token_hash(&self, id: &OrderId) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .lock()
+            .orders
+            .get(id)
+            .and_then(|r| r.access_token_hash.clone()))
     }
 }

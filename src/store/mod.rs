@@ -7,8 +7,8 @@
 //! worker's late reply is kept as evidence rather than lost.
 //!
 //! Implementations: [`sqlite::SqliteStore`] (the embedded default) and [`memory::MemoryStore`]
-//! (virtual-time tests and the deterministic simulation). Both pass the same suite in
-//! `tests/store.rs`.
+//! (virtual-time tests and the deterministic simulation). The catalog and access-token methods
+//! run through one shared suite against both (`store::tests`).
 
 pub mod memory;
 pub mod sqlite;
@@ -21,8 +21,8 @@ use serde::Serialize;
 
 use crate::clock::Timestamp;
 use crate::domain::{
-    NoticeKind, Order, OrderId, OrderState, PackageId, Purchase, PurchaseIntent, PurchaseOutcome,
-    Resolution, TimelineEntry,
+    CatalogPackage, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId, Purchase,
+    PurchaseIntent, PurchaseOutcome, Resolution, TimelineEntry,
 };
 
 /// What can go wrong in a store.
@@ -347,4 +347,114 @@ pub trait Store: Send + Sync + 'static {
     /// Work waiting in the outbox: notices not yet fanned out plus deliveries neither delivered
     /// nor abandoned.
     async fn outbox_backlog(&self) -> Result<u64, StoreError>;
+    // issue 4: catalog and access tokens
+    /// Replaces the catalog with the packages of one ipstock read, atomically: packages no
+    /// longer listed disappear.
+    async fn replace_catalog(&self, packages: &[CatalogPackage]) -> Result<(), StoreError>;
+    /// The catalog as last synced, ordered by PID; empty when never synced.
+    async fn catalog(&self) -> Result<Vec<CatalogPackage>, StoreError>;
+    /// The order stored under a storefront reference (intake checks replays before the catalog,
+    /// so a replayed webhook is answered even when its package has since sold out).
+    async fn order_by_ref(&self, order_ref: &OrderRef) -> Result<Option<Order>, StoreError>;
+    /// Stores the SHA-256 (hex) of an order's customer access token, replacing any earlier one.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] when there is no such order.
+    async fn set_access_token_hash(&self, id: &OrderId, hash: &str) -> Result<(), StoreError>;
+    /// The hash stored by [`Store::set_access_token_hash`], if any.
+    async fn access_token_hash(&self, id: &OrderId) -> Result<Option<String>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::order::CustomerRequest;
+    use crate::domain::{NewOrder, OrderRequest};
+
+    fn order(order_ref: &str) -> Order {
+        let req = OrderRequest {
+            order_ref: order_ref.into(),
+            package: 5,
+            ram_gb: 2,
+            customer: CustomerRequest {
+                email: "a@example.com".into(),
+                name: "A".into(),
+            },
+            os: None,
+        };
+        Order::accept(NewOrder::parse(&req).unwrap(), Timestamp(1))
+    }
+
+    fn pkg(id: u32, free: u32, active: bool, at: i64) -> CatalogPackage {
+        CatalogPackage {
+            id: PackageId(id),
+            name: format!("103.82.{id}"),
+            free,
+            active,
+            synced_at: Timestamp(at),
+        }
+    }
+
+    async fn suite(store: &dyn Store) {
+        assert!(store.catalog().await.unwrap().is_empty());
+        store
+            .replace_catalog(&[pkg(9, 0, false, 10), pkg(5, 71, true, 10)])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.catalog().await.unwrap(),
+            vec![pkg(5, 71, true, 10), pkg(9, 0, false, 10)]
+        );
+        // A later sync replaces the whole list: package 9 is no longer sold at all.
+        store
+            .replace_catalog(&[pkg(5, 3, true, 20), pkg(7, 40, true, 20)])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.catalog().await.unwrap(),
+            vec![pkg(5, 3, true, 20), pkg(7, 40, true, 20)]
+        );
+
+        let o = order("ref-1");
+        store.insert_order(&o, &[], &[]).await.unwrap();
+        let found = store
+            .order_by_ref(&OrderRef::parse("ref-1").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(found.map(|f| f.id), Some(o.id.clone()));
+        assert!(
+            store
+                .order_by_ref(&OrderRef::parse("ref-2").unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        assert_eq!(store.access_token_hash(&o.id).await.unwrap(), None);
+        store.set_access_token_hash(&o.id, "aa11").await.unwrap();
+        store.set_access_token_hash(&o.id, "bb22").await.unwrap();
+        assert_eq!(
+            store.access_token_hash(&o.id).await.unwrap().as_deref(),
+            Some("bb22")
+        );
+        assert!(
+            store
+                .set_access_token_hash(&OrderId::new(), "cc33")
+                .await
+                .is_err(),
+            "no order, no token"
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_store_passes_the_catalog_and_token_suite() {
+        suite(&memory::MemoryStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_store_passes_the_catalog_and_token_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        suite(&sqlite::SqliteStore::connect(&url).await.unwrap()).await;
+    }
 }

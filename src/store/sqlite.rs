@@ -20,17 +20,22 @@ use super::{
 };
 use crate::clock::Timestamp;
 use crate::domain::{
-    Customer, Failure, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId, PackageName,
-    Phase, Purchase, PurchaseIntent, PurchaseOutcome, RamGb, Resolution, TimelineEntry,
+    CatalogPackage, Customer, Failure, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId,
+    PackageName, Phase, Purchase, PurchaseIntent, PurchaseOutcome, RamGb, Resolution,
+    TimelineEntry,
 };
 
 /// Embedded migrations, applied in order and recorded in `schema_migrations`.
-/// Version 2 is left to a parallel branch's migration; versions only need to be unique.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
         "init",
         include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "catalog_access",
+        include_str!("../../migrations/sqlite/0002_catalog_access.sql"),
     ),
     (
         3,
@@ -831,5 +836,80 @@ impl Store for SqliteStore {
         .fetch_one(&self.pool)
         .await?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn replace_catalog(&self, packages: &[CatalogPackage]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("DELETE FROM packages")
+            .execute(&mut *tx)
+            .await?;
+        for p in packages {
+            sqlx::query(
+                "INSERT INTO packages (id, name, free, status, synced_at) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(i64::from(p.id.0))
+            .bind(&p.name)
+            .bind(i64::from(p.free))
+            .bind(p.status())
+            .bind(p.synced_at.millis())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn catalog(&self) -> Result<Vec<CatalogPackage>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, name, free, status, synced_at FROM packages ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.try_get("id")?;
+                let status: String = r.try_get("status")?;
+                Ok(CatalogPackage {
+                    id: PackageId(u32::try_from(id).map_err(|e| corrupt("packages.id", e))?),
+                    name: r.try_get("name")?,
+                    free: u32::try_from(r.try_get::<i64, _>("free")?).unwrap_or(0),
+                    active: status == "active",
+                    synced_at: Timestamp(r.try_get("synced_at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn order_by_ref(&self, order_ref: &OrderRef) -> Result<Option<Order>, StoreError> {
+        let q = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_ref = ?");
+        sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(order_ref.as_str())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(order_from)
+            .transpose()
+    }
+
+    async fn set_access_token_hash(&self, id: &OrderId, hash: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE orders SET access_token_hash = ? WHERE id = ?")
+            .bind(hash)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Corrupt(format!(
+                "no order {id} to hold an access token"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn access_token_hash(&self, id: &OrderId) -> Result<Option<String>, StoreError> {
+        let v: Option<Option<String>> =
+            sqlx::query_scalar("SELECT access_token_hash FROM orders WHERE id = ?")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(v.flatten())
     }
 }

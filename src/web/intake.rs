@@ -1,5 +1,6 @@
 //! Intake: validates the storefront's request field by field, so every refusal names its field,
-//! and stores the order idempotently on `order_ref`.
+//! checks the package against the catalog, stores the order idempotently on `order_ref`, and
+//! hands back the order's customer access token.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -8,17 +9,26 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
-use super::views::OrderView;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::views::IntakeView;
 use super::{ApiError, AppState};
+use crate::catalog::{CatalogError, PackageCheck};
+use crate::crypto::{random_token, token_hash_hex};
 use crate::domain::order::CustomerRequest;
-use crate::domain::{NewOrder, OrderRequest};
+use crate::domain::{NewOrder, Order, OrderRequest};
 use crate::store::Intake;
 
 const TOP_KEYS: [&str; 5] = ["order_ref", "package", "ram_gb", "customer", "os"];
 const CUSTOMER_KEYS: [&str; 2] = ["email", "name"];
 
 /// `POST /api/v1/orders`: 201 for a new order, 200 for a replay of the same request, 409 when
-/// the reference belongs to a different order, 400 for malformed JSON, 422 naming a bad field.
+/// the reference belongs to a different order, 400 for malformed JSON, 422 naming a bad field
+/// (an unknown or inactive package is a 422 on `package`), 503 when the catalog was never
+/// synced and SmartVPS cannot be read. 201 and 200 carry the order's `access_token`.
+///
+/// A replay is answered before the catalog is consulted: the order was accepted when it was
+/// posted first, and a webhook retried after its package sold out must still get its order back.
 pub(super) async fn create_order(
     State(state): State<AppState>,
     body: Bytes,
@@ -27,24 +37,92 @@ pub(super) async fn create_order(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
     let request = parse_request(&value)?;
     let new = NewOrder::parse(&request).map_err(|e| ApiError::field(&e.field, e.message))?;
-    match state.engine.accept(new).await.map_err(ApiError::internal)? {
-        Intake::Created(order) => Ok((
-            StatusCode::CREATED,
-            Json(OrderView::new(&order, None, None)),
-        )
-            .into_response()),
-        Intake::Existing(order) => {
-            Ok((StatusCode::OK, Json(OrderView::new(&order, None, None))).into_response())
+    let store = state.engine.store();
+    if let Some(existing) = store
+        .order_by_ref(&new.order_ref)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        return replayed(&state, existing, &new).await;
+    }
+    match state.catalog.check(new.package_id).await {
+        Ok(PackageCheck::Sellable(_)) => {}
+        Ok(PackageCheck::Inactive(p)) => {
+            return Err(ApiError::field(
+                "package",
+                format!(
+                    "package {} ({}) is not active at SmartVPS: it cannot be bought now",
+                    p.id, p.name
+                ),
+            ));
         }
-        Intake::Conflict(order) => Err(ApiError::new(
+        Ok(PackageCheck::Unknown { sold }) => {
+            let sold: Vec<String> = sold.iter().map(ToString::to_string).collect();
+            return Err(ApiError::field(
+                "package",
+                format!(
+                    "unknown package {}; packages sold now: {}",
+                    new.package_id,
+                    if sold.is_empty() {
+                        "none".to_string()
+                    } else {
+                        sold.join(", ")
+                    }
+                ),
+            ));
+        }
+        Err(CatalogError::Unavailable(why)) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the package catalog was never synced and SmartVPS's stock list cannot be read now ({why}); retry later"
+                ),
+            ));
+        }
+        Err(CatalogError::Store(e)) => return Err(ApiError::internal(e)),
+    }
+    match state
+        .engine
+        .accept(new.clone())
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Intake::Created(order) => {
+            let token = issue_token(&state, &order).await?;
+            Ok((StatusCode::CREATED, Json(IntakeView::new(&order, &token))).into_response())
+        }
+        // Another request with this reference won the race since the lookup above.
+        Intake::Existing(order) | Intake::Conflict(order) => replayed(&state, order, &new).await,
+    }
+}
+
+/// The answer to a reference seen before: the same order (with a fresh access token, which
+/// replaces the earlier one: a storefront replays because it lost the first answer) or 409.
+async fn replayed(state: &AppState, existing: Order, new: &NewOrder) -> Result<Response, ApiError> {
+    if existing.fingerprint != new.fingerprint() {
+        return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
                 "order_ref {:?} already names order {} with different contents",
-                order.order_ref.as_str(),
-                order.id
+                existing.order_ref.as_str(),
+                existing.id
             ),
-        )),
+        ));
     }
+    let token = issue_token(state, &existing).await?;
+    Ok((StatusCode::OK, Json(IntakeView::new(&existing, &token))).into_response())
+}
+
+/// A fresh customer access token for the order; only its SHA-256 is stored.
+async fn issue_token(state: &AppState, order: &Order) -> Result<SecretString, ApiError> {
+    let token = random_token();
+    state
+        .engine
+        .store()
+        .set_access_token_hash(&order.id, &token_hash_hex(token.expose_secret()))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(token)
 }
 
 fn object<'a>(v: &'a Value, field: &str) -> Result<&'a Map<String, Value>, ApiError> {
@@ -52,7 +130,7 @@ fn object<'a>(v: &'a Value, field: &str) -> Result<&'a Map<String, Value>, ApiEr
         .ok_or_else(|| ApiError::field(field, "must be a JSON object"))
 }
 
-fn no_unknown_keys(
+pub(super) fn no_unknown_keys(
     obj: &Map<String, Value>,
     allowed: &[&str],
     prefix: &str,
@@ -66,7 +144,7 @@ fn no_unknown_keys(
     }
 }
 
-fn string(obj: &Map<String, Value>, key: &str, field: &str) -> Result<String, ApiError> {
+pub(super) fn string(obj: &Map<String, Value>, key: &str, field: &str) -> Result<String, ApiError> {
     match obj.get(key) {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(_) => Err(ApiError::field(field, "must be a string")),

@@ -1,22 +1,39 @@
-//! The JSON API: intake (`POST /api/v1/orders`, idempotent on `order_ref`), order status
-//! (`GET /api/v1/orders/{id}`), `GET /healthz` and `GET /metrics` (Prometheus text).
+//! The axum router.
+//!
+//! - JSON API under `/api/v1` (every route in [`api_routes`], the one list the router and the
+//!   OpenAPI document's test both read): intake, order detail, the customer credentials
+//!   endpoint, the admin API (bearer token), the catalog, the OpenAPI document itself.
+//! - The admin dashboard under `/admin`: server-rendered pages, cookie session, CSRF on forms.
+//! - `GET /healthz` and `GET /metrics` (Prometheus text).
+//!
+//! Modules: [`auth`] (tokens, sessions, CSRF), `intake`, `orders` (detail and credentials),
+//! `admin` (admin JSON API), [`dashboard`] (pages), [`chart`] (the timing chart),
+//! [`openapi`] (the document), [`views`] (JSON views).
 
+pub mod auth;
+pub mod chart;
+pub mod dashboard;
+pub mod openapi;
+pub mod views;
+
+pub(crate) mod admin;
 mod intake;
+mod orders;
 
 pub use views::OrderView;
-pub mod views;
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::header::WWW_AUTHENTICATE;
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use serde_json::json;
 
-use crate::domain::OrderId;
+use crate::catalog::Catalog;
 use crate::engine::Engine;
 
 /// Shared state of the handlers.
@@ -24,20 +41,78 @@ use crate::engine::Engine;
 pub struct AppState {
     /// The engine (its store and clock serve reads too).
     pub engine: Arc<Engine>,
+    /// The package catalog intake checks orders against.
+    pub catalog: Arc<Catalog>,
+    /// Admin tokens and dashboard sessions.
+    pub auth: Arc<auth::AdminAuth>,
 }
 
-/// The router.
+/// Percent-encodes a query or form value: everything but RFC 3986's unreserved characters.
+pub fn percent_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Every JSON API route: method, path (axum syntax, which is also OpenAPI's) and handler.
+/// The router is built from this list and the OpenAPI test compares the document with it, so a
+/// route cannot be added to one and forgotten in the other.
+pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+    vec![
+        (Method::GET, "/healthz", get(healthz)),
+        (Method::GET, "/api/v1/openapi.json", get(openapi::document)),
+        (Method::POST, "/api/v1/orders", post(intake::create_order)),
+        (Method::GET, "/api/v1/orders", get(admin::list_orders)),
+        (Method::GET, "/api/v1/orders/{id}", get(orders::order)),
+        (
+            Method::GET,
+            "/api/v1/orders/{id}/credentials",
+            get(orders::credentials),
+        ),
+        (
+            Method::POST,
+            "/api/v1/orders/{id}/retry",
+            post(admin::retry),
+        ),
+        (
+            Method::POST,
+            "/api/v1/orders/{id}/resolve",
+            post(admin::resolve),
+        ),
+        (
+            Method::POST,
+            "/api/v1/orders/{id}/cancel",
+            post(admin::cancel),
+        ),
+        (Method::GET, "/api/v1/catalog", get(admin::catalog)),
+        (
+            Method::POST,
+            "/api/v1/catalog/sync",
+            post(admin::sync_catalog),
+        ),
+    ]
+}
+
+/// The router: the JSON API and the dashboard.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
+    let mut router = Router::new();
+    for (_, path, handler) in api_routes() {
+        // Routes sharing a path (GET and POST /api/v1/orders) are merged by axum.
+        router = router.route(path, handler);
+    }
+    router
         .route("/metrics", get(metrics_text))
-        .route("/api/v1/orders", post(intake::create_order))
-        .route("/api/v1/orders/{id}", get(order))
+        .merge(dashboard::routes())
         .with_state(state)
 }
 
 /// An API error: status plus a JSON body `{"error": ..., "field": ...}`. Internal causes are
-/// logged, never sent.
+/// logged, never sent. A 401 carries `WWW-Authenticate: Bearer`.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -69,6 +144,38 @@ impl ApiError {
             "internal error; the request was not lost if it was accepted, see the server log",
         )
     }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The message, without the field prefix.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<crate::engine::admin::AdminError> for ApiError {
+    fn from(e: crate::engine::admin::AdminError) -> Self {
+        use crate::engine::admin::AdminError;
+        use crate::store::StoreError;
+        match e {
+            AdminError::NotFound(id) => Self::new(StatusCode::NOT_FOUND, format!("no order {id}")),
+            AdminError::Refused(why) => Self::new(StatusCode::CONFLICT, why),
+            AdminError::NoReason => {
+                Self::field("reason", "is required: say why, it goes in the timeline")
+            }
+            AdminError::Invalid { field, message } => Self::field(field, message),
+            AdminError::Store(StoreError::Conflict(id)) => Self::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "order {id} is being worked on or changed meanwhile; reload it and try again"
+                ),
+            ),
+            AdminError::Store(e) => Self::internal(e),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -77,7 +184,13 @@ impl IntoResponse for ApiError {
             Some(f) => json!({ "error": format!("{f}: {}", self.message), "field": f }),
             None => json!({ "error": self.message }),
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 
@@ -114,25 +227,4 @@ async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiErro
         "text/plain; version=0.0.4; charset=utf-8",
     )];
     Ok((content_type, handle.render()).into_response())
-}
-
-async fn order(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<views::OrderView>, ApiError> {
-    let id = OrderId::parse(&id)
-        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, format!("no order {id:?}")))?;
-    let store = state.engine.store();
-    let order = store
-        .order(&id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no order {id}")))?;
-    let timeline = store.timeline(&id).await.map_err(ApiError::internal)?;
-    let purchases = store.purchases(&id).await.map_err(ApiError::internal)?;
-    Ok(Json(views::OrderView::new(
-        &order,
-        Some(timeline),
-        Some(purchases),
-    )))
 }

@@ -1,4 +1,4 @@
-//! JSON views of orders. No view carries a password.
+//! JSON views of orders. No view carries a password (only the credentials endpoint does).
 
 use serde::Serialize;
 
@@ -104,5 +104,35 @@ impl OrderView {
             }),
             purchases,
         }
+    }
+}
+
+/// Intake's answer: the order plus its customer access token. The token is shown here only;
+/// the store keeps its hash.
+#[derive(Serialize)]
+pub struct IntakeView {
+    /// The order.
+    #[serde(flatten)]
+    pub order: OrderView,
+    /// Bearer token for `GET /api/v1/orders/{id}` and `GET /api/v1/orders/{id}/credentials`.
+    pub access_token: String,
+}
+
+impl IntakeView {
+    /// The view of a just accepted (or replayed) order with its token.
+    pub fn new(order: &Order, token: &secrecy::SecretString) -> Self {
+        Self {
+            order: OrderView::new(order, None, None),
+            access_token: secrecy::ExposeSecret::expose_secret(token).to_string(),
+        }
+    }
+}
+
+impl std::fmt::Debug for IntakeView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntakeView")
+            .field("order", &self.order)
+            .field("access_token", &"[redacted]")
+            .finish()
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use provisioner::app::{Running, StartOptions, start};
 use provisioner::clock::{Clock, ScaledClock, SystemClock, Timestamp};
-use provisioner::config::Settings;
+use provisioner::config::{AdminToken, Settings};
 use provisioner::crypto::Cipher;
 use provisioner::domain::order::CustomerRequest;
 use provisioner::domain::{NewOrder, Order, OrderId, OrderRequest, PackageId, TimelineEntry};
@@ -151,6 +151,9 @@ impl VirtualWorld {
     }
 }
 
+/// The admin token the real service accepts, named `alice`.
+pub const ADMIN_TOKEN: &str = "alice-admin-token-for-tests-0001";
+
 /// A real service on a SQLite file, time running `speed` times as fast.
 pub struct RealService {
     pub running: Running,
@@ -175,6 +178,10 @@ pub async fn start_service(
     settings.secret_key = Some(key.clone());
     settings.worker.poll_interval = Duration::from_millis(20);
     settings.worker.shutdown_grace = Duration::from_secs(5);
+    settings.admin.tokens = vec![AdminToken {
+        name: "alice".into(),
+        token: secrecy::SecretString::from(ADMIN_TOKEN),
+    }];
     let running = start(
         &settings,
         clock,
@@ -194,9 +201,11 @@ pub async fn start_service(
 }
 
 impl RealService {
+    /// The order as an admin sees it (with timeline and ledger).
     pub async fn get(&self, id: &str) -> serde_json::Value {
         self.http
             .get(format!("{}/api/v1/orders/{id}", self.api))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .unwrap()
@@ -224,6 +233,49 @@ impl RealService {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+impl RealService {
+    /// Posts an intake request; returns the status and the body.
+    pub async fn intake(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}/api/v1/orders", self.api))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    /// An admin GET of `path` (under the API's root); returns the status and the body text.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.api))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// An admin POST of `body` to `path`; returns the status and the JSON body.
+    pub async fn admin_post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.api))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
     }
 }
 

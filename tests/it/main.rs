@@ -3,6 +3,10 @@
 mod helpers;
 mod receivers;
 
+mod admin;
+mod admin_api;
+mod admin_cli;
+mod browser;
 mod cli;
 mod e2e;
 mod email;

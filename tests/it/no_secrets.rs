@@ -191,12 +191,14 @@ async fn run() -> (String, Vec<(&'static str, String)>) {
         .await
         .unwrap();
     let id = created["id"].as_str().unwrap().to_string();
+    let access_token = created["access_token"].as_str().unwrap().to_string();
 
     // Until the order is ready and its ready notice reached the webhook and the mailbox.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let ip = loop {
         let v: Value = http
             .get(format!("{api}/api/v1/orders/{id}"))
+            .bearer_auth(&access_token)
             .send()
             .await
             .unwrap()
@@ -255,6 +257,7 @@ async fn run() -> (String, Vec<(&'static str, String)>) {
         ("the Basic-auth header value", basic),
         ("the webhook signing secret", HOOK_SECRET.to_string()),
         ("the credentials key", key.expose_secret().to_string()),
+        ("the customer's access token", access_token),
     ];
     (id, secrets)
 }

@@ -78,10 +78,12 @@ async fn sigterm_releases_the_lease_of_an_unfinished_purchase_and_exits_cleanly(
         .await
         .unwrap();
     let id = created["id"].as_str().unwrap().to_string();
+    let token = created["access_token"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let v: serde_json::Value = http
             .get(format!("http://127.0.0.1:{port}/api/v1/orders/{id}"))
+            .bearer_auth(&token)
             .send()
             .await
             .unwrap()

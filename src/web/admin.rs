@@ -1,0 +1,392 @@
+//! The admin JSON API (bearer admin token): list orders with filters and paging, act on one
+//! (retry, resolve, cancel: each needs a reason and records the admin's name), read and sync
+//! the catalog.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use super::auth::Admin;
+use super::intake::{no_unknown_keys, string};
+use super::orders::order_id;
+use super::views::OrderView;
+use super::{ApiError, AppState};
+use crate::catalog::CatalogError;
+use crate::clock::Timestamp;
+use crate::domain::{CatalogPackage, FieldError, OrderState, PackageId};
+use crate::engine::admin::Resolve;
+use crate::store::OrderFilter;
+
+/// The list's query parameters.
+pub const FILTER_KEYS: [&str; 6] = ["state", "package", "from", "to", "limit", "offset"];
+
+/// Parses the list's query parameters (empty values count as absent, as an HTML form sends
+/// them). Times are RFC 3339 (`2026-05-01T10:00:00Z`; the `Z`, the seconds or the whole time of
+/// day may be left out) or milliseconds since the epoch.
+///
+/// # Errors
+/// The first bad parameter, named.
+pub fn parse_filter(params: &HashMap<String, String>) -> Result<OrderFilter, FieldError> {
+    if let Some(k) = params.keys().find(|k| !FILTER_KEYS.contains(&k.as_str())) {
+        return Err(FieldError::new(
+            k,
+            format!(
+                "unknown parameter; expected one of {}",
+                FILTER_KEYS.join(", ")
+            ),
+        ));
+    }
+    let get = |k: &str| params.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let state = get("state")
+        .map(|s| {
+            s.parse::<OrderState>()
+                .map_err(|e| FieldError::new("state", e))
+        })
+        .transpose()?;
+    let package = get("package")
+        .map(|p| {
+            p.parse::<u32>()
+                .map(PackageId)
+                .map_err(|_| FieldError::new("package", "must be a package id (PID)"))
+        })
+        .transpose()?;
+    let number = |k: &'static str, max: usize| {
+        get(k)
+            .map(|v| {
+                v.parse::<usize>()
+                    .ok()
+                    .filter(|n| *n <= max)
+                    .ok_or_else(|| {
+                        FieldError::new(k, format!("must be a whole number up to {max}"))
+                    })
+            })
+            .transpose()
+    };
+    let limit = number("limit", 500)?;
+    if limit == Some(0) {
+        return Err(FieldError::new("limit", "must be at least 1"));
+    }
+    Ok(OrderFilter {
+        state,
+        package,
+        created_from: get("from").map(|t| parse_time("from", t)).transpose()?,
+        created_to: get("to").map(|t| parse_time("to", t)).transpose()?,
+        limit,
+        offset: number("offset", 1_000_000_000)?,
+    })
+}
+
+/// A time from a query parameter (see [`parse_filter`]).
+pub fn parse_time(field: &str, text: &str) -> Result<Timestamp, FieldError> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse::<i64>()
+            .map(Timestamp)
+            .map_err(|_| FieldError::new(field, "milliseconds out of range"));
+    }
+    // `datetime-local` inputs send `2026-05-01T10:00`; a date input sends `2026-05-01`.
+    let full = match text.len() {
+        10 => format!("{text}T00:00:00"),
+        16 => format!("{text}:00"),
+        _ => text.to_string(),
+    };
+    let t = humantime::parse_rfc3339_weak(&full).map_err(|_| {
+        FieldError::new(
+            field,
+            "must be an RFC 3339 time such as 2026-05-01T10:00:00Z, or milliseconds since the epoch",
+        )
+    })?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| FieldError::new(field, "must be after 1970"))?
+        .as_millis();
+    Ok(Timestamp(i64::try_from(ms).unwrap_or(i64::MAX)))
+}
+
+/// `GET /api/v1/orders`: newest first, with filters, paging and the counts per state.
+pub(super) async fn list_orders(
+    _admin: Admin,
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let filter = parse_filter(&params).map_err(|e| ApiError::field(&e.field, e.message))?;
+    let store = state.engine.store();
+    let orders = store.orders(&filter).await.map_err(ApiError::internal)?;
+    let counts = store.state_counts().await.map_err(ApiError::internal)?;
+    let limit = filter.page_size();
+    let offset = filter.offset.unwrap_or(0);
+    let next = (orders.len() == limit).then_some(offset + limit);
+    let counts: Map<String, Value> = counts
+        .into_iter()
+        .map(|(s, n)| (s.as_str().to_string(), n.into()))
+        .collect();
+    let views: Vec<OrderView> = orders
+        .iter()
+        .map(|o| OrderView::new(o, None, None))
+        .collect();
+    Ok(Json(json!({
+        "orders": views,
+        "counts": counts,
+        "limit": limit,
+        "offset": offset,
+        "next_offset": next,
+    })))
+}
+
+fn body_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the body must be a JSON object",
+        )),
+    }
+}
+
+fn reason_of(obj: &Map<String, Value>) -> Result<String, ApiError> {
+    string(obj, "reason", "reason")
+}
+
+/// `POST /api/v1/orders/{id}/retry` with `{"reason"}`.
+pub(super) async fn retry(
+    Admin(admin): Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<OrderView>, ApiError> {
+    let id = order_id(&id)?;
+    let obj = body_object(&body)?;
+    no_unknown_keys(&obj, &["reason"], "")?;
+    let order = state.engine.retry(&id, &admin, &reason_of(&obj)?).await?;
+    Ok(Json(OrderView::new(&order, None, None)))
+}
+
+/// `POST /api/v1/orders/{id}/resolve` with `{"action": "adopt" | "not_bought" | "fail",
+/// "reason", "ip"?, "override_package_check"?}`.
+pub(super) async fn resolve(
+    Admin(admin): Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<OrderView>, ApiError> {
+    let id = order_id(&id)?;
+    let obj = body_object(&body)?;
+    no_unknown_keys(&obj, &RESOLVE_KEYS, "")?;
+    let reason = reason_of(&obj)?;
+    let action = string(&obj, "action", "action")?;
+    let ip = match obj.get("ip") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(ApiError::field("ip", "must be a string")),
+    };
+    let override_package_check = match obj.get("override_package_check") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::field(
+                "override_package_check",
+                "must be true or false",
+            ));
+        }
+    };
+    let action = parse_resolve(&action, ip.as_deref(), override_package_check)
+        .map_err(|e| ApiError::field(&e.field, e.message))?;
+    let order = state.engine.resolve(&id, &admin, &reason, action).await?;
+    Ok(Json(OrderView::new(&order, None, None)))
+}
+
+/// The resolve body's keys.
+const RESOLVE_KEYS: [&str; 4] = ["action", "reason", "ip", "override_package_check"];
+
+/// Turns the resolve form's or body's fields into a [`Resolve`].
+///
+/// # Errors
+/// An unknown action, or a missing or malformed `ip` for `adopt`.
+pub fn parse_resolve(
+    action: &str,
+    ip: Option<&str>,
+    override_package_check: bool,
+) -> Result<Resolve, FieldError> {
+    match action.trim() {
+        "adopt" => {
+            let ip = ip.map(str::trim).filter(|s| !s.is_empty()).ok_or_else(|| {
+                FieldError::new(
+                    "ip",
+                    "is required to adopt: the address of the server we own",
+                )
+            })?;
+            let ip = ip
+                .parse()
+                .map_err(|_| FieldError::new("ip", format!("{ip:?} is not an IPv4 address")))?;
+            Ok(Resolve::Adopt {
+                ip,
+                override_package_check,
+            })
+        }
+        "not_bought" => Ok(Resolve::NotBought),
+        "fail" => Ok(Resolve::Fail),
+        other => Err(FieldError::new(
+            "action",
+            format!("must be one of adopt, not_bought, fail; got {other:?}"),
+        )),
+    }
+}
+
+/// `POST /api/v1/orders/{id}/cancel` with `{"reason"}`.
+pub(super) async fn cancel(
+    Admin(admin): Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<OrderView>, ApiError> {
+    let id = order_id(&id)?;
+    let obj = body_object(&body)?;
+    no_unknown_keys(&obj, &["reason"], "")?;
+    let order = state.engine.cancel(&id, &admin, &reason_of(&obj)?).await?;
+    Ok(Json(OrderView::new(&order, None, None)))
+}
+
+/// One catalog row as the API shows it.
+#[derive(Serialize)]
+pub(super) struct PackageView {
+    /// PID.
+    id: u32,
+    /// Name.
+    name: String,
+    /// Free addresses at the last sync.
+    free: u32,
+    /// `active` or `inactive`.
+    status: &'static str,
+    /// At or below the low-stock threshold (and still sold).
+    low_stock: bool,
+    /// When it was read.
+    synced_at: String,
+}
+
+pub(super) fn catalog_json(packages: &[CatalogPackage], threshold: u32) -> Value {
+    let rows: Vec<PackageView> = packages
+        .iter()
+        .map(|p| PackageView {
+            id: p.id.0,
+            name: p.name.clone(),
+            free: p.free,
+            status: p.status(),
+            low_stock: p.is_low(threshold),
+            synced_at: p.synced_at.to_string(),
+        })
+        .collect();
+    json!({ "low_stock_threshold": threshold, "packages": rows })
+}
+
+/// `GET /api/v1/catalog`: the packages as last synced, low-stock ones flagged.
+pub(super) async fn catalog(
+    _admin: Admin,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    let packages = state.catalog.packages().await.map_err(ApiError::internal)?;
+    Ok(Json(catalog_json(&packages, state.catalog.low_stock())))
+}
+
+/// `POST /api/v1/catalog/sync`: reads SmartVPS's stock list now; 502 when it cannot be read.
+pub(super) async fn sync_catalog(
+    Admin(admin): Admin,
+    State(state): State<AppState>,
+) -> Result<Json<Value>, ApiError> {
+    tracing::info!(admin = %admin, "catalog sync requested");
+    match state.catalog.sync().await {
+        Ok(report) => Ok(Json(catalog_json(
+            &report.packages,
+            state.catalog.low_stock(),
+        ))),
+        Err(CatalogError::Unavailable(why)) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("SmartVPS's stock list could not be read: {why}"),
+        )),
+        Err(CatalogError::Store(e)) => Err(ApiError::internal(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn filters_parse_and_name_bad_fields() {
+        let f = parse_filter(&params(&[
+            ("state", "failed"),
+            ("package", "5"),
+            ("from", "2026-05-01"),
+            ("to", "1000"),
+            ("limit", "10"),
+            ("offset", ""),
+        ]))
+        .unwrap();
+        assert_eq!(f.state, Some(OrderState::Failed));
+        assert_eq!(f.package, Some(PackageId(5)));
+        assert_eq!(f.created_to, Some(Timestamp(1000)));
+        assert_eq!(
+            f.created_from,
+            Some(parse_time("x", "2026-05-01T00:00:00Z").unwrap())
+        );
+        assert_eq!((f.limit, f.offset), (Some(10), None));
+        for (k, v) in [
+            ("state", "done"),
+            ("package", "-1"),
+            ("from", "yesterday"),
+            ("limit", "0"),
+            ("limit", "501"),
+            ("sort", "x"),
+        ] {
+            assert_eq!(
+                parse_filter(&params(&[(k, v)])).unwrap_err().field,
+                k,
+                "{k}={v}"
+            );
+        }
+        assert_eq!(
+            parse_time("t", "2026-05-01T10:00").unwrap(),
+            parse_time("t", "2026-05-01T10:00:00Z").unwrap()
+        );
+    }
+
+    #[test]
+    fn resolve_actions_parse() {
+        assert_eq!(
+            parse_resolve("adopt", Some(" 1.2.3.4 "), true).unwrap(),
+            Resolve::Adopt {
+                ip: "1.2.3.4".parse().unwrap(),
+                override_package_check: true
+            }
+        );
+        assert_eq!(parse_resolve("adopt", None, false).unwrap_err().field, "ip");
+        assert_eq!(
+            parse_resolve("adopt", Some("1.2.3"), false)
+                .unwrap_err()
+                .field,
+            "ip"
+        );
+        assert_eq!(
+            parse_resolve("not_bought", None, false).unwrap(),
+            Resolve::NotBought
+        );
+        assert_eq!(parse_resolve("fail", None, false).unwrap(), Resolve::Fail);
+        assert_eq!(
+            parse_resolve("nuke", None, false).unwrap_err().field,
+            "action"
+        );
+    }
+}

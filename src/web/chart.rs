@@ -1,0 +1,472 @@
+//! The timing chart on an order's dashboard page: every buyVps and status attempt as a bar on a
+//! time axis from the order's creation, and the waits between them, so the seed's timing (120 s
+//! timeouts, waits of 2 and 3 minutes, ...) can be seen at a glance.
+//!
+//! Pure: built from the order, its timeline and its ledger. Attempts are found by the engine's
+//! own "Calling ... - attempt" lines; a bar ends when the next line was written (the call's
+//! reply), or for purchases when the ledger recorded the outcome.
+
+use crate::clock::Timestamp;
+use crate::domain::{EntryKind, Order, Purchase, PurchaseOutcome, TimelineEntry};
+
+/// Left margin for the row labels, in pixels.
+const LEFT: i64 = 80;
+/// Width of the time axis, in pixels.
+const AXIS: i64 = 840;
+/// Bar height.
+const BAR_H: i64 = 22;
+/// The rows' top edges: buy, then status.
+const ROWS: [i64; 2] = [16, 52];
+/// Where the axis line is drawn.
+const AXIS_Y: i64 = 88;
+
+/// One rectangle of the chart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bar {
+    /// Left edge (px).
+    pub x: i64,
+    /// Top edge (px).
+    pub y: i64,
+    /// Width (px), at least 2 so an instant is visible.
+    pub w: i64,
+    /// Height (px).
+    pub h: i64,
+    /// CSS class: `ok`, `rejected`, `unknown`, `failed`, `inflight`, `wait`, `planned` (the
+    /// wait in progress) or `idle` (stopped until an admin acted).
+    pub class: &'static str,
+    /// Hover text: what and when.
+    pub title: String,
+    /// Short label drawn in the bar when it is wide enough.
+    pub label: String,
+}
+
+/// A labelled tick on the time axis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tick {
+    /// Position (px).
+    pub x: i64,
+    /// Offset from the order's creation, e.g. `4:00`.
+    pub label: String,
+}
+
+/// The chart, ready for the template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chart {
+    /// Total width (px).
+    pub width: i64,
+    /// Total height (px).
+    pub height: i64,
+    /// Bars, in time order.
+    pub bars: Vec<Bar>,
+    /// Axis ticks.
+    pub ticks: Vec<Tick>,
+    /// The axis line's y.
+    pub axis_y: i64,
+    /// The axis line's right end.
+    pub axis_end: i64,
+    /// Row label positions: (y of the label baseline, text).
+    pub rows: Vec<(i64, &'static str)>,
+    /// The time span shown, e.g. `7:10`.
+    pub span: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Row {
+    Buy,
+    Status,
+}
+
+struct Segment {
+    row: Row,
+    start: Timestamp,
+    end: Timestamp,
+    class: &'static str,
+    what: String,
+}
+
+/// Offset `t - origin` as `m:ss` (or `h:mm:ss` past an hour).
+pub fn offset_label(origin: Timestamp, t: Timestamp) -> String {
+    let s = t.since(origin).as_secs();
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
+}
+
+fn outcome_class(p: Option<&Purchase>) -> &'static str {
+    match p.and_then(|p| p.outcome.as_ref()) {
+        Some(PurchaseOutcome::Succeeded { .. }) => "ok",
+        Some(PurchaseOutcome::Rejected { .. }) => "rejected",
+        Some(PurchaseOutcome::Unknown { .. }) => "unknown",
+        None => "inflight",
+    }
+}
+
+/// Builds the chart. `now` ends a bar whose call has not returned yet.
+pub fn build(
+    order: &Order,
+    timeline: &[TimelineEntry],
+    purchases: &[Purchase],
+    now: Timestamp,
+) -> Chart {
+    let origin = order.created_at;
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut buys = 0usize;
+    for (i, e) in timeline.iter().enumerate() {
+        let next = timeline.get(i + 1);
+        let row = if e.message.contains("Calling buyVps - attempt") {
+            Row::Buy
+        } else if e.message.contains("Calling status - attempt") {
+            Row::Status
+        } else {
+            continue;
+        };
+        let attempt = e
+            .message
+            .split("attempt ")
+            .nth(1)
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let (end, class, what) = match row {
+            Row::Buy => {
+                let purchase = purchases.get(buys);
+                buys += 1;
+                let end = purchase
+                    .and_then(|p| p.decided_at)
+                    .or_else(|| next.map(|n| n.at))
+                    .unwrap_or(now);
+                let class = outcome_class(purchase);
+                (end, class, format!("buyVps attempt {attempt} ({class})"))
+            }
+            Row::Status => {
+                let end = next.map_or(now, |n| n.at);
+                let class = match next {
+                    None => "inflight",
+                    Some(n) if n.message.contains("status succeeded") => "ok",
+                    Some(_) => "failed",
+                };
+                (end, class, format!("status attempt {attempt} ({class})"))
+            }
+        };
+        segments.push(Segment {
+            row,
+            start: e.at,
+            end: end.max(e.at),
+            class,
+            what,
+        });
+    }
+    // Waits: the gaps between one attempt's end and the next attempt's start, drawn in the row
+    // of the attempt they lead to. A gap an admin action ended (a failed order retried, an
+    // escalation resolved) is idle time, not the policy's wait, and is drawn differently.
+    let mut waits = Vec::new();
+    for pair in segments.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if b.start > a.end {
+            let admin = timeline
+                .iter()
+                .any(|e| e.kind == EntryKind::Admin && e.at > a.end && e.at <= b.start);
+            let long = humantime::format_duration(b.start.since(a.end));
+            waits.push(Segment {
+                row: b.row,
+                start: a.end,
+                end: b.start,
+                class: if admin { "idle" } else { "wait" },
+                what: if admin {
+                    format!("stopped {long}, until an admin acted")
+                } else {
+                    format!("wait {long}")
+                },
+            });
+        }
+    }
+    // The wait the order is in now, until its persisted wake-up time.
+    if order.state.is_active()
+        && let Some(run_at) = order.run_at
+    {
+        let from = segments.last().map_or(order.created_at, |s| s.end);
+        if run_at > from {
+            waits.push(Segment {
+                row: if order.server_ip.is_some() {
+                    Row::Status
+                } else {
+                    Row::Buy
+                },
+                start: from,
+                end: run_at,
+                class: "planned",
+                what: format!(
+                    "waiting {} (until {})",
+                    humantime::format_duration(run_at.since(from)),
+                    offset_label(origin, run_at)
+                ),
+            });
+        }
+    }
+    segments.extend(waits);
+    segments.sort_by_key(|s| (s.start, s.end));
+
+    let mut last = segments
+        .iter()
+        .map(|s| s.end)
+        .chain([order.updated_at])
+        .chain(order.ready_at)
+        .max()
+        .unwrap_or(origin);
+    // At least 10 s, so an instant order still has an axis.
+    if last.since(origin).as_millis() < 10_000 {
+        last = origin.plus(std::time::Duration::from_secs(10));
+    }
+    let span_ms = i64::try_from(last.since(origin).as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    let x_of = |t: Timestamp| LEFT + (t.0 - origin.0).clamp(0, span_ms) * AXIS / span_ms;
+
+    let bars = segments
+        .iter()
+        .map(|s| {
+            let x = x_of(s.start);
+            let w = (x_of(s.end) - x).max(2);
+            let y = match s.row {
+                Row::Buy => ROWS[0],
+                Row::Status => ROWS[1],
+            };
+            let short = match s.class {
+                "wait" | "planned" => humantime::format_duration(std::time::Duration::from_secs(
+                    s.end.since(s.start).as_secs(),
+                ))
+                .to_string(),
+                _ => s
+                    .what
+                    .split(" (")
+                    .next()
+                    .unwrap_or("")
+                    .replace("attempt ", "#"),
+            };
+            Bar {
+                x,
+                y,
+                w,
+                h: BAR_H,
+                class: s.class,
+                title: format!(
+                    "{}: {} → {}",
+                    s.what,
+                    offset_label(origin, s.start),
+                    offset_label(origin, s.end)
+                ),
+                // About 7 px per character at the chart's font size.
+                label: if i64::try_from(short.chars().count()).unwrap_or(i64::MAX) * 7 + 6 <= w {
+                    short
+                } else {
+                    String::new()
+                },
+            }
+        })
+        .collect();
+
+    let steps = [
+        1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21_600, 43_200, 86_400,
+    ];
+    let span_s = span_ms / 1000;
+    let step = steps
+        .into_iter()
+        .find(|s| span_s / s <= 10)
+        .unwrap_or(86_400);
+    let ticks = (0..=span_s / step)
+        .map(|k| {
+            let t = origin.plus(std::time::Duration::from_secs(
+                u64::try_from(k * step).unwrap_or(0),
+            ));
+            Tick {
+                x: x_of(t),
+                label: offset_label(origin, t),
+            }
+        })
+        .collect();
+    Chart {
+        width: LEFT + AXIS + 20,
+        height: AXIS_Y + 24,
+        bars,
+        ticks,
+        axis_y: AXIS_Y,
+        axis_end: LEFT + AXIS,
+        rows: vec![(ROWS[0] + 15, "buyVps"), (ROWS[1] + 15, "status")],
+        span: offset_label(origin, last),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::order::CustomerRequest;
+    use crate::domain::{NewOrder, OrderRequest, OrderState, PackageId, PackageName};
+
+    fn order() -> Order {
+        let req = OrderRequest {
+            order_ref: "r".into(),
+            package: 7,
+            ram_gb: 2,
+            customer: CustomerRequest {
+                email: "a@example.com".into(),
+                name: "A".into(),
+            },
+            os: None,
+        };
+        Order::accept(NewOrder::parse(&req).unwrap(), Timestamp(0))
+    }
+
+    fn line(s: i64, m: &str) -> TimelineEntry {
+        TimelineEntry {
+            at: Timestamp(s * 1000),
+            kind: EntryKind::Progress,
+            message: m.into(),
+        }
+    }
+
+    fn purchase(attempt: u32, sent: i64, decided: i64, outcome: PurchaseOutcome) -> Purchase {
+        Purchase {
+            id: i64::from(attempt),
+            order_id: crate::domain::OrderId::new(),
+            attempt,
+            package_id: PackageId(7),
+            package_name: PackageName::parse("103.82.72").unwrap(),
+            stock_before: Some(5),
+            pool_before: Some(500),
+            sent_at: Timestamp(sent * 1000),
+            outcome: Some(outcome),
+            decided_at: Some(Timestamp(decided * 1000)),
+            resolution: None,
+            late_ip: None,
+        }
+    }
+
+    /// The seed's moderate case: buy 1 times out at 2:00, waits 2 min; buy 2 at 4:00 takes 30 s;
+    /// status 1 times out after 90 s, waits 1 min; status 2 at 7:00 takes 10 s.
+    #[test]
+    fn the_moderate_case_shows_its_attempts_and_waits_in_place() {
+        let mut o = order();
+        o.state = OrderState::Ready;
+        o.updated_at = Timestamp(430_000);
+        o.ready_at = Some(Timestamp(430_000));
+        let timeline = [
+            line(0, "[SMARTVPS] Calling buyVps - attempt 1/3"),
+            line(120, "[SMARTVPS] ❌ buyVps attempt 1 failed: timed out"),
+            line(
+                120,
+                "[SMARTVPS] ⏳ Strategic delay: Waiting 2 minutes before retry...",
+            ),
+            line(240, "[SMARTVPS] Calling buyVps - attempt 2/3"),
+            line(270, "[SMARTVPS] ✅ buyVps succeeded on attempt 2"),
+            line(270, "[SMARTVPS] Calling status - attempt 1/3"),
+            line(360, "[SMARTVPS] ❌ status attempt 1 failed: timed out"),
+            line(420, "[SMARTVPS] Calling status - attempt 2/3"),
+            line(430, "[SMARTVPS] ✅ status succeeded on attempt 2"),
+        ];
+        let ledger = [
+            purchase(
+                1,
+                0,
+                120,
+                PurchaseOutcome::Unknown {
+                    reason: "t/o".into(),
+                },
+            ),
+            purchase(
+                2,
+                240,
+                270,
+                PurchaseOutcome::Succeeded {
+                    ip: "103.82.72.9".parse().unwrap(),
+                },
+            ),
+        ];
+        let chart = build(&o, &timeline, &ledger, Timestamp(500_000));
+        let summary: Vec<(&str, String)> = chart
+            .bars
+            .iter()
+            .map(|b| {
+                (
+                    b.class,
+                    b.title.split(": ").nth(1).unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("unknown", "0:00 → 2:00".to_string()),
+                ("wait", "2:00 → 4:00".to_string()),
+                ("ok", "4:00 → 4:30".to_string()),
+                ("failed", "4:30 → 6:00".to_string()),
+                ("wait", "6:00 → 7:00".to_string()),
+                ("ok", "7:00 → 7:10".to_string()),
+            ]
+        );
+        assert_eq!(chart.span, "7:10");
+        // Bars sit on the axis in proportion to time: 4:00 of 7:10 is at 240/430 of the axis.
+        let buy2 = &chart.bars[2];
+        assert_eq!(buy2.x, LEFT + 240 * AXIS / 430);
+        assert_eq!(buy2.y, ROWS[0]);
+        assert_eq!(chart.bars[3].y, ROWS[1]);
+        assert_eq!(chart.ticks.first().unwrap().label, "0:00");
+        assert_eq!(chart.ticks[1].label, "1:00");
+    }
+
+    #[test]
+    fn time_stopped_until_an_admin_acted_is_not_a_wait() {
+        let mut o = order();
+        o.state = OrderState::Buying;
+        o.updated_at = Timestamp(2_000_000);
+        let mut retry = line(1_900, "🔁 Retry by alice: upstream back");
+        retry.kind = EntryKind::Admin;
+        let timeline = [
+            line(0, "[SMARTVPS] Calling buyVps - attempt 3/3"),
+            line(120, "[SMARTVPS] ❌ buyVps attempt 3 failed: error"),
+            retry,
+            line(1_905, "[SMARTVPS] Calling buyVps - attempt 1/3"),
+        ];
+        let ledger = [purchase(
+            3,
+            0,
+            120,
+            PurchaseOutcome::Rejected {
+                reason: "error".into(),
+            },
+        )];
+        let chart = build(&o, &timeline, &ledger, Timestamp(1_910_000));
+        let classes: Vec<&str> = chart.bars.iter().map(|b| b.class).collect();
+        assert_eq!(classes, ["rejected", "idle", "inflight"]);
+        assert!(chart.bars[1].title.contains("until an admin acted"));
+    }
+
+    #[test]
+    fn a_waiting_order_shows_its_planned_wake_up() {
+        let mut o = order();
+        o.state = OrderState::Buying;
+        o.run_at = Some(Timestamp(240_000));
+        o.updated_at = Timestamp(120_000);
+        let timeline = [
+            line(0, "[SMARTVPS] Calling buyVps - attempt 1/3"),
+            line(120, "[SMARTVPS] ❌ buyVps attempt 1 failed: error"),
+        ];
+        let ledger = [purchase(
+            1,
+            0,
+            120,
+            PurchaseOutcome::Rejected {
+                reason: "error".into(),
+            },
+        )];
+        let chart = build(&o, &timeline, &ledger, Timestamp(130_000));
+        let classes: Vec<&str> = chart.bars.iter().map(|b| b.class).collect();
+        assert_eq!(classes, ["rejected", "planned"]);
+        assert!(
+            chart.bars[1].title.contains("until 4:00"),
+            "{}",
+            chart.bars[1].title
+        );
+    }
+}
