@@ -12,7 +12,7 @@
 //! - [`domain`]: orders and their state machine, packages, credentials, the purchase ledger.
 //! - [`provider`]: the `Provider` port and the SmartVPS HTTP client with tolerant wire decoding.
 //! - [`simulator`]: a SmartVPS world, scriptable faults, in-process and over HTTP.
-//! - [`store`]: the `Store` port; SQLite and in-memory implementations.
+//! - [`store`]: the `Store` port; SQLite, PostgreSQL and in-memory implementations.
 //! - [`engine`]: the worker: leases, the buy and credentials phases, reconciliation.
 //! - [`notify`]: the `Notifier` port and the outbox dispatcher.
 //! - [`crypto`]: AEAD encryption of customer passwords at rest.
