@@ -1,10 +1,12 @@
 //! The buy phase: one purchase per package in flight, an intent in the ledger before every
 //! buyvps, three outcomes, and reconciliation of unknown ones before anything is bought again.
 
+use std::net::Ipv4Addr;
+
 use super::progress::Progress;
 use super::{Engine, EngineError};
 use crate::domain::{
-    NoticeKind, Order, Phase, Purchase, PurchaseIntent, PurchaseOutcome, Resolution,
+    NoticeKind, Order, PackageName, Phase, Purchase, PurchaseIntent, PurchaseOutcome, Resolution,
 };
 use crate::policy::{OnUnknown, describe_wait};
 use crate::provider::{CallContext, Outcome, StockEntry};
@@ -26,6 +28,22 @@ pub(super) async fn step(
     p: &mut Progress,
 ) -> Result<Next, EngineError> {
     let latest = e.store.purchases(&order.id).await?.pop();
+    if let Some(purchase) = &latest
+        && let Some(PurchaseOutcome::Succeeded { ip }) = purchase.outcome
+        && order.server_ip.is_none()
+    {
+        // Every path that applies a recorded success leaves the buying state (bought or
+        // escalated), so a success still unapplied means its worker died between recording it
+        // and saving the order. The server is ours: apply it, never buy again.
+        let (n, ip) = (purchase.attempt, ip);
+        p.warn(
+            e.clock.now(),
+            format!(
+                "❓ buyVps attempt {n} succeeded ({ip}) but its worker stopped before saving the order: adopting it, not buying again"
+            ),
+        );
+        return succeeded(e, lease, order, p, n, &purchase.package_name, ip).await;
+    }
     if let Some(mut purchase) = latest.filter(Purchase::is_unsettled) {
         if purchase.outcome.is_none() {
             // We hold the lease, so the worker that sent this purchase lost its own lease before
@@ -154,37 +172,7 @@ async fn attempt(
         return Ok(Next::Done);
     }
     match outcome {
-        Outcome::Succeeded(ip) => {
-            if !name.contains(ip) {
-                let reason = format!(
-                    "SmartVPS assigned {ip}, which is not in package {name}: the server is ours (recorded in the ledger) but must not be \
-                     delivered. Resolve: release or move it in the SmartVPS panel, then retry or fail the order."
-                );
-                p.warn(now, format!("⚠️ {reason}"));
-                return escalate(e, lease, order, p, reason, Change::default()).await;
-            }
-            if let Some(owner) = e.store.owner_of(ip).await?.filter(|o| o != &order.id) {
-                let reason = format!(
-                    "SmartVPS returned {ip}, which already belongs to order {owner}: not delivering it twice"
-                );
-                p.warn(now, format!("⚠️ {reason}"));
-                return escalate(e, lease, order, p, reason, Change::default()).await;
-            }
-            p.line(
-                now,
-                format!("[SMARTVPS] ✅ buyVps succeeded on attempt {n}"),
-            );
-            p.line(now, format!("[SMARTVPS] Server bought: {ip}"));
-            order.bought(ip, now).map_err(corrupt)?;
-            let change = Change {
-                entries: p.take(),
-                keep_lease: true,
-                release_flight: true,
-                ..Change::default()
-            };
-            e.store.save(lease, order, change).await?;
-            Ok(Next::Credentials)
-        }
+        Outcome::Succeeded(ip) => succeeded(e, lease, order, p, n, &name, ip).await,
         Outcome::Rejected(reason) => {
             p.line(
                 now,
@@ -227,6 +215,49 @@ async fn attempt(
             }
         }
     }
+}
+
+/// A purchase that bought `ip` for attempt `n`: deliverable only if the address is in the package
+/// and not already another order's; then the order owns it and the credentials phase starts.
+async fn succeeded(
+    e: &Engine,
+    lease: &Lease,
+    order: &mut Order,
+    p: &mut Progress,
+    n: u32,
+    name: &PackageName,
+    ip: Ipv4Addr,
+) -> Result<Next, EngineError> {
+    let now = e.clock.now();
+    if !name.contains(ip) {
+        let reason = format!(
+            "SmartVPS assigned {ip}, which is not in package {name}: the server is ours (recorded in the ledger) but must not be \
+             delivered. Resolve: release or move it in the SmartVPS panel, then retry or fail the order."
+        );
+        p.warn(now, format!("⚠️ {reason}"));
+        return escalate(e, lease, order, p, reason, Change::default()).await;
+    }
+    if let Some(owner) = e.store.owner_of(ip).await?.filter(|o| o != &order.id) {
+        let reason = format!(
+            "SmartVPS returned {ip}, which already belongs to order {owner}: not delivering it twice"
+        );
+        p.warn(now, format!("⚠️ {reason}"));
+        return escalate(e, lease, order, p, reason, Change::default()).await;
+    }
+    p.line(
+        now,
+        format!("[SMARTVPS] ✅ buyVps succeeded on attempt {n}"),
+    );
+    p.line(now, format!("[SMARTVPS] Server bought: {ip}"));
+    order.bought(ip, now).map_err(corrupt)?;
+    let change = Change {
+        entries: p.take(),
+        keep_lease: true,
+        release_flight: true,
+        ..Change::default()
+    };
+    e.store.save(lease, order, change).await?;
+    Ok(Next::Credentials)
 }
 
 /// What the policy does right after an outcome turned out unknown.

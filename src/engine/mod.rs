@@ -51,7 +51,9 @@ impl WorkerSettings {
             concurrency: 32,
             lease: longest * 2 + Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
-            flight_wait: Duration::from_secs(10),
+            // 10 s against the seed's 2-minute purchases; never longer than one purchase can
+            // hold the flight, so short-timeout deployments (and tests) are not slowed by it.
+            flight_wait: policy.buy.timeout.min(Duration::from_secs(10)),
         }
     }
 }

@@ -91,7 +91,11 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value
         .into_iter()
         .map(|(s, n)| (s.as_str().to_string(), n.into()))
         .collect();
-    Ok(Json(json!({ "status": "ok", "orders": orders })))
+    // The worker id is the name this process writes into leases (`orders.lease_owner`): it is
+    // how an operator of several processes on one database maps leases to processes.
+    Ok(Json(
+        json!({ "status": "ok", "worker": state.engine.worker_id(), "orders": orders }),
+    ))
 }
 
 async fn order(

@@ -177,5 +177,11 @@ async fn intake_validation_names_the_field() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let health: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        health["worker"].as_str(),
+        Some(svc.running.engine.worker_id()),
+        "healthz names the worker id used in leases: {health}"
+    );
     svc.running.stop().await;
 }

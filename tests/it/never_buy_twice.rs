@@ -280,3 +280,64 @@ async fn stock_taken_by_other_buyers_while_unknown_escalates_instead_of_guessing
     assert_eq!(w.servers_for(&order.id), 0);
     assert_eq!(w.store.purchases(&order.id).await.unwrap().len(), 1);
 }
+
+/// The narrowest crash window: the worker recorded the purchase's success in the ledger, then
+/// died before the write that marks the order bought. The ledger says the server is ours, so the
+/// next worker adopts it instead of buying again.
+#[tokio::test(start_paused = true)]
+async fn a_crash_after_a_recorded_success_adopts_the_server_instead_of_rebuying() {
+    use provisioner::domain::PurchaseIntent;
+    use provisioner::provider::{CallContext, Outcome, Provider};
+
+    let w = world(RetryPolicy::default());
+    w.sim.script_buy(PKG, [BuyStep::succeed(secs(30))]).unwrap();
+    let order = w.accept("crash-after-success", 7).await;
+    // The crashed worker's step, by hand, up to the moment it died.
+    let claimed = w.engine.claim(1).await.unwrap().pop().unwrap();
+    let (lease, mut o) = (claimed.lease, claimed.order);
+    o.begin_buying(w.clock.now()).unwrap();
+    let n = o.start_buy_attempt(w.clock.now()).unwrap();
+    let name = provisioner::domain::PackageName::parse("103.82.72").unwrap();
+    let intent = PurchaseIntent {
+        order_id: o.id.clone(),
+        attempt: n,
+        package_id: PKG,
+        package_name: name.clone(),
+        stock_before: w.sim.free(PKG),
+        sent_at: w.clock.now(),
+    };
+    let pid = w
+        .store
+        .begin_purchase(&lease, &o, &intent, &[])
+        .await
+        .unwrap();
+    let Outcome::Succeeded(ip) = w
+        .sim
+        .provider()
+        .buy(
+            &CallContext::for_order(&o.id, n),
+            &name,
+            o.ram_gb,
+            secs(120),
+        )
+        .await
+    else {
+        panic!("the scripted purchase succeeds");
+    };
+    w.store
+        .record_outcome(pid, &PurchaseOutcome::Succeeded { ip }, w.clock.now())
+        .await
+        .unwrap();
+    // ...and here it died. Another worker takes over once the lease lapses.
+    w.drive().await;
+    let o = w.order(&order.id).await;
+    assert_eq!(w.servers_for(&order.id), 1, "no second server bought");
+    assert_eq!(o.state, OrderState::Ready);
+    assert_eq!(o.server_ip, Some(ip), "the recorded server was adopted");
+    assert_eq!(w.store.purchases(&order.id).await.unwrap().len(), 1);
+    assert_eq!(
+        w.times_of(&order.id, "adopting it").await.len(),
+        1,
+        "the takeover says what it did"
+    );
+}
