@@ -4,6 +4,7 @@ mod helpers;
 mod pg;
 
 mod e2e;
+mod multiprocess;
 mod never_buy_twice;
 mod restart;
 mod seed_cases;
