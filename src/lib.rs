@@ -20,11 +20,14 @@
 //! - [`app`]: wiring the ports together for `serve` and `demo`.
 //! - [`demo`]: the one-command demo on embedded defaults.
 //! - [`bench`]: `bench strategies`, the retry-versus-reconcile comparison.
+//! - [`bench_throughput`]: `bench throughput`, orders per second against the database's raw
+//!   commit rate, latency and memory.
 //! - [`cli`]: the command-line interface.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod bench;
+pub mod bench_throughput;
 pub mod cli;
 pub mod clock;
 pub mod config;

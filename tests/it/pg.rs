@@ -87,7 +87,7 @@ impl PgServer {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(name.clone());
-        database_url(&self.admin_url, &name)
+        provisioner::store::postgres::with_database(&self.admin_url, &name)
     }
 }
 
@@ -112,25 +112,6 @@ impl PgServer {
         let sep = if db.contains('?') { '&' } else { '?' };
         format!("{db}{sep}options[search_path]={schema}")
     }
-}
-
-/// `admin_url` with its database replaced by `name`.
-fn database_url(admin_url: &str, name: &str) -> String {
-    let (base, query) = match admin_url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (admin_url, None),
-    };
-    let authority_end = base
-        .find("://")
-        .map(|i| i + 3)
-        .and_then(|start| base[start..].find('/').map(|j| start + j))
-        .unwrap_or(base.len());
-    let mut url = format!("{}/{name}", &base[..authority_end]);
-    if let Some(q) = query {
-        url.push('?');
-        url.push_str(q);
-    }
-    url
 }
 
 impl Drop for PgServer {
@@ -171,20 +152,4 @@ impl Drop for PgServer {
         });
         let _ = cleanup.join();
     }
-}
-
-#[test]
-fn database_urls_keep_credentials_and_options() {
-    assert_eq!(
-        database_url("postgres://postgres@127.0.0.1:5432/postgres", "t1"),
-        "postgres://postgres@127.0.0.1:5432/t1"
-    );
-    assert_eq!(
-        database_url("postgres://u:p@h/postgres?sslmode=disable", "t2"),
-        "postgres://u:p@h/t2?sslmode=disable"
-    );
-    assert_eq!(
-        database_url("postgres://h:5432", "t3"),
-        "postgres://h:5432/t3"
-    );
 }
