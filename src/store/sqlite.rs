@@ -27,11 +27,18 @@ use crate::domain::{
 };
 
 /// Embedded migrations, applied in order and recorded in `schema_migrations`.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "purchases_late_ip",
+        include_str!("../../migrations/sqlite/0002_purchases_late_ip.sql"),
+    ),
+];
 
 /// Rows per multi-row INSERT: 4 parameters each stays far below SQLite's parameter limit.
 const ROWS_PER_INSERT: usize = 100;
