@@ -22,8 +22,7 @@ use crate::provider::Provider;
 use crate::provider::metered::MeteredProvider;
 use crate::provider::smartvps::{SmartVpsClient, SmartVpsConfig};
 use crate::simulator::{self, HttpConfig, Simulator};
-use crate::store::Store;
-use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, redact_url};
 
 /// The credentials the built-in simulator accepts (it is local and holds nothing of value).
 const BUILTIN_USER: &str = "builtin";
@@ -90,11 +89,15 @@ pub fn cipher(settings: &Settings) -> Result<Cipher, ConfigError> {
     }
 }
 
+/// The store the URL's scheme names: SQLite for one process, PostgreSQL for several processes
+/// sharing one database (see `docs/deployment.md`).
 async fn store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
-    let store = SqliteStore::connect(&settings.database.url)
+    let shown = redact_url(&settings.database.url);
+    let store = crate::store::open(&settings.database.url)
         .await
-        .with_context(|| format!("opening database {}", settings.database.url))?;
-    Ok(Arc::new(store))
+        .with_context(|| format!("opening database {shown}"))?;
+    tracing::info!(database = %shown, "database ready");
+    Ok(store)
 }
 
 /// The configured notification channels (webhooks, then email), plus `extra`; the log when there

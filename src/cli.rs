@@ -223,6 +223,27 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Orders per second through the whole pipeline on one database, against that database's
+    /// raw commit rate; claim-to-commit latency; peak RSS; RSS of a serve process with orders
+    /// waiting on timers.
+    Throughput {
+        /// Which database.
+        #[arg(long, value_enum, default_value = "sqlite")]
+        store: crate::bench_throughput::StoreKind,
+        /// Orders through the pipeline.
+        #[arg(long, default_value_t = 10_000)]
+        orders: usize,
+        /// Concurrent workers.
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
+        /// PostgreSQL server to create the run's fresh databases on (they are dropped after);
+        /// default postgres://postgres@127.0.0.1:5432/postgres.
+        #[arg(long, env = "PROVISIONER_BENCH_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// Orders a `provisioner serve` child holds waiting on timers for the RSS figure (0 skips).
+        #[arg(long, default_value_t = 10_000)]
+        waiting: usize,
+    },
 }
 
 /// Runs the CLI and returns the process exit code: 0 success, 1 failure, 2 configuration error.
@@ -320,6 +341,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             which: BenchCommand::Strategies { orders, seed },
         } => {
             crate::bench::strategies(orders, seed).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            which:
+                BenchCommand::Throughput {
+                    store,
+                    orders,
+                    workers,
+                    database_url,
+                    waiting,
+                },
+        } => {
+            let opts = crate::bench_throughput::Options {
+                store,
+                orders,
+                workers,
+                database_url,
+                waiting,
+            };
+            crate::bench_throughput::run(opts).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen => {

@@ -126,10 +126,20 @@ pub struct SmartVpsSettings {
 }
 
 /// Storage settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseSettings {
-    /// Connection URL; only `sqlite:` URLs are accepted by this build.
+    /// Connection URL: `sqlite://file.db` for one process, or `postgres://user:password@host/db`
+    /// for several processes (on several machines) sharing one PostgreSQL. `Debug` redacts its
+    /// password.
     pub url: String,
+}
+
+impl fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &crate::store::redact_url(&self.url))
+            .finish()
+    }
 }
 
 /// HTTP server settings.
@@ -362,7 +372,9 @@ delays = ["1m", "2m"]
 # password = "change-me"                 # env SMARTVPS_PASSWORD (prefer the variable)
 
 [database]
-# Only sqlite: URLs in this build. Env: PROVISIONER_DATABASE_URL
+# "sqlite://FILE" for one process, or "postgres://USER:PASSWORD@HOST:5432/DB" for several
+# `provisioner serve` processes (one per machine) sharing one PostgreSQL; see docs/deployment.md.
+# Env: PROVISIONER_DATABASE_URL (prefer it for a URL with a password)
 url = "sqlite://provisioner.db"
 
 [server]
@@ -874,17 +886,17 @@ fn resolve_database(raw: RawDatabase, env: &Env<'_>) -> Result<DatabaseSettings,
         });
     };
     let url = url.trim().to_owned();
-    if url.starts_with("sqlite:") {
+    let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    if url.starts_with("sqlite:") || postgres {
         Ok(DatabaseSettings { url })
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Err(ConfigError::new(
-            key,
-            "only sqlite: URLs are supported in this build",
-        ))
     } else {
         Err(ConfigError::new(
             key,
-            format!("must be a sqlite: URL such as \"{DEFAULT_DATABASE_URL}\"; got {url:?}"),
+            format!(
+                "must be a sqlite: URL such as \"{DEFAULT_DATABASE_URL}\" or a postgres:// URL such as \
+                 \"postgres://provisioner@db.internal:5432/provisioner\"; got {:?}",
+                crate::store::redact_url(&url)
+            ),
         ))
     }
 }
@@ -1836,13 +1848,30 @@ mod tests {
             key_of(from_toml("[policy]\non_unknown = \"ignore\"\n")),
             "policy.on_unknown"
         );
-        let err = from_toml("[database]\nurl = \"postgres://db/provisioner\"\n").unwrap_err();
+        let err = from_toml("[database]\nurl = \"mysql://app:hunter2@db\"\n").unwrap_err();
         assert_eq!(err.key, "database.url");
-        assert_eq!(err.message, "only sqlite: URLs are supported in this build");
-        assert_eq!(
-            key_of(from_toml("[database]\nurl = \"mysql://db\"\n")),
-            "database.url"
-        );
+        assert!(err.message.contains("postgres://"), "{}", err.message);
+        assert!(!err.message.contains("hunter2"), "{}", err.message);
+    }
+
+    #[test]
+    fn postgres_urls_are_accepted_and_their_password_never_shown() {
+        for url in [
+            "postgres://app:hunter2@db.internal:5432/provisioner",
+            "postgresql://app:hunter2@db.internal/provisioner",
+        ] {
+            let s = from_toml(&format!("[database]\nurl = \"{url}\"\n")).unwrap();
+            assert_eq!(s.database.url, url);
+            let debug = format!("{s:?}");
+            assert!(!debug.contains("hunter2"), "{debug}");
+            assert!(debug.contains("app:***@db.internal"), "{debug}");
+        }
+        let env = env_of(&[(
+            "PROVISIONER_DATABASE_URL",
+            "postgres://app:hunter2@127.0.0.1/x",
+        )]);
+        let s = Settings::from_sources(None, &env).unwrap();
+        assert_eq!(s.database.url, "postgres://app:hunter2@127.0.0.1/x");
     }
 
     #[test]
@@ -1948,7 +1977,7 @@ mod tests {
             ("PROVISIONER_WORKER_CONCURRENCY", "0"),
             ("PROVISIONER_LISTEN", "nowhere"),
             ("PROVISIONER_ON_UNKNOWN", "shrug"),
-            ("PROVISIONER_DATABASE_URL", "postgres://db"),
+            ("PROVISIONER_DATABASE_URL", "mysql://db"),
             ("SMARTVPS_BASE_URL", "smartvps.online"),
         ] {
             let env = env_of(&[(name, value)]);

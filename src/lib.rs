@@ -14,7 +14,7 @@
 //!   a metering decorator.
 //! - [`simulator`]: a SmartVPS world, scriptable faults, in-process and over HTTP.
 //! - [`simulation`]: the deterministic simulation: many orders, random faults, crashes, invariants.
-//! - [`store`]: the `Store` port; SQLite and in-memory implementations.
+//! - [`store`]: the `Store` port; SQLite, PostgreSQL and in-memory implementations.
 //! - [`catalog`]: SmartVPS's stock list kept as the package catalog intake checks orders against.
 //! - [`engine`]: the worker: leases, the buy and credentials phases, reconciliation.
 //! - [`notify`]: the `Notifier` port, the outbox dispatcher, signed webhooks, SMTP email.
@@ -24,6 +24,8 @@
 //! - [`app`]: wiring the ports together for `serve` and `demo`.
 //! - [`demo`]: the one-command demo on embedded defaults.
 //! - [`bench`](crate::bench): `bench strategies`, the retry-versus-reconcile comparison.
+//! - [`bench_throughput`]: `bench throughput`, orders per second against the database's raw
+//!   commit rate, latency and memory.
 //! - [`cli`]: the command-line interface.
 //! - [`telemetry`]: logging (human or JSON) and the Prometheus metrics recorder.
 //! - [`operator`]: `orders` and `catalog` commands, on the database or through the admin API.
@@ -31,6 +33,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod bench_throughput;
 pub mod catalog;
 pub mod cli;
 pub mod clock;

@@ -6,12 +6,17 @@
 //! exception: they are facts about the world, recorded first-writer-wins by purchase id, so a stale
 //! worker's late reply is kept as evidence rather than lost.
 //!
-//! Implementations: [`sqlite::SqliteStore`] (the embedded default) and [`memory::MemoryStore`]
-//! (virtual-time tests and the deterministic simulation). The catalog and access-token methods
-//! run through one shared suite against both (`store::tests`).
+//! Implementations: [`sqlite::SqliteStore`] (the embedded default, one process),
+//! [`postgres::PostgresStore`] (many processes on many machines) and [`memory::MemoryStore`]
+//! (virtual-time tests and the deterministic simulation). All three pass the same suite in
+//! `tests/it/store_suite.rs`; the catalog and access-token methods also run through
+//! `store::tests`. [`open`] picks the database backend from the URL's scheme.
 
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
+
+use std::sync::Arc;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -46,6 +51,67 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         Self::Database(e.to_string())
     }
+}
+
+/// Opens the store named by `url`: `sqlite:` for the embedded SQLite file, `postgres:` or
+/// `postgresql:` for a PostgreSQL server shared by several processes. Migrations are applied.
+///
+/// # Errors
+/// An unsupported scheme, or the backend's connection or migration failure. No message carries
+/// the URL's password.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    match Backend::of(url) {
+        Some(Backend::Sqlite) => Ok(Arc::new(sqlite::SqliteStore::connect(url).await?)),
+        Some(Backend::Postgres) => Ok(Arc::new(postgres::PostgresStore::connect(url).await?)),
+        None => Err(StoreError::Database(format!(
+            "unsupported database url {}: use sqlite: or postgres:",
+            redact_url(url)
+        ))),
+    }
+}
+
+/// The database backends, told apart by the URL's scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite:`: one file, one process.
+    Sqlite,
+    /// `postgres:` / `postgresql:`: one server, many processes.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a URL names, if any.
+    pub fn of(url: &str) -> Option<Self> {
+        let scheme = url.trim().split(':').next()?.to_ascii_lowercase();
+        match scheme.as_str() {
+            "sqlite" => Some(Self::Sqlite),
+            "postgres" | "postgresql" => Some(Self::Postgres),
+            _ => None,
+        }
+    }
+}
+
+/// The URL with any password replaced by `***`, for logs and error messages
+/// (`postgres://app:***@db:5432/provisioner`). URLs without credentials come back unchanged.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some((scheme, rest)) = url.split_once("://") {
+        // The authority ends at the first '/', '?' or '#'; user info precedes its last '@'.
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let authority = &rest[..end];
+        if let Some(at) = authority.rfind('@')
+            && let Some((user, _password)) = authority[..at].split_once(':')
+        {
+            out = format!("{scheme}://{user}:***{}{}", &authority[at..], &rest[end..]);
+        }
+    }
+    // A password may also come as a query parameter (`?password=...`).
+    if let Some(i) = out.find("password=") {
+        let start = i + "password=".len();
+        let stop = out[start..].find('&').map_or(out.len(), |n| start + n);
+        out.replace_range(start..stop, "***");
+    }
+    out
 }
 
 /// A worker's claim on an order, until `expires_at`. `token` fences every write.
@@ -456,5 +522,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("s.db").display());
         suite(&sqlite::SqliteStore::connect(&url).await.unwrap()).await;
+    }
+
+    #[test]
+    fn urls_are_shown_without_passwords() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/provisioner"),
+            "postgres://app:***@db:5432/provisioner"
+        );
+        assert_eq!(
+            redact_url("postgresql://app:p@ss@db/x?sslmode=require"),
+            "postgresql://app:***@db/x?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://db/x?user=app&password=s3cret&sslmode=require"),
+            "postgres://db/x?user=app&password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(
+            redact_url("sqlite://provisioner.db"),
+            "sqlite://provisioner.db"
+        );
+    }
+
+    #[test]
+    fn backends_are_chosen_by_scheme() {
+        assert_eq!(Backend::of("sqlite://x.db"), Some(Backend::Sqlite));
+        assert_eq!(Backend::of("sqlite::memory:"), Some(Backend::Sqlite));
+        assert_eq!(Backend::of("postgres://db/x"), Some(Backend::Postgres));
+        assert_eq!(Backend::of("PostgreSQL://db/x"), Some(Backend::Postgres));
+        assert_eq!(Backend::of("mysql://db/x"), None);
+        assert_eq!(Backend::of("provisioner.db"), None);
     }
 }

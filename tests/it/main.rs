@@ -1,7 +1,6 @@
 //! Integration tests, one binary (one link on a 2-core machine).
 
 mod helpers;
-mod receivers;
 
 mod admin;
 mod admin_api;
@@ -11,10 +10,14 @@ mod cli;
 mod e2e;
 mod email;
 mod metrics;
+mod multiprocess;
 mod never_buy_twice;
 mod no_secrets;
 mod outbox;
+mod pg;
+mod receivers;
 mod restart;
 mod seed_cases;
 mod shutdown;
 mod simulation;
+mod store_suite;

@@ -1,0 +1,884 @@
+//! The `Store` contract, run against every backend: memory, SQLite (a temp file) and PostgreSQL
+//! (a fresh schema per case, in a fresh database per run, on the server at 127.0.0.1:5432).
+//!
+//! Each case gets a fresh, empty store from the backend's factory, so cases cannot lean on each
+//! other's leftovers (claims and `next_due` look at the whole table).
+//!
+//! PostgreSQL-only cases at the end check what one process cannot show: two pools (two
+//! processes, as far as the server can tell) claiming and taking flights at the same moment.
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use provisioner::clock::Timestamp;
+use provisioner::domain::{
+    EntryKind, NewOrder, NoticeKind, Order, OrderState, PackageId, PackageName, Phase,
+    PurchaseIntent, PurchaseOutcome, Resolution, TimelineEntry,
+};
+use provisioner::store::memory::MemoryStore;
+use provisioner::store::postgres::PostgresStore;
+use provisioner::store::sqlite::SqliteStore;
+use provisioner::store::{Change, Flight, Intake, Lease, OrderFilter, Recorded, Store, StoreError};
+
+use crate::helpers::request;
+use crate::pg::PgServer;
+
+type Fresh<'a> = &'a dyn Fn() -> Pin<Box<dyn Future<Output = Arc<dyn Store>> + 'a>>;
+
+/// 2026-01-01T00:00:00Z: every case's time starts here.
+const T0: Timestamp = Timestamp(1_767_225_600_000);
+const LEASE: Duration = Duration::from_secs(60);
+
+fn at(secs: i64) -> Timestamp {
+    Timestamp(T0.0 + secs * 1000)
+}
+
+fn order(order_ref: &str, package: u32, now: Timestamp) -> Order {
+    Order::accept(NewOrder::parse(&request(order_ref, package)).unwrap(), now)
+}
+
+fn line(now: Timestamp, message: &str) -> TimelineEntry {
+    TimelineEntry {
+        at: now,
+        kind: EntryKind::Progress,
+        message: message.into(),
+    }
+}
+
+async fn create(store: &dyn Store, o: &Order) {
+    match store
+        .insert_order(
+            o,
+            &[line(o.created_at, "received")],
+            &[NoticeKind::Provisioning],
+        )
+        .await
+        .unwrap()
+    {
+        Intake::Created(_) => {}
+        other => panic!("expected a new order, got {other:?}"),
+    }
+}
+
+/// Claims exactly one order and returns it with its lease.
+async fn claim_one(store: &dyn Store, worker: &str, now: Timestamp) -> (Lease, Order) {
+    let mut claimed = store.claim_due(worker, now, LEASE, 1).await.unwrap();
+    assert_eq!(claimed.len(), 1, "expected one due order at {now}");
+    let c = claimed.remove(0);
+    (c.lease, c.order)
+}
+
+fn keep() -> Change {
+    Change {
+        keep_lease: true,
+        ..Change::default()
+    }
+}
+
+fn intent(o: &Order, attempt: u32, now: Timestamp) -> PurchaseIntent {
+    PurchaseIntent {
+        order_id: o.id.clone(),
+        attempt,
+        package_id: o.package_id,
+        package_name: PackageName::parse("103.82.72").unwrap(),
+        stock_before: Some(50),
+        pool_before: Some(5000),
+        sent_at: now,
+    }
+}
+
+/// Runs every case, each on a fresh store from `fresh`.
+pub async fn suite(fresh: Fresh<'_>) {
+    intake_is_idempotent(fresh().await).await;
+    claims_respect_run_at_and_leases(fresh().await).await;
+    expired_leases_are_reclaimed_with_a_new_token(fresh().await).await;
+    stale_tokens_cannot_write(fresh().await).await;
+    release_lets_another_worker_claim_at_once(fresh().await).await;
+    single_flight_is_granted_held_and_released(fresh().await).await;
+    ledger_outcomes_are_first_writer_wins(fresh().await).await;
+    admin_save_conflicts_while_leased_and_fences_out_the_worker(fresh().await).await;
+    outbox_delivers_retries_and_gives_up(fresh().await).await;
+    next_due_is_the_earliest_due_or_lapse(fresh().await).await;
+    orders_are_filtered_paged_and_counted(fresh().await).await;
+    saves_carry_timeline_credentials_and_resolutions(fresh().await).await;
+}
+
+async fn intake_is_idempotent(store: Arc<dyn Store>) {
+    let a = order("pay-1", 7, at(0));
+    create(&*store, &a).await;
+    let replay = order("pay-1", 7, at(5));
+    match store.insert_order(&replay, &[], &[]).await.unwrap() {
+        Intake::Existing(o) => assert_eq!(o.id, a.id, "a replay finds the first order"),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    let different = order("pay-1", 8, at(6));
+    match store.insert_order(&different, &[], &[]).await.unwrap() {
+        Intake::Conflict(o) => assert_eq!(o.id, a.id),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    assert!(store.order(&replay.id).await.unwrap().is_none());
+    assert_eq!(store.order(&a.id).await.unwrap().unwrap(), a);
+    let timeline = store.timeline(&a.id).await.unwrap();
+    assert_eq!(timeline.len(), 1, "the replay added no lines: {timeline:?}");
+    let notices = store.due_notices(at(10), 10).await.unwrap();
+    assert_eq!(notices.len(), 1, "one provisioning notice: {notices:?}");
+    assert_eq!(notices[0].kind, NoticeKind::Provisioning);
+    assert_eq!(notices[0].order_id, a.id);
+}
+
+async fn claims_respect_run_at_and_leases(store: Arc<dyn Store>) {
+    let now_due = order("due", 7, at(0));
+    let mut later = order("later", 7, at(0));
+    later.run_at = Some(at(30));
+    create(&*store, &now_due).await;
+    create(&*store, &later).await;
+    let claimed = store.claim_due("w1", at(1), LEASE, 10).await.unwrap();
+    let ids: Vec<_> = claimed.iter().map(|c| c.order.id.clone()).collect();
+    assert_eq!(ids, vec![now_due.id.clone()], "only the due order");
+    let lease = &claimed[0].lease;
+    assert_eq!(lease.worker, "w1");
+    assert_eq!(lease.expires_at, at(1).plus(LEASE));
+    assert!(
+        store
+            .claim_due("w2", at(2), LEASE, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a leased order is not claimed again while its lease runs"
+    );
+    let claimed = store.claim_due("w2", at(30), LEASE, 10).await.unwrap();
+    let ids: Vec<_> = claimed.iter().map(|c| c.order.id.clone()).collect();
+    assert_eq!(ids, vec![later.id.clone()], "the later order at its run_at");
+    // The limit is honoured.
+    for i in 0..3 {
+        create(&*store, &order(&format!("batch-{i}"), 9, at(40))).await;
+    }
+    assert_eq!(
+        store.claim_due("w3", at(41), LEASE, 2).await.unwrap().len(),
+        2
+    );
+    assert_eq!(
+        store.claim_due("w3", at(41), LEASE, 5).await.unwrap().len(),
+        1
+    );
+}
+
+async fn expired_leases_are_reclaimed_with_a_new_token(store: Arc<dyn Store>) {
+    let o = order("expire", 7, at(0));
+    create(&*store, &o).await;
+    let (first, _) = claim_one(&*store, "w1", at(0)).await;
+    let just_before = first.expires_at.0 - 1;
+    assert!(
+        store
+            .claim_due("w2", Timestamp(just_before), LEASE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (second, _) = claim_one(&*store, "w2", first.expires_at).await;
+    assert_eq!(second.order_id, o.id);
+    assert_eq!(second.worker, "w2");
+    assert!(second.token > first.token, "{second:?} after {first:?}");
+    // The first worker wakes up and writes: refused, nothing changes.
+    let mut stale = o.clone();
+    stale.state = OrderState::Buying;
+    assert!(matches!(
+        store.save(&first, &stale, Change::default()).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert_eq!(
+        store.order(&o.id).await.unwrap().unwrap().state,
+        OrderState::Queued
+    );
+}
+
+async fn stale_tokens_cannot_write(store: Arc<dyn Store>) {
+    let o = order("fence", 7, at(0));
+    create(&*store, &o).await;
+    let (lease, mut current) = claim_one(&*store, "w1", at(0)).await;
+    let stale = Lease {
+        token: lease.token - 1,
+        ..lease.clone()
+    };
+    let other_worker = Lease {
+        worker: "intruder".into(),
+        ..lease.clone()
+    };
+    current.begin_buying(at(1)).unwrap();
+    for bad in [&stale, &other_worker] {
+        let change = Change {
+            entries: vec![line(at(1), "must not appear")],
+            notices: vec![NoticeKind::Failed],
+            ..keep()
+        };
+        assert!(matches!(
+            store.save(bad, &current, change).await,
+            Err(StoreError::LeaseLost(id)) if id == o.id
+        ));
+        assert!(matches!(
+            store
+                .begin_purchase(bad, &current, &intent(&current, 1, at(1)), &[])
+                .await,
+            Err(StoreError::LeaseLost(_))
+        ));
+        assert!(matches!(
+            store.acquire_flight(bad, current.package_id).await,
+            Err(StoreError::LeaseLost(_))
+        ));
+        assert!(matches!(
+            store.release(bad).await,
+            Err(StoreError::LeaseLost(_))
+        ));
+    }
+    let stored = store.order(&o.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, OrderState::Queued, "no refused write landed");
+    assert_eq!(store.timeline(&o.id).await.unwrap().len(), 1);
+    assert!(store.purchases(&o.id).await.unwrap().is_empty());
+    assert_eq!(store.due_notices(at(5), 10).await.unwrap().len(), 1);
+    // The holder's own write lands, and keep_lease keeps the order out of other claims.
+    store.save(&lease, &current, keep()).await.unwrap();
+    assert_eq!(
+        store.order(&o.id).await.unwrap().unwrap().state,
+        OrderState::Buying
+    );
+    assert!(
+        store
+            .claim_due("w2", at(2), LEASE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A write without keep_lease lets go: the order is claimable at once.
+    store
+        .save(&lease, &current, Change::default())
+        .await
+        .unwrap();
+    let (next, _) = claim_one(&*store, "w2", at(3)).await;
+    assert!(next.token > lease.token);
+}
+
+async fn release_lets_another_worker_claim_at_once(store: Arc<dyn Store>) {
+    let o = order("release", 7, at(0));
+    create(&*store, &o).await;
+    let (lease, _) = claim_one(&*store, "w1", at(0)).await;
+    store.release(&lease).await.unwrap();
+    assert!(
+        matches!(store.release(&lease).await, Err(StoreError::LeaseLost(_))),
+        "a released lease is gone"
+    );
+    let (next, claimed) = claim_one(&*store, "w2", at(1)).await;
+    assert_eq!(claimed.id, o.id);
+    assert_eq!(claimed.state, OrderState::Queued, "release changed nothing");
+    assert!(next.token > lease.token);
+}
+
+async fn single_flight_is_granted_held_and_released(store: Arc<dyn Store>) {
+    let pkg = PackageId(7);
+    let (x, y, z) = (
+        order("flight-x", 7, at(0)),
+        order("flight-y", 7, at(0)),
+        order("flight-z", 7, at(0)),
+    );
+    let other_pkg = order("flight-other", 8, at(0));
+    for o in [&x, &y, &z, &other_pkg] {
+        create(&*store, o).await;
+    }
+    let claimed = store.claim_due("w", at(0), LEASE, 10).await.unwrap();
+    assert_eq!(claimed.len(), 4);
+    let lease_of = |id| {
+        claimed
+            .iter()
+            .find(|c| &c.order.id == id)
+            .map(|c| c.lease.clone())
+            .unwrap()
+    };
+    let (lx, ly, lz, lo) = (
+        lease_of(&x.id),
+        lease_of(&y.id),
+        lease_of(&z.id),
+        lease_of(&other_pkg.id),
+    );
+    assert_eq!(
+        store.acquire_flight(&lx, pkg).await.unwrap(),
+        Flight::Granted
+    );
+    assert_eq!(
+        store.acquire_flight(&lx, pkg).await.unwrap(),
+        Flight::Granted,
+        "idempotent for the holder"
+    );
+    assert_eq!(
+        store.acquire_flight(&ly, pkg).await.unwrap(),
+        Flight::HeldBy(x.id.clone())
+    );
+    assert_eq!(
+        store.acquire_flight(&lo, PackageId(8)).await.unwrap(),
+        Flight::Granted,
+        "flights are per package"
+    );
+    // Settled purchase, still buying: release_flight gives it up.
+    let mut xb = x.clone();
+    xb.begin_buying(at(1)).unwrap();
+    store
+        .save(
+            &lx,
+            &xb,
+            Change {
+                release_flight: true,
+                ..keep()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.acquire_flight(&ly, pkg).await.unwrap(),
+        Flight::Granted
+    );
+    assert_eq!(
+        store.acquire_flight(&lz, pkg).await.unwrap(),
+        Flight::HeldBy(y.id.clone())
+    );
+    // A save that keeps the order buying keeps the flight.
+    let mut yb = y.clone();
+    yb.begin_buying(at(2)).unwrap();
+    store.save(&ly, &yb, keep()).await.unwrap();
+    assert_eq!(
+        store.acquire_flight(&lz, pkg).await.unwrap(),
+        Flight::HeldBy(y.id.clone())
+    );
+    // Leaving the buying state releases it without being asked.
+    yb.bought(Ipv4Addr::new(103, 82, 72, 9), at(3)).unwrap();
+    store.save(&ly, &yb, keep()).await.unwrap();
+    assert_eq!(
+        store.acquire_flight(&lz, pkg).await.unwrap(),
+        Flight::Granted
+    );
+}
+
+async fn ledger_outcomes_are_first_writer_wins(store: Arc<dyn Store>) {
+    let o = order("ledger", 7, at(0));
+    create(&*store, &o).await;
+    let (lease, mut cur) = claim_one(&*store, "w1", at(0)).await;
+    cur.begin_buying(at(1)).unwrap();
+    let n = cur.start_buy_attempt(at(1)).unwrap();
+    let pid = store
+        .begin_purchase(
+            &lease,
+            &cur,
+            &intent(&cur, n, at(1)),
+            &[line(at(1), "Calling buyVps - attempt 1/3")],
+        )
+        .await
+        .unwrap();
+    let stored = store.order(&o.id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.buy_attempts, 1,
+        "the attempt count commits with the intent"
+    );
+    let ledger = store.purchases(&o.id).await.unwrap();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].id, pid);
+    assert_eq!(ledger[0].attempt, 1);
+    assert_eq!(ledger[0].stock_before, Some(50));
+    assert_eq!(ledger[0].sent_at, at(1));
+    assert!(ledger[0].outcome.is_none() && ledger[0].is_unsettled());
+    // The lease survives begin_purchase.
+    assert!(
+        store
+            .claim_due("w2", at(2), LEASE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A second worker took over and marked it unknown; then the first worker's reply arrives.
+    let unknown = PurchaseOutcome::Unknown {
+        reason: "no reply recorded".into(),
+    };
+    assert_eq!(
+        store.record_outcome(pid, &unknown, at(70)).await.unwrap(),
+        Recorded::Recorded
+    );
+    let ip = Ipv4Addr::new(103, 82, 72, 44);
+    assert_eq!(
+        store
+            .record_outcome(pid, &PurchaseOutcome::Succeeded { ip }, at(75))
+            .await
+            .unwrap(),
+        Recorded::AlreadyDecided
+    );
+    let p = &store.purchases(&o.id).await.unwrap()[0];
+    assert_eq!(p.outcome, Some(unknown), "the first outcome stands");
+    assert_eq!(p.decided_at, Some(at(70)));
+    assert_eq!(p.late_ip, Some(ip), "the late success is kept as evidence");
+    assert_eq!(store.owner_of(ip).await.unwrap(), Some(o.id.clone()));
+    assert_eq!(
+        store.owner_of(Ipv4Addr::new(10, 0, 0, 1)).await.unwrap(),
+        None
+    );
+    // A late rejection adds nothing.
+    assert_eq!(
+        store
+            .record_outcome(
+                pid,
+                &PurchaseOutcome::Rejected { reason: "x".into() },
+                at(80)
+            )
+            .await
+            .unwrap(),
+        Recorded::AlreadyDecided
+    );
+    assert_eq!(store.purchases(&o.id).await.unwrap()[0].late_ip, Some(ip));
+    // A plain success on a second purchase; owner_of also reads the order's own address.
+    let n = cur.start_buy_attempt(at(90)).unwrap();
+    let pid2 = store
+        .begin_purchase(&lease, &cur, &intent(&cur, n, at(90)), &[])
+        .await
+        .unwrap();
+    assert!(pid2 > pid);
+    let ip2 = Ipv4Addr::new(103, 82, 72, 45);
+    assert_eq!(
+        store
+            .record_outcome(pid2, &PurchaseOutcome::Succeeded { ip: ip2 }, at(91))
+            .await
+            .unwrap(),
+        Recorded::Recorded
+    );
+    assert_eq!(store.owner_of(ip2).await.unwrap(), Some(o.id.clone()));
+    let ledger = store.purchases(&o.id).await.unwrap();
+    assert_eq!(
+        ledger.iter().map(|p| p.attempt).collect::<Vec<_>>(),
+        [1, 2],
+        "oldest first"
+    );
+}
+
+async fn admin_save_conflicts_while_leased_and_fences_out_the_worker(store: Arc<dyn Store>) {
+    let o = order("admin", 7, at(0));
+    create(&*store, &o).await;
+    let (lease, cur) = claim_one(&*store, "w1", at(0)).await;
+    let mut cancelled = cur.clone();
+    cancelled.cancel(at(10)).unwrap();
+    assert!(
+        matches!(
+            store
+                .admin_save(&cancelled, cur.updated_at, at(10), Change::default())
+                .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a live lease blocks admin changes"
+    );
+    let after = lease.expires_at;
+    assert!(
+        matches!(
+            store
+                .admin_save(
+                    &cancelled,
+                    Timestamp(cur.updated_at.0 + 1),
+                    after,
+                    Change::default()
+                )
+                .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a stale expected_updated_at is a conflict"
+    );
+    store
+        .admin_save(
+            &cancelled,
+            cur.updated_at,
+            after,
+            Change {
+                entries: vec![line(after, "cancelled by admin")],
+                ..Change::default()
+            },
+        )
+        .await
+        .unwrap();
+    let stored = store.order(&o.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, OrderState::Cancelled);
+    // The worker whose lease lapsed (nobody else claimed it) is fenced out by the token bump.
+    let mut stale = cur.clone();
+    stale.begin_buying(after).unwrap();
+    assert!(matches!(
+        store.save(&lease, &stale, Change::default()).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert_eq!(
+        store.order(&o.id).await.unwrap().unwrap().state,
+        OrderState::Cancelled
+    );
+    // Cancelled is not active: nothing to claim.
+    assert!(
+        store
+            .claim_due("w2", after.plus(LEASE * 2), LEASE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn outbox_delivers_retries_and_gives_up(store: Arc<dyn Store>) {
+    let a = order("outbox-a", 7, at(0));
+    let b = order("outbox-b", 7, at(1));
+    let c = order("outbox-c", 7, at(2));
+    for o in [&a, &b, &c] {
+        create(&*store, o).await;
+    }
+    assert!(
+        store
+            .due_notices(Timestamp(T0.0 - 1), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let due = store.due_notices(at(5), 10).await.unwrap();
+    assert_eq!(due.len(), 3);
+    assert!(due.iter().all(|n| n.attempts == 0));
+    assert_eq!(store.due_notices(at(5), 2).await.unwrap().len(), 2, "limit");
+    let id_of = |o: &Order| due.iter().find(|n| n.order_id == o.id).unwrap().id;
+    store.notice_delivered(id_of(&a), at(6)).await.unwrap();
+    store
+        .notice_failed(id_of(&b), "receiver said 503", Some(at(60)))
+        .await
+        .unwrap();
+    store
+        .notice_failed(id_of(&c), "receiver gone", None)
+        .await
+        .unwrap();
+    assert!(store.due_notices(at(59), 10).await.unwrap().is_empty());
+    let retry = store.due_notices(at(60), 10).await.unwrap();
+    assert_eq!(retry.len(), 1, "{retry:?}");
+    assert_eq!(retry[0].order_id, b.id);
+    assert_eq!(retry[0].attempts, 1);
+    assert!(store.due_notices(at(10_000), 10).await.unwrap().len() == 1);
+}
+
+async fn next_due_is_the_earliest_due_or_lapse(store: Arc<dyn Store>) {
+    assert_eq!(store.next_due().await.unwrap(), None, "empty store");
+    let mut a = order("next-a", 7, at(0));
+    a.run_at = Some(at(100));
+    let mut b = order("next-b", 7, at(0));
+    b.run_at = Some(at(50));
+    create(&*store, &a).await;
+    create(&*store, &b).await;
+    assert_eq!(store.next_due().await.unwrap(), Some(at(50)));
+    // Claimed: b is not due again before its lease lapses.
+    let (lease, mut cur) = claim_one(&*store, "w1", at(50)).await;
+    assert_eq!(cur.id, b.id);
+    let lapse = lease.expires_at;
+    let next = store.next_due().await.unwrap().unwrap();
+    assert_eq!(next, at(100).min(lapse));
+    // Finished orders are never due.
+    cur.fail(Phase::Buy, "gave up", at(51)).unwrap();
+    store.save(&lease, &cur, Change::default()).await.unwrap();
+    assert_eq!(store.next_due().await.unwrap(), Some(at(100)));
+}
+
+async fn orders_are_filtered_paged_and_counted(store: Arc<dyn Store>) {
+    let mut made = Vec::new();
+    for i in 0..5 {
+        let o = order(&format!("list-{i}"), if i % 2 == 0 { 7 } else { 8 }, at(i));
+        create(&*store, &o).await;
+        made.push(o);
+    }
+    // Make the newest one failed.
+    let (lease, mut cur) = {
+        let claimed = store.claim_due("w", at(10), LEASE, 10).await.unwrap();
+        let c = claimed
+            .into_iter()
+            .find(|c| c.order.id == made[4].id)
+            .unwrap();
+        (c.lease, c.order)
+    };
+    cur.fail(Phase::Buy, "no stock", at(11)).unwrap();
+    store.save(&lease, &cur, Change::default()).await.unwrap();
+
+    let all = store.orders(&OrderFilter::default()).await.unwrap();
+    let refs: Vec<_> = all
+        .iter()
+        .map(|o| o.order_ref.as_str().to_string())
+        .collect();
+    assert_eq!(
+        refs,
+        ["list-4", "list-3", "list-2", "list-1", "list-0"],
+        "newest first"
+    );
+    let page = store
+        .orders(&OrderFilter {
+            limit: Some(2),
+            offset: Some(1),
+            ..OrderFilter::default()
+        })
+        .await
+        .unwrap();
+    let refs: Vec<_> = page.iter().map(|o| o.order_ref.as_str()).collect();
+    assert_eq!(refs, ["list-3", "list-2"]);
+    let failed = store
+        .orders(&OrderFilter {
+            state: Some(OrderState::Failed),
+            ..OrderFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].id, made[4].id);
+    assert_eq!(failed[0].failure.as_ref().unwrap().reason, "no stock");
+    let pkg8 = store
+        .orders(&OrderFilter {
+            package: Some(PackageId(8)),
+            ..OrderFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(pkg8.len(), 2);
+    assert!(pkg8.iter().all(|o| o.package_id == PackageId(8)));
+    let window = store
+        .orders(&OrderFilter {
+            created_from: Some(at(1)),
+            created_to: Some(at(3)),
+            ..OrderFilter::default()
+        })
+        .await
+        .unwrap();
+    let refs: Vec<_> = window.iter().map(|o| o.order_ref.as_str()).collect();
+    assert_eq!(refs, ["list-2", "list-1"], "from inclusive, to exclusive");
+
+    let counts = store.state_counts().await.unwrap();
+    assert_eq!(counts.len(), OrderState::ALL.len(), "every state listed");
+    let count = |s| counts.iter().find(|(st, _)| *st == s).unwrap().1;
+    assert_eq!(count(OrderState::Queued), 4);
+    assert_eq!(count(OrderState::Failed), 1);
+    assert_eq!(count(OrderState::Ready), 0);
+}
+
+async fn saves_carry_timeline_credentials_and_resolutions(store: Arc<dyn Store>) {
+    let o = order("carry", 7, at(0));
+    create(&*store, &o).await;
+    let (lease, mut cur) = claim_one(&*store, "w1", at(0)).await;
+    cur.begin_buying(at(1)).unwrap();
+    let n = cur.start_buy_attempt(at(1)).unwrap();
+    let pid = store
+        .begin_purchase(
+            &lease,
+            &cur,
+            &intent(&cur, n, at(1)),
+            &[line(at(1), "second")],
+        )
+        .await
+        .unwrap();
+    store
+        .record_outcome(
+            pid,
+            &PurchaseOutcome::Unknown {
+                reason: "timeout".into(),
+            },
+            at(2),
+        )
+        .await
+        .unwrap();
+    let ip = Ipv4Addr::new(103, 82, 72, 7);
+    cur.bought(ip, at(3)).unwrap();
+    store
+        .save(
+            &lease,
+            &cur,
+            Change {
+                entries: vec![line(at(3), "third"), line(at(3), "fourth")],
+                resolve: Some((pid, Resolution::Adopted { ip })),
+                ..keep()
+            },
+        )
+        .await
+        .unwrap();
+    cur.start_status_attempt(at(4)).unwrap();
+    cur.ready(at(4)).unwrap();
+    let sealed = vec![1u8, 2, 3, 0, 255];
+    store
+        .save(
+            &lease,
+            &cur,
+            Change {
+                entries: vec![line(at(4), "fifth")],
+                credentials: Some(sealed.clone()),
+                notices: vec![NoticeKind::Ready],
+                ..Change::default()
+            },
+        )
+        .await
+        .unwrap();
+    let stored = store.order(&o.id).await.unwrap().unwrap();
+    assert_eq!(stored, cur, "the order reads back exactly as saved");
+    assert_eq!(stored.server_ip, Some(ip));
+    assert_eq!(stored.ready_at, Some(at(4)));
+    assert_eq!(store.credentials(&o.id).await.unwrap(), Some(sealed));
+    let lines: Vec<_> = store
+        .timeline(&o.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(lines, ["received", "second", "third", "fourth", "fifth"]);
+    let p = &store.purchases(&o.id).await.unwrap()[0];
+    assert_eq!(p.resolution, Some(Resolution::Adopted { ip }));
+    assert!(!p.is_unsettled());
+    let kinds: Vec<_> = store
+        .due_notices(at(5), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.kind)
+        .collect();
+    assert_eq!(kinds, [NoticeKind::Provisioning, NoticeKind::Ready]);
+    assert_eq!(store.owner_of(ip).await.unwrap(), Some(o.id.clone()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The backends.
+
+#[tokio::test]
+async fn memory_store_passes_the_suite() {
+    suite(&|| Box::pin(async { Arc::new(MemoryStore::new()) as Arc<dyn Store> })).await;
+}
+
+#[tokio::test]
+async fn sqlite_store_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    let (dir_ref, counter_ref) = (&dir, &counter);
+    suite(&move || {
+        Box::pin(async move {
+            let n = counter_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = dir_ref.path().join(format!("suite-{n}.db"));
+            let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .unwrap();
+            Arc::new(store) as Arc<dyn Store>
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_store_passes_the_suite() {
+    let Some(server) = PgServer::get("postgres_store_passes_the_suite").await else {
+        return;
+    };
+    let server = &server;
+    suite(&move || {
+        Box::pin(async move {
+            let url = server.fresh_schema().await;
+            Arc::new(PostgresStore::connect(&url).await.unwrap()) as Arc<dyn Store>
+        })
+    })
+    .await;
+}
+
+/// Processes starting together on an empty database: the advisory lock serializes their
+/// migrations, so all of them start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrations_survive_processes_starting_together() {
+    let Some(server) =
+        PgServer::get("postgres_migrations_survive_processes_starting_together").await
+    else {
+        return;
+    };
+    let url = server.fresh_database().await;
+    let starts = (0..4).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { PostgresStore::connect_with(&url, 2).await })
+    });
+    for started in futures_util::future::join_all(starts).await {
+        started.unwrap().expect("every process starts");
+    }
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM schema_migrations")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied, 2, "each of the two migrations applied once");
+}
+
+/// Two pools (as the server sees it, two processes) claim from the same queue at once: every
+/// order is claimed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_claims_never_share_an_order() {
+    let Some(server) = PgServer::get("postgres_concurrent_claims_never_share_an_order").await
+    else {
+        return;
+    };
+    let url = server.fresh_database().await;
+    let a = Arc::new(PostgresStore::connect_with(&url, 4).await.unwrap());
+    let b = Arc::new(PostgresStore::connect_with(&url, 4).await.unwrap());
+    const N: usize = 400;
+    for i in 0..N {
+        create(&*a, &order(&format!("race-{i}"), 7, at(0))).await;
+    }
+    let mut tasks = Vec::new();
+    for (w, store) in [("pa-1", &a), ("pa-2", &a), ("pb-1", &b), ("pb-2", &b)] {
+        let store = Arc::clone(store);
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = store.claim_due(w, at(1), LEASE, 7).await.unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.into_iter().map(|c| c.order.id));
+            }
+        }));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut per_worker = Vec::new();
+    for t in tasks {
+        let got = t.await.unwrap();
+        per_worker.push(got.len());
+        for id in got {
+            assert!(seen.insert(id.clone()), "order {id} claimed twice");
+        }
+    }
+    assert_eq!(seen.len(), N, "every order claimed once: {per_worker:?}");
+}
+
+/// Many orders of one package ask for its flight at once from two pools: exactly one holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_single_flight_holds_across_pools() {
+    let Some(server) = PgServer::get("postgres_single_flight_holds_across_pools").await else {
+        return;
+    };
+    let url = server.fresh_database().await;
+    let a: Arc<dyn Store> = Arc::new(PostgresStore::connect_with(&url, 4).await.unwrap());
+    let b: Arc<dyn Store> = Arc::new(PostgresStore::connect_with(&url, 4).await.unwrap());
+    for i in 0..24 {
+        create(&*a, &order(&format!("sf-{i}"), 7, at(0))).await;
+    }
+    let claimed = a.claim_due("w", at(0), LEASE, 100).await.unwrap();
+    assert_eq!(claimed.len(), 24);
+    let asks = claimed.iter().enumerate().map(|(i, c)| {
+        let store = if i % 2 == 0 {
+            Arc::clone(&a)
+        } else {
+            Arc::clone(&b)
+        };
+        let lease = c.lease.clone();
+        async move {
+            let f = store.acquire_flight(&lease, PackageId(7)).await.unwrap();
+            (lease.order_id, f)
+        }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let granted: Vec<_> = answers
+        .iter()
+        .filter(|(_, f)| *f == Flight::Granted)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(granted.len(), 1, "{answers:?}");
+    for (_, f) in &answers {
+        if let Flight::HeldBy(holder) = f {
+            assert_eq!(holder, &granted[0], "everyone else sees the one holder");
+        }
+    }
+}
