@@ -10,8 +10,9 @@
 //!    to a no-op notifier. Every store write is counted, so the commits one order needs are
 //!    measured, not assumed. The physical bound is `raw commits/s ÷ commits per order`.
 //! 3. **Waiting orders.** A `provisioner serve` child process on a fresh database of the same
-//!    kind takes `waiting` orders for a sold-out package: each is refused at once and then waits
-//!    an hour on its persisted timer. Its RSS is read from `/proc/<pid>/status`.
+//!    kind, with this process's simulator over HTTP as its SmartVPS, takes `waiting` orders for
+//!    sold-out packages: each is refused at once and then waits an hour on its persisted timer.
+//!    Its RSS is read from `/proc/<pid>/status`.
 //!
 //! Latency is claim-to-commit per step: from the start of `Engine::claim` to the end of
 //! `Engine::work_one`, whose last action is the step's final commit.
@@ -52,9 +53,10 @@ pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postg
 const PACKAGES: u32 = 256;
 /// How long the bare insert loop runs.
 const RAW_COMMIT_WINDOW: Duration = Duration::from_secs(3);
-/// The sold-out package of the built-in simulator's default catalog (see `simulator::catalog`):
-/// every buy attempt on it is refused before any buyvps, so its orders go straight to a wait.
-const SOLD_OUT_PACKAGE: u32 = 17;
+/// Sold-out packages the serve child's SmartVPS sells: every buy attempt is refused before any
+/// buyvps, so orders go straight to a wait. Many of them, because each package's single flight
+/// lets one order at a time through its attempt.
+const SOLD_OUT_PACKAGES: u32 = 64;
 
 /// Which database backend to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -609,12 +611,32 @@ async fn waiting_rss(opts: &Options, db: &mut BenchDb) -> anyhow::Result<Waiting
     let url = db.fresh("waiting").await?;
     // Migrate before the child starts, and keep a store to watch the orders settle.
     let watch = crate::store::open(&url).await?;
+    // The child's SmartVPS: this process serves a simulator whose packages are all sold out.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let sim = Simulator::new(clock, 2);
+    for i in 0..SOLD_OUT_PACKAGES {
+        sim.add_package(PackageSpec::new(2000 + i, &format!("20.{i}"), 0)?);
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sim_addr = listener.local_addr()?;
+    let sim_stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(crate::simulator::serve(
+        sim,
+        listener,
+        crate::simulator::HttpConfig::new("bench", "bench-simulator"),
+        sim_stop.clone(),
+    ));
+    let _stop_simulator = sim_stop.drop_guard();
     let config = db.dir.path().join("waiting.toml");
-    // Buy attempts are refused at once (the package is sold out) and then wait an hour.
+    // Buy attempts are refused at once (sold out) and then wait an hour.
     std::fs::write(
         &config,
-        "[policy.buy]\nattempts = 3\ntimeout = \"5s\"\ndelays = [\"1h\", \"1h\"]\n[worker]\npoll_interval = \"1s\"\n",
+        format!(
+            "[policy.buy]\nattempts = 3\ntimeout = \"5s\"\ndelays = [\"1h\", \"1h\"]\n[worker]\npoll_interval = \"1s\"\n\
+             [smartvps]\nbase_url = \"http://{sim_addr}/\"\nusername = \"bench\"\npassword = \"bench-simulator\"\n"
+        ),
     )?;
+    let key = Cipher::generate_key();
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -633,6 +655,10 @@ async fn waiting_rss(opts: &Options, db: &mut BenchDb) -> anyhow::Result<Waiting
     }
     cmd.env("PROVISIONER_DATABASE_URL", &url)
         .env("PROVISIONER_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "PROVISIONER_SECRET_KEY",
+            secrecy::ExposeSecret::expose_secret(&key),
+        )
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -677,7 +703,7 @@ async fn waiting_rss(opts: &Options, db: &mut BenchDb) -> anyhow::Result<Waiting
                 }
                 let body = serde_json::json!({
                     "order_ref": format!("wait-{i}"),
-                    "package": SOLD_OUT_PACKAGE,
+                    "package": 2000 + (i % u64::from(SOLD_OUT_PACKAGES)),
                     "ram_gb": 2,
                     "customer": { "email": format!("w{i}@example.com"), "name": "Waiting" },
                 });

@@ -45,7 +45,9 @@ const STOPPED_MID_CALL: &str = "worker stopped mid-call";
 
 /// Fast but realistic in shape: a purchase is in flight long enough to be killed in, the first
 /// buy of every package is refused (its order then waits), credentials take a status retry.
-/// The lease (6 s) is longer than 2 x buy.timeout, as config validation requires.
+/// Timeouts are several times the simulated latencies, so a loaded CI machine does not turn a
+/// slow reply into an unknown outcome: every unknown outcome in this test comes from a kill.
+/// The lease (11 s) is longer than 2 x buy.timeout, as config validation requires.
 fn config(sim_addr: std::net::SocketAddr) -> String {
     format!(
         r#"
@@ -53,11 +55,11 @@ fn config(sim_addr: std::net::SocketAddr) -> String {
 on_unknown = "reconcile"
 [policy.buy]
 attempts = 3
-timeout = "2s"
+timeout = "5s"
 delays = ["1s", "1s"]
 [policy.status]
 attempts = 5
-timeout = "1s"
+timeout = "3s"
 delays = ["500ms", "500ms", "500ms", "500ms"]
 [smartvps]
 base_url = "http://{sim_addr}/"
@@ -65,7 +67,7 @@ username = "{SIM_USER}"
 password = "{SIM_PASSWORD}"
 [worker]
 concurrency = 32
-lease = "6s"
+lease = "11s"
 poll_interval = "100ms"
 shutdown_grace = "1s"
 "#
