@@ -43,6 +43,8 @@ async fn sigterm_releases_the_lease_of_an_unfinished_purchase_and_exits_cleanly(
         .unwrap();
     // Wait until it listens (it logs the address).
     let stderr = child.stderr.take().unwrap();
+    // Should an assertion fail before the SIGTERM below, the server must not outlive the test.
+    let guard = KillOnDrop(child.id());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -108,6 +110,7 @@ async fn sigterm_releases_the_lease_of_an_unfinished_purchase_and_exits_cleanly(
             .unwrap()
             .success()
     );
+    std::mem::forget(guard);
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
@@ -151,4 +154,15 @@ async fn sigterm_releases_the_lease_of_an_unfinished_purchase_and_exits_cleanly(
         1,
         "no lease outlives the process: the order can be claimed as soon as it is due"
     );
+}
+
+/// Kills the child process with SIGKILL when dropped (a test that panics early).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.0.to_string()])
+            .status();
+    }
 }
