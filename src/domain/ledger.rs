@@ -33,6 +33,29 @@ pub enum PurchaseOutcome {
 }
 
 impl PurchaseOutcome {
+    /// Rebuilds an outcome from its stored kind, address and reason.
+    ///
+    /// # Errors
+    /// An unknown kind, or a success without an address.
+    pub fn from_parts(
+        kind: &str,
+        ip: Option<Ipv4Addr>,
+        reason: Option<String>,
+    ) -> Result<Self, String> {
+        match kind {
+            "succeeded" => ip
+                .map(|ip| Self::Succeeded { ip })
+                .ok_or_else(|| "a succeeded purchase without an address".into()),
+            "rejected" => Ok(Self::Rejected {
+                reason: reason.unwrap_or_default(),
+            }),
+            "unknown" => Ok(Self::Unknown {
+                reason: reason.unwrap_or_default(),
+            }),
+            other => Err(format!("unknown outcome kind {other:?}")),
+        }
+    }
+
     /// Stored kind.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -67,6 +90,33 @@ pub enum Resolution {
 }
 
 impl Resolution {
+    /// The stored detail: the evidence, or the adopted address.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            Self::NotBought { evidence } | Self::Escalated { evidence } => Some(evidence.clone()),
+            Self::Adopted { ip } => Some(ip.to_string()),
+            Self::RetriedBlindly => None,
+        }
+    }
+
+    /// Rebuilds a resolution from its stored kind and detail.
+    ///
+    /// # Errors
+    /// An unknown kind, or an adoption whose detail is not an address.
+    pub fn from_parts(kind: &str, detail: Option<String>) -> Result<Self, String> {
+        let detail = detail.unwrap_or_default();
+        match kind {
+            "not_bought" => Ok(Self::NotBought { evidence: detail }),
+            "escalated" => Ok(Self::Escalated { evidence: detail }),
+            "adopted" => detail
+                .parse()
+                .map(|ip| Self::Adopted { ip })
+                .map_err(|e| format!("adopted address {detail:?}: {e}")),
+            "retried_blindly" => Ok(Self::RetriedBlindly),
+            other => Err(format!("unknown resolution kind {other:?}")),
+        }
+    }
+
     /// Stored kind.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -168,6 +218,46 @@ pub struct PurchaseIntent {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stored_parts_round_trip() {
+        let ip: Ipv4Addr = "103.82.72.9".parse().unwrap();
+        for o in [
+            PurchaseOutcome::Succeeded { ip },
+            PurchaseOutcome::Rejected {
+                reason: "error".into(),
+            },
+            PurchaseOutcome::Unknown {
+                reason: "timeout after 2m".into(),
+            },
+        ] {
+            let (ip_part, reason) = match &o {
+                PurchaseOutcome::Succeeded { ip } => (Some(*ip), None),
+                PurchaseOutcome::Rejected { reason } | PurchaseOutcome::Unknown { reason } => {
+                    (None, Some(reason.clone()))
+                }
+            };
+            assert_eq!(
+                PurchaseOutcome::from_parts(o.kind(), ip_part, reason).unwrap(),
+                o
+            );
+        }
+        for r in [
+            Resolution::NotBought {
+                evidence: "unchanged at 50".into(),
+            },
+            Resolution::Escalated {
+                evidence: "went from 50 to 49".into(),
+            },
+            Resolution::Adopted { ip },
+            Resolution::RetriedBlindly,
+        ] {
+            assert_eq!(Resolution::from_parts(r.kind(), r.detail()).unwrap(), r);
+        }
+        assert!(PurchaseOutcome::from_parts("succeeded", None, None).is_err());
+        assert!(Resolution::from_parts("adopted", Some("not an ip".into())).is_err());
+        assert!(Resolution::from_parts("shrug", None).is_err());
+    }
+
     use super::*;
 
     fn purchase(outcome: Option<PurchaseOutcome>, resolution: Option<Resolution>) -> Purchase {

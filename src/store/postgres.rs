@@ -234,39 +234,19 @@ fn order_from(row: &PgRow) -> Result<Order, StoreError> {
 fn purchase_from(row: &PgRow) -> Result<Purchase, StoreError> {
     let outcome_kind: Option<String> = row.try_get("outcome")?;
     let reason: Option<String> = row.try_get("outcome_reason")?;
-    let outcome = match outcome_kind.as_deref() {
-        None => None,
-        Some("succeeded") => Some(PurchaseOutcome::Succeeded {
-            ip: ip_col(row, "outcome_ip")?
-                .ok_or_else(|| corrupt("outcome_ip", "missing for a succeeded purchase"))?,
-        }),
-        Some("rejected") => Some(PurchaseOutcome::Rejected {
-            reason: reason.unwrap_or_default(),
-        }),
-        Some("unknown") => Some(PurchaseOutcome::Unknown {
-            reason: reason.unwrap_or_default(),
-        }),
-        Some(other) => return Err(corrupt("outcome", other)),
-    };
+    let outcome_ip = ip_col(row, "outcome_ip")?;
+    let outcome = outcome_kind
+        .as_deref()
+        .map(|kind| PurchaseOutcome::from_parts(kind, outcome_ip, reason))
+        .transpose()
+        .map_err(|e| corrupt("outcome", e))?;
     let res_kind: Option<String> = row.try_get("resolution")?;
     let detail: Option<String> = row.try_get("resolution_detail")?;
-    let resolution = match res_kind.as_deref() {
-        None => None,
-        Some("not_bought") => Some(Resolution::NotBought {
-            evidence: detail.unwrap_or_default(),
-        }),
-        Some("escalated") => Some(Resolution::Escalated {
-            evidence: detail.unwrap_or_default(),
-        }),
-        Some("adopted") => Some(Resolution::Adopted {
-            ip: detail
-                .unwrap_or_default()
-                .parse()
-                .map_err(|e| corrupt("resolution_detail", e))?,
-        }),
-        Some("retried_blindly") => Some(Resolution::RetriedBlindly),
-        Some(other) => return Err(corrupt("resolution", other)),
-    };
+    let resolution = res_kind
+        .as_deref()
+        .map(|kind| Resolution::from_parts(kind, detail))
+        .transpose()
+        .map_err(|e| corrupt("resolution", e))?;
     let name: String = row.try_get("package_name")?;
     Ok(Purchase {
         id: row.try_get("id")?,
@@ -286,16 +266,6 @@ fn purchase_from(row: &PgRow) -> Result<Purchase, StoreError> {
         resolution,
         late_ip: ip_col(row, "late_ip")?,
     })
-}
-
-fn resolution_detail(r: &Resolution) -> Option<String> {
-    match r {
-        Resolution::NotBought { evidence } | Resolution::Escalated { evidence } => {
-            Some(evidence.clone())
-        }
-        Resolution::Adopted { ip } => Some(ip.to_string()),
-        Resolution::RetriedBlindly => None,
-    }
 }
 
 fn delivery_from(row: &PgRow, worker: &str) -> Result<Delivery, StoreError> {
@@ -417,7 +387,7 @@ async fn write(
             "UPDATE purchases SET resolution = $1, resolution_detail = $2 WHERE id = $3 AND order_id = $4",
         )
         .bind(res.kind())
-        .bind(resolution_detail(&res))
+        .bind(res.detail())
         .bind(pid)
         .bind(order.id.as_str())
         .execute(&mut **tx)
