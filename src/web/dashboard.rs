@@ -583,20 +583,41 @@ async fn after(
     }
 }
 
+/// Why an order action's form was refused before doing anything.
+enum Refused {
+    /// The form's CSRF token does not match the session's.
+    Forged,
+    /// The path does not name an order.
+    NoSuchOrder,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Forged => forged(),
+            Self::NoSuchOrder => StatusCode::NOT_FOUND.into_response(),
+        }
+    }
+}
+
+/// An order action's common gate: the form's CSRF token must match the session's, and the path
+/// must name an order id.
+fn checked_order(user: &DashboardUser, csrf: Option<&str>, id: &str) -> Result<OrderId, Refused> {
+    if !csrf_ok(user.csrf.expose_secret(), csrf.unwrap_or("")) {
+        return Err(Refused::Forged);
+    }
+    order_id(id).map_err(|_| Refused::NoSuchOrder)
+}
+
 async fn retry(
     State(state): State<AppState>,
     user: DashboardUser,
     Path(id): Path<String>,
     Form(form): Form<ReasonForm>,
 ) -> Response {
-    if !csrf_ok(
-        user.csrf.expose_secret(),
-        form.csrf.as_deref().unwrap_or(""),
-    ) {
-        return forged();
-    }
-    let Ok(id) = order_id(&id) else {
-        return StatusCode::NOT_FOUND.into_response();
+    let id = match checked_order(&user, form.csrf.as_deref(), &id) {
+        Ok(id) => id,
+        Err(refused) => return refused.into_response(),
     };
     let reason = form.reason.unwrap_or_default();
     let result = state
@@ -624,14 +645,9 @@ async fn resolve(
     Path(id): Path<String>,
     Form(form): Form<ResolveForm>,
 ) -> Response {
-    if !csrf_ok(
-        user.csrf.expose_secret(),
-        form.csrf.as_deref().unwrap_or(""),
-    ) {
-        return forged();
-    }
-    let Ok(id) = order_id(&id) else {
-        return StatusCode::NOT_FOUND.into_response();
+    let id = match checked_order(&user, form.csrf.as_deref(), &id) {
+        Ok(id) => id,
+        Err(refused) => return refused.into_response(),
     };
     let result = match parse_resolve(
         form.action.as_deref().unwrap_or(""),
@@ -660,14 +676,9 @@ async fn cancel(
     Path(id): Path<String>,
     Form(form): Form<ReasonForm>,
 ) -> Response {
-    if !csrf_ok(
-        user.csrf.expose_secret(),
-        form.csrf.as_deref().unwrap_or(""),
-    ) {
-        return forged();
-    }
-    let Ok(id) = order_id(&id) else {
-        return StatusCode::NOT_FOUND.into_response();
+    let id = match checked_order(&user, form.csrf.as_deref(), &id) {
+        Ok(id) => id,
+        Err(refused) => return refused.into_response(),
     };
     let reason = form.reason.unwrap_or_default();
     let result = state
