@@ -253,7 +253,7 @@ impl BenchDb {
         Ok(match self.kind {
             StoreKind::Sqlite => {
                 let store = SqliteStore::connect(&url).await?;
-                let raw = raw_commit_rate_sqlite(store.pool(), workers).await?;
+                let raw = raw_commit_rate_sqlite(&store, workers).await?;
                 (Arc::new(store), raw)
             }
             StoreKind::Postgres => {
@@ -336,26 +336,54 @@ async fn raw_commit_rate_postgres(pool: &sqlx::PgPool, tasks: usize) -> anyhow::
     .await
 }
 
-async fn raw_commit_rate_sqlite(pool: &sqlx::SqlitePool, tasks: usize) -> anyhow::Result<f64> {
+/// SQLite's raw rate, the better of two ways to write: every task's INSERTs taking turns on the
+/// store's one writer connection (how the store writes) and spread over the readers' pool of 8
+/// connections (SQLite's own locking). The bound is the higher of the two.
+async fn raw_commit_rate_sqlite(store: &SqliteStore, tasks: usize) -> anyhow::Result<f64> {
+    const INSERT: &str = "INSERT INTO bench_commits (task, at, note) VALUES (?, ?, ?)";
+    const NOTE: &str = "a row about as wide as a timeline line";
     sqlx::query(
         "CREATE TABLE bench_commits (id INTEGER PRIMARY KEY AUTOINCREMENT, task INTEGER NOT NULL, at INTEGER NOT NULL, note TEXT NOT NULL)",
     )
-    .execute(pool)
+    .execute(store.pool())
     .await?;
-    let pool = pool.clone();
-    raw_loop(tasks, move |task| {
+    let writer = {
+        let store = store.clone();
+        raw_loop(tasks, move |task| {
+            let store = store.clone();
+            async move {
+                let mut turn = store
+                    .write_turn()
+                    .await
+                    .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+                sqlx::query(INSERT)
+                    .bind(task)
+                    .bind(SystemClock.now().millis())
+                    .bind(NOTE)
+                    .execute(&mut *turn)
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await?
+    };
+    println!("  raw commits via the one writer connection: {writer:>8.0} commits/s");
+    let pool = store.pool().clone();
+    let pooled = raw_loop(tasks, move |task| {
         let pool = pool.clone();
         async move {
-            sqlx::query("INSERT INTO bench_commits (task, at, note) VALUES (?, ?, ?)")
+            sqlx::query(INSERT)
                 .bind(task)
                 .bind(SystemClock.now().millis())
-                .bind("a row about as wide as a timeline line")
+                .bind(NOTE)
                 .execute(&pool)
                 .await
                 .map(|_| ())
         }
     })
-    .await
+    .await?;
+    println!("  raw commits via a pool of 8 connections:   {pooled:>8.0} commits/s");
+    Ok(writer.max(pooled))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -913,6 +941,15 @@ impl Store for Counting {
     ) -> Result<(), StoreError> {
         self.commit();
         self.inner.notice_failed(id, error, retry_at).await
+    }
+    async fn fan_out(
+        &self,
+        deliveries: &[crate::store::NewDelivery],
+        notices: &[i64],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.commit();
+        self.inner.fan_out(deliveries, notices, now).await
     }
     async fn add_deliveries(
         &self,

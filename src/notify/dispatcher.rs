@@ -140,33 +140,39 @@ impl Dispatcher {
         }
     }
 
-    /// Turns due notices into deliveries for every channel that takes them.
+    /// Turns due notices into deliveries for every channel that takes them: the whole batch in
+    /// one store call (one commit on the SQL backends).
     async fn fan_out(&self) -> Result<usize, StoreError> {
         let now = self.clock.now();
         let notices = self.store.due_notices(now, 256).await?;
+        if notices.is_empty() {
+            return Ok(0);
+        }
+        let mut deliveries = Vec::new();
         for notice in &notices {
             let event_id = format!("ntc_{}_{}", notice.id, notice.order_id);
-            let deliveries: Vec<NewDelivery> = self
-                .channels
-                .iter()
-                .filter(|c| c.accepts(notice.kind))
-                .map(|c| NewDelivery {
-                    key: delivery_key(&event_id, c.channel()),
-                    event_id: event_id.clone(),
-                    notice_id: Some(notice.id),
-                    order_id: Some(notice.order_id.clone()),
-                    kind: notice.kind,
-                    channel: c.channel().to_string(),
-                    detail: None,
-                })
-                .collect();
-            if deliveries.is_empty() {
+            let before = deliveries.len();
+            deliveries.extend(
+                self.channels
+                    .iter()
+                    .filter(|c| c.accepts(notice.kind))
+                    .map(|c| NewDelivery {
+                        key: delivery_key(&event_id, c.channel()),
+                        event_id: event_id.clone(),
+                        notice_id: Some(notice.id),
+                        order_id: Some(notice.order_id.clone()),
+                        kind: notice.kind,
+                        channel: c.channel().to_string(),
+                        detail: None,
+                    }),
+            );
+            if deliveries.len() == before {
                 tracing::debug!(order_id = %notice.order_id, notice = notice.kind.as_str(), "no channel takes this notice");
             }
-            self.store.add_deliveries(&deliveries, now).await?;
-            // "Delivered" to its deliveries: they carry it from here.
-            self.store.notice_delivered(notice.id, now).await?;
         }
+        let ids: Vec<i64> = notices.iter().map(|n| n.id).collect();
+        // "Delivered" to its deliveries: they carry it from here.
+        self.store.fan_out(&deliveries, &ids, now).await?;
         Ok(notices.len())
     }
 

@@ -380,9 +380,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     // issue 5: outbox deliveries
-    // The dispatcher fans each due notice out into per-channel deliveries with `add_deliveries`
-    // and then marks the notice with `notice_delivered` (meaning "handed to its deliveries"); a
-    // crash in between only repeats the fan-out, which the unique keys make harmless.
+    // The dispatcher fans due notices out into per-channel deliveries and marks the notices
+    // handed over (`notice_delivered`: "handed to its deliveries"), a batch at a time with
+    // `fan_out`. Where the two happen apart, a crash in between only repeats the fan-out, which
+    // the unique keys make harmless.
+
+    /// Queues `deliveries` and marks `notices` handed to them. SQL backends do it in one
+    /// transaction, so a batch of notices costs one commit, not two per notice. The default
+    /// queues, then marks each notice: as safe (keys are unique), only slower.
+    async fn fan_out(
+        &self,
+        deliveries: &[NewDelivery],
+        notices: &[i64],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.add_deliveries(deliveries, now).await?;
+        for id in notices {
+            self.notice_delivered(*id, now).await?;
+        }
+        Ok(())
+    }
 
     /// Queues deliveries in one transaction. A key already queued is left as it is, so fanning
     /// the same notice out twice queues nothing new.

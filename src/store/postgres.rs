@@ -97,6 +97,11 @@ impl PostgresStore {
             .application_name("provisioner");
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(1))
+            // No liveness ping per borrow: it is a network round trip before every statement.
+            // A connection the server dropped fails its statement instead; the store call
+            // returns an error, the step is retried from the database, and the pool discards
+            // the connection when it comes back (sqlx still pings on return).
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .idle_timeout(Some(Duration::from_secs(600)))
             .max_lifetime(Some(Duration::from_secs(3600)))
@@ -870,20 +875,46 @@ impl Store for PostgresStore {
         deliveries: &[NewDelivery],
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        self.fan_out(deliveries, &[], now).await
+    }
+
+    async fn fan_out(
+        &self,
+        deliveries: &[NewDelivery],
+        notices: &[i64],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for d in deliveries {
+        if !deliveries.is_empty() {
+            let col = |f: fn(&NewDelivery) -> Option<&str>| -> Vec<Option<&str>> {
+                deliveries.iter().map(f).collect()
+            };
+            let notice_ids: Vec<Option<i64>> = deliveries.iter().map(|d| d.notice_id).collect();
+            // WITH ORDINALITY keeps the batch's order in the serial ids, which is delivery order.
             sqlx::query(
                 "INSERT INTO outbox_deliveries (key, event_id, notice_id, order_id, kind, channel, detail, created_at, next_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (key) DO NOTHING",
+                 SELECT d.key, d.event_id, d.notice_id, d.order_id, d.kind, d.channel, d.detail, $8, $8 \
+                 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+                 WITH ORDINALITY AS d(key, event_id, notice_id, order_id, kind, channel, detail, n) \
+                 ORDER BY d.n ON CONFLICT (key) DO NOTHING",
             )
-            .bind(&d.key)
-            .bind(&d.event_id)
-            .bind(d.notice_id)
-            .bind(d.order_id.as_ref().map(OrderId::as_str))
-            .bind(d.kind.as_str())
-            .bind(&d.channel)
-            .bind(&d.detail)
+            .bind(col(|d| Some(d.key.as_str())))
+            .bind(col(|d| Some(d.event_id.as_str())))
+            .bind(notice_ids)
+            .bind(col(|d| d.order_id.as_ref().map(OrderId::as_str)))
+            .bind(col(|d| Some(d.kind.as_str())))
+            .bind(col(|d| Some(d.channel.as_str())))
+            .bind(col(|d| d.detail.as_deref()))
             .bind(now.millis())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !notices.is_empty() {
+            sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, next_at = NULL, delivered_at = $1 WHERE id = ANY($2)",
+            )
+            .bind(now.millis())
+            .bind(notices)
             .execute(&mut *tx)
             .await?;
         }

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use tokio::sync::OwnedMutexGuard;
 
 use super::{
@@ -51,30 +51,93 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
-/// Rows per multi-row INSERT: 4 parameters each stays far below SQLite's parameter limit.
+/// Rows per multi-row statement: at most 9 parameters a row stays far below SQLite's limit
+/// (32,766 parameters since 3.32).
 const ROWS_PER_INSERT: usize = 100;
 
 const ORDER_COLUMNS: &str = "id, order_ref, fingerprint, package_id, ram_gb, customer_email, customer_name, os, state, buy_attempts, \
      status_attempts, server_ip, failure_phase, failure_reason, run_at, created_at, updated_at, ready_at";
 
 /// The SQLite store.
+///
+/// Reads and writes use separate connections. Every write (every transaction and every
+/// single-statement write) runs on one **writer** connection that this store holds itself,
+/// taken in turn through an in-process queue. SQLite admits one writer anyway; the queue and the
+/// single connection buy three things (measured in `docs/benchmarks.md`):
+/// - no busy-handler sleeps: a writer that finds the database locked would sleep in SQLite's busy
+///   handler (1, 2, 5, 10 ... ms) although the holder is done within a millisecond, and
+///   throughput would collapse as workers are added;
+/// - a warm page cache: in WAL mode a connection discards its whole page cache whenever it sees
+///   that *another* connection wrote. With writes spread over a pool, every write started cold and
+///   re-read the B-tree pages it touched, a cost that grew with the database. The writer's own
+///   commits leave its cache valid;
+/// - no pool round trips: a sqlx pool pings a connection when it is taken and again when it is
+///   given back, each a hop to the connection's thread, as costly as a statement. Writes are
+///   serialized, so those hops were paid inside every write's turn.
+///
+/// Other processes (`orders` CLI commands) still meet `busy_timeout`.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
+    /// Reads: several connections, each reading a consistent WAL snapshot.
     pool: SqlitePool,
-    /// One writer at a time, queued in this process. SQLite admits one writer anyway; without
-    /// the queue, a writer that finds the database locked sleeps in SQLite's busy handler (1, 2,
-    /// 5, 10 ... ms) although the holder is done within a millisecond, and throughput collapses
-    /// as workers are added. Other processes (`orders` CLI commands) still meet `busy_timeout`.
-    writes: Arc<tokio::sync::Mutex<()>>,
+    /// Writes: the one connection, and the queue for it (first come, first served).
+    writer: Arc<tokio::sync::Mutex<Writer>>,
+}
+
+/// Pages the writer connection may cache, in KiB (SQLite's negative `cache_size`): enough for
+/// the hot B-tree pages of a few hundred thousand orders; it fills only as pages are touched.
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
+
+/// How often, at most, a turn checks that the writer connection's thread is alive. A check is a
+/// round trip; a dead thread (a crash inside the driver) would otherwise fail every write.
+const WRITER_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The writer connection and how to open it again.
+#[derive(Debug)]
+struct Writer {
+    conn: SqliteConnection,
+    options: SqliteConnectOptions,
+    checked_at: std::time::Instant,
+}
+
+/// A turn on the writer connection; the next writer's turn starts when it is dropped. Derefs to
+/// the connection, so `&mut *turn` executes statements.
+pub struct WriteTurn(OwnedMutexGuard<Writer>);
+
+impl WriteTurn {
+    /// Opens a `BEGIN IMMEDIATE` transaction: the write lock is taken at the start, so the
+    /// transaction never fails later upgrading a read lock.
+    async fn begin(&mut self) -> Result<Tx<'_>, StoreError> {
+        Ok(self.0.conn.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+impl std::ops::Deref for WriteTurn {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.0.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteTurn {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.0.conn
+    }
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`)
-    /// and applies migrations.
+    /// Opens (creating if needed) the database file at `url` (`sqlite://path`) and applies
+    /// migrations.
     ///
     /// # Errors
-    /// When the file cannot be opened or a migration fails.
+    /// When the file cannot be opened or a migration fails, or for an in-memory URL: such a
+    /// database would lose every order when the process exits.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Err(StoreError::Database(format!(
+                "database url {url:?} names an in-memory SQLite database, which would lose every order at exit; name a file (sqlite://provisioner.db)"
+            )));
+        }
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Database(format!("bad database url {url:?}: {e}")))?
             .create_if_missing(true)
@@ -82,38 +145,43 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let memory = url.contains(":memory:");
+        let cannot_open = |e: sqlx::Error| StoreError::Database(format!("cannot open {url}: {e}"));
+        let writer_options = options
+            .clone()
+            .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"));
+        // The writer first: it creates the file and switches it to WAL.
+        let conn = SqliteConnection::connect_with(&writer_options)
+            .await
+            .map_err(cannot_open)?;
         let pool = SqlitePoolOptions::new()
-            // An in-memory database exists per connection: keep exactly one.
-            .max_connections(if memory { 1 } else { 8 })
-            .min_connections(if memory { 1 } else { 0 })
-            .idle_timeout(if memory {
-                None
-            } else {
-                Some(Duration::from_secs(600))
-            })
-            .max_lifetime(if memory {
-                None
-            } else {
-                Some(Duration::from_secs(3600))
-            })
+            .max_connections(8)
+            .min_connections(0)
+            // A local file has no peer to hang up: a liveness ping per borrow is a wasted hop.
+            .test_before_acquire(false)
+            .idle_timeout(Some(Duration::from_secs(600)))
+            .max_lifetime(Some(Duration::from_secs(3600)))
             .connect_with(options)
             .await
-            .map_err(|e| StoreError::Database(format!("cannot open {url}: {e}")))?;
+            .map_err(cannot_open)?;
         let store = Self {
             pool,
-            writes: Arc::new(tokio::sync::Mutex::new(())),
+            writer: Arc::new(tokio::sync::Mutex::new(Writer {
+                conn,
+                options: writer_options,
+                checked_at: std::time::Instant::now(),
+            })),
         };
         store.migrate().await?;
         Ok(store)
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
+        let mut turn = self.write_turn().await?;
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)")
-            .execute(&self.pool)
+            .execute(&mut *turn)
             .await?;
         for (version, name, sql) in MIGRATIONS {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = turn.begin().await?;
             let done: Option<i64> =
                 sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = ?")
                     .bind(version)
@@ -138,22 +206,26 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// The pool, for benchmarks that measure the raw commit rate of the same database.
+    /// The readers' pool, for benchmarks that measure the raw commit rate of the same database.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
-    /// Waits for this process's turn to write, then opens a `BEGIN IMMEDIATE` transaction.
-    /// Keep the guard until the transaction is committed or dropped.
-    async fn begin_write(&self) -> Result<(OwnedMutexGuard<()>, Tx), StoreError> {
-        let turn = Arc::clone(&self.writes).lock_owned().await;
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok((turn, tx))
-    }
-
-    /// Waits for this process's turn to write a single autocommit statement.
-    async fn write_turn(&self) -> OwnedMutexGuard<()> {
-        Arc::clone(&self.writes).lock_owned().await
+    /// Waits for this process's turn to write, then hands over the writer connection. Public for
+    /// the benchmark that measures the raw commit rate through the same connection.
+    ///
+    /// # Errors
+    /// When the writer connection's thread died and the file cannot be opened again.
+    pub async fn write_turn(&self) -> Result<WriteTurn, StoreError> {
+        let mut writer = Arc::clone(&self.writer).lock_owned().await;
+        if writer.checked_at.elapsed() >= WRITER_CHECK_EVERY {
+            if let Err(e) = writer.conn.ping().await {
+                tracing::warn!(error = %e, "the SQLite writer connection is gone; opening it again");
+                writer.conn = SqliteConnection::connect_with(&writer.options).await?;
+            }
+            writer.checked_at = std::time::Instant::now();
+        }
+        Ok(WriteTurn(writer))
     }
 }
 
@@ -267,25 +339,12 @@ fn delivery_from(row: &SqliteRow, worker: &str) -> Result<Delivery, StoreError> 
     })
 }
 
-type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
-
-async fn check_lease(tx: &mut Tx, lease: &Lease) -> Result<(), StoreError> {
-    let ok: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM orders WHERE id = ? AND lease_token = ? AND lease_owner = ?",
-    )
-    .bind(lease.order_id.as_str())
-    .bind(lease.token)
-    .bind(&lease.worker)
-    .fetch_optional(&mut **tx)
-    .await?;
-    ok.map(|_| ())
-        .ok_or_else(|| StoreError::LeaseLost(lease.order_id.clone()))
-}
+type Tx<'c> = sqlx::Transaction<'c, sqlx::Sqlite>;
 
 /// Writes the order's mutable columns and everything in `change` (the caller checked the fence
 /// or has no lease to check: admin changes).
 async fn write(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     order: &Order,
     change: Change,
     now: Timestamp,
@@ -297,7 +356,7 @@ async fn write(
 /// statement instead of a check and an update, and writes serialize on this process's turn, so
 /// every statement saved is throughput (see `docs/benchmarks.md`).
 async fn write_order(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     fence: Option<&Lease>,
     order: &Order,
     change: Change,
@@ -358,7 +417,7 @@ async fn write_order(
 }
 
 async fn insert_entries(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     id: &OrderId,
     entries: &[TimelineEntry],
 ) -> Result<(), StoreError> {
@@ -380,7 +439,7 @@ async fn insert_entries(
 }
 
 async fn insert_notices(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     id: &OrderId,
     notices: &[NoticeKind],
     now: Timestamp,
@@ -402,6 +461,36 @@ async fn insert_notices(
     Ok(())
 }
 
+/// Queues deliveries, a multi-row INSERT per chunk; a key already queued is left as it is.
+async fn insert_deliveries(
+    tx: &mut Tx<'_>,
+    deliveries: &[NewDelivery],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    for chunk in deliveries.chunks(ROWS_PER_INSERT) {
+        let mut q = String::from(
+            "INSERT INTO outbox_deliveries (key, event_id, notice_id, order_id, kind, channel, detail, created_at, next_at) VALUES ",
+        );
+        q.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "));
+        q.push_str(" ON CONFLICT (key) DO NOTHING");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+        for d in chunk {
+            query = query
+                .bind(&d.key)
+                .bind(&d.event_id)
+                .bind(d.notice_id)
+                .bind(d.order_id.as_ref().map(OrderId::as_str))
+                .bind(d.kind.as_str())
+                .bind(&d.channel)
+                .bind(&d.detail)
+                .bind(now.millis())
+                .bind(now.millis());
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_order(
@@ -410,7 +499,8 @@ impl Store for SqliteStore {
         entries: &[TimelineEntry],
         notices: &[NoticeKind],
     ) -> Result<Intake, StoreError> {
-        let (_turn, mut tx) = self.begin_write().await?;
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn.begin().await?;
         // Insert first and look only on a clash: a new order (the usual case) costs one
         // statement fewer than look-then-insert.
         let inserted = sqlx::query(
@@ -536,7 +626,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
         let expires = now.plus(lease_for);
-        let _turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let q = format!(
             "UPDATE orders SET lease_owner = ?1, lease_token = lease_token + 1, lease_expires_at = ?2 WHERE id IN (\
                SELECT id FROM orders WHERE state IN ('queued', 'buying', 'awaiting_credentials') AND run_at <= ?3 \
@@ -548,7 +638,7 @@ impl Store for SqliteStore {
             .bind(expires.millis())
             .bind(now.millis())
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *turn)
             .await?;
         rows.iter()
             .map(|row| {
@@ -575,19 +665,20 @@ impl Store for SqliteStore {
     }
 
     async fn save(&self, lease: &Lease, order: &Order, change: Change) -> Result<(), StoreError> {
-        let (_turn, mut tx) = self.begin_write().await?;
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn.begin().await?;
         write_order(&mut tx, Some(lease), order, change, order.updated_at).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let _turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let done = sqlx::query("UPDATE orders SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_token = ? AND lease_owner = ?")
             .bind(lease.order_id.as_str())
             .bind(lease.token)
             .bind(&lease.worker)
-            .execute(&self.pool)
+            .execute(&mut *turn)
             .await?;
         if done.rows_affected() == 0 {
             Err(StoreError::LeaseLost(lease.order_id.clone()))
@@ -601,7 +692,7 @@ impl Store for SqliteStore {
         lease: &Lease,
         package: PackageId,
     ) -> Result<Flight, StoreError> {
-        let turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         // The usual case in one statement: the fence is the INSERT's SELECT, so a row goes in
         // only for the lease holder and only if the package is free.
         let inserted = sqlx::query(
@@ -612,21 +703,37 @@ impl Store for SqliteStore {
         .bind(lease.order_id.as_str())
         .bind(lease.token)
         .bind(&lease.worker)
-        .execute(&self.pool)
+        .execute(&mut *turn)
         .await?;
         if inserted.rows_affected() == 1 {
             return Ok(Flight::Granted);
         }
         // Nothing inserted: the lease is gone, or someone (maybe this order) holds the flight.
-        let mut tx = self.pool.begin().await?;
-        check_lease(&mut tx, lease).await?;
-        let holder: String =
-            sqlx::query_scalar("SELECT order_id FROM flights WHERE package_id = ?")
-                .bind(i64::from(package.0))
-                .fetch_one(&mut *tx)
-                .await?;
-        tx.commit().await?;
+        // One statement, so one snapshot: still ours to hold, and who holds the flight.
+        let row = sqlx::query(
+            "SELECT EXISTS (SELECT 1 FROM orders WHERE id = ? AND lease_token = ? AND lease_owner = ?) AS leased, \
+             (SELECT order_id FROM flights WHERE package_id = ?) AS holder",
+        )
+        .bind(lease.order_id.as_str())
+        .bind(lease.token)
+        .bind(&lease.worker)
+        .bind(i64::from(package.0))
+        .fetch_one(&mut *turn)
+        .await?;
         drop(turn);
+        let leased: bool = row.try_get("leased")?;
+        let holder: Option<String> = row.try_get("holder")?;
+        if !leased {
+            return Err(StoreError::LeaseLost(lease.order_id.clone()));
+        }
+        // The INSERT found the package taken, and the holder left between the two statements
+        // (only another process can do that): the step fails and is retried, as before.
+        let Some(holder) = holder else {
+            return Err(StoreError::Database(format!(
+                "the flight for package {} was released while being taken",
+                package.0
+            )));
+        };
         if holder == lease.order_id.as_str() {
             Ok(Flight::Granted)
         } else {
@@ -643,7 +750,8 @@ impl Store for SqliteStore {
         intent: &PurchaseIntent,
         entries: &[TimelineEntry],
     ) -> Result<i64, StoreError> {
-        let (_turn, mut tx) = self.begin_write().await?;
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn.begin().await?;
         // The fenced order write first: if the lease is gone, no intent is written.
         let change = Change {
             entries: entries.to_vec(),
@@ -680,14 +788,14 @@ impl Store for SqliteStore {
                 (None, Some(reason.clone()))
             }
         };
-        let _turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let done = sqlx::query("UPDATE purchases SET outcome = ?, outcome_ip = ?, outcome_reason = ?, decided_at = ? WHERE id = ? AND outcome IS NULL")
             .bind(outcome.kind())
             .bind(&ip)
             .bind(&reason)
             .bind(at.millis())
             .bind(purchase_id)
-            .execute(&self.pool)
+            .execute(&mut *turn)
             .await?;
         if done.rows_affected() == 1 {
             return Ok(Recorded::Recorded);
@@ -696,7 +804,7 @@ impl Store for SqliteStore {
             sqlx::query("UPDATE purchases SET late_ip = ? WHERE id = ?")
                 .bind(ip)
                 .bind(purchase_id)
-                .execute(&self.pool)
+                .execute(&mut *turn)
                 .await?;
         }
         Ok(Recorded::AlreadyDecided)
@@ -721,7 +829,8 @@ impl Store for SqliteStore {
         now: Timestamp,
         change: Change,
     ) -> Result<(), StoreError> {
-        let (_turn, mut tx) = self.begin_write().await?;
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn.begin().await?;
         let done = sqlx::query(
             "UPDATE orders SET lease_token = lease_token + 1, lease_owner = NULL, lease_expires_at = NULL \
              WHERE id = ? AND updated_at = ? AND (lease_expires_at IS NULL OR lease_expires_at <= ?)",
@@ -769,8 +878,8 @@ impl Store for SqliteStore {
     }
 
     async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError> {
-        let _turn = self.write_turn().await;
-        sqlx::query("UPDATE outbox SET attempts = attempts + 1, next_at = NULL, delivered_at = ? WHERE id = ?").bind(at.millis()).bind(id).execute(&self.pool).await?;
+        let mut turn = self.write_turn().await?;
+        sqlx::query("UPDATE outbox SET attempts = attempts + 1, next_at = NULL, delivered_at = ? WHERE id = ?").bind(at.millis()).bind(id).execute(&mut *turn).await?;
         Ok(())
     }
 
@@ -780,14 +889,14 @@ impl Store for SqliteStore {
         error: &str,
         retry_at: Option<Timestamp>,
     ) -> Result<(), StoreError> {
-        let _turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         sqlx::query(
             "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? WHERE id = ?",
         )
         .bind(retry_at.map(Timestamp::millis))
         .bind(error)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *turn)
         .await?;
         Ok(())
     }
@@ -797,23 +906,28 @@ impl Store for SqliteStore {
         deliveries: &[NewDelivery],
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for d in deliveries {
-            sqlx::query(
-                "INSERT INTO outbox_deliveries (key, event_id, notice_id, order_id, kind, channel, detail, created_at, next_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-            )
-            .bind(&d.key)
-            .bind(&d.event_id)
-            .bind(d.notice_id)
-            .bind(d.order_id.as_ref().map(OrderId::as_str))
-            .bind(d.kind.as_str())
-            .bind(&d.channel)
-            .bind(&d.detail)
-            .bind(now.millis())
-            .bind(now.millis())
-            .execute(&mut *tx)
-            .await?;
+        self.fan_out(deliveries, &[], now).await
+    }
+
+    async fn fan_out(
+        &self,
+        deliveries: &[NewDelivery],
+        notices: &[i64],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn.begin().await?;
+        insert_deliveries(&mut tx, deliveries, now).await?;
+        for chunk in notices.chunks(ROWS_PER_INSERT) {
+            let q = format!(
+                "UPDATE outbox SET attempts = attempts + 1, next_at = NULL, delivered_at = ? WHERE id IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q)).bind(now.millis());
+            for id in chunk {
+                query = query.bind(id);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -827,6 +941,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
         // One UPDATE ... RETURNING: atomic in SQLite, so two dispatchers never claim the same row.
+        let mut turn = self.write_turn().await?;
         let rows = sqlx::query(
             "UPDATE outbox_deliveries SET claimed_by = ?1, claim_token = claim_token + 1, claim_expires_at = ?2, \
                attempts = attempts + 1 WHERE id IN (\
@@ -838,7 +953,7 @@ impl Store for SqliteStore {
         .bind(now.plus(claim_for).millis())
         .bind(now.millis())
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *turn)
         .await?;
         let mut out = rows
             .iter()
@@ -854,6 +969,7 @@ impl Store for SqliteStore {
         d: &Delivery,
         result: &DeliveryResult,
     ) -> Result<bool, StoreError> {
+        let mut turn = self.write_turn().await?;
         let done = match result {
             DeliveryResult::Delivered { at } => {
                 sqlx::query(
@@ -862,7 +978,7 @@ impl Store for SqliteStore {
                 )
                 .bind(at.millis())
                 .bind(d.id)
-                .execute(&self.pool)
+                .execute(&mut *turn)
                 .await?
             }
             DeliveryResult::Failed { error, retry_at } => {
@@ -875,7 +991,7 @@ impl Store for SqliteStore {
                 .bind(d.id)
                 .bind(d.token)
                 .bind(&d.worker)
-                .execute(&self.pool)
+                .execute(&mut *turn)
                 .await?
             }
         };
@@ -893,7 +1009,8 @@ impl Store for SqliteStore {
     }
 
     async fn replace_catalog(&self, packages: &[CatalogPackage]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn.begin().await?;
         sqlx::query("DELETE FROM packages")
             .execute(&mut *tx)
             .await?;
@@ -945,10 +1062,11 @@ impl Store for SqliteStore {
     }
 
     async fn set_access_token_hash(&self, id: &OrderId, hash: &str) -> Result<(), StoreError> {
+        let mut turn = self.write_turn().await?;
         let done = sqlx::query("UPDATE orders SET access_token_hash = ? WHERE id = ?")
             .bind(hash)
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&mut *turn)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Corrupt(format!(
@@ -965,5 +1083,44 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(v.flatten())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_in_memory_database_is_refused_by_name() {
+        for url in ["sqlite::memory:", "sqlite://file:x?mode=memory"] {
+            let Err(StoreError::Database(e)) = SqliteStore::connect(url).await else {
+                panic!("{url} was accepted");
+            };
+            assert!(e.contains("in-memory") && e.contains(url), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_and_reads_see_each_other_across_the_two_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let reopened = SqliteStore::connect(&url).await.unwrap();
+        store
+            .replace_catalog(&[CatalogPackage {
+                id: PackageId(7),
+                name: "10.7".into(),
+                free: 3,
+                active: true,
+                synced_at: Timestamp(5),
+            }])
+            .await
+            .unwrap();
+        // Written on the writer, read on a reader of this store and of another one.
+        for s in [&store, &reopened] {
+            let cat = s.catalog().await.unwrap();
+            assert_eq!(cat.len(), 1);
+            assert_eq!(cat[0].free, 3);
+        }
     }
 }

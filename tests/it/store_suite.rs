@@ -21,7 +21,9 @@ use provisioner::domain::{
 use provisioner::store::memory::MemoryStore;
 use provisioner::store::postgres::PostgresStore;
 use provisioner::store::sqlite::SqliteStore;
-use provisioner::store::{Change, Flight, Intake, Lease, OrderFilter, Recorded, Store, StoreError};
+use provisioner::store::{
+    Change, Flight, Intake, Lease, NewDelivery, OrderFilter, Recorded, Store, StoreError,
+};
 
 use crate::helpers::request;
 use crate::pg::PgServer;
@@ -104,6 +106,7 @@ pub async fn suite(fresh: Fresh<'_>) {
     next_due_is_the_earliest_due_or_lapse(fresh().await).await;
     orders_are_filtered_paged_and_counted(fresh().await).await;
     saves_carry_timeline_credentials_and_resolutions(fresh().await).await;
+    fan_out_queues_deliveries_and_hands_notices_over_together(fresh().await).await;
 }
 
 async fn intake_is_idempotent(store: Arc<dyn Store>) {
@@ -554,6 +557,63 @@ async fn outbox_delivers_retries_and_gives_up(store: Arc<dyn Store>) {
     assert_eq!(retry[0].order_id, b.id);
     assert_eq!(retry[0].attempts, 1);
     assert!(store.due_notices(at(10_000), 10).await.unwrap().len() == 1);
+}
+
+async fn fan_out_queues_deliveries_and_hands_notices_over_together(store: Arc<dyn Store>) {
+    // More notices than one multi-row statement holds, so the chunking is exercised too.
+    let orders: Vec<Order> = (0..130)
+        .map(|i| order(&format!("fan-{i}"), 7, at(i)))
+        .collect();
+    for o in &orders {
+        create(&*store, o).await;
+    }
+    let due = store.due_notices(at(200), 500).await.unwrap();
+    assert_eq!(due.len(), 130);
+    let deliveries: Vec<NewDelivery> = due
+        .iter()
+        .flat_map(|n| {
+            ["webhook:shop", "email:customer"].map(|channel| NewDelivery {
+                key: format!("ntc_{}/{channel}", n.id),
+                event_id: format!("ntc_{}", n.id),
+                notice_id: Some(n.id),
+                order_id: Some(n.order_id.clone()),
+                kind: n.kind,
+                channel: channel.into(),
+                detail: None,
+            })
+        })
+        .collect();
+    let ids: Vec<i64> = due.iter().map(|n| n.id).collect();
+    // The first 100 notices, then all of them: the repeat queues nothing twice.
+    store
+        .fan_out(&deliveries[..200], &ids[..100], at(200))
+        .await
+        .unwrap();
+    let left = store.due_notices(at(200), 500).await.unwrap();
+    assert_eq!(left.len(), 30, "handed-over notices are no longer due");
+    store.fan_out(&deliveries, &ids, at(201)).await.unwrap();
+    assert!(store.due_notices(at(300), 500).await.unwrap().is_empty());
+    let claimed = store
+        .claim_deliveries("d1", at(300), Duration::from_secs(60), 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.len(),
+        260,
+        "one delivery per notice and channel, none twice"
+    );
+    let mut keys: Vec<&str> = claimed.iter().map(|d| d.key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), 260);
+    let first = claimed.iter().find(|d| d.key == deliveries[0].key).unwrap();
+    assert_eq!(first.order_id, deliveries[0].order_id);
+    assert_eq!(first.channel, "webhook:shop");
+    assert_eq!(
+        first.created_at,
+        at(200),
+        "the repeat left the first row as it was"
+    );
 }
 
 async fn next_due_is_the_earliest_due_or_lapse(store: Arc<dyn Store>) {
