@@ -526,6 +526,19 @@ async fn pipeline(inner: Arc<dyn Store>, opts: &Options) -> anyhow::Result<Pipel
     let intake = started.elapsed();
     let commits_intake = store.commits.load(Ordering::Relaxed);
 
+    // The database housekeeping `serve` runs, on the same interval, from here to the end.
+    let housekeeping = {
+        let store = Arc::clone(&dyn_store);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::store::MAINTENANCE_INTERVAL).await;
+                if let Err(e) = store.maintain().await {
+                    eprintln!("database housekeeping failed: {e}");
+                }
+            }
+        })
+    };
+
     // Workers: claim one due order, work it one step; stop when no order is active.
     let mut workers = tokio::task::JoinSet::new();
     for engine in &engines {
@@ -577,6 +590,7 @@ async fn pipeline(inner: Arc<dyn Store>, opts: &Options) -> anyhow::Result<Pipel
         delivered += round.delivered;
     }
     let notify = started.elapsed() - intake - work;
+    housekeeping.abort();
     let commits_notify = store.commits.load(Ordering::Relaxed) - commits_intake - commits_work;
 
     let counts = dyn_store.state_counts().await?;
@@ -981,6 +995,9 @@ impl Store for Counting {
     }
     async fn outbox_backlog(&self) -> Result<u64, StoreError> {
         self.inner.outbox_backlog().await
+    }
+    async fn maintain(&self) -> Result<(), StoreError> {
+        self.inner.maintain().await
     }
     async fn replace_catalog(
         &self,

@@ -192,6 +192,9 @@ impl Store for CrashingStore {
     async fn outbox_backlog(&self) -> Result<u64, StoreError> {
         self.0.outbox_backlog().await
     }
+    async fn maintain(&self) -> Result<(), StoreError> {
+        self.0.maintain().await
+    }
     async fn replace_catalog(&self, packages: &[CatalogPackage]) -> Result<(), StoreError> {
         self.0.replace_catalog(packages).await
     }

@@ -53,6 +53,9 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// How often `serve` runs [`Store::maintain`].
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Opens the store named by `url`: `sqlite:` for the embedded SQLite file, `postgres:` or
 /// `postgresql:` for a PostgreSQL server shared by several processes. Migrations are applied.
 ///
@@ -430,6 +433,14 @@ pub trait Store: Send + Sync + 'static {
     /// Work waiting in the outbox: notices not yet fanned out plus deliveries neither delivered
     /// nor abandoned.
     async fn outbox_backlog(&self) -> Result<u64, StoreError>;
+
+    /// Housekeeping the database needs and is not doing by itself; `serve` calls it every
+    /// [`MAINTENANCE_INTERVAL`]. PostgreSQL: vacuums the queue tables when the server's
+    /// autovacuum is off (dead index entries would otherwise pile up in front of every claim).
+    /// Others: nothing to do.
+    async fn maintain(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     // issue 4: catalog and access tokens
     /// Replaces the catalog with the packages of one ipstock read, atomically: packages no
     /// longer listed disappear.

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Row};
+use sqlx::{ConnectOptions, Connection, PgPool, Row};
 
 use super::{
     Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery, Notice,
@@ -51,7 +51,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "catalog_outbox_pool",
         include_str!("../../migrations/postgres/0002_catalog_outbox_pool.sql"),
     ),
+    (
+        3,
+        "queue_table_vacuum",
+        include_str!("../../migrations/postgres/0003_queue_table_vacuum.sql"),
+    ),
 ];
+
+/// The tables whose rows are updated or deleted on every order; vacuumed by
+/// [`Store::maintain`] when the server's autovacuum is off.
+const QUEUE_TABLES: &str = "orders, flights, outbox, outbox_deliveries";
 
 /// The advisory lock key that serializes migrations across processes ("provisio" in ASCII):
 /// any fixed number works as long as nothing else on the database uses it.
@@ -73,6 +82,8 @@ const ACTIVE_STATES: &str = "('queued', 'buying', 'awaiting_credentials')";
 pub struct PostgresStore {
     /// Shared by every worker task, the API and the dispatcher of this process.
     pool: PgPool,
+    /// The server's `autovacuum` was off at connect: [`Store::maintain`] vacuums instead.
+    self_vacuum: bool,
 }
 
 impl PostgresStore {
@@ -108,7 +119,18 @@ impl PostgresStore {
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Database(format!("cannot connect to {shown}: {e}")))?;
-        let store = Self { pool };
+        let autovacuum: String = sqlx::query_scalar("SELECT current_setting('autovacuum')")
+            .fetch_one(&pool)
+            .await?;
+        let self_vacuum = autovacuum != "on";
+        if self_vacuum {
+            tracing::warn!(
+                "PostgreSQL's autovacuum is off: provisioner vacuums its own queue tables ({QUEUE_TABLES}) \
+                 every {}s; turn autovacuum on for the rest of the database",
+                super::MAINTENANCE_INTERVAL.as_secs()
+            );
+        }
+        let store = Self { pool, self_vacuum };
         store.migrate().await?;
         Ok(store)
     }
@@ -992,6 +1014,33 @@ impl Store for PostgresStore {
         .fetch_one(&self.pool)
         .await?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn maintain(&self) -> Result<(), StoreError> {
+        if !self.self_vacuum {
+            return Ok(());
+        }
+        // SKIP_LOCKED: when several processes get here together, one vacuums a table and the
+        // others pass it by instead of queuing behind it. VACUUM takes no lock that blocks
+        // claims or writes.
+        // A connection of its own, without sqlx's statement log: a vacuum of a big table takes
+        // seconds, and a "slow statement" warning every 30 s would bury real ones.
+        let started = std::time::Instant::now();
+        let options = (*self.pool.connect_options())
+            .clone()
+            .disable_statement_logging();
+        let mut conn = sqlx::PgConnection::connect_with(&options).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "VACUUM (ANALYZE, SKIP_LOCKED) {QUEUE_TABLES}"
+        )))
+        .execute(&mut conn)
+        .await?;
+        let _ = conn.close().await;
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis(),
+            "vacuumed the queue tables"
+        );
+        Ok(())
     }
 
     // issue 4: catalog and access tokens
