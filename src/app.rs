@@ -249,19 +249,10 @@ pub async fn start(
             }
         }
     }));
-    let (maintained, token) = (Arc::clone(&store), shutdown.clone());
-    tasks.push(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = token.cancelled() => break,
-                () = tokio::time::sleep(crate::store::MAINTENANCE_INTERVAL) => {
-                    if let Err(e) = maintained.maintain().await {
-                        tracing::warn!("database housekeeping failed (tried again in {}s): {e}", crate::store::MAINTENANCE_INTERVAL.as_secs());
-                    }
-                }
-            }
-        }
-    }));
+    tasks.push(tokio::spawn(crate::store::maintain_until(
+        Arc::clone(&store),
+        shutdown.clone(),
+    )));
     let provider: Arc<dyn Provider> = Arc::new(MeteredProvider::new(provider, Arc::clone(&clock)));
     let catalog = Arc::new(Catalog::new(
         Arc::clone(&store),

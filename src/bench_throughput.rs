@@ -527,17 +527,11 @@ async fn pipeline(inner: Arc<dyn Store>, opts: &Options) -> anyhow::Result<Pipel
     let commits_intake = store.commits.load(Ordering::Relaxed);
 
     // The database housekeeping `serve` runs, on the same interval, from here to the end.
-    let housekeeping = {
-        let store = Arc::clone(&dyn_store);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(crate::store::MAINTENANCE_INTERVAL).await;
-                if let Err(e) = store.maintain().await {
-                    eprintln!("database housekeeping failed: {e}");
-                }
-            }
-        })
-    };
+    let housekeeping = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(crate::store::maintain_until(
+        Arc::clone(&dyn_store),
+        housekeeping.clone(),
+    ));
 
     // Workers: claim one due order, work it one step; stop when no order is active.
     let mut workers = tokio::task::JoinSet::new();
@@ -590,7 +584,7 @@ async fn pipeline(inner: Arc<dyn Store>, opts: &Options) -> anyhow::Result<Pipel
         delivered += round.delivered;
     }
     let notify = started.elapsed() - intake - work;
-    housekeeping.abort();
+    housekeeping.cancel();
     let commits_notify = store.commits.load(Ordering::Relaxed) - commits_intake - commits_work;
 
     let counts = dyn_store.state_counts().await?;

@@ -56,6 +56,24 @@ impl From<sqlx::Error> for StoreError {
 /// How often `serve` runs [`Store::maintain`].
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Runs [`Store::maintain`] every [`MAINTENANCE_INTERVAL`] until `shutdown`; a failure is logged
+/// and tried again next time. `serve` runs it, and so does the throughput benchmark.
+pub async fn maintain_until(store: Arc<dyn Store>, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(MAINTENANCE_INTERVAL) => {
+                if let Err(e) = store.maintain().await {
+                    tracing::warn!(
+                        "database housekeeping failed (tried again in {}s): {e}",
+                        MAINTENANCE_INTERVAL.as_secs()
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Opens the store named by `url`: `sqlite:` for the embedded SQLite file, `postgres:` or
 /// `postgresql:` for a PostgreSQL server shared by several processes. Migrations are applied.
 ///
