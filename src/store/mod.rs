@@ -245,6 +245,30 @@ pub struct Notice {
 /// Counts of orders per state.
 pub type StateCounts = Vec<(OrderState, u64)>;
 
+/// Every state with its count, as the SQL stores read it (`SELECT state, COUNT(*) ... GROUP BY
+/// state`): zero for a state with no row, and a row of an unknown state ignored.
+pub(crate) fn state_counts_from(rows: &[(String, i64)]) -> StateCounts {
+    OrderState::ALL
+        .iter()
+        .map(|s| {
+            let n = rows
+                .iter()
+                .find(|(name, _)| name == s.as_str())
+                .map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
+            (*s, n)
+        })
+        .collect()
+}
+
+/// A timeline line from the SQL stores' `(at, kind, message)` columns.
+pub(crate) fn timeline_entry((at, kind, message): (i64, String, String)) -> TimelineEntry {
+    TimelineEntry {
+        at: Timestamp(at),
+        kind: crate::domain::EntryKind::parse(&kind),
+        message,
+    }
+}
+
 /// A delivery to queue: one event for one channel (a webhook endpoint, an email audience, the
 /// log). A notice fanned out to two webhooks and email is three deliveries, each with its own
 /// attempts and schedule.

@@ -554,36 +554,21 @@ impl Store for PostgresStore {
     }
 
     async fn state_counts(&self) -> Result<StateCounts, StoreError> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM orders GROUP BY state")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut counts: StateCounts = OrderState::ALL.iter().map(|s| (*s, 0)).collect();
-        for row in rows {
-            let state: String = row.try_get("state")?;
-            let n: i64 = row.try_get("n")?;
-            if let Some(slot) = counts.iter_mut().find(|(s, _)| s.as_str() == state) {
-                slot.1 = u64::try_from(n).unwrap_or(0);
-            }
-        }
-        Ok(counts)
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM orders GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(super::state_counts_from(&rows))
     }
 
     async fn timeline(&self, id: &OrderId) -> Result<Vec<TimelineEntry>, StoreError> {
-        let rows =
-            sqlx::query("SELECT at, kind, message FROM timeline WHERE order_id = $1 ORDER BY id")
-                .bind(id.as_str())
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| {
-                let kind: String = r.try_get("kind")?;
-                Ok(TimelineEntry {
-                    at: Timestamp(r.try_get("at")?),
-                    kind: crate::domain::EntryKind::parse(&kind),
-                    message: r.try_get("message")?,
-                })
-            })
-            .collect()
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT at, kind, message FROM timeline WHERE order_id = $1 ORDER BY id",
+        )
+        .bind(id.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(super::timeline_entry).collect())
     }
 
     async fn purchases(&self, id: &OrderId) -> Result<Vec<Purchase>, StoreError> {
