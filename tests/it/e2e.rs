@@ -23,38 +23,16 @@ async fn intake_to_ready_over_http() {
     let key = Cipher::generate_key();
     let svc = start_service(&dir.path().join("e2e.db"), &sim, clock, &key).await;
 
-    let created = svc
-        .http
-        .post(format!("{}/api/v1/orders", svc.api))
-        .json(&body("pay-e2e-1", 11))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let created: serde_json::Value = created.json().await.unwrap();
+    let (status, created) = svc.intake(&body("pay-e2e-1", 11)).await;
+    assert_eq!(status, 201);
     let id = created["id"].as_str().unwrap().to_string();
 
     // A replayed webhook returns the same order; a different body under the same ref is refused.
-    let again = svc
-        .http
-        .post(format!("{}/api/v1/orders", svc.api))
-        .json(&body("pay-e2e-1", 11))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 200);
-    assert_eq!(
-        again.json::<serde_json::Value>().await.unwrap()["id"],
-        created["id"]
-    );
-    let conflict = svc
-        .http
-        .post(format!("{}/api/v1/orders", svc.api))
-        .json(&body("pay-e2e-1", 12))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(conflict.status(), 409);
+    let (status, again) = svc.intake(&body("pay-e2e-1", 11)).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["id"], created["id"]);
+    let (status, _) = svc.intake(&body("pay-e2e-1", 12)).await;
+    assert_eq!(status, 409);
 
     let done = svc
         .until(&id, Duration::from_secs(30), |v| v["state"] == "ready")

@@ -200,18 +200,43 @@ pub async fn start_service(
     }
 }
 
+/// Posts an intake request to the API at `api` (`http://host:port`); returns the status and the
+/// JSON body.
+pub async fn post_order(
+    http: &reqwest::Client,
+    api: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = http
+        .post(format!("{api}/api/v1/orders"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// The order `id` from the API at `api`, as `token` (an admin's or the order's own) sees it.
+pub async fn get_order(
+    http: &reqwest::Client,
+    api: &str,
+    id: &str,
+    token: &str,
+) -> serde_json::Value {
+    http.get(format!("{api}/api/v1/orders/{id}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 impl RealService {
     /// The order as an admin sees it (with timeline and ledger).
     pub async fn get(&self, id: &str) -> serde_json::Value {
-        self.http
-            .get(format!("{}/api/v1/orders/{id}", self.api))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_order(&self.http, &self.api, id, ADMIN_TOKEN).await
     }
 
     /// Polls the order until `done` holds (bounded: fails after `limit` of real time).
@@ -239,14 +264,7 @@ impl RealService {
 impl RealService {
     /// Posts an intake request; returns the status and the body.
     pub async fn intake(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
-        let r = self
-            .http
-            .post(format!("{}/api/v1/orders", self.api))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap())
+        post_order(&self.http, &self.api, body).await
     }
 
     /// An admin GET of `path` (under the API's root); returns the status and the body text.

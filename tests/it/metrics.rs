@@ -49,20 +49,9 @@ async fn metrics_after_a_run_pass_promtool() {
     let mut ids = Vec::new();
     for (order_ref, package) in [("pay-m-1", 21), ("pay-m-2", 22)] {
         let body = json!({ "order_ref": order_ref, "package": package, "ram_gb": 4, "customer": { "email": "ann@example.com", "name": "Ann" } });
-        let r = svc
-            .http
-            .post(format!("{}/api/v1/orders", svc.api))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
-        ids.push(
-            r.json::<serde_json::Value>().await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        let (status, created) = svc.intake(&body).await;
+        assert_eq!(status, 201);
+        ids.push(created["id"].as_str().unwrap().to_string());
     }
     svc.until(&ids[0], Duration::from_secs(30), |v| v["state"] == "ready")
         .await;

@@ -19,7 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{fast_clock, scenario_package};
+use crate::helpers::{fast_clock, get_order, post_order, scenario_package};
 use crate::receivers::{SmtpSink, WebhookReceiver};
 
 const SMARTVPS_USER: &str = "reseller-7731";
@@ -181,30 +181,14 @@ async fn run() -> (String, Vec<(&'static str, String)>) {
     let api = format!("http://{}", running.addr);
     let http = reqwest::Client::new();
     let body = json!({ "order_ref": "pay-secret-1", "package": 31, "ram_gb": 4, "customer": { "email": "ann@example.com", "name": "Ann" } });
-    let created: Value = http
-        .post(format!("{api}/api/v1/orders"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, created) = post_order(&http, &api, &body).await;
     let id = created["id"].as_str().unwrap().to_string();
     let access_token = created["access_token"].as_str().unwrap().to_string();
 
     // Until the order is ready and its ready notice reached the webhook and the mailbox.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let ip = loop {
-        let v: Value = http
-            .get(format!("{api}/api/v1/orders/{id}"))
-            .bearer_auth(&access_token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_order(&http, &api, &id, &access_token).await;
         let hooked = hook
             .seen()
             .iter()

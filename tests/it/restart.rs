@@ -23,16 +23,7 @@ async fn restart_during_a_wait_loses_nothing() {
 
     let first = start_service(&db, &sim, clock.clone(), &key).await;
     let body = json!({ "order_ref": "pay-restart", "package": 21, "ram_gb": 2, "customer": { "email": "bo@example.com", "name": "Bo" } });
-    let created: serde_json::Value = first
-        .http
-        .post(format!("{}/api/v1/orders", first.api))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, created) = first.intake(&body).await;
     let id = created["id"].as_str().unwrap().to_string();
     let waiting = first
         .until(&id, Duration::from_secs(20), |v| {

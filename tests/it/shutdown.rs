@@ -10,6 +10,8 @@ use provisioner::crypto::Cipher;
 use provisioner::store::Store;
 use provisioner::store::sqlite::SqliteStore;
 
+use crate::helpers::{get_order, post_order};
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_releases_the_lease_of_an_unfinished_purchase_and_exits_cleanly() {
     crate::helpers::init_logs();
@@ -70,28 +72,13 @@ async fn sigterm_releases_the_lease_of_an_unfinished_purchase_and_exits_cleanly(
     // Package 5 of the built-in catalog answers buyVps after 30 s: the purchase is in flight.
     let http = reqwest::Client::new();
     let body = serde_json::json!({ "order_ref": "term-1", "package": 5, "ram_gb": 2, "customer": { "email": "t@example.com", "name": "T" } });
-    let created: serde_json::Value = http
-        .post(format!("http://127.0.0.1:{port}/api/v1/orders"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api = format!("http://127.0.0.1:{port}");
+    let (_, created) = post_order(&http, &api, &body).await;
     let id = created["id"].as_str().unwrap().to_string();
     let token = created["access_token"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v: serde_json::Value = http
-            .get(format!("http://127.0.0.1:{port}/api/v1/orders/{id}"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_order(&http, &api, &id, &token).await;
         if v["attempts"]["buy"] == 1 {
             break;
         }
