@@ -125,3 +125,17 @@ fn describe_metrics() {
         "Notification delivery attempts by channel, event and outcome (delivered, failed, abandoned)."
     );
 }
+
+/// An error and its sources as one line, skipping a source that repeats its parent's text.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if parts.last().is_none_or(|last| !last.contains(&text)) {
+            parts.push(text);
+        }
+        source = e.source();
+    }
+    parts.join(": ")
+}

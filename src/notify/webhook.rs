@@ -216,7 +216,7 @@ impl Notifier for WebhookNotifier {
                 NotifyError(format!(
                     "POST {}: {}",
                     redacted_url(&self.endpoint.url),
-                    error_text(&e.without_url())
+                    crate::telemetry::error_chain(&e.without_url())
                 ))
             })?;
         let status = response.status();
@@ -230,19 +230,6 @@ impl Notifier for WebhookNotifier {
             )))
         }
     }
-}
-
-fn error_text(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if parts.last().is_none_or(|last| !last.contains(&text)) {
-            parts.push(text);
-        }
-        source = e.source();
-    }
-    parts.join(": ")
 }
 
 /// The signature header value for `body` sent at unix time `t`:

@@ -20,6 +20,7 @@ use super::wire::{self, StatusReply};
 use crate::clock::Clock;
 use crate::domain::{PackageName, RamGb};
 use crate::provider::{CallContext, Outcome, Provider, ServerStatus, StockEntry};
+use crate::telemetry::error_chain;
 
 /// Upper bound on connection set-up. Client-wide, because reqwest has no per-request connect
 /// timeout; a call whose own (real) timeout is shorter is still cut at its own timeout, and a
@@ -459,20 +460,6 @@ fn transport_failure(err: reqwest::Error, timeout: Duration) -> Failure {
         "transport error after the request was sent: {}",
         error_chain(&err)
     ))
-}
-
-/// An error and its sources as one line, skipping a source that repeats its parent's text.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if parts.last().is_none_or(|last| !last.contains(&text)) {
-            parts.push(text);
-        }
-        source = e.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]
