@@ -10,10 +10,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, Settings};
 use crate::crypto::Cipher;
+use crate::engine::catalog::Catalog;
 use crate::engine::{Engine, WorkerSettings};
 use crate::notify::email::EmailNotifier;
 use crate::notify::webhook::WebhookNotifier;

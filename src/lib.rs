@@ -6,48 +6,50 @@
 //! as succeeded, rejected or unknown, and unknown ones are reconciled before any new purchase.
 //!
 //! ## Layout
-//! - [`clock`]: the `Clock` port; system and scaled/virtual time.
-//! - [`config`]: typed settings from TOML and `PROVISIONER_*`/`SMARTVPS_*` environment variables.
-//! - [`policy`]: the retry policy (the seed's timing) and the `plan` timing analysis.
+//! The crate is grouped by the kind of job each module does.
+//!
+//! **Core**: pure rules and the engine that applies them. Nothing here knows HTTP or SQL.
 //! - [`domain`]: orders and their state machine, packages, credentials, the purchase ledger.
+//! - [`policy`]: the retry policy (the seed's timing) and the `plan` timing analysis.
+//! - [`engine`]: the worker: leases, the buy and credentials phases, reconciliation, admin
+//!   actions, and [`engine::catalog`], SmartVPS's stock list kept as the package catalog.
+//! - [`clock`]: the `Clock` port; system and scaled/virtual time.
+//! - [`crypto`]: AEAD encryption of customer passwords at rest.
+//!
+//! **Edges**: the ports' implementations.
+//! - [`store`]: the `Store` port; SQLite, PostgreSQL and in-memory implementations.
 //! - [`provider`]: the `Provider` port, the SmartVPS HTTP client with tolerant wire decoding, and
 //!   a metering decorator.
-//! - [`simulator`]: a SmartVPS world, scriptable faults, in-process and over HTTP.
-//! - [`simulation`]: the deterministic simulation: many orders, random faults, crashes, invariants.
-//! - [`store`]: the `Store` port; SQLite, PostgreSQL and in-memory implementations.
-//! - [`catalog`]: SmartVPS's stock list kept as the package catalog intake checks orders against.
-//! - [`engine`]: the worker: leases, the buy and credentials phases, reconciliation.
 //! - [`notify`]: the `Notifier` port, the outbox dispatcher, signed webhooks, SMTP email.
-//! - [`crypto`]: AEAD encryption of customer passwords at rest.
+//! - [`simulator`]: a SmartVPS world, scriptable faults, in-process and over HTTP (a product
+//!   feature: the demo and `provisioner simulator` run on it).
+//!
+//! **Surfaces**: how people and programs reach the service.
 //! - [`web`]: the axum router: intake, the customer credentials endpoint, the admin JSON API,
 //!   the server-rendered admin dashboard, auth and the OpenAPI document.
-//! - [`app`]: wiring the ports together for `serve` and `demo`.
-//! - [`demo`]: the one-command demo on embedded defaults.
-//! - [`bench`](crate::bench): `bench strategies`, the retry-versus-reconcile comparison.
-//! - [`bench_throughput`]: `bench throughput`, orders per second against the database's raw
-//!   commit rate, latency and memory.
-//! - [`cli`]: the command-line interface.
+//! - [`cli`]: the command-line interface: command types, dispatch, and the operator's `orders`
+//!   and `catalog` commands on the database or through the admin API.
+//! - [`config`]: typed settings from TOML and `PROVISIONER_*`/`SMARTVPS_*` environment variables.
+//! - [`app`]: wiring the ports together for `serve`, `demo` and the CLI.
 //! - [`telemetry`]: logging (human or JSON) and the Prometheus metrics recorder.
-//! - [`operator`]: `orders` and `catalog` commands, on the database or through the admin API.
+//!
+//! **Tools**: not part of the running service.
+//! - [`tools`]: the one-command demo, `bench strategies`, `bench throughput`, and the
+//!   deterministic chaos simulation (many orders, random faults, crashes, invariants).
 #![forbid(unsafe_code)]
 
 pub mod app;
-pub mod bench;
-pub mod bench_throughput;
-pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crypto;
-pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod notify;
-pub mod operator;
 pub mod policy;
 pub mod provider;
-pub mod simulation;
 pub mod simulator;
 pub mod store;
 pub mod telemetry;
+pub mod tools;
 pub mod web;

@@ -10,6 +10,7 @@
 
 pub mod admin;
 mod buy;
+pub mod catalog;
 mod credentials;
 mod progress;
 

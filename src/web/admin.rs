@@ -16,10 +16,10 @@ use super::intake::{no_unknown_keys, string};
 use super::orders::order_id;
 use super::views::OrderView;
 use super::{ApiError, AppState};
-use crate::catalog::CatalogError;
 use crate::clock::Timestamp;
 use crate::domain::{CatalogPackage, FieldError, OrderState, PackageId};
 use crate::engine::admin::Resolve;
+use crate::engine::catalog::CatalogError;
 use crate::store::OrderFilter;
 
 /// The list's query parameters.

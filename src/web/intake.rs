@@ -13,10 +13,10 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::views::IntakeView;
 use super::{ApiError, AppState};
-use crate::catalog::{CatalogError, PackageCheck};
 use crate::crypto::{random_token, token_hash_hex};
 use crate::domain::order::CustomerRequest;
 use crate::domain::{NewOrder, Order, OrderRequest};
+use crate::engine::catalog::{CatalogError, PackageCheck};
 use crate::store::Intake;
 
 const TOP_KEYS: [&str; 5] = ["order_ref", "package", "ram_gb", "customer", "os"];

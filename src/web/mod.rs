@@ -33,8 +33,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use serde_json::json;
 
-use crate::catalog::Catalog;
 use crate::engine::Engine;
+use crate::engine::catalog::Catalog;
 
 /// Shared state of the handlers.
 #[derive(Clone)]

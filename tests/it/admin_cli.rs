@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use provisioner::cli::operator::{Backend, render};
 use provisioner::cli::{OrdersAction, ResolveAction};
 use provisioner::config::Settings;
 use provisioner::crypto::Cipher;
-use provisioner::operator::{Backend, render};
 use provisioner::simulator::{BuyEffect, BuyStep, Scenario, Simulator};
 use secrecy::SecretString;
 

@@ -3,8 +3,8 @@
 //! `provisioner bench strategies --seed N` or by setting SIM_SEED.
 
 use provisioner::policy::{OnUnknown, RetryPolicy};
-use provisioner::simulation::{SimulationConfig, SimulationReport, run};
 use provisioner::simulator::FaultProfile;
+use provisioner::tools::chaos::{SimulationConfig, SimulationReport, run};
 
 fn seed() -> u64 {
     std::env::var("SIM_SEED")

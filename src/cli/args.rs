@@ -1,16 +1,12 @@
-//! The command line: `serve`, `demo`, `plan`, `simulator`, `orders`, `catalog`, `bench`,
-//! `keygen`.
+//! The command types: every subcommand, flag and argument, as clap parses them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{ConfigError, Settings};
-use crate::policy::plan;
-use crate::telemetry::{self, LogFormat};
+use crate::telemetry::LogFormat;
 
 /// Turns paid VPS orders into running SmartVPS servers with delivered credentials, never buying twice.
 #[derive(Debug, Parser)]
@@ -229,7 +225,7 @@ pub enum BenchCommand {
     Throughput {
         /// Which database.
         #[arg(long, value_enum, default_value = "sqlite")]
-        store: crate::bench_throughput::StoreKind,
+        store: crate::tools::bench_throughput::StoreKind,
         /// Orders through the pipeline.
         #[arg(long, default_value_t = 10_000)]
         orders: usize,
@@ -244,196 +240,4 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10_000)]
         waiting: usize,
     },
-}
-
-/// Runs the CLI and returns the process exit code: 0 success, 1 failure, 2 configuration error.
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let level = match cli.command {
-        // The demo and the benchmarks print their own progress; the engine's lines would repeat it.
-        Command::Demo { .. } | Command::Bench { .. } => "error",
-        Command::Plan { .. } | Command::Keygen => "warn",
-        _ => "info",
-    };
-    telemetry::init(cli.log_format, level);
-    // One TLS stack for every HTTP client in the process (rustls with ring).
-    crate::provider::smartvps::install_crypto_provider();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(e) => {
-            if let Some(config) = e.downcast_ref::<ConfigError>() {
-                eprintln!("{config}");
-                return ExitCode::from(2);
-            }
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = || Settings::load(cli.config.as_deref());
-    match cli.command {
-        Command::Serve => {
-            crate::app::serve(settings()?).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Demo { speed } => crate::demo::run(speed).await,
-        Command::Plan {
-            buy_latency,
-            status_latency,
-        } => {
-            let s = settings()?;
-            let timings = plan::Timings {
-                buy_success: buy_latency,
-                status_success: status_latency,
-            };
-            let analysis = plan::analyse(&s.policy, &timings);
-            print!("{}", plan::render(&s.policy, &timings, &analysis));
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Simulator {
-            listen,
-            username,
-            password,
-            path_prefix,
-            seed,
-        } => {
-            crate::app::run_simulator(listen, username, password, path_prefix, seed).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Orders { api, token, action } => match api {
-            Some(url) => {
-                let token = token.ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "--api needs an admin token: --token or PROVISIONER_ADMIN_TOKEN"
-                    )
-                })?;
-                crate::operator::run(
-                    crate::operator::Backend::api(&url, secrecy::SecretString::from(token))?,
-                    action,
-                )
-                .await
-            }
-            None => {
-                let s = settings()?;
-                let engine = crate::app::offline_engine(&s).await?;
-                crate::operator::run(crate::operator::Backend::Database(engine), action).await
-            }
-        },
-        Command::Catalog { action } => {
-            let s = settings()?;
-            let engine = crate::app::offline_engine(&s).await?;
-            let catalog = crate::app::offline_catalog(&s, &engine);
-            crate::operator::catalog(&catalog, action).await
-        }
-        Command::Bench {
-            which: BenchCommand::Strategies { orders, seed },
-        } => {
-            crate::bench::strategies(orders, seed).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench {
-            which:
-                BenchCommand::Throughput {
-                    store,
-                    orders,
-                    workers,
-                    database_url,
-                    waiting,
-                },
-        } => {
-            let opts = crate::bench_throughput::Options {
-                store,
-                orders,
-                workers,
-                database_url,
-                waiting,
-            };
-            crate::bench_throughput::run(opts).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Keygen => {
-            println!(
-                "{}",
-                secrecy::ExposeSecret::expose_secret(&crate::crypto::Cipher::generate_key())
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn orders_takes_api_and_token_before_or_after_the_action() {
-        for args in [
-            &[
-                "provisioner",
-                "orders",
-                "--api",
-                "http://x:1",
-                "--token",
-                "t",
-                "list",
-                "--state",
-                "failed",
-            ][..],
-            &[
-                "provisioner",
-                "orders",
-                "list",
-                "--state",
-                "failed",
-                "--api",
-                "http://x:1",
-                "--token",
-                "t",
-            ][..],
-        ] {
-            let cli = Cli::try_parse_from(args).unwrap();
-            let Command::Orders { api, token, action } = cli.command else {
-                panic!("{args:?}")
-            };
-            assert_eq!(api.as_deref(), Some("http://x:1"));
-            assert_eq!(token.as_deref(), Some("t"));
-            assert!(matches!(action, OrdersAction::List { state: Some(s), .. } if s == "failed"));
-        }
-        let cli = Cli::try_parse_from([
-            "provisioner",
-            "orders",
-            "resolve",
-            "0196a0e0-0000-7000-8000-000000000000",
-            "--action",
-            "not-bought",
-            "--reason",
-            "checked the panel",
-        ])
-        .unwrap();
-        let Command::Orders {
-            action: OrdersAction::Resolve { action, .. },
-            ..
-        } = cli.command
-        else {
-            panic!()
-        };
-        assert_eq!(action.as_str(), "not_bought");
-        assert!(
-            Cli::try_parse_from(["provisioner", "orders", "retry", "x"]).is_err(),
-            "a reason is required"
-        );
-        assert!(Cli::try_parse_from(["provisioner", "catalog", "sync"]).is_ok());
-    }
 }

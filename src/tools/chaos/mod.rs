@@ -122,10 +122,12 @@ impl SimulationReport {
     }
 }
 
-/// Runs a simulation on a fresh current-thread runtime with paused (virtual) time.
+/// Runs a simulation on a fresh current-thread runtime with paused (virtual) time. Paused time
+/// needs tokio's test-util, hence the `bench` feature.
 ///
 /// # Panics
 /// Only if a tokio runtime cannot be built.
+#[cfg(feature = "bench")]
 pub fn run_virtual(cfg: &SimulationConfig) -> SimulationReport {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()

@@ -11,10 +11,10 @@ use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use crate::catalog::Catalog;
-use crate::cli::{CatalogAction, OrdersAction};
+use super::{CatalogAction, OrdersAction};
 use crate::domain::OrderId;
 use crate::engine::Engine;
+use crate::engine::catalog::Catalog;
 use crate::web::admin::{parse_filter, parse_resolve};
 use crate::web::{OrderView, percent_encode};
 

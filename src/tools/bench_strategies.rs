@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use crate::policy::plan::format_total;
 use crate::policy::{OnUnknown, RetryPolicy};
-use crate::simulation::{SimulationConfig, SimulationReport, run_virtual};
 use crate::simulator::FaultProfile;
+use crate::tools::chaos::{SimulationConfig, SimulationReport, run_virtual};
 
 /// Runs the comparison and prints a Markdown table.
 ///

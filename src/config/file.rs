@@ -1,0 +1,158 @@
+//! The config file as written: every field optional, durations as text, unknown keys refused.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// The file as written: every field optional, durations as text, unknown keys refused.
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a TOML document of tables")]
+pub(super) struct RawFile {
+    pub(super) policy: Option<RawPolicy>,
+    pub(super) smartvps: Option<RawSmartVps>,
+    pub(super) database: Option<RawDatabase>,
+    pub(super) server: Option<RawServer>,
+    pub(super) worker: Option<RawWorker>,
+    pub(super) notify: Option<RawNotify>,
+    pub(super) catalog: Option<RawCatalog>,
+    pub(super) admin: Option<RawAdmin>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [policy] table")]
+pub(super) struct RawPolicy {
+    pub(super) on_unknown: Option<String>,
+    pub(super) buy: Option<RawPhase>,
+    pub(super) status: Option<RawPhase>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table with attempts, timeout and delays"
+)]
+pub(super) struct RawPhase {
+    pub(super) attempts: Option<u32>,
+    pub(super) timeout: Option<DurationText>,
+    pub(super) delays: Option<Vec<DurationText>>,
+}
+
+// No `Debug` here: it holds the password in the clear.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [smartvps] table")]
+pub(super) struct RawSmartVps {
+    pub(super) base_url: Option<String>,
+    pub(super) path_prefix: Option<String>,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [database] table")]
+pub(super) struct RawDatabase {
+    pub(super) url: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [server] table")]
+pub(super) struct RawServer {
+    pub(super) listen: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [worker] table")]
+pub(super) struct RawWorker {
+    pub(super) concurrency: Option<usize>,
+    pub(super) lease: Option<DurationText>,
+    pub(super) poll_interval: Option<DurationText>,
+    pub(super) shutdown_grace: Option<DurationText>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [notify] table")]
+pub(super) struct RawNotify {
+    pub(super) max_attempts: Option<u32>,
+    pub(super) backoff_base: Option<DurationText>,
+    pub(super) backoff_cap: Option<DurationText>,
+    pub(super) timeout: Option<DurationText>,
+    pub(super) webhooks: Option<Vec<RawWebhook>>,
+    pub(super) email: Option<RawEmail>,
+}
+
+// No `Debug`: it can hold a secret in the clear.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[notify.webhooks]] table")]
+pub(super) struct RawWebhook {
+    pub(super) name: Option<String>,
+    pub(super) url: Option<String>,
+    pub(super) secret: Option<String>,
+    pub(super) secret_env: Option<String>,
+    pub(super) trusted: Option<bool>,
+    pub(super) events: Option<Vec<String>>,
+}
+
+// No `Debug`: it can hold the password in the clear.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [notify.email] table")]
+pub(super) struct RawEmail {
+    pub(super) host: Option<String>,
+    pub(super) port: Option<u16>,
+    pub(super) tls: Option<String>,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) from: Option<String>,
+    pub(super) admin_to: Option<Vec<String>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [catalog] table")]
+pub(super) struct RawCatalog {
+    pub(super) sync_interval: Option<DurationText>,
+    pub(super) low_stock: Option<u32>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an [admin] table")]
+pub(super) struct RawAdmin {
+    pub(super) tokens: Option<Vec<RawAdminToken>>,
+}
+
+// No `Debug` here: it holds admin tokens in the clear.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table with name and token, as in [[admin.tokens]]"
+)]
+pub(super) struct RawAdminToken {
+    pub(super) name: Option<String>,
+    pub(super) token: Option<String>,
+}
+
+/// A duration as written. Only strings are accepted, so `timeout = 120` (of unknown unit) is
+/// refused with a hint rather than guessed at.
+pub(super) struct DurationText(pub(super) String);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl Visitor<'_> for TextVisitor {
+            type Value = DurationText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a duration string with its unit, such as "120s" or "2m""#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationText, E> {
+                Ok(DurationText(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor)
+    }
+}
+
+pub(super) fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        ConfigError::new(
+            key,
+            format!("invalid duration {text:?}: {e} (write e.g. \"120s\" or \"2m\")"),
+        )
+    })
+}

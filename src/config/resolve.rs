@@ -1,0 +1,617 @@
+//! Raw values plus environment to settings, each checked under the key it came from.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Raw values plus environment to settings, each checked under the key it came from.
+
+pub(super) struct Env<'a>(pub(super) &'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    pub(super) fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|v| !v.is_empty())
+    }
+
+    /// The environment's value (keyed by the variable's name) if set, else the file's (keyed by
+    /// its TOML path).
+    pub(super) fn or_file(
+        &self,
+        name: &'static str,
+        file: Option<String>,
+        file_key: &str,
+    ) -> Option<(String, String)> {
+        match self.get(name) {
+            Some(value) => Some((value, name.to_owned())),
+            None => file.map(|value| (value, file_key.to_owned())),
+        }
+    }
+}
+
+pub(super) fn resolve_policy(raw: RawPolicy, env: &Env<'_>) -> Result<RetryPolicy, ConfigError> {
+    let defaults = RetryPolicy::default();
+    let on_unknown = match env.or_file(ENV_ON_UNKNOWN, raw.on_unknown, "policy.on_unknown") {
+        Some((text, key)) => OnUnknown::parse(text.trim()).ok_or_else(|| {
+            ConfigError::new(
+                key,
+                format!("must be one of \"reconcile\", \"retry\", \"escalate\"; got {text:?}"),
+            )
+        })?,
+        None => defaults.on_unknown,
+    };
+    Ok(RetryPolicy {
+        buy: resolve_phase(raw.buy.unwrap_or_default(), defaults.buy, "policy.buy")?,
+        status: resolve_phase(
+            raw.status.unwrap_or_default(),
+            defaults.status,
+            "policy.status",
+        )?,
+        on_unknown,
+    })
+}
+
+pub(super) fn resolve_phase(
+    raw: RawPhase,
+    default: PhasePolicy,
+    prefix: &str,
+) -> Result<PhasePolicy, ConfigError> {
+    let timeout = match raw.timeout {
+        Some(text) => parse_duration(&format!("{prefix}.timeout"), &text.0)?,
+        None => default.timeout,
+    };
+    let delays = match raw.delays {
+        Some(texts) => texts
+            .iter()
+            .map(|text| parse_duration(&format!("{prefix}.delays"), &text.0))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => default.delays,
+    };
+    let phase = PhasePolicy {
+        attempts: raw.attempts.unwrap_or(default.attempts),
+        timeout,
+        delays,
+    };
+    phase
+        .validate()
+        .map_err(|(key, message)| ConfigError::new(format!("{prefix}.{key}"), message))?;
+    Ok(phase)
+}
+
+pub(super) fn resolve_smartvps(
+    raw: RawSmartVps,
+    env: &Env<'_>,
+) -> Result<Option<SmartVpsSettings>, ConfigError> {
+    // Username and password without a base URL are ignored: the simulator needs no account, and a
+    // shared environment may export them for other tools.
+    let Some((base_url, base_url_key)) =
+        env.or_file(ENV_SMARTVPS_BASE_URL, raw.base_url, "smartvps.base_url")
+    else {
+        return Ok(None);
+    };
+    let base_url = base_url.trim();
+    if !is_http_url(base_url) {
+        return Err(ConfigError::new(
+            base_url_key,
+            format!(
+                "must be an http:// or https:// URL such as \"https://smartvps.online/\"; got {base_url:?}"
+            ),
+        ));
+    }
+    let base_url = if base_url.ends_with('/') {
+        base_url.to_owned()
+    } else {
+        format!("{base_url}/")
+    };
+    let required = |name: &'static str, file: Option<String>, key: &str| {
+        env.or_file(name, file, key)
+            .map(|(value, _)| value)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    key,
+                    format!("required when smartvps.base_url is set (or set {name})"),
+                )
+            })
+    };
+    let username = required(ENV_SMARTVPS_USERNAME, raw.username, "smartvps.username")?;
+    let password = required(ENV_SMARTVPS_PASSWORD, raw.password, "smartvps.password")?;
+    let path_prefix = env
+        .or_file(
+            ENV_SMARTVPS_PATH_PREFIX,
+            raw.path_prefix,
+            "smartvps.path_prefix",
+        )
+        .map_or_else(|| DEFAULT_PATH_PREFIX.to_owned(), |(value, _)| value);
+    Ok(Some(SmartVpsSettings {
+        base_url,
+        path_prefix,
+        username,
+        password: SecretString::from(password),
+    }))
+}
+
+/// `http(s)://` followed by a host, with no whitespace anywhere. Deliberately loose: the client
+/// reports anything subtler when it first connects.
+pub(super) fn is_http_url(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    let Some(rest) = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    !host.is_empty() && !host.starts_with(':') && !text.chars().any(char::is_whitespace)
+}
+
+pub(super) fn resolve_database(
+    raw: RawDatabase,
+    env: &Env<'_>,
+) -> Result<DatabaseSettings, ConfigError> {
+    let Some((url, key)) = env.or_file(ENV_DATABASE_URL, raw.url, "database.url") else {
+        return Ok(DatabaseSettings {
+            url: DEFAULT_DATABASE_URL.to_owned(),
+        });
+    };
+    let url = url.trim().to_owned();
+    let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    if url.starts_with("sqlite:") || postgres {
+        Ok(DatabaseSettings { url })
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!(
+                "must be a sqlite: URL such as \"{DEFAULT_DATABASE_URL}\" or a postgres:// URL such as \
+                 \"postgres://provisioner@db.internal:5432/provisioner\"; got {:?}",
+                crate::store::redact_url(&url)
+            ),
+        ))
+    }
+}
+
+pub(super) fn resolve_server(raw: RawServer, env: &Env<'_>) -> Result<ServerSettings, ConfigError> {
+    let (text, key) = env
+        .or_file(ENV_LISTEN, raw.listen, "server.listen")
+        .unwrap_or_else(|| (DEFAULT_LISTEN.to_owned(), "server.listen".to_owned()));
+    let listen = text.trim().parse::<SocketAddr>().map_err(|_| {
+        ConfigError::new(
+            key,
+            format!("must be an IP address and port such as \"{DEFAULT_LISTEN}\" (host names are not resolved); got {text:?}"),
+        )
+    })?;
+    Ok(ServerSettings { listen })
+}
+
+pub(super) fn resolve_worker(
+    raw: RawWorker,
+    policy: &RetryPolicy,
+    env: &Env<'_>,
+) -> Result<WorkerSettings, ConfigError> {
+    let (concurrency, key) = match env.get(ENV_WORKER_CONCURRENCY) {
+        Some(text) => {
+            let parsed = text.trim().parse::<usize>().map_err(|_| {
+                ConfigError::new(
+                    ENV_WORKER_CONCURRENCY,
+                    format!("must be a whole number of orders; got {text:?}"),
+                )
+            })?;
+            (parsed, ENV_WORKER_CONCURRENCY)
+        }
+        None => (
+            raw.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+            "worker.concurrency",
+        ),
+    };
+    if concurrency == 0 {
+        return Err(ConfigError::new(
+            key,
+            "must be at least 1, or no order is ever worked on",
+        ));
+    }
+    let duration = |text: Option<DurationText>, key: &str, default: Duration| match text {
+        Some(text) => parse_duration(key, &text.0),
+        None => Ok(default),
+    };
+    let poll_interval = duration(
+        raw.poll_interval,
+        "worker.poll_interval",
+        DEFAULT_POLL_INTERVAL,
+    )?;
+    if poll_interval.is_zero() {
+        return Err(ConfigError::new(
+            "worker.poll_interval",
+            "must be greater than zero, or idle workers spin on the store",
+        ));
+    }
+    let shutdown_grace = duration(
+        raw.shutdown_grace,
+        "worker.shutdown_grace",
+        DEFAULT_SHUTDOWN_GRACE,
+    )?;
+    let lease = match raw.lease {
+        Some(text) => {
+            let lease = parse_duration("worker.lease", &text.0)?;
+            let minimum = WorkerSettings::minimum_lease(policy);
+            if lease <= minimum {
+                return Err(ConfigError::new(
+                    "worker.lease",
+                    format!(
+                        "must be longer than {} (2 x policy.buy.timeout = {}, and policy.status.timeout = {}): \
+                         a lease shorter than a step lets another worker take over an order mid-purchase; got {}",
+                        humantime::format_duration(minimum),
+                        humantime::format_duration(policy.buy.timeout.saturating_mul(2)),
+                        humantime::format_duration(policy.status.timeout),
+                        humantime::format_duration(lease),
+                    ),
+                ));
+            }
+            lease
+        }
+        None => WorkerSettings::default_lease(policy),
+    };
+    Ok(WorkerSettings {
+        concurrency,
+        lease,
+        poll_interval,
+        shutdown_grace,
+    })
+}
+
+pub(super) fn resolve_notify(raw: RawNotify, env: &Env<'_>) -> Result<NotifySettings, ConfigError> {
+    let duration = |text: Option<DurationText>, key: &str, default: Duration| match text {
+        Some(text) => {
+            let d = parse_duration(key, &text.0)?;
+            if d.is_zero() {
+                return Err(ConfigError::new(key, "must be greater than zero"));
+            }
+            Ok(d)
+        }
+        None => Ok(default),
+    };
+    let max_attempts = raw.max_attempts.unwrap_or(DEFAULT_NOTIFY_MAX_ATTEMPTS);
+    if !(1..=100).contains(&max_attempts) {
+        return Err(ConfigError::new(
+            "notify.max_attempts",
+            format!("must be between 1 and 100; got {max_attempts}"),
+        ));
+    }
+    let backoff_base = duration(
+        raw.backoff_base,
+        "notify.backoff_base",
+        DEFAULT_NOTIFY_BACKOFF_BASE,
+    )?;
+    let backoff_cap = duration(
+        raw.backoff_cap,
+        "notify.backoff_cap",
+        DEFAULT_NOTIFY_BACKOFF_CAP,
+    )?;
+    if backoff_cap < backoff_base {
+        return Err(ConfigError::new(
+            "notify.backoff_cap",
+            format!(
+                "must be at least notify.backoff_base ({})",
+                humantime::format_duration(backoff_base)
+            ),
+        ));
+    }
+    let timeout = duration(raw.timeout, "notify.timeout", DEFAULT_NOTIFY_TIMEOUT)?;
+    let mut webhooks: Vec<WebhookEndpoint> = Vec::new();
+    for (i, hook) in raw.webhooks.unwrap_or_default().into_iter().enumerate() {
+        let endpoint = resolve_webhook(hook, &format!("notify.webhooks[{i}]"), env)?;
+        if webhooks.iter().any(|w| w.name == endpoint.name) {
+            return Err(ConfigError::new(
+                format!("notify.webhooks[{i}].name"),
+                format!(
+                    "{:?} is used by another webhook; names must be unique",
+                    endpoint.name
+                ),
+            ));
+        }
+        webhooks.push(endpoint);
+    }
+    let email = raw
+        .email
+        .map(|e| resolve_email(e, timeout, env))
+        .transpose()?;
+    Ok(NotifySettings {
+        webhooks,
+        email,
+        max_attempts,
+        backoff_base,
+        backoff_cap,
+        timeout,
+    })
+}
+
+pub(super) fn resolve_webhook(
+    raw: RawWebhook,
+    prefix: &str,
+    env: &Env<'_>,
+) -> Result<WebhookEndpoint, ConfigError> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    let name = raw.name.ok_or_else(|| {
+        ConfigError::new(
+            key("name"),
+            "required: a stable name such as \"storefront\"",
+        )
+    })?;
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Err(ConfigError::new(
+            key("name"),
+            format!("must be 1 to 64 of a-z, 0-9, '-' and '_'; got {name:?}"),
+        ));
+    }
+    let text = raw
+        .url
+        .ok_or_else(|| ConfigError::new(key("url"), "required"))?;
+    let url = reqwest::Url::parse(text.trim())
+        .map_err(|e| ConfigError::new(key("url"), format!("not a URL: {e}")))?;
+    let local = url.host_str().is_some_and(is_loopback_host);
+    match url.scheme() {
+        "https" => {}
+        "http" if local => {}
+        _ => {
+            return Err(ConfigError::new(
+                key("url"),
+                "must be https:// (plain http:// only to this machine): events carry customer data",
+            ));
+        }
+    }
+    let secret = match (raw.secret, raw.secret_env) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                key("secret"),
+                "set secret or secret_env, not both",
+            ));
+        }
+        (Some(secret), None) => (secret, key("secret")),
+        (None, Some(var)) => {
+            let value = env.get(&var).ok_or_else(|| {
+                ConfigError::new(
+                    key("secret_env"),
+                    format!("names {var}, which is not set (or empty)"),
+                )
+            })?;
+            (value, var)
+        }
+        (None, None) => {
+            return Err(ConfigError::new(
+                key("secret_env"),
+                "required: the environment variable holding the signing secret (or secret = \"...\")",
+            ));
+        }
+    };
+    if secret.0.len() < MIN_WEBHOOK_SECRET {
+        return Err(ConfigError::new(
+            secret.1,
+            format!(
+                "must be at least {MIN_WEBHOOK_SECRET} characters (generate one with `openssl rand -hex 32`)"
+            ),
+        ));
+    }
+    let events = raw.events.unwrap_or_default();
+    if let Some(bad) = events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
+        return Err(ConfigError::new(
+            key("events"),
+            format!("unknown event {bad:?}; known: {}", EVENTS.join(", ")),
+        ));
+    }
+    Ok(WebhookEndpoint {
+        name,
+        url,
+        secret: SecretString::from(secret.0),
+        trusted: raw.trusted.unwrap_or(false),
+        events,
+    })
+}
+
+pub(super) fn resolve_email(
+    raw: RawEmail,
+    timeout: Duration,
+    env: &Env<'_>,
+) -> Result<EmailSettings, ConfigError> {
+    let host = raw
+        .host
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| ConfigError::new("notify.email.host", "required in [notify.email]"))?;
+    let tls = match raw.tls {
+        Some(text) => SmtpTls::parse(text.trim()).ok_or_else(|| {
+            ConfigError::new(
+                "notify.email.tls",
+                format!("must be one of \"starttls\", \"tls\", \"none\"; got {text:?}"),
+            )
+        })?,
+        None => SmtpTls::StartTls,
+    };
+    if tls == SmtpTls::None && !is_loopback_host(&host) {
+        return Err(ConfigError::new(
+            "notify.email.tls",
+            format!(
+                "\"none\" is only for a relay on this machine (the ready email carries a password); {host:?} needs \"starttls\" or \"tls\""
+            ),
+        ));
+    }
+    let port = raw.port.unwrap_or_else(|| tls.default_port());
+    if port == 0 {
+        return Err(ConfigError::new("notify.email.port", "must not be 0"));
+    }
+    let from_text = raw.from.ok_or_else(|| {
+        ConfigError::new(
+            "notify.email.from",
+            "required, e.g. \"Provisioner <noreply@example.com>\"",
+        )
+    })?;
+    let from = from_text.trim().parse().map_err(|e| {
+        ConfigError::new(
+            "notify.email.from",
+            format!("not an address ({e}): {from_text:?}"),
+        )
+    })?;
+    let admin_to = raw
+        .admin_to
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            a.trim().parse().map_err(|e| {
+                ConfigError::new(
+                    "notify.email.admin_to",
+                    format!("not an address ({e}): {a:?}"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let username = env
+        .or_file(ENV_SMTP_USERNAME, raw.username, "notify.email.username")
+        .map(|(v, _)| v);
+    let password = env
+        .or_file(ENV_SMTP_PASSWORD, raw.password, "notify.email.password")
+        .map(|(v, _)| v);
+    match (&username, &password) {
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "notify.email.password",
+                format!("required with a username (or set {ENV_SMTP_PASSWORD})"),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "notify.email.username",
+                format!("required with a password (or set {ENV_SMTP_USERNAME})"),
+            ));
+        }
+        _ => {}
+    }
+    Ok(EmailSettings {
+        host,
+        port,
+        tls,
+        username,
+        password: password.map(SecretString::from),
+        from,
+        admin_to,
+        timeout,
+    })
+}
+
+/// `localhost` or a loopback address: traffic that never leaves the machine.
+pub(super) fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+pub(super) fn resolve_catalog(raw: RawCatalog) -> Result<CatalogSettings, ConfigError> {
+    let sync_interval = match raw.sync_interval {
+        Some(text) => parse_duration("catalog.sync_interval", &text.0)?,
+        None => DEFAULT_CATALOG_SYNC_INTERVAL,
+    };
+    if sync_interval < Duration::from_secs(1) {
+        return Err(ConfigError::new(
+            "catalog.sync_interval",
+            "must be at least 1s, or the stock list is polled in a loop",
+        ));
+    }
+    Ok(CatalogSettings {
+        sync_interval,
+        low_stock: raw.low_stock.unwrap_or(DEFAULT_LOW_STOCK),
+    })
+}
+
+/// Admin tokens from `PROVISIONER_ADMIN_TOKENS` when set (it replaces the file's list), else from
+/// `[[admin.tokens]]`. No error message ever contains a token.
+pub(super) fn resolve_admin(raw: RawAdmin, env: &Env<'_>) -> Result<AdminSettings, ConfigError> {
+    let entries: Vec<(String, Option<String>, Option<String>)> = match env.get(ENV_ADMIN_TOKENS) {
+        Some(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .enumerate()
+            .map(|(i, entry)| match entry.split_once(':') {
+                Some((name, token)) => Ok((
+                    ENV_ADMIN_TOKENS.to_owned(),
+                    Some(name.trim().to_owned()),
+                    Some(token.trim().to_owned()),
+                )),
+                // The entry itself is not echoed: it may be a token with its name forgotten.
+                None => Err(ConfigError::new(
+                    ENV_ADMIN_TOKENS,
+                    format!(
+                        "entry {} is not NAME:TOKEN (entries are separated by commas)",
+                        i + 1
+                    ),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        None => raw
+            .tokens
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (format!("admin.tokens[{i}]"), t.name, t.token))
+            .collect(),
+    };
+    let mut tokens: Vec<AdminToken> = Vec::with_capacity(entries.len());
+    for (at, name, token) in entries {
+        // File entries are named by their own key; environment entries by the variable.
+        let key = |field: &str| {
+            if at == ENV_ADMIN_TOKENS {
+                at.clone()
+            } else {
+                format!("{at}.{field}")
+            }
+        };
+        let name = name.unwrap_or_default();
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
+        if !valid_name {
+            return Err(ConfigError::new(
+                key("name"),
+                format!(
+                    "a token's name must be 1 to 64 letters, digits, '.', '_', '@' or '-'; got {name:?}"
+                ),
+            ));
+        }
+        let token = token.unwrap_or_default();
+        if token.chars().count() < MIN_ADMIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+            return Err(ConfigError::new(
+                key("token"),
+                format!(
+                    "the token of {name:?} must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces \
+                     (`provisioner keygen` prints a good one)"
+                ),
+            ));
+        }
+        if tokens.iter().any(|t| t.name == name) {
+            return Err(ConfigError::new(
+                key("name"),
+                format!("{name:?} is named twice: the name says who acted, so it must be unique"),
+            ));
+        }
+        if tokens
+            .iter()
+            .any(|t| secrecy::ExposeSecret::expose_secret(&t.token) == token)
+        {
+            return Err(ConfigError::new(
+                key("token"),
+                format!(
+                    "the token of {name:?} is also another admin's: each admin needs their own"
+                ),
+            ));
+        }
+        tokens.push(AdminToken {
+            name,
+            token: SecretString::from(token),
+        });
+    }
+    Ok(AdminSettings { tokens })
+}

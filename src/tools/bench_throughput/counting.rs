@@ -1,0 +1,209 @@
+//! Counting commits: a store decorator that counts write transactions.
+
+use super::*;
+
+/// Counts the store's write transactions (each call below that writes is one commit), so
+/// "commits per order" is measured. Reads pass through uncounted.
+pub(super) struct Counting {
+    pub(super) inner: Arc<dyn Store>,
+    pub(super) commits: AtomicU64,
+    /// Claims that found nothing: an UPDATE matching no row writes nothing.
+    pub(super) idle_claims: AtomicU64,
+}
+
+impl Counting {
+    pub(super) fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            commits: AtomicU64::new(0),
+            idle_claims: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn commit(&self) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl Store for Counting {
+    async fn insert_order(
+        &self,
+        order: &Order,
+        entries: &[TimelineEntry],
+        notices: &[NoticeKind],
+    ) -> Result<Intake, StoreError> {
+        self.commit();
+        self.inner.insert_order(order, entries, notices).await
+    }
+    async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+        self.inner.order(id).await
+    }
+    async fn orders(&self, filter: &OrderFilter) -> Result<Vec<Order>, StoreError> {
+        self.inner.orders(filter).await
+    }
+    async fn state_counts(&self) -> Result<StateCounts, StoreError> {
+        self.inner.state_counts().await
+    }
+    async fn timeline(&self, id: &OrderId) -> Result<Vec<TimelineEntry>, StoreError> {
+        self.inner.timeline(id).await
+    }
+    async fn purchases(&self, id: &OrderId) -> Result<Vec<Purchase>, StoreError> {
+        self.inner.purchases(id).await
+    }
+    async fn credentials(&self, id: &OrderId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.credentials(id).await
+    }
+    async fn claim_due(
+        &self,
+        worker: &str,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let claimed = self.inner.claim_due(worker, now, lease_for, limit).await?;
+        if claimed.is_empty() {
+            self.idle_claims.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.commit();
+        }
+        Ok(claimed)
+    }
+    async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.inner.next_due().await
+    }
+    async fn save(&self, lease: &Lease, order: &Order, change: Change) -> Result<(), StoreError> {
+        self.commit();
+        self.inner.save(lease, order, change).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.commit();
+        self.inner.release(lease).await
+    }
+    async fn acquire_flight(
+        &self,
+        lease: &Lease,
+        package: PackageId,
+    ) -> Result<Flight, StoreError> {
+        self.commit();
+        self.inner.acquire_flight(lease, package).await
+    }
+    async fn begin_purchase(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        intent: &PurchaseIntent,
+        entries: &[TimelineEntry],
+    ) -> Result<i64, StoreError> {
+        self.commit();
+        self.inner
+            .begin_purchase(lease, order, intent, entries)
+            .await
+    }
+    async fn record_outcome(
+        &self,
+        purchase_id: i64,
+        outcome: &PurchaseOutcome,
+        at: Timestamp,
+    ) -> Result<Recorded, StoreError> {
+        self.commit();
+        self.inner.record_outcome(purchase_id, outcome, at).await
+    }
+    async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {
+        self.inner.owner_of(ip).await
+    }
+    async fn admin_save(
+        &self,
+        order: &Order,
+        expected_updated_at: Timestamp,
+        now: Timestamp,
+        change: Change,
+    ) -> Result<(), StoreError> {
+        self.commit();
+        self.inner
+            .admin_save(order, expected_updated_at, now, change)
+            .await
+    }
+    async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError> {
+        self.inner.due_notices(now, limit).await
+    }
+    async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError> {
+        self.commit();
+        self.inner.notice_delivered(id, at).await
+    }
+    async fn notice_failed(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<Timestamp>,
+    ) -> Result<(), StoreError> {
+        self.commit();
+        self.inner.notice_failed(id, error, retry_at).await
+    }
+    async fn fan_out(
+        &self,
+        deliveries: &[crate::store::NewDelivery],
+        notices: &[i64],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.commit();
+        self.inner.fan_out(deliveries, notices, now).await
+    }
+    async fn add_deliveries(
+        &self,
+        deliveries: &[crate::store::NewDelivery],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.commit();
+        self.inner.add_deliveries(deliveries, now).await
+    }
+    async fn claim_deliveries(
+        &self,
+        worker: &str,
+        now: Timestamp,
+        claim_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<crate::store::Delivery>, StoreError> {
+        self.commit();
+        self.inner
+            .claim_deliveries(worker, now, claim_for, limit)
+            .await
+    }
+    async fn finish_delivery(
+        &self,
+        delivery: &crate::store::Delivery,
+        result: &crate::store::DeliveryResult,
+    ) -> Result<bool, StoreError> {
+        self.commit();
+        self.inner.finish_delivery(delivery, result).await
+    }
+    async fn outbox_backlog(&self) -> Result<u64, StoreError> {
+        self.inner.outbox_backlog().await
+    }
+    async fn maintain(&self) -> Result<(), StoreError> {
+        self.inner.maintain().await
+    }
+    async fn replace_catalog(
+        &self,
+        packages: &[crate::domain::CatalogPackage],
+    ) -> Result<(), StoreError> {
+        self.commit();
+        self.inner.replace_catalog(packages).await
+    }
+    async fn catalog(&self) -> Result<Vec<crate::domain::CatalogPackage>, StoreError> {
+        self.inner.catalog().await
+    }
+    async fn order_by_ref(
+        &self,
+        order_ref: &crate::domain::OrderRef,
+    ) -> Result<Option<Order>, StoreError> {
+        self.inner.order_by_ref(order_ref).await
+    }
+    async fn set_access_token_hash(&self, id: &OrderId, hash: &str) -> Result<(), StoreError> {
+        self.commit();
+        self.inner.set_access_token_hash(id, hash).await
+    }
+    async fn access_token_hash(&self, id: &OrderId) -> Result<Option<String>, StoreError> {
+        self.inner.access_token_hash(id).await
+    }
+}
