@@ -91,11 +91,36 @@ pub fn cipher(settings: &Settings) -> Result<Cipher, ConfigError> {
 
 /// The store the URL's scheme names: SQLite for one process, PostgreSQL for several processes
 /// sharing one database (see `docs/deployment.md`).
+///
+/// What the settings alone cannot tell is checked here and reported as a [`ConfigError`] on the
+/// key the URL came from (exit code 2): a SQLite file whose directory does not exist, a
+/// PostgreSQL server that cannot be reached or refuses us.
 async fn store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
-    let shown = redact_url(&settings.database.url);
-    let store = crate::store::open(&settings.database.url)
-        .await
-        .with_context(|| format!("opening database {shown}"))?;
+    let db = &settings.database;
+    let shown = redact_url(&db.url);
+    if let Some(dir) = crate::config::sqlite_directory(&db.url)
+        && !dir.is_dir()
+    {
+        return Err(ConfigError::new(
+            &db.key,
+            format!(
+                "the directory {} of the SQLite database does not exist; create it or name another file",
+                dir.display()
+            ),
+        )
+        .into());
+    }
+    let store = match crate::store::open(&db.url).await {
+        Ok(store) => store,
+        Err(e) if crate::store::Backend::of(&db.url) == Some(crate::store::Backend::Postgres) => {
+            return Err(ConfigError::new(
+                &db.key,
+                format!("cannot open PostgreSQL database {shown}: {e}"),
+            )
+            .into());
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("opening database {shown}"))),
+    };
     tracing::info!(database = %shown, "database ready");
     Ok(store)
 }
@@ -188,8 +213,10 @@ pub async fn start(
     clock: Arc<dyn Clock>,
     options: StartOptions,
 ) -> anyhow::Result<Running> {
-    let cipher = Arc::new(cipher(settings)?);
+    // The store first: what is wrong with the database is a config error, reported before
+    // anything else is logged.
     let store = store(settings).await?;
+    let cipher = Arc::new(cipher(settings)?);
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     let (provider, simulator, simulator_addr) = match &settings.smartvps {
@@ -315,20 +342,56 @@ pub async fn start(
              PROVISIONER_ADMIN_TOKENS=\"name:TOKEN\" (a token from `provisioner keygen`)"
         );
     }
+    let storefronts = Arc::new(crate::web::storefront::StorefrontAuth::new(
+        &settings.storefronts,
+    ));
+    if storefronts.enabled() {
+        let names: Vec<&str> = settings
+            .storefronts
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        tracing::info!(storefronts = ?names, "intake open to signed requests of these storefronts");
+    } else {
+        tracing::warn!(
+            "no storefronts configured: intake (POST /api/v1/orders) refuses every order. Set \
+             PROVISIONER_STOREFRONTS=\"shop:SECRET\" (a secret from `provisioner keygen`) or [[storefronts]]"
+        );
+    }
+    let server = &settings.server;
+    let reserved = crate::web::server::reserved_fds(settings.worker.concurrency);
+    let fd_limit = crate::web::server::open_files_limit();
+    let mut limits = crate::web::server::Limits::of(server);
+    limits.max_connections =
+        crate::web::server::effective_max_connections(server.max_connections, fd_limit, reserved);
+    if limits.max_connections < server.max_connections {
+        tracing::warn!(
+            configured = server.max_connections,
+            serving = limits.max_connections,
+            open_files_limit = fd_limit,
+            reserved,
+            "server.max_connections lowered so that {reserved} file descriptors stay free for SmartVPS, database and \
+             notice calls; raise the process's open-files limit (ulimit -n) to serve more"
+        );
+    }
     let app = crate::web::router(crate::web::AppState {
         engine: Arc::clone(&engine),
         catalog,
         auth,
+        storefronts,
+        throttle: Arc::new(crate::web::throttle::Throttle::new(
+            server.auth_failure_burst,
+            server.auth_failures_per_minute,
+        )),
+        body_limits: crate::web::server::BodyLimits {
+            timeout: server.body_timeout,
+            max_bytes: server.max_body_bytes,
+        },
     });
     let token = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!("API server stopped: {e}");
-        }
-    }));
+    tasks.push(tokio::spawn(crate::web::server::serve(
+        listener, app, limits, token,
+    )));
     tracing::info!(%addr, policy = ?settings.policy, "provisioner listening on http://{addr}/");
     Ok(Running {
         addr,
@@ -346,10 +409,10 @@ pub async fn start(
 /// # Errors
 /// Start-up failures.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let running = start(&settings, Arc::new(SystemClock), StartOptions::default()).await?;
     if let Some(src) = &settings.source {
         tracing::info!("configuration read from {}", src.display());
     }
-    let running = start(&settings, Arc::new(SystemClock), StartOptions::default()).await?;
     wait_for_signal().await;
     tracing::info!("shutting down: in-flight steps finish or release their leases");
     running.stop().await;

@@ -1,6 +1,8 @@
 //! Encryption of customer credentials at rest: ChaCha20-Poly1305 with a random 96-bit nonce per
 //! record, keyed by `PROVISIONER_SECRET_KEY` (64 hex characters, 32 bytes). Also the token
-//! helpers: random bearer tokens, their SHA-256 digests, and constant-time comparison.
+//! helpers: random bearer tokens, their SHA-256 digests, and constant-time comparison; the
+//! derivation of each order's customer access token; and the strength check for configured
+//! secrets.
 
 use std::fmt;
 
@@ -11,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::domain::Credentials;
+use crate::domain::{Credentials, OrderId};
 
 /// Why a key or a ciphertext was refused.
 #[derive(Debug, thiserror::Error)]
@@ -28,9 +30,14 @@ pub enum CryptoError {
     Decrypt,
 }
 
-/// The credentials cipher. `Debug` shows nothing of the key.
+/// The credentials cipher, and the key customer access tokens are derived with. `Debug` shows
+/// nothing of either.
 pub struct Cipher {
     aead: ChaCha20Poly1305,
+    /// HMAC key for customer access tokens, derived from the same secret under its own label, so
+    /// a token reveals nothing about the encryption key and the token needs no storage: a replayed
+    /// intake is answered with the same token the customer already holds.
+    tokens: ring::hmac::Key,
 }
 
 impl fmt::Debug for Cipher {
@@ -40,6 +47,9 @@ impl fmt::Debug for Cipher {
 }
 
 const NONCE_LEN: usize = 12;
+
+/// The label the access-token key is derived under (HMAC of the secret key over this text).
+const ACCESS_TOKEN_LABEL: &[u8] = b"provisioner customer access tokens v1";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Sealed<'a> {
@@ -63,8 +73,11 @@ impl Cipher {
             let s = std::str::from_utf8(chunk).map_err(|_| CryptoError::BadKey)?;
             bytes[i] = u8::from_str_radix(s, 16).map_err(|_| CryptoError::BadKey)?;
         }
+        let master = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes);
+        let token_key = ring::hmac::sign(&master, ACCESS_TOKEN_LABEL);
         Ok(Self {
             aead: ChaCha20Poly1305::new(Key::from_slice(&bytes)),
+            tokens: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token_key.as_ref()),
         })
     }
 
@@ -116,6 +129,63 @@ impl Cipher {
             os: s.os.map(str::to_string),
         })
     }
+}
+
+impl Cipher {
+    /// The customer access token of an order at a rotation `generation` (0 at intake): 64 hex
+    /// characters, HMAC-SHA256 of the order id and generation under the token key. The same
+    /// order and generation always give the same token, so every intake answer for an order
+    /// carries the token the customer already holds; rotating moves to the next generation.
+    pub fn access_token(&self, order: &OrderId, generation: u32) -> SecretString {
+        let mut ctx = ring::hmac::Context::with_key(&self.tokens);
+        ctx.update(order.as_str().as_bytes());
+        ctx.update(b"\0");
+        ctx.update(&generation.to_be_bytes());
+        let tag = ctx.sign();
+        SecretString::from(hex(tag.as_ref()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The least strength, in bits, accepted for an admin token or a storefront secret: a secret
+/// anyone can reach must not be guessable, online or offline (`keygen` makes 256-bit ones).
+pub const MIN_SECRET_BITS: f64 = 128.0;
+
+/// An estimate of a secret's strength in bits, as if each character were drawn at random from
+/// the character classes it uses (lowercase, uppercase, digits, anything else): the length times
+/// the log of that alphabet. A secret that repeats itself (fewer distinct characters than a
+/// quarter of its length, or under 8 distinct) is counted by its distinct characters only, so
+/// `aaaaaaaa...` or `abcabcabc...` is weak however long it is.
+pub fn secret_bits(secret: &str) -> f64 {
+    let chars: Vec<char> = secret.chars().collect();
+    let mut classes = 0u32;
+    if chars.iter().any(char::is_ascii_lowercase) {
+        classes += 26;
+    }
+    if chars.iter().any(char::is_ascii_uppercase) {
+        classes += 26;
+    }
+    if chars.iter().any(char::is_ascii_digit) {
+        classes += 10;
+    }
+    if chars.iter().any(|c| !c.is_ascii_alphanumeric()) {
+        classes += 33;
+    }
+    if classes == 0 {
+        return 0.0;
+    }
+    let distinct = chars.iter().collect::<std::collections::HashSet<_>>().len();
+    let per_char = f64::from(classes).log2();
+    let len = chars.len();
+    let counted = if distinct < 8 || distinct * 4 < len {
+        distinct
+    } else {
+        len
+    };
+    counted as f64 * per_char
 }
 
 /// A fresh random bearer token: 32 bytes from the OS-seeded generator, hex-encoded.

@@ -117,6 +117,18 @@ fn describe_metrics() {
         "Orders by state, read from the store at scrape time."
     );
     describe_gauge!(
+        "provisioner_http_connections",
+        "Inbound HTTP connections open now (at most server.max_connections)."
+    );
+    describe_counter!(
+        "provisioner_auth_failures_total",
+        "Failed authentications (admin token, dashboard login, customer token, storefront signature)."
+    );
+    describe_counter!(
+        "provisioner_auth_throttled_total",
+        "Requests refused with 429 because their address failed authentication too often."
+    );
+    describe_gauge!(
         "provisioner_outbox_backlog",
         "Notices not yet fanned out plus deliveries neither delivered nor abandoned."
     );

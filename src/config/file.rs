@@ -16,6 +16,7 @@ pub(super) struct RawFile {
     pub(super) notify: Option<RawNotify>,
     pub(super) catalog: Option<RawCatalog>,
     pub(super) admin: Option<RawAdmin>,
+    pub(super) storefronts: Option<Vec<RawStorefront>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -57,6 +58,13 @@ pub(super) struct RawDatabase {
 #[serde(deny_unknown_fields, expecting = "a [server] table")]
 pub(super) struct RawServer {
     pub(super) listen: Option<String>,
+    pub(super) max_connections: Option<usize>,
+    pub(super) header_timeout: Option<DurationText>,
+    pub(super) body_timeout: Option<DurationText>,
+    pub(super) idle_timeout: Option<DurationText>,
+    pub(super) max_body_bytes: Option<usize>,
+    pub(super) auth_failure_burst: Option<u32>,
+    pub(super) auth_failures_per_minute: Option<u32>,
 }
 
 #[derive(Default, Deserialize)]
@@ -126,6 +134,16 @@ pub(super) struct RawAdmin {
 pub(super) struct RawAdminToken {
     pub(super) name: Option<String>,
     pub(super) token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table with name and secret_env, as in [[storefronts]]"
+)]
+pub(super) struct RawStorefront {
+    pub(super) name: Option<String>,
+    pub(super) secret_env: Option<String>,
 }
 
 /// A duration as written. Only strings are accepted, so `timeout = 120` (of unknown unit) is

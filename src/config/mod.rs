@@ -16,6 +16,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
+use crate::crypto::{MIN_SECRET_BITS, secret_bits};
 use crate::notify::email::{EmailSettings, SmtpTls};
 use crate::notify::webhook::{EVENTS, WebhookEndpoint};
 use crate::policy::{OnUnknown, PhasePolicy, RetryPolicy};
@@ -64,6 +65,7 @@ pub const ENV_VARS: &[&str] = &[
     ENV_SMTP_USERNAME,
     ENV_SMTP_PASSWORD,
     ENV_ADMIN_TOKENS,
+    ENV_STOREFRONTS,
 ];
 const ENV_SMARTVPS_USERNAME: &str = "SMARTVPS_USERNAME";
 const ENV_SMARTVPS_PASSWORD: &str = "SMARTVPS_PASSWORD";
@@ -87,6 +89,24 @@ pub const DEFAULT_NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Shortest webhook secret accepted: a short HMAC key can be guessed offline from one request.
 const MIN_WEBHOOK_SECRET: usize = 16;
 const ENV_ADMIN_TOKENS: &str = "PROVISIONER_ADMIN_TOKENS";
+const ENV_STOREFRONTS: &str = "PROVISIONER_STOREFRONTS";
+/// Default `server.max_connections`: inbound connections served at once. Further ones wait in
+/// the kernel's accept queue, holding no file descriptor of ours.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Default `server.header_timeout`: the longest a client may take to send a request's headers.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `server.body_timeout`: the longest a client may take to send a request's body.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `server.idle_timeout`: how long a keep-alive connection may sit with nothing to do.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `server.max_body_bytes`: every request this API takes is a small JSON or form body.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Default `server.auth_failure_burst`: failed authentications one client address may make
+/// before it is throttled.
+pub const DEFAULT_AUTH_FAILURE_BURST: u32 = 10;
+/// Default `server.auth_failures_per_minute`: once throttled, how many further tries a client
+/// address earns back per minute.
+pub const DEFAULT_AUTH_FAILURES_PER_MINUTE: u32 = 6;
 /// Default `catalog.sync_interval`: how often SmartVPS's stock list is read into the catalog.
 pub const DEFAULT_CATALOG_SYNC_INTERVAL: Duration = Duration::from_secs(600);
 /// Default `catalog.low_stock`: a package with this many free addresses or fewer is flagged.
@@ -114,6 +134,9 @@ pub struct Settings {
     pub catalog: CatalogSettings,
     /// Who may use the admin API and dashboard.
     pub admin: AdminSettings,
+    /// The storefronts that may post orders, each with its own secret; none means intake
+    /// refuses every order.
+    pub storefronts: Vec<Storefront>,
     /// Key that encrypts customer passwords at rest. Read from `PROVISIONER_SECRET_KEY` only, so it
     /// never sits in a config file that gets copied around; redacted in `Debug`.
     pub secret_key: Option<SecretString>,
@@ -142,6 +165,9 @@ pub struct DatabaseSettings {
     /// for several processes (on several machines) sharing one PostgreSQL. `Debug` redacts its
     /// password.
     pub url: String,
+    /// The key the URL came from (`database.url` or `PROVISIONER_DATABASE_URL`), so a database
+    /// that cannot be opened at start-up is reported under it.
+    pub key: String,
 }
 
 impl fmt::Debug for DatabaseSettings {
@@ -152,11 +178,45 @@ impl fmt::Debug for DatabaseSettings {
     }
 }
 
-/// HTTP server settings.
+/// HTTP server settings: where it listens and what it allows a client, so that an inbound
+/// flood (idle sockets, slow headers, slow bodies, guessing) never starves the engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerSettings {
     /// Address and port the HTTP API binds.
     pub listen: SocketAddr,
+    /// Connections served at once; the rest wait in the kernel's accept queue. Also lowered at
+    /// start-up to leave file descriptors for the engine's own SmartVPS and database calls.
+    pub max_connections: usize,
+    /// Limit on receiving a request's headers, counted from when the connection is ready for it.
+    pub header_timeout: Duration,
+    /// Limit on receiving a request's body once its headers are in.
+    pub body_timeout: Duration,
+    /// A connection with no request in progress and no bytes moving for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest request body accepted (413 beyond it).
+    pub max_body_bytes: usize,
+    /// Failed authentications a client address may make before it gets 429.
+    pub auth_failure_burst: u32,
+    /// Tries a throttled address earns back per minute.
+    pub auth_failures_per_minute: u32,
+}
+
+/// A storefront allowed to post orders: its name (recorded on each order it sends) and its
+/// secret (the HMAC key of its signatures, or its bearer token). `Debug` hides the secret.
+#[derive(Clone)]
+pub struct Storefront {
+    /// Who sent an order, on the order and in the logs.
+    pub name: String,
+    /// The signing secret.
+    pub secret: SecretString,
+}
+
+impl fmt::Debug for Storefront {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Storefront")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Worker loop settings.
@@ -301,6 +361,7 @@ impl Settings {
         let notify = resolve_notify(raw.notify.unwrap_or_default(), &env)?;
         let catalog = resolve_catalog(raw.catalog.unwrap_or_default())?;
         let admin = resolve_admin(raw.admin.unwrap_or_default(), &env)?;
+        let storefronts = resolve_storefronts(raw.storefronts, &env, &admin)?;
         let secret_key = env.get(ENV_SECRET_KEY).map(SecretString::from);
         Ok(Settings {
             policy,
@@ -311,10 +372,25 @@ impl Settings {
             notify,
             catalog,
             admin,
+            storefronts,
             secret_key,
             source: None,
         })
     }
+}
+
+/// The directory a `sqlite:` database URL's file lives in (`.` for a bare file name); `None` for
+/// other URLs. Start-up checks it exists, so a typo is reported under its key rather than as a
+/// failure to open.
+pub fn sqlite_directory(url: &str) -> Option<PathBuf> {
+    if !url.starts_with("sqlite:") {
+        return None;
+    }
+    let file = sqlite_file(url).ok()?;
+    Some(match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    })
 }
 
 /// A fully commented example config with every key at its default. It parses to exactly the
@@ -369,6 +445,21 @@ url = "sqlite://provisioner.db"
 [server]
 # IP:PORT for the HTTP API; host names are not resolved. Env: PROVISIONER_LISTEN
 listen = "127.0.0.1:8080"
+# Connections served at once; more wait in the kernel's queue. Lowered at start-up if the
+# process's file-descriptor limit would not leave room for the engine's own calls.
+max_connections = 512
+# A client must send a request's headers within this (also closes sockets idle before a request)...
+header_timeout = "10s"
+# ...and its body within this.
+body_timeout = "10s"
+# A keep-alive connection with nothing in progress is closed after this.
+idle_timeout = "30s"
+# Largest request body, in bytes.
+max_body_bytes = 65536
+# Failed authentications (admin token, dashboard login, customer token, storefront signature)
+# one client address may make before it gets 429 with Retry-After; then this many per minute.
+auth_failure_burst = 10
+auth_failures_per_minute = 6
 
 [worker]
 # Orders driven at once by this process. Env: PROVISIONER_WORKER_CONCURRENCY
@@ -427,7 +518,16 @@ low_stock = 5
 # Env: PROVISIONER_ADMIN_TOKENS="alice:TOKEN1,bob:TOKEN2" replaces this list (prefer it).
 # [[admin.tokens]]
 # name = "alice"
-# token = "change-me-to-a-long-random-secret"
+# token = "replace-with-the-output-of-provisioner-keygen"
+
+# Storefronts that may post orders (POST /api/v1/orders), each signing with its own secret
+# (HMAC-SHA256; see the README). With none, intake refuses every order. A secret must carry at
+# least 128 bits (`provisioner keygen` prints one) and is read from the environment variable
+# named by secret_env, never from this file.
+# Env: PROVISIONER_STOREFRONTS="shop:SECRET,other:SECRET2" replaces this list.
+# [[storefronts]]
+# name = "shop"
+# secret_env = "SHOP_SIGNING_SECRET"
 
 # The key that encrypts customer passwords at rest is read from PROVISIONER_SECRET_KEY only,
 # never from this file.

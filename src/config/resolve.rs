@@ -88,6 +88,13 @@ pub(super) fn resolve_smartvps(
         return Ok(None);
     };
     let base_url = base_url.trim();
+    if has_userinfo(base_url) {
+        // The value is not echoed: the part before `@` is a credential.
+        return Err(ConfigError::new(
+            base_url_key,
+            "must not carry credentials (user:password@); set SMARTVPS_USERNAME and SMARTVPS_PASSWORD instead",
+        ));
+    }
     if !is_http_url(base_url) {
         return Err(ConfigError::new(
             base_url_key,
@@ -129,6 +136,14 @@ pub(super) fn resolve_smartvps(
     }))
 }
 
+/// Whether a URL's authority (between `://` and the first `/`, `?` or `#`) holds an `@`, that is
+/// user info: a credential written into the URL.
+pub(super) fn has_userinfo(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.contains('@')
+}
+
 /// `http(s)://` followed by a host, with no whitespace anywhere. Deliberately loose: the client
 /// reports anything subtler when it first connects.
 pub(super) fn is_http_url(text: &str) -> bool {
@@ -150,12 +165,16 @@ pub(super) fn resolve_database(
     let Some((url, key)) = env.or_file(ENV_DATABASE_URL, raw.url, "database.url") else {
         return Ok(DatabaseSettings {
             url: DEFAULT_DATABASE_URL.to_owned(),
+            key: "database.url".to_owned(),
         });
     };
     let url = url.trim().to_owned();
     let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
-    if url.starts_with("sqlite:") || postgres {
-        Ok(DatabaseSettings { url })
+    if postgres {
+        Ok(DatabaseSettings { url, key })
+    } else if url.starts_with("sqlite:") {
+        sqlite_file(&url).map_err(|why| ConfigError::new(&key, why))?;
+        Ok(DatabaseSettings { url, key })
     } else {
         Err(ConfigError::new(
             key,
@@ -168,6 +187,27 @@ pub(super) fn resolve_database(
     }
 }
 
+/// The file a `sqlite:` URL names, refusing URLs that name none or an in-memory database: either
+/// would start a service that loses every order (or answers 500 to everything).
+pub(super) fn sqlite_file(url: &str) -> Result<std::path::PathBuf, String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = rest.split('?').next().unwrap_or_default();
+    if rest.contains(":memory:") || rest.contains("mode=memory") {
+        return Err(format!(
+            "{url:?} is an in-memory SQLite database, which loses every order at exit; name a file such as \"{DEFAULT_DATABASE_URL}\""
+        ));
+    }
+    if path.is_empty() || path.ends_with('/') {
+        return Err(format!(
+            "{url:?} names no database file; name one such as \"{DEFAULT_DATABASE_URL}\""
+        ));
+    }
+    Ok(std::path::PathBuf::from(path))
+}
+
 pub(super) fn resolve_server(raw: RawServer, env: &Env<'_>) -> Result<ServerSettings, ConfigError> {
     let (text, key) = env
         .or_file(ENV_LISTEN, raw.listen, "server.listen")
@@ -178,7 +218,79 @@ pub(super) fn resolve_server(raw: RawServer, env: &Env<'_>) -> Result<ServerSett
             format!("must be an IP address and port such as \"{DEFAULT_LISTEN}\" (host names are not resolved); got {text:?}"),
         )
     })?;
-    Ok(ServerSettings { listen })
+    let duration = |text: Option<DurationText>, key: &str, default: Duration| match text {
+        Some(text) => {
+            let d = parse_duration(key, &text.0)?;
+            if d.is_zero() {
+                return Err(ConfigError::new(key, "must be longer than zero"));
+            }
+            Ok(d)
+        }
+        None => Ok(default),
+    };
+    let positive = |value: Option<usize>, key: &str, default: usize| match value {
+        Some(0) => Err(ConfigError::new(key, "must be at least 1")),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    };
+    let max_connections = positive(
+        raw.max_connections,
+        "server.max_connections",
+        DEFAULT_MAX_CONNECTIONS,
+    )?;
+    let max_body_bytes = positive(
+        raw.max_body_bytes,
+        "server.max_body_bytes",
+        DEFAULT_MAX_BODY_BYTES,
+    )?;
+    if max_body_bytes < 1024 {
+        return Err(ConfigError::new(
+            "server.max_body_bytes",
+            "must be at least 1024: an order's JSON alone can be several hundred bytes",
+        ));
+    }
+    let auth_failure_burst = match raw.auth_failure_burst {
+        Some(0) => {
+            return Err(ConfigError::new(
+                "server.auth_failure_burst",
+                "must be at least 1, or every client would be throttled before its first try",
+            ));
+        }
+        Some(v) => v,
+        None => DEFAULT_AUTH_FAILURE_BURST,
+    };
+    let auth_failures_per_minute = match raw.auth_failures_per_minute {
+        Some(0) => {
+            return Err(ConfigError::new(
+                "server.auth_failures_per_minute",
+                "must be at least 1, or a throttled address would stay locked out for ever",
+            ));
+        }
+        Some(v) => v,
+        None => DEFAULT_AUTH_FAILURES_PER_MINUTE,
+    };
+    Ok(ServerSettings {
+        listen,
+        max_connections,
+        header_timeout: duration(
+            raw.header_timeout,
+            "server.header_timeout",
+            DEFAULT_HEADER_TIMEOUT,
+        )?,
+        body_timeout: duration(
+            raw.body_timeout,
+            "server.body_timeout",
+            DEFAULT_BODY_TIMEOUT,
+        )?,
+        idle_timeout: duration(
+            raw.idle_timeout,
+            "server.idle_timeout",
+            DEFAULT_IDLE_TIMEOUT,
+        )?,
+        max_body_bytes,
+        auth_failure_burst,
+        auth_failures_per_minute,
+    })
 }
 
 pub(super) fn resolve_worker(
@@ -582,12 +694,16 @@ pub(super) fn resolve_admin(raw: RawAdmin, env: &Env<'_>) -> Result<AdminSetting
             ));
         }
         let token = token.unwrap_or_default();
-        if token.chars().count() < MIN_ADMIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+        if token.chars().count() < MIN_ADMIN_TOKEN_LEN
+            || token.chars().any(char::is_whitespace)
+            || secret_bits(&token) < MIN_SECRET_BITS
+        {
             return Err(ConfigError::new(
                 key("token"),
                 format!(
-                    "the token of {name:?} must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces \
-                     (`provisioner keygen` prints a good one)"
+                    "the token of {name:?} must be at least {MIN_ADMIN_TOKEN_LEN} characters without spaces and carry at \
+                     least {MIN_SECRET_BITS} bits (a random-looking secret of 22 or more characters; `provisioner keygen` \
+                     prints a good one)"
                 ),
             ));
         }
@@ -614,4 +730,132 @@ pub(super) fn resolve_admin(raw: RawAdmin, env: &Env<'_>) -> Result<AdminSetting
         });
     }
     Ok(AdminSettings { tokens })
+}
+
+/// Storefronts from `PROVISIONER_STOREFRONTS` when set (it replaces the file's list), else from
+/// `[[storefronts]]`, whose secrets come from the environment variables they name. No error
+/// message ever contains a secret.
+pub(super) fn resolve_storefronts(
+    raw: Option<Vec<RawStorefront>>,
+    env: &Env<'_>,
+    admin: &AdminSettings,
+) -> Result<Vec<Storefront>, ConfigError> {
+    // (key naming the entry, name, secret)
+    let entries: Vec<(String, String, String)> = match env.get(ENV_STOREFRONTS) {
+        Some(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .enumerate()
+            .map(|(i, entry)| match entry.split_once(':') {
+                Some((name, secret)) => Ok((
+                    ENV_STOREFRONTS.to_owned(),
+                    name.trim().to_owned(),
+                    secret.trim().to_owned(),
+                )),
+                // The entry is not echoed: it may be a secret with its name forgotten.
+                None => Err(ConfigError::new(
+                    ENV_STOREFRONTS,
+                    format!(
+                        "entry {} is not NAME:SECRET (entries are separated by commas)",
+                        i + 1
+                    ),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        None => {
+            let mut out = Vec::new();
+            for (i, s) in raw.unwrap_or_default().into_iter().enumerate() {
+                let at = format!("storefronts[{i}]");
+                let var = s.secret_env.unwrap_or_default();
+                if var.trim().is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{at}.secret_env"),
+                        "is required: the name of the environment variable holding this storefront's secret",
+                    ));
+                }
+                let secret = env.get(var.trim()).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{at}.secret_env"),
+                        format!("names {:?}, which is not set", var.trim()),
+                    )
+                })?;
+                out.push((at, s.name.unwrap_or_default(), secret));
+            }
+            out
+        }
+    };
+    let mut storefronts: Vec<Storefront> = Vec::with_capacity(entries.len());
+    for (at, name, secret) in entries {
+        let key = |field: &str| {
+            if at == ENV_STOREFRONTS {
+                at.clone()
+            } else {
+                format!("{at}.{field}")
+            }
+        };
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
+        if !valid_name {
+            return Err(ConfigError::new(
+                key("name"),
+                format!(
+                    "a storefront's name must be 1 to 64 letters, digits, '.', '_', '@' or '-'; got {name:?}"
+                ),
+            ));
+        }
+        let secret_key = if at == ENV_STOREFRONTS {
+            at.clone()
+        } else {
+            format!("{at}.secret_env")
+        };
+        if secret.chars().any(char::is_whitespace) || secret_bits(&secret) < MIN_SECRET_BITS {
+            return Err(ConfigError::new(
+                secret_key,
+                format!(
+                    "the secret of storefront {name:?} must carry at least {MIN_SECRET_BITS} bits, without spaces (a \
+                     random-looking secret of 22 or more characters; `provisioner keygen` prints a good one)"
+                ),
+            ));
+        }
+        if storefronts.iter().any(|s| s.name == name) {
+            return Err(ConfigError::new(
+                key("name"),
+                format!(
+                    "{name:?} is named twice: the name says who sent an order, so it must be unique"
+                ),
+            ));
+        }
+        if storefronts
+            .iter()
+            .any(|s| secrecy::ExposeSecret::expose_secret(&s.secret) == secret)
+        {
+            return Err(ConfigError::new(
+                secret_key,
+                format!(
+                    "the secret of storefront {name:?} is also another storefront's: each needs its own"
+                ),
+            ));
+        }
+        if admin
+            .tokens
+            .iter()
+            .any(|t| secrecy::ExposeSecret::expose_secret(&t.token) == secret)
+        {
+            return Err(ConfigError::new(
+                secret_key,
+                format!(
+                    "the secret of storefront {name:?} is also an admin token: a storefront must not be able to act as an admin"
+                ),
+            ));
+        }
+        storefronts.push(Storefront {
+            name,
+            secret: SecretString::from(secret),
+        });
+    }
+    Ok(storefronts)
 }

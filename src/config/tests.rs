@@ -578,7 +578,7 @@ fn environment_wins_over_the_file() {
         ("SMARTVPS_PATH_PREFIX", "api/ocean/"),
         ("SMARTVPS_USERNAME", "from-env"),
         ("SMARTVPS_PASSWORD", "env-secret"),
-        ("PROVISIONER_DATABASE_URL", "sqlite::memory:"),
+        ("PROVISIONER_DATABASE_URL", "sqlite://from-env.db"),
         ("PROVISIONER_LISTEN", "0.0.0.0:9000"),
         ("PROVISIONER_ON_UNKNOWN", "retry"),
         ("PROVISIONER_WORKER_CONCURRENCY", "8"),
@@ -593,7 +593,7 @@ fn environment_wins_over_the_file() {
     assert_eq!(smartvps.path_prefix, "api/ocean/");
     assert_eq!(smartvps.username, "from-env");
     assert_eq!(smartvps.password.expose_secret(), "env-secret");
-    assert_eq!(s.database.url, "sqlite::memory:");
+    assert_eq!(s.database.url, "sqlite://from-env.db");
     assert_eq!(s.server.listen, "0.0.0.0:9000".parse().unwrap());
     assert_eq!(s.policy.on_unknown, OnUnknown::Retry);
     assert_eq!(s.worker.concurrency, 8);

@@ -97,6 +97,17 @@ impl OrderRef {
                 "must not contain control characters",
             ));
         }
+        if let Some(c) = s.chars().find(|c| is_format_char(*c)) {
+            // Bidi overrides and zero-width characters make two different references look the
+            // same on the dashboard and in emails (or reorder what an admin reads).
+            return Err(FieldError::new(
+                "order_ref",
+                format!(
+                    "must not contain invisible or text-direction characters (found U+{:04X})",
+                    u32::from(c)
+                ),
+            ));
+        }
         Ok(Self(s.to_string()))
     }
 
@@ -104,6 +115,26 @@ impl OrderRef {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Unicode's format characters (general category Cf) that text can carry invisibly: the
+/// bidirectional controls, zero-width spaces and joiners, the word joiner and invisible operators,
+/// the byte-order mark, soft hyphen, and the interlinear annotation and tag characters.
+fn is_format_char(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x061C
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0xFEFF
+            | 0xFFF9..=0xFFFB
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
 }
 
 /// RAM in whole gigabytes, as buyvps takes it.
@@ -226,6 +257,9 @@ pub struct NewOrder {
     pub customer: Customer,
     /// Which OS, if the storefront chose one.
     pub os: Option<String>,
+    /// The configured storefront that sent it (set by intake after authentication; `None` for
+    /// orders made by tools and tests in-process).
+    pub storefront: Option<String>,
 }
 
 impl NewOrder {
@@ -261,6 +295,7 @@ impl NewOrder {
             ram_gb,
             customer,
             os,
+            storefront: None,
         })
     }
 
@@ -405,6 +440,9 @@ pub struct Order {
     pub customer: Customer,
     /// OS, when chosen.
     pub os: Option<String>,
+    /// The storefront that sent it, by its configured name; `None` for orders taken before
+    /// storefronts authenticated, or made in-process.
+    pub storefront: Option<String>,
     /// Current state.
     pub state: OrderState,
     /// Buy attempts started in the current run of the buy phase.
@@ -447,6 +485,7 @@ impl Order {
             ram_gb: new.ram_gb,
             customer: new.customer,
             os: new.os,
+            storefront: new.storefront,
             state: OrderState::Queued,
             buy_attempts: 0,
             status_attempts: 0,

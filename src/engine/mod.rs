@@ -7,11 +7,15 @@
 //! - [`buy`]: the buy phase, the purchase ledger, unknown outcomes and their reconciliation.
 //! - [`credentials`]: the credentials phase (status polling); it never buys.
 //! - [`admin`]: admin actions (retry, cancel, resolve).
+//! - [`intake`]: the storefront's use case: a paid order in, its customer access token out;
+//!   and the token's explicit rotation.
+//! - [`catalog`]: SmartVPS's stock list kept as the package catalog intake checks against.
 
 pub mod admin;
 mod buy;
 pub mod catalog;
 mod credentials;
+pub mod intake;
 mod progress;
 
 use std::sync::Arc;
@@ -24,11 +28,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::crypto::Cipher;
-use crate::domain::{NewOrder, NoticeKind, Order, OrderState};
+use crate::crypto::token_hash_hex;
+use crate::domain::{EntryKind, NewOrder, NoticeKind, Order, OrderId, OrderState, TimelineEntry};
 use crate::policy::{OnUnknown, RetryPolicy};
 use crate::provider::Provider;
-use crate::store::{Change, Claimed, Intake, Store, StoreError};
+use crate::store::{AccessToken, Change, Claimed, Intake, Store, StoreError};
 use progress::Progress;
+use secrecy::{ExposeSecret, SecretString};
 
 /// Worker settings that are not retry policy.
 #[derive(Clone, Debug)]
@@ -144,29 +150,51 @@ impl Engine {
     pub async fn accept(&self, new: NewOrder) -> Result<Intake, StoreError> {
         let now = self.clock.now();
         let order = Order::accept(new, now);
-        let mut p = Progress::new(order.id.clone());
-        p.line(
-            now,
-            format!(
-                "📥 Order {} received: package {}, {} GB RAM, for {}",
-                order.order_ref.as_str(),
-                order.package_id,
-                order.ram_gb.get(),
-                order.customer.email
-            ),
+        let (_, access) = self.access_token(&order.id, 0);
+        // The received line names the customer for the admin's timeline; the log gets it only at
+        // debug level, so customer emails stay out of production logs.
+        let received = format!(
+            "📥 Order {} received: package {}, {} GB RAM",
+            order.order_ref.as_str(),
+            order.package_id,
+            order.ram_gb.get(),
         );
+        tracing::info!(order_id = %order.id, storefront = order.storefront.as_deref().unwrap_or("-"), "{received}");
+        tracing::debug!(order_id = %order.id, customer = %order.customer.email, "order received for this customer");
+        let mut entries = vec![TimelineEntry {
+            at: now,
+            kind: EntryKind::Progress,
+            message: format!("{received}, for {}", order.customer.email),
+        }];
+        let mut p = Progress::new(order.id.clone());
         p.line(
             now,
             "📧 Customer notified: \"Your server is being provisioned...\"",
         );
+        entries.extend(p.take());
         let intake = self
             .store
-            .insert_order(&order, &p.take(), &[NoticeKind::Provisioning])
+            .insert_order(&order, &access, &entries, &[NoticeKind::Provisioning])
             .await?;
         if matches!(intake, Intake::Created(_)) {
             self.wake.notify_one();
         }
         Ok(intake)
+    }
+
+    /// The customer access token of an order at rotation `generation`, with the digest the
+    /// store keeps of it.
+    pub(crate) fn access_token(
+        &self,
+        id: &OrderId,
+        generation: u32,
+    ) -> (SecretString, AccessToken) {
+        let token = self.cipher.access_token(id, generation);
+        let access = AccessToken {
+            hash: token_hash_hex(token.expose_secret()),
+            generation: Some(generation),
+        };
+        (token, access)
     }
 
     /// Wakes the worker loop (after an admin action made an order due).

@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery, Notice,
-    OrderFilter, Recorded, StateCounts, Store, StoreError,
+    AccessToken, Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery,
+    Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -26,8 +26,8 @@ struct Row {
     lease_expires: Option<Timestamp>,
     credentials: Option<Vec<u8>>,
     timeline: Vec<TimelineEntry>,
-    /// SHA-256 (hex) of the customer's access token.
-    access_token_hash: Option<String>,
+    /// The customer's access token (digest and generation).
+    access: Option<AccessToken>,
 }
 
 struct OutboxRow {
@@ -169,6 +169,7 @@ impl Store for MemoryStore {
     async fn insert_order(
         &self,
         order: &Order,
+        access: &AccessToken,
         entries: &[TimelineEntry],
         notices: &[NoticeKind],
     ) -> Result<Intake, StoreError> {
@@ -196,7 +197,7 @@ impl Store for MemoryStore {
                 lease_expires: None,
                 credentials: None,
                 timeline: entries.to_vec(),
-                access_token_hash: None,
+                access: Some(access.clone()),
             },
         );
         if let Some(at) = order.run_at {
@@ -653,21 +654,23 @@ impl Store for MemoryStore {
             .map(|r| r.order.clone()))
     }
 
-    async fn set_access_token_hash(&self, id: &OrderId, hash: &str) -> Result<(), StoreError> {
+    async fn rotate_access_token(
+        &self,
+        id: &OrderId,
+        next: &AccessToken,
+        entry: &TimelineEntry,
+    ) -> Result<(), StoreError> {
         let mut g = self.lock();
         let row = g
             .orders
             .get_mut(id)
             .ok_or_else(|| StoreError::Corrupt(format!("no order {id} to hold an access token")))?;
-        row.access_token_hash = Some(hash.to_string());
+        row.access = Some(next.clone());
+        row.timeline.push(entry.clone());
         Ok(())
     }
 
-    async fn access_token_hash(&self, id: &OrderId) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .lock()
-            .orders
-            .get(id)
-            .and_then(|r| r.access_token_hash.clone()))
+    async fn access_token(&self, id: &OrderId) -> Result<Option<AccessToken>, StoreError> {
+        Ok(self.lock().orders.get(id).and_then(|r| r.access.clone()))
     }
 }

@@ -16,9 +16,9 @@ pub mod memory;
 pub mod postgres;
 pub mod sqlite;
 
-use std::sync::Arc;
-
+use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -133,6 +133,41 @@ pub fn redact_url(url: &str) -> String {
         out.replace_range(start..stop, "***");
     }
     out
+}
+
+/// An order's customer access token as stored: its digest and which generation it is. The
+/// token itself is never stored; it is derived again from the order id and generation
+/// ([`crate::crypto::Cipher::access_token`]) when an intake replay must hand it out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    /// SHA-256 (hex) of the token: what a presented token is checked against.
+    pub hash: String,
+    /// The rotation the token was derived for (0 at intake). `None`: a random token issued
+    /// before tokens were derived, which cannot be handed out again (only rotated).
+    pub generation: Option<u32>,
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decodes an order's `(access_token_hash, access_token_gen)` columns, the same on every SQL
+/// backend; `None` (no row) means no such order.
+fn access_token_from(
+    row: Option<(Option<String>, Option<i64>)>,
+) -> Result<Option<AccessToken>, StoreError> {
+    let Some((Some(hash), generation)) = row else {
+        return Ok(None);
+    };
+    let generation = generation
+        .map(u32::try_from)
+        .transpose()
+        .map_err(|_| StoreError::Corrupt("access_token_gen out of range".into()))?;
+    Ok(Some(AccessToken { hash, generation }))
 }
 
 /// A worker's claim on an order, until `expires_at`. `token` fences every write.
@@ -341,9 +376,12 @@ pub enum DeliveryResult {
 pub trait Store: Send + Sync + 'static {
     /// Stores a new order with its first timeline lines and notices, or finds the order already
     /// stored under its reference (idempotent intake).
+    /// The order's customer access token digest is written in the same transaction, so an
+    /// accepted order always has a token.
     async fn insert_order(
         &self,
         order: &Order,
+        access: &AccessToken,
         entries: &[TimelineEntry],
         notices: &[NoticeKind],
     ) -> Result<Intake, StoreError>;
@@ -492,13 +530,19 @@ pub trait Store: Send + Sync + 'static {
     /// The order stored under a storefront reference (intake checks replays before the catalog,
     /// so a replayed webhook is answered even when its package has since sold out).
     async fn order_by_ref(&self, order_ref: &OrderRef) -> Result<Option<Order>, StoreError>;
-    /// Stores the SHA-256 (hex) of an order's customer access token, replacing any earlier one.
+    /// Replaces an order's customer access token (an explicit rotation) and records `entry`
+    /// (who rotated it and why) in its timeline, in one transaction.
     ///
     /// # Errors
     /// [`StoreError::Corrupt`] when there is no such order.
-    async fn set_access_token_hash(&self, id: &OrderId, hash: &str) -> Result<(), StoreError>;
-    /// The hash stored by [`Store::set_access_token_hash`], if any.
-    async fn access_token_hash(&self, id: &OrderId) -> Result<Option<String>, StoreError>;
+    async fn rotate_access_token(
+        &self,
+        id: &OrderId,
+        next: &AccessToken,
+        entry: &TimelineEntry,
+    ) -> Result<(), StoreError>;
+    /// The order's current access token, if it has one.
+    async fn access_token(&self, id: &OrderId) -> Result<Option<AccessToken>, StoreError>;
 }
 
 #[cfg(test)]
@@ -552,7 +596,11 @@ mod tests {
         );
 
         let o = order("ref-1");
-        store.insert_order(&o, &[], &[]).await.unwrap();
+        let access = AccessToken {
+            hash: "aa11".into(),
+            generation: Some(0),
+        };
+        store.insert_order(&o, &access, &[], &[]).await.unwrap();
         let found = store
             .order_by_ref(&OrderRef::parse("ref-1").unwrap())
             .await
@@ -566,20 +614,38 @@ mod tests {
                 .is_none()
         );
 
-        assert_eq!(store.access_token_hash(&o.id).await.unwrap(), None);
-        store.set_access_token_hash(&o.id, "aa11").await.unwrap();
-        store.set_access_token_hash(&o.id, "bb22").await.unwrap();
-        assert_eq!(
-            store.access_token_hash(&o.id).await.unwrap().as_deref(),
-            Some("bb22")
+        assert_eq!(store.access_token(&o.id).await.unwrap(), Some(access));
+        let next = AccessToken {
+            hash: "bb22".into(),
+            generation: Some(1),
+        };
+        let entry = TimelineEntry {
+            at: Timestamp(5),
+            kind: crate::domain::EntryKind::Admin,
+            message: "token rotated".into(),
+        };
+        store
+            .rotate_access_token(&o.id, &next, &entry)
+            .await
+            .unwrap();
+        assert_eq!(store.access_token(&o.id).await.unwrap(), Some(next.clone()));
+        assert!(
+            store
+                .timeline(&o.id)
+                .await
+                .unwrap()
+                .iter()
+                .any(|e| e.message == "token rotated"),
+            "the rotation is on the record"
         );
         assert!(
             store
-                .set_access_token_hash(&OrderId::new(), "cc33")
+                .rotate_access_token(&OrderId::new(), &next, &entry)
                 .await
                 .is_err(),
             "no order, no token"
         );
+        assert_eq!(store.access_token(&OrderId::new()).await.unwrap(), None);
     }
 
     #[tokio::test]

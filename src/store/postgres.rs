@@ -29,8 +29,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, PgPool, Row};
 
 use super::{
-    Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery, Notice,
-    OrderFilter, Recorded, StateCounts, Store, StoreError, redact_url,
+    AccessToken, Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery,
+    Notice, OrderFilter, Recorded, StateCounts, Store, StoreError, access_token_from, redact_url,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -56,6 +56,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "queue_table_vacuum",
         include_str!("../../migrations/postgres/0003_queue_table_vacuum.sql"),
     ),
+    (
+        4,
+        "storefront_tokens",
+        include_str!("../../migrations/postgres/0004_storefront_tokens.sql"),
+    ),
 ];
 
 /// The tables whose rows are updated or deleted on every order; vacuumed by
@@ -72,7 +77,7 @@ const MIGRATION_LOCK: i64 = 0x7072_6f76_6973_696f;
 pub const DEFAULT_POOL_SIZE: u32 = 10;
 
 const ORDER_COLUMNS: &str = "id, order_ref, fingerprint, package_id, ram_gb, customer_email, customer_name, os, state, buy_attempts, \
-     status_attempts, server_ip, failure_phase, failure_reason, run_at, created_at, updated_at, ready_at";
+     status_attempts, server_ip, failure_phase, failure_reason, run_at, created_at, updated_at, ready_at, storefront";
 
 /// The states a worker claims; the same list as the partial index `orders_due`, so the claim uses it.
 const ACTIVE_STATES: &str = "('queued', 'buying', 'awaiting_credentials')";
@@ -246,6 +251,7 @@ fn order_from(row: &PgRow) -> Result<Order, StoreError> {
             name: row.try_get("customer_name")?,
         },
         os: row.try_get("os")?,
+        storefront: row.try_get("storefront")?,
         state: OrderState::from_str(&state).map_err(|e| corrupt("state", e))?,
         buy_attempts: u32_col(row, "buy_attempts")?,
         status_attempts: u32_col(row, "status_attempts")?,
@@ -480,6 +486,7 @@ impl Store for PostgresStore {
     async fn insert_order(
         &self,
         order: &Order,
+        access: &AccessToken,
         entries: &[TimelineEntry],
         notices: &[NoticeKind],
     ) -> Result<Intake, StoreError> {
@@ -489,7 +496,7 @@ impl Store for PostgresStore {
         // failing on the unique index.
         let inserted = sqlx::query(
             "INSERT INTO orders (id, order_ref, fingerprint, package_id, ram_gb, customer_email, customer_name, os, state, run_at, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (order_ref) DO NOTHING",
+             created_at, updated_at, storefront, access_token_hash, access_token_gen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (order_ref) DO NOTHING",
         )
         .bind(order.id.as_str())
         .bind(order.order_ref.as_str())
@@ -503,6 +510,9 @@ impl Store for PostgresStore {
         .bind(order.run_at.map(Timestamp::millis))
         .bind(order.created_at.millis())
         .bind(order.updated_at.millis())
+        .bind(&order.storefront)
+        .bind(&access.hash)
+        .bind(access.generation.map(i64::from))
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -1080,27 +1090,38 @@ impl Store for PostgresStore {
             .transpose()
     }
 
-    async fn set_access_token_hash(&self, id: &OrderId, hash: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE orders SET access_token_hash = $1 WHERE id = $2")
-            .bind(hash)
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await?;
+    async fn rotate_access_token(
+        &self,
+        id: &OrderId,
+        next: &AccessToken,
+        entry: &TimelineEntry,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE orders SET access_token_hash = $1, access_token_gen = $2 WHERE id = $3",
+        )
+        .bind(&next.hash)
+        .bind(next.generation.map(i64::from))
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Corrupt(format!(
                 "no order {id} to hold an access token"
             )));
         }
+        insert_entries(&mut tx, id, std::slice::from_ref(entry)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    async fn access_token_hash(&self, id: &OrderId) -> Result<Option<String>, StoreError> {
-        let v: Option<Option<String>> =
-            sqlx::query_scalar("SELECT access_token_hash FROM orders WHERE id = $1")
+    async fn access_token(&self, id: &OrderId) -> Result<Option<AccessToken>, StoreError> {
+        let row: Option<(Option<String>, Option<i64>)> =
+            sqlx::query_as("SELECT access_token_hash, access_token_gen FROM orders WHERE id = $1")
                 .bind(id.as_str())
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(v.flatten())
+        access_token_from(row)
     }
 }
 

@@ -17,8 +17,8 @@ use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
 use tokio::sync::OwnedMutexGuard;
 
 use super::{
-    Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery, Notice,
-    OrderFilter, Recorded, StateCounts, Store, StoreError,
+    AccessToken, Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery,
+    Notice, OrderFilter, Recorded, StateCounts, Store, StoreError, access_token_from,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -49,6 +49,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "purchases_late_ip",
         include_str!("../../migrations/sqlite/0004_purchases_late_ip.sql"),
     ),
+    (
+        5,
+        "storefront_tokens",
+        include_str!("../../migrations/sqlite/0005_storefront_tokens.sql"),
+    ),
 ];
 
 /// Rows per multi-row statement: at most 9 parameters a row stays far below SQLite's limit
@@ -56,7 +61,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 const ROWS_PER_INSERT: usize = 100;
 
 const ORDER_COLUMNS: &str = "id, order_ref, fingerprint, package_id, ram_gb, customer_email, customer_name, os, state, buy_attempts, \
-     status_attempts, server_ip, failure_phase, failure_reason, run_at, created_at, updated_at, ready_at";
+     status_attempts, server_ip, failure_phase, failure_reason, run_at, created_at, updated_at, ready_at, storefront";
 
 /// The SQLite store.
 ///
@@ -267,6 +272,7 @@ fn order_from(row: &SqliteRow) -> Result<Order, StoreError> {
             name: row.try_get("customer_name")?,
         },
         os: row.try_get("os")?,
+        storefront: row.try_get("storefront")?,
         state: OrderState::from_str(&state).map_err(|e| corrupt("state", e))?,
         buy_attempts: u32::try_from(row.try_get::<i64, _>("buy_attempts")?).unwrap_or(0),
         status_attempts: u32::try_from(row.try_get::<i64, _>("status_attempts")?).unwrap_or(0),
@@ -496,6 +502,7 @@ impl Store for SqliteStore {
     async fn insert_order(
         &self,
         order: &Order,
+        access: &AccessToken,
         entries: &[TimelineEntry],
         notices: &[NoticeKind],
     ) -> Result<Intake, StoreError> {
@@ -505,7 +512,8 @@ impl Store for SqliteStore {
         // statement fewer than look-then-insert.
         let inserted = sqlx::query(
             "INSERT INTO orders (id, order_ref, fingerprint, package_id, ram_gb, customer_email, customer_name, os, state, run_at, \
-             created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (order_ref) DO NOTHING",
+             created_at, updated_at, storefront, access_token_hash, access_token_gen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (order_ref) DO NOTHING",
         )
         .bind(order.id.as_str())
         .bind(order.order_ref.as_str())
@@ -519,6 +527,9 @@ impl Store for SqliteStore {
         .bind(order.run_at.map(Timestamp::millis))
         .bind(order.created_at.millis())
         .bind(order.updated_at.millis())
+        .bind(&order.storefront)
+        .bind(&access.hash)
+        .bind(access.generation.map(i64::from))
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
@@ -1045,28 +1056,39 @@ impl Store for SqliteStore {
             .transpose()
     }
 
-    async fn set_access_token_hash(&self, id: &OrderId, hash: &str) -> Result<(), StoreError> {
+    async fn rotate_access_token(
+        &self,
+        id: &OrderId,
+        next: &AccessToken,
+        entry: &TimelineEntry,
+    ) -> Result<(), StoreError> {
         let mut turn = self.write_turn().await?;
-        let done = sqlx::query("UPDATE orders SET access_token_hash = ? WHERE id = ?")
-            .bind(hash)
-            .bind(id.as_str())
-            .execute(&mut *turn)
-            .await?;
+        let mut tx = turn.begin().await?;
+        let done = sqlx::query(
+            "UPDATE orders SET access_token_hash = ?, access_token_gen = ? WHERE id = ?",
+        )
+        .bind(&next.hash)
+        .bind(next.generation.map(i64::from))
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Corrupt(format!(
                 "no order {id} to hold an access token"
             )));
         }
+        insert_entries(&mut tx, id, std::slice::from_ref(entry)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    async fn access_token_hash(&self, id: &OrderId) -> Result<Option<String>, StoreError> {
-        let v: Option<Option<String>> =
-            sqlx::query_scalar("SELECT access_token_hash FROM orders WHERE id = ?")
+    async fn access_token(&self, id: &OrderId) -> Result<Option<AccessToken>, StoreError> {
+        let row: Option<(Option<String>, Option<i64>)> =
+            sqlx::query_as("SELECT access_token_hash, access_token_gen FROM orders WHERE id = ?")
                 .bind(id.as_str())
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(v.flatten())
+        access_token_from(row)
     }
 }
 

@@ -105,6 +105,12 @@ pub async fn run(speed: f64) -> anyhow::Result<ExitCode> {
         name: "demo".into(),
         token: admin_token.clone(),
     }];
+    // Orders come in as a storefront's would: signed, with a secret made for this run only.
+    let storefront_secret = crate::crypto::random_token();
+    settings.storefronts = vec![crate::config::Storefront {
+        name: "demo-shop".into(),
+        secret: storefront_secret.clone(),
+    }];
     let running = start(
         &settings,
         Arc::clone(&clock),
@@ -136,14 +142,17 @@ pub async fn run(speed: f64) -> anyhow::Result<ExitCode> {
             "customer": { "email": format!("{}@example.com", case.scenario.name()), "name": "Demo Customer" },
             "os": "ubuntu",
         });
-        let reply: Value = http
-            .post(format!("{api}/api/v1/orders"))
-            .json(&body)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let reply: Value = crate::web::storefront::signed_json(
+            &http,
+            &format!("{api}/api/v1/orders"),
+            secrecy::ExposeSecret::expose_secret(&storefront_secret),
+            &body,
+        )
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
         let id = reply["id"].as_str().context("intake reply has no id")?;
         case.order_id = Some(OrderId::parse(id).map_err(|e| anyhow::anyhow!("{e}"))?);
     }

@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::throttle::ClientAddr;
 use super::{ApiError, AppState};
 use crate::config::AdminToken;
 use crate::crypto::{digests_equal, random_token, token_digest, token_hash_hex};
@@ -201,11 +202,18 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state
-            .auth
-            .admin_of(&parts.headers)
-            .map(Admin)
-            .ok_or_else(unauthorized)
+        let Ok(ClientAddr(client)) = ClientAddr::from_request_parts(parts, state).await;
+        state.throttle.check(client)?;
+        match state.auth.admin_of(&parts.headers) {
+            Some(name) => Ok(Admin(name)),
+            None => {
+                // Asking without a credential is not guessing one.
+                if bearer(&parts.headers).is_some() {
+                    state.throttle.fail(client);
+                }
+                Err(unauthorized())
+            }
+        }
     }
 }
 

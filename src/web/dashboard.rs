@@ -10,6 +10,7 @@
 //! session's CSRF token (the login form, which has no session yet, a double-submit cookie).
 //! Pages are sent with a strict Content-Security-Policy and `Cache-Control: no-store`.
 
+use super::throttle::ClientAddr;
 use std::collections::HashMap;
 
 use askama::Template;
@@ -128,9 +129,13 @@ struct LoginForm {
 
 async fn login(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    if let Err(throttled) = state.throttle.check(client) {
+        return throttled.into_response();
+    }
     let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or("");
     let submitted = form.csrf.as_deref().unwrap_or("");
     if expected.is_empty() || !csrf_ok(expected, submitted) {
@@ -142,7 +147,8 @@ async fn login(
     }
     let token = form.token.unwrap_or_default();
     let Some(name) = state.auth.authenticate(token.trim()).map(str::to_string) else {
-        tracing::warn!("dashboard login refused: invalid admin token");
+        tracing::warn!(client = %client, "dashboard login refused: invalid admin token");
+        state.throttle.fail(client);
         return login_form(
             &state,
             StatusCode::UNAUTHORIZED,

@@ -1,128 +1,110 @@
-//! Intake: validates the storefront's request field by field, so every refusal names its field,
-//! checks the package against the catalog, stores the order idempotently on `order_ref`, and
-//! hands back the order's customer access token.
+//! Intake: authenticates the storefront, validates its request field by field (so every
+//! refusal names its field), and hands the order to the engine's intake use case, which checks
+//! the package, stores the order idempotently on `order_ref` and answers with the customer's
+//! access token.
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
-use secrecy::{ExposeSecret, SecretString};
-
+use super::storefront::Refusal;
+use super::throttle::ClientAddr;
 use super::views::IntakeView;
 use super::{ApiError, AppState};
-use crate::crypto::{random_token, token_hash_hex};
 use crate::domain::order::CustomerRequest;
-use crate::domain::{NewOrder, Order, OrderRequest};
-use crate::engine::catalog::{CatalogError, PackageCheck};
-use crate::store::Intake;
+use crate::domain::{NewOrder, OrderRequest};
+use crate::engine::intake::{IntakeError, take};
 
 const TOP_KEYS: [&str; 5] = ["order_ref", "package", "ram_gb", "customer", "os"];
 const CUSTOMER_KEYS: [&str; 2] = ["email", "name"];
 
-/// `POST /api/v1/orders`: 201 for a new order, 200 for a replay of the same request, 409 when
-/// the reference belongs to a different order, 400 for malformed JSON, 422 naming a bad field
-/// (an unknown or inactive package is a 422 on `package`), 503 when the catalog was never
-/// synced and SmartVPS cannot be read. 201 and 200 carry the order's `access_token`.
-///
-/// A replay is answered before the catalog is consulted: the order was accepted when it was
-/// posted first, and a webhook retried after its package sold out must still get its order back.
+/// `POST /api/v1/orders`, for a configured storefront only (signed, or its bearer secret): 201
+/// for a new order, 200 for a replay of the same request (with the same working token), 409
+/// when the reference belongs to a different order (or another storefront's), 400 for
+/// malformed JSON, 415 unless the body is JSON, 401 for a missing, forged or stale signature
+/// (429 after repeated failures), 422 naming a bad field (an unknown or inactive package is a
+/// 422 on `package`), 503 when the catalog was never synced and SmartVPS cannot be read.
 pub(super) async fn create_order(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    state.throttle.check(client)?;
+    let storefront = match state.storefronts.verify(&headers, &body) {
+        Ok(name) => name.to_string(),
+        Err(refusal) => {
+            // Asking without a credential is not guessing one.
+            if refusal != Refusal::Missing {
+                state.throttle.fail(client);
+            }
+            tracing::warn!(client = %client, "intake refused: {refusal}");
+            let status = match refusal {
+                Refusal::NoneConfigured => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            return Err(ApiError::new(status, refusal.to_string()));
+        }
+    };
+    require_json(&headers)?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
     let request = parse_request(&value)?;
     let new = NewOrder::parse(&request).map_err(|e| ApiError::field(&e.field, e.message))?;
-    let store = state.engine.store();
-    if let Some(existing) = store
-        .order_by_ref(&new.order_ref)
+    let taken = take(&state.engine, &state.catalog, new, &storefront)
         .await
-        .map_err(ApiError::internal)?
-    {
-        return replayed(&state, existing, &new).await;
-    }
-    match state.catalog.check(new.package_id).await {
-        Ok(PackageCheck::Sellable(_)) => {}
-        Ok(PackageCheck::Inactive(p)) => {
-            return Err(ApiError::field(
-                "package",
-                format!(
-                    "package {} ({}) is not active at SmartVPS: it cannot be bought now",
-                    p.id, p.name
-                ),
-            ));
-        }
-        Ok(PackageCheck::Unknown { sold }) => {
-            let sold: Vec<String> = sold.iter().map(ToString::to_string).collect();
-            return Err(ApiError::field(
-                "package",
-                format!(
-                    "unknown package {}; packages sold now: {}",
-                    new.package_id,
-                    if sold.is_empty() {
-                        "none".to_string()
-                    } else {
-                        sold.join(", ")
-                    }
-                ),
-            ));
-        }
-        Err(CatalogError::Unavailable(why)) => {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the package catalog was never synced and SmartVPS's stock list cannot be read now ({why}); retry later"
-                ),
-            ));
-        }
-        Err(CatalogError::Store(e)) => return Err(ApiError::internal(e)),
-    }
-    match state
-        .engine
-        .accept(new.clone())
-        .await
-        .map_err(ApiError::internal)?
-    {
-        Intake::Created(order) => {
-            let token = issue_token(&state, &order).await?;
-            Ok((StatusCode::CREATED, Json(IntakeView::new(&order, &token))).into_response())
-        }
-        // Another request with this reference won the race since the lookup above.
-        Intake::Existing(order) | Intake::Conflict(order) => replayed(&state, order, &new).await,
-    }
+        .map_err(|e| match e {
+            IntakeError::Conflict { .. } | IntakeError::OtherStorefront { .. } => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
+            IntakeError::Package(why) => ApiError::field("package", why),
+            IntakeError::CatalogUnavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            IntakeError::Store(e) => ApiError::internal(e),
+        })?;
+    let status = if taken.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(IntakeView::new(&taken.order, taken.token.as_ref())),
+    )
+        .into_response())
 }
 
-/// The answer to a reference seen before: the same order (with a fresh access token, which
-/// replaces the earlier one: a storefront replays because it lost the first answer) or 409.
-async fn replayed(state: &AppState, existing: Order, new: &NewOrder) -> Result<Response, ApiError> {
-    if existing.fingerprint != new.fingerprint() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "order_ref {:?} already names order {} with different contents",
-                existing.order_ref.as_str(),
-                existing.id
-            ),
-        ));
+/// JSON only: `application/json`, or a `+json` type, with any parameters. A browser cannot send
+/// these cross-site without a CORS preflight this server never grants, so no web page a person
+/// opens can post orders with a plain form.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let essence = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
+    match essence.as_deref() {
+        Some(t)
+            if t == "application/json"
+                || (t.starts_with("application/") && t.ends_with("+json")) =>
+        {
+            Ok(())
+        }
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be JSON, sent with Content-Type: application/json",
+        )),
     }
-    let token = issue_token(state, &existing).await?;
-    Ok((StatusCode::OK, Json(IntakeView::new(&existing, &token))).into_response())
-}
-
-/// A fresh customer access token for the order; only its SHA-256 is stored.
-async fn issue_token(state: &AppState, order: &Order) -> Result<SecretString, ApiError> {
-    let token = random_token();
-    state
-        .engine
-        .store()
-        .set_access_token_hash(&order.id, &token_hash_hex(token.expose_secret()))
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(token)
 }
 
 fn object<'a>(v: &'a Value, field: &str) -> Result<&'a Map<String, Value>, ApiError> {

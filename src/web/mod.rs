@@ -6,7 +6,9 @@
 //! - The admin dashboard under `/admin`: server-rendered pages, cookie session, CSRF on forms.
 //! - `GET /healthz` and `GET /metrics` (Prometheus text).
 //!
-//! Modules: [`auth`] (tokens, sessions, CSRF), `intake`, `orders` (detail and credentials),
+//! Modules: [`auth`] (tokens, sessions, CSRF), [`storefront`] (signed intake), [`throttle`]
+//! (failed authentication per client address), [`server`] (the HTTP server and its limits),
+//! `intake`, `orders` (detail, credentials, token rotation),
 //! `admin` (admin JSON API), [`dashboard`] (pages), [`chart`] (the timing chart),
 //! [`openapi`] (the document), [`views`] (JSON views).
 
@@ -14,6 +16,9 @@ pub mod auth;
 pub mod chart;
 pub mod dashboard;
 pub mod openapi;
+pub mod server;
+pub mod storefront;
+pub mod throttle;
 pub mod views;
 
 pub(crate) mod admin;
@@ -27,7 +32,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::http::header::WWW_AUTHENTICATE;
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
@@ -45,6 +50,12 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     /// Admin tokens and dashboard sessions.
     pub auth: Arc<auth::AdminAuth>,
+    /// The storefronts that may post orders.
+    pub storefronts: Arc<storefront::StorefrontAuth>,
+    /// Failed authentication per client address.
+    pub throttle: Arc<throttle::Throttle>,
+    /// The body timeout and size limit every request is read under.
+    pub body_limits: server::BodyLimits,
 }
 
 /// Percent-encodes a query or form value: everything but RFC 3986's unreserved characters.
@@ -89,6 +100,11 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             "/api/v1/orders/{id}/cancel",
             post(admin::cancel),
         ),
+        (
+            Method::POST,
+            "/api/v1/orders/{id}/access-token",
+            post(orders::rotate_token),
+        ),
         (Method::GET, "/api/v1/catalog", get(admin::catalog)),
         (
             Method::POST,
@@ -105,9 +121,15 @@ pub fn router(state: AppState) -> Router {
         // Routes sharing a path (GET and POST /api/v1/orders) are merged by axum.
         router = router.route(path, handler);
     }
+    let limits = state.body_limits;
     router
         .route("/metrics", get(metrics_text))
         .merge(dashboard::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            limits,
+            server::limit_body,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(limits.max_bytes))
         .with_state(state)
 }
 
@@ -118,6 +140,8 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     field: Option<String>,
+    /// Seconds for `Retry-After` (a 429).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -126,6 +150,7 @@ impl ApiError {
             status,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -134,6 +159,7 @@ impl ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             message: message.into(),
             field: Some(field.to_string()),
+            retry_after: None,
         }
     }
 
@@ -143,6 +169,18 @@ impl ApiError {
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal error; the request was not lost if it was accepted, see the server log",
         )
+    }
+
+    /// 429 for a client address that failed authentication too often.
+    pub(crate) fn throttled(retry_after_secs: u64) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!(
+                "too many failed authentications from this address; retry in {retry_after_secs} s"
+            ),
+            field: None,
+            retry_after: Some(retry_after_secs),
+        }
     }
 
     /// The status.
@@ -185,6 +223,11 @@ impl IntoResponse for ApiError {
             None => json!({ "error": self.message }),
         };
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

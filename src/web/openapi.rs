@@ -65,7 +65,9 @@ pub fn spec() -> Value {
         "components": {
             "securitySchemes": {
                 "adminToken": { "type": "http", "scheme": "bearer", "description": "An admin token from `[[admin.tokens]]` or PROVISIONER_ADMIN_TOKENS." },
-                "orderToken": { "type": "http", "scheme": "bearer", "description": "The order's access token from intake's answer." }
+                "orderToken": { "type": "http", "scheme": "bearer", "description": "The order's access token from intake's answer." },
+                "storefrontSignature": { "type": "apiKey", "in": "header", "name": "Provisioner-Signature", "description": "t=UNIX_SECONDS,v1=HEX: HMAC-SHA256 of `UNIX_SECONDS.body` keyed by the storefront's secret, within 300 s." },
+                "storefrontSecret": { "type": "http", "scheme": "bearer", "description": "A storefront's secret itself, for storefronts that cannot sign." }
             },
             "schemas": {
                 "Error": {
@@ -103,6 +105,7 @@ pub fn spec() -> Value {
                         "ram_gb": { "type": "integer" },
                         "os": { "type": ["string", "null"] },
                         "customer": { "type": "object" },
+                        "storefront": { "type": ["string", "null"], "description": "The storefront that sent it." },
                         "attempts": { "type": "object", "properties": { "buy": { "type": "integer" }, "status": { "type": "integer" } } },
                         "server_ip": { "type": ["string", "null"] },
                         "failure": { "type": ["object", "null"], "properties": { "phase": { "type": "string", "enum": ["buy", "credentials"] }, "reason": { "type": "string" } } },
@@ -117,7 +120,7 @@ pub fn spec() -> Value {
                 "IntakeResponse": {
                     "allOf": [
                         { "$ref": "#/components/schemas/Order" },
-                        { "type": "object", "required": ["access_token"], "properties": { "access_token": { "type": "string", "description": "Bearer token for this order's detail and credentials. A replay returns a fresh one, which replaces the earlier." } } }
+                        { "type": "object", "required": ["access_token"], "properties": { "access_token": { "type": "string", "description": "Bearer token for this order's detail and credentials. Every answer for the order carries the same token; it changes only when rotated. Null only for an order whose token was issued before tokens were derived (see access_token_note)." } } }
                     ]
                 },
                 "OrderList": {
@@ -185,16 +188,21 @@ pub fn spec() -> Value {
             },
             "/api/v1/orders": {
                 "post": {
-                    "summary": "Intake: a paid order",
-                    "description": "Idempotent on order_ref. The answer carries the order's access token.",
+                    "summary": "Intake: a paid order, from a configured storefront",
+                    "description": "Signed by the storefront: `Provisioner-Signature: t=UNIX_SECONDS,v1=HEX`, HEX the lowercase hex HMAC-SHA256 (keyed by the storefront's secret) of `UNIX_SECONDS + \".\" + body`, within 300 s of the server's clock; or `Authorization: Bearer SECRET`. JSON only. Idempotent on order_ref: every answer for an order carries the same working access token.",
+                    "security": [{ "storefrontSignature": [] }, { "storefrontSecret": [] }],
                     "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/OrderRequest" } } } },
                     "responses": {
                         "201": ok("A new order.", "IntakeResponse"),
-                        "200": ok("The same request was posted before: that order, with a fresh access token.", "IntakeResponse"),
+                        "200": ok("The same request was posted before: that order, with the same access token.", "IntakeResponse"),
                         "400": error("Malformed JSON."),
-                        "409": error("order_ref names an order with different contents."),
+                        "401": error("No storefront signature, or a forged or stale one."),
+                        "409": error("order_ref names an order with different contents, or another storefront's order."),
+                        "413": error("The body is larger than server.max_body_bytes."),
+                        "415": error("The body is not sent as application/json."),
                         "422": error("A field is invalid (`field` names it); an unknown or inactive package is refused on `package`."),
-                        "503": error("The catalog was never synced and SmartVPS cannot be read now; retry later.")
+                        "429": error("Too many failed authentications from this address; see Retry-After."),
+                        "503": error("No storefront is configured, or the catalog was never synced and SmartVPS cannot be read now; retry later.")
                     }
                 },
                 "get": {
@@ -238,6 +246,22 @@ pub fn spec() -> Value {
                         "401": error("No valid order or admin token."),
                         "404": error("No such order."),
                         "409": error("Not ready yet.")
+                    }
+                }
+            },
+            "/api/v1/orders/{id}/access-token": {
+                "post": {
+                    "summary": "Rotate the order's customer access token",
+                    "description": "The previous token stops working at once; the rotation is recorded in the timeline with who and why. A storefront (signed, as for intake) may rotate the orders it sent and receives the new token. An admin may rotate any order but never sees a customer token: the storefront receives the new one with its next intake replay.",
+                    "security": [{ "storefrontSignature": [] }, { "storefrontSecret": [] }, { "adminToken": [] }],
+                    "parameters": [id_param()],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Reason" } } } },
+                    "responses": {
+                        "200": { "description": "Rotated. For a storefront, `access_token` is the new token.", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "401": error("No valid storefront signature or admin token."),
+                        "404": error("No such order (or not this storefront's)."),
+                        "422": error("No reason."),
+                        "429": error("Too many failed authentications from this address; see Retry-After.")
                     }
                 }
             },

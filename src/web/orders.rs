@@ -1,5 +1,9 @@
 //! Reading one order: its detail (admin: everything; customer: the summary) and its credentials,
-//! the only response that ever carries a password.
+//! the only response that ever carries a password; and the explicit rotation of its customer
+//! token.
+//!
+//! To anyone but an admin, an unknown order, a malformed id and a wrong token get the same 401,
+//! so order ids cannot be probed; every such failure counts against the client's address.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -8,11 +12,16 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use std::net::IpAddr;
+
 use super::auth::{bearer, unauthorized};
+use super::storefront::Refusal;
+use super::throttle::ClientAddr;
 use super::views::OrderView;
 use super::{ApiError, AppState};
 use crate::crypto::token_matches_hash;
 use crate::domain::{Order, OrderId, OrderState};
+use crate::engine::intake::{RotateError, Rotator, rotate};
 
 /// Who is reading an order.
 enum Viewer {
@@ -38,23 +47,49 @@ pub(super) async fn load(state: &AppState, id: &OrderId) -> Result<Order, ApiErr
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no order {id}")))
 }
 
-async fn viewer(state: &AppState, headers: &HeaderMap, id: &OrderId) -> Result<Viewer, ApiError> {
+/// Who is asking about order `raw`, and the order. Admins get 404 for an unknown order; anyone
+/// else gets the one 401 whatever was wrong, counted against their address.
+async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: IpAddr,
+    raw: &str,
+) -> Result<(Viewer, Order), ApiError> {
+    state.throttle.check(client)?;
     if let Some(name) = state.auth.admin_of(headers) {
-        return Ok(Viewer::Admin(name));
+        let id = order_id(raw)?;
+        let order = load(state, &id).await?;
+        return Ok((Viewer::Admin(name), order));
     }
-    let token = bearer(headers).ok_or_else(unauthorized)?;
-    let stored = state
-        .engine
-        .store()
-        .access_token_hash(id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(unauthorized)?;
-    if token_matches_hash(token, &stored) {
-        Ok(Viewer::Customer)
-    } else {
-        Err(unauthorized())
+    match customer_order(state, headers, raw).await? {
+        Some(order) => Ok((Viewer::Customer, order)),
+        None => {
+            // Asking without a credential is not guessing one.
+            if bearer(headers).is_some() {
+                state.throttle.fail(client);
+            }
+            Err(unauthorized())
+        }
     }
+}
+
+/// The order, when the request's bearer token is its customer token.
+async fn customer_order(
+    state: &AppState,
+    headers: &HeaderMap,
+    raw: &str,
+) -> Result<Option<Order>, ApiError> {
+    let (Some(token), Ok(id)) = (bearer(headers), OrderId::parse(raw)) else {
+        return Ok(None);
+    };
+    let store = state.engine.store();
+    let Some(stored) = store.access_token(&id).await.map_err(ApiError::internal)? else {
+        return Ok(None);
+    };
+    if !token_matches_hash(token, &stored.hash) {
+        return Ok(None);
+    }
+    store.order(&id).await.map_err(ApiError::internal)
 }
 
 /// `GET /api/v1/orders/{id}`: with the admin token, the order with its timeline and purchase
@@ -63,11 +98,12 @@ async fn viewer(state: &AppState, headers: &HeaderMap, id: &OrderId) -> Result<V
 pub(super) async fn order(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Json<OrderView>, ApiError> {
-    let id = order_id(&id)?;
-    let order = load(&state, &id).await?;
-    match viewer(&state, &headers, &id).await? {
+    let (viewer, order) = authorize(&state, &headers, client, &id).await?;
+    let id = order.id.clone();
+    match viewer {
         Viewer::Admin(_) => {
             let store = state.engine.store();
             let timeline = store.timeline(&id).await.map_err(ApiError::internal)?;
@@ -93,11 +129,11 @@ pub(super) async fn order(
 pub(super) async fn credentials(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = order_id(&id)?;
-    let order = load(&state, &id).await?;
-    let who = viewer(&state, &headers, &id).await?;
+    let (who, order) = authorize(&state, &headers, client, &id).await?;
+    let id = order.id.clone();
     let (OrderState::Ready, Some(ip)) = (order.state, order.server_ip) else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -132,6 +168,62 @@ pub(super) async fn credentials(
         "password": creds.expose_password(),
         "os": creds.os,
     });
+    let mut response = Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// `POST /api/v1/orders/{id}/access-token` with `{"reason": "..."}`: replaces the order's
+/// customer token; the previous one stops working at once, and the rotation is in the timeline.
+/// A storefront (signed over the body, or its bearer secret) may rotate the orders it sent and
+/// receives the new token in the answer; an admin may rotate any order but never sees a
+/// customer token: the storefront receives the new one with its next intake replay of the order.
+pub(super) async fn rotate_token(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    state.throttle.check(client)?;
+    let by = match state.auth.admin_of(&headers) {
+        Some(name) => Rotator::Admin(name),
+        None => match state.storefronts.verify(&headers, &body) {
+            Ok(name) => Rotator::Storefront(name.to_string()),
+            Err(refusal) => {
+                if refusal != Refusal::Missing {
+                    state.throttle.fail(client);
+                }
+                return Err(unauthorized());
+            }
+        },
+    };
+    let reason = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_string))
+        .unwrap_or_default();
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, format!("no order {raw:?}"));
+    let id = OrderId::parse(&raw).map_err(|_| not_found())?;
+    let token = rotate(&state.engine, &id, &by, &reason)
+        .await
+        .map_err(|e| match e {
+            RotateError::NotFound(_) => not_found(),
+            RotateError::NoReason => ApiError::field("reason", e.to_string()),
+            RotateError::Store(e) => ApiError::internal(e),
+        })?;
+    let body = match by {
+        Rotator::Storefront(_) => json!({
+            "order_id": id,
+            "access_token": secrecy::ExposeSecret::expose_secret(&token),
+        }),
+        Rotator::Admin(_) => json!({
+            "order_id": id,
+            "rotated": true,
+            "note": "the previous token no longer works; the storefront receives the new one with its next intake replay of this order",
+        }),
+    };
     let mut response = Json(body).into_response();
     response
         .headers_mut()

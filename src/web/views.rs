@@ -22,6 +22,8 @@ pub struct OrderView {
     pub os: Option<String>,
     /// Who for.
     pub customer: Customer,
+    /// The storefront that sent it, when known.
+    pub storefront: Option<String>,
     /// Attempts in the current run of each phase.
     pub attempts: Attempts,
     /// The owned server's address.
@@ -83,6 +85,7 @@ impl OrderView {
             ram_gb: o.ram_gb.get(),
             os: o.os.clone(),
             customer: o.customer.clone(),
+            storefront: o.storefront.clone(),
             attempts: Attempts {
                 buy: o.buy_attempts,
                 status: o.status_attempts,
@@ -107,23 +110,32 @@ impl OrderView {
     }
 }
 
-/// Intake's answer: the order plus its customer access token. The token is shown here only;
-/// the store keeps its hash.
+/// Intake's answer: the order plus its customer access token, the same token on every answer
+/// for the order. Only an authenticated storefront ever receives it; the store keeps its hash.
 #[derive(Serialize)]
 pub struct IntakeView {
     /// The order.
     #[serde(flatten)]
     pub order: OrderView,
     /// Bearer token for `GET /api/v1/orders/{id}` and `GET /api/v1/orders/{id}/credentials`.
-    pub access_token: String,
+    /// `null` only for an order whose token was issued before tokens were derived (or under
+    /// another secret key): see `access_token_note`.
+    pub access_token: Option<String>,
+    /// Why `access_token` is null, and what to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_token_note: Option<&'static str>,
 }
 
 impl IntakeView {
     /// The view of a just accepted (or replayed) order with its token.
-    pub fn new(order: &Order, token: &secrecy::SecretString) -> Self {
+    pub fn new(order: &Order, token: Option<&secrecy::SecretString>) -> Self {
         Self {
             order: OrderView::new(order, None, None),
-            access_token: secrecy::ExposeSecret::expose_secret(token).to_string(),
+            access_token: token.map(|t| secrecy::ExposeSecret::expose_secret(t).to_string()),
+            access_token_note: token.is_none().then_some(
+                "this order's token cannot be handed out again without revoking the customer's; rotate it with \
+                 POST /api/v1/orders/{id}/access-token to issue a new one",
+            ),
         }
     }
 }

@@ -47,6 +47,29 @@ fn bad_configs_stop_start_up_with_exit_2_naming_the_key() {
             "[smartvps]\nbase_url = \"https://smartvps.online/\"\nusername = \"r\"\n",
             "smartvps.password",
         ),
+        // What used to start a service that answered 500 to everything, or exit 1 unnamed.
+        ("[database]\nurl = \"sqlite://\"\n", "database.url"),
+        ("[database]\nurl = \"sqlite::memory:\"\n", "database.url"),
+        (
+            "[database]\nurl = \"sqlite:///no-such-directory-7c1f/p.db\"\n",
+            "database.url",
+        ),
+        (
+            "[database]\nurl = \"postgres://postgres@127.0.0.1:1/provisioner\"\n",
+            "database.url",
+        ),
+        (
+            "[smartvps]\nbase_url = \"https://reseller:hunter2@smartvps.online/\"\nusername = \"r\"\npassword = \"p\"\n",
+            "smartvps.base_url",
+        ),
+        (
+            "[[admin.tokens]]\nname = \"alice\"\ntoken = \"aaaaaaaaaaaaaaaa\"\n",
+            "admin.tokens[0].token",
+        ),
+        (
+            "[[storefronts]]\nname = \"shop\"\nsecret_env = \"PROVISIONER_TEST_UNSET_SECRET_9\"\n",
+            "storefronts[0].secret_env",
+        ),
     ];
     for (toml, key) in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -57,6 +80,10 @@ fn bad_configs_stop_start_up_with_exit_2_naming_the_key() {
         let err = String::from_utf8(out.stderr).unwrap();
         assert!(err.contains(key), "expected {key} in {err:?}");
         assert_eq!(err.trim().lines().count(), 1, "one clear message: {err:?}");
+        assert!(
+            !err.contains("hunter2"),
+            "no secret in the message: {err:?}"
+        );
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use provisioner::app::{Running, StartOptions, start};
 use provisioner::clock::{Clock, ScaledClock, SystemClock, Timestamp};
-use provisioner::config::{AdminToken, Settings};
+use provisioner::config::{AdminToken, Settings, Storefront};
 use provisioner::crypto::Cipher;
 use provisioner::domain::order::CustomerRequest;
 use provisioner::domain::{NewOrder, Order, OrderId, OrderRequest, PackageId, TimelineEntry};
@@ -153,6 +153,9 @@ impl VirtualWorld {
 
 /// The admin token the real service accepts, named `alice`.
 pub const ADMIN_TOKEN: &str = "alice-admin-token-for-tests-0001";
+/// The storefront the real service accepts orders from, and its signing secret.
+pub const STOREFRONT: &str = "shop";
+pub const STOREFRONT_SECRET: &str = "shop-signing-secret-for-tests-7f3a9c";
 
 /// A real service on a SQLite file, time running `speed` times as fast.
 pub struct RealService {
@@ -171,6 +174,17 @@ pub async fn start_service(
     clock: Arc<dyn Clock>,
     key: &secrecy::SecretString,
 ) -> RealService {
+    start_service_with(db, sim, clock, key, |_| {}).await
+}
+
+/// [`start_service`] with the settings adjusted by `tweak` before start.
+pub async fn start_service_with(
+    db: &std::path::Path,
+    sim: &Simulator,
+    clock: Arc<dyn Clock>,
+    key: &secrecy::SecretString,
+    tweak: impl FnOnce(&mut Settings),
+) -> RealService {
     init_logs();
     let mut settings = Settings::from_sources(None, &|_| None).unwrap();
     settings.database.url = format!("sqlite://{}", db.display());
@@ -182,6 +196,14 @@ pub async fn start_service(
         name: "alice".into(),
         token: secrecy::SecretString::from(ADMIN_TOKEN),
     }];
+    settings.storefronts = vec![Storefront {
+        name: STOREFRONT.into(),
+        secret: secrecy::SecretString::from(STOREFRONT_SECRET),
+    }];
+    // The tests that exercise throttling set their own budget; the rest make many refused
+    // requests on purpose from one address.
+    settings.server.auth_failure_burst = 10_000;
+    tweak(&mut settings);
     let running = start(
         &settings,
         clock,
@@ -200,16 +222,26 @@ pub async fn start_service(
     }
 }
 
-/// Posts an intake request to the API at `api` (`http://host:port`); returns the status and the
-/// JSON body.
+/// A POST of the raw `body` to `url` as the test storefront sends it: JSON, signed.
+pub fn signed_post(http: &reqwest::Client, url: &str, body: &[u8]) -> reqwest::RequestBuilder {
+    http.post(url)
+        .header("content-type", "application/json")
+        .header(
+            "provisioner-signature",
+            provisioner::web::storefront::sign_now(STOREFRONT_SECRET, body),
+        )
+        .body(body.to_vec())
+}
+
+/// Posts an intake request to the API at `api` (`http://host:port`), signed as the test
+/// storefront; returns the status and the JSON body.
 pub async fn post_order(
     http: &reqwest::Client,
     api: &str,
     body: &serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let r = http
-        .post(format!("{api}/api/v1/orders"))
-        .json(body)
+    let bytes = serde_json::to_vec(body).unwrap();
+    let r = signed_post(http, &format!("{api}/api/v1/orders"), &bytes)
         .send()
         .await
         .unwrap();

@@ -17,6 +17,7 @@ mod outbox;
 mod pg;
 mod receivers;
 mod restart;
+mod security;
 mod seed_cases;
 mod shutdown;
 mod simulation;

@@ -148,6 +148,14 @@ async fn spawn_server(
         .env("PROVISIONER_DATABASE_URL", db_url)
         .env("PROVISIONER_LISTEN", format!("127.0.0.1:{port}"))
         .env("PROVISIONER_SECRET_KEY", key)
+        .env(
+            "PROVISIONER_STOREFRONTS",
+            format!(
+                "{}:{}",
+                crate::helpers::STOREFRONT,
+                crate::helpers::STOREFRONT_SECRET
+            ),
+        )
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
@@ -326,9 +334,12 @@ async fn three_processes_on_postgres_survive_sigkill_mid_purchase_and_mid_wait()
                 "ram_gb": 2,
                 "customer": { "email": format!("c{i}@example.com"), "name": "Customer" },
             });
-            http.post(format!("{}/api/v1/orders", apis[i % apis.len()]))
-                .json(&body)
-                .send()
+            crate::helpers::signed_post(
+                &http,
+                &format!("{}/api/v1/orders", apis[i % apis.len()]),
+                &serde_json::to_vec(&body).unwrap(),
+            )
+            .send()
         });
         for r in futures_util::future::join_all(posts).await {
             let r = r.unwrap();

@@ -19,7 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{fast_clock, get_order, post_order, scenario_package};
+use crate::helpers::{STOREFRONT_SECRET, fast_clock, get_order, post_order, scenario_package};
 use crate::receivers::{SmtpSink, WebhookReceiver};
 
 const SMARTVPS_USER: &str = "reseller-7731";
@@ -130,6 +130,17 @@ fn capture_a_full_run() {
         checked += 1;
     }
     assert!(checked >= 10, "only {checked} lines about the order");
+    // Customer emails appear only at debug level: order ids identify orders.
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let level = v["level"].as_str().unwrap_or_default();
+        if !matches!(level, "DEBUG" | "TRACE") {
+            assert!(
+                !line.contains("ann@example.com"),
+                "a customer email logged at {level}: {line}"
+            );
+        }
+    }
 }
 
 async fn run() -> (String, Vec<(&'static str, String)>) {
@@ -152,6 +163,10 @@ async fn run() -> (String, Vec<(&'static str, String)>) {
     settings.server.listen = "127.0.0.1:0".parse().unwrap();
     settings.secret_key = Some(key.clone());
     settings.worker.poll_interval = Duration::from_millis(20);
+    settings.storefronts = vec![provisioner::config::Storefront {
+        name: "shop".into(),
+        secret: SecretString::from(STOREFRONT_SECRET),
+    }];
     settings.smartvps = Some(SmartVpsSettings {
         base_url: format!("http://{sim_addr}/"),
         path_prefix: HttpConfig::DEFAULT_PREFIX.into(),
@@ -242,6 +257,7 @@ async fn run() -> (String, Vec<(&'static str, String)>) {
         ("the webhook signing secret", HOOK_SECRET.to_string()),
         ("the credentials key", key.expose_secret().to_string()),
         ("the customer's access token", access_token),
+        ("the storefront's secret", STOREFRONT_SECRET.to_string()),
     ];
     (id, secrets)
 }

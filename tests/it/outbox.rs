@@ -31,7 +31,15 @@ async fn stores() -> (tempfile::TempDir, Vec<(&'static str, Arc<dyn Store>)>) {
 async fn new_order(store: &dyn Store, order_ref: &str, now: Timestamp) -> Order {
     let order = Order::accept(NewOrder::parse(&request(order_ref, 7)).unwrap(), now);
     store
-        .insert_order(&order, &[], &[NoticeKind::Provisioning])
+        .insert_order(
+            &order,
+            &provisioner::store::AccessToken {
+                hash: "h".into(),
+                generation: Some(0),
+            },
+            &[],
+            &[NoticeKind::Provisioning],
+        )
         .await
         .unwrap();
     order

@@ -39,6 +39,14 @@ async fn sigterm_releases_the_lease_of_an_unfinished_purchase_and_exits_cleanly(
             secrecy::ExposeSecret::expose_secret(&key),
         )
         .env("RUST_LOG", "info")
+        .env(
+            "PROVISIONER_STOREFRONTS",
+            format!(
+                "{}:{}",
+                crate::helpers::STOREFRONT,
+                crate::helpers::STOREFRONT_SECRET
+            ),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

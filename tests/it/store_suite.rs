@@ -22,7 +22,8 @@ use provisioner::store::memory::MemoryStore;
 use provisioner::store::postgres::PostgresStore;
 use provisioner::store::sqlite::SqliteStore;
 use provisioner::store::{
-    Change, Flight, Intake, Lease, NewDelivery, OrderFilter, Recorded, Store, StoreError,
+    AccessToken, Change, Flight, Intake, Lease, NewDelivery, OrderFilter, Recorded, Store,
+    StoreError,
 };
 
 use crate::helpers::request;
@@ -50,10 +51,18 @@ fn line(now: Timestamp, message: &str) -> TimelineEntry {
     }
 }
 
+fn access(hash: &str, generation: u32) -> AccessToken {
+    AccessToken {
+        hash: hash.into(),
+        generation: Some(generation),
+    }
+}
+
 async fn create(store: &dyn Store, o: &Order) {
     match store
         .insert_order(
             o,
+            &access("h0", 0),
             &[line(o.created_at, "received")],
             &[NoticeKind::Provisioning],
         )
@@ -107,18 +116,27 @@ pub async fn suite(fresh: Fresh<'_>) {
     orders_are_filtered_paged_and_counted(fresh().await).await;
     saves_carry_timeline_credentials_and_resolutions(fresh().await).await;
     fan_out_queues_deliveries_and_hands_notices_over_together(fresh().await).await;
+    storefront_and_access_token_are_kept_and_rotated(fresh().await).await;
 }
 
 async fn intake_is_idempotent(store: Arc<dyn Store>) {
     let a = order("pay-1", 7, at(0));
     create(&*store, &a).await;
     let replay = order("pay-1", 7, at(5));
-    match store.insert_order(&replay, &[], &[]).await.unwrap() {
+    match store
+        .insert_order(&replay, &access("h1", 0), &[], &[])
+        .await
+        .unwrap()
+    {
         Intake::Existing(o) => assert_eq!(o.id, a.id, "a replay finds the first order"),
         other => panic!("expected Existing, got {other:?}"),
     }
     let different = order("pay-1", 8, at(6));
-    match store.insert_order(&different, &[], &[]).await.unwrap() {
+    match store
+        .insert_order(&different, &access("h2", 0), &[], &[])
+        .await
+        .unwrap()
+    {
         Intake::Conflict(o) => assert_eq!(o.id, a.id),
         other => panic!("expected Conflict, got {other:?}"),
     }
@@ -130,6 +148,62 @@ async fn intake_is_idempotent(store: Arc<dyn Store>) {
     assert_eq!(notices.len(), 1, "one provisioning notice: {notices:?}");
     assert_eq!(notices[0].kind, NoticeKind::Provisioning);
     assert_eq!(notices[0].order_id, a.id);
+}
+
+async fn storefront_and_access_token_are_kept_and_rotated(store: Arc<dyn Store>) {
+    let mut new = NewOrder::parse(&request("shop-7", 7)).unwrap();
+    new.storefront = Some("shop".into());
+    let a = Order::accept(new, at(0));
+    store
+        .insert_order(&a, &access("first", 0), &[], &[])
+        .await
+        .unwrap();
+    let stored = store.order(&a.id).await.unwrap().unwrap();
+    assert_eq!(stored.storefront.as_deref(), Some("shop"));
+    assert_eq!(stored, a);
+    assert_eq!(
+        store.access_token(&a.id).await.unwrap(),
+        Some(access("first", 0)),
+        "the token digest is written with the order"
+    );
+    // A replay keeps the first order's token.
+    store
+        .insert_order(&order("shop-7", 7, at(1)), &access("other", 0), &[], &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.access_token(&a.id).await.unwrap(),
+        Some(access("first", 0))
+    );
+    let entry = TimelineEntry {
+        at: at(2),
+        kind: EntryKind::Admin,
+        message: "rotated by admin ann: leaked".into(),
+    };
+    store
+        .rotate_access_token(&a.id, &access("second", 1), &entry)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.access_token(&a.id).await.unwrap(),
+        Some(access("second", 1))
+    );
+    assert!(
+        store
+            .timeline(&a.id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.message == entry.message && e.kind == EntryKind::Admin)
+    );
+    let other = order("nobody", 7, at(3));
+    assert!(
+        store
+            .rotate_access_token(&other.id, &access("x", 1), &entry)
+            .await
+            .is_err()
+    );
+    assert_eq!(store.access_token(&other.id).await.unwrap(), None);
 }
 
 async fn claims_respect_run_at_and_leases(store: Arc<dyn Store>) {
@@ -859,7 +933,7 @@ async fn postgres_migrations_survive_processes_starting_together() {
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(applied, 3, "each of the three migrations applied once");
+    assert_eq!(applied, 4, "each of the four migrations applied once");
 }
 
 /// This machine's PostgreSQL runs with autovacuum off, as some do: `maintain` (called by serve

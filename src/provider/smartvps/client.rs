@@ -255,16 +255,46 @@ impl SmartVpsClient {
         outcome
     }
 
-    /// `text` with every occurrence of the configured username and password replaced.
+    /// `text` with URL secrets dropped and any reply text that echoes the account's username or
+    /// password as a whole word (a server quoting "user X is suspended") replaced. Whole words
+    /// only: a short username is not hunted inside other words, which would mangle every message
+    /// and reveal the username by where the gaps fall. The client itself never formats its
+    /// credentials into any text.
     fn scrub(&self, text: &str) -> String {
         let mut out = strip_url_secrets(text);
         for secret in [self.password.expose_secret(), self.username.as_str()] {
-            if !secret.is_empty() {
-                out = out.replace(secret, "[redacted]");
-            }
+            out = replace_word(&out, secret);
         }
         out
     }
+}
+
+/// `text` with every occurrence of `word` that stands alone (not inside a longer run of letters,
+/// digits or `_`) replaced by `[redacted]`.
+fn replace_word(text: &str, word: &str) -> String {
+    if word.is_empty() {
+        return text.to_string();
+    }
+    let inside = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(word) {
+        let before = if i > 0 {
+            rest[..i].chars().last()
+        } else {
+            out.chars().last()
+        };
+        let after = rest[i + word.len()..].chars().next();
+        out.push_str(&rest[..i]);
+        if inside(before) || inside(after) {
+            out.push_str(word);
+        } else {
+            out.push_str("[redacted]");
+        }
+        rest = &rest[i + word.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[async_trait]
@@ -909,6 +939,21 @@ mod tests {
                 .await;
             assert_eq!(out.kind(), kind, "{body:?}: {out:?}");
         }
+    }
+
+    #[test]
+    fn only_whole_words_are_redacted() {
+        assert_eq!(
+            replace_word("ipstock failed for u", "u"),
+            "ipstock failed for [redacted]"
+        );
+        assert_eq!(
+            replace_word("user u: invalid", "u"),
+            "user [redacted]: invalid"
+        );
+        assert_eq!(replace_word("status unknown", "u"), "status unknown");
+        assert_eq!(replace_word("pp p", "p"), "pp [redacted]");
+        assert_eq!(replace_word("x", ""), "x");
     }
 
     #[test]

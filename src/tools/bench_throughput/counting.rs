@@ -30,11 +30,14 @@ impl Store for Counting {
     async fn insert_order(
         &self,
         order: &Order,
+        access: &AccessToken,
         entries: &[TimelineEntry],
         notices: &[NoticeKind],
     ) -> Result<Intake, StoreError> {
         self.commit();
-        self.inner.insert_order(order, entries, notices).await
+        self.inner
+            .insert_order(order, access, entries, notices)
+            .await
     }
     async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
         self.inner.order(id).await
@@ -199,11 +202,17 @@ impl Store for Counting {
     ) -> Result<Option<Order>, StoreError> {
         self.inner.order_by_ref(order_ref).await
     }
-    async fn set_access_token_hash(&self, id: &OrderId, hash: &str) -> Result<(), StoreError> {
+    async fn rotate_access_token(
+        &self,
+        id: &OrderId,
+        next: &AccessToken,
+        entry: &TimelineEntry,
+    ) -> Result<(), StoreError> {
         self.commit();
-        self.inner.set_access_token_hash(id, hash).await
+        self.inner.rotate_access_token(id, next, entry).await
     }
-    async fn access_token_hash(&self, id: &OrderId) -> Result<Option<String>, StoreError> {
-        self.inner.access_token_hash(id).await
+
+    async fn access_token(&self, id: &OrderId) -> Result<Option<AccessToken>, StoreError> {
+        self.inner.access_token(id).await
     }
 }

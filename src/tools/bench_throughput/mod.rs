@@ -41,8 +41,8 @@ use crate::simulator::{PackageDefaults, PackageSpec, Simulator};
 use crate::store::postgres::{PostgresStore, with_database};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
-    Change, Claimed, Flight, Intake, Lease, Notice, OrderFilter, Recorded, StateCounts, Store,
-    StoreError, redact_url,
+    AccessToken, Change, Claimed, Flight, Intake, Lease, Notice, OrderFilter, Recorded,
+    StateCounts, Store, StoreError, redact_url,
 };
 
 mod counting;

@@ -64,7 +64,15 @@ pub(super) async fn waiting_rss(opts: &Options, db: &mut BenchDb) -> anyhow::Res
     for var in crate::config::ENV_VARS {
         cmd.env_remove(var);
     }
+    let storefront_secret = crate::crypto::random_token();
     cmd.env("PROVISIONER_DATABASE_URL", &url)
+        .env(
+            "PROVISIONER_STOREFRONTS",
+            format!(
+                "bench:{}",
+                secrecy::ExposeSecret::expose_secret(&storefront_secret)
+            ),
+        )
         .env("PROVISIONER_LISTEN", format!("127.0.0.1:{port}"))
         .env(
             "PROVISIONER_SECRET_KEY",
@@ -100,11 +108,12 @@ pub(super) async fn waiting_rss(opts: &Options, db: &mut BenchDb) -> anyhow::Res
     let next = Arc::new(AtomicU64::new(0));
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..32 {
-        let (http, api, next, n) = (
+        let (http, api, next, n, secret) = (
             http.clone(),
             api.clone(),
             Arc::clone(&next),
             opts.waiting as u64,
+            storefront_secret.clone(),
         );
         set.spawn(async move {
             loop {
@@ -118,11 +127,14 @@ pub(super) async fn waiting_rss(opts: &Options, db: &mut BenchDb) -> anyhow::Res
                     "ram_gb": 2,
                     "customer": { "email": format!("w{i}@example.com"), "name": "Waiting" },
                 });
-                let r = http
-                    .post(format!("{api}/api/v1/orders"))
-                    .json(&body)
-                    .send()
-                    .await?;
+                let r = crate::web::storefront::signed_json(
+                    &http,
+                    &format!("{api}/api/v1/orders"),
+                    secrecy::ExposeSecret::expose_secret(&secret),
+                    &body,
+                )
+                .send()
+                .await?;
                 if !r.status().is_success() {
                     bail!("intake refused order wait-{i}: {}", r.status());
                 }

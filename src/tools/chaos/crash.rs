@@ -17,8 +17,8 @@ use crate::domain::{
     NoticeKind, Order, OrderId, PackageId, Purchase, PurchaseIntent, PurchaseOutcome, TimelineEntry,
 };
 use crate::store::{
-    Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery, Notice,
-    OrderFilter, Recorded, StateCounts, Store, StoreError,
+    AccessToken, Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery,
+    Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
 };
 
 tokio::task_local! {
@@ -62,11 +62,12 @@ impl Store for CrashingStore {
     async fn insert_order(
         &self,
         order: &Order,
+        access: &AccessToken,
         entries: &[TimelineEntry],
         notices: &[NoticeKind],
     ) -> Result<Intake, StoreError> {
         tick()?;
-        self.0.insert_order(order, entries, notices).await
+        self.0.insert_order(order, access, entries, notices).await
     }
     async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
         tick()?;
@@ -204,10 +205,16 @@ impl Store for CrashingStore {
     async fn order_by_ref(&self, order_ref: &OrderRef) -> Result<Option<Order>, StoreError> {
         self.0.order_by_ref(order_ref).await
     }
-    async fn set_access_token_hash(&self, id: &OrderId, hash: &str) -> Result<(), StoreError> {
-        self.0.set_access_token_hash(id, hash).await
+    async fn rotate_access_token(
+        &self,
+        id: &OrderId,
+        next: &AccessToken,
+        entry: &TimelineEntry,
+    ) -> Result<(), StoreError> {
+        self.0.rotate_access_token(id, next, entry).await
     }
-    async fn access_token_hash(&self, id: &OrderId) -> Result<Option<String>, StoreError> {
-        self.0.access_token_hash(id).await
+
+    async fn access_token(&self, id: &OrderId) -> Result<Option<AccessToken>, StoreError> {
+        self.0.access_token(id).await
     }
 }
