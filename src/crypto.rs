@@ -233,6 +233,57 @@ mod tests {
     }
 
     #[test]
+    fn access_tokens_are_stable_per_order_and_generation_and_keyed() {
+        let key = Cipher::generate_key();
+        let a = Cipher::from_hex(&key).unwrap();
+        let same_key = Cipher::from_hex(&key).unwrap();
+        let other_key = Cipher::from_hex(&Cipher::generate_key()).unwrap();
+        let (o1, o2) = (OrderId::new(), OrderId::new());
+        let t = |c: &Cipher, o: &OrderId, g: u32| c.access_token(o, g).expose_secret().to_string();
+        assert_eq!(
+            t(&a, &o1, 0),
+            t(&same_key, &o1, 0),
+            "a replay gets the same token"
+        );
+        assert_ne!(t(&a, &o1, 0), t(&a, &o1, 1), "a rotation changes it");
+        assert_ne!(t(&a, &o1, 0), t(&a, &o2, 0), "each order has its own");
+        assert_ne!(
+            t(&a, &o1, 0),
+            t(&other_key, &o1, 0),
+            "it depends on the secret key"
+        );
+        assert_eq!(t(&a, &o1, 0).len(), 64);
+        assert!(!format!("{a:?}").contains(&key.expose_secret()[..16]));
+    }
+
+    #[test]
+    fn weak_secrets_are_measured_as_weak() {
+        assert!(
+            secret_bits(&"a".repeat(16)) < MIN_SECRET_BITS,
+            "sixteen a's"
+        );
+        assert!(
+            secret_bits(&"a".repeat(200)) < MIN_SECRET_BITS,
+            "length alone is not strength"
+        );
+        assert!(
+            secret_bits(&"abc".repeat(40)) < MIN_SECRET_BITS,
+            "a repeated pattern"
+        );
+        assert!(secret_bits("change-me") < MIN_SECRET_BITS);
+        assert!(
+            secret_bits("0123456789abcdef") < MIN_SECRET_BITS,
+            "16 hex characters: 83 bits"
+        );
+        // What `keygen` prints, and what `openssl rand -hex 16` or a 22-character random
+        // base64url string give: at least 128 bits.
+        assert!(secret_bits(Cipher::generate_key().expose_secret()) >= MIN_SECRET_BITS);
+        assert!(secret_bits("9f86d081884c7d659a2feaa0c55ad015") >= MIN_SECRET_BITS);
+        assert!(secret_bits("Xq3_vR8kLm2ZpT9wNc4yHd") >= MIN_SECRET_BITS);
+        assert_eq!(secret_bits(""), 0.0);
+    }
+
+    #[test]
     fn round_trip_and_no_plaintext() {
         let c = Cipher::from_hex(&Cipher::generate_key()).unwrap();
         let sealed = c.seal(&creds());

@@ -664,3 +664,163 @@ fn load_reads_an_explicit_file_and_reports_a_missing_one() {
     let err = Settings::load(Some(&missing)).unwrap_err();
     assert_eq!(err.key, missing.display().to_string());
 }
+
+const SHOP_SECRET: &str = "shop-secret-7f3a9c2e41d85b60aa";
+
+#[test]
+fn storefronts_come_from_the_environment_or_the_file_with_secrets_from_the_environment() {
+    let s = Settings::from_sources(
+        None,
+        &env_of(&[(
+            "PROVISIONER_STOREFRONTS",
+            "shop:shop-secret-7f3a9c2e41d85b60aa, other:other-secret-0b1e2d3c4f5a69",
+        )]),
+    )
+    .unwrap();
+    let names: Vec<&str> = s.storefronts.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["shop", "other"]);
+    assert_eq!(s.storefronts[0].secret.expose_secret(), SHOP_SECRET);
+    assert!(
+        !format!("{s:?}").contains(SHOP_SECRET),
+        "Debug hides the secret"
+    );
+
+    let file = "[[storefronts]]\nname = \"shop\"\nsecret_env = \"SHOP_SIGNING_SECRET\"\n";
+    let s = Settings::from_sources(Some(file), &env_of(&[("SHOP_SIGNING_SECRET", SHOP_SECRET)]))
+        .unwrap();
+    assert_eq!(s.storefronts[0].name, "shop");
+    // The environment's list replaces the file's.
+    let s = Settings::from_sources(
+        Some(file),
+        &env_of(&[(
+            "PROVISIONER_STOREFRONTS",
+            "env-shop:other-secret-0b1e2d3c4f5a69",
+        )]),
+    )
+    .unwrap();
+    assert_eq!(s.storefronts.len(), 1);
+    assert_eq!(s.storefronts[0].name, "env-shop");
+    assert!(Settings::default().storefronts.is_empty());
+}
+
+#[test]
+fn bad_storefronts_name_their_key_and_never_echo_the_secret() {
+    // (environment, file, the key the error must name)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Option<&'a str>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            vec![("PROVISIONER_STOREFRONTS", "shop:aaaaaaaaaaaaaaaaaaaaaaaa")],
+            None,
+            "PROVISIONER_STOREFRONTS",
+        ),
+        (
+            vec![("PROVISIONER_STOREFRONTS", "shop-secret-7f3a9c2e41d85b60aa")],
+            None,
+            "PROVISIONER_STOREFRONTS",
+        ),
+        (
+            vec![(
+                "PROVISIONER_STOREFRONTS",
+                "shop:shop-secret-7f3a9c2e41d85b60aa,shop:other-secret-0b1e2d3c4f5a69",
+            )],
+            None,
+            "PROVISIONER_STOREFRONTS",
+        ),
+        (
+            vec![],
+            Some("[[storefronts]]\nname = \"shop\"\nsecret_env = \"UNSET_VAR_X\"\n"),
+            "storefronts[0].secret_env",
+        ),
+        (
+            vec![],
+            Some("[[storefronts]]\nname = \"shop\"\n"),
+            "storefronts[0].secret_env",
+        ),
+        (
+            vec![("S", "short")],
+            Some("[[storefronts]]\nname = \"shop\"\nsecret_env = \"S\"\n"),
+            "storefronts[0].secret_env",
+        ),
+        (
+            vec![("S", SHOP_SECRET)],
+            Some("[[storefronts]]\nname = \"a shop\"\nsecret_env = \"S\"\n"),
+            "storefronts[0].name",
+        ),
+        (
+            vec![("S", SHOP_SECRET)],
+            Some("[[storefronts]]\nname = \"shop\"\nsecret_env = \"S\"\nsecret = \"x\"\n"),
+            "storefronts[0].secret",
+        ),
+        (
+            vec![
+                (
+                    "PROVISIONER_STOREFRONTS",
+                    "shop:shop-secret-7f3a9c2e41d85b60aa",
+                ),
+                (
+                    "PROVISIONER_ADMIN_TOKENS",
+                    "alice:shop-secret-7f3a9c2e41d85b60aa",
+                ),
+            ],
+            None,
+            "PROVISIONER_STOREFRONTS",
+        ),
+    ];
+    for (env, file, key) in cases {
+        let e = Settings::from_sources(file, &env_of(&env)).unwrap_err();
+        assert!(e.key.starts_with(key), "{key}: {e}");
+        for secret in ["aaaaaaaaaaaaaaaaaaaaaaaa", SHOP_SECRET, "short"] {
+            assert!(!e.to_string().contains(secret), "{e}");
+        }
+    }
+}
+
+#[test]
+fn server_limits_and_database_urls_are_checked() {
+    let s = from_toml(
+        "[server]\nmax_connections = 64\nheader_timeout = \"2s\"\nmax_body_bytes = 4096\n",
+    )
+    .unwrap();
+    assert_eq!(s.server.max_connections, 64);
+    assert_eq!(s.server.header_timeout, Duration::from_secs(2));
+    assert_eq!(s.server.max_body_bytes, 4096);
+    for (toml, key) in [
+        ("[server]\nmax_connections = 0\n", "server.max_connections"),
+        ("[server]\nidle_timeout = \"0s\"\n", "server.idle_timeout"),
+        ("[server]\nmax_body_bytes = 10\n", "server.max_body_bytes"),
+        (
+            "[server]\nauth_failure_burst = 0\n",
+            "server.auth_failure_burst",
+        ),
+        (
+            "[server]\nauth_failures_per_minute = 0\n",
+            "server.auth_failures_per_minute",
+        ),
+        ("[database]\nurl = \"sqlite://\"\n", "database.url"),
+        ("[database]\nurl = \"sqlite::memory:\"\n", "database.url"),
+        ("[database]\nurl = \"sqlite://dir/\"\n", "database.url"),
+        (
+            "[smartvps]\nbase_url = \"https://u:p@smartvps.online/\"\nusername = \"u\"\npassword = \"p\"\n",
+            "smartvps.base_url",
+        ),
+    ] {
+        let e = from_toml(toml).unwrap_err();
+        assert_eq!(e.key, key, "{toml}: {e}");
+        assert!(!e.message.contains("u:p@"), "{e}");
+    }
+    let e = Settings::from_sources(
+        None,
+        &env_of(&[("PROVISIONER_DATABASE_URL", "sqlite::memory:")]),
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "PROVISIONER_DATABASE_URL");
+    assert_eq!(
+        sqlite_directory("sqlite://provisioner.db"),
+        Some(PathBuf::from("."))
+    );
+    assert_eq!(
+        sqlite_directory("sqlite:///var/lib/p/p.db?mode=rwc"),
+        Some(PathBuf::from("/var/lib/p"))
+    );
+    assert_eq!(sqlite_directory("postgres://db/x"), None);
+}

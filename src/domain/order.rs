@@ -768,6 +768,24 @@ impl Order {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn order_refs_refuse_invisible_and_direction_characters() {
+        for bad in [
+            "WHMCS-\u{202E}3001",
+            "WHMCS-\u{200B}1003",
+            "\u{FEFF}WHMCS-1",
+            "a\u{2066}b",
+            "x\u{00AD}y",
+        ] {
+            let e = OrderRef::parse(bad).unwrap_err();
+            assert_eq!(e.field, "order_ref");
+            assert!(e.message.contains("invisible"), "{bad:?}: {}", e.message);
+        }
+        for good in ["WHMCS-1003", "заказ-7", "注文-8", "pay_123.4"] {
+            assert!(OrderRef::parse(good).is_ok(), "{good:?}");
+        }
+    }
     use proptest::prelude::*;
 
     fn request() -> OrderRequest {
