@@ -264,6 +264,20 @@ pub async fn start(
             (provider, Some(sim), Some(addr))
         }
     };
+    let under = settings.policy.waits_under_horizon();
+    if settings.policy.on_unknown == crate::policy::OnUnknown::Reconcile && !under.is_empty() {
+        let waits: Vec<String> = under
+            .iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect();
+        tracing::info!(
+            "policy.buy.delays ({}) end before policy.buy.horizon ({}): they apply after definite failures; after a \
+             purchase whose outcome is unknown the engine listens for the late reply and reaches no \"nothing was bought\" \
+             verdict until the horizon has passed since it was sent (`provisioner plan` shows the totals)",
+            waits.join(", "),
+            humantime::format_duration(settings.policy.horizon)
+        );
+    }
     // Installed before the first call is counted.
     let metrics = crate::telemetry::metrics();
     let token = shutdown.clone();

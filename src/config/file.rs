@@ -36,6 +36,7 @@ pub(super) struct RawPhase {
     pub(super) attempts: Option<u32>,
     pub(super) timeout: Option<DurationText>,
     pub(super) delays: Option<Vec<DurationText>>,
+    pub(super) horizon: Option<DurationText>,
 }
 
 // No `Debug` here: it holds the password in the clear.

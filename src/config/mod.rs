@@ -421,6 +421,11 @@ timeout = "2m"
 # Waits between attempts, exactly attempts - 1 of them: the first follows attempt 1.
 # Long on purpose: SmartVPS gets time to finish a purchase before it is retried.
 delays = ["2m", "3m"]
+# The longest SmartVPS may take to complete a purchase after it was sent (at least timeout). A
+# purchase whose outcome is unknown (a timeout, a reset, a 5xx) is never judged "not bought"
+# before this has passed since it was sent, whatever the waits above; a timed-out call keeps its
+# connection open this long for a late reply. Definite failures keep the waits above.
+horizon = "10m"
 
 # The credentials phase: status calls until the server's credentials are available.
 [policy.status]

@@ -38,15 +38,28 @@ pub(super) fn resolve_policy(raw: RawPolicy, env: &Env<'_>) -> Result<RetryPolic
         })?,
         None => defaults.on_unknown,
     };
-    Ok(RetryPolicy {
-        buy: resolve_phase(raw.buy.unwrap_or_default(), defaults.buy, "policy.buy")?,
-        status: resolve_phase(
-            raw.status.unwrap_or_default(),
-            defaults.status,
-            "policy.status",
-        )?,
+    let mut buy = raw.buy.unwrap_or_default();
+    let mut status = raw.status.unwrap_or_default();
+    if status.horizon.take().is_some() {
+        return Err(ConfigError::new(
+            "policy.status.horizon",
+            "only the buy phase has a horizon (policy.buy.horizon): a status call changes nothing upstream",
+        ));
+    }
+    let horizon = match buy.horizon.take() {
+        Some(text) => parse_duration("policy.buy.horizon", &text.0)?,
+        None => defaults.horizon,
+    };
+    let policy = RetryPolicy {
+        buy: resolve_phase(buy, defaults.buy, "policy.buy")?,
+        status: resolve_phase(status, defaults.status, "policy.status")?,
         on_unknown,
-    })
+        horizon,
+    };
+    policy
+        .validate_horizon()
+        .map_err(|message| ConfigError::new("policy.buy.horizon", message))?;
+    Ok(policy)
 }
 
 pub(super) fn resolve_phase(

@@ -114,7 +114,18 @@ pub struct RetryPolicy {
     pub status: PhasePolicy,
     /// What to do with an unknown purchase outcome.
     pub on_unknown: OnUnknown,
+    /// The longest time SmartVPS may take to complete a purchase after it was sent
+    /// (`policy.buy.horizon`). No "nothing was bought" verdict is reached before a purchase's
+    /// `sent_at + horizon`, whatever the waits: a timed-out call can still complete upstream, and
+    /// only time bounds that. Also how long a timed-out call's connection is kept open for a late
+    /// reply. At least the buy timeout.
+    #[serde(with = "humantime_serde_compat")]
+    pub horizon: Duration,
 }
+
+/// Default `policy.buy.horizon`: well past the longest buyvps seen in production ("sometimes well
+/// over 2 min").
+pub const DEFAULT_HORIZON: Duration = Duration::from_secs(600);
 
 impl Default for RetryPolicy {
     /// The seed's timing: buy 3 × 120 s with waits of 2 and 3 minutes; status 3 × 90 s with
@@ -132,6 +143,7 @@ impl Default for RetryPolicy {
                 delays: vec![Duration::from_secs(60), Duration::from_secs(120)],
             },
             on_unknown: OnUnknown::Reconcile,
+            horizon: DEFAULT_HORIZON,
         }
     }
 }
@@ -149,7 +161,50 @@ impl RetryPolicy {
             buy: phase(&self.buy),
             status: phase(&self.status),
             on_unknown: self.on_unknown,
+            horizon: self.horizon / f,
         }
+    }
+
+    /// How long after an unknown outcome of buy attempt `attempt` (sent `elapsed` ago) the
+    /// engine waits before reconciling: the strategic delay, or what is left of the horizon when
+    /// that is longer. Definite failures keep the plain schedule ([`PhasePolicy::delay_after`]).
+    pub fn unknown_wait(&self, attempt: u32, elapsed: Duration) -> Duration {
+        self.buy
+            .settle_after(attempt)
+            .max(self.horizon_left(elapsed))
+    }
+
+    /// What is left of the horizon for a purchase sent `elapsed` ago (zero once it has passed).
+    pub fn horizon_left(&self, elapsed: Duration) -> Duration {
+        self.horizon.saturating_sub(elapsed)
+    }
+
+    /// Checks what spans the phases: the horizon is at least the buy timeout (a call cannot be
+    /// given up on before it has been waited for).
+    ///
+    /// # Errors
+    /// A message for `policy.buy.horizon`.
+    pub fn validate_horizon(&self) -> Result<(), String> {
+        if self.horizon < self.buy.timeout {
+            return Err(format!(
+                "must be at least policy.buy.timeout ({}): a purchase cannot be judged before its call has been waited \
+                 for; got {}",
+                humantime::format_duration(self.buy.timeout),
+                humantime::format_duration(self.horizon)
+            ));
+        }
+        Ok(())
+    }
+
+    /// The buy waits shorter than the horizon, which an unknown outcome stretches to it: what
+    /// start-up and `plan` explain, so a short wait is not mistaken for a fast verdict.
+    pub fn waits_under_horizon(&self) -> Vec<Duration> {
+        self.buy
+            .delays
+            .iter()
+            .copied()
+            .filter(|d| self.buy.timeout + *d < self.horizon)
+            .collect()
     }
 }
 
@@ -190,6 +245,49 @@ mod humantime_serde_compat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_outcome_waits_for_the_horizon_and_a_definite_failure_does_not() {
+        let p = RetryPolicy::default();
+        // Attempt 1 timed out after 2 minutes: the seed's 2-minute wait would reconcile at 4
+        // minutes; the horizon holds the verdict to 10 minutes after sending.
+        let sent_ago = Duration::from_secs(120);
+        assert_eq!(p.unknown_wait(1, sent_ago), Duration::from_secs(480));
+        assert_eq!(p.buy.delay_after(1), Some(Duration::from_secs(120)));
+        // Long after the horizon (a restart days later), the strategic delay still applies.
+        assert_eq!(
+            p.unknown_wait(2, Duration::from_secs(3600)),
+            Duration::from_secs(180)
+        );
+        let short = RetryPolicy {
+            buy: PhasePolicy {
+                attempts: 3,
+                timeout: Duration::from_secs(10),
+                delays: vec![Duration::from_secs(10), Duration::from_secs(20)],
+            },
+            ..RetryPolicy::default()
+        };
+        assert_eq!(short.waits_under_horizon().len(), 2);
+        assert_eq!(
+            short.unknown_wait(1, Duration::from_secs(10)),
+            Duration::from_secs(590)
+        );
+        assert!(
+            p.waits_under_horizon().len() == 2,
+            "the seed's waits are shorter too"
+        );
+        let bad = RetryPolicy {
+            horizon: Duration::from_secs(60),
+            ..RetryPolicy::default()
+        };
+        assert!(
+            bad.validate_horizon()
+                .unwrap_err()
+                .contains("policy.buy.timeout")
+        );
+        assert!(p.validate_horizon().is_ok());
+        assert_eq!(p.scaled_down(10).horizon, Duration::from_secs(60));
+    }
 
     #[test]
     fn seed_defaults() {

@@ -109,6 +109,49 @@ pub fn analyse(policy: &RetryPolicy, timings: &Timings) -> Vec<CaseTimeline> {
         .collect()
 }
 
+/// Each case's total when every failing buyVps timed out (its outcome unknown) under
+/// `on_unknown = reconcile`: the next attempt, or the failure, waits for the purchase's horizon
+/// when that is longer than the configured wait. In [`Case::ALL`] order.
+pub fn analyse_unknown(policy: &RetryPolicy, timings: &Timings) -> Vec<(Case, Duration)> {
+    Case::ALL
+        .into_iter()
+        .map(|case| (case, unknown_total(case, policy, timings)))
+        .collect()
+}
+
+fn unknown_total(case: Case, policy: &RetryPolicy, timings: &Timings) -> Duration {
+    let buy = &policy.buy;
+    let succeeds_on = match case {
+        Case::Best => Some(1),
+        Case::Moderate => Some(buy.attempts.min(2)),
+        Case::Worst => Some(buy.attempts),
+        Case::CompleteFailure => None,
+    };
+    let mut now = Duration::ZERO;
+    let last = succeeds_on.unwrap_or(buy.attempts);
+    for attempt in 1..=last {
+        if Some(attempt) == succeeds_on {
+            now = now.saturating_add(timings.buy_success);
+            break;
+        }
+        // Sent at `now`, timed out after the timeout; the verdict comes after the unknown wait.
+        now = now
+            .saturating_add(buy.timeout)
+            .saturating_add(policy.unknown_wait(attempt, buy.timeout));
+    }
+    if succeeds_on.is_some() {
+        let status = timeline(case, policy, timings);
+        let buy_part: Duration = status
+            .steps
+            .iter()
+            .take_while(|s| !s.label.starts_with("status"))
+            .map(|s| s.took)
+            .sum();
+        now = now.saturating_add(status.total.saturating_sub(buy_part));
+    }
+    now
+}
+
 fn timeline(case: Case, policy: &RetryPolicy, timings: &Timings) -> CaseTimeline {
     let mut line = Timeline::default();
     let buy = Phase {
@@ -236,6 +279,10 @@ pub fn render(policy: &RetryPolicy, timings: &Timings, analysis: &[CaseTimeline]
     bullet(&mut out, &seed_note);
     bullet(&mut out, &on_unknown_note(policy, timings));
 
+    if policy.on_unknown == OnUnknown::Reconcile {
+        bullet(&mut out, &horizon_note(policy));
+    }
+
     let _ = writeln!(out);
     let _ = writeln!(out, "Summary");
     for case in analysis {
@@ -246,7 +293,40 @@ pub fn render(policy: &RetryPolicy, timings: &Timings, analysis: &[CaseTimeline]
             format_total(case.total)
         );
     }
+    if policy.on_unknown == OnUnknown::Reconcile {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "Summary when every failing buyVps timed out (outcome unknown, horizon {})",
+            short(policy.horizon)
+        );
+        for (case, total) in analyse_unknown(policy, timings) {
+            let _ = writeln!(out, "  {:<18}{}", case.name(), format_total(total));
+        }
+    }
     out
+}
+
+/// What the purchase horizon does to the waits.
+fn horizon_note(policy: &RetryPolicy) -> String {
+    let under = policy.waits_under_horizon();
+    let horizon = unbroken(&describe_wait(policy.horizon));
+    if under.is_empty() {
+        format!(
+            "Purchase horizon {horizon}: every buy wait already reaches past it, so an unknown outcome is judged on \
+             the configured schedule."
+        )
+    } else {
+        let waits: Vec<String> = under.iter().map(|d| unbroken(&describe_wait(*d))).collect();
+        format!(
+            "Purchase horizon {horizon}: SmartVPS may complete a timed-out purchase up to {horizon} after it was \
+             sent, so no \"nothing was bought\" verdict comes sooner. The buy wait(s) of {} end before that: after a \
+             definite failure (an `error` reply, sold out) they apply as configured; after an unknown outcome (a \
+             timeout, a reset, a 5xx) the engine listens for the late reply and waits until the horizon. The second \
+             summary below shows those totals.",
+            waits.join(", ")
+        )
+    }
 }
 
 /// Appends `text` as a `- ` bullet wrapped at [`WIDTH`] columns, continuation lines indented.
@@ -287,10 +367,11 @@ fn on_unknown_note(policy: &RetryPolicy, timings: &Timings) -> String {
             };
             format!(
                 "on_unknown = reconcile: a buyVps attempt that timed out may still have bought a \
-                 server, so it is reconciled during the following wait and the timings above are \
-                 unchanged; but after the final timed-out attempt the engine waits {} ({which}) once \
-                 more and confirms nothing was bought before declaring failure: under reconcile a \
-                 complete failure is declared at {}.",
+                 server, so it is reconciled before anything is bought again, at the end of the \
+                 following wait or at the purchase horizon, whichever is later; after the final \
+                 timed-out attempt the engine waits {} ({which}) once more, or until the horizon, and \
+                 confirms nothing was bought before declaring failure: with a horizon no longer than \
+                 the waits, under reconcile a complete failure is declared at {}.",
                 unbroken(&describe_wait(settle)),
                 unbroken(&format_total(failure.saturating_add(settle)))
             )
@@ -423,6 +504,31 @@ mod tests {
     }
 
     #[test]
+    fn the_horizon_stretches_timed_out_purchases_only() {
+        let p = RetryPolicy::default();
+        let t = Timings::default();
+        let unknown = analyse_unknown(&p, &t);
+        let definite: Vec<Duration> = analyse(&p, &t).iter().map(|c| c.total).collect();
+        assert_eq!(unknown[0].1, definite[0], "the best case has no failure");
+        // Moderate: buy 1 sent at 0, times out at 2m, horizon at 10m, buy 2 succeeds at 10m30s,
+        // then the status phase as before (90 s + 1 min + 10 s).
+        assert_eq!(format_total(unknown[1].1), "13 min 10 s");
+        assert!(unknown[2].1 > definite[2] && unknown[3].1 > definite[3]);
+        // A horizon no longer than timeout + wait changes nothing.
+        let short = RetryPolicy {
+            horizon: Duration::from_secs(240),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(analyse_unknown(&short, &t)[1].1, definite[1]);
+        let text = render(&p, &t, &analyse(&p, &t));
+        assert!(text.contains("Purchase horizon 10 minute(s)"), "{text}");
+        assert!(
+            text.contains("Summary when every failing buyVps timed out"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn custom_policy_totals() {
         let mut policy = RetryPolicy {
             buy: PhasePolicy {
@@ -436,6 +542,7 @@ mod tests {
                 delays: vec![],
             },
             on_unknown: OnUnknown::Reconcile,
+            horizon: Duration::from_secs(600),
         };
         let timings = Timings {
             buy_success: Duration::from_secs(15),
