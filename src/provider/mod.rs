@@ -8,7 +8,9 @@ pub mod metered;
 pub mod smartvps;
 
 use std::fmt;
+use std::future::Future;
 use std::net::Ipv4Addr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -192,4 +194,43 @@ pub trait Provider: Send + Sync + 'static {
         ip: Ipv4Addr,
         timeout: Duration,
     ) -> Outcome<ServerStatus>;
+
+    /// [`Provider::buy`], but a call that reaches `timeout` is not hung up on: its outcome for
+    /// the attempt is the timeout's unknown, and the returned [`LateReply`] hears the reply if it
+    /// still comes within `listen` of sending (SmartVPS answers on the open connection when a
+    /// slow purchase completes). Providers that cannot listen return no late reply.
+    async fn buy_listening(
+        &self,
+        ctx: &CallContext,
+        package: &PackageName,
+        ram: RamGb,
+        timeout: Duration,
+        listen: Duration,
+    ) -> (Outcome<Ipv4Addr>, Option<LateReply>) {
+        let _ = listen;
+        (self.buy(ctx, package, ram, timeout).await, None)
+    }
+}
+
+/// The reply of a buyvps that outlived its attempt's timeout: resolves to the outcome SmartVPS
+/// finally sent, or `None` when none came before the listening window closed (or the
+/// connection broke). Dropping it hangs up.
+pub struct LateReply(Pin<Box<dyn Future<Output = Option<Outcome<Ipv4Addr>>> + Send>>);
+
+impl LateReply {
+    /// Wraps the future that waits for the reply.
+    pub fn new(f: impl Future<Output = Option<Outcome<Ipv4Addr>>> + Send + 'static) -> Self {
+        Self(Box::pin(f))
+    }
+
+    /// Waits for the reply.
+    pub async fn wait(self) -> Option<Outcome<Ipv4Addr>> {
+        self.0.await
+    }
+}
+
+impl fmt::Debug for LateReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LateReply")
+    }
 }

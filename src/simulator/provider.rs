@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::{BuyReply, Simulator, StatusReply};
 use crate::domain::{PackageName, RamGb};
-use crate::provider::{CallContext, Outcome, Provider, ServerStatus, StockEntry};
+use crate::provider::{CallContext, LateReply, Outcome, Provider, ServerStatus, StockEntry};
 
 /// The in-process SmartVPS. Cheap to clone; clones share the world.
 #[derive(Clone, Debug)]
@@ -44,6 +44,20 @@ impl SimProvider {
     }
 }
 
+/// A buyvps reply as the client would classify it.
+fn buy_outcome(reply: BuyReply, latency: Duration) -> Outcome<Ipv4Addr> {
+    match reply {
+        BuyReply::Success(ip) => Outcome::Succeeded(ip),
+        BuyReply::Error => Outcome::Rejected("error".into()),
+        BuyReply::ServerError => Outcome::Unknown("HTTP 500 Internal Server Error".into()),
+        BuyReply::Garbled(n) => Outcome::Unknown(garbled(n)),
+        BuyReply::NoReply => Outcome::Unknown(format!(
+            "no reply: the connection closed after {}",
+            humantime::format_duration(latency)
+        )),
+    }
+}
+
 /// What a garbled reply looks like in-process (the HTTP server sends the bytes themselves).
 fn garbled(n: u64) -> String {
     format!("garbled 2xx reply: {:?}", super::http::garbled_body(n))
@@ -75,16 +89,45 @@ impl Provider for SimProvider {
         if let Err(why) = self.wait(latency, timeout).await {
             return Outcome::Unknown(why);
         }
-        match pending.finish() {
-            BuyReply::Success(ip) => Outcome::Succeeded(ip),
-            BuyReply::Error => Outcome::Rejected("error".into()),
-            BuyReply::ServerError => Outcome::Unknown("HTTP 500 Internal Server Error".into()),
-            BuyReply::Garbled(n) => Outcome::Unknown(garbled(n)),
-            BuyReply::NoReply => Outcome::Unknown(format!(
-                "no reply: the connection closed after {}",
-                humantime::format_duration(latency)
-            )),
+        buy_outcome(pending.finish(), latency)
+    }
+
+    async fn buy_listening(
+        &self,
+        ctx: &CallContext,
+        package: &PackageName,
+        ram: RamGb,
+        timeout: Duration,
+        listen: Duration,
+    ) -> (Outcome<Ipv4Addr>, Option<LateReply>) {
+        let pending = self
+            .sim
+            .begin_buy(package.as_str(), ram.get(), ctx.request_id());
+        let latency = pending.latency();
+        let clock = self.sim.clock().clone();
+        if latency <= timeout {
+            clock.sleep(latency).await;
+            return (buy_outcome(pending.finish(), latency), None);
         }
+        clock.sleep(timeout).await;
+        let outcome = Outcome::Unknown(format!(
+            "timeout after {}",
+            humantime::format_duration(timeout)
+        ));
+        // The connection stays open: the reply comes at its latency if that is within the
+        // listening window; otherwise the caller hangs up when the window closes (and the
+        // purchase, if any, still completes upstream).
+        let listen = listen.max(timeout);
+        let late = LateReply::new(async move {
+            if latency > listen {
+                clock.sleep(listen - timeout).await;
+                drop(pending);
+                return None;
+            }
+            clock.sleep(latency - timeout).await;
+            Some(buy_outcome(pending.finish(), latency))
+        });
+        (outcome, Some(late))
     }
 
     async fn status(
@@ -136,6 +179,59 @@ mod tests {
 
     fn ctx(order: &OrderId, attempt: u32) -> CallContext {
         CallContext::for_order(order, attempt)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_listening_buyer_hears_the_late_reply_within_the_window_and_not_after() {
+        let (sim, p, clock) = world(1);
+        let window = Duration::from_secs(600);
+        sim.script_buy(
+            P5,
+            [
+                BuyStep::succeed(Duration::from_secs(210)),
+                BuyStep::succeed(Duration::from_secs(900)),
+            ],
+        )
+        .unwrap();
+        let order = OrderId::new();
+        let t0 = clock.now();
+        let (out, late) = p
+            .buy_listening(&ctx(&order, 1), &name("103.82.72"), ram(4), TIMEOUT, window)
+            .await;
+        assert!(
+            matches!(&out, Outcome::Unknown(why) if why == "timeout after 2m"),
+            "{out:?}"
+        );
+        assert_eq!(clock.now(), t0.plus(TIMEOUT));
+        let reply = late.expect("the connection stays open").wait().await;
+        let Some(Outcome::Succeeded(ip)) = reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(
+            clock.now(),
+            t0.plus(Duration::from_secs(210)),
+            "heard when it completed"
+        );
+        assert_eq!(sim.purchases_for(&format!("{order}/"))[0].ip, ip);
+
+        // A purchase slower than the window: the listener hangs up at the window's end, and
+        // the purchase still completes upstream.
+        let t1 = clock.now();
+        let (_, late) = p
+            .buy_listening(&ctx(&order, 2), &name("103.82.72"), ram(4), TIMEOUT, window)
+            .await;
+        assert_eq!(late.unwrap().wait().await, None);
+        assert_eq!(clock.now(), t1.plus(window));
+        clock.sleep(Duration::from_secs(300)).await;
+        assert_eq!(sim.purchases_for(&format!("{order}/2")).len(), 1);
+
+        // A call that answers within its timeout has nothing to listen for.
+        sim.script_buy(P5, [BuyStep::succeed(Duration::from_secs(30))])
+            .unwrap();
+        let (out, late) = p
+            .buy_listening(&ctx(&order, 3), &name("103.82.72"), ram(4), TIMEOUT, window)
+            .await;
+        assert!(matches!(out, Outcome::Succeeded(_)) && late.is_none());
     }
 
     #[tokio::test(start_paused = true)]

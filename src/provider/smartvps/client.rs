@@ -19,7 +19,7 @@ use serde_json::json;
 use super::wire::{self, StatusReply};
 use crate::clock::Clock;
 use crate::domain::{PackageName, RamGb};
-use crate::provider::{CallContext, Outcome, Provider, ServerStatus, StockEntry};
+use crate::provider::{CallContext, LateReply, Outcome, Provider, ServerStatus, StockEntry};
 use crate::telemetry::error_chain;
 
 /// Upper bound on connection set-up. Client-wide, because reqwest has no per-request connect
@@ -82,7 +82,9 @@ pub enum ClientError {
     Http(String),
 }
 
-/// The three SmartVPS calls the engine uses, over HTTPS.
+/// The three SmartVPS calls the engine uses, over HTTPS. Cloning shares the connection machinery,
+/// so a call can outlive the attempt that made it (a late reply).
+#[derive(Clone)]
 pub struct SmartVpsClient {
     /// Shared connection machinery; no client-wide timeout, each call sets its own.
     http: reqwest::Client,
@@ -131,14 +133,27 @@ enum Failure {
     Rejected(String),
     /// Something may have happened upstream.
     Unknown(String),
+    /// No reply within the call's timeout: something may have happened upstream, and the reply
+    /// may still come to a caller that keeps listening.
+    TimedOut(String),
 }
 
 impl Failure {
     fn into_outcome<T>(self) -> Outcome<T> {
         match self {
             Self::Rejected(r) => Outcome::Rejected(r),
-            Self::Unknown(r) => Outcome::Unknown(r),
+            Self::Unknown(r) | Self::TimedOut(r) => Outcome::Unknown(r),
         }
+    }
+}
+
+/// Aborts a spawned call when the last interest in it is dropped, so a late listener that is
+/// given up on hangs up instead of lingering.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -330,6 +345,65 @@ impl Provider for SmartVpsClient {
         self.finish(Endpoint::Buyvps, Some(ctx), started, outcome)
     }
 
+    async fn buy_listening(
+        &self,
+        ctx: &CallContext,
+        package: &PackageName,
+        ram: RamGb,
+        timeout: Duration,
+        listen: Duration,
+    ) -> (Outcome<Ipv4Addr>, Option<LateReply>) {
+        let started = tokio::time::Instant::now();
+        let body = json!({ "ip": package.as_str(), "ram": ram.get().to_string() });
+        // The request's own timeout is the listening window; the attempt's timeout is ours to
+        // enforce here, so that reaching it does not hang up.
+        let listen = listen.max(timeout);
+        let (client, call_ctx) = (self.clone(), ctx.clone());
+        let mut call = AbortOnDrop(tokio::spawn(async move {
+            client
+                .exchange(Endpoint::Buyvps, Some(&call_ctx), Some(body), listen)
+                .await
+        }));
+        let decode = |joined: Result<Result<String, Failure>, tokio::task::JoinError>| match joined
+        {
+            Ok(Ok(body)) => wire::classify_buy(&body),
+            Ok(Err(f)) => f.into_outcome(),
+            Err(e) => Outcome::Unknown(format!("the call stopped: {e}")),
+        };
+        match tokio::time::timeout(self.clock.real(timeout), &mut call.0).await {
+            Ok(joined) => {
+                let outcome = decode(joined);
+                (
+                    self.finish(Endpoint::Buyvps, Some(ctx), started, outcome),
+                    None,
+                )
+            }
+            Err(_) => {
+                let outcome = Outcome::Unknown(format!(
+                    "timeout after {}",
+                    humantime::format_duration(timeout)
+                ));
+                let outcome = self.finish(Endpoint::Buyvps, Some(ctx), started, outcome);
+                let (client, late_ctx) = (self.clone(), ctx.clone());
+                let late = LateReply::new(async move {
+                    let joined = (&mut call.0).await;
+                    // The listening window itself ending is not a reply.
+                    if matches!(joined, Ok(Err(Failure::TimedOut(_)))) {
+                        return None;
+                    }
+                    let outcome = decode(joined);
+                    tracing::info!(
+                        request_id = late_ctx.request_id().unwrap_or_default(),
+                        outcome = outcome.kind(),
+                        "late buyvps reply after the attempt's timeout"
+                    );
+                    Some(client.finish(Endpoint::Buyvps, Some(&late_ctx), started, outcome))
+                });
+                (outcome, Some(late))
+            }
+        }
+    }
+
     async fn status(
         &self,
         ctx: &CallContext,
@@ -478,7 +552,7 @@ fn transport_failure(err: reqwest::Error, timeout: Duration) -> Failure {
         return Failure::Rejected(format!("connection failed: {}", error_chain(&err)));
     }
     if err.is_timeout() {
-        return Failure::Unknown(format!(
+        return Failure::TimedOut(format!(
             "timeout after {}",
             humantime::format_duration(timeout)
         ));
@@ -781,6 +855,55 @@ mod tests {
         let (base, _) = stub(200, "<html>maintenance</html>", Duration::ZERO).await;
         let out = client_for(&base, "api/").ipstock(SECOND).await;
         assert!(matches!(out, Outcome::Unknown(_)), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn a_listening_buyer_hears_the_reply_that_comes_after_the_timeout() {
+        let (base, seen) = stub(
+            200,
+            "success|Congratulations. Your ip is: 103.82.72.9",
+            Duration::from_millis(600),
+        )
+        .await;
+        let client = client_for(&base, "api/");
+        let (out, late) = client
+            .buy_listening(
+                &ctx(),
+                &package(),
+                ram(),
+                Duration::from_millis(200),
+                Duration::from_secs(5),
+            )
+            .await;
+        assert_eq!(out, Outcome::Unknown("timeout after 200ms".into()));
+        let reply = late.expect("still listening").wait().await;
+        assert_eq!(
+            reply,
+            Some(Outcome::Succeeded("103.82.72.9".parse().unwrap()))
+        );
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            1,
+            "one request, heard twice: no second purchase"
+        );
+
+        // A window shorter than the reply: the listener hangs up and hears nothing.
+        let (base, _) = stub(
+            200,
+            "success|Your ip is: 103.82.72.10",
+            Duration::from_secs(3),
+        )
+        .await;
+        let (_, late) = client_for(&base, "api/")
+            .buy_listening(
+                &ctx(),
+                &package(),
+                ram(),
+                Duration::from_millis(100),
+                Duration::from_millis(400),
+            )
+            .await;
+        assert_eq!(late.unwrap().wait().await, None);
     }
 
     #[tokio::test]
