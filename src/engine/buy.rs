@@ -155,7 +155,7 @@ async fn attempt(
         return rejected(e, lease, order, p, n, &why).await;
     }
 
-    let n = order.start_buy_attempt(e.clock.now()).map_err(corrupt)?;
+    let n = order.start_buy_attempt(e.clock.now())?;
     let sent_at = e.clock.now();
     p.line(
         sent_at,
@@ -309,7 +309,7 @@ async fn succeeded(
     metrics::histogram!("provisioner_attempts_until_success", "phase" => "buy")
         .record(f64::from(n));
     p.line(now, format!("[SMARTVPS] Server bought: {ip}"));
-    order.bought(ip, now).map_err(corrupt)?;
+    order.bought(ip, now)?;
     let change = Change {
         entries: p.take(),
         keep_lease: true,
@@ -389,7 +389,7 @@ async fn reconcile(
             p.line(now, format!("[SMARTVPS] ✅ buyVps attempt {n} had succeeded after all (late reply): server {ip}"));
             metrics::counter!("provisioner_reconciliations_total", "result" => "adopted")
                 .increment(1);
-            order.bought(ip, now).map_err(corrupt)?;
+            order.bought(ip, now)?;
             let change = Change {
                 entries: p.take(),
                 keep_lease: true,
@@ -551,7 +551,7 @@ fn unknown_reason(p: &Purchase) -> String {
 }
 
 fn count_attempt(e: &Engine, order: &mut Order) -> Result<u32, EngineError> {
-    order.start_buy_attempt(e.clock.now()).map_err(corrupt)
+    Ok(order.start_buy_attempt(e.clock.now())?)
 }
 
 async fn rejected(
@@ -656,7 +656,7 @@ async fn fail(
     change: Change,
 ) -> Result<Next, EngineError> {
     let now = e.clock.now();
-    order.fail(phase, reason, now).map_err(corrupt)?;
+    order.fail(phase, reason, now)?;
     p.line(
         now,
         "📧 Customer notified: provisioning failed; an admin can retry",
@@ -677,7 +677,7 @@ pub(super) async fn escalate(
     change: Change,
 ) -> Result<Next, EngineError> {
     let now = e.clock.now();
-    order.escalate(Phase::Buy, reason, now).map_err(corrupt)?;
+    order.escalate(Phase::Buy, reason, now)?;
     p.warn(
         now,
         "🛑 Order needs attention: an admin must decide (no automatic purchase will be made)",
@@ -706,6 +706,7 @@ async fn finish(
     Ok(Next::Done)
 }
 
-pub(super) fn corrupt(e: impl std::fmt::Display) -> EngineError {
+/// The store handed back something inconsistent with what it was given.
+fn corrupt(e: impl std::fmt::Display) -> EngineError {
     EngineError::Store(crate::store::StoreError::Corrupt(e.to_string()))
 }

@@ -1,7 +1,6 @@
 //! The credentials phase: status polling for the address we own, on the seed's schedule. It
 //! never buys: exhaustion fails the order at this step and keeps the address for a retry.
 
-use super::buy::corrupt;
 use super::progress::Progress;
 use super::{Engine, EngineError};
 use crate::domain::{NoticeKind, Order, Phase};
@@ -17,13 +16,11 @@ pub(super) async fn step(
 ) -> Result<(), EngineError> {
     let Some(ip) = order.server_ip else {
         let now = e.clock.now();
-        order
-            .escalate(
-                Phase::Credentials,
-                "awaiting credentials without a server address",
-                now,
-            )
-            .map_err(corrupt)?;
+        order.escalate(
+            Phase::Credentials,
+            "awaiting credentials without a server address",
+            now,
+        )?;
         let change = Change {
             entries: p.take(),
             notices: vec![NoticeKind::NeedsAttention, NoticeKind::AdminNeedsAttention],
@@ -32,7 +29,7 @@ pub(super) async fn step(
         e.store.save(lease, order, change).await?;
         return Ok(());
     };
-    let n = order.start_status_attempt(e.clock.now()).map_err(corrupt)?;
+    let n = order.start_status_attempt(e.clock.now())?;
     let total = e.policy.status.attempts;
     p.line(
         e.clock.now(),
@@ -48,7 +45,7 @@ pub(super) async fn step(
                     now,
                     format!("[SMARTVPS] ✅ status succeeded on attempt {n}"),
                 );
-                order.ready(now).map_err(corrupt)?;
+                order.ready(now)?;
                 metrics::histogram!("provisioner_attempts_until_success", "phase" => "credentials")
                     .record(f64::from(n));
                 metrics::histogram!("provisioner_time_to_ready_seconds")
@@ -100,8 +97,7 @@ pub(super) async fn step(
         None => {
             p.line(now, format!("💥 PROVISIONING FAILED after {n} status attempts: server {ip} is owned; an admin retry resumes status polling"));
             order
-                .fail(Phase::Credentials, format!("status failed {n} times (last: {reason}); server {ip} is owned, retry resumes polling it"), now)
-                .map_err(corrupt)?;
+                .fail(Phase::Credentials, format!("status failed {n} times (last: {reason}); server {ip} is owned, retry resumes polling it"), now)?;
             p.line(
                 now,
                 "📧 Customer notified: provisioning is delayed; an admin will retry",

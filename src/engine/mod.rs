@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::crypto::Cipher;
-use crate::domain::{NewOrder, NoticeKind, Order, OrderState};
+use crate::domain::{NewOrder, NoticeKind, Order, OrderState, TransitionError};
 use crate::policy::{OnUnknown, RetryPolicy};
 use crate::provider::Provider;
 use crate::store::{Change, Claimed, Intake, Store, StoreError};
@@ -65,6 +65,16 @@ pub enum EngineError {
     /// The store failed or the lease was lost.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The engine asked for something its own rules forbid (a transition the order's state does
+    /// not allow, a decision it cannot carry out): a bug in the engine, not a fault of the store.
+    #[error("engine logic error: {0}")]
+    Logic(String),
+}
+
+impl From<TransitionError> for EngineError {
+    fn from(e: TransitionError) -> Self {
+        Self::Logic(e.to_string())
+    }
 }
 
 /// The engine: ports plus policy.
