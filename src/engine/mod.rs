@@ -4,7 +4,11 @@
 //! order waits in the store with its `run_at`, never in memory, so a restart loses nothing and
 //! ten thousand waiting orders cost no memory.
 //!
-//! - [`buy`]: the buy phase, the purchase ledger, unknown outcomes and their reconciliation.
+//! - [`step`]: one order's step: engine, lease, order and timeline lines carried together, and
+//!   the one place that writes them. What follows an outcome is decided, purely, by
+//!   [`crate::policy::next`]; the step carries it out.
+//! - [`buy`]: the buy phase, the purchase ledger, unknown outcomes.
+//! - [`reconcile`]: settling unknown outcomes from the evidence before buying again.
 //! - [`credentials`]: the credentials phase (status polling); it never buys.
 //! - [`admin`]: admin actions (retry, cancel, resolve).
 
@@ -13,6 +17,8 @@ mod buy;
 pub mod catalog;
 mod credentials;
 mod progress;
+mod reconcile;
+mod step;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,8 +33,9 @@ use crate::crypto::Cipher;
 use crate::domain::{NewOrder, NoticeKind, Order, OrderState, TransitionError};
 use crate::policy::{OnUnknown, RetryPolicy};
 use crate::provider::Provider;
-use crate::store::{Change, Claimed, Intake, Store, StoreError};
+use crate::store::{Claimed, Intake, Store, StoreError};
 use progress::Progress;
+use step::{Step, Then};
 
 /// Worker settings that are not retry policy.
 #[derive(Clone, Debug)]
@@ -320,41 +327,16 @@ impl Engine {
     /// Takes one order one step further (continuing at once from a purchase to the first status
     /// call, as the seed does).
     async fn work(&self, claimed: Claimed) -> Result<(), EngineError> {
-        let Claimed { lease, mut order } = claimed;
-        let mut p = Progress::new(order.id.clone());
-        if order.state == OrderState::Queued {
-            let now = self.clock.now();
-            if order.begin_buying(now).is_ok() {
-                p.line(
-                    now,
-                    format!(
-                        "[SMARTVPS] 🚀 Provisioning started for order {}",
-                        order.order_ref.as_str()
-                    ),
-                );
-            }
-        }
-        if order.state == OrderState::Buying {
-            let next = buy::step(self, &lease, &mut order, &mut p).await?;
-            if next == buy::Next::Done {
-                return Ok(());
-            }
-        }
-        if order.state == OrderState::AwaitingCredentials {
-            credentials::step(self, &lease, &mut order, &mut p).await?;
+        let mut step = Step::new(self, claimed);
+        step.begin();
+        if step.order.state == OrderState::Buying && step.buy().await? == Then::Stop {
             return Ok(());
         }
-        // Nothing to do for this state (an admin changed it meanwhile): just let go.
-        self.store
-            .save(
-                &lease,
-                &order,
-                Change {
-                    entries: p.take(),
-                    ..Change::default()
-                },
-            )
-            .await?;
+        if step.order.state == OrderState::AwaitingCredentials {
+            step.credentials().await?;
+            return Ok(());
+        }
+        step.let_go().await?;
         Ok(())
     }
 }
