@@ -1,126 +1,85 @@
 //! The credentials phase: status polling for the address we own, on the seed's schedule. It
 //! never buys: exhaustion fails the order at this step and keeps the address for a retry.
 
-use super::buy::corrupt;
-use super::progress::Progress;
-use super::{Engine, EngineError};
-use crate::domain::{NoticeKind, Order, Phase};
-use crate::policy::describe_wait;
-use crate::provider::{CallContext, Outcome};
-use crate::store::{Change, Lease};
+use std::net::Ipv4Addr;
 
-pub(super) async fn step(
-    e: &Engine,
-    lease: &Lease,
-    order: &mut Order,
-    p: &mut Progress,
-) -> Result<(), EngineError> {
-    let Some(ip) = order.server_ip else {
-        let now = e.clock.now();
-        order
-            .escalate(
-                Phase::Credentials,
-                "awaiting credentials without a server address",
-                now,
-            )
-            .map_err(corrupt)?;
+use super::EngineError;
+use super::step::{Keep, Step, Then};
+use crate::clock::Timestamp;
+use crate::domain::{Credentials, NoticeKind, Phase};
+use crate::policy::next;
+use crate::provider::{CallContext, Outcome};
+use crate::store::Change;
+
+impl Step<'_> {
+    /// The credentials phase, one step: one status call, then delivery, a wait or failure.
+    pub(super) async fn credentials(&mut self) -> Result<Then, EngineError> {
+        let Some(ip) = self.order.server_ip else {
+            let reason = "awaiting credentials without a server address";
+            return self
+                .escalate(Phase::Credentials, reason, Change::default(), self.now())
+                .await;
+        };
+        let n = self.order.start_status_attempt(self.now())?;
+        let total = self.policy().status.attempts;
+        self.progress.line(
+            self.now(),
+            format!("[SMARTVPS] Calling status - attempt {n}/{total}"),
+        );
+        let ctx = CallContext::for_order(&self.order.id, n);
+        let timeout = self.policy().status.timeout;
+        let outcome = self.engine.provider.status(&ctx, ip, timeout).await;
+        let now = self.now();
+        let reason = match outcome {
+            Outcome::Succeeded(status) => match status.credentials(ip) {
+                Some(creds) => return self.deliver(n, ip, &creds, now).await,
+                None => status.not_ready_reason(),
+            },
+            Outcome::Rejected(reason) | Outcome::Unknown(reason) => reason,
+        };
+        self.progress.line(
+            now,
+            format!("[SMARTVPS] ❌ status attempt {n} failed: {reason}"),
+        );
+        let decision = next::after_status(&self.policy().status, n, ip, &reason, now);
+        self.carry_out(decision, None).await
+    }
+
+    /// Saves the credentials sealed, marks the order ready and tells the customer.
+    async fn deliver(
+        &mut self,
+        n: u32,
+        ip: Ipv4Addr,
+        creds: &Credentials,
+        now: Timestamp,
+    ) -> Result<Then, EngineError> {
+        self.progress.line(
+            now,
+            format!("[SMARTVPS] ✅ status succeeded on attempt {n}"),
+        );
+        self.order.ready(now)?;
+        let since_intake = now.since(self.order.created_at);
+        metrics::histogram!("provisioner_attempts_until_success", "phase" => "credentials")
+            .record(f64::from(n));
+        metrics::histogram!("provisioner_time_to_ready_seconds").record(since_intake.as_secs_f64());
+        self.progress.line(
+            now,
+            format!(
+                "🎉 Server {ip} is ready (user {}); credentials saved encrypted",
+                creds.username
+            ),
+        );
+        self.progress.line(
+            now,
+            "📧 Customer notified: \"Your server is ready!\" with credentials",
+        );
+        self.progress
+            .line(now, format!("Total Time: {}ms", since_intake.as_millis()));
         let change = Change {
-            entries: p.take(),
-            notices: vec![NoticeKind::NeedsAttention, NoticeKind::AdminNeedsAttention],
+            credentials: Some(self.engine.cipher.seal(creds)),
+            notices: vec![NoticeKind::Ready],
             ..Change::default()
         };
-        e.store.save(lease, order, change).await?;
-        return Ok(());
-    };
-    let n = order.start_status_attempt(e.clock.now()).map_err(corrupt)?;
-    let total = e.policy.status.attempts;
-    p.line(
-        e.clock.now(),
-        format!("[SMARTVPS] Calling status - attempt {n}/{total}"),
-    );
-    let ctx = CallContext::for_order(&order.id, n);
-    let outcome = e.provider.status(&ctx, ip, e.policy.status.timeout).await;
-    let now = e.clock.now();
-    let reason = match outcome {
-        Outcome::Succeeded(status) => match status.credentials(ip) {
-            Some(creds) => {
-                p.line(
-                    now,
-                    format!("[SMARTVPS] ✅ status succeeded on attempt {n}"),
-                );
-                order.ready(now).map_err(corrupt)?;
-                metrics::histogram!("provisioner_attempts_until_success", "phase" => "credentials")
-                    .record(f64::from(n));
-                metrics::histogram!("provisioner_time_to_ready_seconds")
-                    .record(now.since(order.created_at).as_secs_f64());
-                p.line(
-                    now,
-                    format!(
-                        "🎉 Server {ip} is ready (user {}); credentials saved encrypted",
-                        creds.username
-                    ),
-                );
-                p.line(
-                    now,
-                    "📧 Customer notified: \"Your server is ready!\" with credentials",
-                );
-                p.line(
-                    now,
-                    format!("Total Time: {}ms", now.since(order.created_at).as_millis()),
-                );
-                let change = Change {
-                    entries: p.take(),
-                    credentials: Some(e.cipher.seal(&creds)),
-                    notices: vec![NoticeKind::Ready],
-                    ..Change::default()
-                };
-                e.store.save(lease, order, change).await?;
-                return Ok(());
-            }
-            None => status.not_ready_reason(),
-        },
-        Outcome::Rejected(reason) | Outcome::Unknown(reason) => reason,
-    };
-    p.line(
-        now,
-        format!("[SMARTVPS] ❌ status attempt {n} failed: {reason}"),
-    );
-    let change = match e.policy.status.delay_after(n) {
-        Some(wait) => {
-            p.line(
-                now,
-                format!(
-                    "[SMARTVPS] ⏳ Strategic delay: Waiting {} before retry...",
-                    describe_wait(wait)
-                ),
-            );
-            let _ = order.wait_until(now.plus(wait), now);
-            Change::default()
-        }
-        None => {
-            p.line(now, format!("💥 PROVISIONING FAILED after {n} status attempts: server {ip} is owned; an admin retry resumes status polling"));
-            order
-                .fail(Phase::Credentials, format!("status failed {n} times (last: {reason}); server {ip} is owned, retry resumes polling it"), now)
-                .map_err(corrupt)?;
-            p.line(
-                now,
-                "📧 Customer notified: provisioning is delayed; an admin will retry",
-            );
-            Change {
-                notices: vec![NoticeKind::Failed, NoticeKind::AdminFailed],
-                ..Change::default()
-            }
-        }
-    };
-    e.store
-        .save(
-            lease,
-            order,
-            Change {
-                entries: p.take(),
-                ..change
-            },
-        )
-        .await?;
-    Ok(())
+        self.write(change, Keep::Nothing).await
+    }
 }

@@ -4,7 +4,11 @@
 //! order waits in the store with its `run_at`, never in memory, so a restart loses nothing and
 //! ten thousand waiting orders cost no memory.
 //!
-//! - [`buy`]: the buy phase, the purchase ledger, unknown outcomes and their reconciliation.
+//! - [`step`]: one order's step: engine, lease, order and timeline lines carried together, and
+//!   the one place that writes them. What follows an outcome is decided, purely, by
+//!   [`crate::policy::next`]; the step carries it out.
+//! - [`buy`]: the buy phase, the purchase ledger, unknown outcomes.
+//! - [`reconcile`]: settling unknown outcomes from the evidence before buying again.
 //! - [`credentials`]: the credentials phase (status polling); it never buys.
 //! - [`admin`]: admin actions (retry, cancel, resolve).
 //! - [`intake`]: the storefront's use case: a paid order in, its customer access token out;
@@ -17,6 +21,8 @@ pub mod catalog;
 mod credentials;
 pub mod intake;
 mod progress;
+mod reconcile;
+mod step;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,12 +35,15 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::crypto::Cipher;
 use crate::crypto::token_hash_hex;
-use crate::domain::{EntryKind, NewOrder, NoticeKind, Order, OrderId, OrderState, TimelineEntry};
+use crate::domain::{
+    EntryKind, NewOrder, NoticeKind, Order, OrderId, OrderState, TimelineEntry, TransitionError,
+};
 use crate::policy::{OnUnknown, RetryPolicy};
 use crate::provider::Provider;
-use crate::store::{AccessToken, Change, Claimed, Intake, Store, StoreError};
+use crate::store::{AccessToken, Claimed, Intake, Store, StoreError};
 use progress::Progress;
 use secrecy::{ExposeSecret, SecretString};
+use step::{Step, Then};
 
 /// Worker settings that are not retry policy.
 #[derive(Clone, Debug)]
@@ -71,6 +80,16 @@ pub enum EngineError {
     /// The store failed or the lease was lost.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The engine asked for something its own rules forbid (a transition the order's state does
+    /// not allow, a decision it cannot carry out): a bug in the engine, not a fault of the store.
+    #[error("engine logic error: {0}")]
+    Logic(String),
+}
+
+impl From<TransitionError> for EngineError {
+    fn from(e: TransitionError) -> Self {
+        Self::Logic(e.to_string())
+    }
 }
 
 /// The engine: ports plus policy.
@@ -338,41 +357,16 @@ impl Engine {
     /// Takes one order one step further (continuing at once from a purchase to the first status
     /// call, as the seed does).
     async fn work(&self, claimed: Claimed) -> Result<(), EngineError> {
-        let Claimed { lease, mut order } = claimed;
-        let mut p = Progress::new(order.id.clone());
-        if order.state == OrderState::Queued {
-            let now = self.clock.now();
-            if order.begin_buying(now).is_ok() {
-                p.line(
-                    now,
-                    format!(
-                        "[SMARTVPS] 🚀 Provisioning started for order {}",
-                        order.order_ref.as_str()
-                    ),
-                );
-            }
-        }
-        if order.state == OrderState::Buying {
-            let next = buy::step(self, &lease, &mut order, &mut p).await?;
-            if next == buy::Next::Done {
-                return Ok(());
-            }
-        }
-        if order.state == OrderState::AwaitingCredentials {
-            credentials::step(self, &lease, &mut order, &mut p).await?;
+        let mut step = Step::new(self, claimed);
+        step.begin();
+        if step.order.state == OrderState::Buying && step.buy().await? == Then::Stop {
             return Ok(());
         }
-        // Nothing to do for this state (an admin changed it meanwhile): just let go.
-        self.store
-            .save(
-                &lease,
-                &order,
-                Change {
-                    entries: p.take(),
-                    ..Change::default()
-                },
-            )
-            .await?;
+        if step.order.state == OrderState::AwaitingCredentials {
+            step.credentials().await?;
+            return Ok(());
+        }
+        step.let_go().await?;
         Ok(())
     }
 }

@@ -6,7 +6,9 @@ use crate::domain::{EntryKind, OrderId, TimelineEntry};
 
 /// Lines written during one step, waiting to be committed with the step's state change.
 pub(crate) struct Progress {
+    /// Tags each log line, so the log can be searched by order.
     order_id: OrderId,
+    /// The lines not yet committed.
     entries: Vec<TimelineEntry>,
 }
 
@@ -28,7 +30,8 @@ impl Progress {
         self.push(at, EntryKind::Warning, message.into());
     }
 
-    fn push(&mut self, at: Timestamp, kind: EntryKind, message: String) {
+    /// A line of the given kind (as a decision words it).
+    pub(crate) fn push(&mut self, at: Timestamp, kind: EntryKind, message: String) {
         match kind {
             EntryKind::Warning => tracing::warn!(order_id = %self.order_id, "{message}"),
             _ => tracing::info!(order_id = %self.order_id, "{message}"),

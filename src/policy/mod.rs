@@ -1,7 +1,8 @@
 //! The retry policy: how many attempts each phase gets, each call's timeout, and the strategic
-//! waits between attempts. Defaults are the seed's. [`plan`] computes the seed's timing analysis
-//! from a policy.
+//! waits between attempts. Defaults are the seed's. [`next`] decides what follows each attempt's
+//! outcome; [`plan`] computes the seed's timing analysis from a policy.
 
+pub mod next;
 pub mod plan;
 
 use std::fmt;

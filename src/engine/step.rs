@@ -1,0 +1,242 @@
+//! One step of one order: the engine, the lease the order is worked under, the order and the
+//! timeline lines written so far, carried together so that the phases need nothing else.
+//!
+//! Every write of a step goes through [`Step::write`], the one place that decides what the step
+//! still holds afterwards (its lease, its package's single flight); decisions taken by
+//! [`crate::policy::next`] are carried out by [`Step::carry_out`].
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use super::progress::Progress;
+use super::{Engine, EngineError};
+use crate::clock::Timestamp;
+use crate::domain::{NoticeKind, Order, OrderState, Phase, PurchaseIntent, Resolution};
+use crate::policy::RetryPolicy;
+use crate::policy::next::{Decision, Next};
+use crate::store::{Change, Claimed, Lease};
+
+/// One order being taken one step further.
+pub(super) struct Step<'e> {
+    /// The ports and the policy.
+    pub(super) engine: &'e Engine,
+    /// The claim that fences every write of this step.
+    lease: Lease,
+    /// The order as this step has changed it so far; each write persists it.
+    pub(super) order: Order,
+    /// Lines written since the last write, committed with the next one.
+    pub(super) progress: Progress,
+}
+
+/// Whether a write ended the step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Then {
+    /// The order is saved and the lease released (or lost): nothing more is written.
+    Stop,
+    /// The lease is kept and the order goes on at once: into the credentials phase once a server
+    /// is owned, or into a new purchase once the last one was settled as not bought.
+    GoOn,
+}
+
+/// What a write leaves the step holding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Keep {
+    /// Nothing: the lease is released and the package's flight given up (the purchase is
+    /// settled, or the order left the buying state, which gives the flight up anyway).
+    Nothing,
+    /// Whatever flight the order has, but not the lease: an unknown purchase waits to be
+    /// reconciled under it, or the order holds none while it waits for another order's.
+    Flight,
+    /// The lease, not the flight: a server is owned and the credentials phase starts now.
+    Lease,
+    /// The lease and the flight: the last purchase was settled as not bought and the next
+    /// one goes out now, with no other order's purchase in between.
+    LeaseAndFlight,
+}
+
+impl<'e> Step<'e> {
+    /// A step over a claimed order.
+    pub(super) fn new(engine: &'e Engine, claimed: Claimed) -> Self {
+        let Claimed { lease, order } = claimed;
+        Self {
+            engine,
+            progress: Progress::new(order.id.clone()),
+            lease,
+            order,
+        }
+    }
+
+    /// The engine's clock, now.
+    pub(super) fn now(&self) -> Timestamp {
+        self.engine.clock.now()
+    }
+
+    /// The retry policy.
+    pub(super) fn policy(&self) -> &'e RetryPolicy {
+        &self.engine.policy
+    }
+
+    /// The lease every store call of this step is fenced by.
+    pub(super) fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// Queued -> buying, the first time a worker picks the order up.
+    pub(super) fn begin(&mut self) {
+        if self.order.state != OrderState::Queued {
+            return;
+        }
+        let now = self.now();
+        if self.order.begin_buying(now).is_ok() {
+            self.progress.line(
+                now,
+                format!(
+                    "[SMARTVPS] 🚀 Provisioning started for order {}",
+                    self.order.order_ref.as_str()
+                ),
+            );
+        }
+    }
+
+    /// Writes the order, the lines so far and `change` under the lease; `keep` says what the
+    /// step still holds afterwards. The only place the lease and flight flags are set.
+    pub(super) async fn write(&mut self, change: Change, keep: Keep) -> Result<Then, EngineError> {
+        let (keep_lease, release_flight) = match keep {
+            Keep::Nothing => (false, true),
+            Keep::Flight => (false, false),
+            Keep::Lease => (true, true),
+            Keep::LeaseAndFlight => (true, false),
+        };
+        let change = Change {
+            entries: self.progress.take(),
+            keep_lease,
+            release_flight,
+            ..change
+        };
+        self.engine
+            .store
+            .save(&self.lease, &self.order, change)
+            .await?;
+        Ok(if keep_lease { Then::GoOn } else { Then::Stop })
+    }
+
+    /// Commits a purchase intent with the order's new attempt count and the lines so far, before
+    /// buyvps is sent; the lease is kept. Returns the purchase id.
+    pub(super) async fn begin_purchase(
+        &mut self,
+        intent: &PurchaseIntent,
+    ) -> Result<i64, EngineError> {
+        let entries = self.progress.take();
+        Ok(self
+            .engine
+            .store
+            .begin_purchase(&self.lease, &self.order, intent, &entries)
+            .await?)
+    }
+
+    /// Puts the order to sleep until `wait` after `now` (a persisted wait, never an in-memory one).
+    pub(super) fn wait(&mut self, wait: Duration, now: Timestamp) {
+        // Only an order no longer worked refuses a wake-up time, and then it needs none.
+        let _ = self.order.wait_until(now.plus(wait), now);
+    }
+
+    /// Carries out a decision about the purchase `purchase` (the ledger row it settles, if any).
+    ///
+    /// # Errors
+    /// When the store fails, or the decision settles a purchase the caller did not name (a bug).
+    pub(super) async fn carry_out(
+        &mut self,
+        decision: Decision,
+        purchase: Option<i64>,
+    ) -> Result<Then, EngineError> {
+        let Decision {
+            next,
+            settles,
+            lines,
+            at,
+        } = decision;
+        for line in lines {
+            self.progress.push(at, line.kind, line.text);
+        }
+        let resolve = match (settles, purchase) {
+            (None, _) => None,
+            (Some(resolution), Some(id)) => Some((id, resolution)),
+            (Some(resolution), None) => {
+                return Err(EngineError::Logic(format!(
+                    "a decision settles a purchase ({resolution:?}) but the step named none"
+                )));
+            }
+        };
+        let change = Change {
+            resolve,
+            ..Change::default()
+        };
+        match next {
+            Next::Retry { wait } => {
+                self.wait(wait, at);
+                self.write(change, Keep::Nothing).await
+            }
+            Next::Reconcile { wait } => {
+                self.wait(wait, at);
+                self.write(change, Keep::Flight).await
+            }
+            Next::AttemptNow => self.write(change, Keep::LeaseAndFlight).await,
+            Next::Fail { phase, reason } => self.fail(phase, reason, change, at).await,
+            Next::Escalate { phase, reason } => self.escalate(phase, reason, change, at).await,
+        }
+    }
+
+    /// Fails the order in `phase` and queues the customer's and the admin's notices.
+    pub(super) async fn fail(
+        &mut self,
+        phase: Phase,
+        reason: String,
+        change: Change,
+        at: Timestamp,
+    ) -> Result<Then, EngineError> {
+        self.order.fail(phase, reason, at)?;
+        let change = Change {
+            notices: vec![NoticeKind::Failed, NoticeKind::AdminFailed],
+            ..change
+        };
+        self.write(change, Keep::Nothing).await
+    }
+
+    /// Hands the order to an admin and queues the notices saying so.
+    pub(super) async fn escalate(
+        &mut self,
+        phase: Phase,
+        reason: impl Into<String>,
+        change: Change,
+        at: Timestamp,
+    ) -> Result<Then, EngineError> {
+        self.order.escalate(phase, reason, at)?;
+        let change = Change {
+            notices: vec![NoticeKind::NeedsAttention, NoticeKind::AdminNeedsAttention],
+            ..change
+        };
+        self.write(change, Keep::Nothing).await
+    }
+
+    /// The server at `ip` is this order's (settling the purchase with `resolve`, if given):
+    /// the flight is given up and the step goes on into the credentials phase.
+    pub(super) async fn bought(
+        &mut self,
+        ip: Ipv4Addr,
+        resolve: Option<(i64, Resolution)>,
+        at: Timestamp,
+    ) -> Result<Then, EngineError> {
+        self.order.bought(ip, at)?;
+        let change = Change {
+            resolve,
+            ..Change::default()
+        };
+        self.write(change, Keep::Lease).await
+    }
+
+    /// Nothing to do for the order's state (an admin changed it meanwhile): writes the lines so
+    /// far and lets go.
+    pub(super) async fn let_go(&mut self) -> Result<Then, EngineError> {
+        self.write(Change::default(), Keep::Nothing).await
+    }
+}
