@@ -3,12 +3,14 @@
 //! anything is bought again. What follows each outcome is decided by [`crate::policy::next`].
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 use super::EngineError;
 use super::step::{Keep, Step, Then};
 use crate::domain::{PackageName, Purchase, PurchaseIntent, PurchaseOutcome};
 use crate::policy::next::{self, BuySetback};
-use crate::provider::{CallContext, Outcome, StockEntry};
+use crate::provider::{CallContext, LateReply, Outcome, StockEntry};
 use crate::store::{Change, Flight, Recorded, StoreError};
 
 /// One read of SmartVPS's stock list, as evidence: our package's entry and the free total of
@@ -263,33 +265,68 @@ impl Step<'_> {
     ) -> Result<Option<Outcome<Ipv4Addr>>, EngineError> {
         let ctx = CallContext::for_order(&self.order.id, n);
         let timeout = self.policy().buy.timeout;
-        let outcome = self
+        let in_flight = BuyInFlight::enter(&self.engine.buys_in_flight);
+        let (outcome, late) = self
             .engine
             .provider
-            .buy(&ctx, name, self.order.ram_gb, timeout)
+            .buy_listening(
+                &ctx,
+                name,
+                self.order.ram_gb,
+                timeout,
+                self.policy().horizon,
+            )
             .await;
-        let recorded = match &outcome {
-            Outcome::Succeeded(ip) => PurchaseOutcome::Succeeded { ip: *ip },
-            Outcome::Rejected(reason) => PurchaseOutcome::Rejected {
-                reason: reason.clone(),
-            },
-            Outcome::Unknown(reason) => PurchaseOutcome::Unknown {
-                reason: reason.clone(),
-            },
-        };
+        drop(in_flight);
+        let recorded = purchase_outcome(&outcome);
         metrics::counter!("provisioner_purchases_total", "outcome" => recorded.kind()).increment(1);
         let store = &self.engine.store;
-        if store
+        let first = store
             .record_outcome(purchase_id, &recorded, self.now())
-            .await?
-            == Recorded::AlreadyDecided
-        {
+            .await?;
+        if let Some(late) = late {
+            self.listen_for_late_reply(n, purchase_id, late);
+        }
+        if first == Recorded::AlreadyDecided {
             // Another worker took this order over and marked the purchase unknown; the reply is
             // kept in the ledger as evidence for its reconciliation.
             tracing::warn!(order_id = %self.order.id, "reply for buyVps attempt {n} arrived after the order was taken over; kept as evidence");
             return Ok(None);
         }
         Ok(Some(outcome))
+    }
+
+    /// Hears the reply of a timed-out buyvps in the background, until the horizon: it is
+    /// recorded in the ledger (a success as the purchase's late address, first writer wins) and
+    /// the order is made due at once, so its reconciliation adopts the server instead of waiting
+    /// out the horizon or asking an admin. A listener lost with its process costs nothing: the
+    /// purchase is already recorded as unknown and reconciled from the other evidence.
+    fn listen_for_late_reply(&self, n: u32, purchase_id: i64, late: LateReply) {
+        let (store, clock, wake) = (
+            Arc::clone(&self.engine.store),
+            Arc::clone(&self.engine.clock),
+            self.engine.waker(),
+        );
+        let order_id = self.order.id.clone();
+        self.engine.late_replies.spawn(async move {
+            let Some(outcome) = late.wait().await else {
+                return;
+            };
+            let recorded = purchase_outcome(&outcome);
+            tracing::info!(order_id = %order_id, outcome = recorded.kind(), "late reply to buyVps attempt {n}");
+            let now = clock.now();
+            if let Err(e) = store.record_outcome(purchase_id, &recorded, now).await {
+                tracing::warn!(order_id = %order_id, "could not record the late reply to buyVps attempt {n}: {e}");
+                return;
+            }
+            if matches!(recorded, PurchaseOutcome::Succeeded { .. }) {
+                match store.expedite(&order_id, now).await {
+                    Ok(true) => wake.notify_one(),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(order_id = %order_id, "could not make the order due after a late reply: {e}"),
+                }
+            }
+        });
     }
 
     /// The seed's line for a failed buy attempt.
@@ -391,5 +428,34 @@ pub(super) fn unknown_reason(p: &Purchase) -> String {
             reason.clone()
         }
         _ => "unknown outcome".into(),
+    }
+}
+
+/// The ledger's form of a buyvps outcome.
+fn purchase_outcome(outcome: &Outcome<Ipv4Addr>) -> PurchaseOutcome {
+    match outcome {
+        Outcome::Succeeded(ip) => PurchaseOutcome::Succeeded { ip: *ip },
+        Outcome::Rejected(reason) => PurchaseOutcome::Rejected {
+            reason: reason.clone(),
+        },
+        Outcome::Unknown(reason) => PurchaseOutcome::Unknown {
+            reason: reason.clone(),
+        },
+    }
+}
+
+/// Counts a buyvps call in flight until dropped, so shutdown can wait for it.
+struct BuyInFlight(Arc<AtomicUsize>);
+
+impl BuyInFlight {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, AtomicOrdering::SeqCst);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for BuyInFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, AtomicOrdering::SeqCst);
     }
 }

@@ -25,12 +25,14 @@ mod reconcile;
 mod step;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 use crate::crypto::Cipher;
@@ -57,6 +59,10 @@ pub struct WorkerSettings {
     /// How long an order waits before asking again when its package has another order's
     /// purchase in flight.
     pub flight_wait: Duration,
+    /// How long shutdown waits for a buyvps in flight (beyond the step grace) instead of
+    /// cutting it off: a purchase that would have answered becomes an unknown outcome when
+    /// dropped. Default: the buy timeout, the longest such a call can take.
+    pub purchase_grace: Duration,
 }
 
 impl WorkerSettings {
@@ -69,6 +75,7 @@ impl WorkerSettings {
             // 10 s against the seed's 2-minute purchases; never longer than one purchase can
             // hold the flight, so short-timeout deployments (and tests) are not slowed by it.
             flight_wait: policy.buy.timeout.min(Duration::from_secs(10)),
+            purchase_grace: policy.buy.timeout,
         }
     }
 }
@@ -109,7 +116,12 @@ pub struct Engine {
     /// Concurrency, lease, polling.
     pub(crate) settings: WorkerSettings,
     /// Woken by intake and admin actions so new work starts without waiting for a poll.
-    wake: Notify,
+    wake: Arc<Notify>,
+    /// Listeners for the late replies of timed-out buyvps calls (each bounded by the horizon),
+    /// so they are accounted for and stopped with the engine.
+    pub(crate) late_replies: TaskTracker,
+    /// buyvps calls in flight in this process: shutdown waits for them (`purchase_grace`).
+    pub(crate) buys_in_flight: Arc<AtomicUsize>,
 }
 
 impl Engine {
@@ -137,7 +149,9 @@ impl Engine {
             cipher,
             worker_id,
             settings,
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
+            late_replies: TaskTracker::new(),
+            buys_in_flight: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -216,6 +230,18 @@ impl Engine {
         (token, access)
     }
 
+    /// The worker loop's wake-up, for tasks that make an order due outside a step (a late reply).
+    pub(crate) fn waker(&self) -> Arc<Notify> {
+        Arc::clone(&self.wake)
+    }
+
+    /// Resolves when something made an order due outside the worker's own steps (intake, an
+    /// admin action, a late buyvps reply): drivers that sleep until the next due order (tests,
+    /// the simulation) wake on it too.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
     /// Wakes the worker loop (after an admin action made an order due).
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -288,15 +314,31 @@ impl Engine {
             in_flight = tasks.len(),
             "worker stopping: letting in-flight steps finish"
         );
+        let stopping = tokio::time::Instant::now();
         let deadline = tokio::time::sleep(grace);
         tokio::pin!(deadline);
         while !tasks.is_empty() {
             tokio::select! {
                 biased;
                 Some(done) = tasks.join_next() => { if let Ok(lease) = done { held.retain(|l| l != &lease); } }
-                () = &mut deadline => break,
+                () = &mut deadline => {
+                    // A buyvps cut off mid-call turns a purchase that would have answered into an
+                    // unknown outcome: while one is in flight, keep waiting up to purchase_grace.
+                    let purchase_deadline = stopping + self.settings.purchase_grace.max(grace);
+                    if self.buys_in_flight.load(Ordering::SeqCst) == 0
+                        || tokio::time::Instant::now() >= purchase_deadline
+                    {
+                        break;
+                    }
+                    tracing::info!(
+                        buys_in_flight = self.buys_in_flight.load(Ordering::SeqCst),
+                        "worker stopping: waiting for buyvps calls in flight (worker.purchase_grace)"
+                    );
+                    deadline.as_mut().reset(purchase_deadline);
+                }
             }
         }
+        self.late_replies.close();
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
         for lease in held {

@@ -31,6 +31,19 @@ impl Step<'_> {
             // A purchase left unknown by a lost worker under another policy: apply that policy now.
             return self.after_unknown(purchase).await;
         }
+        // Whatever brought reconciliation here early (a restart, a lost worker's takeover, an
+        // unreadable stock list read again), no verdict before the horizon.
+        if !self
+            .policy()
+            .horizon_left(now.since(purchase.sent_at))
+            .is_zero()
+        {
+            let setback = BuySetback::BeforeHorizon {
+                sent_at: purchase.sent_at,
+            };
+            let decision = next::after_buy(self.policy(), purchase.attempt, setback, now);
+            return self.carry_out(decision, Some(purchase.id)).await;
+        }
         let read = match self
             .engine
             .provider

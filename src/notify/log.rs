@@ -26,13 +26,15 @@ impl Notifier for LogNotifier {
         let order_id = e.order.as_ref().map(|o| o.id.to_string());
         match e.kind.audience() {
             Audience::Customer => {
+                // The order id identifies the customer in the log; the address itself only at
+                // debug level, so customer emails stay out of production logs.
                 let to = e.order.as_ref().map(|o| o.customer.email.as_str());
-                tracing::info!(
+                tracing::info!(order_id, notice = e.kind.as_str(), "📧 {}", text.subject);
+                tracing::debug!(
                     order_id,
                     to,
                     notice = e.kind.as_str(),
-                    "📧 {}",
-                    text.subject
+                    "customer notice addressee"
                 );
             }
             Audience::Admin => {

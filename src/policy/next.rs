@@ -53,6 +53,12 @@ pub enum BuySetback {
         /// Why the purchase's outcome was unknown, for the failure reason.
         last_reason: String,
     },
+    /// Reconciliation was reached before the purchase's horizon (after a restart, or a stock
+    /// read retried early): nothing may be concluded yet.
+    BeforeHorizon {
+        /// When the purchase was sent.
+        sent_at: Timestamp,
+    },
     /// A server that is or may be ours cannot be accounted for automatically: stock that moved
     /// while a purchase was unknown, or an address (from a reply or a late reply) that is outside
     /// the package or already another order's.
@@ -147,6 +153,15 @@ pub fn after_buy(
                 ));
                 Next::Reconcile { wait: settle }
             }
+        }
+        BuySetback::BeforeHorizon { sent_at } => {
+            let wait = policy.horizon_left(now.since(sent_at));
+            d.horizon_wait(policy, sent_at);
+            d.progress(format!(
+                "[SMARTVPS] 🔎 Attempt {attempt} is reconciled in {}, at its horizon",
+                describe_wait(wait)
+            ));
+            Next::Reconcile { wait }
         }
         BuySetback::NotBought {
             evidence,
@@ -250,6 +265,16 @@ impl Decided {
         ));
     }
 
+    /// Why a wait after an unknown outcome is longer than the configured one.
+    fn horizon_wait(&mut self, policy: &RetryPolicy, sent_at: Timestamp) {
+        self.progress(format!(
+            "[SMARTVPS] ⏳ SmartVPS may complete a purchase up to {} after it is sent (policy.buy.horizon): the connection \
+             stays open for a late reply, and nothing is concluded before {}",
+            describe_wait(policy.horizon),
+            sent_at.plus(policy.horizon)
+        ));
+    }
+
     fn retry(&mut self, wait: Duration) -> Next {
         self.strategic_delay(wait);
         Next::Retry { wait }
@@ -302,9 +327,15 @@ impl Decided {
             }
             OnUnknown::Reconcile => {
                 // The same strategic wait the seed puts before a retry, so the purchase can
-                // settle upstream before its evidence is read.
-                let wait = policy.buy.settle_after(attempt);
+                // settle upstream before its evidence is read; or, when that ends sooner, until
+                // the purchase horizon: no stock reading proves a purchase will not still
+                // complete, only time does.
+                let settle = policy.buy.settle_after(attempt);
+                let wait = policy.unknown_wait(attempt, self.at.since(sent_at));
                 self.strategic_delay(wait);
+                if wait > settle {
+                    self.horizon_wait(policy, sent_at);
+                }
                 self.progress(
                     "[SMARTVPS] 🔎 Before any new purchase, SmartVPS's stock will be checked to confirm nothing was bought",
                 );
@@ -435,7 +466,11 @@ mod tests {
 
     #[test]
     fn an_unknown_outcome_is_reconciled_after_the_settle_wait_keeping_nothing_settled() {
-        let p = policy(OnUnknown::Reconcile);
+        // A horizon no longer than the waits: the settle wait alone.
+        let p = RetryPolicy {
+            horizon: Duration::from_secs(120),
+            ..policy(OnUnknown::Reconcile)
+        };
         let d = after_buy(&p, 1, unknown(), NOW);
         assert_eq!(
             d.next,
@@ -458,6 +493,42 @@ mod tests {
                 wait: Duration::from_secs(180)
             }
         );
+    }
+
+    #[test]
+    fn an_unknown_outcome_is_not_judged_before_its_horizon() {
+        // The seed's policy: a purchase sent a second ago is reconciled at its 10-minute horizon,
+        // not after the 2-minute wait; the lines say why.
+        let p = policy(OnUnknown::Reconcile);
+        let d = after_buy(&p, 1, unknown(), NOW);
+        assert_eq!(
+            d.next,
+            Next::Reconcile {
+                wait: Duration::from_secs(599)
+            }
+        );
+        let lines = texts(&d);
+        assert_eq!(
+            lines[0],
+            "[SMARTVPS] ⏳ Strategic delay: Waiting 599 second(s) before retry..."
+        );
+        assert!(lines[1].contains("policy.buy.horizon"), "{lines:?}");
+        // Reached early (a restart), reconciliation waits for what is left of the horizon.
+        let early = after_buy(
+            &p,
+            2,
+            BuySetback::BeforeHorizon {
+                sent_at: Timestamp(999_000),
+            },
+            NOW.plus(Duration::from_secs(299)),
+        );
+        assert_eq!(
+            early.next,
+            Next::Reconcile {
+                wait: Duration::from_secs(300)
+            }
+        );
+        assert_eq!(early.settles, None);
     }
 
     #[test]
@@ -641,6 +712,10 @@ mod tests {
             let now = Timestamp(0).plus(Duration::from_millis(elapsed_ms));
             let mut attempt = 1;
             for setback in setbacks {
+                let sent_at = match &setback {
+                    BuySetback::Unknown { sent_at, .. } => Some(*sent_at),
+                    _ => None,
+                };
                 let d = after_buy(&policy, attempt, setback, now);
                 prop_assert_eq!(d.at, now);
                 match d.next {
@@ -650,7 +725,15 @@ mod tests {
                     }
                     Next::AttemptNow => attempt += 1,
                     Next::Reconcile { wait } => {
-                        prop_assert_eq!(wait, buy.settle_after(attempt));
+                        prop_assert!(wait >= buy.settle_after(attempt));
+                        match sent_at {
+                            Some(sent_at) => {
+                                // No verdict before the purchase's horizon.
+                                prop_assert!(now.plus(wait) >= sent_at.plus(policy.horizon) || now < sent_at);
+                                prop_assert_eq!(wait, policy.unknown_wait(attempt, now.since(sent_at)));
+                            }
+                            None => prop_assert_eq!(wait, buy.settle_after(attempt)),
+                        }
                     }
                     Next::Fail { .. } | Next::Escalate { .. } => break,
                 }

@@ -35,18 +35,22 @@ pub enum Scenario {
     /// All three buys hang; the order fails in the buy phase with nothing bought.
     CompleteFailure,
     /// The first buy times out on our side but completes at SmartVPS 90 s later: the case where
-    /// a blind retry buys a second server.
+    /// a blind retry buys a second server, and where listening for the late reply settles it.
     LateCompletion,
+    /// The first buy buys a server but answers HTTP 500: the reply that would name the server is
+    /// lost, and only the stock evidence (or a scan) says a server may exist.
+    LostReply,
 }
 
 impl Scenario {
     /// Every scenario, in the seed's order.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Self::Best,
         Self::Moderate,
         Self::Worst,
         Self::CompleteFailure,
         Self::LateCompletion,
+        Self::LostReply,
     ];
 
     /// Its name on the command line and in reports.
@@ -57,6 +61,7 @@ impl Scenario {
             Self::Worst => "worst",
             Self::CompleteFailure => "complete-failure",
             Self::LateCompletion => "late-completion",
+            Self::LostReply => "lost-reply",
         }
     }
 
@@ -82,6 +87,9 @@ impl Scenario {
             Self::LateCompletion => {
                 "buy 1 takes 210 s and succeeds: it completes 90 s after a 120 s timeout gave up; later buys succeed in 30 s"
             }
+            Self::LostReply => {
+                "buy 1 buys a server in 30 s but answers HTTP 500; later buys succeed in 30 s"
+            }
         }
     }
 
@@ -98,6 +106,11 @@ impl Scenario {
                 BuyStep::succeed(BUY),
                 BuyStep::succeed(BUY),
             ],
+            Self::LostReply => vec![
+                BuyStep::new(BUY, BuyEffect::ServerErrorAfterBuying),
+                BuyStep::succeed(BUY),
+                BuyStep::succeed(BUY),
+            ],
         }
     }
 
@@ -105,7 +118,9 @@ impl Scenario {
     pub fn status_steps(self) -> Vec<StatusStep> {
         let hang = StatusStep::hang(HANG);
         match self {
-            Self::Best | Self::LateCompletion => vec![StatusStep::normal(STATUS)],
+            Self::Best | Self::LateCompletion | Self::LostReply => {
+                vec![StatusStep::normal(STATUS)]
+            }
             Self::Moderate => vec![hang, StatusStep::normal(STATUS)],
             Self::Worst => vec![hang, hang, StatusStep::normal(STATUS)],
             Self::CompleteFailure => vec![],
@@ -143,7 +158,7 @@ impl Scenario {
             Self::Moderate => Some(Duration::from_secs(8 * 60 + 30)),
             Self::Worst => Some(Duration::from_secs(15 * 60)),
             Self::CompleteFailure => Some(Duration::from_secs(11 * 60)),
-            Self::LateCompletion => None,
+            Self::LateCompletion | Self::LostReply => None,
         }
     }
 
@@ -152,10 +167,10 @@ impl Scenario {
     /// the timeout, else the timeout, and each failed attempt but the last is followed by its
     /// wait. Under the seed's defaults: 40 s, 7 min 10 s, 15 min 40 s, 11 min.
     ///
-    /// `None` for LateCompletion: what happens after its timeout depends on how the engine
-    /// treats an unknown outcome (reconcile, retry or escalate), which is the point of it.
+    /// `None` for LateCompletion and LostReply: what happens after their unknown outcome depends
+    /// on how the engine treats one (reconcile, retry or escalate), which is the point of them.
     pub fn expected_total(self, policy: &RetryPolicy) -> Option<Duration> {
-        if self == Self::LateCompletion {
+        if matches!(self, Self::LateCompletion | Self::LostReply) {
             return None;
         }
         let mut total = Duration::ZERO;
@@ -387,6 +402,7 @@ mod tests {
                 Some(secs(430)),
                 Some(secs(940)),
                 Some(secs(660)),
+                None,
                 None
             ]
         );

@@ -458,6 +458,23 @@ impl Store for MemoryStore {
         Ok(Recorded::AlreadyDecided)
     }
 
+    async fn expedite(&self, id: &OrderId, at: Timestamp) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        let Some(row) = g.orders.get_mut(id) else {
+            return Ok(false);
+        };
+        let unleased = row.lease_expires.is_none_or(|exp| exp <= at);
+        let later = row.order.run_at.is_some_and(|r| r > at);
+        if !(unleased && later && row.order.state.is_active()) {
+            return Ok(false);
+        }
+        let old = row.order.clone();
+        let old_lease = row.lease_expires;
+        row.order.run_at = Some(at);
+        g.reindex(id, &old, old_lease);
+        Ok(true)
+    }
+
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {
         Ok(self.lock().owners.get(&ip).cloned())
     }

@@ -433,6 +433,11 @@ pub trait Store: Send + Sync + 'static {
         outcome: &PurchaseOutcome,
         at: Timestamp,
     ) -> Result<Recorded, StoreError>;
+    /// Makes a waiting order due at `at` if it would otherwise run later and no worker holds
+    /// it: news that changes its next step (a late buyvps reply) is acted on at once rather than
+    /// at the end of its wait. Only ever moves `run_at` earlier, so it needs no fencing: a worker
+    /// that claims the order afterwards decides from the news. Whether it moved.
+    async fn expedite(&self, id: &OrderId, at: Timestamp) -> Result<bool, StoreError>;
     /// Which order owns an address, from the orders and the ledger.
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError>;
 

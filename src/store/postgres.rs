@@ -785,6 +785,19 @@ impl Store for PostgresStore {
         Ok(Recorded::AlreadyDecided)
     }
 
+    async fn expedite(&self, id: &OrderId, at: Timestamp) -> Result<bool, StoreError> {
+        let q = format!(
+            "UPDATE orders SET run_at = $1 WHERE id = $2 AND state IN {ACTIVE_STATES} AND run_at > $1 \
+             AND (lease_expires_at IS NULL OR lease_expires_at <= $1)"
+        );
+        let done = sqlx::query(sqlx::AssertSqlSafe(q))
+            .bind(at.millis())
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {
         let ip = ip.to_string();
         let v: Option<String> = sqlx::query_scalar(

@@ -805,6 +805,19 @@ impl Store for SqliteStore {
         Ok(Recorded::AlreadyDecided)
     }
 
+    async fn expedite(&self, id: &OrderId, at: Timestamp) -> Result<bool, StoreError> {
+        let mut turn = self.write_turn().await?;
+        let done = sqlx::query(
+            "UPDATE orders SET run_at = ?1 WHERE id = ?2 AND state IN ('queued', 'buying', 'awaiting_credentials') AND run_at > ?1 \
+             AND (lease_expires_at IS NULL OR lease_expires_at <= ?1)",
+        )
+        .bind(at.millis())
+        .bind(id.as_str())
+        .execute(&mut *turn)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {
         let ip = ip.to_string();
         let v: Option<String> = sqlx::query_scalar(

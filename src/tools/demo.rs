@@ -3,7 +3,8 @@
 //! The simulator and the service run in-process on loopback (the real SmartVPS client talks
 //! to the simulator over HTTP), SQLite lives in a temporary directory, and time runs `speed`
 //! times as fast. One order per seed case, plus one whose purchase times out on our side but
-//! completes upstream, the case the seed's blind retries turn into a second server.
+//! completes upstream (the case the seed's blind retries turn into a second server; the late
+//! reply settles it), and one whose reply is lost (an admin decides).
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -33,39 +34,51 @@ struct Case {
     seen: usize,
 }
 
-const SCENARIOS: [(Scenario, u32, &str, OrderState, u64, usize); 5] = [
+const SCENARIOS: [(Scenario, u32, &str, OrderState, u64, usize); 6] = [
     (Scenario::Best, 101, "103.82.72", OrderState::Ready, 40, 1),
+    // The seed's failing buys hang: each is an unknown outcome, so the next purchase waits for
+    // the first one's 10-minute horizon rather than the seed's 2-minute wait (13:10, `plan`'s
+    // second summary). The status retries keep the seed's waits.
     (
         Scenario::Moderate,
         102,
         "103.109.18x",
         OrderState::Ready,
-        430,
+        790,
         1,
     ),
-    (Scenario::Worst, 103, "103.83.x", OrderState::Ready, 940, 1),
-    // Attempts at the seed's 0:00, 4:00 and 9:00; the last one timed out, so the engine waits
-    // the longest buy delay and confirms nothing was bought before declaring failure: 14:00.
+    (Scenario::Worst, 103, "103.83.x", OrderState::Ready, 1600, 1),
+    // Attempts at 0:00, 10:00 and 20:00; the last one timed out, so the engine waits until its
+    // horizon and confirms nothing was bought before declaring failure: 30:00.
     (
         Scenario::CompleteFailure,
         104,
         "45.12.33",
         OrderState::Failed,
-        840,
+        1800,
         0,
     ),
-    // The purchase completes 90 s after our 120 s timeout; reconciliation sees the stock fall
-    // and hands the order to an admin instead of buying a second server.
+    // The purchase completes 90 s after our 120 s timeout; the connection was kept open, the
+    // late reply names the server, and the order is ready with it: one server, no admin.
     (
         Scenario::LateCompletion,
         105,
         "45.12.34",
+        OrderState::Ready,
+        220,
+        1,
+    ),
+    // The purchase buys a server but answers HTTP 500: nothing names the server, the stock fell,
+    // and at the horizon the order goes to an admin with the evidence, exactly one server bought.
+    (
+        Scenario::LostReply,
+        106,
+        "45.12.35",
         OrderState::NeedsAttention,
-        240,
+        600,
         1,
     ),
 ];
-
 /// Runs the demo; exit code 0 only if every order ended as its scenario expects.
 ///
 /// # Errors
@@ -158,7 +171,7 @@ pub async fn run(speed: f64) -> anyhow::Result<ExitCode> {
     }
 
     // Live progress: every new timeline line of every order, at its simulated time.
-    let deadline = start_at.plus(Duration::from_secs(25 * 60));
+    let deadline = start_at.plus(Duration::from_secs(40 * 60));
     let mut finals: HashMap<String, Value> = HashMap::new();
     loop {
         for case in &mut cases {
@@ -207,7 +220,7 @@ pub async fn run(speed: f64) -> anyhow::Result<ExitCode> {
     println!();
     println!(
         "{:<17} {:<16} {:>4} {:>6} {:>12} {:>12} {:>11} {:>8}  AS EXPECTED",
-        "SCENARIO", "STATE", "BUYS", "STATUS", "SIM. TIME", "POLICY SUMS", "SEED SAYS", "SERVERS"
+        "SCENARIO", "STATE", "BUYS", "STATUS", "SIM. TIME", "SEED SUMS", "SEED SAYS", "SERVERS"
     );
     let mut all_ok = true;
     for case in &cases {
@@ -268,21 +281,27 @@ pub async fn run(speed: f64) -> anyhow::Result<ExitCode> {
     }
     println!();
     println!(
-        "SIM. TIME: intake to ready (or to the final state) on the simulated clock. POLICY SUMS: the seed's own step"
+        "SIM. TIME: intake to ready (or to the final state) on the simulated clock. SEED SUMS: the seed's own step"
     );
     println!(
-        "figures added up under the policy (what `provisioner plan` prints). SEED SAYS: the seed's prose estimate."
+        "figures added up, as if every failure were definite (`plan`'s first summary). SEED SAYS: its prose estimate."
     );
     println!(
-        "complete_failure ends at 14 min 0 s, not the seed's 11 min 0 s: its last purchase timed out, so the engine"
+        "The seed's failing buyVps calls time out, and a timed-out purchase may still complete at SmartVPS: no"
     );
     println!(
-        "waits once more and confirms from SmartVPS's stock that nothing was bought before declaring failure."
+        "\"nothing was bought\" verdict comes before policy.buy.horizon (10 min) has passed since it was sent, so the"
     );
     println!(
-        "late_completion: the seed's literal retry would have bought a second server; reconciliation saw the stock"
+        "buy retries of moderate, worst and complete_failure wait for it (`provisioner plan` shows both sums)."
     );
-    println!("fall and stopped for an admin with exactly one server bought.");
+    println!(
+        "late_completion: the seed's literal retry would have bought a second server; the late reply on the open"
+    );
+    println!(
+        "connection named the server, and the order was delivered with it. lost_reply: the reply was lost, the stock"
+    );
+    println!("fell, and the order stopped for an admin with exactly one server bought.");
     running.stop().await;
     Ok(if all_ok {
         println!("\ndemo OK: every order ended as its scenario expects");

@@ -24,10 +24,10 @@ fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-/// An order whose purchase timed out on our side and completed upstream: needs attention, with
+/// An order whose purchase bought a server but lost its reply (HTTP 500): needs attention, with
 /// one server bought at SmartVPS that we have not recorded.
 async fn late_completion(w: &VirtualWorld) -> provisioner::domain::Order {
-    Scenario::LateCompletion.install(&w.sim, PKG).unwrap();
+    Scenario::LostReply.install(&w.sim, PKG).unwrap();
     let order = w.accept("late", 7).await;
     w.drive().await;
     let o = w.order(&order.id).await;

@@ -487,7 +487,7 @@ async fn retry_resolve_and_cancel_over_http() {
     let failing = scenario_package(&sim, 71, "103.82.72");
     fail_three_times(&sim, failing);
     let late = scenario_package(&sim, 72, "45.12.33");
-    Scenario::LateCompletion.install(&sim, late).unwrap();
+    Scenario::LostReply.install(&sim, late).unwrap();
     let svc = service(&dir, &sim).await;
     let (failed_id, _) = created(&svc, "act-failed", 71).await;
     let (late_id, _) = created(&svc, "act-late", 72).await;

@@ -109,7 +109,11 @@ impl VirtualWorld {
                 Some(at) => {
                     let now = self.clock.now();
                     if at > now {
-                        self.clock.sleep(at.since(now)).await;
+                        // Or sooner, when a late reply makes an order due.
+                        tokio::select! {
+                            () = self.clock.sleep(at.since(now)) => {}
+                            () = self.engine.woken() => {}
+                        }
                     }
                 }
             }

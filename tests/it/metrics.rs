@@ -38,7 +38,7 @@ async fn metrics_after_a_run_pass_promtool() {
     let best = scenario_package(&sim, 21, "103.82.72");
     let late = scenario_package(&sim, 22, "45.12.34");
     Scenario::Best.install(&sim, best).unwrap();
-    Scenario::LateCompletion.install(&sim, late).unwrap();
+    Scenario::LostReply.install(&sim, late).unwrap();
     let svc = start_service(
         &dir.path().join("m.db"),
         &sim,

@@ -57,6 +57,7 @@ on_unknown = "reconcile"
 attempts = 3
 timeout = "5s"
 delays = ["1s", "1s"]
+horizon = "7s"
 [policy.status]
 attempts = 5
 timeout = "3s"

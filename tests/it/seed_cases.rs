@@ -1,6 +1,8 @@
 //! The seed's four cases replayed through the engine in virtual time: every attempt's start
 //! time and the total, to the second.
 
+use std::time::Duration;
+
 use provisioner::domain::{OrderState, Phase};
 use provisioner::policy::RetryPolicy;
 use provisioner::simulator::Scenario;
@@ -17,7 +19,22 @@ struct Expect {
 }
 
 async fn replay(scenario: Scenario, e: Expect) {
-    let w = VirtualWorld::new(RetryPolicy::default(), &[(7, "103.82.72", 50)]);
+    replay_with(scenario, e, seed_premise()).await;
+}
+
+/// The seed's own premise ("2 minutes allows SmartVPS to fully process"): a purchase horizon of
+/// the buy timeout plus the first wait. Under it the seed's timings hold even though its failing
+/// buys are timeouts (unknown outcomes); `horizon_stretches_a_timed_out_purchase` shows the
+/// default horizon's.
+fn seed_premise() -> RetryPolicy {
+    RetryPolicy {
+        horizon: Duration::from_secs(240),
+        ..RetryPolicy::default()
+    }
+}
+
+async fn replay_with(scenario: Scenario, e: Expect, policy: RetryPolicy) {
+    let w = VirtualWorld::new(policy, &[(7, "103.82.72", 50)]);
     scenario
         .install(&w.sim, provisioner::domain::PackageId(7))
         .unwrap();
@@ -128,7 +145,7 @@ async fn complete_failure_attempts_follow_the_seed_and_failure_is_confirmed() {
 #[tokio::test(start_paused = true)]
 async fn complete_failure_with_definite_rejections_ends_at_the_seeds_11_minutes() {
     use provisioner::simulator::{BuyEffect, BuyStep};
-    use std::time::Duration;
+
     let w = VirtualWorld::new(RetryPolicy::default(), &[(7, "103.82.72", 50)]);
     // A definite "no" that takes the whole timeout: nothing was bought, so no settle check.
     let no = BuyStep::new(Duration::from_secs(119), BuyEffect::ErrorReply);
@@ -150,4 +167,22 @@ async fn complete_failure_with_definite_rejections_ends_at_the_seeds_11_minutes(
             .await,
         vec![657]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn horizon_stretches_a_timed_out_purchase() {
+    // The default 10-minute horizon: buy 1 hangs and times out at 2:00; nothing may be concluded
+    // before 10:00, so buy 2 goes out then (plan's second summary: 13 min 10 s).
+    replay_with(
+        Scenario::Moderate,
+        Expect {
+            buys: &[0, 600],
+            statuses: &[630, 780],
+            end: 790,
+            state: OrderState::Ready,
+            servers: 1,
+        },
+        RetryPolicy::default(),
+    )
+    .await;
 }

@@ -112,6 +112,11 @@ impl Store for Counting {
         self.commit();
         self.inner.record_outcome(purchase_id, outcome, at).await
     }
+    async fn expedite(&self, id: &OrderId, at: Timestamp) -> Result<bool, StoreError> {
+        self.commit();
+        self.inner.expedite(id, at).await
+    }
+
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {
         self.inner.owner_of(ip).await
     }

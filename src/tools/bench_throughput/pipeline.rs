@@ -104,6 +104,7 @@ pub(super) async fn pipeline(
         poll_interval: Duration::from_millis(2),
         // A flight is held for a few milliseconds here; waiting 10 s would measure the wait.
         flight_wait: Duration::from_millis(5),
+        purchase_grace: Duration::from_secs(5),
     };
     let engines: Vec<Arc<Engine>> = (0..opts.workers)
         .map(|_| {

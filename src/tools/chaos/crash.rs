@@ -138,6 +138,11 @@ impl Store for CrashingStore {
         tick()?;
         self.0.record_outcome(purchase_id, outcome, at).await
     }
+    async fn expedite(&self, id: &OrderId, at: Timestamp) -> Result<bool, StoreError> {
+        tick()?;
+        self.0.expedite(id, at).await
+    }
+
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {
         tick()?;
         self.0.owner_of(ip).await

@@ -274,6 +274,8 @@ pub async fn run(cfg: &SimulationConfig) -> SimulationReport {
                 if matches!(done, Ok(true)) { report.crashes += 1; }
             }
             () = clock.sleep(wait) => {}
+            // A late buyvps reply made an order due sooner.
+            _ = futures_util::future::select_all(engines.iter().map(|e| Box::pin(e.woken()))) => {}
         }
     }
     while let Some(done) = tasks.join_next().await {
