@@ -452,8 +452,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Notices due for delivery.
     async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError>;
-    /// Marks a notice delivered.
-    async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError>;
+    /// Marks a notice delivered (handed to its deliveries): a [`Store::fan_out`] of no
+    /// deliveries, so stores and decorators implement one write, not two.
+    async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError> {
+        self.fan_out(&[], &[id], at).await
+    }
     /// Records a failed delivery and when to try again (`None`: give up).
     async fn notice_failed(
         &self,
@@ -468,29 +471,24 @@ pub trait Store: Send + Sync + 'static {
     // `fan_out`. Where the two happen apart, a crash in between only repeats the fan-out, which
     // the unique keys make harmless.
 
-    /// Queues `deliveries` and marks `notices` handed to them. SQL backends do it in one
-    /// transaction, so a batch of notices costs one commit, not two per notice. The default
-    /// queues, then marks each notice: as safe (keys are unique), only slower.
+    /// Queues `deliveries` and marks `notices` handed to them, atomically. SQL backends do it in
+    /// one transaction, so a batch of notices costs one commit, not two per notice. A key
+    /// already queued is left as it is, so fanning the same notice out twice queues nothing new.
     async fn fan_out(
         &self,
         deliveries: &[NewDelivery],
         notices: &[i64],
         now: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.add_deliveries(deliveries, now).await?;
-        for id in notices {
-            self.notice_delivered(*id, now).await?;
-        }
-        Ok(())
-    }
+    ) -> Result<(), StoreError>;
 
-    /// Queues deliveries in one transaction. A key already queued is left as it is, so fanning
-    /// the same notice out twice queues nothing new.
+    /// Queues deliveries in one transaction: a [`Store::fan_out`] that hands no notice over.
     async fn add_deliveries(
         &self,
         deliveries: &[NewDelivery],
         now: Timestamp,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.fan_out(deliveries, &[], now).await
+    }
     /// Claims up to `limit` due deliveries (not delivered, not abandoned, `next_at <= now`, no
     /// live claim) for `worker` until `now + claim_for`, counting one attempt on each. Safe with
     /// several dispatchers: each delivery goes to one claimer at a time (PostgreSQL:

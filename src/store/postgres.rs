@@ -857,17 +857,6 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, next_at = NULL, delivered_at = $1 WHERE id = $2",
-        )
-        .bind(at.millis())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     async fn notice_failed(
         &self,
         id: i64,
@@ -886,14 +875,6 @@ impl Store for PostgresStore {
     }
 
     // issue 5: outbox deliveries
-
-    async fn add_deliveries(
-        &self,
-        deliveries: &[NewDelivery],
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.fan_out(deliveries, &[], now).await
-    }
 
     async fn fan_out(
         &self,

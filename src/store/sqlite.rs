@@ -872,12 +872,6 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError> {
-        let mut turn = self.write_turn().await?;
-        sqlx::query("UPDATE outbox SET attempts = attempts + 1, next_at = NULL, delivered_at = ? WHERE id = ?").bind(at.millis()).bind(id).execute(&mut *turn).await?;
-        Ok(())
-    }
-
     async fn notice_failed(
         &self,
         id: i64,
@@ -894,14 +888,6 @@ impl Store for SqliteStore {
         .execute(&mut *turn)
         .await?;
         Ok(())
-    }
-
-    async fn add_deliveries(
-        &self,
-        deliveries: &[NewDelivery],
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.fan_out(deliveries, &[], now).await
     }
 
     async fn fan_out(
