@@ -522,15 +522,6 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn notice_delivered(&self, id: i64, _at: Timestamp) -> Result<(), StoreError> {
-        let mut g = self.lock();
-        if let Some(r) = g.outbox.get_mut((id - 1) as usize) {
-            r.notice.attempts += 1;
-            r.next_at = None;
-        }
-        Ok(())
-    }
-
     async fn notice_failed(
         &self,
         id: i64,
@@ -545,11 +536,13 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn add_deliveries(
+    async fn fan_out(
         &self,
         deliveries: &[NewDelivery],
+        notices: &[i64],
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        // One lock for both halves, as the SQL stores use one transaction.
         let mut g = self.lock();
         for d in deliveries {
             if g.delivery_keys.contains_key(&d.key) {
@@ -568,6 +561,12 @@ impl Store for MemoryStore {
                 delivered_at: None,
                 last_error: None,
             });
+        }
+        for id in notices {
+            if let Some(r) = g.outbox.get_mut((id - 1) as usize) {
+                r.notice.attempts += 1;
+                r.next_at = None;
+            }
         }
         Ok(())
     }

@@ -10,10 +10,12 @@
 //! [`postgres::PostgresStore`] (many processes on many machines) and [`memory::MemoryStore`]
 //! (virtual-time tests and the deterministic simulation). All three pass the same suite in
 //! `tests/it/store_suite.rs`; the catalog and access-token methods also run through
-//! `store::tests`. [`open`] picks the database backend from the URL's scheme.
+//! `store::tests`. [`open`] picks the database backend from the URL's scheme. The two SQL
+//! backends share their row decoding and every statement that reads the same on both (`sql`).
 
 pub mod memory;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use std::fmt;
@@ -155,21 +157,6 @@ impl fmt::Debug for AccessToken {
     }
 }
 
-/// Decodes an order's `(access_token_hash, access_token_gen)` columns, the same on every SQL
-/// backend; `None` (no row) means no such order.
-fn access_token_from(
-    row: Option<(Option<String>, Option<i64>)>,
-) -> Result<Option<AccessToken>, StoreError> {
-    let Some((Some(hash), generation)) = row else {
-        return Ok(None);
-    };
-    let generation = generation
-        .map(u32::try_from)
-        .transpose()
-        .map_err(|_| StoreError::Corrupt("access_token_gen out of range".into()))?;
-    Ok(Some(AccessToken { hash, generation }))
-}
-
 /// A worker's claim on an order, until `expires_at`. `token` fences every write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -279,30 +266,6 @@ pub struct Notice {
 
 /// Counts of orders per state.
 pub type StateCounts = Vec<(OrderState, u64)>;
-
-/// Every state with its count, as the SQL stores read it (`SELECT state, COUNT(*) ... GROUP BY
-/// state`): zero for a state with no row, and a row of an unknown state ignored.
-pub(crate) fn state_counts_from(rows: &[(String, i64)]) -> StateCounts {
-    OrderState::ALL
-        .iter()
-        .map(|s| {
-            let n = rows
-                .iter()
-                .find(|(name, _)| name == s.as_str())
-                .map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
-            (*s, n)
-        })
-        .collect()
-}
-
-/// A timeline line from the SQL stores' `(at, kind, message)` columns.
-pub(crate) fn timeline_entry((at, kind, message): (i64, String, String)) -> TimelineEntry {
-    TimelineEntry {
-        at: Timestamp(at),
-        kind: crate::domain::EntryKind::parse(&kind),
-        message,
-    }
-}
 
 /// A delivery to queue: one event for one channel (a webhook endpoint, an email audience, the
 /// log). A notice fanned out to two webhooks and email is three deliveries, each with its own
@@ -457,8 +420,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Notices due for delivery.
     async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError>;
-    /// Marks a notice delivered.
-    async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError>;
+    /// Marks a notice delivered (handed to its deliveries): a [`Store::fan_out`] of no
+    /// deliveries, so stores and decorators implement one write, not two.
+    async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError> {
+        self.fan_out(&[], &[id], at).await
+    }
     /// Records a failed delivery and when to try again (`None`: give up).
     async fn notice_failed(
         &self,
@@ -473,29 +439,24 @@ pub trait Store: Send + Sync + 'static {
     // `fan_out`. Where the two happen apart, a crash in between only repeats the fan-out, which
     // the unique keys make harmless.
 
-    /// Queues `deliveries` and marks `notices` handed to them. SQL backends do it in one
-    /// transaction, so a batch of notices costs one commit, not two per notice. The default
-    /// queues, then marks each notice: as safe (keys are unique), only slower.
+    /// Queues `deliveries` and marks `notices` handed to them, atomically. SQL backends do it in
+    /// one transaction, so a batch of notices costs one commit, not two per notice. A key
+    /// already queued is left as it is, so fanning the same notice out twice queues nothing new.
     async fn fan_out(
         &self,
         deliveries: &[NewDelivery],
         notices: &[i64],
         now: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.add_deliveries(deliveries, now).await?;
-        for id in notices {
-            self.notice_delivered(*id, now).await?;
-        }
-        Ok(())
-    }
+    ) -> Result<(), StoreError>;
 
-    /// Queues deliveries in one transaction. A key already queued is left as it is, so fanning
-    /// the same notice out twice queues nothing new.
+    /// Queues deliveries in one transaction: a [`Store::fan_out`] that hands no notice over.
     async fn add_deliveries(
         &self,
         deliveries: &[NewDelivery],
         now: Timestamp,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.fan_out(deliveries, &[], now).await
+    }
     /// Claims up to `limit` due deliveries (not delivered, not abandoned, `next_at <= now`, no
     /// live claim) for `worker` until `now + claim_for`, counting one attempt on each. Safe with
     /// several dispatchers: each delivery goes to one claimer at a time (PostgreSQL:

@@ -16,27 +16,29 @@
 //! Every timestamp is bound from the `Clock` as BIGINT milliseconds; SQL's `now()` is never used,
 //! so the database server's clock plays no part in lease expiry.
 //!
-//! Layout of this file: connection and migrations, row decoding, transaction helpers, then the
-//! `Store` impl with one method per trait method (new trait methods go at its end, with their
-//! SQL next to them).
+//! Layout of this file: connection and migrations, binding and transaction helpers, then the
+//! `Store` impl with one method per trait method. Row decoding and the statements that read the
+//! same on SQLite live once in `store::sql`; what is PostgreSQL's own (SKIP LOCKED, UNNEST
+//! inserts, the flight's row lock, vacuum) stays here.
 
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Connection, PgPool, Row};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
+use sqlx::query::Query;
+use sqlx::{ConnectOptions, Connection, PgPool, Postgres};
 
+use super::sql::{self, Arg, SqlRow, Stmt};
 use super::{
     AccessToken, Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery,
-    Notice, OrderFilter, Recorded, StateCounts, Store, StoreError, access_token_from, redact_url,
+    Notice, OrderFilter, Recorded, StateCounts, Store, StoreError, redact_url,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
-    CatalogPackage, Customer, Failure, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId,
-    PackageName, Phase, Purchase, PurchaseIntent, PurchaseOutcome, RamGb, Resolution,
-    TimelineEntry,
+    CatalogPackage, NoticeKind, Order, OrderId, OrderRef, PackageId, Purchase, PurchaseIntent,
+    PurchaseOutcome, TimelineEntry,
 };
 
 /// Embedded migrations, applied in order and recorded in `schema_migrations`.
@@ -75,12 +77,6 @@ const MIGRATION_LOCK: i64 = 0x7072_6f76_6973_696f;
 /// never across a SmartVPS call, so a few connections serve many concurrent orders; and it keeps
 /// several machines well inside PostgreSQL's default `max_connections = 100`.
 pub const DEFAULT_POOL_SIZE: u32 = 10;
-
-const ORDER_COLUMNS: &str = "id, order_ref, fingerprint, package_id, ram_gb, customer_email, customer_name, os, state, buy_attempts, \
-     status_attempts, server_ip, failure_phase, failure_reason, run_at, created_at, updated_at, ready_at, storefront";
-
-/// The states a worker claims; the same list as the partial index `orders_due`, so the claim uses it.
-const ACTIVE_STATES: &str = "('queued', 'buying', 'awaiting_credentials')";
 
 /// The PostgreSQL store.
 #[derive(Clone, Debug)]
@@ -208,125 +204,25 @@ pub fn with_database(url: &str, database: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Row decoding.
+// Binding the shared statements, and the transaction helpers.
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-fn ip_col(row: &PgRow, col: &str) -> Result<Option<Ipv4Addr>, StoreError> {
-    let v: Option<String> = row.try_get(col)?;
-    v.map(|s| s.parse().map_err(|e| corrupt(col, e)))
-        .transpose()
-}
-
-fn u32_col(row: &PgRow, col: &str) -> Result<u32, StoreError> {
-    u32::try_from(row.try_get::<i64, _>(col)?).map_err(|e| corrupt(col, e))
-}
-
-fn order_from(row: &PgRow) -> Result<Order, StoreError> {
-    let state: String = row.try_get("state")?;
-    let phase: Option<String> = row.try_get("failure_phase")?;
-    let reason: Option<String> = row.try_get("failure_reason")?;
-    let failure = match phase {
-        Some(ph) => Some(Failure {
-            phase: Phase::from_str(&ph).map_err(|e| corrupt("failure_phase", e))?,
-            reason: reason.unwrap_or_default(),
-        }),
-        None => None,
-    };
-    let ram: i64 = row.try_get("ram_gb")?;
-    let opt_ts = |col: &str| -> Result<Option<Timestamp>, StoreError> {
-        Ok(row.try_get::<Option<i64>, _>(col)?.map(Timestamp))
-    };
-    Ok(Order {
-        id: OrderId::parse(row.try_get("id")?).map_err(|e| corrupt("id", e))?,
-        order_ref: OrderRef::parse(row.try_get("order_ref")?)
-            .map_err(|e| corrupt("order_ref", e))?,
-        fingerprint: row.try_get("fingerprint")?,
-        package_id: PackageId(u32_col(row, "package_id")?),
-        ram_gb: RamGb::parse(ram).map_err(|e| corrupt("ram_gb", e))?,
-        customer: Customer {
-            email: row.try_get("customer_email")?,
-            name: row.try_get("customer_name")?,
+/// Binds a shared statement for PostgreSQL.
+fn query(s: &Stmt) -> Query<'_, Postgres, PgArguments> {
+    s.args.iter().fold(
+        sqlx::query(sqlx::AssertSqlSafe(s.sql.as_str())),
+        |q, a| match a {
+            Arg::Int(v) => q.bind(*v),
+            Arg::Text(v) => q.bind(v.as_deref()),
+            Arg::Bytes(v) => q.bind(v.as_deref()),
         },
-        os: row.try_get("os")?,
-        storefront: row.try_get("storefront")?,
-        state: OrderState::from_str(&state).map_err(|e| corrupt("state", e))?,
-        buy_attempts: u32_col(row, "buy_attempts")?,
-        status_attempts: u32_col(row, "status_attempts")?,
-        server_ip: ip_col(row, "server_ip")?,
-        failure,
-        run_at: opt_ts("run_at")?,
-        created_at: Timestamp(row.try_get("created_at")?),
-        updated_at: Timestamp(row.try_get("updated_at")?),
-        ready_at: opt_ts("ready_at")?,
-    })
+    )
 }
 
-fn purchase_from(row: &PgRow) -> Result<Purchase, StoreError> {
-    let outcome_kind: Option<String> = row.try_get("outcome")?;
-    let reason: Option<String> = row.try_get("outcome_reason")?;
-    let outcome_ip = ip_col(row, "outcome_ip")?;
-    let outcome = outcome_kind
-        .as_deref()
-        .map(|kind| PurchaseOutcome::from_parts(kind, outcome_ip, reason))
-        .transpose()
-        .map_err(|e| corrupt("outcome", e))?;
-    let res_kind: Option<String> = row.try_get("resolution")?;
-    let detail: Option<String> = row.try_get("resolution_detail")?;
-    let resolution = res_kind
-        .as_deref()
-        .map(|kind| Resolution::from_parts(kind, detail))
-        .transpose()
-        .map_err(|e| corrupt("resolution", e))?;
-    let name: String = row.try_get("package_name")?;
-    Ok(Purchase {
-        id: row.try_get("id")?,
-        order_id: OrderId::parse(row.try_get("order_id")?).map_err(|e| corrupt("order_id", e))?,
-        attempt: u32_col(row, "attempt")?,
-        package_id: PackageId(u32_col(row, "package_id")?),
-        package_name: PackageName::parse(&name).map_err(|e| corrupt("package_name", e))?,
-        stock_before: row
-            .try_get::<Option<i64>, _>("stock_before")?
-            .and_then(|v| u32::try_from(v).ok()),
-        pool_before: row
-            .try_get::<Option<i64>, _>("pool_before")?
-            .and_then(|v| u64::try_from(v).ok()),
-        sent_at: Timestamp(row.try_get("sent_at")?),
-        outcome,
-        decided_at: row.try_get::<Option<i64>, _>("decided_at")?.map(Timestamp),
-        resolution,
-        late_ip: ip_col(row, "late_ip")?,
-    })
-}
-
-fn delivery_from(row: &PgRow, worker: &str) -> Result<Delivery, StoreError> {
-    let kind: String = row.try_get("kind")?;
-    let order_id: Option<String> = row.try_get("order_id")?;
-    Ok(Delivery {
-        id: row.try_get("id")?,
-        key: row.try_get("key")?,
-        event_id: row.try_get("event_id")?,
-        order_id: order_id
-            .map(|s| OrderId::parse(&s).map_err(|e| corrupt("outbox_deliveries.order_id", e)))
-            .transpose()?,
-        kind: NoticeKind::parse(&kind).ok_or_else(|| corrupt("outbox_deliveries.kind", &kind))?,
-        channel: row.try_get("channel")?,
-        detail: row.try_get("detail")?,
-        created_at: Timestamp(row.try_get("created_at")?),
-        attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
-        worker: worker.to_string(),
-        token: row.try_get("claim_token")?,
-    })
-}
-
-fn limit_of(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Transaction helpers.
+/// The row locking of a claim's inner select. SKIP LOCKED: rows another process is claiming or
+/// writing right now are passed over, not waited for; under READ COMMITTED a row updated since
+/// the snapshot is re-checked against the WHERE before it is locked, so a lease taken meanwhile
+/// is respected. Dispatchers in several processes likewise each take different deliveries.
+const CLAIM_LOCK: &str = " FOR UPDATE SKIP LOCKED";
 
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
@@ -344,87 +240,26 @@ async fn lock_leased(tx: &mut Tx, lease: &Lease) -> Result<(), StoreError> {
         .ok_or_else(|| StoreError::LeaseLost(lease.order_id.clone()))
 }
 
-/// Which writer is writing the order row: decides the extra `WHERE` of the order update.
-#[derive(Clone, Copy)]
-enum Writer<'a> {
-    /// A worker: the update only applies under its lease (the fence).
-    Leased(&'a Lease),
-    /// An admin change, already checked (and the token bumped) in this transaction.
-    Checked,
-}
-
-/// Writes the order's mutable columns and everything in `change`. A leased write that matches no
-/// row (the token moved on) is [`StoreError::LeaseLost`] and the caller's transaction is dropped,
-/// so nothing of it is kept.
+/// Writes the order's mutable columns and everything in `change`. With `fence` the update only
+/// applies under that lease; without, the caller already checked (and bumped the token) in this
+/// transaction (admin changes). A write that matches no row (the token moved on) is
+/// [`StoreError::LeaseLost`] and the caller's transaction is dropped, so nothing of it is kept.
 async fn write(
     tx: &mut Tx,
-    writer: Writer<'_>,
+    fence: Option<&Lease>,
     order: &Order,
     change: Change,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    let mut q = String::from(
-        "UPDATE orders SET state = $2, buy_attempts = $3, status_attempts = $4, server_ip = $5, failure_phase = $6, \
-         failure_reason = $7, run_at = $8, updated_at = $9, ready_at = $10",
-    );
-    // Placeholders are numbered as they are added: PostgreSQL refuses a statement with a gap.
-    let mut next = 10;
-    let mut param = || {
-        next += 1;
-        format!("${next}")
-    };
-    if change.credentials.is_some() {
-        q.push_str(&format!(", credentials = {}", param()));
-    }
-    if !change.keep_lease {
-        q.push_str(", lease_owner = NULL, lease_expires_at = NULL");
-    }
-    q.push_str(" WHERE id = $1");
-    if let Writer::Leased(_) = writer {
-        q.push_str(&format!(
-            " AND lease_token = {} AND lease_owner = {}",
-            param(),
-            param()
-        ));
-    }
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(q))
-        .bind(order.id.as_str())
-        .bind(order.state.as_str())
-        .bind(i64::from(order.buy_attempts))
-        .bind(i64::from(order.status_attempts))
-        .bind(order.server_ip.map(|ip| ip.to_string()))
-        .bind(order.failure.as_ref().map(|f| f.phase.as_str()))
-        .bind(order.failure.as_ref().map(|f| f.reason.clone()))
-        .bind(order.run_at.map(Timestamp::millis))
-        .bind(order.updated_at.millis())
-        .bind(order.ready_at.map(Timestamp::millis));
-    if let Some(c) = &change.credentials {
-        query = query.bind(c.clone());
-    }
-    if let Writer::Leased(lease) = writer {
-        query = query.bind(lease.token).bind(lease.worker.as_str());
-    }
-    let done = query.execute(&mut **tx).await?;
+    let done = query(&sql::update_order(fence, order, &change))
+        .execute(&mut **tx)
+        .await?;
     if done.rows_affected() == 0 {
         return Err(StoreError::LeaseLost(order.id.clone()));
     }
     insert_entries(tx, &order.id, &change.entries).await?;
-    if order.state != OrderState::Buying || change.release_flight {
-        sqlx::query("DELETE FROM flights WHERE order_id = $1")
-            .bind(order.id.as_str())
-            .execute(&mut **tx)
-            .await?;
-    }
-    if let Some((pid, res)) = change.resolve {
-        sqlx::query(
-            "UPDATE purchases SET resolution = $1, resolution_detail = $2 WHERE id = $3 AND order_id = $4",
-        )
-        .bind(res.kind())
-        .bind(res.detail())
-        .bind(pid)
-        .bind(order.id.as_str())
-        .execute(&mut **tx)
-        .await?;
+    for s in sql::after_order_write(order, &change) {
+        query(&s).execute(&mut **tx).await?;
     }
     insert_notices(tx, &order.id, &change.notices, now).await
 }
@@ -491,37 +326,16 @@ impl Store for PostgresStore {
         notices: &[NoticeKind],
     ) -> Result<Intake, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // ON CONFLICT rather than look-then-insert: two processes receiving the same webhook at
-        // once both reach this line, and the second waits for the first's commit instead of
-        // failing on the unique index.
-        let inserted = sqlx::query(
-            "INSERT INTO orders (id, order_ref, fingerprint, package_id, ram_gb, customer_email, customer_name, os, state, run_at, \
-             created_at, updated_at, storefront, access_token_hash, access_token_gen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (order_ref) DO NOTHING",
-        )
-        .bind(order.id.as_str())
-        .bind(order.order_ref.as_str())
-        .bind(&order.fingerprint)
-        .bind(i64::from(order.package_id.0))
-        .bind(i64::from(order.ram_gb.get()))
-        .bind(&order.customer.email)
-        .bind(&order.customer.name)
-        .bind(&order.os)
-        .bind(order.state.as_str())
-        .bind(order.run_at.map(Timestamp::millis))
-        .bind(order.created_at.millis())
-        .bind(order.updated_at.millis())
-        .bind(&order.storefront)
-        .bind(&access.hash)
-        .bind(access.generation.map(i64::from))
-        .execute(&mut *tx)
-        .await?;
+        // Insert first and look only on a clash: a new order (the usual case) costs one
+        // statement fewer than look-then-insert.
+        let inserted = query(&sql::insert_order(order, access))
+            .execute(&mut *tx)
+            .await?;
         if inserted.rows_affected() == 0 {
-            let q = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_ref = $1");
-            let row = sqlx::query(sqlx::AssertSqlSafe(q))
-                .bind(order.order_ref.as_str())
+            let row = query(&sql::order_by_ref(&order.order_ref))
                 .fetch_one(&mut *tx)
                 .await?;
-            let existing = order_from(&row)?;
+            let existing = sql::order(&row)?;
             return Ok(if existing.fingerprint == order.fingerprint {
                 Intake::Existing(existing)
             } else {
@@ -535,67 +349,42 @@ impl Store for PostgresStore {
     }
 
     async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
-        let q = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1");
-        sqlx::query(sqlx::AssertSqlSafe(q))
-            .bind(id.as_str())
+        let row = query(&sql::order_by_id(id))
             .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(order_from)
-            .transpose()
+            .await?;
+        row.as_ref().map(sql::order).transpose()
     }
 
     async fn orders(&self, f: &OrderFilter) -> Result<Vec<Order>, StoreError> {
-        let q = format!(
-            "SELECT {ORDER_COLUMNS} FROM orders WHERE ($1::text IS NULL OR state = $1) AND ($2::bigint IS NULL OR package_id = $2) \
-             AND ($3::bigint IS NULL OR created_at >= $3) AND ($4::bigint IS NULL OR created_at < $4) \
-             ORDER BY created_at DESC, id DESC LIMIT $5 OFFSET $6"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(q))
-            .bind(f.state.map(OrderState::as_str))
-            .bind(f.package.map(|p| i64::from(p.0)))
-            .bind(f.created_from.map(Timestamp::millis))
-            .bind(f.created_to.map(Timestamp::millis))
-            .bind(limit_of(f.page_size()))
-            .bind(limit_of(f.offset.unwrap_or(0)))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(order_from).collect()
+        let rows = query(&sql::orders(f)).fetch_all(&self.pool).await?;
+        rows.iter().map(sql::order).collect()
     }
 
     async fn state_counts(&self) -> Result<StateCounts, StoreError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM orders GROUP BY state")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(super::state_counts_from(&rows))
+        let rows = query(&sql::state_counts_query())
+            .fetch_all(&self.pool)
+            .await?;
+        sql::state_counts(&rows)
     }
 
     async fn timeline(&self, id: &OrderId) -> Result<Vec<TimelineEntry>, StoreError> {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
-            "SELECT at, kind, message FROM timeline WHERE order_id = $1 ORDER BY id",
-        )
-        .bind(id.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(super::timeline_entry).collect())
+        let rows = query(&sql::timeline(id)).fetch_all(&self.pool).await?;
+        rows.iter().map(sql::timeline_entry).collect()
     }
 
     async fn purchases(&self, id: &OrderId) -> Result<Vec<Purchase>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM purchases WHERE order_id = $1 ORDER BY id")
-            .bind(id.as_str())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(purchase_from).collect()
+        let rows = query(&sql::purchases(id)).fetch_all(&self.pool).await?;
+        rows.iter().map(sql::purchase).collect()
     }
 
     async fn credentials(&self, id: &OrderId) -> Result<Option<Vec<u8>>, StoreError> {
-        let v: Option<Option<Vec<u8>>> =
-            sqlx::query_scalar("SELECT credentials FROM orders WHERE id = $1")
-                .bind(id.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(v.flatten())
+        let row = query(&sql::credentials(id))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.opt_bytes("credentials"))
+            .transpose()?
+            .flatten())
     }
 
     async fn claim_due(
@@ -606,70 +395,28 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
         let expires = now.plus(lease_for);
-        // SKIP LOCKED: rows another process is claiming or writing right now are passed over,
-        // not waited for; under READ COMMITTED a row updated since the snapshot is re-checked
-        // against the WHERE before it is locked, so a lease taken meanwhile is respected.
-        let q = format!(
-            "UPDATE orders SET lease_owner = $1, lease_token = lease_token + 1, lease_expires_at = $2 WHERE id IN (\
-               SELECT id FROM orders WHERE state IN {ACTIVE_STATES} AND run_at <= $3 \
-               AND (lease_expires_at IS NULL OR lease_expires_at <= $3) ORDER BY run_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
-             RETURNING {ORDER_COLUMNS}, lease_token"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(q))
-            .bind(worker)
-            .bind(expires.millis())
-            .bind(now.millis())
-            .bind(limit_of(limit))
+        let rows = query(&sql::claim_due(worker, expires, now, limit, CLAIM_LOCK))
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|row| {
-                let order = order_from(row)?;
-                let lease = Lease {
-                    order_id: order.id.clone(),
-                    worker: worker.to_string(),
-                    token: row.try_get("lease_token")?,
-                    expires_at: expires,
-                };
-                Ok(Claimed { lease, order })
-            })
+            .map(|row| sql::claimed(row, worker, expires))
             .collect()
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        let q = format!(
-            "SELECT MIN(GREATEST(run_at, COALESCE(lease_expires_at, run_at))) FROM orders \
-             WHERE state IN {ACTIVE_STATES} AND run_at IS NOT NULL"
-        );
-        let v: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(q))
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(v.map(Timestamp))
+        let row = query(&sql::next_due()).fetch_one(&self.pool).await?;
+        Ok(row.opt_int("next_due")?.map(Timestamp))
     }
 
     async fn save(&self, lease: &Lease, order: &Order, change: Change) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        write(
-            &mut tx,
-            Writer::Leased(lease),
-            order,
-            change,
-            order.updated_at,
-        )
-        .await?;
+        write(&mut tx, Some(lease), order, change, order.updated_at).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let done = sqlx::query(
-            "UPDATE orders SET lease_owner = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_token = $2 AND lease_owner = $3",
-        )
-        .bind(lease.order_id.as_str())
-        .bind(lease.token)
-        .bind(&lease.worker)
-        .execute(&self.pool)
-        .await?;
+        let done = query(&sql::release(lease)).execute(&self.pool).await?;
         if done.rows_affected() == 0 {
             Err(StoreError::LeaseLost(lease.order_id.clone()))
         } else {
@@ -703,9 +450,7 @@ impl Store for PostgresStore {
         if holder == lease.order_id.as_str() {
             Ok(Flight::Granted)
         } else {
-            Ok(Flight::HeldBy(
-                OrderId::parse(&holder).map_err(|e| corrupt("flights.order_id", e))?,
-            ))
+            Ok(Flight::HeldBy(sql::order_id(&holder, "flights.order_id")?))
         }
     }
 
@@ -717,35 +462,18 @@ impl Store for PostgresStore {
         entries: &[TimelineEntry],
     ) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // The fenced order write comes first: if the lease is gone no intent is written.
+        // The fenced order write first: if the lease is gone, no intent is written.
         let change = Change {
             entries: entries.to_vec(),
             keep_lease: true,
             ..Change::default()
         };
-        write(
-            &mut tx,
-            Writer::Leased(lease),
-            order,
-            change,
-            intent.sent_at,
-        )
-        .await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO purchases (order_id, attempt, package_id, package_name, stock_before, pool_before, sent_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        )
-        .bind(intent.order_id.as_str())
-        .bind(i64::from(intent.attempt))
-        .bind(i64::from(intent.package_id.0))
-        .bind(intent.package_name.as_str())
-        .bind(intent.stock_before.map(i64::from))
-        .bind(intent.pool_before.and_then(|v| i64::try_from(v).ok()))
-        .bind(intent.sent_at.millis())
-        .fetch_one(&mut *tx)
-        .await?;
+        write(&mut tx, Some(lease), order, change, intent.sent_at).await?;
+        let row = query(&sql::insert_purchase(intent))
+            .fetch_one(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(id)
+        row.int("id")
     }
 
     async fn record_outcome(
@@ -754,33 +482,12 @@ impl Store for PostgresStore {
         outcome: &PurchaseOutcome,
         at: Timestamp,
     ) -> Result<Recorded, StoreError> {
-        let (ip, reason) = match outcome {
-            PurchaseOutcome::Succeeded { ip } => (Some(ip.to_string()), None),
-            PurchaseOutcome::Rejected { reason } | PurchaseOutcome::Unknown { reason } => {
-                (None, Some(reason.clone()))
-            }
-        };
-        // One statement, so first-writer-wins holds across processes: the second writer blocks on
-        // the row lock, re-reads `outcome IS NULL` as false and updates nothing.
-        let done = sqlx::query(
-            "UPDATE purchases SET outcome = $1, outcome_ip = $2, outcome_reason = $3, decided_at = $4 WHERE id = $5 AND outcome IS NULL",
-        )
-        .bind(outcome.kind())
-        .bind(&ip)
-        .bind(&reason)
-        .bind(at.millis())
-        .bind(purchase_id)
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 1 {
+        let (first, late) = sql::record_outcome(purchase_id, outcome, at);
+        if query(&first).execute(&self.pool).await?.rows_affected() == 1 {
             return Ok(Recorded::Recorded);
         }
-        if let Some(ip) = ip {
-            sqlx::query("UPDATE purchases SET late_ip = $1 WHERE id = $2")
-                .bind(ip)
-                .bind(purchase_id)
-                .execute(&self.pool)
-                .await?;
+        if let Some(late) = late {
+            query(&late).execute(&self.pool).await?;
         }
         Ok(Recorded::AlreadyDecided)
     }
@@ -799,15 +506,8 @@ impl Store for PostgresStore {
     }
 
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {
-        let ip = ip.to_string();
-        let v: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM orders WHERE server_ip = $1 UNION ALL \
-             SELECT order_id FROM purchases WHERE outcome_ip = $1 OR late_ip = $1 LIMIT 1",
-        )
-        .bind(&ip)
-        .fetch_optional(&self.pool)
-        .await?;
-        v.map(|s| OrderId::parse(&s).map_err(|e| corrupt("order id", e)))
+        let row = query(&sql::owner_of(ip)).fetch_optional(&self.pool).await?;
+        row.map(|r| sql::order_id(&r.text("id")?, "order id"))
             .transpose()
     }
 
@@ -819,66 +519,26 @@ impl Store for PostgresStore {
         change: Change,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        // Bumping the token is what fences out a worker whose lease expired but who is still
-        // running: its next write no longer matches.
-        let done = sqlx::query(
-            "UPDATE orders SET lease_token = lease_token + 1, lease_owner = NULL, lease_expires_at = NULL \
-             WHERE id = $1 AND updated_at = $2 AND (lease_expires_at IS NULL OR lease_expires_at <= $3)",
-        )
-        .bind(order.id.as_str())
-        .bind(expected_updated_at.millis())
-        .bind(now.millis())
-        .execute(&mut *tx)
-        .await?;
+        let done = query(&sql::admin_fence(order, expected_updated_at, now))
+            .execute(&mut *tx)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(order.id.clone()));
         }
-        write(
-            &mut tx,
-            Writer::Checked,
-            order,
-            Change {
-                keep_lease: false,
-                ..change
-            },
-            now,
-        )
-        .await?;
+        let change = Change {
+            keep_lease: false,
+            ..change
+        };
+        write(&mut tx, None, order, change, now).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, order_id, kind, attempts FROM outbox WHERE next_at IS NOT NULL AND next_at <= $1 ORDER BY next_at, id LIMIT $2",
-        )
-        .bind(now.millis())
-        .bind(limit_of(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let kind: String = r.try_get("kind")?;
-                Ok(Notice {
-                    id: r.try_get("id")?,
-                    order_id: OrderId::parse(r.try_get("order_id")?)
-                        .map_err(|e| corrupt("outbox.order_id", e))?,
-                    kind: NoticeKind::parse(&kind).ok_or_else(|| corrupt("outbox.kind", &kind))?,
-                    attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
-                })
-            })
-            .collect()
-    }
-
-    async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, next_at = NULL, delivered_at = $1 WHERE id = $2",
-        )
-        .bind(at.millis())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let rows = query(&sql::due_notices(now, limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(sql::notice).collect()
     }
 
     async fn notice_failed(
@@ -887,25 +547,10 @@ impl Store for PostgresStore {
         error: &str,
         retry_at: Option<Timestamp>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, next_at = $1, last_error = $2 WHERE id = $3",
-        )
-        .bind(retry_at.map(Timestamp::millis))
-        .bind(error)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        query(&sql::notice_failed(id, error, retry_at))
+            .execute(&self.pool)
+            .await?;
         Ok(())
-    }
-
-    // issue 5: outbox deliveries
-
-    async fn add_deliveries(
-        &self,
-        deliveries: &[NewDelivery],
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.fan_out(deliveries, &[], now).await
     }
 
     async fn fan_out(
@@ -959,24 +604,13 @@ impl Store for PostgresStore {
         claim_for: Duration,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
-        // SKIP LOCKED: dispatchers in several processes each take different rows.
-        let rows = sqlx::query(
-            "UPDATE outbox_deliveries SET claimed_by = $1, claim_token = claim_token + 1, claim_expires_at = $2, \
-               attempts = attempts + 1 WHERE id IN (\
-               SELECT id FROM outbox_deliveries WHERE next_at IS NOT NULL AND next_at <= $3 \
-               AND (claim_expires_at IS NULL OR claim_expires_at <= $3) ORDER BY next_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, key, event_id, order_id, kind, channel, detail, created_at, attempts, claim_token",
-        )
-        .bind(worker)
-        .bind(now.plus(claim_for).millis())
-        .bind(now.millis())
-        .bind(limit_of(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let stmt = sql::claim_deliveries(worker, now.plus(claim_for), now, limit, CLAIM_LOCK);
+        let rows = query(&stmt).fetch_all(&self.pool).await?;
         let mut out = rows
             .iter()
-            .map(|r| delivery_from(r, worker))
+            .map(|r| sql::delivery(r, worker))
             .collect::<Result<Vec<_>, _>>()?;
+        // RETURNING does not promise an order; keep the oldest due first.
         out.sort_by_key(|d| d.id);
         Ok(out)
     }
@@ -986,42 +620,15 @@ impl Store for PostgresStore {
         d: &Delivery,
         result: &DeliveryResult,
     ) -> Result<bool, StoreError> {
-        let done = match result {
-            DeliveryResult::Delivered { at } => {
-                sqlx::query(
-                    "UPDATE outbox_deliveries SET delivered_at = $1, next_at = NULL, last_error = NULL, claimed_by = NULL, \
-                     claim_expires_at = NULL WHERE id = $2 AND delivered_at IS NULL",
-                )
-                .bind(at.millis())
-                .bind(d.id)
-                .execute(&self.pool)
-                .await?
-            }
-            DeliveryResult::Failed { error, retry_at } => {
-                sqlx::query(
-                    "UPDATE outbox_deliveries SET next_at = $1, last_error = $2, claimed_by = NULL, claim_expires_at = NULL \
-                     WHERE id = $3 AND claim_token = $4 AND claimed_by = $5 AND delivered_at IS NULL",
-                )
-                .bind(retry_at.map(Timestamp::millis))
-                .bind(error)
-                .bind(d.id)
-                .bind(d.token)
-                .bind(&d.worker)
-                .execute(&self.pool)
-                .await?
-            }
-        };
+        let done = query(&sql::finish_delivery(d, result))
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn outbox_backlog(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT (SELECT COUNT(*) FROM outbox WHERE next_at IS NOT NULL) \
-             + (SELECT COUNT(*) FROM outbox_deliveries WHERE next_at IS NOT NULL)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        let row = query(&sql::outbox_backlog()).fetch_one(&self.pool).await?;
+        Ok(u64::try_from(row.int("backlog")?).unwrap_or(0))
     }
 
     async fn maintain(&self) -> Result<(), StoreError> {
@@ -1055,52 +662,24 @@ impl Store for PostgresStore {
 
     async fn replace_catalog(&self, packages: &[CatalogPackage]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM packages")
-            .execute(&mut *tx)
-            .await?;
+        query(&sql::delete_catalog()).execute(&mut *tx).await?;
         for p in packages {
-            sqlx::query("INSERT INTO packages (id, name, free, status, synced_at) VALUES ($1, $2, $3, $4, $5)")
-                .bind(i64::from(p.id.0))
-                .bind(&p.name)
-                .bind(i64::from(p.free))
-                .bind(p.status())
-                .bind(p.synced_at.millis())
-                .execute(&mut *tx)
-                .await?;
+            query(&sql::insert_package(p)).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     async fn catalog(&self) -> Result<Vec<CatalogPackage>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, name, free, status, synced_at FROM packages ORDER BY id")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| {
-                let id: i64 = r.try_get("id")?;
-                let status: String = r.try_get("status")?;
-                Ok(CatalogPackage {
-                    id: PackageId(u32::try_from(id).map_err(|e| corrupt("packages.id", e))?),
-                    name: r.try_get("name")?,
-                    free: u32::try_from(r.try_get::<i64, _>("free")?).unwrap_or(0),
-                    active: status == "active",
-                    synced_at: Timestamp(r.try_get("synced_at")?),
-                })
-            })
-            .collect()
+        let rows = query(&sql::catalog()).fetch_all(&self.pool).await?;
+        rows.iter().map(sql::catalog_package).collect()
     }
 
     async fn order_by_ref(&self, order_ref: &OrderRef) -> Result<Option<Order>, StoreError> {
-        let q = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_ref = $1");
-        sqlx::query(sqlx::AssertSqlSafe(q))
-            .bind(order_ref.as_str())
+        let row = query(&sql::order_by_ref(order_ref))
             .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(order_from)
-            .transpose()
+            .await?;
+        row.as_ref().map(sql::order).transpose()
     }
 
     async fn rotate_access_token(
@@ -1110,18 +689,11 @@ impl Store for PostgresStore {
         entry: &TimelineEntry,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE orders SET access_token_hash = $1, access_token_gen = $2 WHERE id = $3",
-        )
-        .bind(&next.hash)
-        .bind(next.generation.map(i64::from))
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?;
+        let done = query(&sql::rotate_access_token(id, next))
+            .execute(&mut *tx)
+            .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::Corrupt(format!(
-                "no order {id} to hold an access token"
-            )));
+            return Err(sql::no_order_for_token(id));
         }
         insert_entries(&mut tx, id, std::slice::from_ref(entry)).await?;
         tx.commit().await?;
@@ -1129,12 +701,10 @@ impl Store for PostgresStore {
     }
 
     async fn access_token(&self, id: &OrderId) -> Result<Option<AccessToken>, StoreError> {
-        let row: Option<(Option<String>, Option<i64>)> =
-            sqlx::query_as("SELECT access_token_hash, access_token_gen FROM orders WHERE id = $1")
-                .bind(id.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-        access_token_from(row)
+        let row = query(&sql::access_token_query(id))
+            .fetch_optional(&self.pool)
+            .await?;
+        sql::access_token(row.as_ref())
     }
 }
 

@@ -10,21 +10,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::query::Query;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
+use sqlx::{Connection, Row, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::OwnedMutexGuard;
 
+use super::sql::{self, Arg, SqlRow, Stmt};
 use super::{
     AccessToken, Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery,
-    Notice, OrderFilter, Recorded, StateCounts, Store, StoreError, access_token_from,
+    Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
-    CatalogPackage, Customer, Failure, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId,
-    PackageName, Phase, Purchase, PurchaseIntent, PurchaseOutcome, RamGb, Resolution,
-    TimelineEntry,
+    CatalogPackage, NoticeKind, Order, OrderId, OrderRef, PackageId, Purchase, PurchaseIntent,
+    PurchaseOutcome, TimelineEntry,
 };
 
 /// Embedded migrations, applied in order and recorded in `schema_migrations`.
@@ -59,9 +60,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// Rows per multi-row statement: at most 9 parameters a row stays far below SQLite's limit
 /// (32,766 parameters since 3.32).
 const ROWS_PER_INSERT: usize = 100;
-
-const ORDER_COLUMNS: &str = "id, order_ref, fingerprint, package_id, ram_gb, customer_email, customer_name, os, state, buy_attempts, \
-     status_attempts, server_ip, failure_phase, failure_reason, run_at, created_at, updated_at, ready_at, storefront";
 
 /// The SQLite store.
 ///
@@ -234,133 +232,28 @@ impl SqliteStore {
     }
 }
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-fn ip_col(row: &SqliteRow, col: &str) -> Result<Option<Ipv4Addr>, StoreError> {
-    let v: Option<String> = row.try_get(col)?;
-    v.map(|s| s.parse().map_err(|e| corrupt(col, e)))
-        .transpose()
-}
-
-fn order_from(row: &SqliteRow) -> Result<Order, StoreError> {
-    let state: String = row.try_get("state")?;
-    let phase: Option<String> = row.try_get("failure_phase")?;
-    let reason: Option<String> = row.try_get("failure_reason")?;
-    let failure = match phase {
-        Some(ph) => Some(Failure {
-            phase: Phase::from_str(&ph).map_err(|e| corrupt("failure_phase", e))?,
-            reason: reason.unwrap_or_default(),
-        }),
-        None => None,
-    };
-    let pkg: i64 = row.try_get("package_id")?;
-    let ram: i64 = row.try_get("ram_gb")?;
-    let opt_ts = |col: &str| -> Result<Option<Timestamp>, StoreError> {
-        Ok(row.try_get::<Option<i64>, _>(col)?.map(Timestamp))
-    };
-    Ok(Order {
-        id: OrderId::parse(row.try_get("id")?).map_err(|e| corrupt("id", e))?,
-        order_ref: OrderRef::parse(row.try_get("order_ref")?)
-            .map_err(|e| corrupt("order_ref", e))?,
-        fingerprint: row.try_get("fingerprint")?,
-        package_id: PackageId(u32::try_from(pkg).map_err(|e| corrupt("package_id", e))?),
-        ram_gb: RamGb::parse(ram).map_err(|e| corrupt("ram_gb", e))?,
-        customer: Customer {
-            email: row.try_get("customer_email")?,
-            name: row.try_get("customer_name")?,
+/// Binds a shared statement for SQLite (`$n` binds the n-th value here too).
+fn query(s: &Stmt) -> Query<'_, Sqlite, SqliteArguments> {
+    s.args.iter().fold(
+        sqlx::query(sqlx::AssertSqlSafe(s.sql.as_str())),
+        |q, a| match a {
+            Arg::Int(v) => q.bind(*v),
+            Arg::Text(v) => q.bind(v.as_deref()),
+            Arg::Bytes(v) => q.bind(v.as_deref()),
         },
-        os: row.try_get("os")?,
-        storefront: row.try_get("storefront")?,
-        state: OrderState::from_str(&state).map_err(|e| corrupt("state", e))?,
-        buy_attempts: u32::try_from(row.try_get::<i64, _>("buy_attempts")?).unwrap_or(0),
-        status_attempts: u32::try_from(row.try_get::<i64, _>("status_attempts")?).unwrap_or(0),
-        server_ip: ip_col(row, "server_ip")?,
-        failure,
-        run_at: opt_ts("run_at")?,
-        created_at: Timestamp(row.try_get("created_at")?),
-        updated_at: Timestamp(row.try_get("updated_at")?),
-        ready_at: opt_ts("ready_at")?,
-    })
+    )
 }
 
-fn purchase_from(row: &SqliteRow) -> Result<Purchase, StoreError> {
-    let outcome_kind: Option<String> = row.try_get("outcome")?;
-    let reason: Option<String> = row.try_get("outcome_reason")?;
-    let outcome_ip = ip_col(row, "outcome_ip")?;
-    let outcome = outcome_kind
-        .as_deref()
-        .map(|kind| PurchaseOutcome::from_parts(kind, outcome_ip, reason))
-        .transpose()
-        .map_err(|e| corrupt("outcome", e))?;
-    let res_kind: Option<String> = row.try_get("resolution")?;
-    let detail: Option<String> = row.try_get("resolution_detail")?;
-    let resolution = res_kind
-        .as_deref()
-        .map(|kind| Resolution::from_parts(kind, detail))
-        .transpose()
-        .map_err(|e| corrupt("resolution", e))?;
-    let name: String = row.try_get("package_name")?;
-    Ok(Purchase {
-        id: row.try_get("id")?,
-        order_id: OrderId::parse(row.try_get("order_id")?).map_err(|e| corrupt("order_id", e))?,
-        attempt: u32::try_from(row.try_get::<i64, _>("attempt")?).unwrap_or(0),
-        package_id: PackageId(
-            u32::try_from(row.try_get::<i64, _>("package_id")?)
-                .map_err(|e| corrupt("package_id", e))?,
-        ),
-        package_name: PackageName::parse(&name).map_err(|e| corrupt("package_name", e))?,
-        stock_before: row
-            .try_get::<Option<i64>, _>("stock_before")?
-            .and_then(|v| u32::try_from(v).ok()),
-        pool_before: row
-            .try_get::<Option<i64>, _>("pool_before")?
-            .and_then(|v| u64::try_from(v).ok()),
-        sent_at: Timestamp(row.try_get("sent_at")?),
-        outcome,
-        decided_at: row.try_get::<Option<i64>, _>("decided_at")?.map(Timestamp),
-        resolution,
-        late_ip: ip_col(row, "late_ip")?,
-    })
-}
-
-fn delivery_from(row: &SqliteRow, worker: &str) -> Result<Delivery, StoreError> {
-    let kind: String = row.try_get("kind")?;
-    let order_id: Option<String> = row.try_get("order_id")?;
-    Ok(Delivery {
-        id: row.try_get("id")?,
-        key: row.try_get("key")?,
-        event_id: row.try_get("event_id")?,
-        order_id: order_id
-            .map(|s| OrderId::parse(&s).map_err(|e| corrupt("outbox_deliveries.order_id", e)))
-            .transpose()?,
-        kind: NoticeKind::parse(&kind).ok_or_else(|| corrupt("outbox_deliveries.kind", &kind))?,
-        channel: row.try_get("channel")?,
-        detail: row.try_get("detail")?,
-        created_at: Timestamp(row.try_get("created_at")?),
-        attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
-        worker: worker.to_string(),
-        token: row.try_get("claim_token")?,
-    })
-}
+/// The row locking of a claim's inner select: none, SQLite's one writer already serializes
+/// claims and `UPDATE ... RETURNING` is atomic.
+const CLAIM_LOCK: &str = "";
 
 type Tx<'c> = sqlx::Transaction<'c, sqlx::Sqlite>;
 
-/// Writes the order's mutable columns and everything in `change` (the caller checked the fence
-/// or has no lease to check: admin changes).
-async fn write(
-    tx: &mut Tx<'_>,
-    order: &Order,
-    change: Change,
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    write_order(tx, None, order, change, now).await
-}
-
-/// As [`write`], with the fence checked by the order update itself when `fence` is given: one
-/// statement instead of a check and an update, and writes serialize on this process's turn, so
-/// every statement saved is throughput (see `docs/benchmarks.md`).
+/// Writes the order's mutable columns and everything in `change`, with the fence checked by the
+/// order update itself when `fence` is given: one statement instead of a check and an update, and
+/// writes serialize on this process's turn, so every statement saved is throughput (see
+/// `docs/benchmarks.md`). Without a fence the caller checked it (admin changes).
 async fn write_order(
     tx: &mut Tx<'_>,
     fence: Option<&Lease>,
@@ -368,56 +261,15 @@ async fn write_order(
     change: Change,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    let mut q = String::from(
-        "UPDATE orders SET state = ?, buy_attempts = ?, status_attempts = ?, server_ip = ?, failure_phase = ?, failure_reason = ?, \
-         run_at = ?, updated_at = ?, ready_at = ?",
-    );
-    if change.credentials.is_some() {
-        q.push_str(", credentials = ?");
-    }
-    if !change.keep_lease {
-        q.push_str(", lease_owner = NULL, lease_expires_at = NULL");
-    }
-    q.push_str(" WHERE id = ?");
-    if fence.is_some() {
-        q.push_str(" AND lease_token = ? AND lease_owner = ?");
-    }
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(q))
-        .bind(order.state.as_str())
-        .bind(i64::from(order.buy_attempts))
-        .bind(i64::from(order.status_attempts))
-        .bind(order.server_ip.map(|ip| ip.to_string()))
-        .bind(order.failure.as_ref().map(|f| f.phase.as_str()))
-        .bind(order.failure.as_ref().map(|f| f.reason.clone()))
-        .bind(order.run_at.map(Timestamp::millis))
-        .bind(order.updated_at.millis())
-        .bind(order.ready_at.map(Timestamp::millis));
-    if let Some(c) = change.credentials {
-        query = query.bind(c);
-    }
-    query = query.bind(order.id.as_str());
-    if let Some(lease) = fence {
-        query = query.bind(lease.token).bind(lease.worker.as_str());
-    }
-    let done = query.execute(&mut **tx).await?;
-    if fence.is_some() && done.rows_affected() == 0 {
+    let done = query(&sql::update_order(fence, order, &change))
+        .execute(&mut **tx)
+        .await?;
+    if done.rows_affected() == 0 {
         return Err(StoreError::LeaseLost(order.id.clone()));
     }
     insert_entries(tx, &order.id, &change.entries).await?;
-    if order.state != OrderState::Buying || change.release_flight {
-        sqlx::query("DELETE FROM flights WHERE order_id = ?")
-            .bind(order.id.as_str())
-            .execute(&mut **tx)
-            .await?;
-    }
-    if let Some((pid, res)) = change.resolve {
-        sqlx::query("UPDATE purchases SET resolution = ?, resolution_detail = ? WHERE id = ? AND order_id = ?")
-            .bind(res.kind())
-            .bind(res.detail())
-            .bind(pid)
-            .bind(order.id.as_str())
-            .execute(&mut **tx)
-            .await?;
+    for s in sql::after_order_write(order, &change) {
+        query(&s).execute(&mut **tx).await?;
     }
     insert_notices(tx, &order.id, &change.notices, now).await
 }
@@ -510,35 +362,14 @@ impl Store for SqliteStore {
         let mut tx = turn.begin().await?;
         // Insert first and look only on a clash: a new order (the usual case) costs one
         // statement fewer than look-then-insert.
-        let inserted = sqlx::query(
-            "INSERT INTO orders (id, order_ref, fingerprint, package_id, ram_gb, customer_email, customer_name, os, state, run_at, \
-             created_at, updated_at, storefront, access_token_hash, access_token_gen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (order_ref) DO NOTHING",
-        )
-        .bind(order.id.as_str())
-        .bind(order.order_ref.as_str())
-        .bind(&order.fingerprint)
-        .bind(i64::from(order.package_id.0))
-        .bind(i64::from(order.ram_gb.get()))
-        .bind(&order.customer.email)
-        .bind(&order.customer.name)
-        .bind(&order.os)
-        .bind(order.state.as_str())
-        .bind(order.run_at.map(Timestamp::millis))
-        .bind(order.created_at.millis())
-        .bind(order.updated_at.millis())
-        .bind(&order.storefront)
-        .bind(&access.hash)
-        .bind(access.generation.map(i64::from))
-        .execute(&mut *tx)
-        .await?;
+        let inserted = query(&sql::insert_order(order, access))
+            .execute(&mut *tx)
+            .await?;
         if inserted.rows_affected() == 0 {
-            let q = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_ref = ?");
-            let row = sqlx::query(sqlx::AssertSqlSafe(q))
-                .bind(order.order_ref.as_str())
+            let row = query(&sql::order_by_ref(&order.order_ref))
                 .fetch_one(&mut *tx)
                 .await?;
-            let existing = order_from(&row)?;
+            let existing = sql::order(&row)?;
             return Ok(if existing.fingerprint == order.fingerprint {
                 Intake::Existing(existing)
             } else {
@@ -552,65 +383,42 @@ impl Store for SqliteStore {
     }
 
     async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
-        let q = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?");
-        sqlx::query(sqlx::AssertSqlSafe(q))
-            .bind(id.as_str())
+        let row = query(&sql::order_by_id(id))
             .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(order_from)
-            .transpose()
+            .await?;
+        row.as_ref().map(sql::order).transpose()
     }
 
     async fn orders(&self, f: &OrderFilter) -> Result<Vec<Order>, StoreError> {
-        let q = format!(
-            "SELECT {ORDER_COLUMNS} FROM orders WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR package_id = ?2) \
-             AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR created_at < ?4) ORDER BY created_at DESC, id DESC LIMIT ?5 OFFSET ?6"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(q))
-            .bind(f.state.map(OrderState::as_str))
-            .bind(f.package.map(|p| i64::from(p.0)))
-            .bind(f.created_from.map(Timestamp::millis))
-            .bind(f.created_to.map(Timestamp::millis))
-            .bind(f.page_size() as i64)
-            .bind(f.offset.unwrap_or(0) as i64)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(order_from).collect()
+        let rows = query(&sql::orders(f)).fetch_all(&self.pool).await?;
+        rows.iter().map(sql::order).collect()
     }
 
     async fn state_counts(&self) -> Result<StateCounts, StoreError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM orders GROUP BY state")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(super::state_counts_from(&rows))
+        let rows = query(&sql::state_counts_query())
+            .fetch_all(&self.pool)
+            .await?;
+        sql::state_counts(&rows)
     }
 
     async fn timeline(&self, id: &OrderId) -> Result<Vec<TimelineEntry>, StoreError> {
-        let rows: Vec<(i64, String, String)> =
-            sqlx::query_as("SELECT at, kind, message FROM timeline WHERE order_id = ? ORDER BY id")
-                .bind(id.as_str())
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows.into_iter().map(super::timeline_entry).collect())
+        let rows = query(&sql::timeline(id)).fetch_all(&self.pool).await?;
+        rows.iter().map(sql::timeline_entry).collect()
     }
 
     async fn purchases(&self, id: &OrderId) -> Result<Vec<Purchase>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM purchases WHERE order_id = ? ORDER BY id")
-            .bind(id.as_str())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(purchase_from).collect()
+        let rows = query(&sql::purchases(id)).fetch_all(&self.pool).await?;
+        rows.iter().map(sql::purchase).collect()
     }
 
     async fn credentials(&self, id: &OrderId) -> Result<Option<Vec<u8>>, StoreError> {
-        let v: Option<Option<Vec<u8>>> =
-            sqlx::query_scalar("SELECT credentials FROM orders WHERE id = ?")
-                .bind(id.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(v.flatten())
+        let row = query(&sql::credentials(id))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.opt_bytes("credentials"))
+            .transpose()?
+            .flatten())
     }
 
     async fn claim_due(
@@ -622,41 +430,17 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Claimed>, StoreError> {
         let expires = now.plus(lease_for);
         let mut turn = self.write_turn().await?;
-        let q = format!(
-            "UPDATE orders SET lease_owner = ?1, lease_token = lease_token + 1, lease_expires_at = ?2 WHERE id IN (\
-               SELECT id FROM orders WHERE state IN ('queued', 'buying', 'awaiting_credentials') AND run_at <= ?3 \
-               AND (lease_expires_at IS NULL OR lease_expires_at <= ?3) ORDER BY run_at LIMIT ?4) \
-             RETURNING {ORDER_COLUMNS}, lease_token"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(q))
-            .bind(worker)
-            .bind(expires.millis())
-            .bind(now.millis())
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        let rows = query(&sql::claim_due(worker, expires, now, limit, CLAIM_LOCK))
             .fetch_all(&mut *turn)
             .await?;
         rows.iter()
-            .map(|row| {
-                let order = order_from(row)?;
-                let lease = Lease {
-                    order_id: order.id.clone(),
-                    worker: worker.to_string(),
-                    token: row.try_get("lease_token")?,
-                    expires_at: expires,
-                };
-                Ok(Claimed { lease, order })
-            })
+            .map(|row| sql::claimed(row, worker, expires))
             .collect()
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
-        let v: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(MAX(run_at, COALESCE(lease_expires_at, run_at))) FROM orders \
-             WHERE state IN ('queued', 'buying', 'awaiting_credentials') AND run_at IS NOT NULL",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(v.map(Timestamp))
+        let row = query(&sql::next_due()).fetch_one(&self.pool).await?;
+        Ok(row.opt_int("next_due")?.map(Timestamp))
     }
 
     async fn save(&self, lease: &Lease, order: &Order, change: Change) -> Result<(), StoreError> {
@@ -669,12 +453,7 @@ impl Store for SqliteStore {
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         let mut turn = self.write_turn().await?;
-        let done = sqlx::query("UPDATE orders SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_token = ? AND lease_owner = ?")
-            .bind(lease.order_id.as_str())
-            .bind(lease.token)
-            .bind(&lease.worker)
-            .execute(&mut *turn)
-            .await?;
+        let done = query(&sql::release(lease)).execute(&mut *turn).await?;
         if done.rows_affected() == 0 {
             Err(StoreError::LeaseLost(lease.order_id.clone()))
         } else {
@@ -732,9 +511,7 @@ impl Store for SqliteStore {
         if holder == lease.order_id.as_str() {
             Ok(Flight::Granted)
         } else {
-            Ok(Flight::HeldBy(
-                OrderId::parse(&holder).map_err(|e| corrupt("flights.order_id", e))?,
-            ))
+            Ok(Flight::HeldBy(sql::order_id(&holder, "flights.order_id")?))
         }
     }
 
@@ -754,21 +531,11 @@ impl Store for SqliteStore {
             ..Change::default()
         };
         write_order(&mut tx, Some(lease), order, change, intent.sent_at).await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO purchases (order_id, attempt, package_id, package_name, stock_before, pool_before, sent_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(intent.order_id.as_str())
-        .bind(i64::from(intent.attempt))
-        .bind(i64::from(intent.package_id.0))
-        .bind(intent.package_name.as_str())
-        .bind(intent.stock_before.map(i64::from))
-        .bind(intent.pool_before.and_then(|v| i64::try_from(v).ok()))
-        .bind(intent.sent_at.millis())
-        .fetch_one(&mut *tx)
-        .await?;
+        let row = query(&sql::insert_purchase(intent))
+            .fetch_one(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(id)
+        row.int("id")
     }
 
     async fn record_outcome(
@@ -777,30 +544,13 @@ impl Store for SqliteStore {
         outcome: &PurchaseOutcome,
         at: Timestamp,
     ) -> Result<Recorded, StoreError> {
-        let (ip, reason) = match outcome {
-            PurchaseOutcome::Succeeded { ip } => (Some(ip.to_string()), None),
-            PurchaseOutcome::Rejected { reason } | PurchaseOutcome::Unknown { reason } => {
-                (None, Some(reason.clone()))
-            }
-        };
+        let (first, late) = sql::record_outcome(purchase_id, outcome, at);
         let mut turn = self.write_turn().await?;
-        let done = sqlx::query("UPDATE purchases SET outcome = ?, outcome_ip = ?, outcome_reason = ?, decided_at = ? WHERE id = ? AND outcome IS NULL")
-            .bind(outcome.kind())
-            .bind(&ip)
-            .bind(&reason)
-            .bind(at.millis())
-            .bind(purchase_id)
-            .execute(&mut *turn)
-            .await?;
-        if done.rows_affected() == 1 {
+        if query(&first).execute(&mut *turn).await?.rows_affected() == 1 {
             return Ok(Recorded::Recorded);
         }
-        if let Some(ip) = ip {
-            sqlx::query("UPDATE purchases SET late_ip = ? WHERE id = ?")
-                .bind(ip)
-                .bind(purchase_id)
-                .execute(&mut *turn)
-                .await?;
+        if let Some(late) = late {
+            query(&late).execute(&mut *turn).await?;
         }
         Ok(Recorded::AlreadyDecided)
     }
@@ -819,14 +569,8 @@ impl Store for SqliteStore {
     }
 
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {
-        let ip = ip.to_string();
-        let v: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM orders WHERE server_ip = ?1 UNION ALL SELECT order_id FROM purchases WHERE outcome_ip = ?1 OR late_ip = ?1 LIMIT 1",
-        )
-        .bind(&ip)
-        .fetch_optional(&self.pool)
-        .await?;
-        v.map(|s| OrderId::parse(&s).map_err(|e| corrupt("order id", e)))
+        let row = query(&sql::owner_of(ip)).fetch_optional(&self.pool).await?;
+        row.map(|r| sql::order_id(&r.text("id")?, "order id"))
             .transpose()
     }
 
@@ -839,56 +583,26 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let mut turn = self.write_turn().await?;
         let mut tx = turn.begin().await?;
-        let done = sqlx::query(
-            "UPDATE orders SET lease_token = lease_token + 1, lease_owner = NULL, lease_expires_at = NULL \
-             WHERE id = ? AND updated_at = ? AND (lease_expires_at IS NULL OR lease_expires_at <= ?)",
-        )
-        .bind(order.id.as_str())
-        .bind(expected_updated_at.millis())
-        .bind(now.millis())
-        .execute(&mut *tx)
-        .await?;
+        let done = query(&sql::admin_fence(order, expected_updated_at, now))
+            .execute(&mut *tx)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(order.id.clone()));
         }
-        write(
-            &mut tx,
-            order,
-            Change {
-                keep_lease: false,
-                ..change
-            },
-            now,
-        )
-        .await?;
+        let change = Change {
+            keep_lease: false,
+            ..change
+        };
+        write_order(&mut tx, None, order, change, now).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError> {
-        let rows = sqlx::query("SELECT id, order_id, kind, attempts FROM outbox WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at, id LIMIT ?")
-            .bind(now.millis())
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        let rows = query(&sql::due_notices(now, limit))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                let kind: String = r.try_get("kind")?;
-                Ok(Notice {
-                    id: r.try_get("id")?,
-                    order_id: OrderId::parse(r.try_get("order_id")?)
-                        .map_err(|e| corrupt("outbox.order_id", e))?,
-                    kind: NoticeKind::parse(&kind).ok_or_else(|| corrupt("outbox.kind", &kind))?,
-                    attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
-                })
-            })
-            .collect()
-    }
-
-    async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError> {
-        let mut turn = self.write_turn().await?;
-        sqlx::query("UPDATE outbox SET attempts = attempts + 1, next_at = NULL, delivered_at = ? WHERE id = ?").bind(at.millis()).bind(id).execute(&mut *turn).await?;
-        Ok(())
+        rows.iter().map(sql::notice).collect()
     }
 
     async fn notice_failed(
@@ -898,23 +612,10 @@ impl Store for SqliteStore {
         retry_at: Option<Timestamp>,
     ) -> Result<(), StoreError> {
         let mut turn = self.write_turn().await?;
-        sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, next_at = ?, last_error = ? WHERE id = ?",
-        )
-        .bind(retry_at.map(Timestamp::millis))
-        .bind(error)
-        .bind(id)
-        .execute(&mut *turn)
-        .await?;
+        query(&sql::notice_failed(id, error, retry_at))
+            .execute(&mut *turn)
+            .await?;
         Ok(())
-    }
-
-    async fn add_deliveries(
-        &self,
-        deliveries: &[NewDelivery],
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.fan_out(deliveries, &[], now).await
     }
 
     async fn fan_out(
@@ -948,24 +649,12 @@ impl Store for SqliteStore {
         claim_for: Duration,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
-        // One UPDATE ... RETURNING: atomic in SQLite, so two dispatchers never claim the same row.
+        let stmt = sql::claim_deliveries(worker, now.plus(claim_for), now, limit, CLAIM_LOCK);
         let mut turn = self.write_turn().await?;
-        let rows = sqlx::query(
-            "UPDATE outbox_deliveries SET claimed_by = ?1, claim_token = claim_token + 1, claim_expires_at = ?2, \
-               attempts = attempts + 1 WHERE id IN (\
-               SELECT id FROM outbox_deliveries WHERE next_at IS NOT NULL AND next_at <= ?3 \
-               AND (claim_expires_at IS NULL OR claim_expires_at <= ?3) ORDER BY next_at, id LIMIT ?4) \
-             RETURNING id, key, event_id, order_id, kind, channel, detail, created_at, attempts, claim_token",
-        )
-        .bind(worker)
-        .bind(now.plus(claim_for).millis())
-        .bind(now.millis())
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *turn)
-        .await?;
+        let rows = query(&stmt).fetch_all(&mut *turn).await?;
         let mut out = rows
             .iter()
-            .map(|r| delivery_from(r, worker))
+            .map(|r| sql::delivery(r, worker))
             .collect::<Result<Vec<_>, _>>()?;
         // RETURNING does not promise an order; keep the oldest due first.
         out.sort_by_key(|d| d.id);
@@ -978,95 +667,38 @@ impl Store for SqliteStore {
         result: &DeliveryResult,
     ) -> Result<bool, StoreError> {
         let mut turn = self.write_turn().await?;
-        let done = match result {
-            DeliveryResult::Delivered { at } => {
-                sqlx::query(
-                    "UPDATE outbox_deliveries SET delivered_at = ?, next_at = NULL, last_error = NULL, claimed_by = NULL, \
-                     claim_expires_at = NULL WHERE id = ? AND delivered_at IS NULL",
-                )
-                .bind(at.millis())
-                .bind(d.id)
-                .execute(&mut *turn)
-                .await?
-            }
-            DeliveryResult::Failed { error, retry_at } => {
-                sqlx::query(
-                    "UPDATE outbox_deliveries SET next_at = ?, last_error = ?, claimed_by = NULL, claim_expires_at = NULL \
-                     WHERE id = ? AND claim_token = ? AND claimed_by = ? AND delivered_at IS NULL",
-                )
-                .bind(retry_at.map(Timestamp::millis))
-                .bind(error)
-                .bind(d.id)
-                .bind(d.token)
-                .bind(&d.worker)
-                .execute(&mut *turn)
-                .await?
-            }
-        };
+        let done = query(&sql::finish_delivery(d, result))
+            .execute(&mut *turn)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn outbox_backlog(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT (SELECT COUNT(*) FROM outbox WHERE next_at IS NOT NULL) \
-             + (SELECT COUNT(*) FROM outbox_deliveries WHERE next_at IS NOT NULL)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        let row = query(&sql::outbox_backlog()).fetch_one(&self.pool).await?;
+        Ok(u64::try_from(row.int("backlog")?).unwrap_or(0))
     }
 
     async fn replace_catalog(&self, packages: &[CatalogPackage]) -> Result<(), StoreError> {
         let mut turn = self.write_turn().await?;
         let mut tx = turn.begin().await?;
-        sqlx::query("DELETE FROM packages")
-            .execute(&mut *tx)
-            .await?;
+        query(&sql::delete_catalog()).execute(&mut *tx).await?;
         for p in packages {
-            sqlx::query(
-                "INSERT INTO packages (id, name, free, status, synced_at) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(i64::from(p.id.0))
-            .bind(&p.name)
-            .bind(i64::from(p.free))
-            .bind(p.status())
-            .bind(p.synced_at.millis())
-            .execute(&mut *tx)
-            .await?;
+            query(&sql::insert_package(p)).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     async fn catalog(&self) -> Result<Vec<CatalogPackage>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, name, free, status, synced_at FROM packages ORDER BY id")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| {
-                let id: i64 = r.try_get("id")?;
-                let status: String = r.try_get("status")?;
-                Ok(CatalogPackage {
-                    id: PackageId(u32::try_from(id).map_err(|e| corrupt("packages.id", e))?),
-                    name: r.try_get("name")?,
-                    free: u32::try_from(r.try_get::<i64, _>("free")?).unwrap_or(0),
-                    active: status == "active",
-                    synced_at: Timestamp(r.try_get("synced_at")?),
-                })
-            })
-            .collect()
+        let rows = query(&sql::catalog()).fetch_all(&self.pool).await?;
+        rows.iter().map(sql::catalog_package).collect()
     }
 
     async fn order_by_ref(&self, order_ref: &OrderRef) -> Result<Option<Order>, StoreError> {
-        let q = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_ref = ?");
-        sqlx::query(sqlx::AssertSqlSafe(q))
-            .bind(order_ref.as_str())
+        let row = query(&sql::order_by_ref(order_ref))
             .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(order_from)
-            .transpose()
+            .await?;
+        row.as_ref().map(sql::order).transpose()
     }
 
     async fn rotate_access_token(
@@ -1077,18 +709,11 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let mut turn = self.write_turn().await?;
         let mut tx = turn.begin().await?;
-        let done = sqlx::query(
-            "UPDATE orders SET access_token_hash = ?, access_token_gen = ? WHERE id = ?",
-        )
-        .bind(&next.hash)
-        .bind(next.generation.map(i64::from))
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?;
+        let done = query(&sql::rotate_access_token(id, next))
+            .execute(&mut *tx)
+            .await?;
         if done.rows_affected() == 0 {
-            return Err(StoreError::Corrupt(format!(
-                "no order {id} to hold an access token"
-            )));
+            return Err(sql::no_order_for_token(id));
         }
         insert_entries(&mut tx, id, std::slice::from_ref(entry)).await?;
         tx.commit().await?;
@@ -1096,12 +721,10 @@ impl Store for SqliteStore {
     }
 
     async fn access_token(&self, id: &OrderId) -> Result<Option<AccessToken>, StoreError> {
-        let row: Option<(Option<String>, Option<i64>)> =
-            sqlx::query_as("SELECT access_token_hash, access_token_gen FROM orders WHERE id = ?")
-                .bind(id.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-        access_token_from(row)
+        let row = query(&sql::access_token_query(id))
+            .fetch_optional(&self.pool)
+            .await?;
+        sql::access_token(row.as_ref())
     }
 }
 

@@ -911,6 +911,84 @@ async fn postgres_store_passes_the_suite() {
     .await;
 }
 
+/// A corrupt attempt count (negative, or past `u32`) reads back as [`StoreError::Corrupt`] on
+/// every SQL backend, as any other undecodable column does: SQLite used to read it as 0, which
+/// would hand the engine a fresh attempt budget. `set` writes a raw value into a column of
+/// every order, behind the store's back.
+async fn a_corrupt_attempt_count_is_refused<F, Fut>(store: Arc<dyn Store>, set: F)
+where
+    F: Fn(&'static str, i64) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let o = order("corrupt", 7, at(0));
+    create(&*store, &o).await;
+    for (column, value) in [
+        ("buy_attempts", -1),
+        ("status_attempts", -1),
+        ("buy_attempts", i64::from(u32::MAX) + 1),
+    ] {
+        set(column, value).await;
+        let read = store.order(&o.id).await;
+        assert!(
+            matches!(read, Err(StoreError::Corrupt(ref e)) if e.contains(column)),
+            "{column} = {value}: {read:?}"
+        );
+        set(column, 0).await;
+    }
+    assert!(
+        store.order(&o.id).await.unwrap().is_some(),
+        "readable again"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_refuses_a_corrupt_attempt_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corrupt.db");
+    let store = Arc::new(
+        SqliteStore::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap(),
+    );
+    let raw = Arc::clone(&store);
+    a_corrupt_attempt_count_is_refused(store, move |column, value| {
+        let raw = Arc::clone(&raw);
+        async move {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE orders SET {column} = $1"
+            )))
+            .bind(value)
+            .execute(raw.pool())
+            .await
+            .unwrap();
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_refuses_a_corrupt_attempt_count() {
+    let Some(server) = PgServer::get("postgres_refuses_a_corrupt_attempt_count").await else {
+        return;
+    };
+    let url = server.fresh_schema().await;
+    let store = Arc::new(PostgresStore::connect(&url).await.unwrap());
+    let raw = Arc::clone(&store);
+    a_corrupt_attempt_count_is_refused(store, move |column, value| {
+        let raw = Arc::clone(&raw);
+        async move {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE orders SET {column} = $1"
+            )))
+            .bind(value)
+            .execute(raw.pool())
+            .await
+            .unwrap();
+        }
+    })
+    .await;
+}
+
 /// Processes starting together on an empty database: the advisory lock serializes their
 /// migrations, so all of them start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

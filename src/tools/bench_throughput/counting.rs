@@ -135,10 +135,6 @@ impl Store for Counting {
     async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError> {
         self.inner.due_notices(now, limit).await
     }
-    async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError> {
-        self.commit();
-        self.inner.notice_delivered(id, at).await
-    }
     async fn notice_failed(
         &self,
         id: i64,
@@ -156,14 +152,6 @@ impl Store for Counting {
     ) -> Result<(), StoreError> {
         self.commit();
         self.inner.fan_out(deliveries, notices, now).await
-    }
-    async fn add_deliveries(
-        &self,
-        deliveries: &[crate::store::NewDelivery],
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.commit();
-        self.inner.add_deliveries(deliveries, now).await
     }
     async fn claim_deliveries(
         &self,

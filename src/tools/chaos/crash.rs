@@ -161,9 +161,6 @@ impl Store for CrashingStore {
     async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError> {
         self.0.due_notices(now, limit).await
     }
-    async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError> {
-        self.0.notice_delivered(id, at).await
-    }
     async fn notice_failed(
         &self,
         id: i64,
@@ -172,12 +169,13 @@ impl Store for CrashingStore {
     ) -> Result<(), StoreError> {
         self.0.notice_failed(id, error, retry_at).await
     }
-    async fn add_deliveries(
+    async fn fan_out(
         &self,
         deliveries: &[NewDelivery],
+        notices: &[i64],
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        self.0.add_deliveries(deliveries, now).await
+        self.0.fan_out(deliveries, notices, now).await
     }
     async fn claim_deliveries(
         &self,

@@ -1,0 +1,796 @@
+//! What the two SQL backends share: row decoding, the statements that read the same on both, and
+//! the SQL list of active states derived from the domain.
+//!
+//! A shared statement is a [`Stmt`]: its text with `$n` placeholders and its values, neutral
+//! between backends. `$n` is PostgreSQL's own placeholder, and sqlx binds SQLite's `$NNN` by
+//! number too, so one text serves both. Each backend binds a [`Stmt`] in one function (its
+//! `query`) and runs it on its own connection. Rows come back through [`SqlRow`], so each decoder
+//! here is written once for both row types.
+//!
+//! What really differs stays in the backend's file, in one place each: transactions and locking
+//! (`BEGIN IMMEDIATE` on the single SQLite writer, `FOR UPDATE SKIP LOCKED` on PostgreSQL, passed
+//! in here as `lock`), multi-row inserts (VALUES lists vs UNNEST), the single flight and vacuum.
+
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+use std::sync::LazyLock;
+
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use super::{
+    AccessToken, Change, Claimed, Delivery, DeliveryResult, Lease, Notice, OrderFilter,
+    StateCounts, StoreError,
+};
+use crate::clock::Timestamp;
+use crate::domain::{
+    CatalogPackage, Customer, EntryKind, Failure, NoticeKind, Order, OrderId, OrderRef, OrderState,
+    PackageId, PackageName, Phase, Purchase, PurchaseIntent, PurchaseOutcome, RamGb, Resolution,
+    TimelineEntry,
+};
+
+/// The columns every order read selects; [`order`] reads them by name.
+pub(crate) const ORDER_COLUMNS: &str = "id, order_ref, fingerprint, package_id, ram_gb, customer_email, customer_name, os, state, \
+     buy_attempts, status_attempts, server_ip, failure_phase, failure_reason, run_at, created_at, updated_at, ready_at, storefront";
+
+/// The states a worker claims, as an SQL list: `('queued', 'buying', 'awaiting_credentials')`.
+/// Made from [`OrderState::is_active`], so the claim cannot drift from the domain; the partial
+/// index `orders_due` in the migrations must say the same (a test below checks it), or claims
+/// stop using it.
+pub(crate) static ACTIVE_STATES: LazyLock<String> = LazyLock::new(|| {
+    let names: Vec<String> = OrderState::ALL
+        .iter()
+        .filter(|s| s.is_active())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    format!("({})", names.join(", "))
+});
+
+// ---------------------------------------------------------------------------------------------
+// Statements.
+
+/// A value to bind. Every column the stores write is an integer, text or a blob, and each
+/// variant binds as the Rust type the backends bound before (so PostgreSQL sees the same types).
+#[derive(Clone, Debug)]
+pub(crate) enum Arg {
+    /// BIGINT / INTEGER, or NULL.
+    Int(Option<i64>),
+    /// TEXT, or NULL.
+    Text(Option<String>),
+    /// BYTEA / BLOB, or NULL.
+    Bytes(Option<Vec<u8>>),
+}
+
+/// One statement for either backend: its text and the values of `$1`, `$2`, ...
+#[derive(Clone, Debug)]
+pub(crate) struct Stmt {
+    /// The text, with `$n` placeholders.
+    pub(crate) sql: String,
+    /// The values, `args[n - 1]` for `$n`.
+    pub(crate) args: Vec<Arg>,
+}
+
+impl Stmt {
+    fn new(sql: impl Into<String>) -> Self {
+        Self {
+            sql: sql.into(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds a value and returns its placeholder, for statements whose text depends on what is
+    /// bound (placeholders are numbered as they are added: PostgreSQL refuses a gap).
+    fn param(&mut self, arg: Arg) -> String {
+        self.args.push(arg);
+        format!("${}", self.args.len())
+    }
+
+    fn int(mut self, v: impl Into<Option<i64>>) -> Self {
+        self.args.push(Arg::Int(v.into()));
+        self
+    }
+
+    fn text(mut self, v: Option<&str>) -> Self {
+        self.args.push(Arg::Text(v.map(str::to_string)));
+        self
+    }
+
+    fn str(self, v: &str) -> Self {
+        self.text(Some(v))
+    }
+}
+
+fn limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Inserts a new order unless its reference is taken (`ON CONFLICT DO NOTHING`: two intakes of
+/// the same webhook at once end with one order, and the second finds it).
+pub(crate) fn insert_order(order: &Order, access: &AccessToken) -> Stmt {
+    Stmt::new(
+        "INSERT INTO orders (id, order_ref, fingerprint, package_id, ram_gb, customer_email, customer_name, os, state, run_at, \
+         created_at, updated_at, storefront, access_token_hash, access_token_gen) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (order_ref) DO NOTHING",
+    )
+    .str(order.id.as_str())
+    .str(order.order_ref.as_str())
+    .str(&order.fingerprint)
+    .int(i64::from(order.package_id.0))
+    .int(i64::from(order.ram_gb.get()))
+    .str(&order.customer.email)
+    .str(&order.customer.name)
+    .text(order.os.as_deref())
+    .str(order.state.as_str())
+    .int(order.run_at.map(Timestamp::millis))
+    .int(order.created_at.millis())
+    .int(order.updated_at.millis())
+    .text(order.storefront.as_deref())
+    .str(&access.hash)
+    .int(access.generation.map(i64::from))
+}
+
+/// One order by id.
+pub(crate) fn order_by_id(id: &OrderId) -> Stmt {
+    Stmt::new(format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1")).str(id.as_str())
+}
+
+/// One order by its storefront reference.
+pub(crate) fn order_by_ref(order_ref: &OrderRef) -> Stmt {
+    Stmt::new(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE order_ref = $1"
+    ))
+    .str(order_ref.as_str())
+}
+
+/// A page of orders, newest first. The casts let PostgreSQL type a parameter that is only
+/// compared with NULL; SQLite accepts them as they are.
+pub(crate) fn orders(f: &OrderFilter) -> Stmt {
+    Stmt::new(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE (CAST($1 AS TEXT) IS NULL OR state = $1) \
+         AND (CAST($2 AS BIGINT) IS NULL OR package_id = $2) \
+         AND (CAST($3 AS BIGINT) IS NULL OR created_at >= $3) AND (CAST($4 AS BIGINT) IS NULL OR created_at < $4) \
+         ORDER BY created_at DESC, id DESC LIMIT $5 OFFSET $6"
+    ))
+    .text(f.state.map(OrderState::as_str))
+    .int(f.package.map(|p| i64::from(p.0)))
+    .int(f.created_from.map(Timestamp::millis))
+    .int(f.created_to.map(Timestamp::millis))
+    .int(limit(f.page_size()))
+    .int(limit(f.offset.unwrap_or(0)))
+}
+
+/// Orders per state (decoded by [`state_counts`]).
+pub(crate) fn state_counts_query() -> Stmt {
+    Stmt::new("SELECT state, COUNT(*) AS n FROM orders GROUP BY state")
+}
+
+/// An order's timeline, oldest first (decoded by [`timeline_entry`]).
+pub(crate) fn timeline(id: &OrderId) -> Stmt {
+    Stmt::new("SELECT at, kind, message FROM timeline WHERE order_id = $1 ORDER BY id")
+        .str(id.as_str())
+}
+
+/// An order's purchases, oldest first (decoded by [`purchase`]).
+pub(crate) fn purchases(id: &OrderId) -> Stmt {
+    Stmt::new("SELECT * FROM purchases WHERE order_id = $1 ORDER BY id").str(id.as_str())
+}
+
+/// An order's sealed credentials, column `credentials`.
+pub(crate) fn credentials(id: &OrderId) -> Stmt {
+    Stmt::new("SELECT credentials FROM orders WHERE id = $1").str(id.as_str())
+}
+
+/// Claims up to `n` due orders for `worker` until `expires`, returning each with its new lease
+/// token (decoded by [`claimed`]). `lock` is the backend's row locking for the inner select.
+pub(crate) fn claim_due(
+    worker: &str,
+    expires: Timestamp,
+    now: Timestamp,
+    n: usize,
+    lock: &str,
+) -> Stmt {
+    Stmt::new(format!(
+        "UPDATE orders SET lease_owner = $1, lease_token = lease_token + 1, lease_expires_at = $2 WHERE id IN (\
+           SELECT id FROM orders WHERE state IN {states} AND run_at <= $3 \
+           AND (lease_expires_at IS NULL OR lease_expires_at <= $3) ORDER BY run_at LIMIT $4{lock}) \
+         RETURNING {ORDER_COLUMNS}, lease_token",
+        states = *ACTIVE_STATES,
+    ))
+    .str(worker)
+    .int(expires.millis())
+    .int(now.millis())
+    .int(limit(n))
+}
+
+/// When the next active order falls due: its `run_at`, or its lease expiry if later. Column
+/// `next_due`. (CASE rather than SQLite's two-argument MAX or PostgreSQL's GREATEST: both
+/// read it.)
+pub(crate) fn next_due() -> Stmt {
+    Stmt::new(format!(
+        "SELECT MIN(CASE WHEN lease_expires_at > run_at THEN lease_expires_at ELSE run_at END) AS next_due \
+         FROM orders WHERE state IN {states} AND run_at IS NOT NULL",
+        states = *ACTIVE_STATES,
+    ))
+}
+
+/// Writes the order's mutable columns (and sealed credentials, and the lease's end unless it is
+/// kept). With `fence`, the update applies only under that lease: it is the fence check itself,
+/// one statement instead of a check and an update.
+pub(crate) fn update_order(fence: Option<&Lease>, order: &Order, change: &Change) -> Stmt {
+    let mut s = Stmt::new(String::new());
+    let mut sql = format!(
+        "UPDATE orders SET state = {}, buy_attempts = {}, status_attempts = {}, server_ip = {}, failure_phase = {}, \
+         failure_reason = {}, run_at = {}, updated_at = {}, ready_at = {}",
+        s.param(Arg::Text(Some(order.state.as_str().into()))),
+        s.param(Arg::Int(Some(i64::from(order.buy_attempts)))),
+        s.param(Arg::Int(Some(i64::from(order.status_attempts)))),
+        s.param(Arg::Text(order.server_ip.map(|ip| ip.to_string()))),
+        s.param(Arg::Text(
+            order.failure.as_ref().map(|f| f.phase.as_str().into())
+        )),
+        s.param(Arg::Text(order.failure.as_ref().map(|f| f.reason.clone()))),
+        s.param(Arg::Int(order.run_at.map(Timestamp::millis))),
+        s.param(Arg::Int(Some(order.updated_at.millis()))),
+        s.param(Arg::Int(order.ready_at.map(Timestamp::millis))),
+    );
+    if let Some(c) = &change.credentials {
+        sql.push_str(&format!(
+            ", credentials = {}",
+            s.param(Arg::Bytes(Some(c.clone())))
+        ));
+    }
+    if !change.keep_lease {
+        sql.push_str(", lease_owner = NULL, lease_expires_at = NULL");
+    }
+    sql.push_str(&format!(
+        " WHERE id = {}",
+        s.param(Arg::Text(Some(order.id.as_str().into())))
+    ));
+    if let Some(lease) = fence {
+        sql.push_str(&format!(
+            " AND lease_token = {} AND lease_owner = {}",
+            s.param(Arg::Int(Some(lease.token))),
+            s.param(Arg::Text(Some(lease.worker.clone())))
+        ));
+    }
+    s.sql = sql;
+    s
+}
+
+/// What an order write does after the order row and its timeline lines: gives up the order's
+/// single flight when it leaves the buying state (or its purchase is settled), and settles an
+/// unknown purchase. Run in order, in the write's transaction.
+pub(crate) fn after_order_write(order: &Order, change: &Change) -> Vec<Stmt> {
+    let mut out = Vec::new();
+    if order.state != OrderState::Buying || change.release_flight {
+        out.push(Stmt::new("DELETE FROM flights WHERE order_id = $1").str(order.id.as_str()));
+    }
+    if let Some((pid, res)) = &change.resolve {
+        out.push(
+            Stmt::new(
+                "UPDATE purchases SET resolution = $1, resolution_detail = $2 WHERE id = $3 AND order_id = $4",
+            )
+            .str(res.kind())
+            .text(res.detail().as_deref())
+            .int(*pid)
+            .str(order.id.as_str()),
+        );
+    }
+    out
+}
+
+/// Gives up a lease; matches no row when the lease is no longer held.
+pub(crate) fn release(lease: &Lease) -> Stmt {
+    Stmt::new(
+        "UPDATE orders SET lease_owner = NULL, lease_expires_at = NULL WHERE id = $1 AND lease_token = $2 AND lease_owner = $3",
+    )
+    .str(lease.order_id.as_str())
+    .int(lease.token)
+    .str(&lease.worker)
+}
+
+/// Writes a purchase intent, returning its `id`.
+pub(crate) fn insert_purchase(intent: &PurchaseIntent) -> Stmt {
+    Stmt::new(
+        "INSERT INTO purchases (order_id, attempt, package_id, package_name, stock_before, pool_before, sent_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+    )
+    .str(intent.order_id.as_str())
+    .int(i64::from(intent.attempt))
+    .int(i64::from(intent.package_id.0))
+    .str(intent.package_name.as_str())
+    .int(intent.stock_before.map(i64::from))
+    .int(intent.pool_before.and_then(|v| i64::try_from(v).ok()))
+    .int(intent.sent_at.millis())
+}
+
+/// Records an outcome if the purchase has none yet (first writer wins, in one statement so it
+/// holds across processes), and the statement that keeps a late success as evidence when it
+/// already had one.
+pub(crate) fn record_outcome(
+    purchase_id: i64,
+    outcome: &PurchaseOutcome,
+    at: Timestamp,
+) -> (Stmt, Option<Stmt>) {
+    let (ip, reason) = match outcome {
+        PurchaseOutcome::Succeeded { ip } => (Some(ip.to_string()), None),
+        PurchaseOutcome::Rejected { reason } | PurchaseOutcome::Unknown { reason } => {
+            (None, Some(reason.as_str()))
+        }
+    };
+    let first = Stmt::new(
+        "UPDATE purchases SET outcome = $1, outcome_ip = $2, outcome_reason = $3, decided_at = $4 WHERE id = $5 AND outcome IS NULL",
+    )
+    .str(outcome.kind())
+    .text(ip.as_deref())
+    .text(reason)
+    .int(at.millis())
+    .int(purchase_id);
+    let late = ip.map(|ip| {
+        Stmt::new("UPDATE purchases SET late_ip = $1 WHERE id = $2")
+            .str(&ip)
+            .int(purchase_id)
+    });
+    (first, late)
+}
+
+/// Which order owns an address, from the orders and the ledger; column `id`.
+pub(crate) fn owner_of(ip: Ipv4Addr) -> Stmt {
+    Stmt::new(
+        "SELECT id FROM orders WHERE server_ip = $1 UNION ALL \
+         SELECT order_id FROM purchases WHERE outcome_ip = $1 OR late_ip = $1 LIMIT 1",
+    )
+    .str(&ip.to_string())
+}
+
+/// The admin's fence: matches the order only when no live lease holds it and it is unchanged
+/// since `expected`, and bumps the token so a stale worker's next write no longer matches.
+pub(crate) fn admin_fence(order: &Order, expected: Timestamp, now: Timestamp) -> Stmt {
+    Stmt::new(
+        "UPDATE orders SET lease_token = lease_token + 1, lease_owner = NULL, lease_expires_at = NULL \
+         WHERE id = $1 AND updated_at = $2 AND (lease_expires_at IS NULL OR lease_expires_at <= $3)",
+    )
+    .str(order.id.as_str())
+    .int(expected.millis())
+    .int(now.millis())
+}
+
+/// Notices due for delivery (decoded by [`notice`]).
+pub(crate) fn due_notices(now: Timestamp, n: usize) -> Stmt {
+    Stmt::new(
+        "SELECT id, order_id, kind, attempts FROM outbox WHERE next_at IS NOT NULL AND next_at <= $1 ORDER BY next_at, id LIMIT $2",
+    )
+    .int(now.millis())
+    .int(limit(n))
+}
+
+/// Records a failed notice delivery and when to try again (NULL: never).
+pub(crate) fn notice_failed(id: i64, error: &str, retry_at: Option<Timestamp>) -> Stmt {
+    Stmt::new(
+        "UPDATE outbox SET attempts = attempts + 1, next_at = $1, last_error = $2 WHERE id = $3",
+    )
+    .int(retry_at.map(Timestamp::millis))
+    .str(error)
+    .int(id)
+}
+
+/// Claims due deliveries, counting an attempt on each (decoded by [`delivery`]). `lock` is the
+/// backend's row locking for the inner select.
+pub(crate) fn claim_deliveries(
+    worker: &str,
+    expires: Timestamp,
+    now: Timestamp,
+    n: usize,
+    lock: &str,
+) -> Stmt {
+    Stmt::new(format!(
+        "UPDATE outbox_deliveries SET claimed_by = $1, claim_token = claim_token + 1, claim_expires_at = $2, \
+           attempts = attempts + 1 WHERE id IN (\
+           SELECT id FROM outbox_deliveries WHERE next_at IS NOT NULL AND next_at <= $3 \
+           AND (claim_expires_at IS NULL OR claim_expires_at <= $3) ORDER BY next_at, id LIMIT $4{lock}) \
+         RETURNING id, key, event_id, order_id, kind, channel, detail, created_at, attempts, claim_token"
+    ))
+    .str(worker)
+    .int(expires.millis())
+    .int(now.millis())
+    .int(limit(n))
+}
+
+/// Records how a claimed delivery went: `Delivered` whatever the claim, `Failed` only under the
+/// current claim.
+pub(crate) fn finish_delivery(d: &Delivery, result: &DeliveryResult) -> Stmt {
+    match result {
+        DeliveryResult::Delivered { at } => Stmt::new(
+            "UPDATE outbox_deliveries SET delivered_at = $1, next_at = NULL, last_error = NULL, claimed_by = NULL, \
+             claim_expires_at = NULL WHERE id = $2 AND delivered_at IS NULL",
+        )
+        .int(at.millis())
+        .int(d.id),
+        DeliveryResult::Failed { error, retry_at } => Stmt::new(
+            "UPDATE outbox_deliveries SET next_at = $1, last_error = $2, claimed_by = NULL, claim_expires_at = NULL \
+             WHERE id = $3 AND claim_token = $4 AND claimed_by = $5 AND delivered_at IS NULL",
+        )
+        .int(retry_at.map(Timestamp::millis))
+        .str(error)
+        .int(d.id)
+        .int(d.token)
+        .str(&d.worker),
+    }
+}
+
+/// Notices not yet fanned out plus deliveries still to send; column `backlog`.
+pub(crate) fn outbox_backlog() -> Stmt {
+    Stmt::new(
+        "SELECT (SELECT COUNT(*) FROM outbox WHERE next_at IS NOT NULL) \
+         + (SELECT COUNT(*) FROM outbox_deliveries WHERE next_at IS NOT NULL) AS backlog",
+    )
+}
+
+/// Empties the catalog, before a sync writes it again in the same transaction.
+pub(crate) fn delete_catalog() -> Stmt {
+    Stmt::new("DELETE FROM packages")
+}
+
+/// One catalog package.
+pub(crate) fn insert_package(p: &CatalogPackage) -> Stmt {
+    Stmt::new(
+        "INSERT INTO packages (id, name, free, status, synced_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .int(i64::from(p.id.0))
+    .str(&p.name)
+    .int(i64::from(p.free))
+    .str(p.status())
+    .int(p.synced_at.millis())
+}
+
+/// The catalog by PID (decoded by [`catalog_package`]).
+pub(crate) fn catalog() -> Stmt {
+    Stmt::new("SELECT id, name, free, status, synced_at FROM packages ORDER BY id")
+}
+
+/// Replaces an order's access token; matches no row when there is no such order.
+pub(crate) fn rotate_access_token(id: &OrderId, next: &AccessToken) -> Stmt {
+    Stmt::new("UPDATE orders SET access_token_hash = $1, access_token_gen = $2 WHERE id = $3")
+        .str(&next.hash)
+        .int(next.generation.map(i64::from))
+        .str(id.as_str())
+}
+
+/// An order's access token columns (decoded by [`access_token`]).
+pub(crate) fn access_token_query(id: &OrderId) -> Stmt {
+    Stmt::new("SELECT access_token_hash, access_token_gen FROM orders WHERE id = $1")
+        .str(id.as_str())
+}
+
+/// What a token rotation that matched no row means: there is no such order.
+pub(crate) fn no_order_for_token(id: &OrderId) -> StoreError {
+    StoreError::Corrupt(format!("no order {id} to hold an access token"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row decoding.
+
+/// The column reads the decoders need, for either backend's row type. One blanket impl: the
+/// bounds that make `try_get` work for both live here, not on every decoder.
+pub(crate) trait SqlRow {
+    /// A non-NULL integer column.
+    fn int(&self, col: &str) -> Result<i64, StoreError>;
+    /// An integer column that may be NULL.
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError>;
+    /// A non-NULL text column.
+    fn text(&self, col: &str) -> Result<String, StoreError>;
+    /// A text column that may be NULL.
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
+    /// A blob column that may be NULL.
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+impl<R> SqlRow for R
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn int(&self, col: &str) -> Result<i64, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn text(&self, col: &str) -> Result<String, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+}
+
+/// A row that does not decode into the domain.
+pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+/// A count or id that must fit a `u32` (attempt numbers, package ids): anything else, negative
+/// or too large, is corrupt, the same on every backend.
+fn u32_col(row: &impl SqlRow, col: &str) -> Result<u32, StoreError> {
+    u32::try_from(row.int(col)?).map_err(|e| corrupt(col, e))
+}
+
+fn ip_col(row: &impl SqlRow, col: &str) -> Result<Option<Ipv4Addr>, StoreError> {
+    row.opt_text(col)?
+        .map(|s| s.parse().map_err(|e| corrupt(col, e)))
+        .transpose()
+}
+
+fn ts_col(row: &impl SqlRow, col: &str) -> Result<Option<Timestamp>, StoreError> {
+    Ok(row.opt_int(col)?.map(Timestamp))
+}
+
+/// An order id read from column `col` (named in the error as `what`).
+pub(crate) fn order_id(s: &str, what: &str) -> Result<OrderId, StoreError> {
+    OrderId::parse(s).map_err(|e| corrupt(what, e))
+}
+
+/// An order from its [`ORDER_COLUMNS`].
+pub(crate) fn order(row: &impl SqlRow) -> Result<Order, StoreError> {
+    let failure = match row.opt_text("failure_phase")? {
+        Some(ph) => Some(Failure {
+            phase: Phase::from_str(&ph).map_err(|e| corrupt("failure_phase", e))?,
+            reason: row.opt_text("failure_reason")?.unwrap_or_default(),
+        }),
+        None => None,
+    };
+    Ok(Order {
+        id: order_id(&row.text("id")?, "id")?,
+        order_ref: OrderRef::parse(&row.text("order_ref")?).map_err(|e| corrupt("order_ref", e))?,
+        fingerprint: row.text("fingerprint")?,
+        package_id: PackageId(u32_col(row, "package_id")?),
+        ram_gb: RamGb::parse(row.int("ram_gb")?).map_err(|e| corrupt("ram_gb", e))?,
+        customer: Customer {
+            email: row.text("customer_email")?,
+            name: row.text("customer_name")?,
+        },
+        os: row.opt_text("os")?,
+        storefront: row.opt_text("storefront")?,
+        state: OrderState::from_str(&row.text("state")?).map_err(|e| corrupt("state", e))?,
+        buy_attempts: u32_col(row, "buy_attempts")?,
+        status_attempts: u32_col(row, "status_attempts")?,
+        server_ip: ip_col(row, "server_ip")?,
+        failure,
+        run_at: ts_col(row, "run_at")?,
+        created_at: Timestamp(row.int("created_at")?),
+        updated_at: Timestamp(row.int("updated_at")?),
+        ready_at: ts_col(row, "ready_at")?,
+    })
+}
+
+/// A claimed order from a [`claim_due`] row.
+pub(crate) fn claimed(
+    row: &impl SqlRow,
+    worker: &str,
+    expires: Timestamp,
+) -> Result<Claimed, StoreError> {
+    let order = order(row)?;
+    let lease = Lease {
+        order_id: order.id.clone(),
+        worker: worker.to_string(),
+        token: row.int("lease_token")?,
+        expires_at: expires,
+    };
+    Ok(Claimed { lease, order })
+}
+
+/// A ledger row.
+pub(crate) fn purchase(row: &impl SqlRow) -> Result<Purchase, StoreError> {
+    let outcome_ip = ip_col(row, "outcome_ip")?;
+    let outcome = row
+        .opt_text("outcome")?
+        .map(|kind| {
+            PurchaseOutcome::from_parts(&kind, outcome_ip, row.opt_text("outcome_reason")?)
+                .map_err(|e| corrupt("outcome", e))
+        })
+        .transpose()?;
+    let resolution = row
+        .opt_text("resolution")?
+        .map(|kind| {
+            Resolution::from_parts(&kind, row.opt_text("resolution_detail")?)
+                .map_err(|e| corrupt("resolution", e))
+        })
+        .transpose()?;
+    let name = row.text("package_name")?;
+    Ok(Purchase {
+        id: row.int("id")?,
+        order_id: order_id(&row.text("order_id")?, "order_id")?,
+        attempt: u32_col(row, "attempt")?,
+        package_id: PackageId(u32_col(row, "package_id")?),
+        package_name: PackageName::parse(&name).map_err(|e| corrupt("package_name", e))?,
+        // Evidence read from the provider, not our own counts: an odd value is dropped, not fatal.
+        stock_before: row
+            .opt_int("stock_before")?
+            .and_then(|v| u32::try_from(v).ok()),
+        pool_before: row
+            .opt_int("pool_before")?
+            .and_then(|v| u64::try_from(v).ok()),
+        sent_at: Timestamp(row.int("sent_at")?),
+        outcome,
+        decided_at: ts_col(row, "decided_at")?,
+        resolution,
+        late_ip: ip_col(row, "late_ip")?,
+    })
+}
+
+/// A claimed delivery from a [`claim_deliveries`] row.
+pub(crate) fn delivery(row: &impl SqlRow, worker: &str) -> Result<Delivery, StoreError> {
+    let kind = row.text("kind")?;
+    Ok(Delivery {
+        id: row.int("id")?,
+        key: row.text("key")?,
+        event_id: row.text("event_id")?,
+        order_id: row
+            .opt_text("order_id")?
+            .map(|s| order_id(&s, "outbox_deliveries.order_id"))
+            .transpose()?,
+        kind: NoticeKind::parse(&kind).ok_or_else(|| corrupt("outbox_deliveries.kind", &kind))?,
+        channel: row.text("channel")?,
+        detail: row.opt_text("detail")?,
+        created_at: Timestamp(row.int("created_at")?),
+        attempt: u32_col(row, "attempts")?,
+        worker: worker.to_string(),
+        token: row.int("claim_token")?,
+    })
+}
+
+/// An outbox notice from a [`due_notices`] row.
+pub(crate) fn notice(row: &impl SqlRow) -> Result<Notice, StoreError> {
+    let kind = row.text("kind")?;
+    Ok(Notice {
+        id: row.int("id")?,
+        order_id: order_id(&row.text("order_id")?, "outbox.order_id")?,
+        kind: NoticeKind::parse(&kind).ok_or_else(|| corrupt("outbox.kind", &kind))?,
+        attempts: u32_col(row, "attempts")?,
+    })
+}
+
+/// A catalog package from a [`catalog`] row.
+pub(crate) fn catalog_package(row: &impl SqlRow) -> Result<CatalogPackage, StoreError> {
+    Ok(CatalogPackage {
+        id: PackageId(u32::try_from(row.int("id")?).map_err(|e| corrupt("packages.id", e))?),
+        name: row.text("name")?,
+        // ipstock's count as last read; a value that does not fit reads as sold out.
+        free: u32::try_from(row.int("free")?).unwrap_or(0),
+        active: row.text("status")? == "active",
+        synced_at: Timestamp(row.int("synced_at")?),
+    })
+}
+
+/// A timeline line from a [`timeline`] row.
+pub(crate) fn timeline_entry(row: &impl SqlRow) -> Result<TimelineEntry, StoreError> {
+    Ok(TimelineEntry {
+        at: Timestamp(row.int("at")?),
+        kind: EntryKind::parse(&row.text("kind")?),
+        message: row.text("message")?,
+    })
+}
+
+/// An order's access token from an [`access_token_query`] row; no row means no such order.
+pub(crate) fn access_token(row: Option<&impl SqlRow>) -> Result<Option<AccessToken>, StoreError> {
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let Some(hash) = row.opt_text("access_token_hash")? else {
+        return Ok(None);
+    };
+    let generation = row
+        .opt_int("access_token_gen")?
+        .map(u32::try_from)
+        .transpose()
+        .map_err(|_| StoreError::Corrupt("access_token_gen out of range".into()))?;
+    Ok(Some(AccessToken { hash, generation }))
+}
+
+/// Every state with its count from [`state_counts_query`] rows: zero for a state with no row,
+/// and a row of an unknown state ignored.
+pub(crate) fn state_counts(rows: &[impl SqlRow]) -> Result<StateCounts, StoreError> {
+    let mut found = Vec::with_capacity(rows.len());
+    for r in rows {
+        found.push((r.text("state")?, r.int("n")?));
+    }
+    Ok(OrderState::ALL
+        .iter()
+        .map(|s| {
+            let n = found
+                .iter()
+                .find(|(name, _)| name == s.as_str())
+                .map_or(0, |(_, n)| u64::try_from(*n).unwrap_or(0));
+            (*s, n)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The last definition of the partial index `orders_due` in a backend's migrations (a later
+    /// migration may redefine it).
+    fn orders_due_index(backend: &str) -> String {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(backend);
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+            .collect();
+        files.sort();
+        let mut last = None;
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for stmt in text.split(';') {
+                let flat = stmt.split_whitespace().collect::<Vec<_>>().join(" ");
+                if flat.contains("INDEX orders_due ") {
+                    last = Some(flat);
+                }
+            }
+        }
+        last.unwrap_or_else(|| panic!("no orders_due index in {}", dir.display()))
+    }
+
+    #[test]
+    fn the_active_states_are_the_domains_and_the_due_index_covers_them() {
+        for s in OrderState::ALL {
+            let quoted = format!("'{}'", s.as_str());
+            assert_eq!(ACTIVE_STATES.contains(&quoted), s.is_active(), "{s}");
+        }
+        // The claim's `state IN (...)` must match the partial index, or the claim scans the table.
+        for backend in ["sqlite", "postgres"] {
+            let index = orders_due_index(backend);
+            assert!(
+                index.ends_with(&format!("WHERE state IN {}", *ACTIVE_STATES)),
+                "{backend}: {index} does not cover exactly {}",
+                *ACTIVE_STATES
+            );
+        }
+    }
+
+    #[test]
+    fn placeholders_are_numbered_in_the_order_values_are_bound() {
+        let o = crate::domain::Order::accept(
+            crate::domain::NewOrder::parse(&crate::domain::OrderRequest {
+                order_ref: "r".into(),
+                package: 5,
+                ram_gb: 2,
+                customer: crate::domain::order::CustomerRequest {
+                    email: "a@example.com".into(),
+                    name: "A".into(),
+                },
+                os: None,
+            })
+            .unwrap(),
+            Timestamp(1),
+        );
+        let lease = Lease {
+            order_id: o.id.clone(),
+            worker: "w".into(),
+            token: 3,
+            expires_at: Timestamp(9),
+        };
+        let change = Change {
+            credentials: Some(vec![1]),
+            ..Change::default()
+        };
+        let s = update_order(Some(&lease), &o, &change);
+        assert_eq!(s.args.len(), 13);
+        assert!(s.sql.contains("credentials = $10"), "{}", s.sql);
+        assert!(
+            s.sql
+                .ends_with("WHERE id = $11 AND lease_token = $12 AND lease_owner = $13"),
+            "{}",
+            s.sql
+        );
+    }
+}
