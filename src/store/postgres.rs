@@ -494,8 +494,9 @@ impl Store for PostgresStore {
 
     async fn expedite(&self, id: &OrderId, at: Timestamp) -> Result<bool, StoreError> {
         let q = format!(
-            "UPDATE orders SET run_at = $1 WHERE id = $2 AND state IN {ACTIVE_STATES} AND run_at > $1 \
-             AND (lease_expires_at IS NULL OR lease_expires_at <= $1)"
+            "UPDATE orders SET run_at = $1 WHERE id = $2 AND state IN {} AND run_at > $1 \
+             AND (lease_expires_at IS NULL OR lease_expires_at <= $1)",
+            *super::sql::ACTIVE_STATES
         );
         let done = sqlx::query(sqlx::AssertSqlSafe(q))
             .bind(at.millis())

@@ -117,6 +117,7 @@ pub async fn suite(fresh: Fresh<'_>) {
     saves_carry_timeline_credentials_and_resolutions(fresh().await).await;
     fan_out_queues_deliveries_and_hands_notices_over_together(fresh().await).await;
     storefront_and_access_token_are_kept_and_rotated(fresh().await).await;
+    expedite_moves_only_a_waiting_unleased_order_earlier(fresh().await).await;
 }
 
 async fn intake_is_idempotent(store: Arc<dyn Store>) {
@@ -335,6 +336,38 @@ async fn stale_tokens_cannot_write(store: Arc<dyn Store>) {
         .unwrap();
     let (next, _) = claim_one(&*store, "w2", at(3)).await;
     assert!(next.token > lease.token);
+}
+
+async fn expedite_moves_only_a_waiting_unleased_order_earlier(store: Arc<dyn Store>) {
+    let o = order("expedite", 7, at(0));
+    create(&*store, &o).await;
+    let (lease, mut claimed) = claim_one(&*store, "w1", at(0)).await;
+    assert!(
+        !store.expedite(&o.id, at(1)).await.unwrap(),
+        "a leased order is its worker's to schedule"
+    );
+    claimed.begin_buying(at(0)).unwrap();
+    claimed.wait_until(at(600), at(0)).unwrap();
+    store
+        .save(&lease, &claimed, Change::default())
+        .await
+        .unwrap();
+    assert_eq!(store.next_due().await.unwrap(), Some(at(600)));
+    assert!(store.expedite(&o.id, at(210)).await.unwrap());
+    assert_eq!(store.next_due().await.unwrap(), Some(at(210)));
+    assert!(
+        !store.expedite(&o.id, at(300)).await.unwrap(),
+        "never later"
+    );
+    let (_, again) = claim_one(&*store, "w2", at(210)).await;
+    assert_eq!(again.id, o.id, "due at once");
+    assert!(
+        !store
+            .expedite(&order("nobody", 7, at(0)).id, at(1))
+            .await
+            .unwrap(),
+        "no such order"
+    );
 }
 
 async fn release_lets_another_worker_claim_at_once(store: Arc<dyn Store>) {
