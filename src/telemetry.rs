@@ -110,7 +110,19 @@ fn describe_metrics() {
     );
     describe_counter!(
         "provisioner_reconciliations_total",
-        "Unknown purchases settled, by result (not_bought, adopted, escalated)."
+        "Unknown purchases settled, by result (not_bought, adopted: a late reply, discovered: a scan, escalated)."
+    );
+    describe_counter!(
+        "provisioner_late_replies_total",
+        "buyvps replies heard after the attempt's timeout on the connection kept open, by outcome."
+    );
+    describe_counter!(
+        "provisioner_discovery_scans_total",
+        "Scans of a package for the server an unknown purchase bought, by result (adopted, ambiguous, none, too_wide)."
+    );
+    describe_counter!(
+        "provisioner_discovery_calls_total",
+        "status calls made by discovery scans: the cost of asking SmartVPS before asking an admin."
     );
     describe_gauge!(
         "provisioner_orders",

@@ -2,6 +2,7 @@
 //! and the timeline an admin reads.
 
 pub mod credentials;
+pub mod inventory;
 pub mod ledger;
 pub mod order;
 pub mod package;
@@ -9,6 +10,7 @@ pub mod package;
 use serde::Serialize;
 
 pub use credentials::Credentials;
+pub use inventory::Discovered;
 pub use ledger::{Purchase, PurchaseIntent, PurchaseOutcome, Resolution};
 pub use order::{
     Customer, Failure, FieldError, NewOrder, Order, OrderId, OrderRef, OrderRequest, OrderState,

@@ -117,6 +117,46 @@ impl PackageName {
     }
 }
 
+impl PackageName {
+    /// Every address the package can hand out, when there are at most `max` of them (a name of
+    /// three exact octets covers 256); `None` for wider names, which are too costly to scan.
+    pub fn addresses(&self, max: usize) -> Option<Vec<Ipv4Addr>> {
+        let mut choices: Vec<Vec<u8>> = Vec::with_capacity(4);
+        for group in &self.groups {
+            choices.push(match group {
+                Group::Exact(o) => vec![*o],
+                Group::Wildcard(prefix) => (0..=255u8)
+                    .filter(|o| {
+                        let t = o.to_string();
+                        t.starts_with(prefix.as_str()) && t.len() > prefix.len()
+                    })
+                    .collect(),
+            });
+        }
+        while choices.len() < 4 {
+            choices.push((0..=255).collect());
+        }
+        let count = choices
+            .iter()
+            .map(Vec::len)
+            .try_fold(1usize, usize::checked_mul)?;
+        if count > max {
+            return None;
+        }
+        let mut out = Vec::with_capacity(count);
+        for a in &choices[0] {
+            for b in &choices[1] {
+                for c in &choices[2] {
+                    for d in &choices[3] {
+                        out.push(Ipv4Addr::new(*a, *b, *c, *d));
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
 impl FromStr for PackageName {
     type Err = PackageNameError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -167,6 +207,43 @@ impl CatalogPackage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn narrow_names_list_their_addresses_and_wide_ones_do_not() {
+        let p = PackageName::parse("103.82.72").unwrap();
+        let all = p.addresses(1024).unwrap();
+        assert_eq!(all.len(), 256);
+        assert!(all.iter().all(|ip| p.contains(*ip)));
+        assert_eq!(all[9], Ipv4Addr::new(103, 82, 72, 9));
+        assert!(
+            PackageName::parse("103.109.18x")
+                .unwrap()
+                .addresses(1024)
+                .is_none(),
+            "2,560"
+        );
+        assert_eq!(
+            PackageName::parse("103.109.18x")
+                .unwrap()
+                .addresses(4096)
+                .unwrap()
+                .len(),
+            2560
+        );
+        assert!(
+            PackageName::parse("103.83.x")
+                .unwrap()
+                .addresses(1024)
+                .is_none()
+        );
+        assert!(
+            PackageName::parse("10.5")
+                .unwrap()
+                .addresses(1024)
+                .is_none()
+        );
+        assert!(p.addresses(100).is_none());
+    }
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()

@@ -9,6 +9,7 @@
 //!   [`crate::policy::next`]; the step carries it out.
 //! - [`buy`]: the buy phase, the purchase ledger, unknown outcomes.
 //! - [`reconcile`]: settling unknown outcomes from the evidence before buying again.
+//! - [`discover`]: scanning a package's addresses for a server an unknown purchase bought.
 //! - [`credentials`]: the credentials phase (status polling); it never buys.
 //! - [`admin`]: admin actions (retry, cancel, resolve).
 //! - [`intake`]: the storefront's use case: a paid order in, its customer access token out;
@@ -19,6 +20,7 @@ pub mod admin;
 mod buy;
 pub mod catalog;
 mod credentials;
+pub mod discover;
 pub mod intake;
 mod progress;
 mod reconcile;

@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 
 use super::EngineError;
 use super::buy::{StockRead, unknown_reason};
+use super::discover::Discovery;
 use super::step::{Step, Then};
 use crate::clock::Timestamp;
 use crate::domain::{Purchase, Resolution};
@@ -146,9 +147,24 @@ impl Step<'_> {
             Verdict::Moved(evidence) => {
                 self.progress
                     .warn(now, format!("🔎 Reconciled attempt {n}: {evidence}"));
-                metrics::counter!("provisioner_reconciliations_total", "result" => "escalated")
-                    .increment(1);
-                BuySetback::Ambiguous { evidence }
+                match self.discover(purchase, &read).await? {
+                    Discovery::Adopt { ip, evidence } => {
+                        let at = self.now();
+                        self.progress
+                            .line(at, format!("[SMARTVPS] ✅ Found by the scan: {evidence}"));
+                        metrics::counter!("provisioner_reconciliations_total", "result" => "discovered")
+                            .increment(1);
+                        let adopted = (purchase.id, Resolution::Adopted { ip });
+                        return self.bought(ip, Some(adopted), at).await;
+                    }
+                    Discovery::Ask { evidence: scanned } => {
+                        metrics::counter!("provisioner_reconciliations_total", "result" => "escalated")
+                            .increment(1);
+                        BuySetback::Ambiguous {
+                            evidence: format!("{evidence}. Scan: {scanned}"),
+                        }
+                    }
+                }
             }
         };
         let decision = next::after_buy(self.policy(), n, setback, now);

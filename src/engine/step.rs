@@ -67,6 +67,11 @@ impl<'e> Step<'e> {
     }
 
     /// The engine's clock, now.
+    /// When this step's lease lapses: a long piece of work (a scan) must end before it.
+    pub(super) fn lease_expires_at(&self) -> Timestamp {
+        self.lease.expires_at
+    }
+
     pub(super) fn now(&self) -> Timestamp {
         self.engine.clock.now()
     }

@@ -15,8 +15,8 @@ use super::{
 };
 use crate::clock::Timestamp;
 use crate::domain::{
-    CatalogPackage, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId, Purchase,
-    PurchaseIntent, PurchaseOutcome, TimelineEntry,
+    CatalogPackage, Discovered, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId,
+    Purchase, PurchaseIntent, PurchaseOutcome, TimelineEntry,
 };
 
 struct Row {
@@ -67,6 +67,8 @@ struct Inner {
     owners: HashMap<Ipv4Addr, OrderId>,
     /// The catalog, by PID (a BTreeMap so it lists in PID order).
     catalog: BTreeMap<PackageId, CatalogPackage>,
+    /// The discovery inventory, by address (a BTreeMap so it lists in address order).
+    discovered: BTreeMap<Ipv4Addr, Discovered>,
 }
 
 /// The in-memory store.
@@ -473,6 +475,37 @@ impl Store for MemoryStore {
         row.order.run_at = Some(at);
         g.reindex(id, &old, old_lease);
         Ok(true)
+    }
+
+    async fn record_discovered(&self, found: &[Discovered]) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        for d in found {
+            let entry = g.discovered.entry(d.ip).or_insert_with(|| d.clone());
+            if d.candidate_for.is_some() {
+                entry.candidate_for = d.candidate_for.clone();
+            }
+        }
+        Ok(())
+    }
+
+    async fn discovered(&self, package: PackageId) -> Result<Vec<Discovered>, StoreError> {
+        Ok(self
+            .lock()
+            .discovered
+            .values()
+            .filter(|d| d.package_id == package)
+            .cloned()
+            .collect())
+    }
+
+    async fn candidates(&self, order: &OrderId) -> Result<Vec<Discovered>, StoreError> {
+        Ok(self
+            .lock()
+            .discovered
+            .values()
+            .filter(|d| d.candidate_for.as_ref() == Some(order))
+            .cloned()
+            .collect())
     }
 
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {

@@ -28,8 +28,8 @@ use serde::Serialize;
 
 use crate::clock::Timestamp;
 use crate::domain::{
-    CatalogPackage, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId, Purchase,
-    PurchaseIntent, PurchaseOutcome, Resolution, TimelineEntry,
+    CatalogPackage, Discovered, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId,
+    Purchase, PurchaseIntent, PurchaseOutcome, Resolution, TimelineEntry,
 };
 
 /// What can go wrong in a store.
@@ -401,6 +401,13 @@ pub trait Store: Send + Sync + 'static {
     /// at the end of its wait. Only ever moves `run_at` earlier, so it needs no fencing: a worker
     /// that claims the order afterwards decides from the news. Whether it moved.
     async fn expedite(&self, id: &OrderId, at: Timestamp) -> Result<bool, StoreError>;
+    /// Adds servers a discovery scan found to the inventory. An address already there keeps its
+    /// first sighting; its `candidate_for` is replaced when the new entry names an order.
+    async fn record_discovered(&self, found: &[Discovered]) -> Result<(), StoreError>;
+    /// The inventory of one package, by address.
+    async fn discovered(&self, package: PackageId) -> Result<Vec<Discovered>, StoreError>;
+    /// The servers listed as candidates for an order that needs attention, by address.
+    async fn candidates(&self, order: &OrderId) -> Result<Vec<Discovered>, StoreError>;
     /// Which order owns an address, from the orders and the ledger.
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError>;
 

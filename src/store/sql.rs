@@ -23,10 +23,38 @@ use super::{
 };
 use crate::clock::Timestamp;
 use crate::domain::{
-    CatalogPackage, Customer, EntryKind, Failure, NoticeKind, Order, OrderId, OrderRef, OrderState,
-    PackageId, PackageName, Phase, Purchase, PurchaseIntent, PurchaseOutcome, RamGb, Resolution,
-    TimelineEntry,
+    CatalogPackage, Customer, Discovered, EntryKind, Failure, NoticeKind, Order, OrderId, OrderRef,
+    OrderState, PackageId, PackageName, Phase, Purchase, PurchaseIntent, PurchaseOutcome, RamGb,
+    Resolution, TimelineEntry,
 };
+
+/// A discovery inventory row.
+pub(crate) fn discovered<R: SqlRow>(row: &R) -> Result<Discovered, StoreError> {
+    let ip = row.text("ip")?;
+    let pkg = row.int("package_id")?;
+    let ram = row.opt_int("ram_gb")?;
+    let candidate = row.opt_text("candidate_for")?;
+    Ok(Discovered {
+        ip: ip
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("discovered.ip {ip:?} is not an address")))?,
+        package_id: PackageId(
+            u32::try_from(pkg).map_err(|_| StoreError::Corrupt("discovered.package_id".into()))?,
+        ),
+        ram_gb: ram
+            .map(u32::try_from)
+            .transpose()
+            .map_err(|_| StoreError::Corrupt("discovered.ram_gb".into()))?,
+        expiry: row.opt_text("expiry")?,
+        first_seen: Timestamp(row.int("first_seen")?),
+        candidate_for: candidate
+            .map(|c| {
+                OrderId::parse(&c)
+                    .map_err(|_| StoreError::Corrupt(format!("discovered.candidate_for {c:?}")))
+            })
+            .transpose()?,
+    })
+}
 
 /// The columns every order read selects; [`order`] reads them by name.
 pub(crate) const ORDER_COLUMNS: &str = "id, order_ref, fingerprint, package_id, ram_gb, customer_email, customer_name, os, state, \

@@ -24,8 +24,8 @@ use super::{
 };
 use crate::clock::Timestamp;
 use crate::domain::{
-    CatalogPackage, NoticeKind, Order, OrderId, OrderRef, PackageId, Purchase, PurchaseIntent,
-    PurchaseOutcome, TimelineEntry,
+    CatalogPackage, Discovered, NoticeKind, Order, OrderId, OrderRef, PackageId, Purchase,
+    PurchaseIntent, PurchaseOutcome, TimelineEntry,
 };
 
 /// Embedded migrations, applied in order and recorded in `schema_migrations`.
@@ -54,6 +54,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "storefront_tokens",
         include_str!("../../migrations/sqlite/0005_storefront_tokens.sql"),
+    ),
+    (
+        6,
+        "discovered",
+        include_str!("../../migrations/sqlite/0006_discovered.sql"),
     ),
 ];
 
@@ -566,6 +571,50 @@ impl Store for SqliteStore {
         .execute(&mut *turn)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn record_discovered(&self, found: &[Discovered]) -> Result<(), StoreError> {
+        if found.is_empty() {
+            return Ok(());
+        }
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn.begin().await?;
+        for d in found {
+            sqlx::query(
+                "INSERT INTO discovered (ip, package_id, ram_gb, expiry, first_seen, candidate_for) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (ip) DO UPDATE SET candidate_for = COALESCE(excluded.candidate_for, discovered.candidate_for)",
+            )
+            .bind(d.ip.to_string())
+            .bind(i64::from(d.package_id.0))
+            .bind(d.ram_gb.map(i64::from))
+            .bind(&d.expiry)
+            .bind(d.first_seen.millis())
+            .bind(d.candidate_for.as_ref().map(OrderId::as_str))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn discovered(&self, package: PackageId) -> Result<Vec<Discovered>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT ip, package_id, ram_gb, expiry, first_seen, candidate_for FROM discovered WHERE package_id = $1 ORDER BY ip",
+        )
+        .bind(i64::from(package.0))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sql::discovered).collect()
+    }
+
+    async fn candidates(&self, order: &OrderId) -> Result<Vec<Discovered>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT ip, package_id, ram_gb, expiry, first_seen, candidate_for FROM discovered WHERE candidate_for = $1 ORDER BY ip",
+        )
+        .bind(order.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sql::discovered).collect()
     }
 
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {

@@ -487,6 +487,8 @@ async fn retry_resolve_and_cancel_over_http() {
     let failing = scenario_package(&sim, 71, "103.82.72");
     fail_three_times(&sim, failing);
     let late = scenario_package(&sim, 72, "45.12.33");
+    // Another unowned server of ours in the package, so the scan lists two and an admin decides.
+    crate::helpers::buy_outside(&sim, "45.12.33", 2).await;
     Scenario::LostReply.install(&sim, late).unwrap();
     let svc = service(&dir, &sim).await;
     let (failed_id, _) = created(&svc, "act-failed", 71).await;

@@ -32,6 +32,8 @@ async fn orders_commands_work_through_the_api_and_on_the_database() {
     let no = BuyStep::new(Duration::from_secs(1), BuyEffect::ErrorReply);
     sim.script_buy(failing, [no, no, no, no, no, no]).unwrap();
     let late = scenario_package(&sim, 92, "45.12.33");
+    // Another unowned server of ours in the package, so the scan lists two and an admin decides.
+    crate::helpers::buy_outside(&sim, "45.12.33", 2).await;
     Scenario::LostReply.install(&sim, late).unwrap();
     let svc = start_service(&db, &sim, sim.clock().clone(), &Cipher::generate_key()).await;
     let body = |r: &str, p: u32| serde_json::json!({ "order_ref": r, "package": p, "ram_gb": 2, "customer": { "email": "d@example.com", "name": "D" } });

@@ -121,6 +121,12 @@ impl VirtualWorld {
         panic!("the engine did not settle within 10,000 rounds");
     }
 
+    /// Buys a server in `package` as the reseller would in the SmartVPS panel: on the same
+    /// account, attributed to no order.
+    pub async fn buy_outside(&self, package: &str, ram_gb: i64) -> std::net::Ipv4Addr {
+        buy_outside(&self.sim, package, ram_gb).await
+    }
+
     /// The engine's lease length (a crashed worker's order is taken over after it).
     pub fn engine_lease(&self) -> Duration {
         WorkerSettings::for_policy(self.engine.policy()).lease
@@ -330,6 +336,27 @@ impl RealService {
             .await
             .unwrap();
         (r.status().as_u16(), r.json().await.unwrap())
+    }
+}
+
+/// Buys a server in `package` on the simulated account outside provisioner (no order's request
+/// id), as a reseller buying in the SmartVPS panel.
+pub async fn buy_outside(sim: &Simulator, package: &str, ram_gb: i64) -> std::net::Ipv4Addr {
+    use provisioner::provider::{CallContext, Outcome, Provider};
+    let name = provisioner::domain::PackageName::parse(package).unwrap();
+    let ram = provisioner::domain::RamGb::parse(ram_gb).unwrap();
+    match sim
+        .provider()
+        .buy(
+            &CallContext::default(),
+            &name,
+            ram,
+            Duration::from_secs(3600),
+        )
+        .await
+    {
+        Outcome::Succeeded(ip) => ip,
+        other => panic!("the panel purchase failed: {other:?}"),
     }
 }
 

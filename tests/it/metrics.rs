@@ -38,6 +38,8 @@ async fn metrics_after_a_run_pass_promtool() {
     let best = scenario_package(&sim, 21, "103.82.72");
     let late = scenario_package(&sim, 22, "45.12.34");
     Scenario::Best.install(&sim, best).unwrap();
+    // Another unowned server of ours in the package, so the scan lists two and an admin decides.
+    crate::helpers::buy_outside(&sim, "45.12.34", 4).await;
     Scenario::LostReply.install(&sim, late).unwrap();
     let svc = start_service(
         &dir.path().join("m.db"),

@@ -71,24 +71,69 @@ async fn a_purchase_completing_90s_after_our_timeout_ends_with_exactly_one_serve
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_lost_reply_with_moved_stock_goes_to_an_admin_after_the_horizon() {
+async fn a_lost_reply_is_settled_by_scanning_for_the_server() {
     let w = world(RetryPolicy::default());
     Scenario::LostReply.install(&w.sim, PKG).unwrap();
     let order = w.accept("lost", 7).await;
     w.drive().await;
     let o = w.order(&order.id).await;
-    assert_eq!(w.servers_for(&order.id), 1);
-    assert_eq!(o.state, OrderState::NeedsAttention);
-    // No verdict before the horizon: 10 minutes after the purchase was sent.
-    assert_eq!(w.offset(o.updated_at), 600);
+    assert_eq!(
+        w.servers_for(&order.id),
+        1,
+        "exactly one server bought upstream"
+    );
+    // The HTTP 500 named no server and the stock fell; at the horizon the scan of the package
+    // found exactly one new server of ours with the ordered RAM: it is adopted, no admin.
+    assert_eq!(o.state, OrderState::Ready, "{:?}", o.failure);
+    let bought = w.sim.purchases_for(&format!("{}/", order.id))[0].ip;
+    assert_eq!(o.server_ip, Some(bought));
     let ledger = w.store.purchases(&order.id).await.unwrap();
     assert_eq!(ledger.len(), 1, "no second purchase was sent");
-    assert!(matches!(
+    assert_eq!(
         ledger[0].resolution,
-        Some(Resolution::Escalated { .. })
-    ));
-    let evidence = &o.failure.unwrap().reason;
-    assert!(evidence.contains("went from 50 to 49"), "{evidence}");
+        Some(Resolution::Adopted { ip: bought })
+    );
+    assert_eq!(w.times_of(&order.id, "Found by the scan").await.len(), 1);
+    // Every server the scan found is in the inventory, first seen at the scan.
+    let inventory = w.store.discovered(PKG).await.unwrap();
+    assert_eq!(
+        inventory.iter().map(|d| d.ip).collect::<Vec<_>>(),
+        vec![bought]
+    );
+    assert!(
+        w.offset(inventory[0].first_seen) >= 600,
+        "not before the horizon"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_unowned_servers_in_the_package_go_to_an_admin_with_both_listed() {
+    let w = world(RetryPolicy::default());
+    // A server the reseller bought in the panel, outside provisioner, a moment before.
+    let outside = w.buy_outside("103.82.72", 4).await;
+    Scenario::LostReply.install(&w.sim, PKG).unwrap();
+    let order = w.accept("lost-two", 7).await;
+    w.drive().await;
+    let o = w.order(&order.id).await;
+    assert_eq!(o.state, OrderState::NeedsAttention);
+    let ours = w.sim.purchases_for(&format!("{}/", order.id))[0].ip;
+    let listed: Vec<_> = w
+        .store
+        .candidates(&order.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.ip)
+        .collect();
+    let mut both = vec![ours, outside];
+    both.sort();
+    assert_eq!(listed, both, "both servers are listed as candidates");
+    let reason = o.failure.unwrap().reason;
+    assert!(
+        reason.contains(&ours.to_string()) && reason.contains(&outside.to_string()),
+        "{reason}"
+    );
+    assert_eq!(w.store.purchases(&order.id).await.unwrap().len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -163,11 +208,14 @@ async fn an_intent_without_outcome_after_a_crash_is_reconciled_not_rebought() {
     }
     let o = w.order(&order.id).await;
     assert_eq!(w.servers_for(&order.id), 1);
+    // The stock fell while the outcome was unknown and no reply was heard (its worker died): the
+    // scan of the package finds the one new server of ours and the order continues with it.
+    assert_eq!(o.state, OrderState::Ready, "{:?}", o.failure);
     assert_eq!(
-        o.state,
-        OrderState::NeedsAttention,
-        "stock fell while the outcome was unknown"
+        o.server_ip,
+        Some(w.sim.purchases_for(&format!("{}/", order.id))[0].ip)
     );
+    assert_eq!(w.times_of(&order.id, "Found by the scan").await.len(), 1);
     assert_eq!(
         w.store.purchases(&order.id).await.unwrap().len(),
         1,

@@ -1,6 +1,7 @@
 //! Counting commits: a store decorator that counts write transactions.
 
 use super::*;
+use crate::domain::Discovered;
 
 /// Counts the store's write transactions (each call below that writes is one commit), so
 /// "commits per order" is measured. Reads pass through uncounted.
@@ -115,6 +116,19 @@ impl Store for Counting {
     async fn expedite(&self, id: &OrderId, at: Timestamp) -> Result<bool, StoreError> {
         self.commit();
         self.inner.expedite(id, at).await
+    }
+
+    async fn record_discovered(&self, found: &[Discovered]) -> Result<(), StoreError> {
+        self.commit();
+        self.inner.record_discovered(found).await
+    }
+
+    async fn discovered(&self, package: PackageId) -> Result<Vec<Discovered>, StoreError> {
+        self.inner.discovered(package).await
+    }
+
+    async fn candidates(&self, order: &OrderId) -> Result<Vec<Discovered>, StoreError> {
+        self.inner.candidates(order).await
     }
 
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::clock::Timestamp;
-use crate::domain::{CatalogPackage, OrderRef};
+use crate::domain::{CatalogPackage, Discovered, OrderRef};
 use crate::domain::{
     NoticeKind, Order, OrderId, PackageId, Purchase, PurchaseIntent, PurchaseOutcome, TimelineEntry,
 };
@@ -141,6 +141,19 @@ impl Store for CrashingStore {
     async fn expedite(&self, id: &OrderId, at: Timestamp) -> Result<bool, StoreError> {
         tick()?;
         self.0.expedite(id, at).await
+    }
+
+    async fn record_discovered(&self, found: &[Discovered]) -> Result<(), StoreError> {
+        tick()?;
+        self.0.record_discovered(found).await
+    }
+
+    async fn discovered(&self, package: PackageId) -> Result<Vec<Discovered>, StoreError> {
+        self.0.discovered(package).await
+    }
+
+    async fn candidates(&self, order: &OrderId) -> Result<Vec<Discovered>, StoreError> {
+        self.0.candidates(order).await
     }
 
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {

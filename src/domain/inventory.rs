@@ -1,0 +1,30 @@
+//! The inventory of servers a discovery scan found on our SmartVPS account: every one, with when
+//! it was first seen, so a later scan can tell a server that appeared since (a candidate for an
+//! unknown purchase) from one it has seen before (an older server, or one bought outside
+//! provisioner).
+
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+use super::order::OrderId;
+use super::package::PackageId;
+use crate::clock::Timestamp;
+
+/// A server a scan found on our account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Discovered {
+    /// Its address: status answered for it, so it is ours.
+    pub ip: Ipv4Addr,
+    /// The package whose range was scanned.
+    pub package_id: PackageId,
+    /// RAM status reported, when it did: a candidate must have the ordered RAM.
+    pub ram_gb: Option<u32>,
+    /// `ExpiryDate` status reported (`2027-01-28`), when it did: a server bought with the
+    /// purchase in question expires about a month after it was sent.
+    pub expiry: Option<String>,
+    /// When a scan first found it.
+    pub first_seen: Timestamp,
+    /// The order it was listed for as a candidate (an order needing attention), if any.
+    pub candidate_for: Option<OrderId>,
+}
