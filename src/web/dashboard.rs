@@ -447,6 +447,20 @@ struct OrderPage {
     chart: Chart,
     purchases: Vec<PurchaseRow>,
     timeline: Vec<EntryRow>,
+    /// Servers a scan found that may be this order's, each with its own Adopt button.
+    candidates: Vec<CandidateRow>,
+}
+
+/// A server a discovery scan listed for an order needing attention.
+struct CandidateRow {
+    /// Its address.
+    ip: String,
+    /// RAM as status reported it.
+    ram: String,
+    /// ExpiryDate as status reported it.
+    expiry: String,
+    /// When a scan first found it.
+    first_seen: String,
 }
 
 fn purchase_row(origin: Timestamp, p: &Purchase) -> PurchaseRow {
@@ -517,7 +531,24 @@ async fn render_order(
         Some(ip) => format!("Resumes status polling of {ip}; nothing is bought."),
         None => "Restarts the buy phase with fresh attempts.".into(),
     };
+    let candidates = if order.state == OrderState::NeedsAttention {
+        match state.engine.store().candidates(&order.id).await {
+            Ok(list) => list
+                .into_iter()
+                .map(|d| CandidateRow {
+                    ip: d.ip.to_string(),
+                    ram: d.ram_gb.map_or_else(|| "?".into(), |r| format!("{r} GB")),
+                    expiry: d.expiry.unwrap_or_else(|| "?".into()),
+                    first_seen: time(d.first_seen),
+                })
+                .collect(),
+            Err(e) => return ApiError::internal(e).into_response(),
+        }
+    } else {
+        Vec::new()
+    };
     let html = OrderPage {
+        candidates,
         user: user.name.clone(),
         csrf: user.csrf.expose_secret().to_string(),
         state: order.state.as_str(),

@@ -114,7 +114,8 @@ pub fn spec() -> Value {
                         "updated_at": { "type": "string", "format": "date-time" },
                         "ready_at": { "type": ["string", "null"], "format": "date-time" },
                         "timeline": { "type": "array", "description": "Admin view only.", "items": { "type": "object" } },
-                        "purchases": { "type": "array", "description": "Admin view only: the purchase ledger.", "items": { "type": "object" } }
+                        "purchases": { "type": "array", "description": "Admin view only: the purchase ledger.", "items": { "type": "object" } },
+                        "candidates": { "type": "array", "description": "Admin view of an order needing attention: servers a discovery scan found (ip, package_id, ram_gb, expiry, first_seen); adopt one with resolve.", "items": { "type": "object" } }
                     }
                 },
                 "IntakeResponse": {

@@ -108,11 +108,11 @@ pub(super) async fn order(
             let store = state.engine.store();
             let timeline = store.timeline(&id).await.map_err(ApiError::internal)?;
             let purchases = store.purchases(&id).await.map_err(ApiError::internal)?;
-            Ok(Json(OrderView::new(
-                &order,
-                Some(timeline),
-                Some(purchases),
-            )))
+            let mut view = OrderView::new(&order, Some(timeline), Some(purchases));
+            if order.state == OrderState::NeedsAttention {
+                view.candidates = Some(store.candidates(&id).await.map_err(ApiError::internal)?);
+            }
+            Ok(Json(view))
         }
         Viewer::Customer => {
             // The failure text is written for admins (evidence, panel instructions); the state

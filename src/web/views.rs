@@ -44,6 +44,10 @@ pub struct OrderView {
     /// The purchase ledger.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub purchases: Option<Vec<Purchase>>,
+    /// Admin view of an order needing attention: the servers a discovery scan listed as
+    /// candidates, each adoptable with `resolve` `{"action": "adopt", "ip": ...}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<Vec<crate::domain::Discovered>>,
 }
 
 /// Attempt counters.
@@ -106,6 +110,7 @@ impl OrderView {
                     .collect()
             }),
             purchases,
+            candidates: None,
         }
     }
 }

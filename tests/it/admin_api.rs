@@ -903,3 +903,54 @@ async fn the_dashboard_needs_a_session_and_a_csrf_token_on_every_form() {
     assert_eq!(b.get("/admin").await.0, 303);
     svc.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_candidate_is_adopted_from_the_dashboard_in_one_click() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = simulator();
+    let pkg = scenario_package(&sim, 73, "45.12.36");
+    // A server bought in the panel beside the order's lost one: the scan lists both.
+    let outside = crate::helpers::buy_outside(&sim, "45.12.36", 2).await;
+    Scenario::LostReply.install(&sim, pkg).unwrap();
+    let svc = service(&dir, &sim).await;
+    let (id, _) = created(&svc, "cand-1", 73).await;
+    svc.until(&id, Duration::from_secs(30), |v| {
+        v["state"] == "needs_attention"
+    })
+    .await;
+    let ours = sim.purchases_for(&format!("{id}/"))[0].ip.to_string();
+    let browser = Browser::login(&svc).await;
+    let (status, page) = browser.get(&format!("/admin/orders/{id}")).await;
+    assert_eq!(status, 200);
+    for ip in [ours.as_str(), &outside.to_string()] {
+        assert!(
+            page.contains(&format!("id=\"adopt-{ip}\"")),
+            "a button for {ip}"
+        );
+    }
+    // The button's form, as the browser submits it: one click.
+    let csrf = csrf_of(&page);
+    let reason = format!("adopted {ours}, a server the discovery scan found for this order");
+    let r = browser
+        .post(
+            &format!("/admin/orders/{id}/resolve"),
+            &[
+                ("csrf", csrf.as_str()),
+                ("action", "adopt"),
+                ("ip", ours.as_str()),
+                ("reason", reason.as_str()),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    let v = svc
+        .until(&id, Duration::from_secs(30), |v| v["state"] == "ready")
+        .await;
+    assert_eq!(v["server_ip"], ours.as_str());
+    assert_eq!(
+        sim.purchases_for(&format!("{id}/")).len(),
+        1,
+        "nothing bought again"
+    );
+    svc.running.stop().await;
+}
