@@ -147,11 +147,10 @@ pub struct FaultProfile {
     pub buy_timeout: Duration,
     /// The status timeout callers are assumed to use (the seed's 90 s).
     pub status_timeout: Duration,
-    /// Every buy that buys completes at most this long after `buy_timeout` (default 100 s).
-    /// Why a bound: the seed's premise is that SmartVPS finishes processing a purchase within the
-    /// strategic wait that follows a failed attempt (2 minutes). A late completion after that
-    /// would be indistinguishable from another reseller's purchase, and no reconciliation could
-    /// see it in time; the bound keeps the random world inside the contract the seed relies on.
+    /// Every buy that buys completes at most this long after `buy_timeout` (default 480 s, so
+    /// that completions reach the default 10-minute purchase horizon). Why a bound: no evidence
+    /// can tell a purchase completing after the horizon from another reseller's; the horizon is
+    /// the contract, and the bound keeps the random world inside it.
     pub max_late_after_timeout: Duration,
     /// A buy that buys nothing and answers only well after `buy_timeout`.
     pub buy_hang: f64,
@@ -192,7 +191,7 @@ impl Default for FaultProfile {
             status_latency: None,
             buy_timeout: Duration::from_secs(120),
             status_timeout: Duration::from_secs(90),
-            max_late_after_timeout: Duration::from_secs(100),
+            max_late_after_timeout: Duration::from_secs(480),
             buy_hang: 0.0,
             buy_late: 0.0,
             buy_server_error: 0.0,

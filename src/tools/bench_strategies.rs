@@ -18,10 +18,10 @@ pub async fn strategies(orders: usize, seed: u64) -> anyhow::Result<()> {
         "bench strategies: {orders} orders per run, seed {seed}, 3 workers, 2% of steps crash mid-step, virtual time\n"
     );
     println!(
-        "| profile | strategy | orders | duplicate purchases | needs_attention (nothing bought) | failed | ready | p50 to ready | p95 to ready | \
-         upstream calls/order | wall time |"
+        "| profile | strategy | orders | duplicate purchases | auto-resolved: late reply | auto-resolved: scan | needs_attention (nothing bought) \
+         | orphans | failed | ready | p50 to ready | p95 to ready | upstream calls/order | wall time |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut broken = Vec::new();
     for name in profiles {
         let profile = FaultProfile::named(name).unwrap_or_default();
@@ -47,11 +47,14 @@ pub async fn strategies(orders: usize, seed: u64) -> anyhow::Result<()> {
                     .unwrap_or_else(|| "-".into())
             };
             println!(
-                "| {name} | {strategy} | {} | {} | {} ({}) | {} | {} | {} | {} | {:.2} | {:.1}s |",
+                "| {name} | {strategy} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} | {:.2} | {:.1}s |",
                 report.orders,
                 report.duplicates,
+                report.by_late_reply,
+                report.by_scan,
                 report.needs_attention,
                 report.false_alarms,
+                report.orphans,
                 report.failed,
                 report.ready,
                 q(0.5),

@@ -90,6 +90,13 @@ pub struct SimulationReport {
     pub false_alarms: usize,
     /// Orders for which SmartVPS sold more than one server.
     pub duplicates: usize,
+    /// Unknown purchases settled by the late reply heard on the open connection.
+    pub by_late_reply: usize,
+    /// Unknown purchases settled by a discovery scan finding the server.
+    pub by_scan: usize,
+    /// Servers bought upstream that no order holds and no order needing attention lists as a
+    /// candidate: paid for, and invisible to the admin.
+    pub orphans: usize,
     /// Servers bought in all.
     pub servers: usize,
     /// Upstream calls in all.
@@ -312,6 +319,7 @@ async fn check(
     let calls = sim.calls();
     report.upstream_calls = calls.ipstock + calls.buy + calls.status + calls.other;
     let mut per_package: HashMap<u32, Vec<(Timestamp, Timestamp, String)>> = HashMap::new();
+    let mut held: std::collections::HashSet<Ipv4Addr> = std::collections::HashSet::new();
     let seed = cfg.seed;
     let mut violate = |report: &mut SimulationReport, id: &OrderId, what: String| {
         if report.violations.len() < 50 {
@@ -335,6 +343,28 @@ async fn check(
         let end = order.ready_at.unwrap_or(order.updated_at);
         report.longest = report.longest.max(end.since(order.created_at));
 
+        for p in &ledger {
+            if let Some(Resolution::Adopted { ip }) = p.resolution {
+                if p.late_ip == Some(ip) {
+                    report.by_late_reply += 1;
+                } else {
+                    report.by_scan += 1;
+                }
+            }
+        }
+        if let Some(ip) = order.server_ip {
+            held.insert(ip);
+        }
+        if order.state == OrderState::NeedsAttention {
+            held.extend(
+                store
+                    .candidates(id)
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|d| d.ip),
+            );
+        }
         match order.state {
             OrderState::Ready => report.ready += 1,
             OrderState::Failed => report.failed += 1,
@@ -445,6 +475,13 @@ async fn check(
             }
         }
     }
+    // Orphans: servers sold for our orders that no order holds or lists as a candidate.
+    report.orphans = bought
+        .iter()
+        .filter(|(order, _)| !order.is_empty())
+        .flat_map(|(_, servers)| servers.iter())
+        .filter(|s| !held.contains(&s.ip))
+        .count();
     // Single flight: no two purchases of one package were in flight at once.
     for (pkg, mut spans) in per_package {
         spans.sort();
