@@ -509,9 +509,14 @@ pub async fn run_simulator(
     password: String,
     path_prefix: String,
     seed: u64,
+    faults: Option<(String, crate::simulator::FaultProfile)>,
 ) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let sim = Simulator::with_default_catalog(clock, seed);
+    if let Some((name, profile)) = faults {
+        println!("fault profile {name:?}: random faults on every unscripted call");
+        sim.set_fault_profile(Some(profile));
+    }
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

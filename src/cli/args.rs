@@ -65,6 +65,11 @@ pub enum Command {
         /// Random seed for generated passwords and faults.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Random faults on every call, as in the deterministic simulation: timeouts, late
+        /// completions (up to the 10-minute horizon), 5xx after buying, bare errors, garbled
+        /// replies, wrong-package addresses, status failures.
+        #[arg(long, default_value = "none", value_parser = ["none", "calm", "flaky", "hostile"])]
+        profile: String,
     },
     /// Inspect and act on orders: in the configured database, or with --api through a running
     /// service's admin API.

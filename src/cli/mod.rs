@@ -76,8 +76,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             password,
             path_prefix,
             seed,
+            profile,
         } => {
-            crate::app::run_simulator(listen, username, password, path_prefix, seed).await?;
+            let faults = crate::simulator::FaultProfile::named(&profile)
+                .filter(|_| profile != "none")
+                .map(|p| (profile.clone(), p));
+            crate::app::run_simulator(listen, username, password, path_prefix, seed, faults)
+                .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Orders { api, token, action } => match api {

@@ -28,7 +28,7 @@ use crate::provider::{CallContext, Outcome};
 /// The widest package scanned: a name of three exact octets covers 256 addresses.
 pub const MAX_SCAN: usize = 1024;
 /// Status calls in flight at once during a scan.
-pub const SCAN_CONCURRENCY: usize = 32;
+pub const SCAN_CONCURRENCY: usize = 64;
 /// Status calls started per second at most, so a scan never floods SmartVPS.
 pub const SCAN_RATE_PER_SEC: u32 = 32;
 /// Time kept free at the end of the lease for the step's write after a scan.

@@ -54,10 +54,14 @@ pub struct SimulationConfig {
 impl SimulationConfig {
     /// The defaults used by the test suite and the benchmark for `orders` orders.
     pub fn new(seed: u64, orders: usize, profile: FaultProfile, policy: RetryPolicy) -> Self {
-        // A real catalog has dozens of packages, not thousands; load per package is held at
-        // about 25 orders an hour by stretching the arrival window instead.
-        let packages = orders.div_ceil(25).clamp(1, 200);
-        debug_assert!(packages <= 256, "package names are 10.<p>");
+        // Packages are /24s (three-octet names, 256 addresses), as SmartVPS's usually are and
+        // as discovery scans need, so each takes at most 100 orders; load per package is held
+        // at about 25 orders an hour by stretching the arrival window.
+        let packages = orders.div_ceil(100).clamp(1, 2000);
+        debug_assert!(
+            packages <= 65_536,
+            "package names are 10.<p / 256>.<p % 256>"
+        );
         let hours = (orders as f64 / packages as f64 / 25.0).max(1.0);
         Self {
             seed,
@@ -151,11 +155,11 @@ pub async fn run(cfg: &SimulationConfig) -> SimulationReport {
     let sim = Simulator::new(Arc::clone(&dyn_clock), cfg.seed);
     let packages = cfg.packages.max(1);
     for p in 0..packages {
-        // Two-group names (10.<p>, 65,534 addresses each): a /24 would run out of addresses
-        // long before a 100,000-order run does, and the world would degrade into scans.
-        let name = format!("10.{p}");
+        // Three-group names (10.<p / 256>.<p % 256>): 256 addresses each, of which 250 are for
+        // sale, enough for the at most 100 orders a package gets plus other resellers' buys.
+        let name = format!("10.{}.{}", p / 256, p % 256);
         sim.add_package(
-            PackageSpec::new(1000 + p as u32, &name, 100_000).expect("a valid package name"),
+            PackageSpec::new(1000 + p as u32, &name, 250).expect("a valid package name"),
         );
     }
     sim.set_fault_profile(Some(cfg.profile.clone()));
