@@ -181,6 +181,7 @@ fn engine_settings(settings: &Settings) -> WorkerSettings {
         concurrency: settings.worker.concurrency,
         lease: settings.worker.lease,
         poll_interval: settings.worker.poll_interval,
+        purchase_grace: settings.worker.purchase_grace,
         ..WorkerSettings::for_policy(&settings.policy)
     }
 }
