@@ -21,8 +21,9 @@ use crate::notify::{Channels, Dispatcher, DispatcherSettings, LogNotifier, Notif
 use crate::provider::Provider;
 use crate::provider::metered::MeteredProvider;
 use crate::provider::smartvps::{SmartVpsClient, SmartVpsConfig};
+use crate::redact::{self, User};
 use crate::simulator::{self, HttpConfig, Simulator};
-use crate::store::{Store, redact_url};
+use crate::store::Store;
 
 /// The credentials the built-in simulator accepts (it is local and holds nothing of value).
 const BUILTIN_USER: &str = "builtin";
@@ -97,7 +98,7 @@ pub fn cipher(settings: &Settings) -> Result<Cipher, ConfigError> {
 /// PostgreSQL server that cannot be reached or refuses us.
 async fn store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     let db = &settings.database;
-    let shown = redact_url(&db.url);
+    let shown = redact::url(&db.url, User::Shown);
     if let Some(dir) = crate::config::sqlite_directory(&db.url)
         && !dir.is_dir()
     {

@@ -166,7 +166,10 @@ pub struct DatabaseSettings {
 impl fmt::Debug for DatabaseSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DatabaseSettings")
-            .field("url", &crate::store::redact_url(&self.url))
+            .field(
+                "url",
+                &crate::redact::url(&self.url, crate::redact::User::Shown),
+            )
             .finish()
     }
 }

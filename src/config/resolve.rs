@@ -195,7 +195,7 @@ pub(super) fn resolve_database(
             format!(
                 "must be a sqlite: URL such as \"{DEFAULT_DATABASE_URL}\" or a postgres:// URL such as \
                  \"postgres://provisioner@db.internal:5432/provisioner\"; got {:?}",
-                crate::store::redact_url(&url)
+                crate::redact::url(&url, crate::redact::User::Shown)
             ),
         ))
     }

@@ -33,7 +33,7 @@ use sqlx::{ConnectOptions, Connection, PgPool, Postgres};
 use super::sql::{self, Arg, SqlRow, Stmt};
 use super::{
     AccessToken, Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery,
-    Notice, OrderFilter, Recorded, StateCounts, Store, StoreError, redact_url,
+    Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -103,7 +103,7 @@ impl PostgresStore {
     /// # Errors
     /// As for [`PostgresStore::connect`].
     pub async fn connect_with(url: &str, pool_size: u32) -> Result<Self, StoreError> {
-        let shown = redact_url(url);
+        let shown = crate::redact::url(url, crate::redact::User::Shown);
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Database(format!("bad database url {shown}: {e}")))?
             .application_name("provisioner");
