@@ -105,7 +105,7 @@ fn order_id(id: &str) -> anyhow::Result<OrderId> {
 }
 
 async fn database(engine: &Engine, action: &OrdersAction) -> anyhow::Result<Value> {
-    let store = engine.store();
+    let store = engine.queries();
     let actor = |a: &Option<String>| a.clone().unwrap_or_else(|| DEFAULT_ACTOR.to_string());
     let view = |o: &crate::domain::Order| serde_json::to_value(OrderView::new(o, None, None));
     Ok(match action {

@@ -14,6 +14,7 @@
 //! - [`intake`]: the storefront's use case: a paid order in, its customer access token out;
 //!   and the token's explicit rotation.
 //! - [`catalog`]: SmartVPS's stock list kept as the package catalog intake checks against.
+//! - [`queries`]: the read side the web and the CLI show orders, history and the catalog through.
 
 pub mod admin;
 mod buy;
@@ -21,6 +22,7 @@ pub mod catalog;
 mod credentials;
 pub mod intake;
 mod progress;
+pub mod queries;
 mod reconcile;
 mod step;
 
@@ -152,6 +154,8 @@ pub struct Engine {
     pub(crate) late_replies: TaskTracker,
     /// buyvps calls in flight in this process: shutdown waits for them (`purchase_grace`).
     pub(crate) buys_in_flight: Arc<AtomicUsize>,
+    /// The read side over the same store and cipher, so surfaces never read the store directly.
+    queries: queries::Queries,
 }
 
 impl Engine {
@@ -171,6 +175,7 @@ impl Engine {
             );
         }
         let worker_id = format!("worker-{}", uuid::Uuid::now_v7().simple());
+        let queries = queries::Queries::new(Arc::clone(&store)).with_cipher(Arc::clone(&cipher));
         Self {
             store,
             provider,
@@ -182,12 +187,18 @@ impl Engine {
             wake: Arc::new(Notify::new()),
             late_replies: TaskTracker::new(),
             buys_in_flight: Arc::new(AtomicUsize::new(0)),
+            queries,
         }
     }
 
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
+    /// The store, for the crate's own tools; surfaces read through [`Engine::queries`].
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The read side: orders, their history, credentials and the catalog.
+    pub fn queries(&self) -> &queries::Queries {
+        &self.queries
     }
 
     /// The clock.

@@ -115,26 +115,28 @@ pub(super) async fn list_orders(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = parse_filter(&params).map_err(|e| ApiError::field(&e.field, e.message))?;
-    let store = state.engine.store();
-    let orders = store.orders(&filter).await.map_err(ApiError::internal)?;
-    let counts = store.state_counts().await.map_err(ApiError::internal)?;
-    let limit = filter.page_size();
-    let offset = filter.offset.unwrap_or(0);
-    let next = (orders.len() == limit).then_some(offset + limit);
-    let counts: Map<String, Value> = counts
+    let page = state
+        .engine
+        .queries()
+        .order_page(&filter)
+        .await
+        .map_err(ApiError::internal)?;
+    let counts: Map<String, Value> = page
+        .counts
         .into_iter()
         .map(|(s, n)| (s.as_str().to_string(), n.into()))
         .collect();
-    let views: Vec<OrderView> = orders
+    let views: Vec<OrderView> = page
+        .orders
         .iter()
         .map(|o| OrderView::new(o, None, None))
         .collect();
     Ok(Json(json!({
         "orders": views,
         "counts": counts,
-        "limit": limit,
-        "offset": offset,
-        "next_offset": next,
+        "limit": page.limit,
+        "offset": page.offset,
+        "next_offset": page.next_offset,
     })))
 }
 

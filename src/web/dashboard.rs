@@ -295,7 +295,7 @@ async fn orders_page(
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
     };
-    let store = state.engine.store();
+    let store = state.engine.queries();
     let (orders, counts, catalog) = match (
         store.orders(&filter).await,
         store.state_counts().await,
@@ -487,7 +487,7 @@ async fn render_order(
     notice: Option<String>,
     error: Option<String>,
 ) -> Response {
-    let store = state.engine.store();
+    let store = state.engine.queries();
     let (order, timeline, purchases, catalog) = match (
         store.order(id).await,
         store.timeline(id).await,
