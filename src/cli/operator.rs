@@ -2,7 +2,6 @@
 //! the configured database (through the engine, as the service would) or, with `--api URL`,
 //! through a running service's admin API. Both give the same JSON, printed the same way.
 
-use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +10,12 @@ use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use super::{CatalogAction, OrdersAction};
-use crate::domain::OrderId;
+use super::{CatalogAction, OrdersAction, ResolveAction};
+use crate::domain::{FieldError, OrderId, PackageId};
 use crate::engine::Engine;
+use crate::engine::admin::Resolve;
 use crate::engine::catalog::Catalog;
-use crate::web::admin::{parse_filter, parse_resolve};
+use crate::engine::queries::ListRequest;
 use crate::web::{OrderView, percent_encode};
 
 /// Who acts when the database is used directly and no `--actor` is given.
@@ -108,14 +108,26 @@ async fn database(engine: &Engine, action: &OrdersAction) -> anyhow::Result<Valu
     let store = engine.queries();
     let actor = |a: &Option<String>| a.clone().unwrap_or_else(|| DEFAULT_ACTOR.to_string());
     let view = |o: &crate::domain::Order| serde_json::to_value(OrderView::new(o, None, None));
+    let flag = |e: FieldError| anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.message);
     Ok(match action {
-        OrdersAction::List { .. } => {
-            let params: HashMap<String, String> = list_params(action)
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
-            let filter = parse_filter(&params)
-                .map_err(|e| anyhow::anyhow!("--{}: {}", e.field, e.message))?;
+        OrdersAction::List {
+            state,
+            package,
+            from,
+            to,
+            limit,
+            offset,
+        } => {
+            let filter = ListRequest {
+                state: state.as_deref(),
+                package: package.map(PackageId),
+                from: from.as_deref(),
+                to: to.as_deref(),
+                limit: Some(*limit),
+                offset: Some(*offset),
+            }
+            .filter()
+            .map_err(flag)?;
             let orders = store.orders(&filter).await?;
             let counts: serde_json::Map<String, Value> = store
                 .state_counts()
@@ -131,14 +143,14 @@ async fn database(engine: &Engine, action: &OrdersAction) -> anyhow::Result<Valu
         }
         OrdersAction::Show { id } => {
             let id = order_id(id)?;
-            let o = store
-                .order(&id)
+            let d = store
+                .order_detail(&id)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no order {id}"))?;
             serde_json::to_value(OrderView::new(
-                &o,
-                Some(store.timeline(&id).await?),
-                Some(store.purchases(&id).await?),
+                &d.order,
+                Some(d.timeline),
+                Some(d.purchases),
             ))?
         }
         OrdersAction::Retry {
@@ -154,8 +166,13 @@ async fn database(engine: &Engine, action: &OrdersAction) -> anyhow::Result<Valu
             reason,
             actor: a,
         } => {
-            let resolve = parse_resolve(action.as_str(), ip.as_deref(), *override_package_check)
-                .map_err(|e| anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.message))?;
+            let resolve = match action {
+                ResolveAction::Adopt => {
+                    Resolve::adopt(ip.as_deref(), *override_package_check).map_err(flag)?
+                }
+                ResolveAction::NotBought => Resolve::NotBought,
+                ResolveAction::Fail => Resolve::Fail,
+            };
             view(
                 &engine
                     .resolve(&order_id(id)?, &actor(a), reason, resolve)

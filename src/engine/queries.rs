@@ -5,11 +5,118 @@
 
 use std::sync::Arc;
 
+use crate::clock::Timestamp;
 use crate::crypto::{Cipher, token_matches_hash};
 use crate::domain::{
-    CatalogPackage, Credentials, Order, OrderId, OrderState, Purchase, TimelineEntry,
+    CatalogPackage, Credentials, FieldError, Order, OrderId, OrderState, PackageId, Purchase,
+    TimelineEntry,
 };
 use crate::store::{OrderFilter, StateCounts, Store, StoreError};
+
+/// The largest page of the order list.
+pub const MAX_PAGE_SIZE: usize = 500;
+/// The largest offset into the order list (far past any real list, short of overflow).
+pub const MAX_OFFSET: usize = 1_000_000_000;
+
+/// An order-list request as an operator gives it: the admin API's query string, the dashboard's
+/// filter form and `provisioner orders list`'s flags all come to this, each already in its own
+/// types; [`ListRequest::filter`] checks it once for all of them. Empty text counts as absent,
+/// as an HTML form sends it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ListRequest<'a> {
+    /// Only orders in this state (its name, such as `failed`).
+    pub state: Option<&'a str>,
+    /// Only orders of this package.
+    pub package: Option<PackageId>,
+    /// Created at or after this time (see [`parse_time`]).
+    pub from: Option<&'a str>,
+    /// Created before this time (see [`parse_time`]).
+    pub to: Option<&'a str>,
+    /// Page size, 1 to [`MAX_PAGE_SIZE`].
+    pub limit: Option<usize>,
+    /// Rows to skip, up to [`MAX_OFFSET`].
+    pub offset: Option<usize>,
+}
+
+impl ListRequest<'_> {
+    /// The store's filter for this request.
+    ///
+    /// # Errors
+    /// The first bad field, named.
+    pub fn filter(&self) -> Result<OrderFilter, FieldError> {
+        let state = text(self.state)
+            .map(|s| {
+                s.parse::<OrderState>()
+                    .map_err(|e| FieldError::new("state", e))
+            })
+            .transpose()?;
+        let limit = at_most("limit", self.limit, MAX_PAGE_SIZE)?;
+        if limit == Some(0) {
+            return Err(FieldError::new("limit", "must be at least 1"));
+        }
+        Ok(OrderFilter {
+            state,
+            package: self.package,
+            created_from: text(self.from).map(|t| parse_time("from", t)).transpose()?,
+            created_to: text(self.to).map(|t| parse_time("to", t)).transpose()?,
+            limit,
+            offset: at_most("offset", self.offset, MAX_OFFSET)?,
+        })
+    }
+}
+
+fn text(t: Option<&str>) -> Option<&str> {
+    t.map(str::trim).filter(|t| !t.is_empty())
+}
+
+fn at_most(field: &str, n: Option<usize>, max: usize) -> Result<Option<usize>, FieldError> {
+    match n {
+        Some(n) if n > max => Err(not_a_count(field, max)),
+        n => Ok(n),
+    }
+}
+
+/// The error of a count field that is not a whole number up to `max`, for callers that parse
+/// the number from text before building a [`ListRequest`].
+pub fn not_a_count(field: &str, max: usize) -> FieldError {
+    FieldError::new(field, format!("must be a whole number up to {max}"))
+}
+
+/// The error of a package field that is not a PID, for callers that parse it from text.
+pub fn not_a_package(field: &str) -> FieldError {
+    FieldError::new(field, "must be a package id (PID)")
+}
+
+/// A time an operator typed: RFC 3339 (`2026-05-01T10:00:00Z`; the `Z`, the seconds or the whole
+/// time of day may be left out) or milliseconds since the epoch.
+///
+/// # Errors
+/// When `text` is neither, on `field`.
+pub fn parse_time(field: &str, text: &str) -> Result<Timestamp, FieldError> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse::<i64>()
+            .map(Timestamp)
+            .map_err(|_| FieldError::new(field, "milliseconds out of range"));
+    }
+    // `datetime-local` inputs send `2026-05-01T10:00`; a date input sends `2026-05-01`.
+    let full = match text.len() {
+        10 => format!("{text}T00:00:00"),
+        16 => format!("{text}:00"),
+        _ => text.to_string(),
+    };
+    let t = humantime::parse_rfc3339_weak(&full).map_err(|_| {
+        FieldError::new(
+            field,
+            "must be an RFC 3339 time such as 2026-05-01T10:00:00Z, or milliseconds since the epoch",
+        )
+    })?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| FieldError::new(field, "must be after 1970"))?
+        .as_millis();
+    Ok(Timestamp(i64::try_from(ms).unwrap_or(i64::MAX)))
+}
 
 /// Reads of orders, their history and the catalog.
 #[derive(Clone)]
