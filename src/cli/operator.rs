@@ -1,9 +1,8 @@
 //! The operator CLI behind `provisioner orders` and `provisioner catalog`: the same actions on
-//! the configured database (through the engine, as the service would) or, with `--api URL`,
+//! the configured database (through the engine's admin use cases, as the service would) or, with `--api URL`,
 //! through a running service's admin API. Both give the same JSON, printed the same way.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -12,8 +11,7 @@ use serde_json::{Value, json};
 
 use super::{CatalogAction, OrdersAction, ResolveAction};
 use crate::domain::{FieldError, OrderId, PackageId};
-use crate::engine::Engine;
-use crate::engine::admin::Resolve;
+use crate::engine::admin::{AdminService, Resolve};
 use crate::engine::catalog::Catalog;
 use crate::engine::queries::ListRequest;
 use crate::web::{OrderView, percent_encode};
@@ -23,8 +21,8 @@ pub const DEFAULT_ACTOR: &str = "cli";
 
 /// Where the orders are.
 pub enum Backend {
-    /// The configured database, through an engine.
-    Database(Arc<Engine>),
+    /// The configured database, through the engine's admin use cases.
+    Database(AdminService),
     /// A running service's admin API.
     Api(ApiClient),
 }
@@ -68,7 +66,7 @@ impl Backend {
     /// A refused action, a bad argument, a store or HTTP failure, each with the reason.
     pub async fn execute(&self, action: &OrdersAction) -> anyhow::Result<Value> {
         match self {
-            Self::Database(engine) => database(engine, action).await,
+            Self::Database(admin) => database(admin, action).await,
             Self::Api(client) => client.execute(action).await,
         }
     }
@@ -104,8 +102,8 @@ fn order_id(id: &str) -> anyhow::Result<OrderId> {
     OrderId::parse(id.trim()).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-async fn database(engine: &Engine, action: &OrdersAction) -> anyhow::Result<Value> {
-    let store = engine.queries();
+async fn database(admin: &AdminService, action: &OrdersAction) -> anyhow::Result<Value> {
+    let store = admin.queries();
     let actor = |a: &Option<String>| a.clone().unwrap_or_else(|| DEFAULT_ACTOR.to_string());
     let view = |o: &crate::domain::Order| serde_json::to_value(OrderView::new(o, None, None));
     let flag = |e: FieldError| anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.message);
@@ -157,7 +155,7 @@ async fn database(engine: &Engine, action: &OrdersAction) -> anyhow::Result<Valu
             id,
             reason,
             actor: a,
-        } => view(&engine.retry(&order_id(id)?, &actor(a), reason).await?)?,
+        } => view(&admin.retry(&order_id(id)?, &actor(a), reason).await?)?,
         OrdersAction::Resolve {
             id,
             action,
@@ -174,7 +172,7 @@ async fn database(engine: &Engine, action: &OrdersAction) -> anyhow::Result<Valu
                 ResolveAction::Fail => Resolve::Fail,
             };
             view(
-                &engine
+                &admin
                     .resolve(&order_id(id)?, &actor(a), reason, resolve)
                     .await?,
             )?
@@ -183,7 +181,7 @@ async fn database(engine: &Engine, action: &OrdersAction) -> anyhow::Result<Valu
             id,
             reason,
             actor: a,
-        } => view(&engine.cancel(&order_id(id)?, &actor(a), reason).await?)?,
+        } => view(&admin.cancel(&order_id(id)?, &actor(a), reason).await?)?,
     })
 }
 
