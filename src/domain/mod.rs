@@ -9,7 +9,7 @@ pub mod package;
 use serde::Serialize;
 
 pub use credentials::Credentials;
-pub use ledger::{Purchase, PurchaseIntent, PurchaseOutcome, Resolution};
+pub use ledger::{Purchase, PurchaseId, PurchaseIntent, PurchaseOutcome, Resolution};
 pub use order::{
     Customer, Failure, FieldError, NewOrder, Order, OrderId, OrderRef, OrderRequest, OrderState,
     Phase, RamGb, TransitionError,

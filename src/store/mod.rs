@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::clock::Timestamp;
 use crate::domain::{
     CatalogPackage, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId, Purchase,
-    PurchaseIntent, PurchaseOutcome, Resolution, TimelineEntry,
+    PurchaseId, PurchaseIntent, PurchaseOutcome, Resolution, TimelineEntry,
 };
 
 /// What can go wrong in a store.
@@ -177,7 +177,7 @@ pub struct Change {
     /// Encrypted credentials to save.
     pub credentials: Option<Vec<u8>>,
     /// Settle an unknown purchase.
-    pub resolve: Option<(i64, Resolution)>,
+    pub resolve: Option<(PurchaseId, Resolution)>,
     /// Keep the lease after this write (the step goes on); otherwise it is released.
     pub keep_lease: bool,
     /// Give up the order's single flight on its package (its purchase is settled). A flight is
@@ -365,11 +365,11 @@ pub trait Store: Send + Sync + 'static {
         order: &Order,
         intent: &PurchaseIntent,
         entries: &[TimelineEntry],
-    ) -> Result<i64, StoreError>;
+    ) -> Result<PurchaseId, StoreError>;
     /// Records a purchase's outcome, first writer wins (see [`Recorded`]). Not fenced.
     async fn record_outcome(
         &self,
-        purchase_id: i64,
+        purchase_id: PurchaseId,
         outcome: &PurchaseOutcome,
         at: Timestamp,
     ) -> Result<Recorded, StoreError>;

@@ -21,6 +21,7 @@
 //! same on SQLite live once in `store::sql`; what is PostgreSQL's own (SKIP LOCKED, UNNEST
 //! inserts, the flight's row lock, vacuum) stays here.
 
+use crate::domain::PurchaseId;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::time::Duration;
@@ -460,7 +461,7 @@ impl Store for PostgresStore {
         order: &Order,
         intent: &PurchaseIntent,
         entries: &[TimelineEntry],
-    ) -> Result<i64, StoreError> {
+    ) -> Result<PurchaseId, StoreError> {
         let mut tx = self.pool.begin().await?;
         // The fenced order write first: if the lease is gone, no intent is written.
         let change = Change {
@@ -473,12 +474,12 @@ impl Store for PostgresStore {
             .fetch_one(&mut *tx)
             .await?;
         tx.commit().await?;
-        row.int("id")
+        row.int("id").map(PurchaseId)
     }
 
     async fn record_outcome(
         &self,
-        purchase_id: i64,
+        purchase_id: PurchaseId,
         outcome: &PurchaseOutcome,
         at: Timestamp,
     ) -> Result<Recorded, StoreError> {

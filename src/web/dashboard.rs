@@ -464,7 +464,7 @@ fn purchase_row(origin: Timestamp, p: &Purchase) -> PurchaseRow {
         Some(Resolution::RetriedBlindly) => "retried blindly (unsafe policy)".into(),
     };
     PurchaseRow {
-        id: p.id,
+        id: p.id.0,
         attempt: p.attempt,
         package: format!("{} ({})", p.package_id, p.package_name),
         stock_before: p.stock_before.map_or_else(|| "-".into(), |n| n.to_string()),

@@ -1,6 +1,7 @@
 //! Counting commits: a store decorator that counts write transactions.
 
 use super::*;
+use crate::domain::PurchaseId;
 
 /// Counts the store's write transactions (each call below that writes is one commit), so
 /// "commits per order" is measured. Reads pass through uncounted.
@@ -97,7 +98,7 @@ impl Store for Counting {
         order: &Order,
         intent: &PurchaseIntent,
         entries: &[TimelineEntry],
-    ) -> Result<i64, StoreError> {
+    ) -> Result<PurchaseId, StoreError> {
         self.commit();
         self.inner
             .begin_purchase(lease, order, intent, entries)
@@ -105,7 +106,7 @@ impl Store for Counting {
     }
     async fn record_outcome(
         &self,
-        purchase_id: i64,
+        purchase_id: PurchaseId,
         outcome: &PurchaseOutcome,
         at: Timestamp,
     ) -> Result<Recorded, StoreError> {
