@@ -523,20 +523,6 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn notice_failed(
-        &self,
-        id: i64,
-        _error: &str,
-        retry_at: Option<Timestamp>,
-    ) -> Result<(), StoreError> {
-        let mut g = self.lock();
-        if let Some(r) = g.outbox.get_mut((id - 1) as usize) {
-            r.notice.attempts += 1;
-            r.next_at = retry_at;
-        }
-        Ok(())
-    }
-
     async fn fan_out(
         &self,
         deliveries: &[NewDelivery],

@@ -402,13 +402,6 @@ pub trait Store: Send + Sync + 'static {
     async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError> {
         self.fan_out(&[], &[id], at).await
     }
-    /// Records a failed delivery and when to try again (`None`: give up).
-    async fn notice_failed(
-        &self,
-        id: i64,
-        error: &str,
-        retry_at: Option<Timestamp>,
-    ) -> Result<(), StoreError>;
 
     // issue 5: outbox deliveries
     // The dispatcher fans due notices out into per-channel deliveries and marks the notices

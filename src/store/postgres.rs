@@ -543,18 +543,6 @@ impl Store for PostgresStore {
         rows.iter().map(sql::notice).collect()
     }
 
-    async fn notice_failed(
-        &self,
-        id: i64,
-        error: &str,
-        retry_at: Option<Timestamp>,
-    ) -> Result<(), StoreError> {
-        query(&sql::notice_failed(id, error, retry_at))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     async fn fan_out(
         &self,
         deliveries: &[NewDelivery],

@@ -364,16 +364,6 @@ pub(crate) fn due_notices(now: Timestamp, n: usize) -> Stmt {
     .int(limit(n))
 }
 
-/// Records a failed notice delivery and when to try again (NULL: never).
-pub(crate) fn notice_failed(id: i64, error: &str, retry_at: Option<Timestamp>) -> Stmt {
-    Stmt::new(
-        "UPDATE outbox SET attempts = attempts + 1, next_at = $1, last_error = $2 WHERE id = $3",
-    )
-    .int(retry_at.map(Timestamp::millis))
-    .str(error)
-    .int(id)
-}
-
 /// Claims due deliveries, counting an attempt on each (decoded by [`delivery`]). `lock` is the
 /// backend's row locking for the inner select.
 pub(crate) fn claim_deliveries(

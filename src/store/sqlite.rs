@@ -606,19 +606,6 @@ impl Store for SqliteStore {
         rows.iter().map(sql::notice).collect()
     }
 
-    async fn notice_failed(
-        &self,
-        id: i64,
-        error: &str,
-        retry_at: Option<Timestamp>,
-    ) -> Result<(), StoreError> {
-        let mut turn = self.write_turn().await?;
-        query(&sql::notice_failed(id, error, retry_at))
-            .execute(&mut *turn)
-            .await?;
-        Ok(())
-    }
-
     async fn fan_out(
         &self,
         deliveries: &[NewDelivery],

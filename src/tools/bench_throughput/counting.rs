@@ -136,15 +136,6 @@ impl Store for Counting {
     async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError> {
         self.inner.due_notices(now, limit).await
     }
-    async fn notice_failed(
-        &self,
-        id: i64,
-        error: &str,
-        retry_at: Option<Timestamp>,
-    ) -> Result<(), StoreError> {
-        self.commit();
-        self.inner.notice_failed(id, error, retry_at).await
-    }
     async fn fan_out(
         &self,
         deliveries: &[crate::store::NewDelivery],

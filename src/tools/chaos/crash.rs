@@ -162,14 +162,6 @@ impl Store for CrashingStore {
     async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError> {
         self.0.due_notices(now, limit).await
     }
-    async fn notice_failed(
-        &self,
-        id: i64,
-        error: &str,
-        retry_at: Option<Timestamp>,
-    ) -> Result<(), StoreError> {
-        self.0.notice_failed(id, error, retry_at).await
-    }
     async fn fan_out(
         &self,
         deliveries: &[NewDelivery],
