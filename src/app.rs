@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, Settings};
 use crate::crypto::Cipher;
+use crate::engine::admin::AdminService;
 use crate::engine::catalog::Catalog;
 use crate::engine::{Engine, WorkerSettings};
 use crate::notify::email::EmailNotifier;
@@ -21,8 +22,9 @@ use crate::notify::{Channels, Dispatcher, DispatcherSettings, LogNotifier, Notif
 use crate::provider::Provider;
 use crate::provider::metered::MeteredProvider;
 use crate::provider::smartvps::{SmartVpsClient, SmartVpsConfig};
+use crate::redact::{self, User};
 use crate::simulator::{self, HttpConfig, Simulator};
-use crate::store::{Store, redact_url};
+use crate::store::Store;
 
 /// The credentials the built-in simulator accepts (it is local and holds nothing of value).
 const BUILTIN_USER: &str = "builtin";
@@ -97,7 +99,7 @@ pub fn cipher(settings: &Settings) -> Result<Cipher, ConfigError> {
 /// PostgreSQL server that cannot be reached or refuses us.
 async fn store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     let db = &settings.database;
-    let shown = redact_url(&db.url);
+    let shown = redact::url(&db.url, User::Shown);
     if let Some(dir) = crate::config::sqlite_directory(&db.url)
         && !dir.is_dir()
     {
@@ -181,6 +183,7 @@ fn engine_settings(settings: &Settings) -> WorkerSettings {
         concurrency: settings.worker.concurrency,
         lease: settings.worker.lease,
         poll_interval: settings.worker.poll_interval,
+        purchase_grace: settings.worker.purchase_grace,
         ..WorkerSettings::for_policy(&settings.policy)
     }
 }
@@ -455,18 +458,27 @@ async fn wait_for_signal() {
     }
 }
 
-/// An engine on the configured database, for CLI commands that act on orders without serving.
+/// The admin use cases on the configured database, for `provisioner orders`: they read and
+/// change orders but never buy or decrypt, so no provider and no credentials key are built.
 ///
 /// # Errors
 /// Configuration or database failures.
-pub async fn offline_engine(settings: &Settings) -> anyhow::Result<Arc<Engine>> {
+pub async fn offline_admin(settings: &Settings) -> anyhow::Result<AdminService> {
+    Ok(AdminService::new(
+        store(settings).await?,
+        Arc::new(SystemClock),
+    ))
+}
+
+/// The catalog service on the configured database and SmartVPS (or the built-in simulator's
+/// default catalog), for `provisioner catalog`: syncing is a call to SmartVPS, so this one
+/// needs a provider.
+///
+/// # Errors
+/// Configuration or database failures, or a SmartVPS client that cannot be built.
+pub async fn offline_catalog(settings: &Settings) -> anyhow::Result<Catalog> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let store = store(settings).await?;
-    let cipher = Arc::new(match &settings.secret_key {
-        Some(_) => cipher(settings)?,
-        // Listing and retrying never decrypt; a throwaway key is fine here.
-        None => Cipher::from_hex(&Cipher::generate_key())?,
-    });
     let provider: Arc<dyn Provider> = match &settings.smartvps {
         Some(s) => client(
             &s.base_url,
@@ -477,26 +489,13 @@ pub async fn offline_engine(settings: &Settings) -> anyhow::Result<Arc<Engine>> 
         )?,
         None => Arc::new(Simulator::with_default_catalog(Arc::clone(&clock), 1).provider()),
     };
-    Ok(Arc::new(Engine::new(
+    Ok(Catalog::new(
         store,
         provider,
         clock,
-        settings.policy.clone(),
-        cipher,
-        engine_settings(settings),
-    )))
-}
-
-/// The catalog service on the configured database and SmartVPS (or the built-in simulator's
-/// default catalog), for `provisioner catalog`.
-pub fn offline_catalog(settings: &Settings, engine: &Engine) -> Catalog {
-    Catalog::new(
-        Arc::clone(engine.store()),
-        Arc::clone(&engine.provider),
-        Arc::clone(engine.clock()),
         settings.policy.buy.timeout,
         settings.catalog.low_stock,
-    )
+    ))
 }
 
 /// `provisioner simulator`: the simulator alone on `listen`.

@@ -31,7 +31,10 @@
 //!   and `catalog` commands on the database or through the admin API.
 //! - [`config`]: typed settings from TOML and `PROVISIONER_*`/`SMARTVPS_*` environment variables.
 //! - [`app`]: wiring the ports together for `serve`, `demo` and the CLI.
+//!
+//! **Support**: small helpers any layer may use.
 //! - [`telemetry`]: logging (human or JSON) and the Prometheus metrics recorder.
+//! - [`redact`]: URLs shown without their secrets, the one redactor of logs and error messages.
 //!
 //! **Tools**: not part of the running service.
 //! - [`tools`]: the one-command demo, `bench strategies`, `bench throughput`, and the
@@ -48,6 +51,7 @@ pub mod engine;
 pub mod notify;
 pub mod policy;
 pub mod provider;
+pub mod redact;
 pub mod simulator;
 pub mod store;
 pub mod telemetry;

@@ -100,15 +100,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             None => {
                 let s = settings()?;
-                let engine = crate::app::offline_engine(&s).await?;
-                crate::cli::operator::run(crate::cli::operator::Backend::Database(engine), action)
+                let admin = crate::app::offline_admin(&s).await?;
+                crate::cli::operator::run(crate::cli::operator::Backend::Database(admin), action)
                     .await
             }
         },
         Command::Catalog { action } => {
             let s = settings()?;
-            let engine = crate::app::offline_engine(&s).await?;
-            let catalog = crate::app::offline_catalog(&s, &engine);
+            let catalog = crate::app::offline_catalog(&s).await?;
             crate::cli::operator::catalog(&catalog, action).await
         }
         Command::Bench {

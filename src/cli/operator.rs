@@ -1,21 +1,19 @@
 //! The operator CLI behind `provisioner orders` and `provisioner catalog`: the same actions on
-//! the configured database (through the engine, as the service would) or, with `--api URL`,
+//! the configured database (through the engine's admin use cases, as the service would) or, with `--api URL`,
 //! through a running service's admin API. Both give the same JSON, printed the same way.
 
-use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
-use super::{CatalogAction, OrdersAction};
-use crate::domain::OrderId;
-use crate::engine::Engine;
+use super::{CatalogAction, OrdersAction, ResolveAction};
+use crate::domain::{FieldError, OrderId, PackageId};
+use crate::engine::admin::{AdminService, Resolve};
 use crate::engine::catalog::Catalog;
-use crate::web::admin::{parse_filter, parse_resolve};
+use crate::engine::queries::ListRequest;
 use crate::web::{OrderView, percent_encode};
 
 /// Who acts when the database is used directly and no `--actor` is given.
@@ -23,8 +21,8 @@ pub const DEFAULT_ACTOR: &str = "cli";
 
 /// Where the orders are.
 pub enum Backend {
-    /// The configured database, through an engine.
-    Database(Arc<Engine>),
+    /// The configured database, through the engine's admin use cases.
+    Database(AdminService),
     /// A running service's admin API.
     Api(ApiClient),
 }
@@ -68,7 +66,7 @@ impl Backend {
     /// A refused action, a bad argument, a store or HTTP failure, each with the reason.
     pub async fn execute(&self, action: &OrdersAction) -> anyhow::Result<Value> {
         match self {
-            Self::Database(engine) => database(engine, action).await,
+            Self::Database(admin) => database(admin, action).await,
             Self::Api(client) => client.execute(action).await,
         }
     }
@@ -104,18 +102,30 @@ fn order_id(id: &str) -> anyhow::Result<OrderId> {
     OrderId::parse(id.trim()).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-async fn database(engine: &Engine, action: &OrdersAction) -> anyhow::Result<Value> {
-    let store = engine.store();
+async fn database(admin: &AdminService, action: &OrdersAction) -> anyhow::Result<Value> {
+    let store = admin.queries();
     let actor = |a: &Option<String>| a.clone().unwrap_or_else(|| DEFAULT_ACTOR.to_string());
     let view = |o: &crate::domain::Order| serde_json::to_value(OrderView::new(o, None, None));
+    let flag = |e: FieldError| anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.message);
     Ok(match action {
-        OrdersAction::List { .. } => {
-            let params: HashMap<String, String> = list_params(action)
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
-            let filter = parse_filter(&params)
-                .map_err(|e| anyhow::anyhow!("--{}: {}", e.field, e.message))?;
+        OrdersAction::List {
+            state,
+            package,
+            from,
+            to,
+            limit,
+            offset,
+        } => {
+            let filter = ListRequest {
+                state: state.as_deref(),
+                package: package.map(PackageId),
+                from: from.as_deref(),
+                to: to.as_deref(),
+                limit: Some(*limit),
+                offset: Some(*offset),
+            }
+            .filter()
+            .map_err(flag)?;
             let orders = store.orders(&filter).await?;
             let counts: serde_json::Map<String, Value> = store
                 .state_counts()
@@ -131,21 +141,21 @@ async fn database(engine: &Engine, action: &OrdersAction) -> anyhow::Result<Valu
         }
         OrdersAction::Show { id } => {
             let id = order_id(id)?;
-            let o = store
-                .order(&id)
+            let d = store
+                .order_detail(&id)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no order {id}"))?;
             serde_json::to_value(OrderView::new(
-                &o,
-                Some(store.timeline(&id).await?),
-                Some(store.purchases(&id).await?),
+                &d.order,
+                Some(d.timeline),
+                Some(d.purchases),
             ))?
         }
         OrdersAction::Retry {
             id,
             reason,
             actor: a,
-        } => view(&engine.retry(&order_id(id)?, &actor(a), reason).await?)?,
+        } => view(&admin.retry(&order_id(id)?, &actor(a), reason).await?)?,
         OrdersAction::Resolve {
             id,
             action,
@@ -154,10 +164,15 @@ async fn database(engine: &Engine, action: &OrdersAction) -> anyhow::Result<Valu
             reason,
             actor: a,
         } => {
-            let resolve = parse_resolve(action.as_str(), ip.as_deref(), *override_package_check)
-                .map_err(|e| anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.message))?;
+            let resolve = match action {
+                ResolveAction::Adopt => {
+                    Resolve::adopt(ip.as_deref(), *override_package_check).map_err(flag)?
+                }
+                ResolveAction::NotBought => Resolve::NotBought,
+                ResolveAction::Fail => Resolve::Fail,
+            };
             view(
-                &engine
+                &admin
                     .resolve(&order_id(id)?, &actor(a), reason, resolve)
                     .await?,
             )?
@@ -166,7 +181,7 @@ async fn database(engine: &Engine, action: &OrdersAction) -> anyhow::Result<Valu
             id,
             reason,
             actor: a,
-        } => view(&engine.cancel(&order_id(id)?, &actor(a), reason).await?)?,
+        } => view(&admin.cancel(&order_id(id)?, &actor(a), reason).await?)?,
     })
 }
 

@@ -75,6 +75,7 @@ pub(super) struct RawWorker {
     pub(super) lease: Option<DurationText>,
     pub(super) poll_interval: Option<DurationText>,
     pub(super) shutdown_grace: Option<DurationText>,
+    pub(super) purchase_grace: Option<DurationText>,
 }
 
 #[derive(Default, Deserialize)]

@@ -41,15 +41,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default `smartvps.path_prefix`: the production reseller API's (the vendor sheet's `api/ocean/`
 /// is wrong for production, hence a setting).
 pub const DEFAULT_PATH_PREFIX: &str = "api/oceansmart/";
-/// Default `worker.concurrency`: orders one process drives at once. Orders spend nearly all their
-/// time waiting (persisted, not in memory), so this bounds in-flight HTTP calls, not orders.
-pub const DEFAULT_CONCURRENCY: usize = 32;
-/// Default `worker.poll_interval`: how often an idle worker looks for due orders.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `worker.shutdown_grace`: how long a stopping process lets in-flight calls finish.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// Margin added to the computed default lease, for store round trips and clock skew.
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 /// Every environment variable read, in the order they are documented.
 pub const ENV_VARS: &[&str] = &[
@@ -173,7 +166,10 @@ pub struct DatabaseSettings {
 impl fmt::Debug for DatabaseSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DatabaseSettings")
-            .field("url", &crate::store::redact_url(&self.url))
+            .field(
+                "url",
+                &crate::redact::url(&self.url, crate::redact::User::Shown),
+            )
             .finish()
     }
 }
@@ -219,41 +215,22 @@ impl fmt::Debug for Storefront {
     }
 }
 
-/// Worker loop settings.
+/// Worker loop settings, as configured; the engine owns their defaults
+/// ([`crate::engine::WorkerSettings::for_policy`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerSettings {
     /// Orders driven at once by this process.
     pub concurrency: usize,
     /// How long a worker owns an order it picked up. It must outlast the longest step, or another
-    /// worker takes the order over mid-purchase; see [`WorkerSettings::default_lease`].
+    /// worker takes the order over mid-purchase; see [`crate::engine::WorkerSettings::default_lease`].
     pub lease: Duration,
     /// How often an idle worker looks for due orders.
     pub poll_interval: Duration,
     /// How long shutdown waits for in-flight steps before abandoning them to lease expiry.
     pub shutdown_grace: Duration,
-}
-
-impl WorkerSettings {
-    /// The lease used when `worker.lease` is not set: `2 × max(buy.timeout, status.timeout) + 30s`.
-    /// A step is at most an ipstock call plus one buyvps (each bounded by the buy timeout) or one
-    /// status call; the 30 s cover store round trips and clock skew between workers.
-    pub fn default_lease(policy: &RetryPolicy) -> Duration {
-        policy
-            .buy
-            .timeout
-            .max(policy.status.timeout)
-            .saturating_mul(2)
-            .saturating_add(LEASE_MARGIN)
-    }
-
-    /// The shortest lease that outlasts one step: a lease must be strictly longer than this.
-    pub fn minimum_lease(policy: &RetryPolicy) -> Duration {
-        policy
-            .buy
-            .timeout
-            .saturating_mul(2)
-            .max(policy.status.timeout)
-    }
+    /// How much longer shutdown waits while a buyvps is in flight, so a purchase that would
+    /// have answered is not cut off into an unknown outcome. Default: `policy.buy.timeout`.
+    pub purchase_grace: Duration,
 }
 
 /// Notification channels and delivery retries.
@@ -477,6 +454,9 @@ concurrency = 32
 poll_interval = "1s"
 # How long shutdown lets in-flight calls finish.
 shutdown_grace = "30s"
+# How much longer shutdown waits while a buyVps call is in flight, so a purchase that would have
+# answered is not cut off into an unknown outcome. Default: policy.buy.timeout ("2m" above).
+# purchase_grace = "2m"
 
 # Notices to customers and admins. Without webhooks or email they are written to the log.
 [notify]

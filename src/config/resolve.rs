@@ -1,6 +1,7 @@
 //! Raw values plus environment to settings, each checked under the key it came from.
 
 use super::*;
+use crate::engine;
 
 // ---------------------------------------------------------------------------------------------
 // Raw values plus environment to settings, each checked under the key it came from.
@@ -194,7 +195,7 @@ pub(super) fn resolve_database(
             format!(
                 "must be a sqlite: URL such as \"{DEFAULT_DATABASE_URL}\" or a postgres:// URL such as \
                  \"postgres://provisioner@db.internal:5432/provisioner\"; got {:?}",
-                crate::store::redact_url(&url)
+                crate::redact::url(&url, crate::redact::User::Shown)
             ),
         ))
     }
@@ -322,7 +323,7 @@ pub(super) fn resolve_worker(
             (parsed, ENV_WORKER_CONCURRENCY)
         }
         None => (
-            raw.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+            raw.concurrency.unwrap_or(engine::DEFAULT_CONCURRENCY),
             "worker.concurrency",
         ),
     };
@@ -339,7 +340,7 @@ pub(super) fn resolve_worker(
     let poll_interval = duration(
         raw.poll_interval,
         "worker.poll_interval",
-        DEFAULT_POLL_INTERVAL,
+        engine::DEFAULT_POLL_INTERVAL,
     )?;
     if poll_interval.is_zero() {
         return Err(ConfigError::new(
@@ -355,7 +356,7 @@ pub(super) fn resolve_worker(
     let lease = match raw.lease {
         Some(text) => {
             let lease = parse_duration("worker.lease", &text.0)?;
-            let minimum = WorkerSettings::minimum_lease(policy);
+            let minimum = engine::WorkerSettings::minimum_lease(policy);
             if lease <= minimum {
                 return Err(ConfigError::new(
                     "worker.lease",
@@ -371,13 +372,25 @@ pub(super) fn resolve_worker(
             }
             lease
         }
-        None => WorkerSettings::default_lease(policy),
+        None => engine::WorkerSettings::default_lease(policy),
     };
+    let purchase_grace = duration(
+        raw.purchase_grace,
+        "worker.purchase_grace",
+        engine::WorkerSettings::for_policy(policy).purchase_grace,
+    )?;
+    if purchase_grace.is_zero() {
+        return Err(ConfigError::new(
+            "worker.purchase_grace",
+            "must be greater than zero, or shutdown cuts off a buyVps in flight into an unknown outcome",
+        ));
+    }
     Ok(WorkerSettings {
         concurrency,
         lease,
         poll_interval,
         shutdown_grace,
+        purchase_grace,
     })
 }
 

@@ -81,7 +81,10 @@ fn example_smartvps_and_lease_blocks_parse_when_uncommented() {
     let smartvps = s.smartvps.expect("smartvps section is active");
     assert_eq!(smartvps.base_url, "https://smartvps.online/");
     assert_eq!(smartvps.path_prefix, DEFAULT_PATH_PREFIX);
-    assert_eq!(s.worker.lease, WorkerSettings::default_lease(&s.policy));
+    assert_eq!(
+        s.worker.lease,
+        crate::engine::WorkerSettings::default_lease(&s.policy)
+    );
     assert_eq!(s.admin.tokens.len(), 1);
     assert_eq!(s.admin.tokens[0].name, "alice");
     assert!(s.notify.webhooks.is_empty() && s.notify.email.is_none());
@@ -380,6 +383,18 @@ fn unparseable_duration_names_its_key() {
     assert_eq!(
         key_of(from_toml("[worker]\nshutdown_grace = \"soon\"\n")),
         "worker.shutdown_grace"
+    );
+}
+
+#[test]
+fn purchase_grace_defaults_to_the_buy_timeout_and_must_be_positive() {
+    let s = from_toml("[policy.buy]\ntimeout = \"45s\"\nhorizon = \"10m\"\n").unwrap();
+    assert_eq!(s.worker.purchase_grace, Duration::from_secs(45));
+    let s = from_toml("[worker]\npurchase_grace = \"5m\"\n").unwrap();
+    assert_eq!(s.worker.purchase_grace, Duration::from_secs(300));
+    assert_eq!(
+        key_of(from_toml("[worker]\npurchase_grace = \"0s\"\n")),
+        "worker.purchase_grace"
     );
 }
 

@@ -11,6 +11,19 @@ use super::order::OrderId;
 use super::package::{PackageId, PackageName};
 use crate::clock::Timestamp;
 
+/// A purchase's id in the ledger, assigned by the store when the intent is committed. A type of
+/// its own so it cannot be mixed up with the outbox's and deliveries' row ids, which are also
+/// integers; shown as the bare number (`purchase #12`), serialized as one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct PurchaseId(pub i64);
+
+impl std::fmt::Display for PurchaseId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// What one buyvps call came to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -132,7 +145,7 @@ impl Resolution {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Purchase {
     /// Store-assigned id.
-    pub id: i64,
+    pub id: PurchaseId,
     /// The order it was for.
     pub order_id: OrderId,
     /// Buy attempt number within the order.
@@ -262,7 +275,7 @@ mod tests {
 
     fn purchase(outcome: Option<PurchaseOutcome>, resolution: Option<Resolution>) -> Purchase {
         Purchase {
-            id: 1,
+            id: PurchaseId(1),
             order_id: OrderId::new(),
             attempt: 1,
             package_id: PackageId(7),

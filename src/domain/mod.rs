@@ -11,7 +11,7 @@ use serde::Serialize;
 
 pub use credentials::Credentials;
 pub use inventory::Discovered;
-pub use ledger::{Purchase, PurchaseIntent, PurchaseOutcome, Resolution};
+pub use ledger::{Purchase, PurchaseId, PurchaseIntent, PurchaseOutcome, Resolution};
 pub use order::{
     Customer, Failure, FieldError, NewOrder, Order, OrderId, OrderRef, OrderRequest, OrderState,
     Phase, RamGb, TransitionError,

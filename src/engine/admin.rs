@@ -3,16 +3,27 @@
 //! [`Store::admin_save`](crate::store::Store::admin_save), which refuses while a worker holds the
 //! order and fences out any stale worker afterwards.
 //!
-//! None of them ever buys: they only decide what the engine does next.
+//! None of them ever buys: they only decide what the engine does next. So they need the store
+//! and the clock, never the provider or the cipher: [`AdminService`] is all the operator CLI
+//! opens on the database, and the engine hands its own out with its worker to wake.
+//!
+//! The operator's inputs (the resolve action here, the list filter in
+//! [`super::queries::ListRequest`]) are parsed once here, typed, for the web API, the dashboard
+//! and the CLI alike.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use super::Engine;
+use super::queries::Queries;
+use crate::clock::Clock;
 use crate::domain::{
-    EntryKind, NoticeKind, Order, OrderId, OrderState, PackageName, Phase, Purchase, Resolution,
-    TimelineEntry,
+    EntryKind, FieldError, NoticeKind, Order, OrderId, OrderState, PackageName, Phase, Purchase,
+    Resolution, TimelineEntry,
 };
-use crate::store::{Change, StoreError};
+use crate::store::{Change, Store, StoreError};
 
 /// The longest reason accepted; a reason is a sentence for the timeline, not a document.
 pub const MAX_REASON_CHARS: usize = 1000;
@@ -60,6 +71,26 @@ pub enum Resolve {
 }
 
 impl Resolve {
+    /// Adopting the server at `ip` (as typed: trimmed, required, an IPv4 address).
+    ///
+    /// # Errors
+    /// A missing or malformed `ip`, on the field `ip`.
+    pub fn adopt(ip: Option<&str>, override_package_check: bool) -> Result<Self, FieldError> {
+        let ip = ip.map(str::trim).filter(|s| !s.is_empty()).ok_or_else(|| {
+            FieldError::new(
+                "ip",
+                "is required to adopt: the address of the server we own",
+            )
+        })?;
+        let ip = ip
+            .parse()
+            .map_err(|_| FieldError::new("ip", format!("{ip:?} is not an IPv4 address")))?;
+        Ok(Self::Adopt {
+            ip,
+            override_package_check,
+        })
+    }
+
     /// The action's name in the API and the timeline.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -68,6 +99,39 @@ impl Resolve {
             Self::Fail => "fail",
         }
     }
+}
+
+/// Turns the resolve form's or body's fields into a [`Resolve`].
+///
+/// # Errors
+/// An unknown action, or a missing or malformed `ip` for `adopt`.
+pub fn parse_resolve(
+    action: &str,
+    ip: Option<&str>,
+    override_package_check: bool,
+) -> Result<Resolve, FieldError> {
+    match action.trim() {
+        "adopt" => Resolve::adopt(ip, override_package_check),
+        "not_bought" => Ok(Resolve::NotBought),
+        "fail" => Ok(Resolve::Fail),
+        other => Err(FieldError::new(
+            "action",
+            format!("must be one of adopt, not_bought, fail; got {other:?}"),
+        )),
+    }
+}
+
+/// The admin use cases over the store and the clock: retry, resolve, cancel, and the reads an
+/// operator needs around them.
+#[derive(Clone)]
+pub struct AdminService {
+    /// Orders and their ledger, changed with [`Store::admin_save`].
+    store: Arc<dyn Store>,
+    /// The time written on timeline lines and against which leases are judged.
+    clock: Arc<dyn Clock>,
+    /// The worker to wake after an action made an order due; `None` when no worker runs in
+    /// this process (the CLI on the database: a running `serve` finds the order at its next poll).
+    wake: Option<Arc<Notify>>,
 }
 
 fn check_reason(reason: &str) -> Result<&str, AdminError> {
@@ -115,6 +179,71 @@ fn owning_purchase(purchases: &[Purchase]) -> Option<(&Purchase, Ipv4Addr)> {
 }
 
 impl Engine {
+    /// The admin use cases on this engine's store and clock, waking its worker.
+    pub fn admin(&self) -> AdminService {
+        AdminService {
+            store: Arc::clone(&self.store),
+            clock: Arc::clone(&self.clock),
+            wake: Some(self.waker()),
+        }
+    }
+
+    /// Retries a failed order (see [`AdminService::retry`]).
+    ///
+    /// # Errors
+    /// [`AdminError`] naming why.
+    pub async fn retry(
+        &self,
+        id: &OrderId,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Order, AdminError> {
+        self.admin().retry(id, actor, reason).await
+    }
+
+    /// Resolves an order that needs attention (see [`AdminService::resolve`]).
+    ///
+    /// # Errors
+    /// [`AdminError`] naming why.
+    pub async fn resolve(
+        &self,
+        id: &OrderId,
+        actor: &str,
+        reason: &str,
+        action: Resolve,
+    ) -> Result<Order, AdminError> {
+        self.admin().resolve(id, actor, reason, action).await
+    }
+
+    /// Cancels an order (see [`AdminService::cancel`]).
+    ///
+    /// # Errors
+    /// [`AdminError`] naming why.
+    pub async fn cancel(
+        &self,
+        id: &OrderId,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Order, AdminError> {
+        self.admin().cancel(id, actor, reason).await
+    }
+}
+
+impl AdminService {
+    /// The admin use cases on `store`, with no worker to wake.
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            clock,
+            wake: None,
+        }
+    }
+
+    /// The reads an operator makes around an action (no credentials: this service has no key).
+    pub fn queries(&self) -> Queries {
+        Queries::new(Arc::clone(&self.store))
+    }
+
     async fn load(&self, id: &OrderId) -> Result<Order, AdminError> {
         self.store
             .order(id)
@@ -134,7 +263,9 @@ impl Engine {
         self.store
             .admin_save(order, expected, self.clock.now(), change)
             .await?;
-        self.wake();
+        if let Some(wake) = &self.wake {
+            wake.notify_one();
+        }
         Ok(())
     }
 
@@ -401,5 +532,37 @@ impl Engine {
             .into_iter()
             .find(|p| p.id == order.package_id)
             .and_then(|p| PackageName::parse(&p.name).ok()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_actions_parse() {
+        assert_eq!(
+            parse_resolve("adopt", Some(" 1.2.3.4 "), true).unwrap(),
+            Resolve::Adopt {
+                ip: "1.2.3.4".parse().unwrap(),
+                override_package_check: true
+            }
+        );
+        assert_eq!(parse_resolve("adopt", None, false).unwrap_err().field, "ip");
+        assert_eq!(
+            parse_resolve("adopt", Some("1.2.3"), false)
+                .unwrap_err()
+                .field,
+            "ip"
+        );
+        assert_eq!(
+            parse_resolve("not_bought", None, false).unwrap(),
+            Resolve::NotBought
+        );
+        assert_eq!(parse_resolve("fail", None, false).unwrap(), Resolve::Fail);
+        assert_eq!(
+            parse_resolve("nuke", None, false).unwrap_err().field,
+            "action"
+        );
     }
 }

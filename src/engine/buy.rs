@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 use super::EngineError;
 use super::step::{Keep, Step, Then};
-use crate::domain::{PackageName, Purchase, PurchaseIntent, PurchaseOutcome};
+use crate::domain::{PackageName, Purchase, PurchaseId, PurchaseIntent, PurchaseOutcome};
 use crate::policy::next::{self, BuySetback};
 use crate::provider::{CallContext, LateReply, Outcome, StockEntry};
 use crate::store::{Change, Flight, Recorded, StoreError};
@@ -37,7 +37,7 @@ pub(super) struct Sale<'a> {
     /// The attempt that bought it.
     pub(super) attempt: u32,
     /// Its ledger row, settled as escalated when the address cannot be delivered.
-    pub(super) purchase_id: i64,
+    pub(super) purchase_id: PurchaseId,
     /// The package asked for: the address must be in it.
     pub(super) package: &'a PackageName,
     /// The address SmartVPS assigned.
@@ -260,7 +260,7 @@ impl Step<'_> {
     async fn call_buyvps(
         &self,
         n: u32,
-        purchase_id: i64,
+        purchase_id: PurchaseId,
         name: &PackageName,
     ) -> Result<Option<Outcome<Ipv4Addr>>, EngineError> {
         let ctx = CallContext::for_order(&self.order.id, n);
@@ -301,7 +301,7 @@ impl Step<'_> {
     /// the order is made due at once, so its reconciliation adopts the server instead of waiting
     /// out the horizon or asking an admin. A listener lost with its process costs nothing: the
     /// purchase is already recorded as unknown and reconciled from the other evidence.
-    fn listen_for_late_reply(&self, n: u32, purchase_id: i64, late: LateReply) {
+    fn listen_for_late_reply(&self, n: u32, purchase_id: PurchaseId, late: LateReply) {
         let (store, clock, wake) = (
             Arc::clone(&self.engine.store),
             Arc::clone(&self.engine.clock),
@@ -342,7 +342,7 @@ impl Step<'_> {
     async fn unknown_reply(
         &mut self,
         n: u32,
-        purchase_id: i64,
+        purchase_id: PurchaseId,
         reason: &str,
     ) -> Result<Then, EngineError> {
         metrics::counter!("provisioner_unknown_outcomes_total").increment(1);

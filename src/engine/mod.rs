@@ -15,6 +15,7 @@
 //! - [`intake`]: the storefront's use case: a paid order in, its customer access token out;
 //!   and the token's explicit rotation.
 //! - [`catalog`]: SmartVPS's stock list kept as the package catalog intake checks against.
+//! - [`queries`]: the read side the web and the CLI show orders, history and the catalog through.
 
 pub mod admin;
 mod buy;
@@ -23,6 +24,7 @@ mod credentials;
 pub mod discover;
 pub mod intake;
 mod progress;
+pub mod queries;
 mod reconcile;
 mod step;
 
@@ -49,7 +51,16 @@ use progress::Progress;
 use secrecy::{ExposeSecret, SecretString};
 use step::{Step, Then};
 
-/// Worker settings that are not retry policy.
+/// Default `worker.concurrency`: orders one process drives at once. Orders spend nearly all their
+/// time waiting (persisted, not in memory), so this bounds in-flight HTTP calls, not orders.
+pub const DEFAULT_CONCURRENCY: usize = 32;
+/// Default `worker.poll_interval`: how often an idle worker looks for due orders.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Margin added to the computed default lease, for store round trips and clock skew.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+/// Worker settings that are not retry policy. The engine owns their defaults
+/// ([`WorkerSettings::for_policy`]); the config file only overrides them.
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {
     /// Orders worked at once by this process.
@@ -71,14 +82,35 @@ impl WorkerSettings {
     /// Settings derived from a policy: the lease outlasts the longest step.
     pub fn for_policy(policy: &RetryPolicy) -> Self {
         Self {
-            concurrency: crate::config::DEFAULT_CONCURRENCY,
-            lease: crate::config::WorkerSettings::default_lease(policy),
-            poll_interval: crate::config::DEFAULT_POLL_INTERVAL,
+            concurrency: DEFAULT_CONCURRENCY,
+            lease: Self::default_lease(policy),
+            poll_interval: DEFAULT_POLL_INTERVAL,
             // 10 s against the seed's 2-minute purchases; never longer than one purchase can
             // hold the flight, so short-timeout deployments (and tests) are not slowed by it.
             flight_wait: policy.buy.timeout.min(Duration::from_secs(10)),
             purchase_grace: policy.buy.timeout,
         }
+    }
+
+    /// The lease used when `worker.lease` is not set: `2 × max(buy.timeout, status.timeout) + 30s`.
+    /// A step is at most an ipstock call plus one buyvps (each bounded by the buy timeout) or one
+    /// status call; the 30 s cover store round trips and clock skew between workers.
+    pub fn default_lease(policy: &RetryPolicy) -> Duration {
+        policy
+            .buy
+            .timeout
+            .max(policy.status.timeout)
+            .saturating_mul(2)
+            .saturating_add(LEASE_MARGIN)
+    }
+
+    /// The shortest lease that outlasts one step: a lease must be strictly longer than this.
+    pub fn minimum_lease(policy: &RetryPolicy) -> Duration {
+        policy
+            .buy
+            .timeout
+            .saturating_mul(2)
+            .max(policy.status.timeout)
     }
 }
 
@@ -124,6 +156,8 @@ pub struct Engine {
     pub(crate) late_replies: TaskTracker,
     /// buyvps calls in flight in this process: shutdown waits for them (`purchase_grace`).
     pub(crate) buys_in_flight: Arc<AtomicUsize>,
+    /// The read side over the same store and cipher, so surfaces never read the store directly.
+    queries: queries::Queries,
 }
 
 impl Engine {
@@ -143,6 +177,7 @@ impl Engine {
             );
         }
         let worker_id = format!("worker-{}", uuid::Uuid::now_v7().simple());
+        let queries = queries::Queries::new(Arc::clone(&store)).with_cipher(Arc::clone(&cipher));
         Self {
             store,
             provider,
@@ -154,12 +189,18 @@ impl Engine {
             wake: Arc::new(Notify::new()),
             late_replies: TaskTracker::new(),
             buys_in_flight: Arc::new(AtomicUsize::new(0)),
+            queries,
         }
     }
 
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
+    /// The store, for the crate's own tools; surfaces read through [`Engine::queries`].
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The read side: orders, their history, credentials and the catalog.
+    pub fn queries(&self) -> &queries::Queries {
+        &self.queries
     }
 
     /// The clock.

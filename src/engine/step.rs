@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::progress::Progress;
 use super::{Engine, EngineError};
 use crate::clock::Timestamp;
-use crate::domain::{NoticeKind, Order, OrderState, Phase, PurchaseIntent, Resolution};
+use crate::domain::{NoticeKind, Order, OrderState, Phase, PurchaseId, PurchaseIntent, Resolution};
 use crate::policy::RetryPolicy;
 use crate::policy::next::{Decision, Next};
 use crate::store::{Change, Claimed, Lease};
@@ -130,7 +130,7 @@ impl<'e> Step<'e> {
     pub(super) async fn begin_purchase(
         &mut self,
         intent: &PurchaseIntent,
-    ) -> Result<i64, EngineError> {
+    ) -> Result<PurchaseId, EngineError> {
         let entries = self.progress.take();
         Ok(self
             .engine
@@ -152,7 +152,7 @@ impl<'e> Step<'e> {
     pub(super) async fn carry_out(
         &mut self,
         decision: Decision,
-        purchase: Option<i64>,
+        purchase: Option<PurchaseId>,
     ) -> Result<Then, EngineError> {
         let Decision {
             next,
@@ -228,7 +228,7 @@ impl<'e> Step<'e> {
     pub(super) async fn bought(
         &mut self,
         ip: Ipv4Addr,
-        resolve: Option<(i64, Resolution)>,
+        resolve: Option<(PurchaseId, Resolution)>,
         at: Timestamp,
     ) -> Result<Then, EngineError> {
         self.order.bought(ip, at)?;

@@ -2,6 +2,7 @@
 //! as the SQLite store (fenced writes, first-writer-wins outcomes, single flight), indexed so a
 //! hundred thousand orders stay cheap.
 
+use crate::domain::PurchaseId;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
@@ -146,7 +147,7 @@ impl Inner {
             self.flights.retain(|_, holder| holder != id);
         }
         if let Some((pid, resolution)) = change.resolve
-            && let Some(p) = self.purchases.get_mut((pid - 1) as usize)
+            && let Some(p) = self.purchases.get_mut((pid.0 - 1) as usize)
         {
             p.resolution = Some(resolution);
         }
@@ -399,10 +400,10 @@ impl Store for MemoryStore {
         order: &Order,
         intent: &PurchaseIntent,
         entries: &[TimelineEntry],
-    ) -> Result<i64, StoreError> {
+    ) -> Result<PurchaseId, StoreError> {
         let mut g = self.lock();
         g.fenced(lease)?;
-        let id = g.purchases.len() as i64 + 1;
+        let id = PurchaseId(g.purchases.len() as i64 + 1);
         let index = g.purchases.len();
         g.purchases_by_order
             .entry(intent.order_id.clone())
@@ -433,12 +434,12 @@ impl Store for MemoryStore {
 
     async fn record_outcome(
         &self,
-        purchase_id: i64,
+        purchase_id: PurchaseId,
         outcome: &PurchaseOutcome,
         at: Timestamp,
     ) -> Result<Recorded, StoreError> {
         let mut g = self.lock();
-        let idx = usize::try_from(purchase_id - 1)
+        let idx = usize::try_from(purchase_id.0 - 1)
             .map_err(|_| StoreError::Corrupt(format!("no purchase {purchase_id}")))?;
         let Some(p) = g.purchases.get_mut(idx) else {
             return Err(StoreError::Corrupt(format!("no purchase {purchase_id}")));
@@ -553,20 +554,6 @@ impl Store for MemoryStore {
             .take(limit)
             .map(|r| r.notice.clone())
             .collect())
-    }
-
-    async fn notice_failed(
-        &self,
-        id: i64,
-        _error: &str,
-        retry_at: Option<Timestamp>,
-    ) -> Result<(), StoreError> {
-        let mut g = self.lock();
-        if let Some(r) = g.outbox.get_mut((id - 1) as usize) {
-            r.notice.attempts += 1;
-            r.next_at = retry_at;
-        }
-        Ok(())
     }
 
     async fn fan_out(

@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::clock::Timestamp;
 use crate::domain::{
     CatalogPackage, Discovered, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId,
-    Purchase, PurchaseIntent, PurchaseOutcome, Resolution, TimelineEntry,
+    Purchase, PurchaseId, PurchaseIntent, PurchaseOutcome, Resolution, TimelineEntry,
 };
 
 /// What can go wrong in a store.
@@ -88,7 +88,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
         Some(Backend::Postgres) => Ok(Arc::new(postgres::PostgresStore::connect(url).await?)),
         None => Err(StoreError::Database(format!(
             "unsupported database url {}: use sqlite: or postgres:",
-            redact_url(url)
+            crate::redact::url(url, crate::redact::User::Shown)
         ))),
     }
 }
@@ -112,29 +112,6 @@ impl Backend {
             _ => None,
         }
     }
-}
-
-/// The URL with any password replaced by `***`, for logs and error messages
-/// (`postgres://app:***@db:5432/provisioner`). URLs without credentials come back unchanged.
-pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_string();
-    if let Some((scheme, rest)) = url.split_once("://") {
-        // The authority ends at the first '/', '?' or '#'; user info precedes its last '@'.
-        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let authority = &rest[..end];
-        if let Some(at) = authority.rfind('@')
-            && let Some((user, _password)) = authority[..at].split_once(':')
-        {
-            out = format!("{scheme}://{user}:***{}{}", &authority[at..], &rest[end..]);
-        }
-    }
-    // A password may also come as a query parameter (`?password=...`).
-    if let Some(i) = out.find("password=") {
-        let start = i + "password=".len();
-        let stop = out[start..].find('&').map_or(out.len(), |n| start + n);
-        out.replace_range(start..stop, "***");
-    }
-    out
 }
 
 /// An order's customer access token as stored: its digest and which generation it is. The
@@ -200,7 +177,7 @@ pub struct Change {
     /// Encrypted credentials to save.
     pub credentials: Option<Vec<u8>>,
     /// Settle an unknown purchase.
-    pub resolve: Option<(i64, Resolution)>,
+    pub resolve: Option<(PurchaseId, Resolution)>,
     /// Keep the lease after this write (the step goes on); otherwise it is released.
     pub keep_lease: bool,
     /// Give up the order's single flight on its package (its purchase is settled). A flight is
@@ -388,11 +365,11 @@ pub trait Store: Send + Sync + 'static {
         order: &Order,
         intent: &PurchaseIntent,
         entries: &[TimelineEntry],
-    ) -> Result<i64, StoreError>;
+    ) -> Result<PurchaseId, StoreError>;
     /// Records a purchase's outcome, first writer wins (see [`Recorded`]). Not fenced.
     async fn record_outcome(
         &self,
-        purchase_id: i64,
+        purchase_id: PurchaseId,
         outcome: &PurchaseOutcome,
         at: Timestamp,
     ) -> Result<Recorded, StoreError>;
@@ -432,13 +409,6 @@ pub trait Store: Send + Sync + 'static {
     async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError> {
         self.fan_out(&[], &[id], at).await
     }
-    /// Records a failed delivery and when to try again (`None`: give up).
-    async fn notice_failed(
-        &self,
-        id: i64,
-        error: &str,
-        retry_at: Option<Timestamp>,
-    ) -> Result<(), StoreError>;
 
     // issue 5: outbox deliveries
     // The dispatcher fans due notices out into per-channel deliveries and marks the notices
@@ -631,27 +601,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("s.db").display());
         suite(&sqlite::SqliteStore::connect(&url).await.unwrap()).await;
-    }
-
-    #[test]
-    fn urls_are_shown_without_passwords() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/provisioner"),
-            "postgres://app:***@db:5432/provisioner"
-        );
-        assert_eq!(
-            redact_url("postgresql://app:p@ss@db/x?sslmode=require"),
-            "postgresql://app:***@db/x?sslmode=require"
-        );
-        assert_eq!(
-            redact_url("postgres://db/x?user=app&password=s3cret&sslmode=require"),
-            "postgres://db/x?user=app&password=***&sslmode=require"
-        );
-        assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
-        assert_eq!(
-            redact_url("sqlite://provisioner.db"),
-            "sqlite://provisioner.db"
-        );
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! same on SQLite live once in `store::sql`; what is PostgreSQL's own (SKIP LOCKED, UNNEST
 //! inserts, the flight's row lock, vacuum) stays here.
 
+use crate::domain::PurchaseId;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::time::Duration;
@@ -33,7 +34,7 @@ use sqlx::{ConnectOptions, Connection, PgPool, Postgres};
 use super::sql::{self, Arg, SqlRow, Stmt};
 use super::{
     AccessToken, Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery,
-    Notice, OrderFilter, Recorded, StateCounts, Store, StoreError, redact_url,
+    Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -108,7 +109,7 @@ impl PostgresStore {
     /// # Errors
     /// As for [`PostgresStore::connect`].
     pub async fn connect_with(url: &str, pool_size: u32) -> Result<Self, StoreError> {
-        let shown = redact_url(url);
+        let shown = crate::redact::url(url, crate::redact::User::Shown);
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Database(format!("bad database url {shown}: {e}")))?
             .application_name("provisioner");
@@ -465,7 +466,7 @@ impl Store for PostgresStore {
         order: &Order,
         intent: &PurchaseIntent,
         entries: &[TimelineEntry],
-    ) -> Result<i64, StoreError> {
+    ) -> Result<PurchaseId, StoreError> {
         let mut tx = self.pool.begin().await?;
         // The fenced order write first: if the lease is gone, no intent is written.
         let change = Change {
@@ -478,12 +479,12 @@ impl Store for PostgresStore {
             .fetch_one(&mut *tx)
             .await?;
         tx.commit().await?;
-        row.int("id")
+        row.int("id").map(PurchaseId)
     }
 
     async fn record_outcome(
         &self,
-        purchase_id: i64,
+        purchase_id: PurchaseId,
         outcome: &PurchaseOutcome,
         at: Timestamp,
     ) -> Result<Recorded, StoreError> {
@@ -588,18 +589,6 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(sql::notice).collect()
-    }
-
-    async fn notice_failed(
-        &self,
-        id: i64,
-        error: &str,
-        retry_at: Option<Timestamp>,
-    ) -> Result<(), StoreError> {
-        query(&sql::notice_failed(id, error, retry_at))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     async fn fan_out(

@@ -11,6 +11,7 @@
 //! (`BEGIN IMMEDIATE` on the single SQLite writer, `FOR UPDATE SKIP LOCKED` on PostgreSQL, passed
 //! in here as `lock`), multi-row inserts (VALUES lists vs UNNEST), the single flight and vacuum.
 
+use crate::domain::PurchaseId;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::sync::LazyLock;
@@ -299,7 +300,7 @@ pub(crate) fn after_order_write(order: &Order, change: &Change) -> Vec<Stmt> {
             )
             .str(res.kind())
             .text(res.detail().as_deref())
-            .int(*pid)
+            .int(pid.0)
             .str(order.id.as_str()),
         );
     }
@@ -335,7 +336,7 @@ pub(crate) fn insert_purchase(intent: &PurchaseIntent) -> Stmt {
 /// holds across processes), and the statement that keeps a late success as evidence when it
 /// already had one.
 pub(crate) fn record_outcome(
-    purchase_id: i64,
+    purchase_id: PurchaseId,
     outcome: &PurchaseOutcome,
     at: Timestamp,
 ) -> (Stmt, Option<Stmt>) {
@@ -352,11 +353,11 @@ pub(crate) fn record_outcome(
     .text(ip.as_deref())
     .text(reason)
     .int(at.millis())
-    .int(purchase_id);
+    .int(purchase_id.0);
     let late = ip.map(|ip| {
         Stmt::new("UPDATE purchases SET late_ip = $1 WHERE id = $2")
             .str(&ip)
-            .int(purchase_id)
+            .int(purchase_id.0)
     });
     (first, late)
 }
@@ -389,16 +390,6 @@ pub(crate) fn due_notices(now: Timestamp, n: usize) -> Stmt {
     )
     .int(now.millis())
     .int(limit(n))
-}
-
-/// Records a failed notice delivery and when to try again (NULL: never).
-pub(crate) fn notice_failed(id: i64, error: &str, retry_at: Option<Timestamp>) -> Stmt {
-    Stmt::new(
-        "UPDATE outbox SET attempts = attempts + 1, next_at = $1, last_error = $2 WHERE id = $3",
-    )
-    .int(retry_at.map(Timestamp::millis))
-    .str(error)
-    .int(id)
 }
 
 /// Claims due deliveries, counting an attempt on each (decoded by [`delivery`]). `lock` is the
@@ -631,7 +622,7 @@ pub(crate) fn purchase(row: &impl SqlRow) -> Result<Purchase, StoreError> {
         .transpose()?;
     let name = row.text("package_name")?;
     Ok(Purchase {
-        id: row.int("id")?,
+        id: PurchaseId(row.int("id")?),
         order_id: order_id(&row.text("order_id")?, "order_id")?,
         attempt: u32_col(row, "attempt")?,
         package_id: PackageId(u32_col(row, "package_id")?),

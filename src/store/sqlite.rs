@@ -4,6 +4,7 @@
 //! `BEGIN IMMEDIATE` transactions so two writers never deadlock upgrading a read lock. Every
 //! timestamp is bound from the `Clock`; SQL's own notion of now is never used.
 
+use crate::domain::PurchaseId;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -526,7 +527,7 @@ impl Store for SqliteStore {
         order: &Order,
         intent: &PurchaseIntent,
         entries: &[TimelineEntry],
-    ) -> Result<i64, StoreError> {
+    ) -> Result<PurchaseId, StoreError> {
         let mut turn = self.write_turn().await?;
         let mut tx = turn.begin().await?;
         // The fenced order write first: if the lease is gone, no intent is written.
@@ -540,12 +541,12 @@ impl Store for SqliteStore {
             .fetch_one(&mut *tx)
             .await?;
         tx.commit().await?;
-        row.int("id")
+        row.int("id").map(PurchaseId)
     }
 
     async fn record_outcome(
         &self,
-        purchase_id: i64,
+        purchase_id: PurchaseId,
         outcome: &PurchaseOutcome,
         at: Timestamp,
     ) -> Result<Recorded, StoreError> {
@@ -652,19 +653,6 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(sql::notice).collect()
-    }
-
-    async fn notice_failed(
-        &self,
-        id: i64,
-        error: &str,
-        retry_at: Option<Timestamp>,
-    ) -> Result<(), StoreError> {
-        let mut turn = self.write_turn().await?;
-        query(&sql::notice_failed(id, error, retry_at))
-            .execute(&mut *turn)
-            .await?;
-        Ok(())
     }
 
     async fn fan_out(

@@ -16,18 +16,17 @@ use super::intake::{no_unknown_keys, string};
 use super::orders::order_id;
 use super::views::OrderView;
 use super::{ApiError, AppState};
-use crate::clock::Timestamp;
-use crate::domain::{CatalogPackage, FieldError, OrderState, PackageId};
-use crate::engine::admin::Resolve;
+use crate::domain::{CatalogPackage, FieldError, PackageId};
+pub use crate::engine::admin::parse_resolve;
 use crate::engine::catalog::CatalogError;
+use crate::engine::queries::{ListRequest, MAX_OFFSET, MAX_PAGE_SIZE, not_a_count, not_a_package};
 use crate::store::OrderFilter;
 
 /// The list's query parameters.
 pub const FILTER_KEYS: [&str; 6] = ["state", "package", "from", "to", "limit", "offset"];
 
-/// Parses the list's query parameters (empty values count as absent, as an HTML form sends
-/// them). Times are RFC 3339 (`2026-05-01T10:00:00Z`; the `Z`, the seconds or the whole time of
-/// day may be left out) or milliseconds since the epoch.
+/// Parses the list's query parameters (see [`ListRequest`]): unknown keys are refused, empty
+/// values count as absent, numbers are read from their text.
 ///
 /// # Errors
 /// The first bad parameter, named.
@@ -42,70 +41,27 @@ pub fn parse_filter(params: &HashMap<String, String>) -> Result<OrderFilter, Fie
         ));
     }
     let get = |k: &str| params.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
-    let state = get("state")
-        .map(|s| {
-            s.parse::<OrderState>()
-                .map_err(|e| FieldError::new("state", e))
-        })
-        .transpose()?;
     let package = get("package")
         .map(|p| {
             p.parse::<u32>()
                 .map(PackageId)
-                .map_err(|_| FieldError::new("package", "must be a package id (PID)"))
+                .map_err(|_| not_a_package("package"))
         })
         .transpose()?;
-    let number = |k: &'static str, max: usize| {
+    let count = |k: &'static str, max: usize| {
         get(k)
-            .map(|v| {
-                v.parse::<usize>()
-                    .ok()
-                    .filter(|n| *n <= max)
-                    .ok_or_else(|| {
-                        FieldError::new(k, format!("must be a whole number up to {max}"))
-                    })
-            })
+            .map(|v| v.parse::<usize>().map_err(|_| not_a_count(k, max)))
             .transpose()
     };
-    let limit = number("limit", 500)?;
-    if limit == Some(0) {
-        return Err(FieldError::new("limit", "must be at least 1"));
-    }
-    Ok(OrderFilter {
-        state,
+    ListRequest {
+        state: get("state"),
         package,
-        created_from: get("from").map(|t| parse_time("from", t)).transpose()?,
-        created_to: get("to").map(|t| parse_time("to", t)).transpose()?,
-        limit,
-        offset: number("offset", 1_000_000_000)?,
-    })
-}
-
-/// A time from a query parameter (see [`parse_filter`]).
-pub fn parse_time(field: &str, text: &str) -> Result<Timestamp, FieldError> {
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text
-            .parse::<i64>()
-            .map(Timestamp)
-            .map_err(|_| FieldError::new(field, "milliseconds out of range"));
+        from: get("from"),
+        to: get("to"),
+        limit: count("limit", MAX_PAGE_SIZE)?,
+        offset: count("offset", MAX_OFFSET)?,
     }
-    // `datetime-local` inputs send `2026-05-01T10:00`; a date input sends `2026-05-01`.
-    let full = match text.len() {
-        10 => format!("{text}T00:00:00"),
-        16 => format!("{text}:00"),
-        _ => text.to_string(),
-    };
-    let t = humantime::parse_rfc3339_weak(&full).map_err(|_| {
-        FieldError::new(
-            field,
-            "must be an RFC 3339 time such as 2026-05-01T10:00:00Z, or milliseconds since the epoch",
-        )
-    })?;
-    let ms = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| FieldError::new(field, "must be after 1970"))?
-        .as_millis();
-    Ok(Timestamp(i64::try_from(ms).unwrap_or(i64::MAX)))
+    .filter()
 }
 
 /// `GET /api/v1/orders`: newest first, with filters, paging and the counts per state.
@@ -115,26 +71,28 @@ pub(super) async fn list_orders(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = parse_filter(&params).map_err(|e| ApiError::field(&e.field, e.message))?;
-    let store = state.engine.store();
-    let orders = store.orders(&filter).await.map_err(ApiError::internal)?;
-    let counts = store.state_counts().await.map_err(ApiError::internal)?;
-    let limit = filter.page_size();
-    let offset = filter.offset.unwrap_or(0);
-    let next = (orders.len() == limit).then_some(offset + limit);
-    let counts: Map<String, Value> = counts
+    let page = state
+        .engine
+        .queries()
+        .order_page(&filter)
+        .await
+        .map_err(ApiError::internal)?;
+    let counts: Map<String, Value> = page
+        .counts
         .into_iter()
         .map(|(s, n)| (s.as_str().to_string(), n.into()))
         .collect();
-    let views: Vec<OrderView> = orders
+    let views: Vec<OrderView> = page
+        .orders
         .iter()
         .map(|o| OrderView::new(o, None, None))
         .collect();
     Ok(Json(json!({
         "orders": views,
         "counts": counts,
-        "limit": limit,
-        "offset": offset,
-        "next_offset": next,
+        "limit": page.limit,
+        "offset": page.offset,
+        "next_offset": page.next_offset,
     })))
 }
 
@@ -204,40 +162,6 @@ pub(super) async fn resolve(
 
 /// The resolve body's keys.
 const RESOLVE_KEYS: [&str; 4] = ["action", "reason", "ip", "override_package_check"];
-
-/// Turns the resolve form's or body's fields into a [`Resolve`].
-///
-/// # Errors
-/// An unknown action, or a missing or malformed `ip` for `adopt`.
-pub fn parse_resolve(
-    action: &str,
-    ip: Option<&str>,
-    override_package_check: bool,
-) -> Result<Resolve, FieldError> {
-    match action.trim() {
-        "adopt" => {
-            let ip = ip.map(str::trim).filter(|s| !s.is_empty()).ok_or_else(|| {
-                FieldError::new(
-                    "ip",
-                    "is required to adopt: the address of the server we own",
-                )
-            })?;
-            let ip = ip
-                .parse()
-                .map_err(|_| FieldError::new("ip", format!("{ip:?} is not an IPv4 address")))?;
-            Ok(Resolve::Adopt {
-                ip,
-                override_package_check,
-            })
-        }
-        "not_bought" => Ok(Resolve::NotBought),
-        "fail" => Ok(Resolve::Fail),
-        other => Err(FieldError::new(
-            "action",
-            format!("must be one of adopt, not_bought, fail; got {other:?}"),
-        )),
-    }
-}
 
 /// `POST /api/v1/orders/{id}/cancel` with `{"reason"}`.
 pub(super) async fn cancel(
@@ -316,6 +240,9 @@ pub(super) async fn sync_catalog(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::Timestamp;
+    use crate::domain::OrderState;
+    use crate::engine::queries::parse_time;
 
     fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -360,33 +287,6 @@ mod tests {
         assert_eq!(
             parse_time("t", "2026-05-01T10:00").unwrap(),
             parse_time("t", "2026-05-01T10:00:00Z").unwrap()
-        );
-    }
-
-    #[test]
-    fn resolve_actions_parse() {
-        assert_eq!(
-            parse_resolve("adopt", Some(" 1.2.3.4 "), true).unwrap(),
-            Resolve::Adopt {
-                ip: "1.2.3.4".parse().unwrap(),
-                override_package_check: true
-            }
-        );
-        assert_eq!(parse_resolve("adopt", None, false).unwrap_err().field, "ip");
-        assert_eq!(
-            parse_resolve("adopt", Some("1.2.3"), false)
-                .unwrap_err()
-                .field,
-            "ip"
-        );
-        assert_eq!(
-            parse_resolve("not_bought", None, false).unwrap(),
-            Resolve::NotBought
-        );
-        assert_eq!(parse_resolve("fail", None, false).unwrap(), Resolve::Fail);
-        assert_eq!(
-            parse_resolve("nuke", None, false).unwrap_err().field,
-            "action"
         );
     }
 }

@@ -328,7 +328,7 @@ mod tests {
 
     fn purchase(attempt: u32, sent: i64, decided: i64, outcome: PurchaseOutcome) -> Purchase {
         Purchase {
-            id: i64::from(attempt),
+            id: crate::domain::PurchaseId(i64::from(attempt)),
             order_id: crate::domain::OrderId::new(),
             attempt,
             package_id: PackageId(7),

@@ -295,7 +295,7 @@ async fn orders_page(
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
     };
-    let store = state.engine.store();
+    let store = state.engine.queries();
     let (orders, counts, catalog) = match (
         store.orders(&filter).await,
         store.state_counts().await,
@@ -478,7 +478,7 @@ fn purchase_row(origin: Timestamp, p: &Purchase) -> PurchaseRow {
         Some(Resolution::RetriedBlindly) => "retried blindly (unsafe policy)".into(),
     };
     PurchaseRow {
-        id: p.id,
+        id: p.id.0,
         attempt: p.attempt,
         package: format!("{} ({})", p.package_id, p.package_name),
         stock_before: p.stock_before.map_or_else(|| "-".into(), |n| n.to_string()),
@@ -501,7 +501,7 @@ async fn render_order(
     notice: Option<String>,
     error: Option<String>,
 ) -> Response {
-    let store = state.engine.store();
+    let store = state.engine.queries();
     let (order, timeline, purchases, catalog) = match (
         store.order(id).await,
         store.timeline(id).await,
@@ -532,7 +532,7 @@ async fn render_order(
         None => "Restarts the buy phase with fresh attempts.".into(),
     };
     let candidates = if order.state == OrderState::NeedsAttention {
-        match state.engine.store().candidates(&order.id).await {
+        match state.engine.queries().candidates(&order.id).await {
             Ok(list) => list
                 .into_iter()
                 .map(|d| CandidateRow {

@@ -240,7 +240,7 @@ impl IntoResponse for ApiError {
 async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let counts = state
         .engine
-        .store()
+        .queries()
         .state_counts()
         .await
         .map_err(ApiError::internal)?;
@@ -259,11 +259,11 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value
 /// (so every process behind a load balancer reports the shared database's truth).
 async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiError> {
     let handle = crate::telemetry::metrics();
-    let store = state.engine.store();
-    for (s, n) in store.state_counts().await.map_err(ApiError::internal)? {
+    let queries = state.engine.queries();
+    for (s, n) in queries.state_counts().await.map_err(ApiError::internal)? {
         metrics::gauge!("provisioner_orders", "state" => s.as_str()).set(n as f64);
     }
-    let backlog = store.outbox_backlog().await.map_err(ApiError::internal)?;
+    let backlog = queries.outbox_backlog().await.map_err(ApiError::internal)?;
     metrics::gauge!("provisioner_outbox_backlog").set(backlog as f64);
     let content_type = [(
         axum::http::header::CONTENT_TYPE,

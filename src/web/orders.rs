@@ -19,9 +19,9 @@ use super::storefront::Refusal;
 use super::throttle::ClientAddr;
 use super::views::OrderView;
 use super::{ApiError, AppState};
-use crate::crypto::token_matches_hash;
 use crate::domain::{Order, OrderId, OrderState};
 use crate::engine::intake::{RotateError, Rotator, rotate};
+use crate::engine::queries::CredentialsError;
 
 /// Who is reading an order.
 enum Viewer {
@@ -40,7 +40,7 @@ pub(super) fn order_id(raw: &str) -> Result<OrderId, ApiError> {
 pub(super) async fn load(state: &AppState, id: &OrderId) -> Result<Order, ApiError> {
     state
         .engine
-        .store()
+        .queries()
         .order(id)
         .await
         .map_err(ApiError::internal)?
@@ -82,14 +82,12 @@ async fn customer_order(
     let (Some(token), Ok(id)) = (bearer(headers), OrderId::parse(raw)) else {
         return Ok(None);
     };
-    let store = state.engine.store();
-    let Some(stored) = store.access_token(&id).await.map_err(ApiError::internal)? else {
-        return Ok(None);
-    };
-    if !token_matches_hash(token, &stored.hash) {
-        return Ok(None);
-    }
-    store.order(&id).await.map_err(ApiError::internal)
+    state
+        .engine
+        .queries()
+        .customer_order(&id, token)
+        .await
+        .map_err(ApiError::internal)
 }
 
 /// `GET /api/v1/orders/{id}`: with the admin token, the order with its timeline and purchase
@@ -105,12 +103,12 @@ pub(super) async fn order(
     let id = order.id.clone();
     match viewer {
         Viewer::Admin(_) => {
-            let store = state.engine.store();
-            let timeline = store.timeline(&id).await.map_err(ApiError::internal)?;
-            let purchases = store.purchases(&id).await.map_err(ApiError::internal)?;
+            let queries = state.engine.queries();
+            let timeline = queries.timeline(&id).await.map_err(ApiError::internal)?;
+            let purchases = queries.purchases(&id).await.map_err(ApiError::internal)?;
             let mut view = OrderView::new(&order, Some(timeline), Some(purchases));
             if order.state == OrderState::NeedsAttention {
-                view.candidates = Some(store.candidates(&id).await.map_err(ApiError::internal)?);
+                view.candidates = Some(queries.candidates(&id).await.map_err(ApiError::internal)?);
             }
             Ok(Json(view))
         }
@@ -134,27 +132,20 @@ pub(super) async fn credentials(
 ) -> Result<Response, ApiError> {
     let (who, order) = authorize(&state, &headers, client, &id).await?;
     let id = order.id.clone();
-    let (OrderState::Ready, Some(ip)) = (order.state, order.server_ip) else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "no credentials yet: the order is {}; they are available once it is ready",
-                order.state
-            ),
-        ));
-    };
-    let sealed = state
-        .engine
-        .store()
-        .credentials(&id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::internal(format!("ready order {id} has no stored credentials")))?;
     let creds = state
         .engine
-        .cipher()
-        .open(ip, &sealed)
-        .map_err(|e| ApiError::internal(format!("order {id}: {e}")))?;
+        .queries()
+        .credentials(&order)
+        .await
+        .map_err(|e| match e {
+            CredentialsError::NotReady(now) => ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "no credentials yet: the order is {now}; they are available once it is ready"
+                ),
+            ),
+            e => ApiError::internal(e),
+        })?;
     match who {
         Viewer::Admin(name) => {
             tracing::info!(order_id = %id, admin = %name, "credentials read by an admin");

@@ -51,7 +51,7 @@ async fn orders_commands_work_through_the_api_and_on_the_database() {
     let api = Backend::api(&svc.api, SecretString::from(ADMIN_TOKEN)).unwrap();
     let mut settings = Settings::from_sources(None, &|_| None).unwrap();
     settings.database.url = format!("sqlite://{}", db.display());
-    let database = Backend::Database(provisioner::app::offline_engine(&settings).await.unwrap());
+    let database = Backend::Database(provisioner::app::offline_admin(&settings).await.unwrap());
 
     // list and show: the same orders either way.
     for backend in [&api, &database] {

@@ -37,7 +37,7 @@ impl PgServer {
     pub async fn get(test: &str) -> Option<PgServer> {
         let admin_url =
             std::env::var("PROVISIONER_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.into());
-        let shown = provisioner::store::redact_url(&admin_url);
+        let shown = provisioner::redact::url(&admin_url, provisioner::redact::User::Shown);
         let attempt =
             tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&admin_url)).await;
         match attempt {

@@ -22,8 +22,8 @@ use provisioner::store::memory::MemoryStore;
 use provisioner::store::postgres::PostgresStore;
 use provisioner::store::sqlite::SqliteStore;
 use provisioner::store::{
-    AccessToken, Change, Flight, Intake, Lease, NewDelivery, OrderFilter, Recorded, Store,
-    StoreError,
+    AccessToken, Change, DeliveryResult, Flight, Intake, Lease, NewDelivery, OrderFilter, Recorded,
+    Store, StoreError,
 };
 
 use crate::helpers::request;
@@ -648,22 +648,78 @@ async fn outbox_delivers_retries_and_gives_up(store: Arc<dyn Store>) {
     assert_eq!(due.len(), 3);
     assert!(due.iter().all(|n| n.attempts == 0));
     assert_eq!(store.due_notices(at(5), 2).await.unwrap().len(), 2, "limit");
-    let id_of = |o: &Order| due.iter().find(|n| n.order_id == o.id).unwrap().id;
-    store.notice_delivered(id_of(&a), at(6)).await.unwrap();
-    store
-        .notice_failed(id_of(&b), "receiver said 503", Some(at(60)))
+    // As the dispatcher does: each notice becomes a delivery, and sends are retried on the
+    // delivery (claim, then finish), never on the notice.
+    let deliveries: Vec<NewDelivery> = due
+        .iter()
+        .map(|n| NewDelivery {
+            key: format!("ntc_{}/webhook:shop", n.id),
+            event_id: format!("ntc_{}", n.id),
+            notice_id: Some(n.id),
+            order_id: Some(n.order_id.clone()),
+            kind: n.kind,
+            channel: "webhook:shop".into(),
+            detail: None,
+        })
+        .collect();
+    let ids: Vec<i64> = due.iter().map(|n| n.id).collect();
+    store.fan_out(&deliveries, &ids, at(5)).await.unwrap();
+    let claimed = store
+        .claim_deliveries("d1", at(6), LEASE, 10)
         .await
         .unwrap();
-    store
-        .notice_failed(id_of(&c), "receiver gone", None)
+    assert_eq!(claimed.len(), 3);
+    assert!(claimed.iter().all(|d| d.attempt == 1));
+    let of = |o: &Order| {
+        claimed
+            .iter()
+            .find(|d| d.order_id.as_ref() == Some(&o.id))
+            .unwrap()
+    };
+    let finish = |o: &Order, result: DeliveryResult| {
+        let (store, d) = (Arc::clone(&store), of(o).clone());
+        async move { assert!(store.finish_delivery(&d, &result).await.unwrap()) }
+    };
+    finish(&a, DeliveryResult::Delivered { at: at(6) }).await;
+    finish(
+        &b,
+        DeliveryResult::Failed {
+            error: "receiver said 503".into(),
+            retry_at: Some(at(60)),
+        },
+    )
+    .await;
+    finish(
+        &c,
+        DeliveryResult::Failed {
+            error: "receiver gone".into(),
+            retry_at: None,
+        },
+    )
+    .await;
+    assert!(
+        store
+            .claim_deliveries("d1", at(59), LEASE, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let retry = store
+        .claim_deliveries("d1", at(60), LEASE, 10)
         .await
         .unwrap();
-    assert!(store.due_notices(at(59), 10).await.unwrap().is_empty());
-    let retry = store.due_notices(at(60), 10).await.unwrap();
     assert_eq!(retry.len(), 1, "{retry:?}");
-    assert_eq!(retry[0].order_id, b.id);
-    assert_eq!(retry[0].attempts, 1);
-    assert!(store.due_notices(at(10_000), 10).await.unwrap().len() == 1);
+    assert_eq!(retry[0].order_id.as_ref(), Some(&b.id));
+    assert_eq!(retry[0].attempt, 2, "one failed attempt before this one");
+    // Long after, with the retry's claim lapsed: b is due again, c never.
+    assert!(
+        store
+            .claim_deliveries("d1", at(10_000), LEASE, 10)
+            .await
+            .unwrap()
+            .len()
+            == 1
+    );
 }
 
 async fn fan_out_queues_deliveries_and_hands_notices_over_together(store: Arc<dyn Store>) {

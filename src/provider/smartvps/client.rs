@@ -276,7 +276,7 @@ impl SmartVpsClient {
     /// and reveal the username by where the gaps fall. The client itself never formats its
     /// credentials into any text.
     fn scrub(&self, text: &str) -> String {
-        let mut out = strip_url_secrets(text);
+        let mut out = crate::redact::urls_in(text);
         for secret in [self.password.expose_secret(), self.username.as_str()] {
             out = replace_word(&out, secret);
         }
@@ -444,7 +444,7 @@ pub fn install_crypto_provider() {
 fn api_url(base_url: &str, path_prefix: &str) -> Result<Url, ClientError> {
     let raw = base_url.trim();
     let bad = |reason: &str| ClientError::BaseUrl {
-        value: redact_userinfo(raw),
+        value: crate::redact::url(raw, crate::redact::User::Hidden),
         reason: reason.to_string(),
     };
     let mut url = Url::parse(raw).map_err(|e| bad(&e.to_string()))?;
@@ -477,39 +477,6 @@ fn api_url(base_url: &str, path_prefix: &str) -> Result<Url, ClientError> {
     }
     url.set_path(&path);
     Ok(url)
-}
-
-/// The value with anything between `scheme://` and the last `@` of its authority replaced, so an
-/// error naming a bad base URL never echoes credentials written into it.
-fn redact_userinfo(raw: &str) -> String {
-    let Some(i) = raw.find("://") else {
-        // Not even a scheme: no telling where an authority would end, so hide up to any `@`.
-        return match raw.rfind('@') {
-            Some(at) => format!("[redacted]{}", &raw[at..]),
-            None => raw.to_string(),
-        };
-    };
-    let (scheme, rest) = raw.split_at(i + 3);
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}[redacted]{}", &rest[at..]),
-        None => raw.to_string(),
-    }
-}
-
-/// Drops query strings and user info from any URL embedded in `text` (reqwest error texts can
-/// carry one).
-fn strip_url_secrets(text: &str) -> String {
-    text.split(' ')
-        .map(|word| match word.find("://") {
-            Some(_) => {
-                let word = word.split(['?', '#']).next().unwrap_or(word);
-                redact_userinfo(word)
-            }
-            None => word.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Classifies a non-2xx status; `Ok` for 2xx.
@@ -1077,15 +1044,5 @@ mod tests {
         assert_eq!(replace_word("status unknown", "u"), "status unknown");
         assert_eq!(replace_word("pp p", "p"), "pp [redacted]");
         assert_eq!(replace_word("x", ""), "x");
-    }
-
-    #[test]
-    fn url_secrets_are_stripped_from_error_texts() {
-        let text =
-            strip_url_secrets("error for url (https://u:p@h.example/api/buyvps?token=abc) x");
-        assert_eq!(
-            text,
-            "error for url (https://[redacted]@h.example/api/buyvps x"
-        );
     }
 }

@@ -1,7 +1,7 @@
 //! Counting commits: a store decorator that counts write transactions.
 
 use super::*;
-use crate::domain::Discovered;
+use crate::domain::{Discovered, PurchaseId};
 
 /// Counts the store's write transactions (each call below that writes is one commit), so
 /// "commits per order" is measured. Reads pass through uncounted.
@@ -98,7 +98,7 @@ impl Store for Counting {
         order: &Order,
         intent: &PurchaseIntent,
         entries: &[TimelineEntry],
-    ) -> Result<i64, StoreError> {
+    ) -> Result<PurchaseId, StoreError> {
         self.commit();
         self.inner
             .begin_purchase(lease, order, intent, entries)
@@ -106,7 +106,7 @@ impl Store for Counting {
     }
     async fn record_outcome(
         &self,
-        purchase_id: i64,
+        purchase_id: PurchaseId,
         outcome: &PurchaseOutcome,
         at: Timestamp,
     ) -> Result<Recorded, StoreError> {
@@ -148,15 +148,6 @@ impl Store for Counting {
     }
     async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError> {
         self.inner.due_notices(now, limit).await
-    }
-    async fn notice_failed(
-        &self,
-        id: i64,
-        error: &str,
-        retry_at: Option<Timestamp>,
-    ) -> Result<(), StoreError> {
-        self.commit();
-        self.inner.notice_failed(id, error, retry_at).await
     }
     async fn fan_out(
         &self,

@@ -45,7 +45,12 @@ impl BenchDb {
                 );
                 let mut conn = sqlx::PgConnection::connect(&self.admin_url)
                     .await
-                    .with_context(|| format!("connecting to {}", redact_url(&self.admin_url)))?;
+                    .with_context(|| {
+                        format!(
+                            "connecting to {}",
+                            crate::redact::url(&self.admin_url, crate::redact::User::Shown)
+                        )
+                    })?;
                 // The name is ours (letters, digits, underscores): safe to format in.
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                     .execute(&mut conn)

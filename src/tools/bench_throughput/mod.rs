@@ -42,7 +42,7 @@ use crate::store::postgres::{PostgresStore, with_database};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
     AccessToken, Change, Claimed, Flight, Intake, Lease, Notice, OrderFilter, Recorded,
-    StateCounts, Store, StoreError, redact_url,
+    StateCounts, Store, StoreError,
 };
 
 mod counting;

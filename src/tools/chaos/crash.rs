@@ -4,6 +4,7 @@
 //! of a doomed step fail from its k-th on, as if the process had died there. The lease is left
 //! behind, and the order is taken over from the store when it lapses.
 
+use crate::domain::PurchaseId;
 use std::cell::Cell;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -125,13 +126,13 @@ impl Store for CrashingStore {
         order: &Order,
         intent: &PurchaseIntent,
         entries: &[TimelineEntry],
-    ) -> Result<i64, StoreError> {
+    ) -> Result<PurchaseId, StoreError> {
         tick()?;
         self.0.begin_purchase(lease, order, intent, entries).await
     }
     async fn record_outcome(
         &self,
-        purchase_id: i64,
+        purchase_id: PurchaseId,
         outcome: &PurchaseOutcome,
         at: Timestamp,
     ) -> Result<Recorded, StoreError> {
@@ -173,14 +174,6 @@ impl Store for CrashingStore {
     }
     async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError> {
         self.0.due_notices(now, limit).await
-    }
-    async fn notice_failed(
-        &self,
-        id: i64,
-        error: &str,
-        retry_at: Option<Timestamp>,
-    ) -> Result<(), StoreError> {
-        self.0.notice_failed(id, error, retry_at).await
     }
     async fn fan_out(
         &self,

@@ -1,0 +1,329 @@
+//! The read side: what the admin API, the dashboard, the customer endpoints and the operator CLI
+//! show, read through one interface rather than each reaching into the store. Reads change
+//! nothing, so they need neither a lease nor the provider; only [`Queries::credentials`] needs
+//! the cipher, and a reader built without one says so.
+
+use std::sync::Arc;
+
+use crate::clock::Timestamp;
+use crate::crypto::{Cipher, token_matches_hash};
+use crate::domain::{
+    CatalogPackage, Credentials, Discovered, FieldError, Order, OrderId, OrderState, PackageId,
+    Purchase, TimelineEntry,
+};
+use crate::store::{OrderFilter, StateCounts, Store, StoreError};
+
+/// The largest page of the order list.
+pub const MAX_PAGE_SIZE: usize = 500;
+/// The largest offset into the order list (far past any real list, short of overflow).
+pub const MAX_OFFSET: usize = 1_000_000_000;
+
+/// An order-list request as an operator gives it: the admin API's query string, the dashboard's
+/// filter form and `provisioner orders list`'s flags all come to this, each already in its own
+/// types; [`ListRequest::filter`] checks it once for all of them. Empty text counts as absent,
+/// as an HTML form sends it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ListRequest<'a> {
+    /// Only orders in this state (its name, such as `failed`).
+    pub state: Option<&'a str>,
+    /// Only orders of this package.
+    pub package: Option<PackageId>,
+    /// Created at or after this time (see [`parse_time`]).
+    pub from: Option<&'a str>,
+    /// Created before this time (see [`parse_time`]).
+    pub to: Option<&'a str>,
+    /// Page size, 1 to [`MAX_PAGE_SIZE`].
+    pub limit: Option<usize>,
+    /// Rows to skip, up to [`MAX_OFFSET`].
+    pub offset: Option<usize>,
+}
+
+impl ListRequest<'_> {
+    /// The store's filter for this request.
+    ///
+    /// # Errors
+    /// The first bad field, named.
+    pub fn filter(&self) -> Result<OrderFilter, FieldError> {
+        let state = text(self.state)
+            .map(|s| {
+                s.parse::<OrderState>()
+                    .map_err(|e| FieldError::new("state", e))
+            })
+            .transpose()?;
+        let limit = at_most("limit", self.limit, MAX_PAGE_SIZE)?;
+        if limit == Some(0) {
+            return Err(FieldError::new("limit", "must be at least 1"));
+        }
+        Ok(OrderFilter {
+            state,
+            package: self.package,
+            created_from: text(self.from).map(|t| parse_time("from", t)).transpose()?,
+            created_to: text(self.to).map(|t| parse_time("to", t)).transpose()?,
+            limit,
+            offset: at_most("offset", self.offset, MAX_OFFSET)?,
+        })
+    }
+}
+
+fn text(t: Option<&str>) -> Option<&str> {
+    t.map(str::trim).filter(|t| !t.is_empty())
+}
+
+fn at_most(field: &str, n: Option<usize>, max: usize) -> Result<Option<usize>, FieldError> {
+    match n {
+        Some(n) if n > max => Err(not_a_count(field, max)),
+        n => Ok(n),
+    }
+}
+
+/// The error of a count field that is not a whole number up to `max`, for callers that parse
+/// the number from text before building a [`ListRequest`].
+pub fn not_a_count(field: &str, max: usize) -> FieldError {
+    FieldError::new(field, format!("must be a whole number up to {max}"))
+}
+
+/// The error of a package field that is not a PID, for callers that parse it from text.
+pub fn not_a_package(field: &str) -> FieldError {
+    FieldError::new(field, "must be a package id (PID)")
+}
+
+/// A time an operator typed: RFC 3339 (`2026-05-01T10:00:00Z`; the `Z`, the seconds or the whole
+/// time of day may be left out) or milliseconds since the epoch.
+///
+/// # Errors
+/// When `text` is neither, on `field`.
+pub fn parse_time(field: &str, text: &str) -> Result<Timestamp, FieldError> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse::<i64>()
+            .map(Timestamp)
+            .map_err(|_| FieldError::new(field, "milliseconds out of range"));
+    }
+    // `datetime-local` inputs send `2026-05-01T10:00`; a date input sends `2026-05-01`.
+    let full = match text.len() {
+        10 => format!("{text}T00:00:00"),
+        16 => format!("{text}:00"),
+        _ => text.to_string(),
+    };
+    let t = humantime::parse_rfc3339_weak(&full).map_err(|_| {
+        FieldError::new(
+            field,
+            "must be an RFC 3339 time such as 2026-05-01T10:00:00Z, or milliseconds since the epoch",
+        )
+    })?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| FieldError::new(field, "must be after 1970"))?
+        .as_millis();
+    Ok(Timestamp(i64::try_from(ms).unwrap_or(i64::MAX)))
+}
+
+/// Reads of orders, their history and the catalog.
+#[derive(Clone)]
+pub struct Queries {
+    /// Where everything shown is read from.
+    store: Arc<dyn Store>,
+    /// Opens stored credentials; `None` for readers that never show them (the operator CLI on
+    /// the database), so no key has to be made up for them.
+    cipher: Option<Arc<Cipher>>,
+}
+
+/// One order with its history: the admin's detail view.
+#[derive(Clone, Debug)]
+pub struct OrderDetail {
+    /// The order as it is now.
+    pub order: Order,
+    /// Its timeline, oldest first.
+    pub timeline: Vec<TimelineEntry>,
+    /// Its purchase ledger, oldest first.
+    pub purchases: Vec<Purchase>,
+}
+
+/// One page of the order list, with the counts per state over all orders (the list's header).
+#[derive(Clone, Debug)]
+pub struct OrderPage {
+    /// The page's orders, newest first.
+    pub orders: Vec<Order>,
+    /// Orders per state, whatever the filter.
+    pub counts: StateCounts,
+    /// The page size the filter came to.
+    pub limit: usize,
+    /// Rows skipped before this page.
+    pub offset: usize,
+    /// Where the next page starts, when this one is full (there may be more).
+    pub next_offset: Option<usize>,
+}
+
+/// Why an order's credentials cannot be shown.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    /// The order is not ready, so it has no credentials yet.
+    #[error("order is {0}: credentials exist once it is ready")]
+    NotReady(OrderState),
+    /// A ready order without stored credentials: the store lost them.
+    #[error("ready order {0} has no stored credentials")]
+    Missing(OrderId),
+    /// The stored credentials do not open with this key.
+    #[error("order {0}: {1}")]
+    Unreadable(OrderId, String),
+    /// This reader was built without the credentials key.
+    #[error("credentials cannot be read here: no credentials key was configured for this reader")]
+    NoKey,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Queries {
+    /// Reads on `store`, without the credentials key.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self {
+            store,
+            cipher: None,
+        }
+    }
+
+    /// The same reads, able to open stored credentials with `cipher`.
+    #[must_use]
+    pub fn with_cipher(mut self, cipher: Arc<Cipher>) -> Self {
+        self.cipher = Some(cipher);
+        self
+    }
+
+    /// One order.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+        self.store.order(id).await
+    }
+
+    /// An order's timeline, oldest first.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn timeline(&self, id: &OrderId) -> Result<Vec<TimelineEntry>, StoreError> {
+        self.store.timeline(id).await
+    }
+
+    /// An order's purchase ledger, oldest first.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn purchases(&self, id: &OrderId) -> Result<Vec<Purchase>, StoreError> {
+        self.store.purchases(id).await
+    }
+
+    /// The servers a discovery scan listed as candidates for an order needing attention.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn candidates(&self, id: &OrderId) -> Result<Vec<Discovered>, StoreError> {
+        self.store.candidates(id).await
+    }
+
+    /// One order with its timeline and ledger; `None` when there is no such order.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn order_detail(&self, id: &OrderId) -> Result<Option<OrderDetail>, StoreError> {
+        let Some(order) = self.store.order(id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(OrderDetail {
+            order,
+            timeline: self.store.timeline(id).await?,
+            purchases: self.store.purchases(id).await?,
+        }))
+    }
+
+    /// Orders matching `filter`, newest first.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn orders(&self, filter: &OrderFilter) -> Result<Vec<Order>, StoreError> {
+        self.store.orders(filter).await
+    }
+
+    /// How many orders are in each state.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn state_counts(&self) -> Result<StateCounts, StoreError> {
+        self.store.state_counts().await
+    }
+
+    /// One page of orders matching `filter`, with the counts per state and where the next page
+    /// starts.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn order_page(&self, filter: &OrderFilter) -> Result<OrderPage, StoreError> {
+        let orders = self.store.orders(filter).await?;
+        let counts = self.store.state_counts().await?;
+        let limit = filter.page_size();
+        let offset = filter.offset.unwrap_or(0);
+        let next_offset = (orders.len() == limit).then_some(offset + limit);
+        Ok(OrderPage {
+            orders,
+            counts,
+            limit,
+            offset,
+            next_offset,
+        })
+    }
+
+    /// The order `id`, when `token` is its current customer access token; `None` for an unknown
+    /// order and a wrong token alike, so callers cannot tell the two apart by accident.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn customer_order(
+        &self,
+        id: &OrderId,
+        token: &str,
+    ) -> Result<Option<Order>, StoreError> {
+        let Some(stored) = self.store.access_token(id).await? else {
+            return Ok(None);
+        };
+        if !token_matches_hash(token, &stored.hash) {
+            return Ok(None);
+        }
+        self.store.order(id).await
+    }
+
+    /// A ready order's server login, decrypted.
+    ///
+    /// # Errors
+    /// [`CredentialsError`] naming why.
+    pub async fn credentials(&self, order: &Order) -> Result<Credentials, CredentialsError> {
+        let (OrderState::Ready, Some(ip)) = (order.state, order.server_ip) else {
+            return Err(CredentialsError::NotReady(order.state));
+        };
+        let cipher = self.cipher.as_ref().ok_or(CredentialsError::NoKey)?;
+        let sealed = self
+            .store
+            .credentials(&order.id)
+            .await?
+            .ok_or_else(|| CredentialsError::Missing(order.id.clone()))?;
+        cipher
+            .open(ip, &sealed)
+            .map_err(|e| CredentialsError::Unreadable(order.id.clone(), e.to_string()))
+    }
+
+    /// The package catalog as last synced, ordered by PID.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn catalog(&self) -> Result<Vec<CatalogPackage>, StoreError> {
+        self.store.catalog().await
+    }
+
+    /// Work waiting in the notice outbox.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn outbox_backlog(&self) -> Result<u64, StoreError> {
+        self.store.outbox_backlog().await
+    }
+}
