@@ -666,27 +666,10 @@ pub(super) fn resolve_catalog(raw: RawCatalog) -> Result<CatalogSettings, Config
 /// `[[admin.tokens]]`. No error message ever contains a token.
 pub(super) fn resolve_admin(raw: RawAdmin, env: &Env<'_>) -> Result<AdminSettings, ConfigError> {
     let entries: Vec<(String, Option<String>, Option<String>)> = match env.get(ENV_ADMIN_TOKENS) {
-        Some(text) => text
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .enumerate()
-            .map(|(i, entry)| match entry.split_once(':') {
-                Some((name, token)) => Ok((
-                    ENV_ADMIN_TOKENS.to_owned(),
-                    Some(name.trim().to_owned()),
-                    Some(token.trim().to_owned()),
-                )),
-                // The entry itself is not echoed: it may be a token with its name forgotten.
-                None => Err(ConfigError::new(
-                    ENV_ADMIN_TOKENS,
-                    format!(
-                        "entry {} is not NAME:TOKEN (entries are separated by commas)",
-                        i + 1
-                    ),
-                )),
-            })
-            .collect::<Result<_, _>>()?,
+        Some(text) => name_secret_list(ENV_ADMIN_TOKENS, &text)?
+            .into_iter()
+            .map(|(at, name, token)| (at, Some(name), Some(token)))
+            .collect(),
         None => raw
             .tokens
             .unwrap_or_default()
@@ -706,12 +689,7 @@ pub(super) fn resolve_admin(raw: RawAdmin, env: &Env<'_>) -> Result<AdminSetting
             }
         };
         let name = name.unwrap_or_default();
-        let valid_name = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
-        if !valid_name {
+        if !is_valid_name(&name) {
             return Err(ConfigError::new(
                 key("name"),
                 format!(
@@ -768,27 +746,7 @@ pub(super) fn resolve_storefronts(
 ) -> Result<Vec<Storefront>, ConfigError> {
     // (key naming the entry, name, secret)
     let entries: Vec<(String, String, String)> = match env.get(ENV_STOREFRONTS) {
-        Some(text) => text
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .enumerate()
-            .map(|(i, entry)| match entry.split_once(':') {
-                Some((name, secret)) => Ok((
-                    ENV_STOREFRONTS.to_owned(),
-                    name.trim().to_owned(),
-                    secret.trim().to_owned(),
-                )),
-                // The entry is not echoed: it may be a secret with its name forgotten.
-                None => Err(ConfigError::new(
-                    ENV_STOREFRONTS,
-                    format!(
-                        "entry {} is not NAME:SECRET (entries are separated by commas)",
-                        i + 1
-                    ),
-                )),
-            })
-            .collect::<Result<_, _>>()?,
+        Some(text) => name_secret_list(ENV_STOREFRONTS, &text)?,
         None => {
             let mut out = Vec::new();
             for (i, s) in raw.unwrap_or_default().into_iter().enumerate() {
@@ -820,12 +778,7 @@ pub(super) fn resolve_storefronts(
                 format!("{at}.{field}")
             }
         };
-        let valid_name = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
-        if !valid_name {
+        if !is_valid_name(&name) {
             return Err(ConfigError::new(
                 key("name"),
                 format!(
@@ -884,4 +837,39 @@ pub(super) fn resolve_storefronts(
         });
     }
     Ok(storefronts)
+}
+
+/// Whether a name (of an admin token or a storefront) is 1 to 64 letters, digits, `.`, `_`,
+/// `@` or `-`: it is recorded in timelines and logs as who acted.
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c))
+}
+
+/// The `NAME:SECRET,NAME:SECRET` list of an environment variable, each entry as
+/// `(variable, name, secret)`. An entry without `:` is refused by its position: it is not echoed,
+/// as it may be a secret whose name was forgotten.
+fn name_secret_list(var: &str, text: &str) -> Result<Vec<(String, String, String)>, ConfigError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .enumerate()
+        .map(|(i, entry)| match entry.split_once(':') {
+            Some((name, secret)) => Ok((
+                var.to_owned(),
+                name.trim().to_owned(),
+                secret.trim().to_owned(),
+            )),
+            None => Err(ConfigError::new(
+                var,
+                format!(
+                    "entry {} is not NAME:SECRET (entries are separated by commas)",
+                    i + 1
+                ),
+            )),
+        })
+        .collect()
 }

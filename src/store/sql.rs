@@ -466,6 +466,50 @@ pub(crate) fn catalog() -> Stmt {
     Stmt::new("SELECT id, name, free, status, synced_at FROM packages ORDER BY id")
 }
 
+/// Adds one server to the discovery inventory; an address already there keeps its first
+/// sighting, and takes the new `candidate_for` when one is given.
+pub(crate) fn record_discovered(d: &Discovered) -> Stmt {
+    Stmt::new(
+        "INSERT INTO discovered (ip, package_id, ram_gb, expiry, first_seen, candidate_for) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (ip) DO UPDATE SET candidate_for = COALESCE(excluded.candidate_for, discovered.candidate_for)",
+    )
+    .str(&d.ip.to_string())
+    .int(i64::from(d.package_id.0))
+    .int(d.ram_gb.map(i64::from))
+    .text(d.expiry.as_deref())
+    .int(d.first_seen.millis())
+    .text(d.candidate_for.as_ref().map(OrderId::as_str))
+}
+
+const DISCOVERED_COLUMNS: &str = "ip, package_id, ram_gb, expiry, first_seen, candidate_for";
+
+/// A package's discovery inventory (decoded by [`discovered`]).
+pub(crate) fn discovered_in(package: PackageId) -> Stmt {
+    Stmt::new(format!(
+        "SELECT {DISCOVERED_COLUMNS} FROM discovered WHERE package_id = $1 ORDER BY ip"
+    ))
+    .int(i64::from(package.0))
+}
+
+/// The servers listed as candidates for an order (decoded by [`discovered`]).
+pub(crate) fn candidates_for(order: &OrderId) -> Stmt {
+    Stmt::new(format!(
+        "SELECT {DISCOVERED_COLUMNS} FROM discovered WHERE candidate_for = $1 ORDER BY ip"
+    ))
+    .str(order.as_str())
+}
+
+/// Makes a waiting, unleased, active order due at `at` if it would run later.
+pub(crate) fn expedite(id: &OrderId, at: Timestamp) -> Stmt {
+    Stmt::new(format!(
+        "UPDATE orders SET run_at = $1 WHERE id = $2 AND state IN {} AND run_at > $1 \
+         AND (lease_expires_at IS NULL OR lease_expires_at <= $1)",
+        *ACTIVE_STATES
+    ))
+    .int(at.millis())
+    .str(id.as_str())
+}
+
 /// Replaces an order's access token; matches no row when there is no such order.
 pub(crate) fn rotate_access_token(id: &OrderId, next: &AccessToken) -> Stmt {
     Stmt::new("UPDATE orders SET access_token_hash = $1, access_token_gen = $2 WHERE id = $3")

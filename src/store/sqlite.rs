@@ -563,14 +563,7 @@ impl Store for SqliteStore {
 
     async fn expedite(&self, id: &OrderId, at: Timestamp) -> Result<bool, StoreError> {
         let mut turn = self.write_turn().await?;
-        let done = sqlx::query(
-            "UPDATE orders SET run_at = ?1 WHERE id = ?2 AND state IN ('queued', 'buying', 'awaiting_credentials') AND run_at > ?1 \
-             AND (lease_expires_at IS NULL OR lease_expires_at <= ?1)",
-        )
-        .bind(at.millis())
-        .bind(id.as_str())
-        .execute(&mut *turn)
-        .await?;
+        let done = query(&sql::expedite(id, at)).execute(&mut *turn).await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -581,40 +574,23 @@ impl Store for SqliteStore {
         let mut turn = self.write_turn().await?;
         let mut tx = turn.begin().await?;
         for d in found {
-            sqlx::query(
-                "INSERT INTO discovered (ip, package_id, ram_gb, expiry, first_seen, candidate_for) VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT (ip) DO UPDATE SET candidate_for = COALESCE(excluded.candidate_for, discovered.candidate_for)",
-            )
-            .bind(d.ip.to_string())
-            .bind(i64::from(d.package_id.0))
-            .bind(d.ram_gb.map(i64::from))
-            .bind(&d.expiry)
-            .bind(d.first_seen.millis())
-            .bind(d.candidate_for.as_ref().map(OrderId::as_str))
-            .execute(&mut *tx)
-            .await?;
+            query(&sql::record_discovered(d)).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     async fn discovered(&self, package: PackageId) -> Result<Vec<Discovered>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT ip, package_id, ram_gb, expiry, first_seen, candidate_for FROM discovered WHERE package_id = $1 ORDER BY ip",
-        )
-        .bind(i64::from(package.0))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = query(&sql::discovered_in(package))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(sql::discovered).collect()
     }
 
     async fn candidates(&self, order: &OrderId) -> Result<Vec<Discovered>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT ip, package_id, ram_gb, expiry, first_seen, candidate_for FROM discovered WHERE candidate_for = $1 ORDER BY ip",
-        )
-        .bind(order.as_str())
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = query(&sql::candidates_for(order))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(sql::discovered).collect()
     }
 
