@@ -418,6 +418,7 @@ async def guess_one(kind, src, seconds, conc, oid=None):
             "burst_401_before_first_429": first.count(401),
             "first_429_at_s": t_first_429 and round(t_first_429, 3),
             "steady_401": after.count(401),
+            "t_401_after_burst": [round(t, 3) for t, st in log if st == 401 and t_first_429 is not None and t > t_first_429],
             "steady_401_per_min": round(after.count(401) / span_after * 60, 2) if span_after > 0 else None}
 
 
@@ -427,6 +428,8 @@ async def guess_main(args):
     oid = json.loads(b)["id"]
     res = []
     for i, kind in enumerate(("admin", "customer", "storefront")):
+        if kind not in args.kinds.split(","):
+            continue
         res.append(await guess_one(kind, f"127.0.4.{i + 1}", args.seconds, args.conc, oid))
     print(json.dumps(res, indent=1))
 
@@ -473,6 +476,7 @@ def main():
     f.add_argument("--duration", type=float, default=240)
     h = sub.add_parser("holds"); h.add_argument("--each", type=int, default=150); h.add_argument("--duration", type=float, default=90)
     g = sub.add_parser("guess"); g.add_argument("--seconds", type=float, default=30); g.add_argument("--conc", type=int, default=32)
+    g.add_argument("--kinds", default="admin,customer,storefront")
     r = sub.add_parser("replay"); r.add_argument("--trials", type=int, default=20); r.add_argument("--copies", type=int, default=10)
     c = sub.add_parser("child"); c.add_argument("--n", type=int); c.add_argument("--srcs"); c.add_argument("--duration", type=float)
     args = ap.parse_args()

@@ -22,7 +22,8 @@ use super::EngineError;
 use super::buy::StockRead;
 use super::step::Step;
 use crate::clock::Timestamp;
-use crate::domain::{Discovered, Purchase};
+use crate::domain::{Discovered, OrderId, OrderState, Purchase};
+use crate::store::OrderFilter;
 use crate::provider::{CallContext, Outcome};
 
 /// The widest package scanned: a name of three exact octets covers 256 addresses.
@@ -142,7 +143,19 @@ impl Step<'_> {
                 )
             }
         );
-        if candidates.len() == 1 && complete && fell {
+        // A candidate could also be the server of another order's purchase that is still
+        // unsettled (SmartVPS puts a purchase in another package when the one asked for runs
+        // dry, so any package's): then the scan cannot tell whose it is.
+        let rivals = if candidates.len() == 1 {
+            let ram = found
+                .iter()
+                .find(|d| d.ip == candidates[0])
+                .and_then(|d| d.ram_gb);
+            self.rival_purchases(purchase, ram).await?
+        } else {
+            Vec::new()
+        };
+        if candidates.len() == 1 && complete && fell && rivals.is_empty() {
             store.record_discovered(&found).await?;
             metrics::counter!("provisioner_discovery_scans_total", "result" => "adopted")
                 .increment(1);
@@ -171,6 +184,10 @@ impl Step<'_> {
         let listed: Vec<String> = candidates.iter().map(ToString::to_string).collect();
         let why = match (candidates.len(), complete, fell) {
             (0, _, _) => "no candidate: the server may hide behind a failed status read, or the stock moved for another reseller".to_string(),
+            (1, true, true) => format!(
+                "one candidate, but the unsettled purchases of order(s) {} could have bought it too",
+                rivals.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            ),
             (1, false, _) => "one candidate, but the scan is incomplete: another may be among the unread addresses".to_string(),
             (1, true, false) => "one candidate, but the package's stock did not fall".to_string(),
             _ => format!("candidates {}: adopt the right one", listed.join(", ")),
@@ -185,6 +202,45 @@ impl Step<'_> {
                 }
             ),
         })
+    }
+
+    /// Other orders with a purchase still unsettled (in flight, unknown, or escalated) that was
+    /// sent within a horizon of this one, for the candidate's RAM when status reported it: each
+    /// could own the server this scan found.
+    async fn rival_purchases(
+        &self,
+        purchase: &Purchase,
+        ram: Option<u32>,
+    ) -> Result<Vec<OrderId>, EngineError> {
+        let horizon = self.policy().horizon;
+        let (from, to) = (
+            purchase.sent_at.minus(horizon),
+            purchase.sent_at.plus(horizon),
+        );
+        let mut rivals = Vec::new();
+        for state in [OrderState::Buying, OrderState::NeedsAttention] {
+            let filter = OrderFilter {
+                state: Some(state),
+                limit: Some(usize::MAX),
+                ..OrderFilter::default()
+            };
+            for other in self.engine.store.orders(&filter).await? {
+                if other.id == self.order.id || ram.is_some_and(|r| other.ram_gb.get() != r) {
+                    continue;
+                }
+                let open = self
+                    .engine
+                    .store
+                    .purchases(&other.id)
+                    .await?
+                    .iter()
+                    .any(|p| p.is_open_unknown() && p.sent_at >= from && p.sent_at <= to);
+                if open {
+                    rivals.push(other.id);
+                }
+            }
+        }
+        Ok(rivals)
     }
 
     /// Calls status for each address, [`SCAN_CONCURRENCY`] at a time and at most
