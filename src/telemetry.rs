@@ -133,6 +133,10 @@ fn describe_metrics() {
         "Inbound HTTP connections open now (at most server.max_connections)."
     );
     describe_counter!(
+        "provisioner_http_connections_refused_total",
+        "Connections closed on arrival because their client address already held server.max_connections_per_client."
+    );
+    describe_counter!(
         "provisioner_auth_failures_total",
         "Failed authentications (admin token, dashboard login, customer token, storefront signature)."
     );

@@ -60,6 +60,7 @@ pub(super) struct RawDatabase {
 pub(super) struct RawServer {
     pub(super) listen: Option<String>,
     pub(super) max_connections: Option<usize>,
+    pub(super) max_connections_per_client: Option<usize>,
     pub(super) header_timeout: Option<DurationText>,
     pub(super) body_timeout: Option<DurationText>,
     pub(super) idle_timeout: Option<DurationText>,

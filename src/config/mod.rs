@@ -86,6 +86,9 @@ const ENV_STOREFRONTS: &str = "PROVISIONER_STOREFRONTS";
 /// Default `server.max_connections`: inbound connections served at once. Further ones wait in
 /// the kernel's accept queue, holding no file descriptor of ours.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Default `server.max_connections_per_client`: an eighth of the slots, so a flood from a few
+/// addresses leaves room for the storefront and the admins.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 64;
 /// Default `server.header_timeout`: the longest a client may take to send a request's headers.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `server.body_timeout`: the longest a client may take to send a request's body.
@@ -183,6 +186,8 @@ pub struct ServerSettings {
     /// Connections served at once; the rest wait in the kernel's accept queue. Also lowered at
     /// start-up to leave file descriptors for the engine's own SmartVPS and database calls.
     pub max_connections: usize,
+    /// Connections one client address may hold at once, so one address cannot take every slot.
+    pub max_connections_per_client: usize,
     /// Limit on receiving a request's headers, counted from when the connection is ready for it.
     pub header_timeout: Duration,
     /// Limit on receiving a request's body once its headers are in.
@@ -430,6 +435,8 @@ listen = "127.0.0.1:8080"
 # Connections served at once; more wait in the kernel's queue. Lowered at start-up if the
 # process's file-descriptor limit would not leave room for the engine's own calls.
 max_connections = 512
+# Connections one client address may hold at once; more are closed as soon as they arrive.
+max_connections_per_client = 64
 # A client must send a request's headers within this (also closes sockets idle before a request)...
 header_timeout = "10s"
 # ...and its body within this.

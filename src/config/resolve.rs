@@ -252,6 +252,11 @@ pub(super) fn resolve_server(raw: RawServer, env: &Env<'_>) -> Result<ServerSett
         "server.max_connections",
         DEFAULT_MAX_CONNECTIONS,
     )?;
+    let max_connections_per_client = positive(
+        raw.max_connections_per_client,
+        "server.max_connections_per_client",
+        DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    )?;
     let max_body_bytes = positive(
         raw.max_body_bytes,
         "server.max_body_bytes",
@@ -286,6 +291,7 @@ pub(super) fn resolve_server(raw: RawServer, env: &Env<'_>) -> Result<ServerSett
     Ok(ServerSettings {
         listen,
         max_connections,
+        max_connections_per_client,
         header_timeout: duration(
             raw.header_timeout,
             "server.header_timeout",

@@ -23,8 +23,8 @@ use super::buy::StockRead;
 use super::step::Step;
 use crate::clock::Timestamp;
 use crate::domain::{Discovered, OrderId, OrderState, Purchase};
-use crate::store::OrderFilter;
 use crate::provider::{CallContext, Outcome};
+use crate::store::OrderFilter;
 
 /// The widest package scanned: a name of three exact octets covers 256 addresses.
 pub const MAX_SCAN: usize = 1024;

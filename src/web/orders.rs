@@ -61,13 +61,19 @@ async fn authorize(
         let order = load(state, &id).await?;
         return Ok((Viewer::Admin(name), order));
     }
+    // Asking without a credential is not guessing one; a guess takes its try before it is
+    // checked, so guesses checked concurrently cannot outrun the throttle.
+    if bearer(headers).is_none() {
+        return Err(unauthorized());
+    }
+    state.throttle.reserve(client)?;
     match customer_order(state, headers, raw).await? {
-        Some(order) => Ok((Viewer::Customer, order)),
+        Some(order) => {
+            state.throttle.give_back(client);
+            Ok((Viewer::Customer, order))
+        }
         None => {
-            // Asking without a credential is not guessing one.
-            if bearer(headers).is_some() {
-                state.throttle.fail(client);
-            }
+            metrics::counter!("provisioner_auth_failures_total").increment(1);
             Err(unauthorized())
         }
     }

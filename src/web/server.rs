@@ -8,8 +8,9 @@
 //! notices, so idle sockets can never make a stock read fail with "Too many open files" and cost
 //! an order a buy attempt.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -38,6 +39,9 @@ use crate::config::ServerSettings;
 pub struct Limits {
     /// Connections served at once (after [`effective_max_connections`]).
     pub max_connections: usize,
+    /// Connections one client address may hold at once; more are closed as soon as they are
+    /// accepted, so one address cannot fill every slot and the accept queue behind them.
+    pub max_connections_per_client: usize,
     /// Limit on receiving a request's headers, from when the connection is ready for it.
     pub header_timeout: Duration,
     /// Limit on receiving a request's body.
@@ -53,6 +57,7 @@ impl Limits {
     pub fn of(s: &ServerSettings) -> Self {
         Self {
             max_connections: s.max_connections,
+            max_connections_per_client: s.max_connections_per_client,
             header_timeout: s.header_timeout,
             body_timeout: s.body_timeout,
             idle_timeout: s.idle_timeout,
@@ -97,6 +102,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Connections held per client address; a std mutex, nothing is awaited under it.
+    let per_client: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let open = Arc::new(AtomicUsize::new(0));
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -122,11 +129,38 @@ pub async fn serve(
                 }
             },
         };
+        let client = peer.ip();
+        {
+            let mut held = per_client
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = held.entry(client).or_insert(0);
+            if *n >= limits.max_connections_per_client {
+                // Closed at once: the slot and the accept queue stay free for other clients.
+                metrics::counter!("provisioner_http_connections_refused_total").increment(1);
+                drop(stream);
+                drop(permit);
+                continue;
+            }
+            *n += 1;
+        }
+        let per_client_done = Arc::clone(&per_client);
         let (router, shutdown, open) = (router.clone(), shutdown.clone(), Arc::clone(&open));
         open.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("provisioner_http_connections").set(open.load(Ordering::Relaxed) as f64);
         connections.spawn(async move {
             connection(stream, peer, router, limits, shutdown).await;
+            {
+                let mut held = per_client_done
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(n) = held.get_mut(&client) {
+                    *n -= 1;
+                    if *n == 0 {
+                        held.remove(&client);
+                    }
+                }
+            }
             open.fetch_sub(1, Ordering::Relaxed);
             metrics::gauge!("provisioner_http_connections")
                 .set(open.load(Ordering::Relaxed) as f64);

@@ -111,6 +111,66 @@ impl Throttle {
         buckets.insert(addr, b);
     }
 
+    /// Takes one try from `addr` before a credential is checked, so that requests checked
+    /// concurrently cannot all pass a check made before any of them failed: `Err(wait)` when
+    /// none is left. A try given back with [`Throttle::give_back_at`] (the credential was right)
+    /// costs nothing.
+    pub fn reserve_at(&self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
+        let mut buckets = self.lock();
+        let b = buckets.get(&addr).copied().unwrap_or(Bucket {
+            tries: self.burst,
+            at: now,
+        });
+        let mut b = self.refilled(b, now);
+        if b.tries < 1.0 {
+            let wait = Duration::from_secs_f64((1.0 - b.tries) / self.refill_per_sec);
+            buckets.insert(addr, b);
+            return Err(wait);
+        }
+        b.tries -= 1.0;
+        if buckets.len() >= MAX_TRACKED && !buckets.contains_key(&addr) {
+            let fullest = buckets
+                .iter()
+                .max_by(|x, y| x.1.tries.total_cmp(&y.1.tries))
+                .map(|(k, _)| *k);
+            if let Some(k) = fullest {
+                buckets.remove(&k);
+            }
+        }
+        buckets.insert(addr, b);
+        Ok(())
+    }
+
+    /// Gives back the try [`Throttle::reserve_at`] took, when the credential was right.
+    pub fn give_back_at(&self, addr: IpAddr, now: Instant) {
+        let mut buckets = self.lock();
+        if let Some(b) = buckets.get(&addr).copied() {
+            let mut b = self.refilled(b, now);
+            b.tries = (b.tries + 1.0).min(self.burst);
+            if b.tries >= self.burst {
+                buckets.remove(&addr);
+            } else {
+                buckets.insert(addr, b);
+            }
+        }
+    }
+
+    /// [`Throttle::reserve_at`] now, as the 429 to answer.
+    ///
+    /// # Errors
+    /// The 429 when `addr` is throttled.
+    pub fn reserve(&self, addr: IpAddr) -> Result<(), Throttled> {
+        self.reserve_at(addr, Instant::now()).map_err(|wait| {
+            metrics::counter!("provisioner_auth_throttled_total").increment(1);
+            Throttled(wait)
+        })
+    }
+
+    /// [`Throttle::give_back_at`] now.
+    pub fn give_back(&self, addr: IpAddr) {
+        self.give_back_at(addr, Instant::now());
+    }
+
     /// [`Throttle::check_at`] now, as the 429 to answer.
     ///
     /// # Errors
@@ -211,6 +271,20 @@ mod tests {
         let t2 = t1 + Duration::from_secs(60);
         assert!(t.check_at(a, t2).is_ok());
         assert!(t.lock().is_empty());
+    }
+
+    #[test]
+    fn reserving_before_checking_bounds_concurrent_guesses() {
+        let t = Throttle::new(3, 6);
+        let a: IpAddr = "192.0.2.9".parse().unwrap();
+        let t0 = Instant::now();
+        // Four guesses in flight at once: the fourth is refused before it is checked.
+        let admitted = (0..4).filter(|_| t.reserve_at(a, t0).is_ok()).count();
+        assert_eq!(admitted, 3);
+        // A right credential gives its try back.
+        t.give_back_at(a, t0);
+        assert!(t.reserve_at(a, t0).is_ok());
+        assert!(t.reserve_at(a, t0).is_err());
     }
 
     #[test]

@@ -666,3 +666,39 @@ fn the_readme_signing_snippets_produce_signatures_the_server_accepts() {
         assert_eq!(auth.verify(&headers, body.as_bytes()), Ok("shop"), "{lang}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::new(fast_clock(1000.0), 28);
+    let svc = start_service_with(
+        &dir.path().join("per-client.db"),
+        &sim,
+        sim.clock().clone(),
+        &Cipher::generate_key(),
+        |s| {
+            s.server.max_connections_per_client = 5;
+            s.server.header_timeout = Duration::from_secs(30);
+            s.server.idle_timeout = Duration::from_secs(30);
+        },
+    )
+    .await;
+    let addr = svc.running.addr;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // The sixth from the same address is closed on arrival, long before any timeout.
+    let sixth = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_by_server(sixth, Duration::from_secs(5)).await);
+    // The five held ones are still open: a request on one is answered.
+    let mut first = held.remove(0);
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), first.read_to_end(&mut reply)).await;
+    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 200"));
+    svc.running.stop().await;
+}
