@@ -22,7 +22,7 @@ use super::EngineError;
 use super::buy::StockRead;
 use super::step::Step;
 use crate::clock::Timestamp;
-use crate::domain::{Discovered, OrderId, OrderState, Purchase};
+use crate::domain::{Discovered, OrderId, Purchase, PurchaseOutcome, Resolution};
 use crate::provider::{CallContext, Outcome};
 use crate::store::OrderFilter;
 
@@ -32,6 +32,8 @@ pub const MAX_SCAN: usize = 1024;
 pub const SCAN_CONCURRENCY: usize = 64;
 /// Status calls started per second at most, so a scan never floods SmartVPS.
 pub const SCAN_RATE_PER_SEC: u32 = 32;
+/// How far back rival purchases are looked for, by their order's creation.
+const RIVAL_LOOKBACK: Duration = Duration::from_secs(24 * 3600);
 /// Time kept free at the end of the lease for the step's write after a scan.
 const SCAN_WRITE_MARGIN: Duration = Duration::from_secs(5);
 /// A server bought by a purchase expires one term after it; a month is 28 to 31 days, and the
@@ -204,9 +206,11 @@ impl Step<'_> {
         })
     }
 
-    /// Other orders with a purchase still unsettled (in flight, unknown, or escalated) that was
-    /// sent within a horizon of this one, for the candidate's RAM when status reported it: each
-    /// could own the server this scan found.
+    /// Other orders, with the candidate's RAM when status reported it, with a purchase whose
+    /// outcome was never a definite answer and that is still open (in flight, or with an admin),
+    /// or was judged "not bought" within a horizon of this one (SmartVPS can put a purchase in
+    /// another package, leaving the asked package's stock unchanged): each could own the server
+    /// this scan found. Orders created more than a day before this purchase are not looked at.
     async fn rival_purchases(
         &self,
         purchase: &Purchase,
@@ -217,27 +221,45 @@ impl Step<'_> {
             purchase.sent_at.minus(horizon),
             purchase.sent_at.plus(horizon),
         );
-        let mut rivals = Vec::new();
-        for state in [OrderState::Buying, OrderState::NeedsAttention] {
+        let mut orders = Vec::new();
+        // The store pages order lists; read every page.
+        loop {
             let filter = OrderFilter {
-                state: Some(state),
-                limit: Some(usize::MAX),
+                created_from: Some(purchase.sent_at.minus(RIVAL_LOOKBACK)),
+                created_to: Some(to),
+                limit: Some(500),
+                offset: Some(orders.len()),
                 ..OrderFilter::default()
             };
-            for other in self.engine.store.orders(&filter).await? {
-                if other.id == self.order.id || ram.is_some_and(|r| other.ram_gb.get() != r) {
-                    continue;
-                }
-                let open = self
-                    .engine
-                    .store
-                    .purchases(&other.id)
-                    .await?
-                    .iter()
-                    .any(|p| p.is_open_unknown() && p.sent_at >= from && p.sent_at <= to);
-                if open {
-                    rivals.push(other.id);
-                }
+            let page = self.engine.store.orders(&filter).await?;
+            let full = page.len() == filter.page_size();
+            orders.extend(page);
+            if !full {
+                break;
+            }
+        }
+        let mut rivals = Vec::new();
+        for other in orders {
+            if other.id == self.order.id || ram.is_some_and(|r| other.ram_gb.get() != r) {
+                continue;
+            }
+            let unanswered = self
+                .engine
+                .store
+                .purchases(&other.id)
+                .await?
+                .iter()
+                .any(|p| {
+                    let unanswered =
+                        matches!(p.outcome, None | Some(PurchaseOutcome::Unknown { .. }))
+                            && !matches!(p.resolution, Some(Resolution::Adopted { .. }));
+                    // Still open (in flight or with an admin): its server may be any unowned one
+                    // found since, however long ago it was sent. Settled as not bought: only a
+                    // server that appeared within its horizon can be its.
+                    unanswered && (p.is_open_unknown() || (p.sent_at >= from && p.sent_at <= to))
+                });
+            if unanswered {
+                rivals.push(other.id);
             }
         }
         Ok(rivals)

@@ -213,6 +213,10 @@ pub async fn start_service_with(
     // The tests that exercise throttling set their own budget; the rest make many refused
     // requests on purpose from one address.
     settings.server.auth_failure_burst = 10_000;
+    // Long enough that no keep-alive connection a test's client holds (a browser's, say) is
+    // closed under it mid-test; the tests of these timeouts set their own.
+    settings.server.header_timeout = Duration::from_secs(120);
+    settings.server.idle_timeout = Duration::from_secs(120);
     tweak(&mut settings);
     let running = start(
         &settings,

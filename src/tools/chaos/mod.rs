@@ -520,11 +520,26 @@ async fn check_order(
                 return;
             };
             if !upstream.contains(&ip) {
-                violate(
-                    report,
-                    id,
-                    format!("ready with {ip}, which SmartVPS did not sell for it ({upstream:?})"),
-                );
+                violate(report, id, {
+                    let sold = sim.purchases().into_iter().find(|p| p.ip == ip);
+                    let owner = sold
+                        .as_ref()
+                        .and_then(|p| p.request_id.as_deref())
+                        .and_then(|r| r.split('/').next())
+                        .and_then(|o| OrderId::parse(o).ok());
+                    let (owner_order, owner_ledger) = match &owner {
+                        Some(o) => (
+                            store.order(o).await.ok().flatten(),
+                            store.purchases(o).await.unwrap_or_default(),
+                        ),
+                        None => (None, Vec::new()),
+                    };
+                    format!(
+                        "ready with {ip}, which SmartVPS did not sell for it ({upstream:?}); sold as {sold:?}; \
+                             its order {:?} ledger {owner_ledger:?}; this ledger {ledger:?}",
+                        owner_order.map(|o| (o.state, o.created_at, o.ram_gb))
+                    )
+                });
             }
             let delivered_via_ledger = ledger.iter().any(|p| {
                 matches!(p.outcome, Some(PurchaseOutcome::Succeeded { ip: got }) if got == ip)
