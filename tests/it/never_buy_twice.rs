@@ -430,3 +430,52 @@ async fn a_crash_after_a_recorded_success_adopts_the_server_instead_of_rebuying(
         "the takeover says what it did"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn short_waits_and_a_stop_mid_purchase_still_end_with_one_server() {
+    // The duplicate: buy waits of 10 s / 20 s, a buyvps that takes 30 s upstream, and
+    // the worker stopped 10 s into the purchase. Before the horizon, the order was reconciled
+    // at +0:26 against unchanged stock and bought again; now nothing is concluded before the
+    // purchase's 10-minute horizon, and the server it bought is found and delivered.
+    let policy = RetryPolicy {
+        buy: provisioner::policy::PhasePolicy {
+            attempts: 3,
+            timeout: secs(20),
+            delays: vec![secs(10), secs(20)],
+        },
+        ..RetryPolicy::default()
+    };
+    let w = world(policy.clone());
+    w.sim.script_buy(PKG, [BuyStep::succeed(secs(30))]).unwrap();
+    let order = w.accept("short-waits", 7).await;
+    crash_mid_step(&w, secs(10)).await;
+    let clock: std::sync::Arc<dyn provisioner::clock::Clock> = w.clock.clone();
+    let store: std::sync::Arc<provisioner::store::memory::MemoryStore> = w.store.clone();
+    let restarted = VirtualWorld::engine_on(&store, &w.sim, &clock, policy);
+    for _ in 0..200 {
+        restarted.run_due_once().await.unwrap();
+        match w.store.next_due().await.unwrap() {
+            Some(at) if at > w.clock.now() => w.clock.sleep(at.since(w.clock.now())).await,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let o = w.order(&order.id).await;
+    assert_eq!(
+        w.servers_for(&order.id),
+        1,
+        "exactly one server bought upstream"
+    );
+    assert_eq!(
+        w.store.purchases(&order.id).await.unwrap().len(),
+        1,
+        "no second purchase"
+    );
+    assert_eq!(o.state, OrderState::Ready, "{:?}", o.failure);
+    let ledger = w.store.purchases(&order.id).await.unwrap();
+    assert!(
+        o.ready_at.unwrap().since(ledger[0].sent_at) >= secs(600),
+        "no verdict before the horizon"
+    );
+    assert_eq!(w.times_of(&order.id, "Found by the scan").await.len(), 1);
+}
