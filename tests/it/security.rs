@@ -30,6 +30,22 @@ fn body(order_ref: &str, pkg: u32) -> Value {
     })
 }
 
+/// A service on a fresh database in `dir`, its settings adjusted by `tweak`.
+async fn tweaked(
+    dir: &tempfile::TempDir,
+    sim: &Simulator,
+    tweak: impl FnOnce(&mut provisioner::config::Settings),
+) -> RealService {
+    start_service_with(
+        &dir.path().join("sec.db"),
+        sim,
+        sim.clock().clone(),
+        &Cipher::generate_key(),
+        tweak,
+    )
+    .await
+}
+
 async fn service(dir: &tempfile::TempDir, sim: &Simulator) -> RealService {
     start_service(
         &dir.path().join("sec.db"),
@@ -171,14 +187,7 @@ async fn with_no_storefront_configured_intake_refuses_everything() {
     let dir = tempfile::tempdir().unwrap();
     let sim = Simulator::new(fast_clock(1000.0), 22);
     let pkg = scenario_package(&sim, 502, "103.10.2");
-    let svc = start_service_with(
-        &dir.path().join("closed.db"),
-        &sim,
-        sim.clock().clone(),
-        &Cipher::generate_key(),
-        |s| s.storefronts.clear(),
-    )
-    .await;
+    let svc = tweaked(&dir, &sim, |s| s.storefronts.clear()).await;
     let (status, v) = post_order(&svc.http, &svc.api, &body("CLOSED-1", pkg.0)).await;
     assert_eq!(status, 503, "{v}");
     assert!(
@@ -193,18 +202,12 @@ async fn a_replayed_body_gets_the_working_token_and_never_revokes_the_customers(
     let dir = tempfile::tempdir().unwrap();
     let sim = Simulator::new(fast_clock(1000.0), 23);
     let pkg = scenario_package(&sim, 503, "103.10.3");
-    let svc = start_service_with(
-        &dir.path().join("replay.db"),
-        &sim,
-        sim.clock().clone(),
-        &Cipher::generate_key(),
-        |s| {
-            s.storefronts.push(Storefront {
-                name: "other".into(),
-                secret: secrecy::SecretString::from(OTHER_SECRET),
-            })
-        },
-    )
+    let svc = tweaked(&dir, &sim, |s| {
+        s.storefronts.push(Storefront {
+            name: "other".into(),
+            secret: secrecy::SecretString::from(OTHER_SECRET),
+        })
+    })
     .await;
     let (status, first) = post_order(&svc.http, &svc.api, &body("REPLAY-1", pkg.0)).await;
     assert_eq!(status, 201, "{first}");
@@ -376,16 +379,10 @@ async fn guessing_is_throttled_per_address_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
     let sim = Simulator::new(fast_clock(1000.0), 25);
     let pkg = scenario_package(&sim, 505, "103.10.5");
-    let svc = start_service_with(
-        &dir.path().join("throttle.db"),
-        &sim,
-        sim.clock().clone(),
-        &Cipher::generate_key(),
-        |s| {
-            s.server.auth_failure_burst = 5;
-            s.server.auth_failures_per_minute = 1;
-        },
-    )
+    let svc = tweaked(&dir, &sim, |s| {
+        s.server.auth_failure_burst = 5;
+        s.server.auth_failures_per_minute = 1;
+    })
     .await;
     // A customer token made before the guessing starts.
     let (_, v) = post_order(&svc.http, &svc.api, &body("GUESS-1", pkg.0)).await;
@@ -485,18 +482,12 @@ async fn a_flood_of_idle_and_slow_sockets_costs_no_order_a_buy_attempt() {
     let dir = tempfile::tempdir().unwrap();
     let sim = Simulator::new(fast_clock(100.0), 26);
     let pkg = scenario_package(&sim, 506, "103.10.6");
-    let svc = start_service_with(
-        &dir.path().join("flood.db"),
-        &sim,
-        sim.clock().clone(),
-        &Cipher::generate_key(),
-        |s| {
-            s.server.max_connections = 16;
-            s.server.header_timeout = Duration::from_millis(700);
-            s.server.body_timeout = Duration::from_millis(700);
-            s.server.idle_timeout = Duration::from_millis(700);
-        },
-    )
+    let svc = tweaked(&dir, &sim, |s| {
+        s.server.max_connections = 16;
+        s.server.header_timeout = Duration::from_millis(700);
+        s.server.body_timeout = Duration::from_millis(700);
+        s.server.idle_timeout = Duration::from_millis(700);
+    })
     .await;
     let addr = svc.running.addr;
 
@@ -567,14 +558,7 @@ async fn a_flood_of_idle_and_slow_sockets_costs_no_order_a_buy_attempt() {
 async fn an_oversized_body_is_refused_with_413() {
     let dir = tempfile::tempdir().unwrap();
     let sim = Simulator::new(fast_clock(1000.0), 27);
-    let svc = start_service_with(
-        &dir.path().join("big.db"),
-        &sim,
-        sim.clock().clone(),
-        &Cipher::generate_key(),
-        |s| s.server.max_body_bytes = 4096,
-    )
-    .await;
+    let svc = tweaked(&dir, &sim, |s| s.server.max_body_bytes = 4096).await;
     let big = vec![b' '; 10_000];
     let r = signed_post(&svc.http, &format!("{}/api/v1/orders", svc.api), &big)
         .send()
@@ -671,17 +655,11 @@ fn the_readme_signing_snippets_produce_signatures_the_server_accepts() {
 async fn one_address_cannot_hold_every_connection() {
     let dir = tempfile::tempdir().unwrap();
     let sim = Simulator::new(fast_clock(1000.0), 28);
-    let svc = start_service_with(
-        &dir.path().join("per-client.db"),
-        &sim,
-        sim.clock().clone(),
-        &Cipher::generate_key(),
-        |s| {
-            s.server.max_connections_per_client = 5;
-            s.server.header_timeout = Duration::from_secs(30);
-            s.server.idle_timeout = Duration::from_secs(30);
-        },
-    )
+    let svc = tweaked(&dir, &sim, |s| {
+        s.server.max_connections_per_client = 5;
+        s.server.header_timeout = Duration::from_secs(30);
+        s.server.idle_timeout = Duration::from_secs(30);
+    })
     .await;
     let addr = svc.running.addr;
     let mut held = Vec::new();
