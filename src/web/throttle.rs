@@ -92,12 +92,24 @@ impl Throttle {
 
     /// Takes one try from `addr` for a failed authentication.
     pub fn fail_at(&self, addr: IpAddr, now: Instant) {
+        // A failure always counts, even from an address already out of tries.
+        let _ = self.take(addr, now, false);
+    }
+
+    /// Takes one try from `addr`'s bucket; with `need_one`, refuses (the wait until one is back)
+    /// instead when none is left.
+    fn take(&self, addr: IpAddr, now: Instant, need_one: bool) -> Result<(), Duration> {
         let mut buckets = self.lock();
         let b = buckets.get(&addr).copied().unwrap_or(Bucket {
             tries: self.burst,
             at: now,
         });
         let mut b = self.refilled(b, now);
+        if need_one && b.tries < 1.0 {
+            let wait = Duration::from_secs_f64((1.0 - b.tries) / self.refill_per_sec);
+            buckets.insert(addr, b);
+            return Err(wait);
+        }
         b.tries = (b.tries - 1.0).max(0.0);
         if buckets.len() >= MAX_TRACKED && !buckets.contains_key(&addr) {
             let fullest = buckets
@@ -109,6 +121,7 @@ impl Throttle {
             }
         }
         buckets.insert(addr, b);
+        Ok(())
     }
 
     /// Takes one try from `addr` before a credential is checked, so that requests checked
@@ -116,29 +129,7 @@ impl Throttle {
     /// none is left. A try given back with [`Throttle::give_back_at`] (the credential was right)
     /// costs nothing.
     pub fn reserve_at(&self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
-        let mut buckets = self.lock();
-        let b = buckets.get(&addr).copied().unwrap_or(Bucket {
-            tries: self.burst,
-            at: now,
-        });
-        let mut b = self.refilled(b, now);
-        if b.tries < 1.0 {
-            let wait = Duration::from_secs_f64((1.0 - b.tries) / self.refill_per_sec);
-            buckets.insert(addr, b);
-            return Err(wait);
-        }
-        b.tries -= 1.0;
-        if buckets.len() >= MAX_TRACKED && !buckets.contains_key(&addr) {
-            let fullest = buckets
-                .iter()
-                .max_by(|x, y| x.1.tries.total_cmp(&y.1.tries))
-                .map(|(k, _)| *k);
-            if let Some(k) = fullest {
-                buckets.remove(&k);
-            }
-        }
-        buckets.insert(addr, b);
-        Ok(())
+        self.take(addr, now, true)
     }
 
     /// Gives back the try [`Throttle::reserve_at`] took, when the credential was right.
