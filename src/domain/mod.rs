@@ -6,6 +6,7 @@ pub mod inventory;
 pub mod ledger;
 pub mod order;
 pub mod package;
+pub mod server;
 
 use serde::Serialize;
 
@@ -17,6 +18,7 @@ pub use order::{
     Phase, RamGb, TransitionError,
 };
 pub use package::{CatalogPackage, PackageId, PackageName};
+pub use server::{ActionKind, ActionState, CallOutcome, Os, ServerAction, ServerFacts, Stage};
 
 use crate::clock::Timestamp;
 

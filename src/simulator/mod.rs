@@ -324,10 +324,15 @@ impl Simulator {
         }
     }
 
-    /// start, stop, format, changeos, renewvps; `true` when it succeeded.
-    pub(crate) fn action(&self, action: &str, ip: Option<Ipv4Addr>, os: Option<&str>) -> bool {
+    /// A start, stop, format, changeos or renewvps call arrives; what it does happens now.
+    pub(crate) fn begin_action(
+        &self,
+        action: &str,
+        ip: Option<Ipv4Addr>,
+        os: Option<&str>,
+    ) -> world::ActionTicket {
         let now = self.inner.clock.now();
-        self.lock().action(now, action, ip, os)
+        self.lock().begin_action(now, action, ip, os)
     }
 }
 

@@ -52,6 +52,7 @@ pub(super) fn instant_world(orders: usize) -> anyhow::Result<Simulator> {
                 status_latency: Duration::ZERO,
                 build_time: Duration::ZERO,
                 os: "ubuntu".into(),
+                install_time: Duration::ZERO,
             },
         )?;
     }
