@@ -695,3 +695,51 @@ fn capitalise(text: &str) -> String {
         .map(|c| c.to_uppercase().chain(chars).collect())
         .unwrap_or_default()
 }
+
+impl super::Engine {
+    /// Asks for `kind` on the server of order `id`, by `requested_by` (`customer` or
+    /// `admin:<name>`) with an optional reason: stored with its timeline line and the order made
+    /// due, in one transaction, unless another action is pending on the server, the order is not
+    /// ready, or the server's hourly allowance (`policy.action.per_hour`) is used up.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn request_action(
+        &self,
+        id: &crate::domain::OrderId,
+        kind: ActionKind,
+        requested_by: &str,
+        reason: Option<String>,
+    ) -> Result<crate::store::ActionRequest, crate::store::StoreError> {
+        let now = self.clock.now();
+        let action = ServerAction::new(id.clone(), kind, requested_by, reason.clone(), now);
+        let who = requested_by
+            .strip_prefix("admin:")
+            .map_or_else(|| requested_by.to_string(), |name| format!("admin {name}"));
+        let message = match &reason {
+            Some(reason) => format!(
+                "🛠️ {} asked by {who}: {reason}",
+                capitalise(&kind.describe())
+            ),
+            None => format!("🛠️ {} asked by {who}", capitalise(&kind.describe())),
+        };
+        let entry = crate::domain::TimelineEntry {
+            at: now,
+            kind: if requested_by.starts_with("admin:") {
+                crate::domain::EntryKind::Admin
+            } else {
+                crate::domain::EntryKind::Progress
+            },
+            message,
+        };
+        let result = self
+            .store
+            .request_action(&action, &entry, self.policy.server.per_hour)
+            .await?;
+        if matches!(result, crate::store::ActionRequest::Created(_)) {
+            tracing::info!(order_id = %id, action = kind.as_str(), requested_by, "server action requested");
+            self.wake.notify_one();
+        }
+        Ok(result)
+    }
+}

@@ -346,6 +346,10 @@ impl World {
         self.calls
     }
 
+    pub(crate) fn powered_on(&self, ip: Ipv4Addr) -> Option<bool> {
+        self.servers.get(&ip).map(|s| s.powered_on)
+    }
+
     pub(crate) fn server(&self, ip: Ipv4Addr) -> Option<ServerInfo> {
         self.servers.get(&ip).map(|s| s.info.clone())
     }

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod actions;
 mod admin;
 mod admin_api;
 mod admin_cli;
