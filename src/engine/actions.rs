@@ -364,8 +364,30 @@ impl Step<'_> {
                 let message = format!("Server {ip} {done}");
                 self.progress.line(now, format!("✅ {message}"));
                 action.finish(ActionState::Done, message, now);
+                // SmartVPS confirmed the power state: the page shows it without another read.
+                let known = match status {
+                    Some(s) => facts(&s, now),
+                    None => {
+                        let mut f = self
+                            .engine
+                            .store
+                            .server_facts(&self.order.id)
+                            .await?
+                            .unwrap_or_default();
+                        f.power = Some(
+                            if kind == ActionKind::Stop {
+                                "Offline"
+                            } else {
+                                "Online"
+                            }
+                            .into(),
+                        );
+                        f.checked_at = Some(now);
+                        f
+                    }
+                };
                 let change = Change {
-                    facts: status.as_ref().map(|s| facts(s, now)),
+                    facts: Some(known),
                     notices: vec![NoticeKind::ActionCompleted],
                     ..Change::default()
                 };

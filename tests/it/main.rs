@@ -3,6 +3,7 @@
 mod helpers;
 
 mod actions;
+mod actions_http;
 mod admin;
 mod admin_api;
 mod admin_cli;
