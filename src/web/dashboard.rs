@@ -49,6 +49,7 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/orders/{id}/retry", post(retry))
         .route("/admin/orders/{id}/resolve", post(resolve))
         .route("/admin/orders/{id}/cancel", post(cancel))
+        .route("/admin/orders/{id}/server-action", post(server_action))
 }
 
 /// A rendered page with the dashboard's security headers.
@@ -449,6 +450,87 @@ struct OrderPage {
     timeline: Vec<EntryRow>,
     /// Servers a scan found that may be this order's, each with its own Adopt button.
     candidates: Vec<CandidateRow>,
+    /// The server's state and its actions, once the order owns one.
+    server_panel: Option<ServerPanel>,
+}
+
+/// The server section of an order's page: what status last said, the action buttons, and the
+/// actions so far.
+struct ServerPanel {
+    power: String,
+    os: String,
+    expiry: String,
+    checked: String,
+    /// The pending action, in words, when one is in progress (the buttons are then disabled).
+    pending: Option<String>,
+    /// Whether actions can be asked for (the order is ready).
+    can_act: bool,
+    /// `changeos` codes and names, for the Change OS select.
+    os_choices: Vec<(&'static str, &'static str)>,
+    actions: Vec<ActionRow>,
+}
+
+struct ActionRow {
+    id: i64,
+    what: String,
+    by: String,
+    state: &'static str,
+    asked: String,
+    result: String,
+}
+
+/// The server panel of `order`, when it owns a server.
+async fn server_panel(
+    state: &AppState,
+    order: &crate::domain::Order,
+) -> Result<Option<ServerPanel>, ApiError> {
+    if order.server_ip.is_none() {
+        return Ok(None);
+    }
+    let queries = state.engine.queries();
+    let facts = queries
+        .server_facts(&order.id)
+        .await
+        .map_err(ApiError::internal)?
+        .unwrap_or_default();
+    let actions = queries
+        .actions(&order.id)
+        .await
+        .map_err(ApiError::internal)?;
+    let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let pending = actions.iter().find(|a| a.is_open()).map(|a| {
+        format!(
+            "{} (asked by {} at {}; now: {})",
+            a.kind.describe(),
+            a.requested_by,
+            time(a.created_at),
+            a.stage.as_str()
+        )
+    });
+    Ok(Some(ServerPanel {
+        power: dash(facts.power),
+        os: dash(facts.os),
+        expiry: dash(facts.expiry),
+        checked: facts.checked_at.map_or_else(|| "-".into(), time),
+        pending,
+        can_act: order.state == OrderState::Ready,
+        os_choices: crate::domain::Os::ALL
+            .iter()
+            .map(|os| (os.code(), os.name()))
+            .collect(),
+        actions: actions
+            .iter()
+            .rev()
+            .map(|a| ActionRow {
+                id: a.id,
+                what: a.kind.describe(),
+                by: a.requested_by.clone(),
+                state: a.state.as_str(),
+                asked: time(a.created_at),
+                result: a.result.clone().unwrap_or_default(),
+            })
+            .collect(),
+    }))
 }
 
 /// A server a discovery scan listed for an order needing attention.
@@ -547,7 +629,12 @@ async fn render_order(
     } else {
         Vec::new()
     };
+    let server_panel = match server_panel(state, &order).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
     let html = OrderPage {
+        server_panel,
         candidates,
         user: user.name.clone(),
         csrf: user.csrf.expose_secret().to_string(),
@@ -596,6 +683,9 @@ async fn order_page(
         "retry" => "Retried: the order is back with the engine.".to_string(),
         "resolve" => "Resolved.".to_string(),
         "cancel" => "Cancelled.".to_string(),
+        "server-action" => {
+            "Queued: the action runs now; its progress is in the timeline.".to_string()
+        }
         _ => "Done.".to_string(),
     });
     render_order(&state, &user, &id, StatusCode::OK, notice, None).await
@@ -725,6 +815,47 @@ async fn cancel(
         .map(|_| ())
         .map_err(ApiError::from);
     after(&state, &user, &id, "cancel", result).await
+}
+
+/// The server action form.
+#[derive(Deserialize)]
+struct ServerActionForm {
+    csrf: Option<String>,
+    action: Option<String>,
+    os: Option<String>,
+    reason: Option<String>,
+}
+
+async fn server_action(
+    State(state): State<AppState>,
+    user: DashboardUser,
+    Path(id): Path<String>,
+    Form(form): Form<ServerActionForm>,
+) -> Response {
+    let id = match checked_order(&user, form.csrf.as_deref(), &id) {
+        Ok(id) => id,
+        Err(refused) => return refused.into_response(),
+    };
+    let reason = form.reason.unwrap_or_default().trim().to_string();
+    let result = match crate::domain::ActionKind::parse(
+        form.action.as_deref().unwrap_or(""),
+        form.os.as_deref(),
+    ) {
+        Err(why) => Err(ApiError::field("action", why)),
+        Ok(_) if reason.is_empty() => Err(ApiError::field(
+            "reason",
+            "is required: say why, it goes in the timeline",
+        )),
+        Ok(kind) => match state
+            .engine
+            .request_action(&id, kind, &format!("admin:{}", user.name), Some(reason))
+            .await
+        {
+            Ok(r) => super::actions::answer(r, state.engine.clock().now()).map(|_| ()),
+            Err(e) => Err(ApiError::internal(e)),
+        },
+    };
+    after(&state, &user, &id, "server-action", result).await
 }
 
 #[cfg(test)]

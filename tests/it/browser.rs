@@ -137,7 +137,32 @@ impl Driver {
                 .unwrap_or_else(|| panic!("no session: {v}"))
                 .to_string(),
         );
+        // A click returns before the page it leads to has loaded: looking an element up waits
+        // (up to 10 s) for it to appear rather than failing on the page being left.
         driver
+            .call(
+                reqwest::Method::POST,
+                &format!("{}/timeouts", driver.s()),
+                Some(json!({ "implicit": 10_000 })),
+            )
+            .await;
+        driver
+    }
+
+    /// Waits (up to 10 s) until the current URL ends with `suffix`; returns it.
+    async fn until_url(&self, suffix: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let url = self.url().await;
+            if url.ends_with(suffix) {
+                return url;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the browser stayed at {url}, not at ...{suffix}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
@@ -304,11 +329,7 @@ async fn an_admin_retries_a_failed_order_in_chromium() {
     );
     driver.type_into("#token", ADMIN_TOKEN).await;
     driver.click("#login").await;
-    assert!(
-        driver.url().await.ends_with("/admin"),
-        "{}",
-        driver.url().await
-    );
+    driver.until_url("/admin").await;
     assert_eq!(driver.text("#count-failed b").await, "1");
     driver.screenshot(&out.join("dashboard.png")).await;
 
@@ -345,6 +366,49 @@ async fn an_admin_retries_a_failed_order_in_chromium() {
     );
     let shot = out.join("order-after-retry.png");
     driver.screenshot(&shot).await;
+
+    // The server's panel: its power state, and Reboot as durable work on the timeline.
+    assert_eq!(driver.text("#power").await, "Online");
+    driver
+        .type_into(
+            "#server-action-reason",
+            "Chromium test: customer asked for a reboot",
+        )
+        .await;
+    driver.click("#action-reboot").await;
+    // The form posts and the browser follows the redirect to the page with the notice.
+    let queued = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let source = driver.source().await;
+        if source.contains("id=\"notice\">Queued") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < queued,
+            "no Queued notice after clicking Reboot: {}",
+            source.split("<h2>Timing").next().unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let source = driver.source().await;
+        if source.contains("rebooted") {
+            assert!(source.contains(
+                "Reboot asked by admin alice: Chromium test: customer asked for a reboot"
+            ));
+            assert!(source.contains("Calling stop for") && source.contains("Calling start for"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reboot never reached the timeline"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        driver.go(&page).await;
+    }
+    assert_eq!(driver.text("#power").await, "Online");
+    driver.screenshot(&out.join("order-after-reboot.png")).await;
     eprintln!("browser test screenshots: {}", out.display());
     drop(driver);
     svc.running.stop().await;
