@@ -464,10 +464,10 @@ async fn wait_for_signal() {
 /// # Errors
 /// Configuration or database failures.
 pub async fn offline_admin(settings: &Settings) -> anyhow::Result<AdminService> {
-    Ok(AdminService::new(
-        store(settings).await?,
-        Arc::new(SystemClock),
-    ))
+    Ok(
+        AdminService::new(store(settings).await?, Arc::new(SystemClock))
+            .with_actions_per_hour(settings.policy.server.per_hour),
+    )
 }
 
 /// The catalog service on the configured database and SmartVPS (or the built-in simulator's

@@ -168,6 +168,24 @@ pub enum OrdersAction {
         #[arg(long)]
         actor: Option<String>,
     },
+    /// Ask for an action on a ready order's server: start, stop, reboot (stop then start),
+    /// reinstall (format: a new password) or change-os --os IMAGE (a new password). Queued as
+    /// durable work; `orders show` follows it.
+    Action {
+        /// Order id.
+        id: String,
+        /// start, stop, reboot, reinstall or change-os.
+        action: String,
+        /// For change-os: a changeos code or its name (2022, "Windows Server 2022", ubuntu, ...).
+        #[arg(long)]
+        os: Option<String>,
+        /// Why (stored in the timeline).
+        #[arg(long)]
+        reason: String,
+        /// Who (database only, as for retry).
+        #[arg(long)]
+        actor: Option<String>,
+    },
     /// Cancel an order (refused while a purchase is in flight or unsettled).
     Cancel {
         /// Order id.

@@ -182,6 +182,23 @@ async fn database(admin: &AdminService, action: &OrdersAction) -> anyhow::Result
             reason,
             actor: a,
         } => view(&admin.cancel(&order_id(id)?, &actor(a), reason).await?)?,
+        OrdersAction::Action {
+            id,
+            action,
+            os,
+            reason,
+            actor: a,
+        } => {
+            let kind = crate::domain::ActionKind::parse(action, os.as_deref())
+                .map_err(|why| anyhow::anyhow!("{why}"))?;
+            let result = admin
+                .request_action(&order_id(id)?, kind, &actor(a), reason)
+                .await?;
+            match crate::web::action_answer(result) {
+                Ok(v) => v,
+                Err(why) => bail!("{why}"),
+            }
+        }
     })
 }
 
@@ -190,6 +207,7 @@ impl ApiClient {
         let given_actor = match action {
             OrdersAction::Retry { actor, .. }
             | OrdersAction::Resolve { actor, .. }
+            | OrdersAction::Action { actor, .. }
             | OrdersAction::Cancel { actor, .. } => actor.is_some(),
             _ => false,
         };
@@ -255,6 +273,24 @@ impl ApiClient {
                     reqwest::Method::POST,
                     &format!("/api/v1/orders/{}/cancel", seg(id)),
                     Some(json!({ "reason": reason })),
+                )
+                .await
+            }
+            OrdersAction::Action {
+                id,
+                action,
+                os,
+                reason,
+                ..
+            } => {
+                let mut body = json!({ "action": action.replace('-', "_"), "reason": reason });
+                if let Some(os) = os {
+                    body["os"] = json!(os);
+                }
+                self.call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/orders/{}/actions", seg(id)),
+                    Some(body),
                 )
                 .await
             }
@@ -327,6 +363,12 @@ pub fn render(action: &OrdersAction, v: &Value) -> String {
         OrdersAction::Show { .. } => {
             format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default())
         }
+        OrdersAction::Action { .. } => format!(
+            "{} queued on order {} as action #{}; a running `provisioner serve` works it (follow it with `orders show`)\n",
+            text(&v["action"]["action"]),
+            text(&v["action"]["order_id"]),
+            text(&v["action"]["id"]),
+        ),
         OrdersAction::Retry { .. } | OrdersAction::Resolve { .. } | OrdersAction::Cancel { .. } => {
             format!(
                 "order {} is now {}{}\n",

@@ -733,27 +733,7 @@ impl super::Engine {
         requested_by: &str,
         reason: Option<String>,
     ) -> Result<crate::store::ActionRequest, crate::store::StoreError> {
-        let now = self.clock.now();
-        let action = ServerAction::new(id.clone(), kind, requested_by, reason.clone(), now);
-        let who = requested_by
-            .strip_prefix("admin:")
-            .map_or_else(|| requested_by.to_string(), |name| format!("admin {name}"));
-        let message = match &reason {
-            Some(reason) => format!(
-                "🛠️ {} asked by {who}: {reason}",
-                capitalise(&kind.describe())
-            ),
-            None => format!("🛠️ {} asked by {who}", capitalise(&kind.describe())),
-        };
-        let entry = crate::domain::TimelineEntry {
-            at: now,
-            kind: if requested_by.starts_with("admin:") {
-                crate::domain::EntryKind::Admin
-            } else {
-                crate::domain::EntryKind::Progress
-            },
-            message,
-        };
+        let (action, entry) = request_parts(id, kind, requested_by, reason, self.clock.now());
         let result = self
             .store
             .request_action(&action, &entry, self.policy.server.per_hour)
@@ -764,4 +744,35 @@ impl super::Engine {
         }
         Ok(result)
     }
+}
+
+/// The action row and its timeline line for a request by `requested_by`.
+pub(crate) fn request_parts(
+    id: &crate::domain::OrderId,
+    kind: ActionKind,
+    requested_by: &str,
+    reason: Option<String>,
+    now: Timestamp,
+) -> (ServerAction, crate::domain::TimelineEntry) {
+    let who = requested_by
+        .strip_prefix("admin:")
+        .map_or_else(|| requested_by.to_string(), |name| format!("admin {name}"));
+    let what = capitalise(&kind.describe());
+    let message = match &reason {
+        Some(reason) => format!("🛠️ {what} asked by {who}: {reason}"),
+        None => format!("🛠️ {what} asked by {who}"),
+    };
+    let entry = crate::domain::TimelineEntry {
+        at: now,
+        kind: if requested_by.starts_with("admin:") {
+            crate::domain::EntryKind::Admin
+        } else {
+            crate::domain::EntryKind::Progress
+        },
+        message,
+    };
+    (
+        ServerAction::new(id.clone(), kind, requested_by, reason, now),
+        entry,
+    )
 }

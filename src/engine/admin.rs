@@ -132,6 +132,8 @@ pub struct AdminService {
     /// The worker to wake after an action made an order due; `None` when no worker runs in
     /// this process (the CLI on the database: a running `serve` finds the order at its next poll).
     wake: Option<Arc<Notify>>,
+    /// `policy.action.per_hour`, for actions asked for through the CLI on the database.
+    actions_per_hour: u32,
 }
 
 fn check_reason(reason: &str) -> Result<&str, AdminError> {
@@ -185,6 +187,7 @@ impl Engine {
             store: Arc::clone(&self.store),
             clock: Arc::clone(&self.clock),
             wake: Some(self.waker()),
+            actions_per_hour: self.policy.server.per_hour,
         }
     }
 
@@ -236,7 +239,45 @@ impl AdminService {
             store,
             clock,
             wake: None,
+            actions_per_hour: crate::policy::ServerPolicy::default().per_hour,
         }
+    }
+
+    /// With `policy.action.per_hour` from the configuration.
+    pub fn with_actions_per_hour(mut self, per_hour: u32) -> Self {
+        self.actions_per_hour = per_hour;
+        self
+    }
+
+    /// An action on the server of order `id`, asked for by admin `actor` with a reason: stored
+    /// as the service stores it (one at a time per server, the hourly limit); a running `serve`
+    /// works it.
+    ///
+    /// # Errors
+    /// No reason, or the store fails.
+    pub async fn request_action(
+        &self,
+        id: &OrderId,
+        kind: crate::domain::ActionKind,
+        actor: &str,
+        reason: &str,
+    ) -> Result<crate::store::ActionRequest, AdminError> {
+        let reason = check_reason(reason)?.to_string();
+        let (action, entry) = super::actions::request_parts(
+            id,
+            kind,
+            &format!("admin:{actor}"),
+            Some(reason),
+            self.clock.now(),
+        );
+        let result = self
+            .store
+            .request_action(&action, &entry, self.actions_per_hour)
+            .await?;
+        if let Some(wake) = &self.wake {
+            wake.notify_one();
+        }
+        Ok(result)
     }
 
     /// The reads an operator makes around an action (no credentials: this service has no key).

@@ -125,6 +125,24 @@ pub(super) async fn request(
     )
 }
 
+/// The JSON of a stored action request, or why it was refused (for the CLI on the database).
+///
+/// # Errors
+/// The refusal, in words.
+pub fn action_answer(result: ActionRequest) -> Result<serde_json::Value, String> {
+    let now = crate::clock::Timestamp(i64::MIN);
+    match result {
+        ActionRequest::Created(action) => Ok(json!({ "action": ActionView::from(&action) })),
+        ActionRequest::TooMany { retry_at } => Err(format!(
+            "this server's hourly limit of actions is used up; another may be asked for from {retry_at}"
+        )),
+        refused => Err(answer(refused, now)
+            .err()
+            .map(|e| e.message().to_string())
+            .unwrap_or_default()),
+    }
+}
+
 /// The HTTP answer to a stored or refused action request.
 pub(super) fn answer(
     result: ActionRequest,

@@ -22,6 +22,7 @@ pub mod throttle;
 pub mod views;
 
 mod actions;
+pub use actions::action_answer;
 pub(crate) mod admin;
 mod intake;
 mod orders;

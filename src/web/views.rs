@@ -90,6 +90,8 @@ impl From<crate::domain::ServerFacts> for ServerView {
 pub struct ActionView {
     /// Its id.
     pub id: i64,
+    /// The order (the server).
+    pub order_id: String,
     /// start, stop, reboot, reinstall or change_os.
     pub action: &'static str,
     /// The image, for change_os (its `changeos` code).
@@ -116,6 +118,7 @@ impl From<&crate::domain::ServerAction> for ActionView {
     fn from(a: &crate::domain::ServerAction) -> Self {
         Self {
             id: a.id,
+            order_id: a.order_id.to_string(),
             action: a.kind.as_str(),
             os: a.kind.os().map(crate::domain::Os::code),
             state: a.state,

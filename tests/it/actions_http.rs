@@ -268,3 +268,51 @@ async fn a_restart_mid_action_settles_it_by_status_without_sending_it_again() {
     assert!(v["timeline"].to_string().contains("was cut off"), "{v:#}");
     second.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_asks_for_actions_through_the_api_and_on_the_database() {
+    use provisioner::cli::OrdersAction;
+    use provisioner::cli::operator::{Backend, render};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("cli.db");
+    let sim = simulator();
+    scenario_package(&sim, 44, "103.77.44");
+    let svc = start_service(&db, &sim, sim.clock().clone(), &Cipher::generate_key()).await;
+    let (id, _) = ready_order(&svc, "cli-act", 44, "ubuntu").await;
+    let api = Backend::api(&svc.api, secrecy::SecretString::from(ADMIN_TOKEN)).unwrap();
+    let mut settings = provisioner::config::Settings::from_sources(None, &|_| None).unwrap();
+    settings.database.url = format!("sqlite://{}", db.display());
+    let database = Backend::Database(provisioner::app::offline_admin(&settings).await.unwrap());
+    let action = |what: &str, os: Option<&str>| OrdersAction::Action {
+        id: id.clone(),
+        action: what.into(),
+        os: os.map(str::to_string),
+        reason: "operator test".into(),
+        actor: None,
+    };
+    let v = api.execute(&action("reboot", None)).await.unwrap();
+    assert!(
+        render(&action("reboot", None), &v).starts_with("reboot queued on order"),
+        "{v}"
+    );
+    let busy = database.execute(&action("stop", None)).await.unwrap_err();
+    assert!(busy.to_string().contains("still in progress"), "{busy}");
+    settled(&svc, &id, 1).await;
+    let bad = database
+        .execute(&action("change-os", Some("haiku")))
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("Windows Server 2022"), "{bad}");
+    database
+        .execute(&action("change-os", Some("centos")))
+        .await
+        .unwrap();
+    let v = settled(&svc, &id, 2).await;
+    assert_eq!(v["actions"][1]["state"], "done", "{v:#}");
+    assert!(
+        v["timeline"]
+            .to_string()
+            .contains("Change OS to CentOS asked by admin cli: operator test")
+    );
+    svc.running.stop().await;
+}
