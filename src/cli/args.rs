@@ -42,6 +42,9 @@ pub enum Command {
         /// How long a successful status call takes.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
         status_latency: Duration,
+        /// How long SmartVPS takes to install an image (changeos, format).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+        install_time: Duration,
     },
     /// Run the SmartVPS simulator alone, speaking the production wire.
     Simulator {

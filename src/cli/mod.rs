@@ -60,11 +60,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan {
             buy_latency,
             status_latency,
+            install_time,
         } => {
             let s = settings()?;
             let timings = plan::Timings {
                 buy_success: buy_latency,
                 status_success: status_latency,
+                install: install_time,
             };
             let analysis = plan::analyse(&s.policy, &timings);
             print!("{}", plan::render(&s.policy, &timings, &analysis));

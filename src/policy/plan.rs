@@ -17,6 +17,8 @@ pub struct Timings {
     pub buy_success: Duration,
     /// A status call that succeeds (the seed: ~10 s).
     pub status_success: Duration,
+    /// How long SmartVPS takes to install an image after changeos (not in the seed; assumed).
+    pub install: Duration,
 }
 
 impl Default for Timings {
@@ -25,7 +27,57 @@ impl Default for Timings {
         Self {
             buy_success: Duration::from_secs(30),
             status_success: Duration::from_secs(10),
+            install: Duration::from_secs(10 * 60),
         }
+    }
+}
+
+/// The best case when the server comes with another image than the one ordered: buy, status
+/// (which shows the image), changeos, status every `install_poll` until the install has
+/// finished with a new password, then delivery. Steps and the total.
+pub fn os_install(policy: &RetryPolicy, timings: &Timings) -> CaseTimeline {
+    let server = &policy.server;
+    let mut t = Timeline::default();
+    t.push(
+        format!("buyVps attempt 1/{} succeeds", policy.buy.attempts),
+        timings.buy_success,
+    );
+    t.push(
+        format!(
+            "status attempt 1/{} succeeds: the server reports another image than the order's",
+            policy.status.attempts
+        ),
+        timings.status_success,
+    );
+    t.push(
+        format!("changeos attempt 1/{} succeeds", server.action.attempts),
+        timings.status_success,
+    );
+    // The install is seen finished at the first poll after it is done.
+    let poll = server.install_poll.max(Duration::from_millis(1));
+    let polls = timings
+        .install
+        .as_millis()
+        .div_ceil(poll.as_millis())
+        .max(1);
+    let waited = poll * u32::try_from(polls).unwrap_or(u32::MAX);
+    t.push(
+        format!(
+            "install ({} assumed): status every {}, {polls} poll(s)",
+            short(timings.install),
+            short(poll)
+        ),
+        waited,
+    );
+    t.push(
+        "status shows the install finished with a new password".into(),
+        timings.status_success,
+    );
+    CaseTimeline {
+        case: Case::Best,
+        total: t.now,
+        steps: t.steps,
+        outcome: "server ready with the ordered OS; credentials delivered",
     }
 }
 
@@ -252,6 +304,23 @@ pub fn render(policy: &RetryPolicy, timings: &Timings, analysis: &[CaseTimeline]
     let _ = writeln!(out, "  on_unknown: {}", policy.on_unknown);
     let _ = writeln!(
         out,
+        "  actions:    {}",
+        describe_phase(&policy.server.action)
+    );
+    let _ = writeln!(
+        out,
+        "              unknown outcomes settled by status, resent only after {}; {} per server an hour",
+        short(policy.server.action_horizon),
+        policy.server.per_hour
+    );
+    let _ = writeln!(
+        out,
+        "  installs:   status every {}, for up to {}",
+        short(policy.server.install_poll),
+        short(policy.server.install_limit)
+    );
+    let _ = writeln!(
+        out,
         "Assumed: buyVps succeeds in {}, status in {}; a failing call uses its whole timeout.",
         short(timings.buy_success),
         short(timings.status_success)
@@ -266,6 +335,24 @@ pub fn render(policy: &RetryPolicy, timings: &Timings, analysis: &[CaseTimeline]
         let _ = writeln!(out, "  {:>5}  {}", clock(case.total), case.outcome);
         let _ = writeln!(out, "  Total: {}", format_total(case.total));
     }
+
+    let _ = writeln!(out);
+    let install = os_install(policy, timings);
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "Another OS than the one ordered (best case, changeos before delivery)"
+    );
+    for step in &install.steps {
+        let _ = writeln!(out, "  {:>5}  {}", clock(step.at), step.label);
+    }
+    let _ = writeln!(out, "  {:>5}  {}", clock(install.total), install.outcome);
+    let _ = writeln!(out, "  Total: {}", format_total(install.total));
+    let _ = writeln!(
+        out,
+        "  No new password {} after changeos: the order fails (credentials phase; retry).",
+        short(policy.server.install_limit)
+    );
 
     let _ = writeln!(out);
     let _ = writeln!(out, "Notes");
@@ -445,6 +532,23 @@ mod tests {
     }
 
     #[test]
+    fn an_os_install_adds_the_changeos_and_the_polled_install() {
+        let t = os_install(&RetryPolicy::default(), &Timings::default());
+        // 30 s buy + 10 s status + 10 s changeos + 10 polls of 1 min + 10 s status.
+        assert_eq!(t.total, Duration::from_secs(30 + 10 + 10 + 600 + 10));
+        let mut slow_poll = RetryPolicy::default();
+        slow_poll.server.install_poll = Duration::from_secs(240);
+        // 10 minutes seen at the third 4-minute poll.
+        let t = os_install(&slow_poll, &Timings::default());
+        assert_eq!(t.total, Duration::from_secs(30 + 10 + 10 + 720 + 10));
+        let text = render_default(&RetryPolicy::default());
+        assert!(
+            text.contains("changeos before delivery") && text.contains("Total: 11 min 0 s"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn seed_totals() {
         assert_eq!(
             totals(&RetryPolicy::default(), &Timings::default()),
@@ -548,6 +652,7 @@ mod tests {
         let timings = Timings {
             buy_success: Duration::from_secs(15),
             status_success: Duration::from_secs(5),
+            ..Timings::default()
         };
         // Best: 15 + 5. Moderate and worst: 60 + 30 + 15, then status first time (5).
         // Complete failure: 60 + 30 + 60.
