@@ -472,9 +472,10 @@ auth_failures_per_minute = 6
 [worker]
 # Orders driven at once by this process. Env: PROVISIONER_WORKER_CONCURRENCY
 concurrency = 32
-# How long a worker owns an order it picked up. Default: 2 x max(buy.timeout, status.timeout)
-# + 30s, "4m 30s" with the timeouts above. If set, it must be longer than 2 x buy.timeout and
-# longer than status.timeout: a shorter lease lets another worker take over mid-purchase.
+# How long a worker owns an order it picked up. Default: 2 x max(buy.timeout, status.timeout,
+# action.timeout) + 30s, "4m 30s" with the timeouts above. If set, it must be longer than
+# 2 x buy.timeout, status.timeout and action.timeout: a shorter lease lets another worker take
+# over an order mid-call and send the call again.
 # lease = "4m 30s"
 # How often an idle worker looks for due orders.
 poll_interval = "1s"

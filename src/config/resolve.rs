@@ -412,11 +412,13 @@ pub(super) fn resolve_worker(
                 return Err(ConfigError::new(
                     "worker.lease",
                     format!(
-                        "must be longer than {} (2 x policy.buy.timeout = {}, and policy.status.timeout = {}): \
-                         a lease shorter than a step lets another worker take over an order mid-purchase; got {}",
+                        "must be longer than {} (2 x policy.buy.timeout = {}, policy.status.timeout = {} and \
+                         policy.action.timeout = {}): a lease shorter than a step lets another worker take over an \
+                         order mid-call and send it again; got {}",
                         humantime::format_duration(minimum),
                         humantime::format_duration(policy.buy.timeout.saturating_mul(2)),
                         humantime::format_duration(policy.status.timeout),
+                        humantime::format_duration(policy.server.action.timeout),
                         humantime::format_duration(lease),
                     ),
                 ));

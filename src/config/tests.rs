@@ -573,7 +573,7 @@ fn lease_must_outlast_a_step() {
     // 2 x buy.timeout = 4m is the longest step with the seed's timeouts.
     let err = from_toml("[worker]\nlease = \"4m\"\n").unwrap_err();
     assert_eq!(err.key, "worker.lease");
-    assert!(err.message.contains("mid-purchase"), "{}", err.message);
+    assert!(err.message.contains("mid-call"), "{}", err.message);
     assert_eq!(
         from_toml("[worker]\nlease = \"4m 1s\"\n")
             .unwrap()
@@ -838,4 +838,40 @@ fn server_limits_and_database_urls_are_checked() {
         Some(PathBuf::from("/var/lib/p"))
     );
     assert_eq!(sqlite_directory("postgres://db/x"), None);
+}
+
+#[test]
+fn a_lease_shorter_than_an_action_call_is_refused() {
+    let err = from_toml(
+        "[policy.action]\ntimeout = \"10m\"\nhorizon = \"10m\"\n[worker]\nlease = \"5m\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "worker.lease", "{err}");
+    assert!(
+        err.to_string().contains("policy.action.timeout = 10m"),
+        "{err}"
+    );
+    // Unset, the lease follows the action timeout.
+    let s = from_toml("[policy.action]\ntimeout = \"10m\"\nhorizon = \"10m\"\n").unwrap();
+    assert_eq!(s.worker.lease, std::time::Duration::from_secs(20 * 60 + 30));
+}
+
+#[test]
+fn the_action_policy_is_checked_by_key() {
+    for (toml, key) in [
+        (
+            "[policy.action]\ntimeout = \"1m\"\nhorizon = \"30s\"\n",
+            "policy.action.horizon",
+        ),
+        ("[policy.action]\nper_hour = 0\n", "policy.action.per_hour"),
+        ("[policy.action]\nattempts = 2\n", "policy.action.delays"),
+        (
+            "[policy.install]\npoll = \"10m\"\nlimit = \"5m\"\n",
+            "policy.install.limit",
+        ),
+        ("[policy.buy]\nper_hour = 3\n", "policy.buy.per_hour"),
+    ] {
+        let err = from_toml(toml).unwrap_err();
+        assert_eq!(err.key, key, "{toml}: {err}");
+    }
 }

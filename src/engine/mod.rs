@@ -94,25 +94,30 @@ impl WorkerSettings {
         }
     }
 
-    /// The lease used when `worker.lease` is not set: `2 × max(buy.timeout, status.timeout) + 30s`.
-    /// A step is at most an ipstock call plus one buyvps (each bounded by the buy timeout) or one
-    /// status call; the 30 s cover store round trips and clock skew between workers.
+    /// The lease used when `worker.lease` is not set: `2 × max(buy.timeout, status.timeout,
+    /// action.timeout) + 30s`. A step is at most an ipstock call plus one buyvps (each bounded by
+    /// the buy timeout), one status call, or one server action call; the 30 s cover store round
+    /// trips and clock skew between workers.
     pub fn default_lease(policy: &RetryPolicy) -> Duration {
         policy
             .buy
             .timeout
             .max(policy.status.timeout)
+            .max(policy.server.action.timeout)
             .saturating_mul(2)
             .saturating_add(LEASE_MARGIN)
     }
 
-    /// The shortest lease that outlasts one step: a lease must be strictly longer than this.
+    /// The shortest lease that outlasts one step: a lease must be strictly longer than this,
+    /// or another worker could take an order over while its buyvps, status or action call is
+    /// still in flight, and send a second one.
     pub fn minimum_lease(policy: &RetryPolicy) -> Duration {
         policy
             .buy
             .timeout
             .saturating_mul(2)
             .max(policy.status.timeout)
+            .max(policy.server.action.timeout)
     }
 }
 
