@@ -502,8 +502,9 @@ timeout = "10s"
 # name = "storefront"                  # stable: part of each delivery's idempotency key
 # url = "https://shop.example.com/hooks/provisioner"  # https, or http to this machine only
 # secret_env = "STOREFRONT_WEBHOOK_SECRET"  # variable holding the signing secret (or secret = "...")
-# trusted = false                      # true: order.ready carries the server's login details
-# events = ["order.provisioning", "order.ready", "order.failed", "order.needs_attention", "admin.alert"]
+# trusted = false                      # true: order.ready and order.credentials_changed carry the login
+# events = ["order.provisioning", "order.ready", "order.failed", "order.needs_attention",
+#           "order.credentials_changed", "server.action_completed", "server.action_failed", "admin.alert"]
 
 # Email over SMTP: the customer's notices to the order's address, admin alerts to admin_to.
 # [notify.email]

@@ -138,7 +138,7 @@ fn example_notify_blocks_parse_when_uncommented() {
     );
     assert_eq!(hook.secret.expose_secret(), "0123456789abcdef0123");
     assert!(!hook.trusted);
-    assert_eq!(hook.events.len(), 5);
+    assert_eq!(hook.events.len(), crate::notify::webhook::EVENTS.len());
     let email = s.notify.email.as_ref().unwrap();
     assert_eq!(
         (email.host.as_str(), email.port, email.tls),
