@@ -86,7 +86,7 @@ fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         "provisioner_upstream_calls_total",
-        "SmartVPS calls by operation (ipstock, buyvps, status) and outcome (succeeded, rejected, unknown)."
+        "SmartVPS calls by operation (ipstock, buyvps, status, start, stop, format, changeos, renewvps) and outcome (succeeded, rejected, unknown)."
     );
     describe_histogram!(
         "provisioner_upstream_call_duration_seconds",
@@ -99,6 +99,14 @@ fn describe_metrics() {
     describe_histogram!(
         "provisioner_time_to_ready_seconds",
         "Time from intake to ready, per order, in the engine's clock time."
+    );
+    describe_counter!(
+        "provisioner_server_action_calls_total",
+        "Calls of server actions (start, stop, format, changeos) by operation and outcome (succeeded, rejected, unknown)."
+    );
+    describe_counter!(
+        "provisioner_server_actions_total",
+        "Server actions ended, by kind (start, stop, reboot, reinstall, change_os) and result (done, failed)."
     );
     describe_counter!(
         "provisioner_purchases_total",

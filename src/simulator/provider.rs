@@ -214,6 +214,124 @@ mod tests {
         CallContext::for_order(order, attempt)
     }
 
+    async fn read(p: &SimProvider, order: &OrderId, ip: std::net::Ipv4Addr) -> ServerStatus {
+        match p.status(&ctx(order, 1), ip, TIMEOUT).await {
+            Outcome::Succeeded(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn actions_change_power_and_installs_issue_a_new_password_after_a_pending_install() {
+        let (sim, p, clock) = world(3);
+        sim.set_install_time(P5, Duration::from_secs(300)).unwrap();
+        let order = OrderId::new();
+        let ip = match p
+            .buy(&ctx(&order, 1), &name("103.82.72"), ram(2), TIMEOUT)
+            .await
+        {
+            Outcome::Succeeded(ip) => ip,
+            other => panic!("{other:?}"),
+        };
+        let before = read(&p, &order, ip).await;
+        assert_eq!(before.power.as_deref(), Some("Online"));
+        assert_eq!(
+            p.command(&ctx(&order, 1), ip, Command::Stop, TIMEOUT).await,
+            Outcome::Succeeded(())
+        );
+        assert_eq!(read(&p, &order, ip).await.power.as_deref(), Some("Offline"));
+        let os = crate::domain::Os::WindowsServer2022;
+        assert_eq!(
+            p.command(&ctx(&order, 1), ip, Command::ChangeOs(os), TIMEOUT)
+                .await,
+            Outcome::Succeeded(())
+        );
+        let installing = read(&p, &order, ip).await;
+        assert_eq!(installing.action.as_deref(), Some("pending"));
+        assert!(
+            installing.credentials(ip).is_none(),
+            "no password while installing"
+        );
+        clock.sleep(Duration::from_secs(300)).await;
+        let done = read(&p, &order, ip).await;
+        let creds = done.credentials(ip).expect("installed");
+        assert_eq!(done.os.as_deref(), Some("2022"));
+        assert_eq!(creds.username, "administrator");
+        assert_ne!(
+            creds.expose_password(),
+            secrecy::ExposeSecret::expose_secret(before.password.as_ref().unwrap())
+        );
+        assert_eq!(
+            done.power.as_deref(),
+            Some("Online"),
+            "it boots when installed"
+        );
+        // An address not ours, and an image SmartVPS does not offer: the bare error.
+        let stranger = std::net::Ipv4Addr::new(198, 51, 100, 7);
+        assert_eq!(
+            p.command(&ctx(&order, 1), stranger, Command::Start, TIMEOUT)
+                .await
+                .kind(),
+            "rejected"
+        );
+        let t0 = clock.now();
+        assert_eq!(
+            p.command(&ctx(&order, 1), ip, Command::Renew, TIMEOUT)
+                .await,
+            Outcome::Succeeded(())
+        );
+        assert!(clock.now() >= t0);
+        assert_ne!(
+            read(&p, &order, ip).await.expiry,
+            done.expiry,
+            "renewvps moves the expiry"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fault_profiles_apply_to_actions() {
+        let (sim, p, _clock) = world(4);
+        let order = OrderId::new();
+        let ip = match p
+            .buy(&ctx(&order, 1), &name("103.82.72"), ram(2), TIMEOUT)
+            .await
+        {
+            Outcome::Succeeded(ip) => ip,
+            other => panic!("{other:?}"),
+        };
+        sim.set_fault_profile(Some(FaultProfile {
+            action_server_error_after_acting: 1.0,
+            ..FaultProfile::default()
+        }));
+        let out = p.command(&ctx(&order, 1), ip, Command::Stop, TIMEOUT).await;
+        assert_eq!(out.kind(), "unknown", "{out:?}");
+        assert_eq!(sim.powered_on(ip), Some(false), "done behind the 5xx");
+        sim.set_fault_profile(Some(FaultProfile {
+            action_server_error: 1.0,
+            ..FaultProfile::default()
+        }));
+        assert_eq!(
+            p.command(&ctx(&order, 1), ip, Command::Start, TIMEOUT)
+                .await
+                .kind(),
+            "unknown"
+        );
+        assert_eq!(
+            sim.powered_on(ip),
+            Some(false),
+            "nothing done behind this 5xx"
+        );
+        sim.set_fault_profile(Some(FaultProfile {
+            action_hang: 1.0,
+            ..FaultProfile::default()
+        }));
+        let out = p
+            .command(&ctx(&order, 1), ip, Command::Start, Duration::from_secs(60))
+            .await;
+        assert_eq!(out.kind(), "unknown");
+        assert_eq!(sim.powered_on(ip), Some(true), "a hang that did it");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_listening_buyer_hears_the_late_reply_within_the_window_and_not_after() {
         let (sim, p, clock) = world(1);
