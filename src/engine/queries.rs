@@ -61,6 +61,7 @@ impl ListRequest<'_> {
             created_to: text(self.to).map(|t| parse_time("to", t)).transpose()?,
             limit,
             offset: at_most("offset", self.offset, MAX_OFFSET)?,
+            ..OrderFilter::default()
         })
     }
 }
