@@ -126,10 +126,22 @@ pub fn parse_resolve(
 /// worker holds right now). One refusal never stops the others.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BulkSummary {
-    /// Orders changed, as `(id, order_ref)`.
-    pub done: Vec<(OrderId, String)>,
-    /// Orders left as they were, as `(id, order_ref, why)`.
-    pub refused: Vec<(OrderId, String, String)>,
+    /// Orders changed.
+    pub done: Vec<BulkItem>,
+    /// Orders left as they were, each with why.
+    pub refused: Vec<BulkItem>,
+}
+
+/// One order of a [`BulkSummary`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BulkItem {
+    /// The order.
+    pub id: OrderId,
+    /// Its storefront reference, the name operators know it by.
+    pub order_ref: String,
+    /// Why it was refused; `None` for a changed order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// What [`Engine::retry_failed`] did.
@@ -632,6 +644,12 @@ impl AdminService {
                 p.attempt, p.id
             )));
         }
+        let expected = order.updated_at;
+        let now = self.clock.now();
+        // The state's own refusal (ready, cancelled) comes first: no override makes it apply.
+        order
+            .cancel(now)
+            .map_err(|e| AdminError::Refused(e.to_string()))?;
         let evidence = server_evidence(&order, &purchases);
         if let (Some(evidence), false) = (&evidence, override_server_check) {
             return Err(AdminError::Invalid {
@@ -642,11 +660,6 @@ impl AdminService {
                 ),
             });
         }
-        let expected = order.updated_at;
-        let now = self.clock.now();
-        order
-            .cancel(now)
-            .map_err(|e| AdminError::Refused(e.to_string()))?;
         let mut entries = vec![admin_line(
             now,
             format!("🚫 Cancelled by {actor}: {reason}"),
@@ -757,16 +770,18 @@ impl AdminService {
         check_reason(reason)?;
         let mut summary = BulkSummary::default();
         for order in self.failed_matching(filter).await? {
-            let order_ref = order.order_ref.as_str().to_string();
+            let item = |why: Option<String>| BulkItem {
+                id: order.id.clone(),
+                order_ref: order.order_ref.as_str().to_string(),
+                why,
+            };
             match action(order.id.clone()).await {
-                Ok(_) => summary.done.push((order.id, order_ref)),
-                Err(AdminError::Store(StoreError::Conflict(_))) => summary.refused.push((
-                    order.id,
-                    order_ref,
-                    "changed or being worked on meanwhile; reload and try again".into(),
+                Ok(_) => summary.done.push(item(None)),
+                Err(AdminError::Store(StoreError::Conflict(_))) => summary.refused.push(item(
+                    Some("changed or being worked on meanwhile; reload and try again".into()),
                 )),
                 Err(AdminError::Store(e)) => return Err(AdminError::Store(e)),
-                Err(e) => summary.refused.push((order.id, order_ref, e.to_string())),
+                Err(e) => summary.refused.push(item(Some(e.to_string()))),
             }
         }
         Ok(summary)
