@@ -18,7 +18,7 @@
 //! - [`queries`]: the read side the web and the CLI show orders, history and the catalog through.
 
 pub mod admin;
-mod buy;
+pub(crate) mod buy;
 pub mod catalog;
 mod credentials;
 pub mod discover;
