@@ -333,7 +333,7 @@ async fn retry_failed_retries_one_phase_with_one_reason_and_lists_refusals() {
         .retry_failed(&filter, "alice", "SmartVPS restocked")
         .await
         .unwrap();
-    let mut done: Vec<_> = summary.done.iter().map(|(_, r)| r.as_str()).collect();
+    let mut done: Vec<_> = summary.done.iter().map(|d| d.order_ref.as_str()).collect();
     done.sort_unstable();
     assert_eq!(done, ["sold-out-a", "sold-out-b"]);
     assert!(summary.refused.is_empty());
@@ -383,10 +383,11 @@ async fn a_bulk_retry_refuses_an_order_whose_purchase_may_have_bought_and_goes_o
         )
         .await
         .unwrap();
-    assert!(summary.done.iter().any(|(id, _)| *id == a.id));
+    assert!(summary.done.iter().any(|d| d.id == a.id));
     assert_eq!(summary.refused.len(), 1, "{summary:?}");
-    let (id, order_ref, why) = &summary.refused[0];
-    assert_eq!((id, order_ref.as_str()), (&lost.id, "late"));
+    let r = &summary.refused[0];
+    assert_eq!((&r.id, r.order_ref.as_str()), (&lost.id, "late"));
+    let why = r.why.as_deref().unwrap();
     assert!(why.contains("unknown outcome"), "{why}");
     assert_eq!(w.order(&lost.id).await.state, OrderState::Failed);
 }
