@@ -176,6 +176,20 @@ async fn an_outage_shows_on_healthz_metrics_catalog_sync_and_the_timeline_in_pla
     assert!(!html.contains("WHMCS-1003"), "filtered by phase");
     let (status, _) = dash.get("/admin/failed?phase=later").await;
     assert_eq!(status, 422);
+
+    // Mark resolved from a row of the queue: the order leaves it, the badge counts one.
+    let csrf = crate::admin_api::csrf_of(&html);
+    let r = dash
+        .post(
+            &format!("/admin/orders/{}/mark-resolved", ids[1]),
+            &[("csrf", csrf.as_str()), ("reason", "refunded")],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(svc.get(&ids[1]).await["state"], "cancelled");
+    let (_, html) = dash.get("/admin/failed").await;
+    assert!(html.contains("id=\"failed-badge\">1<"), "{html}");
+    assert!(!html.contains("WHMCS-1004"), "{html}");
     svc.running.stop().await;
 }
 
@@ -287,6 +301,17 @@ async fn the_order_page_keeps_what_was_typed_states_the_evidence_and_suggests_it
     assert!(!html.contains("placeholder=\"103.82.72"), "{html}");
     assert!(html.contains("id=\"cancel-evidence\""), "{html}");
     assert!(html.contains("unknown outcome"), "{html}");
+
+    // No address to change before one was adopted; a bad address is named.
+    let address = format!("/api/v1/orders/{id}/address");
+    let (status, v) = svc
+        .admin_post(&address, &json!({ "reason": "typo", "ip": "45.12.33" }))
+        .await;
+    assert_eq!((status, v["field"].as_str()), (422, Some("ip")), "{v}");
+    let (status, v) = svc
+        .admin_post(&address, &json!({ "reason": "typo", "ip": "45.12.33.7" }))
+        .await;
+    assert_eq!(status, 409, "{v}");
 
     // A refused resolve: the page comes back with the choice, the address and the reason.
     let r = dash
