@@ -146,6 +146,20 @@ impl Cipher {
     }
 }
 
+impl Cipher {
+    /// A keyed digest of a server password (HMAC-SHA256 under the token key, bound to the
+    /// order): kept while an install runs so the new password can be told from the old one
+    /// without keeping the old one, and useless to anyone without the key.
+    pub fn password_digest(&self, order: &OrderId, password: &str) -> String {
+        let mut ctx = ring::hmac::Context::with_key(&self.tokens);
+        ctx.update(b"password\0");
+        ctx.update(order.as_str().as_bytes());
+        ctx.update(b"\0");
+        ctx.update(password.as_bytes());
+        hex(ctx.sign().as_ref())
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -25,6 +25,15 @@ pub(super) struct RawPolicy {
     pub(super) on_unknown: Option<String>,
     pub(super) buy: Option<RawPhase>,
     pub(super) status: Option<RawPhase>,
+    pub(super) action: Option<RawPhase>,
+    pub(super) install: Option<RawInstall>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table with poll and limit")]
+pub(super) struct RawInstall {
+    pub(super) poll: Option<DurationText>,
+    pub(super) limit: Option<DurationText>,
 }
 
 #[derive(Default, Deserialize)]
@@ -37,6 +46,7 @@ pub(super) struct RawPhase {
     pub(super) timeout: Option<DurationText>,
     pub(super) delays: Option<Vec<DurationText>>,
     pub(super) horizon: Option<DurationText>,
+    pub(super) per_hour: Option<u32>,
 }
 
 // No `Debug` here: it holds the password in the clear.

@@ -415,6 +415,25 @@ attempts = 3
 timeout = "90s"
 delays = ["1m", "2m"]
 
+# Work on a bought server: each start, stop, format (reinstall) or changeos call, for actions
+# customers and admins ask for and for installing the ordered OS when the server came with
+# another. A call whose outcome is unknown is settled by reading status, never sent again
+# blindly: it counts as not done only when status still shows no change `horizon` after it was
+# sent (at least timeout). per_hour: actions a server may be asked for per hour (429 beyond).
+[policy.action]
+attempts = 3
+timeout = "1m"
+delays = ["30s", "1m"]
+horizon = "5m"
+per_hour = 10
+
+# Waiting for an OS install (changeos, format) to finish with a new password: status is read
+# every `poll`; with no new password after `limit` the action fails (the order's credentials
+# phase fails when it was provisioning's install, and an admin can retry).
+[policy.install]
+poll = "1m"
+limit = "45m"
+
 # The SmartVPS reseller API. Without this section (and without SMARTVPS_BASE_URL) the built-in
 # simulator is used and no real server is bought. With it, username and password are required.
 # [smartvps]

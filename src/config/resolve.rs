@@ -41,6 +41,21 @@ pub(super) fn resolve_policy(raw: RawPolicy, env: &Env<'_>) -> Result<RetryPolic
     };
     let mut buy = raw.buy.unwrap_or_default();
     let mut status = raw.status.unwrap_or_default();
+    for (key, per_hour) in [
+        ("policy.buy.per_hour", buy.per_hour.take()),
+        ("policy.status.per_hour", status.per_hour.take()),
+    ] {
+        if per_hour.is_some() {
+            return Err(ConfigError::new(
+                key,
+                "only server actions have an hourly limit (policy.action.per_hour)",
+            ));
+        }
+    }
+    let server = resolve_server_policy(
+        raw.action.unwrap_or_default(),
+        raw.install.unwrap_or_default(),
+    )?;
     if status.horizon.take().is_some() {
         return Err(ConfigError::new(
             "policy.status.horizon",
@@ -56,11 +71,41 @@ pub(super) fn resolve_policy(raw: RawPolicy, env: &Env<'_>) -> Result<RetryPolic
         status: resolve_phase(status, defaults.status, "policy.status")?,
         on_unknown,
         horizon,
+        server,
     };
     policy
         .validate_horizon()
         .map_err(|message| ConfigError::new("policy.buy.horizon", message))?;
     Ok(policy)
+}
+
+/// `[policy.action]` and `[policy.install]`.
+fn resolve_server_policy(
+    mut action: RawPhase,
+    install: RawInstall,
+) -> Result<crate::policy::ServerPolicy, ConfigError> {
+    let defaults = crate::policy::ServerPolicy::default();
+    let horizon = action.horizon.take();
+    let per_hour = action.per_hour.take();
+    let duration = |key: &str, raw: Option<DurationText>, default: Duration| match raw {
+        Some(text) => parse_duration(key, &text.0),
+        None => Ok(default),
+    };
+    let server = crate::policy::ServerPolicy {
+        action: resolve_phase(action, defaults.action.clone(), "policy.action")?,
+        action_horizon: duration("policy.action.horizon", horizon, defaults.action_horizon)?,
+        per_hour: per_hour.unwrap_or(defaults.per_hour),
+        install_poll: duration("policy.install.poll", install.poll, defaults.install_poll)?,
+        install_limit: duration(
+            "policy.install.limit",
+            install.limit,
+            defaults.install_limit,
+        )?,
+    };
+    server
+        .validate()
+        .map_err(|(key, message)| ConfigError::new(format!("policy.{key}"), message))?;
+    Ok(server)
 }
 
 pub(super) fn resolve_phase(

@@ -22,11 +22,8 @@ impl Credentials {
     /// The username SmartVPS's convention implies when the reply has none.
     pub fn default_username(os: Option<&str>) -> &'static str {
         let windows = os.is_some_and(|os| {
-            let os = os.to_ascii_lowercase();
-            os.contains("win")
-                || ["2012", "2016", "2019", "2022", "11"]
-                    .iter()
-                    .any(|v| os.trim() == *v)
+            super::Os::recognise(os).is_some_and(super::Os::is_windows)
+                || os.to_ascii_lowercase().contains("win")
         });
         if windows { "administrator" } else { "root" }
     }

@@ -6,6 +6,7 @@ pub mod inventory;
 pub mod ledger;
 pub mod order;
 pub mod package;
+pub mod server;
 
 use serde::Serialize;
 
@@ -17,6 +18,7 @@ pub use order::{
     Phase, RamGb, TransitionError,
 };
 pub use package::{CatalogPackage, PackageId, PackageName};
+pub use server::{ActionKind, ActionState, CallOutcome, Os, ServerAction, ServerFacts, Stage};
 
 use crate::clock::Timestamp;
 
@@ -87,6 +89,12 @@ pub enum NoticeKind {
     /// Admin alert: a package is running out of stock. Not tied to an order; queued with
     /// `notify::admin_alert`.
     AdminLowStock,
+    /// A reinstall or change of OS finished: the new login, as on first delivery.
+    CredentialsChanged,
+    /// An action on the server (start, stop, reboot, reinstall, change OS) is done.
+    ActionCompleted,
+    /// An action on the server was given up.
+    ActionFailed,
 }
 
 /// Who a notice is for.
@@ -101,7 +109,7 @@ pub enum Audience {
 
 impl NoticeKind {
     /// Every kind.
-    pub const ALL: [NoticeKind; 7] = [
+    pub const ALL: [NoticeKind; 10] = [
         Self::Provisioning,
         Self::Ready,
         Self::Failed,
@@ -109,6 +117,9 @@ impl NoticeKind {
         Self::AdminFailed,
         Self::AdminNeedsAttention,
         Self::AdminLowStock,
+        Self::CredentialsChanged,
+        Self::ActionCompleted,
+        Self::ActionFailed,
     ];
 
     /// Stored name.
@@ -121,6 +132,9 @@ impl NoticeKind {
             Self::AdminFailed => "admin_failed",
             Self::AdminNeedsAttention => "admin_needs_attention",
             Self::AdminLowStock => "admin_low_stock",
+            Self::CredentialsChanged => "credentials_changed",
+            Self::ActionCompleted => "action_completed",
+            Self::ActionFailed => "action_failed",
         }
     }
 
@@ -136,6 +150,9 @@ impl NoticeKind {
             Self::Ready => "order.ready",
             Self::Failed => "order.failed",
             Self::NeedsAttention => "order.needs_attention",
+            Self::CredentialsChanged => "order.credentials_changed",
+            Self::ActionCompleted => "server.action_completed",
+            Self::ActionFailed => "server.action_failed",
             Self::AdminFailed | Self::AdminNeedsAttention | Self::AdminLowStock => "admin.alert",
         }
     }
@@ -143,9 +160,13 @@ impl NoticeKind {
     /// Who it is for.
     pub fn audience(self) -> Audience {
         match self {
-            Self::Provisioning | Self::Ready | Self::Failed | Self::NeedsAttention => {
-                Audience::Customer
-            }
+            Self::Provisioning
+            | Self::Ready
+            | Self::Failed
+            | Self::NeedsAttention
+            | Self::CredentialsChanged
+            | Self::ActionCompleted
+            | Self::ActionFailed => Audience::Customer,
             Self::AdminFailed | Self::AdminNeedsAttention | Self::AdminLowStock => Audience::Admin,
         }
     }

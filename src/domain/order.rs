@@ -166,7 +166,7 @@ impl RamGb {
     }
 }
 
-/// Operating systems SmartVPS images offer.
+/// Operating systems SmartVPS images offer, as `changeos` takes them.
 pub const OS_CHOICES: [&str; 7] = ["2012", "2016", "2019", "2022", "11", "centos", "ubuntu"];
 
 /// Who the server is for.
@@ -229,7 +229,7 @@ pub struct OrderRequest {
     pub ram_gb: i64,
     /// Who the server is for.
     pub customer: CustomerRequest,
-    /// Operating system, one of [`OS_CHOICES`].
+    /// Operating system: a `changeos` code or its readable name (`2022` or `Windows Server 2022`).
     #[serde(default)]
     pub os: Option<String>,
 }
@@ -278,16 +278,12 @@ impl NewOrder {
         let customer = Customer::parse(&req.customer.email, &req.customer.name)?;
         let os = match req.os.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(os) => {
-                let lower = os.to_ascii_lowercase();
-                if !OS_CHOICES.contains(&lower.as_str()) {
-                    return Err(FieldError::new(
-                        "os",
-                        format!("must be one of {}", OS_CHOICES.join(", ")),
-                    ));
-                }
-                Some(lower)
-            }
+            Some(os) => Some(
+                super::Os::parse(os)
+                    .map_err(|why| FieldError::new("os", why))?
+                    .code()
+                    .to_string(),
+            ),
         };
         Ok(Self {
             order_ref,
@@ -323,6 +319,9 @@ pub enum OrderState {
     Buying,
     /// A server is owned; polling status until credentials appear.
     AwaitingCredentials,
+    /// The server came with another OS than the one ordered: `changeos` installs it, and the
+    /// credentials are delivered once the install has finished with a new password.
+    InstallingOs,
     /// Credentials saved and delivered.
     Ready,
     /// Attempts exhausted; see `failure.phase` for whether a server is owned.
@@ -335,10 +334,11 @@ pub enum OrderState {
 
 impl OrderState {
     /// All states, in lifecycle order.
-    pub const ALL: [OrderState; 7] = [
+    pub const ALL: [OrderState; 8] = [
         Self::Queued,
         Self::Buying,
         Self::AwaitingCredentials,
+        Self::InstallingOs,
         Self::Ready,
         Self::Failed,
         Self::NeedsAttention,
@@ -351,6 +351,7 @@ impl OrderState {
             Self::Queued => "queued",
             Self::Buying => "buying",
             Self::AwaitingCredentials => "awaiting_credentials",
+            Self::InstallingOs => "installing_os",
             Self::Ready => "ready",
             Self::Failed => "failed",
             Self::NeedsAttention => "needs_attention",
@@ -362,8 +363,14 @@ impl OrderState {
     pub fn is_active(self) -> bool {
         matches!(
             self,
-            Self::Queued | Self::Buying | Self::AwaitingCredentials
+            Self::Queued | Self::Buying | Self::AwaitingCredentials | Self::InstallingOs
         )
+    }
+
+    /// Whether a worker may claim orders in this state when they are due: the active states,
+    /// and `ready` while an action on its server is pending.
+    pub fn is_workable(self) -> bool {
+        self.is_active() || self == Self::Ready
     }
 }
 
@@ -583,11 +590,54 @@ impl Order {
     /// # Errors
     /// Unless awaiting credentials.
     pub fn ready(&mut self, now: Timestamp) -> Result<(), TransitionError> {
-        self.require("deliver", &[OrderState::AwaitingCredentials])?;
+        self.require(
+            "deliver",
+            &[OrderState::AwaitingCredentials, OrderState::InstallingOs],
+        )?;
         self.state = OrderState::Ready;
         self.run_at = None;
         self.failure = None;
         self.ready_at = Some(now);
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Awaiting credentials -> installing the ordered OS: the server reported another image.
+    ///
+    /// # Errors
+    /// Unless awaiting credentials.
+    pub fn install_os(&mut self, now: Timestamp) -> Result<(), TransitionError> {
+        self.require(
+            "install the ordered OS on",
+            &[OrderState::AwaitingCredentials],
+        )?;
+        self.state = OrderState::InstallingOs;
+        self.run_at = Some(now);
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Makes a ready order's server work due at `at` (an action was asked for, or waits
+    /// between its calls), or idle again with `None`.
+    ///
+    /// # Errors
+    /// Unless ready or installing its OS.
+    pub fn schedule_server_work(
+        &mut self,
+        at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<(), TransitionError> {
+        self.require(
+            "schedule server work for",
+            &[OrderState::Ready, OrderState::InstallingOs],
+        )?;
+        if self.state == OrderState::InstallingOs && at.is_none() {
+            return Err(TransitionError {
+                action: "idle",
+                state: self.state,
+            });
+        }
+        self.run_at = at;
         self.updated_at = now;
         Ok(())
     }
@@ -608,6 +658,7 @@ impl Order {
                 OrderState::Queued,
                 OrderState::Buying,
                 OrderState::AwaitingCredentials,
+                OrderState::InstallingOs,
             ],
         )?;
         self.state = OrderState::Failed;
@@ -636,6 +687,7 @@ impl Order {
                 OrderState::Queued,
                 OrderState::Buying,
                 OrderState::AwaitingCredentials,
+                OrderState::InstallingOs,
             ],
         )?;
         self.state = OrderState::NeedsAttention;
@@ -781,6 +833,7 @@ impl Order {
                 OrderState::Queued,
                 OrderState::Buying,
                 OrderState::AwaitingCredentials,
+                OrderState::InstallingOs,
                 OrderState::Failed,
                 OrderState::NeedsAttention,
             ],
@@ -977,6 +1030,7 @@ mod tests {
         NotBought,
         ResolveFail,
         ChangeAddress,
+        InstallOs,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -994,6 +1048,7 @@ mod tests {
             Just(Op::NotBought),
             Just(Op::ResolveFail),
             Just(Op::ChangeAddress),
+            Just(Op::InstallOs),
         ]
     }
 
@@ -1031,6 +1086,7 @@ mod tests {
                         if changed.is_ok() { owned = o.server_ip; }
                         changed
                     }
+                    Op::InstallOs => o.install_os(now),
                 };
                 let changed_address = matches!(op, Op::ChangeAddress);
                 if before_ip.is_some() && !changed_address { prop_assert_eq!(o.server_ip, before_ip); }

@@ -6,9 +6,9 @@ use std::net::Ipv4Addr;
 use super::EngineError;
 use super::step::{Keep, Step, Then};
 use crate::clock::Timestamp;
-use crate::domain::{Credentials, NoticeKind, Phase};
+use crate::domain::{ActionState, Credentials, NoticeKind, Os, Phase, ServerFacts};
 use crate::policy::next;
-use crate::provider::{CallContext, Outcome};
+use crate::provider::{CallContext, Outcome, ServerStatus};
 use crate::store::Change;
 
 impl Step<'_> {
@@ -32,7 +32,13 @@ impl Step<'_> {
         let now = self.now();
         let reason = match outcome {
             Outcome::Succeeded(status) => match status.credentials(ip) {
-                Some(creds) => return self.deliver(n, ip, &creds, now).await,
+                Some(creds) => {
+                    if let Some(wanted) = self.os_to_install(&status).await? {
+                        return self.install_ordered_os(wanted, &status, &creds).await;
+                    }
+                    let facts = super::actions::facts(&status, now);
+                    return self.deliver(n, ip, &creds, facts, now).await;
+                }
                 None => status.not_ready_reason(),
             },
             Outcome::Rejected(reason) | Outcome::Unknown(reason) => reason,
@@ -45,12 +51,36 @@ impl Step<'_> {
         self.carry_out(decision, None).await
     }
 
+    /// The OS to install before delivery: the order's, when status names another image (or
+    /// none it can be told by) and provisioning has not installed it already.
+    async fn os_to_install(&self, status: &ServerStatus) -> Result<Option<Os>, EngineError> {
+        let Some(wanted) = self.order.os.as_deref().and_then(|o| Os::parse(o).ok()) else {
+            return Ok(None);
+        };
+        if status.os.as_deref().and_then(Os::recognise) == Some(wanted) {
+            return Ok(None);
+        }
+        // Once provisioning's install finished, its image is the one ordered whatever status
+        // calls it: installing again would loop.
+        let installed = self
+            .engine
+            .store
+            .actions(&self.order.id)
+            .await?
+            .iter()
+            .any(|a| {
+                a.requested_by == super::actions::PROVISIONING && a.state == ActionState::Done
+            });
+        Ok((!installed).then_some(wanted))
+    }
+
     /// Saves the credentials sealed, marks the order ready and tells the customer.
     async fn deliver(
         &mut self,
         n: u32,
         ip: Ipv4Addr,
         creds: &Credentials,
+        facts: ServerFacts,
         now: Timestamp,
     ) -> Result<Then, EngineError> {
         self.progress.line(
@@ -79,6 +109,7 @@ impl Step<'_> {
         );
         let change = Change {
             credentials: Some(self.engine.cipher.seal(creds)),
+            facts: Some(facts),
             notices: vec![NoticeKind::Ready],
             ..Change::default()
         };

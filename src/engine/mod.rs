@@ -17,6 +17,7 @@
 //! - [`catalog`]: SmartVPS's stock list kept as the package catalog intake checks against.
 //! - [`queries`]: the read side the web and the CLI show orders, history and the catalog through.
 
+mod actions;
 pub mod admin;
 pub(crate) mod buy;
 pub mod catalog;
@@ -26,6 +27,7 @@ pub mod intake;
 mod progress;
 pub mod queries;
 mod reconcile;
+mod renew;
 mod step;
 
 use std::sync::Arc;
@@ -449,6 +451,13 @@ impl Engine {
         }
         if step.order.state == OrderState::AwaitingCredentials {
             step.credentials().await?;
+            return Ok(());
+        }
+        if matches!(
+            step.order.state,
+            OrderState::Ready | OrderState::InstallingOs
+        ) {
+            step.server_work().await?;
             return Ok(());
         }
         step.let_go().await?;

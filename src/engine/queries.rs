@@ -264,6 +264,28 @@ impl Queries {
         self.store.candidates(id).await
     }
 
+    /// The actions on an order's server, oldest first.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn actions(
+        &self,
+        id: &OrderId,
+    ) -> Result<Vec<crate::domain::ServerAction>, StoreError> {
+        self.store.actions(id).await
+    }
+
+    /// What status last said about an order's server.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn server_facts(
+        &self,
+        id: &OrderId,
+    ) -> Result<Option<crate::domain::ServerFacts>, StoreError> {
+        self.store.server_facts(id).await
+    }
+
     /// One order with its timeline and ledger; `None` when there is no such order.
     ///
     /// # Errors

@@ -280,7 +280,9 @@ impl Dispatcher {
             None => None,
         };
         let credentials = match (&order, d.kind) {
-            (Some(order), NoticeKind::Ready) if channel.wants_credentials() => {
+            (Some(order), NoticeKind::Ready | NoticeKind::CredentialsChanged)
+                if channel.wants_credentials() =>
+            {
                 let sealed = self
                     .store
                     .credentials(&order.id)

@@ -47,7 +47,7 @@ fn customer(event: &Event, order: &Order) -> Text {
                  We will write again as soon as it is ready, with your login details.\n"
             ),
         ),
-        NoticeKind::Ready => {
+        NoticeKind::Ready | NoticeKind::CredentialsChanged => {
             let login = match &event.credentials {
                 Some(c) => {
                     let mut s = format!(
@@ -72,11 +72,44 @@ fn customer(event: &Event, order: &Order) -> Text {
                     )
                 }
             };
-            (
-                "Your server is ready!".to_string(),
-                format!("Hi {name},\n\nyour server for order {reference} is ready!\n\n{login}"),
-            )
+            if event.kind == NoticeKind::CredentialsChanged {
+                (
+                    "Your server was reinstalled: new login details".to_string(),
+                    format!(
+                        "Hi {name},\n\nthe system of your server for order {reference} was installed afresh, with a new \
+                         password; the old one no longer works.\n\n{login}"
+                    ),
+                )
+            } else {
+                (
+                    "Your server is ready!".to_string(),
+                    format!("Hi {name},\n\nyour server for order {reference} is ready!\n\n{login}"),
+                )
+            }
         }
+        NoticeKind::ActionCompleted => (
+            "Your server action is done".to_string(),
+            format!(
+                "Hi {name},\n\nthe action you asked for on your server for order {reference} is done{}.\n",
+                event
+                    .detail
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            ),
+        ),
+        NoticeKind::ActionFailed => (
+            "Your server action could not be completed".to_string(),
+            format!(
+                "Hi {name},\n\nthe action you asked for on your server for order {reference} could not be completed{}. \
+                 {team}\n",
+                event
+                    .detail
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            ),
+        ),
         NoticeKind::Failed => {
             let owned = order
                 .failure

@@ -146,9 +146,12 @@ impl WebhookNotifier {
             let text = super::templates::render(event);
             body["alert"] = json!({ "kind": alert, "subject": text.subject, "message": text.body });
         }
-        // Only a trusted endpoint gets the login, and only on the ready event.
+        // Only a trusted endpoint gets the login, and only on the ready and new-login events.
         if self.endpoint.trusted
-            && event.kind == NoticeKind::Ready
+            && matches!(
+                event.kind,
+                NoticeKind::Ready | NoticeKind::CredentialsChanged
+            )
             && let Some(c) = &event.credentials
         {
             body["credentials"] = json!({

@@ -122,6 +122,107 @@ pub struct RetryPolicy {
     /// reply. At least the buy timeout.
     #[serde(with = "humantime_serde_compat")]
     pub horizon: Duration,
+    /// Server actions and OS installs (`[policy.action]`, `[policy.install]`).
+    pub server: ServerPolicy,
+}
+
+/// The schedule of work on a bought server: each start, stop, format or changeos call, the
+/// wait for an install, and how many actions a server may be asked for per hour.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServerPolicy {
+    /// Calls per stage of an action (`policy.action`: attempts, timeout, delays).
+    pub action: PhasePolicy,
+    /// How long after it was sent an action call whose outcome is unknown may still take
+    /// effect (`policy.action.horizon`): before then, status showing no change proves nothing
+    /// and the call is not sent again. At least the action timeout.
+    #[serde(with = "humantime_serde_compat")]
+    pub action_horizon: Duration,
+    /// Actions a server may be asked for per hour (`policy.action.per_hour`), not counting the
+    /// OS install of provisioning.
+    pub per_hour: u32,
+    /// Status read interval while an image installs (`policy.install.poll`).
+    #[serde(with = "humantime_serde_compat")]
+    pub install_poll: Duration,
+    /// Longest wait for an install to finish with a new password (`policy.install.limit`).
+    #[serde(with = "humantime_serde_compat")]
+    pub install_limit: Duration,
+}
+
+impl Default for ServerPolicy {
+    /// 3 calls of 60 s with waits of 30 s and 1 min; a 5-minute horizon; 10 actions an hour;
+    /// installs polled every minute for up to 45 minutes.
+    fn default() -> Self {
+        Self {
+            action: PhasePolicy {
+                attempts: 3,
+                timeout: Duration::from_secs(60),
+                delays: vec![Duration::from_secs(30), Duration::from_secs(60)],
+            },
+            action_horizon: Duration::from_secs(300),
+            per_hour: 10,
+            install_poll: Duration::from_secs(60),
+            install_limit: Duration::from_secs(45 * 60),
+        }
+    }
+}
+
+impl ServerPolicy {
+    /// Checks the schedule.
+    ///
+    /// # Errors
+    /// The offending key (under `policy.`) and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.action.validate().map_err(|(key, why)| {
+            (
+                match key {
+                    "attempts" => "action.attempts",
+                    "delays" => "action.delays",
+                    _ => "action.timeout",
+                },
+                why,
+            )
+        })?;
+        if self.action_horizon < self.action.timeout {
+            return Err((
+                "action.horizon",
+                format!(
+                    "must be at least policy.action.timeout ({}): a call cannot be judged before it has been waited for",
+                    humantime::format_duration(self.action.timeout)
+                ),
+            ));
+        }
+        if !(1..=1000).contains(&self.per_hour) {
+            return Err(("action.per_hour", "must be between 1 and 1000".into()));
+        }
+        if self.install_poll.is_zero() {
+            return Err(("install.poll", "must be greater than zero".into()));
+        }
+        if self.install_limit < self.install_poll {
+            return Err((
+                "install.limit",
+                format!(
+                    "must be at least policy.install.poll ({})",
+                    humantime::format_duration(self.install_poll)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The schedule with every duration divided by `f`.
+    fn scaled_down(&self, f: u32) -> Self {
+        Self {
+            action: PhasePolicy {
+                attempts: self.action.attempts,
+                timeout: self.action.timeout / f,
+                delays: self.action.delays.iter().map(|d| *d / f).collect(),
+            },
+            action_horizon: self.action_horizon / f,
+            per_hour: self.per_hour,
+            install_poll: self.install_poll / f,
+            install_limit: self.install_limit / f,
+        }
+    }
 }
 
 /// Default `policy.buy.horizon`: well past the longest buyvps seen in production ("sometimes well
@@ -145,6 +246,7 @@ impl Default for RetryPolicy {
             },
             on_unknown: OnUnknown::Reconcile,
             horizon: DEFAULT_HORIZON,
+            server: ServerPolicy::default(),
         }
     }
 }
@@ -163,6 +265,7 @@ impl RetryPolicy {
             status: phase(&self.status),
             on_unknown: self.on_unknown,
             horizon: self.horizon / f,
+            server: self.server.scaled_down(f),
         }
     }
 

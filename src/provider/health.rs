@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{CallContext, LateReply, Outcome, Provider, ServerStatus, StockEntry};
+use super::{CallContext, Command, LateReply, Outcome, Provider, ServerStatus, StockEntry};
 use crate::clock::{Clock, Timestamp};
 use crate::domain::{PackageName, RamGb};
 
@@ -285,6 +285,19 @@ impl Provider for Watched {
     ) -> Outcome<ServerStatus> {
         let outcome = self.inner.status(ctx, ip, timeout).await;
         self.seen("status", outcome)
+    }
+
+    /// Server actions (start, stop, format, changeos, renewvps) count for reachability; their
+    /// last successes are not listed, only the three operations provisioning needs.
+    async fn command(
+        &self,
+        ctx: &CallContext,
+        ip: Ipv4Addr,
+        command: Command,
+        timeout: Duration,
+    ) -> Outcome<()> {
+        let outcome = self.inner.command(ctx, ip, command, timeout).await;
+        self.seen(command.endpoint(), outcome)
     }
 
     async fn buy_listening(

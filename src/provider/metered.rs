@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tracing::Instrument;
 
-use super::{CallContext, LateReply, Outcome, Provider, ServerStatus, StockEntry};
+use super::{CallContext, Command, LateReply, Outcome, Provider, ServerStatus, StockEntry};
 use crate::clock::Clock;
 use crate::domain::{PackageName, RamGb};
 
@@ -98,6 +98,21 @@ impl Provider for MeteredProvider {
     ) -> Outcome<ServerStatus> {
         self.timed("status", Some(ctx), self.inner.status(ctx, ip, timeout))
             .await
+    }
+
+    async fn command(
+        &self,
+        ctx: &CallContext,
+        ip: Ipv4Addr,
+        command: Command,
+        timeout: Duration,
+    ) -> Outcome<()> {
+        self.timed(
+            command.endpoint(),
+            Some(ctx),
+            self.inner.command(ctx, ip, command, timeout),
+        )
+        .await
     }
 
     async fn buy_listening(

@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::domain::{Credentials, OrderId, PackageId, PackageName, RamGb};
+use crate::domain::{Credentials, OrderId, Os, PackageId, PackageName, RamGb};
 
 /// How a call to SmartVPS ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,6 +175,35 @@ impl fmt::Debug for ServerStatus {
     }
 }
 
+/// A call that changes a server upstream. Each answers with a status string: `success|...` when
+/// done, `error` when not (an unknown address, or a failure).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `start`: power on.
+    Start,
+    /// `stop`: power off.
+    Stop,
+    /// `format`: reinstall the same image, with a new password.
+    Format,
+    /// `changeos`: install another image, with a new password.
+    ChangeOs(Os),
+    /// `renewvps`: extend `ExpiryDate` by a month.
+    Renew,
+}
+
+impl Command {
+    /// The endpoint, also the operation's name in logs and metrics.
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Stop => "stop",
+            Self::Format => "format",
+            Self::ChangeOs(_) => "changeos",
+            Self::Renew => "renewvps",
+        }
+    }
+}
+
 /// The SmartVPS operations the engine uses. Each call is bounded by `timeout`, measured in the
 /// clock's time and applied as the real timeout of that call.
 #[async_trait]
@@ -196,6 +225,17 @@ pub trait Provider: Send + Sync + 'static {
         ip: Ipv4Addr,
         timeout: Duration,
     ) -> Outcome<ServerStatus>;
+
+    /// Sends `command` for the server at `ip`. Succeeded means SmartVPS said `success`; a timeout,
+    /// a reset, a 5xx or a reply that is neither success nor error is unknown: the change may
+    /// have happened, and only status can tell.
+    async fn command(
+        &self,
+        ctx: &CallContext,
+        ip: Ipv4Addr,
+        command: Command,
+        timeout: Duration,
+    ) -> Outcome<()>;
 
     /// [`Provider::buy`], but a call that reaches `timeout` is not hung up on: its outcome for
     /// the attempt is the timeout's unknown, and the returned [`LateReply`] hears the reply if it

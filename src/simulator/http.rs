@@ -21,6 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::script::ActionEffect;
 use super::world::StatusFields;
 use super::{BuyReply, Simulator, StatusReply};
 
@@ -363,10 +364,16 @@ async fn action(
         .parse::<Ipv4Addr>()
         .ok();
     let os = fields.get("os").and_then(Value::as_str);
-    Ok(if st.sim.action(name, ip, os) {
-        text_body(StatusCode::OK, format!("success|{name} done"))
-    } else {
-        text_body(StatusCode::OK, "error".into())
+    let ticket = st.sim.begin_action(name, ip, os);
+    if !st.sleep(ticket.latency).await {
+        return Ok(shutting_down());
+    }
+    Ok(match ticket.effect {
+        ActionEffect::Done => text_body(StatusCode::OK, format!("success|{name} done")),
+        ActionEffect::ErrorReply => text_body(StatusCode::OK, "error".into()),
+        ActionEffect::ServerError | ActionEffect::ServerErrorAfterActing => {
+            message(StatusCode::INTERNAL_SERVER_ERROR, "Server Error")
+        }
     })
 }
 

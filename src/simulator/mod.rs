@@ -274,6 +274,24 @@ impl Simulator {
         self.settled().server(ip)
     }
 
+    /// Whether the server at `ip` is powered on (`None`: not ours).
+    pub fn powered_on(&self, ip: Ipv4Addr) -> Option<bool> {
+        self.settled().powered_on(ip)
+    }
+
+    /// Sets how long `format` and `changeos` take to install an image in a package.
+    ///
+    /// # Errors
+    /// When the package does not exist.
+    pub fn set_install_time(
+        &self,
+        pkg: PackageId,
+        install_time: Duration,
+    ) -> Result<(), UnknownPackage> {
+        self.lock()
+            .update_defaults(pkg, |d| d.install_time = install_time)
+    }
+
     /// Every server we own, by address.
     pub fn servers(&self) -> Vec<ServerInfo> {
         self.settled().servers()
@@ -324,10 +342,15 @@ impl Simulator {
         }
     }
 
-    /// start, stop, format, changeos, renewvps; `true` when it succeeded.
-    pub(crate) fn action(&self, action: &str, ip: Option<Ipv4Addr>, os: Option<&str>) -> bool {
+    /// A start, stop, format, changeos or renewvps call arrives; what it does happens now.
+    pub(crate) fn begin_action(
+        &self,
+        action: &str,
+        ip: Option<Ipv4Addr>,
+        os: Option<&str>,
+    ) -> world::ActionTicket {
         let now = self.inner.clock.now();
-        self.lock().action(now, action, ip, os)
+        self.lock().begin_action(now, action, ip, os)
     }
 }
 

@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::script::ActionEffect;
 use super::{BuyReply, Simulator, StatusReply};
 use crate::domain::{PackageName, RamGb};
-use crate::provider::{CallContext, LateReply, Outcome, Provider, ServerStatus, StockEntry};
+use crate::provider::{
+    CallContext, Command, LateReply, Outcome, Provider, ServerStatus, StockEntry,
+};
 
 /// The in-process SmartVPS. Cheap to clone; clones share the world.
 #[derive(Clone, Debug)]
@@ -145,6 +148,36 @@ impl Provider for SimProvider {
             StatusReply::Error => Outcome::Rejected("error".into()),
             StatusReply::ServerError => Outcome::Unknown("HTTP 500 Internal Server Error".into()),
         }
+    }
+
+    async fn command(
+        &self,
+        _ctx: &CallContext,
+        ip: Ipv4Addr,
+        command: Command,
+        timeout: Duration,
+    ) -> Outcome<()> {
+        let ticket = self
+            .sim
+            .begin_action(command.endpoint(), Some(ip), command_os(command));
+        if let Err(why) = self.wait(ticket.latency, timeout).await {
+            return Outcome::Unknown(why);
+        }
+        match ticket.effect {
+            ActionEffect::Done => Outcome::Succeeded(()),
+            ActionEffect::ErrorReply => Outcome::Rejected("error".into()),
+            ActionEffect::ServerError | ActionEffect::ServerErrorAfterActing => {
+                Outcome::Unknown("HTTP 500 Internal Server Error".into())
+            }
+        }
+    }
+}
+
+/// The `os` field a command sends.
+fn command_os(command: Command) -> Option<&'static str> {
+    match command {
+        Command::ChangeOs(os) => Some(os.code()),
+        _ => None,
     }
 }
 

@@ -143,6 +143,7 @@ impl Scenario {
                 status_latency: STATUS,
                 build_time: Duration::ZERO,
                 os,
+                ..PackageDefaults::default()
             },
         )?;
         sim.script_buy(pkg, self.buy_steps())?;

@@ -116,6 +116,9 @@ pub struct PackageDefaults {
     pub build_time: Duration,
     /// The OS image new servers get (buyvps has no OS field).
     pub os: String,
+    /// How long `format` and `changeos` take to install an image: status says `ActionStatus:
+    /// pending` with an empty password until then.
+    pub install_time: Duration,
 }
 
 impl Default for PackageDefaults {
@@ -126,6 +129,7 @@ impl Default for PackageDefaults {
             status_latency: Duration::from_secs(10),
             build_time: Duration::ZERO,
             os: "ubuntu".to_string(),
+            install_time: Duration::from_secs(60),
         }
     }
 }
@@ -177,6 +181,15 @@ pub struct FaultProfile {
     pub late_credentials: f64,
     /// The build-time range for late credentials.
     pub build_time: RangeInclusive<Duration>,
+    /// A start, stop, format, changeos or renewvps that does what it was asked but answers only
+    /// well after `status_timeout` (the caller's timeout: an unknown outcome that did happen).
+    pub action_hang: f64,
+    /// An action answered with the bare `error`, nothing done.
+    pub action_error: f64,
+    /// An action answered with HTTP 500, nothing done.
+    pub action_server_error: f64,
+    /// An action answered with HTTP 500 after doing it.
+    pub action_server_error_after_acting: f64,
     /// Chance per call that other resellers buy from the shared pool meanwhile.
     pub other_buyers: f64,
     /// How many addresses they take at most at once (at least 1 when they buy).
@@ -204,6 +217,10 @@ impl Default for FaultProfile {
             status_server_error: 0.0,
             late_credentials: 0.0,
             build_time: Duration::ZERO..=Duration::ZERO,
+            action_hang: 0.0,
+            action_error: 0.0,
+            action_server_error: 0.0,
+            action_server_error_after_acting: 0.0,
             other_buyers: 0.0,
             other_buyers_max: 1,
         }
@@ -225,6 +242,7 @@ impl FaultProfile {
             status_error: 0.01,
             late_credentials: 0.1,
             build_time: secs(20)..=secs(90),
+            action_server_error: 0.01,
             other_buyers: 0.05,
             ..Self::default()
         }
@@ -247,6 +265,10 @@ impl FaultProfile {
             status_server_error: 0.05,
             late_credentials: 0.3,
             build_time: secs(30)..=secs(240),
+            action_hang: 0.05,
+            action_error: 0.03,
+            action_server_error: 0.03,
+            action_server_error_after_acting: 0.03,
             other_buyers: 0.1,
             other_buyers_max: 2,
             ..Self::default()
@@ -270,6 +292,10 @@ impl FaultProfile {
             status_server_error: 0.1,
             late_credentials: 0.5,
             build_time: secs(60)..=secs(420),
+            action_hang: 0.1,
+            action_error: 0.08,
+            action_server_error: 0.08,
+            action_server_error_after_acting: 0.08,
             other_buyers: 0.25,
             other_buyers_max: 3,
             ..Self::default()
@@ -290,6 +316,26 @@ impl FaultProfile {
     /// The latest moment after the request at which a buy may complete.
     fn latest_completion(&self) -> Duration {
         self.buy_timeout + self.max_late_after_timeout
+    }
+}
+
+/// What an action call (start, stop, format, changeos, renewvps) does and answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ActionEffect {
+    /// Done; `success|...`.
+    Done,
+    /// Nothing done; the bare `error`.
+    ErrorReply,
+    /// Nothing done; HTTP 500.
+    ServerError,
+    /// Done; HTTP 500 anyway.
+    ServerErrorAfterActing,
+}
+
+impl ActionEffect {
+    /// Whether the server is changed.
+    pub(crate) fn acts(self) -> bool {
+        matches!(self, Self::Done | Self::ServerErrorAfterActing)
     }
 }
 
@@ -414,6 +460,36 @@ impl Dice {
             StatusEffect::Normal
         };
         StatusStep::new(latency, effect)
+    }
+
+    /// How an action call goes: its latency and effect. Without a profile: done, replied in
+    /// the package's status latency, and no randomness consumed.
+    pub(crate) fn draw_action(&mut self, defaults: &PackageDefaults) -> (Duration, ActionEffect) {
+        let Some(p) = self.profile.clone() else {
+            return (defaults.status_latency, ActionEffect::Done);
+        };
+        let latency = match &p.status_latency {
+            Some(r) => self.duration_in(r),
+            None => defaults.status_latency,
+        };
+        let roll: f64 = self.rng.random();
+        let mut edge = 0.0;
+        let mut hit = |q: f64| {
+            edge += q.max(0.0);
+            roll < edge
+        };
+        if hit(p.action_hang) {
+            let late = p.status_timeout + self.duration_in(&(secs(1)..=secs(300)));
+            (late, ActionEffect::Done)
+        } else if hit(p.action_error) {
+            (latency, ActionEffect::ErrorReply)
+        } else if hit(p.action_server_error) {
+            (latency, ActionEffect::ServerError)
+        } else if hit(p.action_server_error_after_acting) {
+            (latency, ActionEffect::ServerErrorAfterActing)
+        } else {
+            (latency, ActionEffect::Done)
+        }
     }
 
     /// How many addresses other resellers take during this call (0 mostly).

@@ -17,7 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::catalog::PackageSpec;
 use super::script::{
-    BuyEffect, BuyStep, Dice, FaultProfile, PackageDefaults, StatusEffect, StatusStep,
+    ActionEffect, BuyEffect, BuyStep, Dice, FaultProfile, PackageDefaults, StatusEffect, StatusStep,
 };
 use crate::clock::Timestamp;
 use crate::domain::{Credentials, PackageId, PackageName};
@@ -344,6 +344,10 @@ impl World {
 
     pub(crate) fn calls(&self) -> CallCounts {
         self.calls
+    }
+
+    pub(crate) fn powered_on(&self, ip: Ipv4Addr) -> Option<bool> {
+        self.servers.get(&ip).map(|s| s.powered_on)
     }
 
     pub(crate) fn server(&self, ip: Ipv4Addr) -> Option<ServerInfo> {
@@ -731,36 +735,84 @@ impl World {
         })
     }
 
-    /// start, stop, format, changeos, renewvps: `true` (a `success|` reply) when `ip` is ours
-    /// (and, for changeos, `os` is one SmartVPS offers).
-    pub(crate) fn action(
+    /// A start, stop, format, changeos or renewvps call arrives for `ip` (`None`: not an
+    /// address at all). What it does happens now (a fault may hide it behind a 5xx or a late
+    /// reply); the reply says whether it was done. An address not ours, or an image SmartVPS
+    /// does not offer, does nothing and answers `error`.
+    pub(crate) fn begin_action(
         &mut self,
         now: Timestamp,
         action: &str,
         ip: Option<Ipv4Addr>,
         os: Option<&str>,
-    ) -> bool {
+    ) -> ActionTicket {
         self.settle(now);
         self.calls.other += 1;
-        let Some(server) = ip.and_then(|ip| self.servers.get_mut(&ip)) else {
-            return false;
+        let refused = ActionTicket {
+            latency: self.defaults.status_latency,
+            effect: ActionEffect::ErrorReply,
         };
-        match action {
-            "start" => server.powered_on = true,
-            "stop" => server.powered_on = false,
-            "renewvps" => server.expires_at = server.expires_at.plus(TERM),
-            "changeos" => match os
-                .map(str::trim)
-                .filter(|os| crate::domain::order::OS_CHOICES.contains(os))
-            {
-                Some(os) => server.info.os = os.to_string(),
-                None => return false,
-            },
-            "format" => {}
-            _ => return false,
+        let Some(package) = ip
+            .and_then(|ip| self.servers.get(&ip))
+            .map(|s| s.info.package)
+        else {
+            return refused;
+        };
+        let defaults = self
+            .packages
+            .get(&package)
+            .map_or_else(|| self.defaults.clone(), |p| p.defaults.clone());
+        let os = os.map(str::trim);
+        if action == "changeos"
+            && os.is_none_or(|os| !crate::domain::order::OS_CHOICES.contains(&os))
+        {
+            return ActionTicket {
+                latency: defaults.status_latency,
+                effect: ActionEffect::ErrorReply,
+            };
         }
-        true
+        if !matches!(
+            action,
+            "start" | "stop" | "format" | "changeos" | "renewvps"
+        ) {
+            return refused;
+        }
+        let (latency, effect) = self.dice.draw_action(&defaults);
+        if effect.acts() {
+            let password = matches!(action, "format" | "changeos").then(|| self.password());
+            if let Some(server) = ip.and_then(|ip| self.servers.get_mut(&ip)) {
+                match action {
+                    "start" => server.powered_on = true,
+                    "stop" => server.powered_on = false,
+                    "renewvps" => server.expires_at = server.expires_at.plus(TERM),
+                    _ => {
+                        if let Some(os) = os.filter(|_| action == "changeos") {
+                            server.info.os = os.to_string();
+                        }
+                        if let Some(p) = password {
+                            server.info.password = SecretString::from(p);
+                        }
+                        // Installing: pending, no password, until the image is in; it boots
+                        // when done.
+                        server.info.ready_at =
+                            server.info.ready_at.max(now).plus(defaults.install_time);
+                        server.powered_on = true;
+                    }
+                }
+                tracing::debug!(ip = %server.info.ip, action, "simulator: action done");
+            }
+        }
+        ActionTicket { latency, effect }
     }
+}
+
+/// An action call as registered on arrival.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ActionTicket {
+    /// How long the reply takes.
+    pub latency: Duration,
+    /// What it did and answers.
+    pub effect: ActionEffect,
 }
 
 /// The candidate octets for each position of an address in `name`: the name's groups (a

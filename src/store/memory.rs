@@ -11,14 +11,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    AccessToken, Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery,
-    Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
+    AccessToken, ActionRequest, Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease,
+    NewDelivery, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
     CatalogPackage, Discovered, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId,
     Purchase, PurchaseIntent, PurchaseOutcome, TimelineEntry,
 };
+use crate::domain::{ServerAction, ServerFacts};
 
 struct Row {
     order: Order,
@@ -70,6 +71,10 @@ struct Inner {
     catalog: BTreeMap<PackageId, CatalogPackage>,
     /// The discovery inventory, by address (a BTreeMap so it lists in address order).
     discovered: BTreeMap<Ipv4Addr, Discovered>,
+    /// Server actions by id - 1.
+    actions: Vec<ServerAction>,
+    /// What status last said, per order.
+    facts: HashMap<OrderId, ServerFacts>,
 }
 
 /// The in-memory store.
@@ -119,7 +124,7 @@ impl Inner {
         };
         if let Some(exp) = row.lease_expires {
             self.leased.insert((exp, id.clone()));
-        } else if row.order.state.is_active()
+        } else if row.order.state.is_workable()
             && let Some(at) = row.order.run_at
         {
             self.due.insert((at, id.clone()));
@@ -145,6 +150,17 @@ impl Inner {
         }
         if order.state != OrderState::Buying || change.release_flight {
             self.flights.retain(|_, holder| holder != id);
+        }
+        if let Some(mut a) = change.action {
+            if a.id == 0 {
+                a.id = self.actions.len() as i64 + 1;
+                self.actions.push(a);
+            } else if let Some(slot) = self.actions.get_mut((a.id - 1) as usize) {
+                *slot = a;
+            }
+        }
+        if let Some(f) = change.facts {
+            self.facts.insert(id.clone(), f);
         }
         if let Some((pid, resolution)) = change.resolve
             && let Some(p) = self.purchases.get_mut((pid.0 - 1) as usize)
@@ -307,7 +323,7 @@ impl Store for MemoryStore {
             if let Some(row) = g.orders.get_mut(&id) {
                 row.lease_owner = None;
                 row.lease_expires = None;
-                if row.order.state.is_active()
+                if row.order.state.is_workable()
                     && let Some(at) = row.order.run_at
                 {
                     g.due.insert((at, id));
@@ -508,6 +524,72 @@ impl Store for MemoryStore {
 
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {
         Ok(self.lock().owners.get(&ip).cloned())
+    }
+
+    async fn request_action(
+        &self,
+        action: &ServerAction,
+        entry: &TimelineEntry,
+        per_hour: u32,
+    ) -> Result<ActionRequest, StoreError> {
+        let mut g = self.lock();
+        let id = &action.order_id;
+        let since = action.created_at.minus(super::sql::ACTION_WINDOW);
+        let state = g.orders.get(id).map(|r| r.order.state.as_str());
+        let open = g
+            .actions
+            .iter()
+            .find(|a| &a.order_id == id && a.is_open())
+            .cloned();
+        let recent: Vec<i64> = g
+            .actions
+            .iter()
+            .filter(|a| {
+                &a.order_id == id && a.created_at > since && a.requested_by != "provisioning"
+            })
+            .map(|a| a.created_at.millis())
+            .collect();
+        if let Some(refused) = super::sql::refuse_action(state, open, &recent, per_hour)? {
+            return Ok(refused);
+        }
+        let mut stored = action.clone();
+        stored.id = g.actions.len() as i64 + 1;
+        g.actions.push(stored.clone());
+        let now = action.created_at;
+        let Some(row) = g.orders.get_mut(id) else {
+            return Ok(ActionRequest::NoOrder);
+        };
+        row.timeline.push(entry.clone());
+        let old = row.order.clone();
+        let old_lease = row.lease_expires;
+        if row.order.run_at.is_none_or(|at| at > now) {
+            row.order.run_at = Some(now);
+        }
+        g.reindex(id, &old, old_lease);
+        Ok(ActionRequest::Created(stored))
+    }
+
+    async fn open_action(&self, id: &OrderId) -> Result<Option<ServerAction>, StoreError> {
+        Ok(self
+            .lock()
+            .actions
+            .iter()
+            .find(|a| &a.order_id == id && a.is_open())
+            .cloned())
+    }
+
+    async fn actions(&self, id: &OrderId) -> Result<Vec<ServerAction>, StoreError> {
+        Ok(self
+            .lock()
+            .actions
+            .iter()
+            .filter(|a| &a.order_id == id)
+            .cloned()
+            .collect())
+    }
+
+    async fn server_facts(&self, id: &OrderId) -> Result<Option<ServerFacts>, StoreError> {
+        Ok(self.lock().facts.get(id).cloned())
     }
 
     async fn admin_save(

@@ -31,6 +31,7 @@ use crate::domain::{
     CatalogPackage, Discovered, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId, Phase,
     Purchase, PurchaseId, PurchaseIntent, PurchaseOutcome, Resolution, TimelineEntry,
 };
+use crate::domain::{ServerAction, ServerFacts};
 
 /// What can go wrong in a store.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +179,10 @@ pub struct Change {
     pub credentials: Option<Vec<u8>>,
     /// Settle an unknown purchase.
     pub resolve: Option<(PurchaseId, Resolution)>,
+    /// An action on the order's server to insert (`id` 0) or update, in the same transaction.
+    pub action: Option<ServerAction>,
+    /// What status just said about the order's server.
+    pub facts: Option<ServerFacts>,
     /// Keep the lease after this write (the step goes on); otherwise it is released.
     pub keep_lease: bool,
     /// Give up the order's single flight on its package (its purchase is settled). A flight is
@@ -202,6 +207,24 @@ pub enum Recorded {
     /// The purchase already had an outcome (it was marked unknown after its worker was presumed
     /// lost); a late success was kept as `late_ip`.
     AlreadyDecided,
+}
+
+/// How a request for an action on a server went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ActionRequest {
+    /// Stored, and the order made due.
+    Created(ServerAction),
+    /// No such order.
+    NoOrder,
+    /// The order is not ready: its server cannot take actions yet (or any more).
+    NotReady(OrderState),
+    /// Another action on this server is still pending.
+    Busy(ServerAction),
+    /// The server's hourly allowance is used up; another may be asked for from `retry_at`.
+    TooMany {
+        /// When the oldest action in the window leaves it.
+        retry_at: Timestamp,
+    },
 }
 
 /// Filters for listing orders.
@@ -416,6 +439,23 @@ pub trait Store: Send + Sync + 'static {
     async fn candidates(&self, order: &OrderId) -> Result<Vec<Discovered>, StoreError>;
     /// Which order owns an address, from the orders and the ledger.
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError>;
+
+    /// Stores an action asked for on a ready order's server, with its timeline line, and makes
+    /// the order due, in one transaction: refused while another action is pending on the server
+    /// or when `per_hour` actions (not counting provisioning's own) were asked for within the
+    /// hour before `action.created_at`.
+    async fn request_action(
+        &self,
+        action: &ServerAction,
+        entry: &TimelineEntry,
+        per_hour: u32,
+    ) -> Result<ActionRequest, StoreError>;
+    /// An order's pending action, if any.
+    async fn open_action(&self, id: &OrderId) -> Result<Option<ServerAction>, StoreError>;
+    /// An order's actions, oldest first.
+    async fn actions(&self, id: &OrderId) -> Result<Vec<ServerAction>, StoreError>;
+    /// What status last said about an order's server.
+    async fn server_facts(&self, id: &OrderId) -> Result<Option<ServerFacts>, StoreError>;
 
     /// Applies an admin change to an order that no worker holds; bumps the fencing token so a
     /// stale worker cannot overwrite it.

@@ -23,6 +23,7 @@ use super::{
     StateCounts, StoreError,
 };
 use crate::clock::Timestamp;
+use crate::domain::{ActionKind, ActionState, CallOutcome, Os, ServerAction, ServerFacts, Stage};
 use crate::domain::{
     CatalogPackage, Customer, Discovered, EntryKind, Failure, NoticeKind, Order, OrderId, OrderRef,
     OrderState, PackageId, PackageName, Phase, Purchase, PurchaseIntent, PurchaseOutcome, RamGb,
@@ -61,14 +62,15 @@ pub(crate) fn discovered<R: SqlRow>(row: &R) -> Result<Discovered, StoreError> {
 pub(crate) const ORDER_COLUMNS: &str = "id, order_ref, fingerprint, package_id, ram_gb, customer_email, customer_name, os, state, \
      buy_attempts, status_attempts, server_ip, failure_phase, failure_reason, run_at, created_at, updated_at, ready_at, storefront";
 
-/// The states a worker claims, as an SQL list: `('queued', 'buying', 'awaiting_credentials')`.
-/// Made from [`OrderState::is_active`], so the claim cannot drift from the domain; the partial
+/// The states a worker claims, as an SQL list: `('queued', 'buying', 'awaiting_credentials',
+/// 'installing_os', 'ready')` (a ready order is due only while an action on its server is).
+/// Made from [`OrderState::is_workable`], so the claim cannot drift from the domain; the partial
 /// index `orders_due` in the migrations must say the same (a test below checks it), or claims
 /// stop using it.
 pub(crate) static ACTIVE_STATES: LazyLock<String> = LazyLock::new(|| {
     let names: Vec<String> = OrderState::ALL
         .iter()
-        .filter(|s| s.is_active())
+        .filter(|s| s.is_workable())
         .map(|s| format!("'{}'", s.as_str()))
         .collect();
     format!("({})", names.join(", "))
@@ -312,6 +314,16 @@ pub(crate) fn after_order_write(order: &Order, change: &Change) -> Vec<Stmt> {
     if order.state != OrderState::Buying || change.release_flight {
         out.push(Stmt::new("DELETE FROM flights WHERE order_id = $1").str(order.id.as_str()));
     }
+    if let Some(a) = &change.action {
+        out.push(if a.id == 0 {
+            insert_action(a)
+        } else {
+            update_action(a)
+        });
+    }
+    if let Some(f) = &change.facts {
+        out.push(upsert_facts(&order.id, f));
+    }
     if let Some((pid, res)) = &change.resolve {
         out.push(
             Stmt::new(
@@ -324,6 +336,204 @@ pub(crate) fn after_order_write(order: &Order, change: &Change) -> Vec<Stmt> {
         );
     }
     out
+}
+
+/// The columns every action read selects; [`server_action`] reads them by name.
+const ACTION_COLUMNS: &str = "id, order_id, kind, os, requested_by, reason, created_at, state, stage, attempts, sent_at, \
+     outcome, outcome_reason, install_started_at, old_password_digest, finished_at, result";
+
+/// A new action.
+pub(crate) fn insert_action(a: &ServerAction) -> Stmt {
+    Stmt::new(
+        "INSERT INTO server_actions (order_id, kind, os, requested_by, reason, created_at, state, stage, attempts, sent_at, \
+         outcome, outcome_reason, install_started_at, old_password_digest, finished_at, result) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .str(a.order_id.as_str())
+    .str(a.kind.as_str())
+    .text(a.kind.os().map(Os::code))
+    .str(&a.requested_by)
+    .text(a.reason.as_deref())
+    .int(a.created_at.millis())
+    .str(a.state.as_str())
+    .str(a.stage.as_str())
+    .int(i64::from(a.attempts))
+    .int(a.sent_at.map(Timestamp::millis))
+    .text(a.outcome.as_ref().map(CallOutcome::kind))
+    .text(a.outcome.as_ref().and_then(CallOutcome::reason))
+    .int(a.install_started_at.map(Timestamp::millis))
+    .text(a.old_password_digest.as_deref())
+    .int(a.finished_at.map(Timestamp::millis))
+    .text(a.result.as_deref())
+}
+
+/// An action's progress (it is written only under its order's lease).
+pub(crate) fn update_action(a: &ServerAction) -> Stmt {
+    Stmt::new(
+        "UPDATE server_actions SET state = $1, stage = $2, attempts = $3, sent_at = $4, outcome = $5, outcome_reason = $6, \
+         install_started_at = $7, old_password_digest = $8, finished_at = $9, result = $10 WHERE id = $11 AND order_id = $12",
+    )
+    .str(a.state.as_str())
+    .str(a.stage.as_str())
+    .int(i64::from(a.attempts))
+    .int(a.sent_at.map(Timestamp::millis))
+    .text(a.outcome.as_ref().map(CallOutcome::kind))
+    .text(a.outcome.as_ref().and_then(CallOutcome::reason))
+    .int(a.install_started_at.map(Timestamp::millis))
+    .text(a.old_password_digest.as_deref())
+    .int(a.finished_at.map(Timestamp::millis))
+    .text(a.result.as_deref())
+    .int(a.id)
+    .str(a.order_id.as_str())
+}
+
+/// What status last said about an order's server.
+pub(crate) fn upsert_facts(id: &OrderId, f: &ServerFacts) -> Stmt {
+    Stmt::new(
+        "INSERT INTO server_facts (order_id, power, os, expiry, action_status, checked_at) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (order_id) DO UPDATE SET power = excluded.power, os = excluded.os, expiry = excluded.expiry, \
+         action_status = excluded.action_status, checked_at = excluded.checked_at",
+    )
+    .str(id.as_str())
+    .text(f.power.as_deref())
+    .text(f.os.as_deref())
+    .text(f.expiry.as_deref())
+    .text(f.action_status.as_deref())
+    .int(f.checked_at.map_or(0, Timestamp::millis))
+}
+
+/// An order's server facts (decoded by [`server_facts`]).
+pub(crate) fn facts_of(id: &OrderId) -> Stmt {
+    Stmt::new(
+        "SELECT power, os, expiry, action_status, checked_at FROM server_facts WHERE order_id = $1",
+    )
+    .str(id.as_str())
+}
+
+/// A server facts row.
+pub(crate) fn server_facts(row: &impl SqlRow) -> Result<ServerFacts, StoreError> {
+    Ok(ServerFacts {
+        power: row.opt_text("power")?,
+        os: row.opt_text("os")?,
+        expiry: row.opt_text("expiry")?,
+        action_status: row.opt_text("action_status")?,
+        checked_at: Some(Timestamp(row.int("checked_at")?)),
+    })
+}
+
+/// An order's actions, oldest first (decoded by [`server_action`]).
+pub(crate) fn actions_of(id: &OrderId) -> Stmt {
+    Stmt::new(format!(
+        "SELECT {ACTION_COLUMNS} FROM server_actions WHERE order_id = $1 ORDER BY created_at, id"
+    ))
+    .str(id.as_str())
+}
+
+/// An order's pending action, if any (decoded by [`server_action`]).
+pub(crate) fn open_action(id: &OrderId) -> Stmt {
+    Stmt::new(format!(
+        "SELECT {ACTION_COLUMNS} FROM server_actions WHERE order_id = $1 AND state = 'pending'"
+    ))
+    .str(id.as_str())
+}
+
+/// The creation times of an order's actions since `since`, oldest first (column `created_at`).
+pub(crate) fn actions_since(id: &OrderId, since: Timestamp) -> Stmt {
+    Stmt::new(
+        "SELECT created_at FROM server_actions WHERE order_id = $1 AND created_at > $2 AND requested_by <> 'provisioning' \
+         ORDER BY created_at",
+    )
+    .str(id.as_str())
+    .int(since.millis())
+}
+
+/// The state of an order, to check an action can be asked for (column `state`); `lock` is the
+/// backend's row lock, so two requests for one server are taken one after the other.
+pub(crate) fn order_state(id: &OrderId, lock: &str) -> Stmt {
+    Stmt::new(format!("SELECT state FROM orders WHERE id = $1{lock}")).str(id.as_str())
+}
+
+/// Makes a ready order due for the action just asked for.
+pub(crate) fn schedule_action(id: &OrderId, now: Timestamp) -> Stmt {
+    Stmt::new(
+        "UPDATE orders SET run_at = $1 WHERE id = $2 AND state = 'ready' AND (run_at IS NULL OR run_at > $1)",
+    )
+    .int(now.millis())
+    .str(id.as_str())
+}
+
+/// Whether an action may be asked for, from what the request's transaction read: the order's
+/// state (`None`: no order), its pending action and the creation times of its recent actions.
+/// `None` means go ahead; otherwise the refusal.
+pub(crate) fn refuse_action(
+    state: Option<&str>,
+    open: Option<ServerAction>,
+    recent: &[i64],
+    per_hour: u32,
+) -> Result<Option<super::ActionRequest>, StoreError> {
+    use super::ActionRequest;
+    let Some(state) = state else {
+        return Ok(Some(ActionRequest::NoOrder));
+    };
+    let state = OrderState::from_str(state).map_err(StoreError::Corrupt)?;
+    if state != OrderState::Ready {
+        return Ok(Some(ActionRequest::NotReady(state)));
+    }
+    if let Some(open) = open {
+        return Ok(Some(ActionRequest::Busy(open)));
+    }
+    let per_hour = per_hour.max(1) as usize;
+    if recent.len() >= per_hour {
+        // The window frees up when the oldest action that keeps it full leaves it.
+        let oldest = recent[recent.len() - per_hour];
+        return Ok(Some(ActionRequest::TooMany {
+            retry_at: Timestamp(oldest).plus(ACTION_WINDOW),
+        }));
+    }
+    Ok(None)
+}
+
+/// The window of the per-server action limit.
+pub(crate) const ACTION_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// An action row.
+pub(crate) fn server_action(row: &impl SqlRow) -> Result<ServerAction, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("server_actions.{what}"));
+    let id = row.int("id")?;
+    let order_id = row.text("order_id")?;
+    let os = row
+        .opt_text("os")?
+        .map(|o| Os::parse(&o).map_err(|_| corrupt("os")))
+        .transpose()?;
+    let kind_name = row.text("kind")?;
+    let kind = ActionKind::parse(&kind_name, os.map(Os::code)).map_err(|_| corrupt("kind"))?;
+    let stage = Stage::parse(&row.text("stage")?, os).ok_or_else(|| corrupt("stage"))?;
+    let outcome = match row.opt_text("outcome")? {
+        Some(k) => Some(
+            CallOutcome::from_parts(&k, row.opt_text("outcome_reason")?)
+                .ok_or_else(|| corrupt("outcome"))?,
+        ),
+        None => None,
+    };
+    let ts =
+        |c: &str| -> Result<Option<Timestamp>, StoreError> { Ok(row.opt_int(c)?.map(Timestamp)) };
+    Ok(ServerAction {
+        id,
+        order_id: OrderId::parse(&order_id).map_err(|_| corrupt("order_id"))?,
+        kind,
+        requested_by: row.text("requested_by")?,
+        reason: row.opt_text("reason")?,
+        created_at: Timestamp(row.int("created_at")?),
+        state: ActionState::parse(&row.text("state")?).ok_or_else(|| corrupt("state"))?,
+        stage,
+        attempts: u32::try_from(row.int("attempts")?).map_err(|_| corrupt("attempts"))?,
+        sent_at: ts("sent_at")?,
+        outcome,
+        install_started_at: ts("install_started_at")?,
+        old_password_digest: row.opt_text("old_password_digest")?,
+        finished_at: ts("finished_at")?,
+        result: row.opt_text("result")?,
+    })
 }
 
 /// Gives up a lease; matches no row when the lease is no longer held.
@@ -826,7 +1036,7 @@ mod tests {
     fn the_active_states_are_the_domains_and_the_due_index_covers_them() {
         for s in OrderState::ALL {
             let quoted = format!("'{}'", s.as_str());
-            assert_eq!(ACTIVE_STATES.contains(&quoted), s.is_active(), "{s}");
+            assert_eq!(ACTIVE_STATES.contains(&quoted), s.is_workable(), "{s}");
         }
         // The claim's `state IN (...)` must match the partial index, or the claim scans the table.
         for backend in ["sqlite", "postgres"] {

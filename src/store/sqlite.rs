@@ -20,14 +20,15 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::sql::{self, Arg, SqlRow, Stmt};
 use super::{
-    AccessToken, Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery,
-    Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
+    AccessToken, ActionRequest, Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease,
+    NewDelivery, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
     CatalogPackage, Discovered, NoticeKind, Order, OrderId, OrderRef, PackageId, Purchase,
     PurchaseIntent, PurchaseOutcome, TimelineEntry,
 };
+use crate::domain::{ServerAction, ServerFacts};
 
 /// Embedded migrations, applied in order and recorded in `schema_migrations`.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -60,6 +61,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "discovered",
         include_str!("../../migrations/sqlite/0006_discovered.sql"),
+    ),
+    (
+        7,
+        "server_actions",
+        include_str!("../../migrations/sqlite/0007_server_actions.sql"),
     ),
 ];
 
@@ -597,6 +603,70 @@ impl Store for SqliteStore {
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {
         let row = query(&sql::owner_of(ip)).fetch_optional(&self.pool).await?;
         row.map(|r| sql::order_id(&r.text("id")?, "order id"))
+            .transpose()
+    }
+
+    async fn request_action(
+        &self,
+        action: &ServerAction,
+        entry: &TimelineEntry,
+        per_hour: u32,
+    ) -> Result<ActionRequest, StoreError> {
+        let id = &action.order_id;
+        let since = action.created_at.minus(sql::ACTION_WINDOW);
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn.begin().await?;
+        let state = query(&sql::order_state(id, ""))
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.text("state"))
+            .transpose()?;
+        let open = query(&sql::open_action(id))
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| sql::server_action(&r))
+            .transpose()?;
+        let recent = query(&sql::actions_since(id, since))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.int("created_at"))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(refused) = sql::refuse_action(state.as_deref(), open, &recent, per_hour)? {
+            return Ok(refused);
+        }
+        query(&sql::insert_action(action)).execute(&mut *tx).await?;
+        let stored = query(&sql::open_action(id))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::from)
+            .and_then(|r| sql::server_action(&r))?;
+        insert_entries(&mut tx, id, std::slice::from_ref(entry)).await?;
+        query(&sql::schedule_action(id, action.created_at))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(ActionRequest::Created(stored))
+    }
+
+    async fn open_action(&self, id: &OrderId) -> Result<Option<ServerAction>, StoreError> {
+        query(&sql::open_action(id))
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| sql::server_action(&r))
+            .transpose()
+    }
+
+    async fn actions(&self, id: &OrderId) -> Result<Vec<ServerAction>, StoreError> {
+        let rows = query(&sql::actions_of(id)).fetch_all(&self.pool).await?;
+        rows.iter().map(sql::server_action).collect()
+    }
+
+    async fn server_facts(&self, id: &OrderId) -> Result<Option<ServerFacts>, StoreError> {
+        query(&sql::facts_of(id))
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| sql::server_facts(&r))
             .transpose()
     }
 

@@ -21,6 +21,7 @@ pub mod storefront;
 pub mod throttle;
 pub mod views;
 
+mod actions;
 pub(crate) mod admin;
 mod intake;
 mod orders;
@@ -127,6 +128,16 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             "/api/v1/orders/{id}/access-token",
             post(orders::rotate_token),
         ),
+        (
+            Method::POST,
+            "/api/v1/orders/{id}/actions",
+            post(actions::request),
+        ),
+        (
+            Method::GET,
+            "/api/v1/orders/{id}/actions",
+            get(actions::list),
+        ),
         (Method::GET, "/api/v1/catalog", get(admin::catalog)),
         (
             Method::POST,
@@ -200,6 +211,16 @@ impl ApiError {
             message: format!(
                 "too many failed authentications from this address; retry in {retry_after_secs} s"
             ),
+            field: None,
+            retry_after: Some(retry_after_secs),
+        }
+    }
+
+    /// 429 for a limit other than authentication, with its own message.
+    pub(crate) fn too_many(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: message.into(),
             field: None,
             retry_after: Some(retry_after_secs),
         }

@@ -52,7 +52,106 @@ fn action(summary: &str, description: &str, body: &str) -> Value {
 }
 
 /// The document.
+/// The schema of an order as the API shows it.
+fn order_schema(states: &[&str]) -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "id": { "type": "string" },
+            "order_ref": { "type": "string" },
+            "state": { "type": "string", "enum": states },
+            "package": { "type": "integer" },
+            "ram_gb": { "type": "integer" },
+            "os": { "type": ["string", "null"] },
+            "customer": { "type": "object" },
+            "storefront": { "type": ["string", "null"], "description": "The storefront that sent it." },
+            "attempts": { "type": "object", "properties": { "buy": { "type": "integer" }, "status": { "type": "integer" } } },
+            "server_ip": { "type": ["string", "null"] },
+            "failure": { "type": ["object", "null"], "properties": { "phase": { "type": "string", "enum": ["buy", "credentials"] }, "reason": { "type": "string" } } },
+            "run_at": { "type": ["string", "null"], "format": "date-time" },
+            "created_at": { "type": "string", "format": "date-time" },
+            "updated_at": { "type": "string", "format": "date-time" },
+            "ready_at": { "type": ["string", "null"], "format": "date-time" },
+            "timeline": { "type": "array", "description": "Admin view only.", "items": { "type": "object" } },
+            "purchases": { "type": "array", "description": "Admin view only: the purchase ledger.", "items": { "type": "object" } },
+            "candidates": { "type": "array", "description": "Admin view of an order needing attention: servers a discovery scan found (ip, package_id, ram_gb, expiry, first_seen); adopt one with resolve.", "items": { "type": "object" } },
+            "os_name": { "type": ["string", "null"], "description": "The ordered OS by name." },
+            "server": { "type": "object", "description": "Once a server is owned: what status last said (power Online/Offline, os, expiry, action_status, checked_at).", "properties": { "power": { "type": ["string", "null"] }, "os": { "type": ["string", "null"] }, "expiry": { "type": ["string", "null"] }, "action_status": { "type": ["string", "null"] }, "checked_at": { "type": ["string", "null"], "format": "date-time" } } },
+            "actions": { "type": "array", "items": { "$ref": "#/components/schemas/ServerAction" } }
+        }
+    })
+}
+
+/// The schema of one action on a server.
+fn server_action_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "id": { "type": "integer" },
+            "action": { "type": "string", "enum": ["start", "stop", "reboot", "reinstall", "change_os"] },
+            "os": { "type": ["string", "null"], "description": "The image, for change_os." },
+            "state": { "type": "string", "enum": ["pending", "done", "failed"] },
+            "requested_by": { "type": "string", "description": "customer, admin:<name> or provisioning (the ordered OS)." },
+            "reason": { "type": ["string", "null"] },
+            "stage": { "type": "string", "enum": ["start", "stop", "format", "changeos", "install"] },
+            "attempts": { "type": "integer" },
+            "created_at": { "type": "string", "format": "date-time" },
+            "finished_at": { "type": ["string", "null"], "format": "date-time" },
+            "result": { "type": ["string", "null"] }
+        }
+    })
+}
+
+/// The body of an action request.
+fn action_request_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["action"],
+        "additionalProperties": false,
+        "properties": {
+            "action": { "type": "string", "enum": ["start", "stop", "reboot", "reinstall", "change_os"], "description": "reboot is stop then start (SmartVPS has none); reinstall is format (same image, new password); change_os is changeos (new password)." },
+            "os": { "type": "string", "description": "For change_os: a changeos code or readable name." },
+            "reason": { "type": "string", "maxLength": 500, "description": "Required for admins; it goes in the timeline." }
+        }
+    })
+}
+
+/// `/api/v1/orders/{id}/actions`.
+fn actions_path() -> Value {
+    json!({
+        "post": {
+            "summary": "Ask for an action on the order's server",
+            "description": "start, stop, reboot, reinstall or change_os, queued as durable work of the engine: leased, retried on policy.action, recorded in the timeline; an unknown outcome is settled by reading status, never by sending again blindly. A reinstall or change of OS issues a new password, saved encrypted and sent to the customer (order.credentials_changed). One action at a time per server, and at most policy.action.per_hour per hour.",
+            "security": [{ "orderToken": [] }, { "adminToken": [] }],
+            "parameters": [id_param()],
+            "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ActionRequest" } } } },
+            "responses": {
+                "202": { "description": "Queued.", "content": { "application/json": { "schema": { "type": "object", "properties": { "action": { "$ref": "#/components/schemas/ServerAction" } } } } } },
+                "401": error("No valid token for this order."),
+                "404": error("No such order (admins)."),
+                "409": error("Another action is in progress on the server, or the order is not ready."),
+                "422": error("Unknown action or OS, or an admin gave no reason."),
+                "429": error("The server's hourly limit of actions is used up (or too many failed authentications); see Retry-After.")
+            }
+        },
+        "get": {
+            "summary": "The actions on the order's server, oldest first",
+            "security": [{ "orderToken": [] }, { "adminToken": [] }],
+            "parameters": [id_param()],
+            "responses": {
+                "200": { "description": "The actions.", "content": { "application/json": { "schema": { "type": "array", "items": { "$ref": "#/components/schemas/ServerAction" } } } } },
+                "401": error("No valid token for this order."),
+                "404": error("No such order (admins).")
+            }
+        }
+    })
+}
+
 pub fn spec() -> Value {
+    let states: Vec<&str> = crate::domain::OrderState::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -92,32 +191,12 @@ pub fn spec() -> Value {
                             "additionalProperties": false,
                             "properties": { "email": { "type": "string" }, "name": { "type": "string" } }
                         },
-                        "os": { "type": ["string", "null"], "enum": ["2012", "2016", "2019", "2022", "11", "centos", "ubuntu", null] }
+                        "os": { "type": ["string", "null"], "description": "The OS to deliver: a changeos code or its readable name (2012 Windows Server 2012, 2016 Windows Server 2016, 2019 Windows Server 2019, 2022 Windows Server 2022, 11 Windows 11, centos CentOS, ubuntu Ubuntu). Stored as the code. A server that comes with another image is reinstalled with it (changeos) before the credentials are delivered.", "examples": ["2022", "Windows Server 2022", "ubuntu"] }
                     }
                 },
-                "Order": {
-                    "type": "object",
-                    "properties": {
-                        "id": { "type": "string" },
-                        "order_ref": { "type": "string" },
-                        "state": { "type": "string", "enum": ["queued", "buying", "awaiting_credentials", "ready", "failed", "needs_attention", "cancelled"] },
-                        "package": { "type": "integer" },
-                        "ram_gb": { "type": "integer" },
-                        "os": { "type": ["string", "null"] },
-                        "customer": { "type": "object" },
-                        "storefront": { "type": ["string", "null"], "description": "The storefront that sent it." },
-                        "attempts": { "type": "object", "properties": { "buy": { "type": "integer" }, "status": { "type": "integer" } } },
-                        "server_ip": { "type": ["string", "null"] },
-                        "failure": { "type": ["object", "null"], "properties": { "phase": { "type": "string", "enum": ["buy", "credentials"] }, "reason": { "type": "string" } } },
-                        "run_at": { "type": ["string", "null"], "format": "date-time" },
-                        "created_at": { "type": "string", "format": "date-time" },
-                        "updated_at": { "type": "string", "format": "date-time" },
-                        "ready_at": { "type": ["string", "null"], "format": "date-time" },
-                        "timeline": { "type": "array", "description": "Admin view only.", "items": { "type": "object" } },
-                        "purchases": { "type": "array", "description": "Admin view only: the purchase ledger.", "items": { "type": "object" } },
-                        "candidates": { "type": "array", "description": "Admin view of an order needing attention: servers a discovery scan found (ip, package_id, ram_gb, expiry, first_seen); adopt one with resolve.", "items": { "type": "object" } }
-                    }
-                },
+                "Order": order_schema(&states),
+                "ServerAction": server_action_schema(),
+                "ActionRequest": action_request_schema(),
                 "IntakeResponse": {
                     "allOf": [
                         { "$ref": "#/components/schemas/Order" },
@@ -306,6 +385,7 @@ pub fn spec() -> Value {
                     }
                 }
             },
+            "/api/v1/orders/{id}/actions": actions_path(),
             "/api/v1/orders/{id}/retry": {
                 "post": action(
                     "Retry a failed order",

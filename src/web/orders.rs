@@ -24,7 +24,7 @@ use crate::engine::intake::{RotateError, Rotator, rotate};
 use crate::engine::queries::CredentialsError;
 
 /// Who is reading an order.
-enum Viewer {
+pub(super) enum Viewer {
     /// An admin, by name.
     Admin(String),
     /// The customer, by the order's access token.
@@ -49,7 +49,7 @@ pub(super) async fn load(state: &AppState, id: &OrderId) -> Result<Order, ApiErr
 
 /// Who is asking about order `raw`, and the order. Admins get 404 for an unknown order; anyone
 /// else gets the one 401 whatever was wrong, counted against their address.
-async fn authorize(
+pub(super) async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     client: IpAddr,
@@ -116,6 +116,7 @@ pub(super) async fn order(
             if order.state == OrderState::NeedsAttention {
                 view.candidates = Some(queries.candidates(&id).await.map_err(ApiError::internal)?);
             }
+            super::actions::add_server(&state, &order, &mut view).await?;
             Ok(Json(view))
         }
         Viewer::Customer => {
@@ -123,6 +124,7 @@ pub(super) async fn order(
             // says enough to the customer.
             let mut view = OrderView::new(&order, None, None);
             view.failure = None;
+            super::actions::add_server(&state, &order, &mut view).await?;
             Ok(Json(view))
         }
     }

@@ -48,6 +48,86 @@ pub struct OrderView {
     /// candidates, each adoptable with `resolve` `{"action": "adopt", "ip": ...}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub candidates: Option<Vec<crate::domain::Discovered>>,
+    /// The ordered OS by name (`Windows Server 2022`), when one was chosen.
+    pub os_name: Option<&'static str>,
+    /// What status last said about the server (power, OS, expiry), once it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerView>,
+    /// Actions on the server (start, stop, reboot, reinstall, change OS), oldest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Vec<ActionView>>,
+}
+
+/// What status last said about a server.
+#[derive(Debug, Serialize)]
+pub struct ServerView {
+    /// `Online` or `Offline`.
+    pub power: Option<String>,
+    /// The OS as status names it.
+    pub os: Option<String>,
+    /// `ExpiryDate`.
+    pub expiry: Option<String>,
+    /// `ActionStatus` (`pending` while an image installs).
+    pub action_status: Option<String>,
+    /// When status said it (RFC 3339).
+    pub checked_at: Option<String>,
+}
+
+impl From<crate::domain::ServerFacts> for ServerView {
+    fn from(f: crate::domain::ServerFacts) -> Self {
+        Self {
+            power: f.power,
+            os: f.os,
+            expiry: f.expiry,
+            action_status: f.action_status,
+            checked_at: f.checked_at.map(ts),
+        }
+    }
+}
+
+/// One action on a server.
+#[derive(Debug, Serialize)]
+pub struct ActionView {
+    /// Its id.
+    pub id: i64,
+    /// start, stop, reboot, reinstall or change_os.
+    pub action: &'static str,
+    /// The image, for change_os (its `changeos` code).
+    pub os: Option<&'static str>,
+    /// pending, done or failed.
+    pub state: crate::domain::ActionState,
+    /// `customer`, `admin:<name>` or `provisioning`.
+    pub requested_by: String,
+    /// The admin's reason, if any.
+    pub reason: Option<String>,
+    /// The call in progress: start, stop, format, changeos, or install (waiting for the image).
+    pub stage: &'static str,
+    /// Calls of the current stage so far.
+    pub attempts: u32,
+    /// Asked at (RFC 3339).
+    pub created_at: String,
+    /// Ended at.
+    pub finished_at: Option<String>,
+    /// How it ended, in words.
+    pub result: Option<String>,
+}
+
+impl From<&crate::domain::ServerAction> for ActionView {
+    fn from(a: &crate::domain::ServerAction) -> Self {
+        Self {
+            id: a.id,
+            action: a.kind.as_str(),
+            os: a.kind.os().map(crate::domain::Os::code),
+            state: a.state,
+            requested_by: a.requested_by.clone(),
+            reason: a.reason.clone(),
+            stage: a.stage.as_str(),
+            attempts: a.attempts,
+            created_at: ts(a.created_at),
+            finished_at: a.finished_at.map(ts),
+            result: a.result.clone(),
+        }
+    }
 }
 
 /// Attempt counters.
@@ -111,6 +191,13 @@ impl OrderView {
             }),
             purchases,
             candidates: None,
+            os_name: o
+                .os
+                .as_deref()
+                .and_then(|os| crate::domain::Os::parse(os).ok())
+                .map(crate::domain::Os::name),
+            server: None,
+            actions: None,
         }
     }
 }

@@ -2,6 +2,8 @@
 
 mod helpers;
 
+mod actions;
+mod actions_http;
 mod admin;
 mod admin_api;
 mod admin_cli;

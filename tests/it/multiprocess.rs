@@ -276,6 +276,7 @@ async fn three_processes_on_postgres_survive_sigkill_mid_purchase_and_mid_wait()
                 status_latency: Duration::from_millis(300),
                 build_time: Duration::from_millis(700),
                 os: "ubuntu".into(),
+                ..PackageDefaults::default()
             },
         )
         .unwrap();

@@ -19,7 +19,9 @@ use serde_json::json;
 use super::wire::{self, StatusReply};
 use crate::clock::Clock;
 use crate::domain::{PackageName, RamGb};
-use crate::provider::{CallContext, LateReply, Outcome, Provider, ServerStatus, StockEntry};
+use crate::provider::{
+    CallContext, Command, LateReply, Outcome, Provider, ServerStatus, StockEntry,
+};
 use crate::telemetry::error_chain;
 
 /// Upper bound on connection set-up. Client-wide, because reqwest has no per-request connect
@@ -114,6 +116,7 @@ enum Endpoint {
     Ipstock,
     Buyvps,
     Status,
+    Command(Command),
 }
 
 impl Endpoint {
@@ -123,6 +126,7 @@ impl Endpoint {
             Self::Ipstock => "ipstock",
             Self::Buyvps => "buyvps",
             Self::Status => "status",
+            Self::Command(c) => c.endpoint(),
         }
     }
 }
@@ -426,6 +430,29 @@ impl Provider for SmartVpsClient {
             Err(f) => f.into_outcome(),
         };
         self.finish(Endpoint::Status, Some(ctx), started, outcome)
+    }
+
+    async fn command(
+        &self,
+        ctx: &CallContext,
+        ip: Ipv4Addr,
+        command: Command,
+        timeout: Duration,
+    ) -> Outcome<()> {
+        let started = tokio::time::Instant::now();
+        let body = match command {
+            Command::ChangeOs(os) => json!({ "ip": ip.to_string(), "os": os.code() }),
+            _ => json!({ "ip": ip.to_string() }),
+        };
+        let endpoint = Endpoint::Command(command);
+        let outcome = match self
+            .exchange(endpoint, Some(ctx), Some(body), timeout)
+            .await
+        {
+            Ok(body) => wire::classify_command(command.endpoint(), &body),
+            Err(f) => f.into_outcome(),
+        };
+        self.finish(endpoint, Some(ctx), started, outcome)
     }
 }
 
@@ -1029,6 +1056,48 @@ mod tests {
                 .await;
             assert_eq!(out.kind(), kind, "{body:?}: {out:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn commands_send_the_address_and_the_image_and_are_classified() {
+        let (base, seen) = stub(200, "success|changeos done", Duration::ZERO).await;
+        let ip = Ipv4Addr::new(103, 82, 72, 9);
+        let out = client_for(&base, "api/")
+            .command(
+                &ctx(),
+                ip,
+                Command::ChangeOs(crate::domain::Os::WindowsServer2022),
+                SECOND,
+            )
+            .await;
+        assert_eq!(out, Outcome::Succeeded(()));
+        let req = seen.lock().unwrap()[0].clone();
+        assert_eq!(req.path, "/api/changeos");
+        let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(body, json!({ "ip": "103.82.72.9", "os": "2022" }));
+        for (status, body, kind) in [
+            (200, "error", "rejected"),
+            (200, "", "unknown"),
+            (200, "done?", "unknown"),
+            (500, "oops", "unknown"),
+            (200, "\"success|stopped\"", "succeeded"),
+        ] {
+            let (base, seen) = stub(status, body, Duration::ZERO).await;
+            let out = client_for(&base, "api/")
+                .command(&ctx(), ip, Command::Stop, SECOND)
+                .await;
+            assert_eq!(out.kind(), kind, "{status} {body:?}: {out:?}");
+            assert_eq!(seen.lock().unwrap()[0].path, "/api/stop");
+        }
+        let (base, _) = stub(200, "x", Duration::from_secs(3)).await;
+        let out = client_for(&base, "api/")
+            .command(&ctx(), ip, Command::Start, Duration::from_millis(200))
+            .await;
+        assert_eq!(
+            out.kind(),
+            "unknown",
+            "a timeout may have started it: {out:?}"
+        );
     }
 
     #[test]

@@ -163,6 +163,28 @@ pub fn classify_buy(body: &str) -> Outcome<Ipv4Addr> {
     }
 }
 
+/// Classifies a 2xx reply of `start`, `stop`, `format`, `changeos` or `renewvps` (named by
+/// `endpoint`, for the reason).
+///
+/// Succeeded for a reply starting `success`; `error`/`fail...` is a definite no; anything else
+/// (an empty body, other text) may have changed the server and is unknown.
+pub fn classify_command(endpoint: &str, body: &str) -> Outcome<()> {
+    let text = reply_text(body);
+    let lower = text.to_ascii_lowercase();
+    if lower.starts_with("success") {
+        Outcome::Succeeded(())
+    } else if lower.starts_with("error") || lower.starts_with("fail") {
+        Outcome::Rejected(format!("SmartVPS refused {endpoint}: {}", excerpt(&text)))
+    } else if text.is_empty() {
+        Outcome::Unknown(format!("{endpoint} answered with an empty body"))
+    } else {
+        Outcome::Unknown(format!(
+            "{endpoint} reply is not a recognised status: {}",
+            excerpt(&text)
+        ))
+    }
+}
+
 /// Decodes a 2xx `status` reply.
 ///
 /// # Errors

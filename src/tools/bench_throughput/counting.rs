@@ -134,6 +134,29 @@ impl Store for Counting {
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {
         self.inner.owner_of(ip).await
     }
+    async fn request_action(
+        &self,
+        action: &crate::domain::ServerAction,
+        entry: &crate::domain::TimelineEntry,
+        per_hour: u32,
+    ) -> Result<crate::store::ActionRequest, StoreError> {
+        self.inner.request_action(action, entry, per_hour).await
+    }
+    async fn open_action(
+        &self,
+        id: &OrderId,
+    ) -> Result<Option<crate::domain::ServerAction>, StoreError> {
+        self.inner.open_action(id).await
+    }
+    async fn actions(&self, id: &OrderId) -> Result<Vec<crate::domain::ServerAction>, StoreError> {
+        self.inner.actions(id).await
+    }
+    async fn server_facts(
+        &self,
+        id: &OrderId,
+    ) -> Result<Option<crate::domain::ServerFacts>, StoreError> {
+        self.inner.server_facts(id).await
+    }
     async fn admin_save(
         &self,
         order: &Order,

@@ -32,6 +32,7 @@ pub(super) fn zero_delay_policy() -> RetryPolicy {
         on_unknown: OnUnknown::Reconcile,
         // No purchase is ever unknown in the instant world; the horizon is never reached.
         horizon: Duration::from_secs(5),
+        server: crate::policy::ServerPolicy::default(),
     }
 }
 
@@ -52,6 +53,7 @@ pub(super) fn instant_world(orders: usize) -> anyhow::Result<Simulator> {
                 status_latency: Duration::ZERO,
                 build_time: Duration::ZERO,
                 os: "ubuntu".into(),
+                install_time: Duration::ZERO,
             },
         )?;
     }

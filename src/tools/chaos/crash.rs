@@ -161,6 +161,31 @@ impl Store for CrashingStore {
         tick()?;
         self.0.owner_of(ip).await
     }
+    async fn request_action(
+        &self,
+        action: &crate::domain::ServerAction,
+        entry: &crate::domain::TimelineEntry,
+        per_hour: u32,
+    ) -> Result<crate::store::ActionRequest, StoreError> {
+        tick()?;
+        self.0.request_action(action, entry, per_hour).await
+    }
+    async fn open_action(
+        &self,
+        id: &OrderId,
+    ) -> Result<Option<crate::domain::ServerAction>, StoreError> {
+        tick()?;
+        self.0.open_action(id).await
+    }
+    async fn actions(&self, id: &OrderId) -> Result<Vec<crate::domain::ServerAction>, StoreError> {
+        self.0.actions(id).await
+    }
+    async fn server_facts(
+        &self,
+        id: &OrderId,
+    ) -> Result<Option<crate::domain::ServerFacts>, StoreError> {
+        self.0.server_facts(id).await
+    }
     async fn admin_save(
         &self,
         order: &Order,
