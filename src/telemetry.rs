@@ -101,6 +101,15 @@ fn describe_metrics() {
         "provisioner_upstream_last_success_timestamp_seconds",
         "Unix time of the last successful SmartVPS call by operation (ipstock, buyvps, status)."
     );
+    // Server actions (from main): promtool refuses a family without help text.
+    describe_counter!(
+        "provisioner_server_action_calls_total",
+        "SmartVPS server-action calls (start, stop, format, changeos, renewvps) by operation and outcome."
+    );
+    describe_counter!(
+        "provisioner_server_actions_total",
+        "Server actions finished, by kind and result (done, failed)."
+    );
     describe_histogram!(
         "provisioner_attempts_until_success",
         "The attempt number on which a phase succeeded (buy: buyvps, credentials: status)."
