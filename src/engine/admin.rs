@@ -25,6 +25,9 @@ use crate::domain::{
 };
 use crate::store::{Change, OrderFilter, Store, StoreError};
 
+/// The words of the engine's timeline line for a status call that read credentials.
+pub(crate) const STATUS_SUCCEEDED: &str = "status succeeded";
+
 /// The longest reason accepted; a reason is a sentence for the timeline, not a document.
 pub const MAX_REASON_CHARS: usize = 1000;
 
@@ -867,6 +870,20 @@ impl AdminService {
                 "the address can only be changed while status has never succeeded for it (awaiting credentials, or failed \
                  in the credentials phase); this order is {}",
                 order.state
+            )));
+        }
+        // Status succeeded for the address once credentials were read: delivered, or the
+        // ordered OS installed first (a server action), whatever came after.
+        let status_succeeded = self
+            .store
+            .timeline(id)
+            .await?
+            .iter()
+            .any(|e| e.message.contains(STATUS_SUCCEEDED))
+            || !self.store.actions(id).await?.is_empty();
+        if status_succeeded {
+            return Err(AdminError::Refused(format!(
+                "status has already succeeded for {old}: it is the order's server, so its address is not replaced"
             )));
         }
         if old == ip {

@@ -706,6 +706,9 @@ async fn render_order(
         _ => false,
     };
     let can_change_address = credentials_phase
+        && !timeline
+            .iter()
+            .any(|e| e.message.contains(crate::engine::admin::STATUS_SUCCEEDED))
         && order
             .server_ip
             .is_some_and(|ip| purchases.iter().all(|p| p.owned_ip() != Some(ip)));
