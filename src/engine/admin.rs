@@ -308,7 +308,7 @@ impl Engine {
     }
 
     /// Retries every failed order `filter` matches, with one reason (see
-    /// [`AdminService::retry_failed`]).
+    /// [`AdminService::retry_failed_matching`]).
     ///
     /// # Errors
     /// A bad reason, or the store failing to list the orders.
@@ -318,11 +318,13 @@ impl Engine {
         actor: &str,
         reason: &str,
     ) -> Result<RetrySummary, AdminError> {
-        self.admin().retry_failed(filter, actor, reason).await
+        self.admin()
+            .retry_failed_matching(filter, actor, reason)
+            .await
     }
 
     /// Marks every failed order `filter` matches resolved, with one reason (see
-    /// [`AdminService::mark_resolved_failed`]).
+    /// [`AdminService::mark_resolved_matching`]).
     ///
     /// # Errors
     /// A bad reason, or the store failing to list the orders.
@@ -333,7 +335,7 @@ impl Engine {
         reason: &str,
     ) -> Result<BulkSummary, AdminError> {
         self.admin()
-            .mark_resolved_failed(filter, actor, reason)
+            .mark_resolved_matching(filter, actor, reason)
             .await
     }
 
@@ -796,7 +798,7 @@ impl AdminService {
     ///
     /// # Errors
     /// A bad reason, or the store failing to list the orders.
-    pub async fn retry_failed(
+    pub async fn retry_failed_matching(
         &self,
         filter: &OrderFilter,
         actor: &str,
@@ -821,7 +823,7 @@ impl AdminService {
     ///
     /// # Errors
     /// A bad reason, or the store failing to list the orders.
-    pub async fn mark_resolved_failed(
+    pub async fn mark_resolved_matching(
         &self,
         filter: &OrderFilter,
         actor: &str,
