@@ -311,6 +311,37 @@ async fn failed_queue(w: &VirtualWorld) -> [provisioner::domain::Order; 3] {
         out.push(o);
     }
     assert_eq!(out[2].failure.as_ref().unwrap().phase, Phase::Credentials);
+    // Sold out is not a failed purchase: the timeline says nothing was sent, as the ledger does.
+    let lines: Vec<String> = w
+        .timeline(&out[0].id)
+        .await
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert!(w.store.purchases(&out[0].id).await.unwrap().is_empty());
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l
+                .contains("not sent: package 103.82.72 is sold out (0 free); nothing was bought"))
+            .count(),
+        3,
+        "{lines:#?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("prevents race conditions") || l.contains("failed: package")),
+        "{lines:#?}"
+    );
+    assert!(
+        out[0]
+            .failure
+            .as_ref()
+            .unwrap()
+            .reason
+            .starts_with("3 buy attempts failed; last: no purchase sent")
+    );
     out.try_into().unwrap()
 }
 
