@@ -19,7 +19,7 @@ use crate::store::{Store, StoreError};
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     /// SmartVPS's stock list could not be read: why, in plain words with the raw detail after
-    /// [`crate::provider::health::DETAIL_MARK`] (shown only in words).
+    /// [`crate::provider::health::DETAIL_OPEN`] (shown only in words).
     #[error("SmartVPS's stock list could not be read: {}", crate::provider::health::split_detail(.0).0)]
     Unavailable(String),
     /// The store failed.

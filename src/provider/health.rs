@@ -4,8 +4,9 @@
 //! read it.
 //!
 //! It also puts upstream failures in words an operator can act on ([`explain`]): "SmartVPS could
-//! not be reached" rather than a transport error chain, with the raw text kept after
-//! [`DETAIL_MARK`] so the dashboard can show it behind a disclosure.
+//! not be reached" rather than a transport error chain, with the raw text kept between
+//! [`DETAIL_OPEN`] and [`DETAIL_CLOSE`] so the dashboard can show it behind a disclosure, even
+//! where the reason sits in the middle of a timeline line.
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,8 +21,10 @@ use crate::domain::{PackageName, RamGb};
 /// The operations recorded, in the order they are shown.
 pub const OPERATIONS: [&str; 3] = ["ipstock", "buyvps", "status"];
 
-/// Separates an explained failure's plain words from the raw text they explain.
-pub const DETAIL_MARK: &str = " — detail: ";
+/// Opens the raw text an explained failure's plain words stand for.
+pub const DETAIL_OPEN: &str = " ⟨raw: ";
+/// Closes it.
+pub const DETAIL_CLOSE: &str = "⟩";
 
 /// An upstream failure put in plain words.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,29 +40,33 @@ pub struct Explained {
 }
 
 impl Explained {
-    /// The words, with the raw detail after [`DETAIL_MARK`] when there is one: the form kept in
-    /// the timeline and failure reasons.
+    /// The words, with the raw detail between [`DETAIL_OPEN`] and [`DETAIL_CLOSE`] when there
+    /// is one: the form kept in the timeline and failure reasons.
     pub fn text(&self) -> String {
         match &self.detail {
-            Some(d) => format!("{}{DETAIL_MARK}{d}", self.words),
+            Some(d) => format!("{}{DETAIL_OPEN}{d}{DETAIL_CLOSE}", self.words),
             None => self.words.clone(),
         }
     }
 }
 
-/// Splits a text written by [`Explained::text`] into its words and its raw detail.
-pub fn split_detail(text: &str) -> (&str, Option<&str>) {
-    match text.split_once(DETAIL_MARK) {
-        Some((words, detail)) => (words, Some(detail)),
-        None => (text, None),
+/// Splits a text holding an [`Explained::text`] (a reason, or a line a reason was written into)
+/// into the text without the raw detail, and the detail.
+pub fn split_detail(text: &str) -> (String, Option<String>) {
+    let Some((before, rest)) = text.split_once(DETAIL_OPEN) else {
+        return (text.to_string(), None);
+    };
+    match rest.rsplit_once(DETAIL_CLOSE) {
+        Some((detail, after)) => (format!("{before}{after}"), Some(detail.to_string())),
+        None => (before.to_string(), Some(rest.to_string())),
     }
 }
 
 /// Puts a failure reason of the SmartVPS client or the simulator in plain words. Reasons already
-/// explained (holding [`DETAIL_MARK`]) are classified by their words and kept as they are.
+/// explained (holding [`DETAIL_OPEN`]) are classified by their words and kept as they are.
 pub fn explain(raw: &str) -> Explained {
     let (words, detail) = split_detail(raw);
-    let detail = detail.map(str::to_string);
+    let words = words.as_str();
     let plain = |words: &str, down| Explained {
         words: words.to_string(),
         detail: Some(raw.to_string()),
@@ -333,9 +340,22 @@ mod tests {
         assert!(!e.words.contains("os error"));
         assert_eq!(e.detail.as_deref(), Some(raw));
         let text = e.text();
-        assert_eq!(split_detail(&text), (e.words.as_str(), Some(raw)));
+        assert_eq!(
+            split_detail(&text),
+            (e.words.clone(), Some(raw.to_string()))
+        );
         // Explaining again keeps the text and the verdict.
         assert_eq!(explain(&text), e);
+        // Written into the middle of a timeline line, the detail comes out and the rest stays.
+        let line = format!("attempt 1 not sent: {text}; nothing was bought");
+        assert_eq!(
+            split_detail(&line),
+            (
+                format!("attempt 1 not sent: {}; nothing was bought", e.words),
+                Some(raw.to_string())
+            )
+        );
+        assert_eq!(split_detail("no detail"), ("no detail".to_string(), None));
 
         let e = explain("SmartVPS server error HTTP 503: maintenance");
         assert_eq!(

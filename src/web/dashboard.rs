@@ -152,8 +152,7 @@ async fn chrome(state: &AppState) -> Result<Chrome, crate::store::StoreError> {
 /// An upstream failure text split for display: plain words, and the raw detail for a
 /// disclosure (see [`crate::provider::health::explain`]).
 fn plain(text: &str) -> (String, Option<String>) {
-    let (words, detail) = crate::provider::health::split_detail(text);
-    (words.to_string(), detail.map(str::to_string))
+    crate::provider::health::split_detail(text)
 }
 
 /// An address in package `name` to show as the resolve form's example: the name's octets, a
