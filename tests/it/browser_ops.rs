@@ -144,6 +144,29 @@ async fn the_outage_banner_search_and_600px_pages_in_chromium() {
         .await;
     assert_eq!(rows, json!(["WHMCS-1003"]), "{rows}");
 
+    // The failed order's chart draws its three attempts, none of which was sent, as such.
+    driver
+        .go(&format!("{}/admin/orders/{}", svc.api, ids[0]))
+        .await;
+    let refused = driver
+        .script("return Array.from(document.querySelectorAll('#chart rect.refused')).map(r => r.parentNode.querySelector('title').textContent);")
+        .await;
+    let refused: Vec<String> = serde_json::from_value(refused).unwrap();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|t| t.contains("not sent: stock unreadable")),
+        "{refused:?}"
+    );
+    assert!(
+        driver
+            .text("#chart-stopped")
+            .await
+            .contains("waiting for an admin")
+    );
+    driver.screenshot(&out.join("order-not-sent.png")).await;
+
     // 600 px: no page scrolls sideways; wide tables scroll in their own box.
     driver.resize(600, 1000).await;
     let pages = [
