@@ -20,6 +20,7 @@ use crate::notify::email::EmailNotifier;
 use crate::notify::webhook::WebhookNotifier;
 use crate::notify::{Channels, Dispatcher, DispatcherSettings, LogNotifier, Notifier};
 use crate::provider::Provider;
+use crate::provider::health::{UpstreamHealth, Watched};
 use crate::provider::metered::MeteredProvider;
 use crate::provider::smartvps::{SmartVpsClient, SmartVpsConfig};
 use crate::redact::{self, User};
@@ -42,6 +43,8 @@ pub struct Running {
     pub simulator: Option<Simulator>,
     /// Where the simulator listens, when it does.
     pub simulator_addr: Option<SocketAddr>,
+    /// SmartVPS's health as this process's calls found it.
+    pub health: Arc<UpstreamHealth>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -298,6 +301,14 @@ pub async fn start(
         shutdown.clone(),
     )));
     let provider: Arc<dyn Provider> = Arc::new(MeteredProvider::new(provider, Arc::clone(&clock)));
+    // Every call the engine and the catalog make is recorded for /healthz, /metrics and the
+    // dashboard's outage banner, and its failure put in plain words.
+    let health = Arc::new(UpstreamHealth::new());
+    let provider: Arc<dyn Provider> = Arc::new(Watched::new(
+        provider,
+        Arc::clone(&clock),
+        Arc::clone(&health),
+    ));
     let catalog = Arc::new(Catalog::new(
         Arc::clone(&store),
         Arc::clone(&provider),
@@ -394,6 +405,7 @@ pub async fn start(
     let app = crate::web::router(crate::web::AppState {
         engine: Arc::clone(&engine),
         catalog,
+        health: Arc::clone(&health),
         auth,
         storefronts,
         throttle: Arc::new(crate::web::throttle::Throttle::new(
@@ -416,6 +428,7 @@ pub async fn start(
         dispatcher,
         simulator,
         simulator_addr,
+        health,
         shutdown,
         tasks,
     })

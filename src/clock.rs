@@ -147,9 +147,41 @@ impl Clock for ScaledClock {
     }
 }
 
+/// A duration as an operator reads it: `850ms` under a second, `51.4s` under a minute, then
+/// `7m 10s` and `1h 2m 3s` (whole seconds: past a minute, tenths are noise).
+pub fn human_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1_000 {
+        return format!("{ms}ms");
+    }
+    if ms < 60_000 {
+        // Tenths, rounded down so that 59.96 s does not read as "60.0s".
+        return format!("{}.{}s", ms / 1000, (ms % 1000) / 100);
+    }
+    let s = d.as_secs();
+    let (h, m, s) = (s / 3600, (s / 60) % 60, s % 60);
+    match (h, s) {
+        (0, 0) => format!("{m}m"),
+        (0, _) => format!("{m}m {s}s"),
+        _ => format!("{h}h {m}m {s}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_in_human_units() {
+        let ms = Duration::from_millis;
+        assert_eq!(human_duration(ms(0)), "0ms");
+        assert_eq!(human_duration(ms(850)), "850ms");
+        assert_eq!(human_duration(ms(51_412)), "51.4s");
+        assert_eq!(human_duration(ms(59_999)), "59.9s");
+        assert_eq!(human_duration(ms(120_000)), "2m");
+        assert_eq!(human_duration(ms(430_400)), "7m 10s");
+        assert_eq!(human_duration(ms(3_723_000)), "1h 2m 3s");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn scaled_clock_follows_paused_tokio_time() {

@@ -18,8 +18,8 @@
 //!
 //! **Edges**: the ports' implementations.
 //! - [`store`]: the `Store` port; SQLite, PostgreSQL and in-memory implementations.
-//! - [`provider`]: the `Provider` port, the SmartVPS HTTP client with tolerant wire decoding, and
-//!   a metering decorator.
+//! - [`provider`]: the `Provider` port, the SmartVPS HTTP client with tolerant wire decoding, a
+//!   metering decorator, and the upstream-health decorator (reachability, failures in plain words).
 //! - [`notify`]: the `Notifier` port, the outbox dispatcher, signed webhooks, SMTP email.
 //! - [`simulator`]: a SmartVPS world, scriptable faults, in-process and over HTTP (a product
 //!   feature: the demo and `provisioner simulator` run on it).

@@ -92,6 +92,24 @@ fn describe_metrics() {
         "provisioner_upstream_call_duration_seconds",
         "Duration of SmartVPS calls by operation, in the engine's clock time."
     );
+    // Upstream health (issue 15): from this process's own SmartVPS calls.
+    describe_gauge!(
+        "provisioner_upstream_up",
+        "1 while this process's last SmartVPS call got an answer, 0 while SmartVPS is unreachable, failing or refusing our login."
+    );
+    describe_gauge!(
+        "provisioner_upstream_last_success_timestamp_seconds",
+        "Unix time of the last successful SmartVPS call by operation (ipstock, buyvps, status)."
+    );
+    // Server actions (from main): promtool refuses a family without help text.
+    describe_counter!(
+        "provisioner_server_action_calls_total",
+        "SmartVPS server-action calls (start, stop, format, changeos, renewvps) by operation and outcome."
+    );
+    describe_counter!(
+        "provisioner_server_actions_total",
+        "Server actions finished, by kind and result (done, failed)."
+    );
     describe_histogram!(
         "provisioner_attempts_until_success",
         "The attempt number on which a phase succeeded (buy: buyvps, credentials: status)."

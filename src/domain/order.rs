@@ -748,6 +748,33 @@ impl Order {
         Ok(())
     }
 
+    /// Admin correction of an address an admin adopted (a typo, the wrong server): while status
+    /// has never succeeded for it, the order polls `ip` instead, with fresh status attempts.
+    /// Nothing is bought. Whether the old address may be dropped (an admin adopted it, no
+    /// purchase returned it) is the caller's check: it needs the ledger.
+    ///
+    /// # Errors
+    /// Unless awaiting credentials, or failed in the credentials phase, with an address.
+    pub fn change_address(&mut self, ip: Ipv4Addr, now: Timestamp) -> Result<(), TransitionError> {
+        self.require(
+            "change the address of",
+            &[OrderState::AwaitingCredentials, OrderState::Failed],
+        )?;
+        if self.server_ip.is_none() {
+            return Err(TransitionError {
+                action: "change the address of a server-less",
+                state: self.state,
+            });
+        }
+        self.state = OrderState::AwaitingCredentials;
+        self.server_ip = Some(ip);
+        self.status_attempts = 0;
+        self.failure = None;
+        self.run_at = Some(now);
+        self.updated_at = now;
+        Ok(())
+    }
+
     /// Admin resolution of `needs_attention`: the admin confirmed nothing was bought, so the buy
     /// phase starts again with fresh attempts.
     ///
@@ -1002,6 +1029,7 @@ mod tests {
         Adopt,
         NotBought,
         ResolveFail,
+        ChangeAddress,
         InstallOs,
     }
 
@@ -1019,6 +1047,7 @@ mod tests {
             Just(Op::Adopt),
             Just(Op::NotBought),
             Just(Op::ResolveFail),
+            Just(Op::ChangeAddress),
             Just(Op::InstallOs),
         ]
     }
@@ -1026,7 +1055,8 @@ mod tests {
     proptest! {
         /// Whatever sequence of transitions is attempted: a ready order has an address, a buy
         /// attempt never starts once an address is owned, terminal states have no wake-up time,
-        /// and once an address is owned it is never forgotten.
+        /// and once an address is owned it is never forgotten: only an admin's change of address
+        /// replaces it, and never on a ready order.
         #[test]
         fn invariants_hold_for_any_sequence(ops in proptest::collection::vec(op(), 0..40)) {
             let mut o = order();
@@ -1049,9 +1079,18 @@ mod tests {
                     Op::Adopt => o.resolve_adopt("10.0.0.1".parse().unwrap(), now),
                     Op::NotBought => o.resolve_not_bought(now),
                     Op::ResolveFail => o.resolve_fail("x", now),
+                    Op::ChangeAddress => {
+                        let was_ready = o.state == OrderState::Ready;
+                        let changed = o.change_address("10.0.0.2".parse().unwrap(), now);
+                        if was_ready { prop_assert!(changed.is_err()); }
+                        if changed.is_ok() { owned = o.server_ip; }
+                        changed
+                    }
                     Op::InstallOs => o.install_os(now),
                 };
-                if before_ip.is_some() { prop_assert_eq!(o.server_ip, before_ip); }
+                let changed_address = matches!(op, Op::ChangeAddress);
+                if before_ip.is_some() && !changed_address { prop_assert_eq!(o.server_ip, before_ip); }
+                if before_ip.is_some() { prop_assert!(o.server_ip.is_some()); }
                 if o.server_ip.is_some() { owned = o.server_ip; }
                 prop_assert_eq!(o.server_ip, owned);
                 if o.state == OrderState::Ready { prop_assert!(o.server_ip.is_some()); }

@@ -23,7 +23,10 @@ use crate::domain::{
     EntryKind, FieldError, NoticeKind, Order, OrderId, OrderState, PackageName, Phase, Purchase,
     Resolution, TimelineEntry,
 };
-use crate::store::{Change, Store, StoreError};
+use crate::store::{Change, OrderFilter, Store, StoreError};
+
+/// The words of the engine's timeline line for a status call that read credentials.
+pub(crate) const STATUS_SUCCEEDED: &str = "status succeeded";
 
 /// The longest reason accepted; a reason is a sentence for the timeline, not a document.
 pub const MAX_REASON_CHARS: usize = 1000;
@@ -119,6 +122,65 @@ pub fn parse_resolve(
             format!("must be one of adopt, not_bought, fail; got {other:?}"),
         )),
     }
+}
+
+/// What a bulk action over failed orders did: the orders it changed and, one by one, those it
+/// refused with why (a buy-phase retry whose purchase may have bought a server, an order a
+/// worker holds right now). One refusal never stops the others.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BulkSummary {
+    /// Orders changed.
+    pub done: Vec<BulkItem>,
+    /// Orders left as they were, each with why.
+    pub refused: Vec<BulkItem>,
+}
+
+/// One order of a [`BulkSummary`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BulkItem {
+    /// The order.
+    pub id: OrderId,
+    /// Its storefront reference, the name operators know it by.
+    pub order_ref: String,
+    /// Why it was refused; `None` for a changed order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+/// What [`Engine::retry_failed`] did.
+pub type RetrySummary = BulkSummary;
+
+/// The most failed orders one bulk action takes: a bound on one request's work, far above a
+/// real outage's queue.
+pub const MAX_BULK: usize = 5_000;
+
+/// Why cancelling an order could leave a server bought and forgotten: purchases of its ledger
+/// that may have bought one (an unknown outcome, even escalated), or the server it owns. `None`
+/// when nothing suggests a server exists. The words are the evidence the dashboard and the API
+/// show next to the override.
+pub fn server_evidence(order: &Order, purchases: &[Purchase]) -> Option<String> {
+    let mut evidence: Vec<String> = Vec::new();
+    if let Some(ip) = order.server_ip {
+        evidence.push(format!("the order owns server {ip}"));
+    }
+    for p in purchases {
+        if let Some(ip) = p.owned_ip().filter(|ip| Some(*ip) != order.server_ip) {
+            evidence.push(format!(
+                "purchase #{} (attempt {}) bought {ip}",
+                p.id, p.attempt
+            ));
+        } else if p.is_open_unknown() {
+            let why = match &p.outcome {
+                Some(crate::domain::PurchaseOutcome::Unknown { reason }) => reason.as_str(),
+                _ => "no reply recorded",
+            };
+            evidence.push(format!(
+                "purchase #{} (attempt {}, sent {}) has an unknown outcome ({why}): SmartVPS may have bought a server",
+                p.id, p.attempt, p.sent_at
+            ));
+        }
+    }
+    (!evidence.is_empty()).then(|| evidence.join("; "))
 }
 
 /// The admin use cases over the store and the clock: retry, resolve, cancel, and the reads an
@@ -229,6 +291,85 @@ impl Engine {
         reason: &str,
     ) -> Result<Order, AdminError> {
         self.admin().cancel(id, actor, reason).await
+    }
+
+    /// Cancels an order, overriding the check that a server may have been bought (see
+    /// [`AdminService::cancel_with`]).
+    ///
+    /// # Errors
+    /// [`AdminError`] naming why.
+    pub async fn cancel_with(
+        &self,
+        id: &OrderId,
+        actor: &str,
+        reason: &str,
+        override_server_check: bool,
+    ) -> Result<Order, AdminError> {
+        self.admin()
+            .cancel_with(id, actor, reason, override_server_check)
+            .await
+    }
+
+    /// Retries every failed order `filter` matches, with one reason (see
+    /// [`AdminService::retry_failed_matching`]).
+    ///
+    /// # Errors
+    /// A bad reason, or the store failing to list the orders.
+    pub async fn retry_failed(
+        &self,
+        filter: &OrderFilter,
+        actor: &str,
+        reason: &str,
+    ) -> Result<RetrySummary, AdminError> {
+        self.admin()
+            .retry_failed_matching(filter, actor, reason)
+            .await
+    }
+
+    /// Marks every failed order `filter` matches resolved, with one reason (see
+    /// [`AdminService::mark_resolved_matching`]).
+    ///
+    /// # Errors
+    /// A bad reason, or the store failing to list the orders.
+    pub async fn mark_resolved_failed(
+        &self,
+        filter: &OrderFilter,
+        actor: &str,
+        reason: &str,
+    ) -> Result<BulkSummary, AdminError> {
+        self.admin()
+            .mark_resolved_matching(filter, actor, reason)
+            .await
+    }
+
+    /// Marks one failed order resolved (see [`AdminService::mark_resolved`]).
+    ///
+    /// # Errors
+    /// [`AdminError`] naming why.
+    pub async fn mark_resolved(
+        &self,
+        id: &OrderId,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Order, AdminError> {
+        self.admin().mark_resolved(id, actor, reason).await
+    }
+
+    /// Replaces an admin-adopted address (see [`AdminService::change_address`]).
+    ///
+    /// # Errors
+    /// [`AdminError`] naming why.
+    pub async fn change_address(
+        &self,
+        id: &OrderId,
+        actor: &str,
+        reason: &str,
+        ip: Ipv4Addr,
+        override_package_check: bool,
+    ) -> Result<Order, AdminError> {
+        self.admin()
+            .change_address(id, actor, reason, ip, override_package_check)
+            .await
     }
 }
 
@@ -511,8 +652,8 @@ impl AdminService {
         Ok(order)
     }
 
-    /// Cancels an order. Refused while a purchase is in flight or its unknown outcome is not
-    /// settled: cancelling then could leave a server bought and nobody looking for it.
+    /// Cancels an order, refusing when a server may have been bought for it (see
+    /// [`AdminService::cancel_with`]).
     ///
     /// # Errors
     /// [`AdminError`] naming why.
@@ -521,6 +662,24 @@ impl AdminService {
         id: &OrderId,
         actor: &str,
         reason: &str,
+    ) -> Result<Order, AdminError> {
+        self.cancel_with(id, actor, reason, false).await
+    }
+
+    /// Cancels an order. Refused while a purchase is in flight or its unknown outcome is not
+    /// settled: cancelling then could leave a server bought and nobody looking for it. When the
+    /// ledger or the order shows a server was or may have been bought ([`server_evidence`]),
+    /// it is refused with that evidence unless `override_server_check` is set; the evidence is
+    /// then written to the timeline as a warning, so the server is looked for in the panel.
+    ///
+    /// # Errors
+    /// [`AdminError`] naming why.
+    pub async fn cancel_with(
+        &self,
+        id: &OrderId,
+        actor: &str,
+        reason: &str,
+        override_server_check: bool,
     ) -> Result<Order, AdminError> {
         let reason = check_reason(reason)?;
         let mut order = self.load(id).await?;
@@ -533,22 +692,303 @@ impl AdminService {
         }
         let expected = order.updated_at;
         let now = self.clock.now();
+        // The state's own refusal (ready, cancelled) comes first: no override makes it apply.
+        order
+            .cancel(now)
+            .map_err(|e| AdminError::Refused(e.to_string()))?;
+        let evidence = server_evidence(&order, &purchases);
+        if let (Some(evidence), false) = (&evidence, override_server_check) {
+            return Err(AdminError::Invalid {
+                field: "override_server_check",
+                message: format!(
+                    "a server may have been bought for this order ({evidence}); cancelling leaves it bought and unwatched. \
+                     Check the SmartVPS panel, then cancel with the override and say what you found in the reason"
+                ),
+            });
+        }
+        let mut entries = vec![admin_line(
+            now,
+            format!("🚫 Cancelled by {actor}: {reason}"),
+        )];
+        if let Some(evidence) = evidence {
+            entries.push(warning(
+                now,
+                format!(
+                    "⚠️ {actor} cancelled although a server may exist ({evidence}): release it in the SmartVPS panel"
+                ),
+            ));
+        }
+        let change = Change {
+            entries,
+            ..Change::default()
+        };
+        self.apply_admin(&order, expected, change).await?;
+        Ok(order)
+    }
+
+    /// Marks a failed order resolved: the admin settled it outside the engine (a refund, a
+    /// server handed over by hand), so it leaves the failed queue as cancelled, with the reason
+    /// in the timeline. Nothing is bought or retried. A server the order owns stays owned, and
+    /// the timeline says so.
+    ///
+    /// # Errors
+    /// [`AdminError`] naming why: unless failed, or while a purchase is unsettled.
+    pub async fn mark_resolved(
+        &self,
+        id: &OrderId,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Order, AdminError> {
+        let reason = check_reason(reason)?;
+        let mut order = self.load(id).await?;
+        if order.state != OrderState::Failed {
+            return Err(AdminError::Refused(format!(
+                "only a failed order can be marked resolved; this one is {}",
+                order.state
+            )));
+        }
+        let purchases = self.store.purchases(id).await?;
+        if let Some(p) = purchases.iter().find(|p| p.is_unsettled()) {
+            return Err(AdminError::Refused(format!(
+                "buyVps attempt {} (purchase #{}) is unsettled: wait for it to be reconciled",
+                p.attempt, p.id
+            )));
+        }
+        let expected = order.updated_at;
+        let now = self.clock.now();
         order
             .cancel(now)
             .map_err(|e| AdminError::Refused(e.to_string()))?;
         let mut entries = vec![admin_line(
             now,
-            format!("🚫 Cancelled by {actor}: {reason}"),
+            format!(
+                "✅ Marked resolved by {actor}: {reason} (closed as cancelled; nothing is bought or retried)"
+            ),
         )];
-        let owned = order
-            .server_ip
-            .or_else(|| owning_purchase(&purchases).map(|(_, ip)| ip));
-        if let Some(ip) = owned {
+        if let Some(evidence) = server_evidence(&order, &purchases) {
             entries.push(warning(
                 now,
-                format!("⚠️ server {ip} was bought for this order and is still owned: release it in the SmartVPS panel"),
+                format!("⚠️ a server may still be owned ({evidence}): release it in the SmartVPS panel if nobody uses it"),
             ));
         }
+        let change = Change {
+            entries,
+            ..Change::default()
+        };
+        self.apply_admin(&order, expected, change).await?;
+        Ok(order)
+    }
+
+    /// The failed orders `filter` matches (its state is forced to failed, its paging ignored),
+    /// up to [`MAX_BULK`], listed before any is changed: acting on one moves it out of the
+    /// failed state, which would shift a paged read under our feet.
+    async fn failed_matching(&self, filter: &OrderFilter) -> Result<Vec<Order>, StoreError> {
+        let mut out = Vec::new();
+        let page = 500;
+        loop {
+            let f = OrderFilter {
+                state: Some(OrderState::Failed),
+                limit: Some(page),
+                offset: Some(out.len()),
+                ..filter.clone()
+            };
+            let batch = self.store.orders(&f).await?;
+            let n = batch.len();
+            out.extend(batch);
+            if n < page || out.len() >= MAX_BULK {
+                out.truncate(MAX_BULK);
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Applies `action` to every failed order `filter` matches, collecting refusals.
+    async fn bulk<'a, F, Fut>(
+        &'a self,
+        filter: &OrderFilter,
+        reason: &str,
+        action: F,
+    ) -> Result<BulkSummary, AdminError>
+    where
+        F: Fn(OrderId) -> Fut,
+        Fut: Future<Output = Result<Order, AdminError>> + 'a,
+    {
+        check_reason(reason)?;
+        let mut summary = BulkSummary::default();
+        for order in self.failed_matching(filter).await? {
+            let item = |why: Option<String>| BulkItem {
+                id: order.id.clone(),
+                order_ref: order.order_ref.as_str().to_string(),
+                why,
+            };
+            match action(order.id.clone()).await {
+                Ok(_) => summary.done.push(item(None)),
+                Err(AdminError::Store(StoreError::Conflict(_))) => summary.refused.push(item(
+                    Some("changed or being worked on meanwhile; reload and try again".into()),
+                )),
+                Err(AdminError::Store(e)) => return Err(AdminError::Store(e)),
+                Err(e) => summary.refused.push(item(Some(e.to_string()))),
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Retries every failed order `filter` matches (an outage's queue, or one phase of it) with
+    /// one reason, each as [`AdminService::retry`] would: a buy-phase retry that could buy
+    /// twice is refused for that order alone and listed with why.
+    ///
+    /// # Errors
+    /// A bad reason, or the store failing to list the orders.
+    pub async fn retry_failed_matching(
+        &self,
+        filter: &OrderFilter,
+        actor: &str,
+        reason: &str,
+    ) -> Result<RetrySummary, AdminError> {
+        let summary = self
+            .bulk(filter, reason, |id| async move {
+                self.retry(&id, actor, reason).await
+            })
+            .await?;
+        tracing::info!(
+            admin = %actor,
+            retried = summary.done.len(),
+            refused = summary.refused.len(),
+            "retry of failed orders"
+        );
+        Ok(summary)
+    }
+
+    /// Marks every failed order `filter` matches resolved with one reason (see
+    /// [`AdminService::mark_resolved`]).
+    ///
+    /// # Errors
+    /// A bad reason, or the store failing to list the orders.
+    pub async fn mark_resolved_matching(
+        &self,
+        filter: &OrderFilter,
+        actor: &str,
+        reason: &str,
+    ) -> Result<BulkSummary, AdminError> {
+        self.bulk(filter, reason, |id| async move {
+            self.mark_resolved(&id, actor, reason).await
+        })
+        .await
+    }
+
+    /// Replaces the address an admin adopted (a mistyped one, the wrong server) while status has
+    /// never succeeded for it: the order polls `ip` instead, with fresh status attempts, and
+    /// nothing is bought. Refused for an address a purchase returned (that server is ours for
+    /// sure), for an address another order owns, and, unless overridden, for one outside the
+    /// order's package.
+    ///
+    /// # Errors
+    /// [`AdminError`] naming why.
+    pub async fn change_address(
+        &self,
+        id: &OrderId,
+        actor: &str,
+        reason: &str,
+        ip: Ipv4Addr,
+        override_package_check: bool,
+    ) -> Result<Order, AdminError> {
+        let reason = check_reason(reason)?;
+        let mut order = self.load(id).await?;
+        let Some(old) = order.server_ip else {
+            return Err(AdminError::Refused(format!(
+                "the order has no server address to change (it is {})",
+                order.state
+            )));
+        };
+        let credentials_phase = match order.state {
+            OrderState::AwaitingCredentials => true,
+            OrderState::Failed => order
+                .failure
+                .as_ref()
+                .is_some_and(|f| f.phase == Phase::Credentials),
+            _ => false,
+        };
+        if !credentials_phase {
+            return Err(AdminError::Refused(format!(
+                "the address can only be changed while status has never succeeded for it (awaiting credentials, or failed \
+                 in the credentials phase); this order is {}",
+                order.state
+            )));
+        }
+        // Status succeeded for the address once credentials were read: delivered, or the
+        // ordered OS installed first (a server action), whatever came after.
+        let status_succeeded = self
+            .store
+            .timeline(id)
+            .await?
+            .iter()
+            .any(|e| e.message.contains(STATUS_SUCCEEDED))
+            || !self.store.actions(id).await?.is_empty();
+        if status_succeeded {
+            return Err(AdminError::Refused(format!(
+                "status has already succeeded for {old}: it is the order's server, so its address is not replaced"
+            )));
+        }
+        if old == ip {
+            return Err(AdminError::Invalid {
+                field: "ip",
+                message: format!("{ip} is already the order's address"),
+            });
+        }
+        let purchases = self.store.purchases(id).await?;
+        if let Some(p) = purchases.iter().find(|p| p.owned_ip() == Some(old)) {
+            return Err(AdminError::Refused(format!(
+                "{old} was returned by purchase #{} (attempt {}): that server is ours, so its address is not replaced; retry \
+                 polls it, or fail the order",
+                p.id, p.attempt
+            )));
+        }
+        if let Some(owner) = self.store.owner_of(ip).await?.filter(|o| o != id) {
+            return Err(AdminError::Refused(format!(
+                "{ip} belongs to order {owner}: one server is never delivered twice"
+            )));
+        }
+        let now = self.clock.now();
+        let mut entries = vec![admin_line(
+            now,
+            format!(
+                "✏️ Address changed by {actor}: {reason} ({old} → {ip}; status polling starts again, nothing is bought)"
+            ),
+        )];
+        let name = self.package_name(&order, &purchases).await?;
+        match (&name, override_package_check) {
+            (Some(name), _) if name.contains(ip) => {}
+            (_, true) => entries.push(warning(
+                now,
+                format!(
+                    "⚠️ {actor} overrode the package check: {ip} is not in package {}",
+                    name.as_ref()
+                        .map_or_else(|| "(unknown name)".to_string(), ToString::to_string)
+                ),
+            )),
+            (Some(name), false) => {
+                return Err(AdminError::Invalid {
+                    field: "ip",
+                    message: format!(
+                        "{ip} is not in package {name}; if you are sure, set override_package_check and say why in the reason"
+                    ),
+                });
+            }
+            (None, false) => {
+                return Err(AdminError::Invalid {
+                    field: "ip",
+                    message: format!(
+                        "the name of package {} is not known, so {ip} cannot be checked against it; set \
+                         override_package_check and say why in the reason",
+                        order.package_id
+                    ),
+                });
+            }
+        }
+        let expected = order.updated_at;
+        order
+            .change_address(ip, now)
+            .map_err(|e| AdminError::Refused(e.to_string()))?;
         let change = Change {
             entries,
             ..Change::default()

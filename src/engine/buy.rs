@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 use super::EngineError;
 use super::step::{Keep, Step, Then};
+use crate::clock::Timestamp;
 use crate::domain::{PackageName, Purchase, PurchaseId, PurchaseIntent, PurchaseOutcome};
 use crate::policy::next::{self, BuySetback};
 use crate::provider::{CallContext, LateReply, Outcome, StockEntry};
@@ -43,6 +44,13 @@ pub(super) struct Sale<'a> {
     /// The address SmartVPS assigned.
     pub(super) ip: Ipv4Addr,
 }
+
+/// The unknown outcome of a purchase whose worker stopped mid-call: the chart draws its
+/// attempt as cut off by a restart.
+pub(crate) const NO_REPLY_RECORDED: &str = "no reply recorded: the worker stopped mid-call";
+
+/// How a refusal for an unreadable stock list begins: the chart reads it as that kind.
+pub(crate) const STOCK_UNREADABLE: &str = "could not read stock";
 
 /// The package as the stock list shows it, ready for a purchase.
 struct Buyable {
@@ -102,7 +110,7 @@ impl Step<'_> {
     async fn unknown_after_crash(&mut self, purchase: Purchase) -> Result<Then, EngineError> {
         let now = self.now();
         let outcome = PurchaseOutcome::Unknown {
-            reason: "no reply recorded: the worker stopped mid-call".into(),
+            reason: NO_REPLY_RECORDED.into(),
         };
         self.engine
             .store
@@ -130,6 +138,7 @@ impl Step<'_> {
     /// buyvps, outcome.
     pub(super) async fn attempt(&mut self, stock: Option<StockRead>) -> Result<Then, EngineError> {
         let now = self.now();
+        let started = now;
         let package = self.order.package_id;
         if let Flight::HeldBy(other) = self
             .engine
@@ -151,15 +160,15 @@ impl Step<'_> {
             {
                 Outcome::Succeeded(list) => StockRead::new(list, package),
                 Outcome::Rejected(why) | Outcome::Unknown(why) => {
-                    let reason = format!("could not read stock: {why}");
-                    return self.refused(BuySetback::Rejected { reason }).await;
+                    let reason = format!("{STOCK_UNREADABLE}: {why}");
+                    return self.refused(BuySetback::NotSent { reason }, started).await;
                 }
             },
         };
         let pool = read.pool;
         match self.buyable(read) {
             Ok(buyable) => self.send(buyable, pool).await,
-            Err(setback) => self.refused(setback).await,
+            Err(setback) => self.refused(setback, started).await,
         }
     }
 
@@ -181,11 +190,11 @@ impl Step<'_> {
         };
         if !entry.active {
             let reason = format!("package {name} is not active");
-            return Err(BuySetback::Rejected { reason });
+            return Err(BuySetback::NotSent { reason });
         }
         if entry.free == 0 {
             let reason = format!("package {name} is sold out (0 free)");
-            return Err(BuySetback::Rejected { reason });
+            return Err(BuySetback::NotSent { reason });
         }
         Ok(Buyable {
             name,
@@ -193,13 +202,31 @@ impl Step<'_> {
         })
     }
 
-    /// A setback before anything was sent. A rejection counts as an attempt (a retry may help);
-    /// an unbuyable package fails without spending one.
-    async fn refused(&mut self, setback: BuySetback) -> Result<Then, EngineError> {
+    /// A setback before anything was sent, on an attempt that began (its stock read) at
+    /// `started`. A refusal counts as an attempt (a retry may help) and is written as one that
+    /// was not sent, so the timeline agrees with the ledger, which has no row for it; an
+    /// unbuyable package fails without spending one.
+    async fn refused(
+        &mut self,
+        setback: BuySetback,
+        started: Timestamp,
+    ) -> Result<Then, EngineError> {
         let n = match &setback {
-            BuySetback::Rejected { reason } => {
+            BuySetback::NotSent { reason } => {
                 let n = self.order.start_buy_attempt(self.now())?;
-                self.attempt_failed(n, reason);
+                self.progress.line(
+                    started,
+                    format!(
+                        "[SMARTVPS] Checking stock for buyVps - attempt {n}/{}",
+                        self.policy().buy.attempts
+                    ),
+                );
+                self.progress.line(
+                    self.now(),
+                    format!(
+                        "[SMARTVPS] ⛔ buyVps attempt {n} not sent: {reason}; nothing was bought"
+                    ),
+                );
                 n
             }
             _ => self.order.buy_attempts,

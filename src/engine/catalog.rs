@@ -18,8 +18,9 @@ use crate::store::{Store, StoreError};
 /// Why the catalog could not be read or synced.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    /// SmartVPS's stock list could not be read.
-    #[error("SmartVPS's stock list could not be read: {0}")]
+    /// SmartVPS's stock list could not be read: why, in plain words with the raw detail after
+    /// [`crate::provider::health::DETAIL_OPEN`] (shown only in words).
+    #[error("SmartVPS's stock list could not be read: {}", crate::provider::health::split_detail(.0).0)]
     Unavailable(String),
     /// The store failed.
     #[error(transparent)]
@@ -103,7 +104,13 @@ impl Catalog {
         let list = match self.provider.ipstock(self.timeout).await {
             Outcome::Succeeded(list) => list,
             Outcome::Rejected(why) | Outcome::Unknown(why) => {
-                return Err(CatalogError::Unavailable(why));
+                let why = crate::provider::health::explain(&why);
+                tracing::warn!(
+                    detail = why.detail.as_deref().unwrap_or(""),
+                    "SmartVPS's stock list could not be read: {}",
+                    why.words
+                );
+                return Err(CatalogError::Unavailable(why.text()));
             }
         };
         let now = self.clock.now();

@@ -103,8 +103,10 @@ impl Step<'_> {
             now,
             "📧 Customer notified: \"Your server is ready!\" with credentials",
         );
-        self.progress
-            .line(now, format!("Total Time: {}ms", since_intake.as_millis()));
+        self.progress.line(
+            now,
+            format!("Total Time: {}", crate::clock::human_duration(since_intake)),
+        );
         let change = Change {
             credentials: Some(self.engine.cipher.seal(creds)),
             facts: Some(facts),

@@ -112,7 +112,10 @@ async fn check_package(catalog: &Catalog, new: &NewOrder) -> Result<(), IntakeEr
                 }
             )))
         }
-        Err(CatalogError::Unavailable(why)) => Err(IntakeError::CatalogUnavailable(why)),
+        // The storefront gets the plain words, not the transport detail.
+        Err(CatalogError::Unavailable(why)) => Err(IntakeError::CatalogUnavailable(
+            crate::provider::health::split_detail(&why).0,
+        )),
         Err(CatalogError::Store(e)) => Err(IntakeError::Store(e)),
     }
 }

@@ -19,7 +19,7 @@
 
 mod actions;
 pub mod admin;
-mod buy;
+pub(crate) mod buy;
 pub mod catalog;
 mod credentials;
 pub mod discover;

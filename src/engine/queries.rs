@@ -9,7 +9,7 @@ use crate::clock::Timestamp;
 use crate::crypto::{Cipher, token_matches_hash};
 use crate::domain::{
     CatalogPackage, Credentials, Discovered, FieldError, Order, OrderId, OrderState, PackageId,
-    Purchase, TimelineEntry,
+    Phase, Purchase, TimelineEntry,
 };
 use crate::store::{OrderFilter, StateCounts, Store, StoreError};
 
@@ -61,6 +61,7 @@ impl ListRequest<'_> {
             created_to: text(self.to).map(|t| parse_time("to", t)).transpose()?,
             limit,
             offset: at_most("offset", self.offset, MAX_OFFSET)?,
+            ..OrderFilter::default()
         })
     }
 }
@@ -74,6 +75,47 @@ fn at_most(field: &str, n: Option<usize>, max: usize) -> Result<Option<usize>, F
         Some(n) if n > max => Err(not_a_count(field, max)),
         n => Ok(n),
     }
+}
+
+/// The longest search text: an order_ref, an email or an address, not a document.
+pub const MAX_SEARCH_CHARS: usize = 200;
+
+/// A search an operator typed (an order_ref, a customer email, an address, an order id or its
+/// short form), for [`OrderFilter::search`]: trimmed; empty counts as absent.
+///
+/// # Errors
+/// Text longer than [`MAX_SEARCH_CHARS`] or holding control characters, on `field`.
+pub fn parse_search(field: &str, text: Option<&str>) -> Result<Option<String>, FieldError> {
+    let Some(t) = self::text(text) else {
+        return Ok(None);
+    };
+    if t.chars().count() > MAX_SEARCH_CHARS {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {MAX_SEARCH_CHARS} characters"),
+        ));
+    }
+    if t.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(Some(t.to_string()))
+}
+
+/// A phase an operator named (`buy` or `credentials`); empty counts as absent.
+///
+/// # Errors
+/// Any other name, on `field`.
+pub fn parse_phase(field: &str, text: Option<&str>) -> Result<Option<Phase>, FieldError> {
+    self::text(text)
+        .map(|t| {
+            t.parse::<Phase>().map_err(|_| {
+                FieldError::new(field, format!("must be buy or credentials; got {t:?}"))
+            })
+        })
+        .transpose()
 }
 
 /// The error of a count field that is not a whole number up to `max`, for callers that parse

@@ -18,9 +18,15 @@ use crate::domain::{EntryKind, Phase, Resolution};
 /// that can be delivered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BuySetback {
-    /// A definite no, nothing was bought: buyVps said no, or before anything was sent the stock
-    /// list could not be read or showed the package sold out or inactive.
+    /// A definite no from buyVps: nothing was bought.
     Rejected {
+        /// Why, as the timeline and the failure reason say it.
+        reason: String,
+    },
+    /// No purchase was sent: before it, the stock list could not be read or showed the package
+    /// sold out or inactive. It counts as an attempt (stock moves, a retry may help) and waits
+    /// the seed's delay, but there was no purchase for SmartVPS to process.
+    NotSent {
         /// Why, as the timeline and the failure reason say it.
         reason: String,
     },
@@ -131,7 +137,8 @@ pub fn after_buy(
 ) -> Decision {
     let mut d = Decided::new(now);
     let next = match setback {
-        BuySetback::Rejected { reason } => d.retry_or_fail(&policy.buy, attempt, &reason),
+        BuySetback::Rejected { reason } => d.retry_or_fail(&policy.buy, attempt, &reason, true),
+        BuySetback::NotSent { reason } => d.retry_or_fail(&policy.buy, attempt, &reason, false),
         BuySetback::Unbuyable { reason } => {
             d.progress(format!("💥 PROVISIONING FAILED: {reason}"));
             d.fail(Phase::Buy, reason)
@@ -281,20 +288,34 @@ impl Decided {
     }
 
     /// After a failed buy attempt: the strategic wait, or failure when attempts are exhausted.
-    fn retry_or_fail(&mut self, policy: &PhasePolicy, attempt: u32, reason: &str) -> Next {
+    /// The seed's "💡 ... prevents race conditions" line follows only a wait after a purchase
+    /// that was `sent`: with nothing sent there is nothing for SmartVPS to process.
+    fn retry_or_fail(
+        &mut self,
+        policy: &PhasePolicy,
+        attempt: u32,
+        reason: &str,
+        sent: bool,
+    ) -> Next {
         match policy.delay_after(attempt) {
             Some(wait) => {
                 let next = self.retry(wait);
-                self.progress(
-                    "[SMARTVPS] 💡 This allows SmartVPS API to fully process and prevents race conditions",
-                );
+                if sent {
+                    self.progress(
+                        "[SMARTVPS] 💡 This allows SmartVPS API to fully process and prevents race conditions",
+                    );
+                }
                 next
             }
             None => {
                 self.progress(format!("💥 PROVISIONING FAILED after {attempt} attempts"));
                 self.fail(
                     Phase::Buy,
-                    format!("buyVps failed {attempt} times; last: {reason}"),
+                    if sent {
+                        format!("buyVps failed {attempt} times; last: {reason}")
+                    } else {
+                        format!("{attempt} buy attempts failed; last: no purchase sent, {reason}")
+                    },
                 )
             }
         }
@@ -323,7 +344,7 @@ impl Decided {
                     "⚠️ UNSAFE: retrying without reconciliation (policy.buy.on_unknown = retry): this can buy a second server",
                 );
                 self.settles = Some(Resolution::RetriedBlindly);
-                self.retry_or_fail(&policy.buy, attempt, reason)
+                self.retry_or_fail(&policy.buy, attempt, reason, true)
             }
             OnUnknown::Reconcile => {
                 // The same strategic wait the seed puts before a retry, so the purchase can
@@ -437,6 +458,33 @@ mod tests {
                 "💥 PROVISIONING FAILED after 3 attempts",
                 "📧 Customer notified: provisioning failed; an admin can retry",
             ]
+        );
+    }
+
+    #[test]
+    fn an_attempt_not_sent_waits_without_the_race_condition_line_and_fails_saying_so() {
+        let p = RetryPolicy::default();
+        let not_sent = || BuySetback::NotSent {
+            reason: "package 103.82.72 is sold out (0 free)".into(),
+        };
+        let d = after_buy(&p, 1, not_sent(), NOW);
+        assert_eq!(
+            d.next,
+            Next::Retry {
+                wait: Duration::from_secs(120)
+            }
+        );
+        assert_eq!(
+            texts(&d),
+            ["[SMARTVPS] ⏳ Strategic delay: Waiting 2 minute(s) before retry..."]
+        );
+        let d = after_buy(&p, 3, not_sent(), NOW);
+        assert_eq!(
+            d.next,
+            Next::Fail {
+                phase: Phase::Buy,
+                reason: "3 buy attempts failed; last: no purchase sent, package 103.82.72 is sold out (0 free)".into()
+            }
         );
     }
 
@@ -678,6 +726,9 @@ mod tests {
     fn setback() -> impl Strategy<Value = BuySetback> {
         prop_oneof![
             Just(rejected("error")),
+            Just(BuySetback::NotSent {
+                reason: "sold out".into()
+            }),
             Just(unknown()),
             Just(BuySetback::StockUnreadable {
                 reason: "503".into(),

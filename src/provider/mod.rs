@@ -2,8 +2,10 @@
 //! classified as succeeded, rejected (a definite no) or unknown (we cannot tell).
 //!
 //! Implementations: [`smartvps::SmartVpsClient`] over HTTP, and the simulator in-process
-//! (`crate::simulator::SimProvider`); [`metered::MeteredProvider`] wraps either with metrics.
+//! (`crate::simulator::SimProvider`); [`metered::MeteredProvider`] wraps either with metrics,
+//! [`health::Watched`] with the upstream health record and failures in plain words.
 
+pub mod health;
 pub mod metered;
 pub mod smartvps;
 

@@ -247,10 +247,7 @@ impl Store for MemoryStore {
             .orders
             .values()
             .map(|r| &r.order)
-            .filter(|o| filter.state.is_none_or(|s| o.state == s))
-            .filter(|o| filter.package.is_none_or(|p| o.package_id == p))
-            .filter(|o| filter.created_from.is_none_or(|t| o.created_at >= t))
-            .filter(|o| filter.created_to.is_none_or(|t| o.created_at < t))
+            .filter(|o| filter.matches(o))
             .collect();
         all.sort_by(|a, b| {
             b.created_at

@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use crate::clock::Timestamp;
 use crate::domain::{
-    CatalogPackage, Discovered, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId,
+    CatalogPackage, Discovered, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId, Phase,
     Purchase, PurchaseId, PurchaseIntent, PurchaseOutcome, Resolution, TimelineEntry,
 };
 use crate::domain::{ServerAction, ServerFacts};
@@ -238,6 +238,12 @@ pub struct OrderFilter {
     pub created_from: Option<Timestamp>,
     /// Created before.
     pub created_to: Option<Timestamp>,
+    /// Only failed orders that failed in this phase (a credentials-phase failure owns a server).
+    pub phase: Option<Phase>,
+    /// Free-text search, already trimmed and non-empty: a substring of the order_ref, the
+    /// customer email, the server address or the order id (so the dashboard's short id finds
+    /// its order too), ignoring ASCII case as SQLite's `LOWER` does.
+    pub search: Option<String>,
     /// Page size (default 50, at most 500).
     pub limit: Option<usize>,
     /// Rows to skip.
@@ -248,6 +254,29 @@ impl OrderFilter {
     /// The effective page size.
     pub fn page_size(&self) -> usize {
         self.limit.unwrap_or(50).clamp(1, 500)
+    }
+
+    /// Whether `order` matches every condition but paging: the one definition the in-memory
+    /// store applies, and the SQL backends' query mirrors.
+    pub fn matches(&self, order: &Order) -> bool {
+        self.state.is_none_or(|s| order.state == s)
+            && self.package.is_none_or(|p| order.package_id == p)
+            && self.created_from.is_none_or(|t| order.created_at >= t)
+            && self.created_to.is_none_or(|t| order.created_at < t)
+            && self
+                .phase
+                .is_none_or(|p| order.failure.as_ref().is_some_and(|f| f.phase == p))
+            && self.search.as_deref().is_none_or(|q| {
+                let q = q.to_ascii_lowercase();
+                [
+                    order.order_ref.as_str().to_ascii_lowercase(),
+                    order.customer.email.to_ascii_lowercase(),
+                    order.server_ip.map(|i| i.to_string()).unwrap_or_default(),
+                    order.id.as_str().to_ascii_lowercase(),
+                ]
+                .iter()
+                .any(|field| field.contains(&q))
+            })
     }
 }
 

@@ -179,6 +179,9 @@ pub(crate) fn orders(f: &OrderFilter) -> Stmt {
         "SELECT {ORDER_COLUMNS} FROM orders WHERE (CAST($1 AS TEXT) IS NULL OR state = $1) \
          AND (CAST($2 AS BIGINT) IS NULL OR package_id = $2) \
          AND (CAST($3 AS BIGINT) IS NULL OR created_at >= $3) AND (CAST($4 AS BIGINT) IS NULL OR created_at < $4) \
+         AND (CAST($7 AS TEXT) IS NULL OR failure_phase = $7) \
+         AND (CAST($8 AS TEXT) IS NULL OR LOWER(order_ref) LIKE $8 ESCAPE '\\' OR LOWER(customer_email) LIKE $8 ESCAPE '\\' \
+              OR server_ip LIKE $8 ESCAPE '\\' OR LOWER(id) LIKE $8 ESCAPE '\\') \
          ORDER BY created_at DESC, id DESC LIMIT $5 OFFSET $6"
     ))
     .text(f.state.map(OrderState::as_str))
@@ -187,6 +190,22 @@ pub(crate) fn orders(f: &OrderFilter) -> Stmt {
     .int(f.created_to.map(Timestamp::millis))
     .int(limit(f.page_size()))
     .int(limit(f.offset.unwrap_or(0)))
+    .text(f.phase.map(Phase::as_str))
+    .text(f.search.as_deref().map(like_pattern).as_deref())
+}
+
+/// `%text%` for `LIKE ... ESCAPE '\'`, lowercased as the columns are compared: the text's own
+/// `%`, `_` and `\` match themselves.
+fn like_pattern(text: &str) -> String {
+    let mut p = String::from("%");
+    for c in text.to_ascii_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
 }
 
 /// Orders per state (decoded by [`state_counts`]).

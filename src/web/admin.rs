@@ -17,13 +17,19 @@ use super::orders::order_id;
 use super::views::OrderView;
 use super::{ApiError, AppState};
 use crate::domain::{CatalogPackage, FieldError, PackageId};
+use crate::engine::admin::BulkSummary;
 pub use crate::engine::admin::parse_resolve;
 use crate::engine::catalog::CatalogError;
-use crate::engine::queries::{ListRequest, MAX_OFFSET, MAX_PAGE_SIZE, not_a_count, not_a_package};
+use crate::engine::queries::{
+    ListRequest, MAX_OFFSET, MAX_PAGE_SIZE, not_a_count, not_a_package, parse_phase, parse_search,
+};
 use crate::store::OrderFilter;
 
-/// The list's query parameters.
-pub const FILTER_KEYS: [&str; 6] = ["state", "package", "from", "to", "limit", "offset"];
+/// The list's query parameters. `q` searches order_ref, customer email, server address and
+/// order id; `phase` keeps failed orders of one phase.
+pub const FILTER_KEYS: [&str; 8] = [
+    "state", "package", "from", "to", "limit", "offset", "q", "phase",
+];
 
 /// Parses the list's query parameters (see [`ListRequest`]): unknown keys are refused, empty
 /// values count as absent, numbers are read from their text.
@@ -53,7 +59,7 @@ pub fn parse_filter(params: &HashMap<String, String>) -> Result<OrderFilter, Fie
             .map(|v| v.parse::<usize>().map_err(|_| not_a_count(k, max)))
             .transpose()
     };
-    ListRequest {
+    let filter = ListRequest {
         state: get("state"),
         package,
         from: get("from"),
@@ -61,7 +67,12 @@ pub fn parse_filter(params: &HashMap<String, String>) -> Result<OrderFilter, Fie
         limit: count("limit", MAX_PAGE_SIZE)?,
         offset: count("offset", MAX_OFFSET)?,
     }
-    .filter()
+    .filter()?;
+    Ok(OrderFilter {
+        search: parse_search("q", get("q"))?,
+        phase: parse_phase("phase", get("phase"))?,
+        ..filter
+    })
 }
 
 /// `GET /api/v1/orders`: newest first, with filters, paging and the counts per state.
@@ -163,7 +174,15 @@ pub(super) async fn resolve(
 /// The resolve body's keys.
 const RESOLVE_KEYS: [&str; 4] = ["action", "reason", "ip", "override_package_check"];
 
-/// `POST /api/v1/orders/{id}/cancel` with `{"reason"}`.
+fn flag(obj: &Map<String, Value>, key: &str) -> Result<bool, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::field(key, "must be true or false")),
+    }
+}
+
+/// `POST /api/v1/orders/{id}/cancel` with `{"reason", "override_server_check"?}`.
 pub(super) async fn cancel(
     Admin(admin): Admin,
     State(state): State<AppState>,
@@ -172,9 +191,120 @@ pub(super) async fn cancel(
 ) -> Result<Json<OrderView>, ApiError> {
     let id = order_id(&id)?;
     let obj = body_object(&body)?;
-    no_unknown_keys(&obj, &["reason"], "")?;
-    let order = state.engine.cancel(&id, &admin, &reason_of(&obj)?).await?;
+    no_unknown_keys(&obj, &["reason", "override_server_check"], "")?;
+    let override_server_check = flag(&obj, "override_server_check")?;
+    let order = state
+        .engine
+        .cancel_with(&id, &admin, &reason_of(&obj)?, override_server_check)
+        .await?;
     Ok(Json(OrderView::new(&order, None, None)))
+}
+
+/// `POST /api/v1/orders/{id}/mark-resolved` with `{"reason"}`.
+pub(super) async fn mark_resolved(
+    Admin(admin): Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<OrderView>, ApiError> {
+    let id = order_id(&id)?;
+    let obj = body_object(&body)?;
+    no_unknown_keys(&obj, &["reason"], "")?;
+    let order = state
+        .engine
+        .mark_resolved(&id, &admin, &reason_of(&obj)?)
+        .await?;
+    Ok(Json(OrderView::new(&order, None, None)))
+}
+
+/// `POST /api/v1/orders/{id}/address` with `{"reason", "ip", "override_package_check"?}`.
+pub(super) async fn change_address(
+    Admin(admin): Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<OrderView>, ApiError> {
+    let id = order_id(&id)?;
+    let obj = body_object(&body)?;
+    no_unknown_keys(&obj, &["reason", "ip", "override_package_check"], "")?;
+    let reason = reason_of(&obj)?;
+    let ip = string(&obj, "ip", "ip")?;
+    let ip = ip
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::field("ip", format!("{ip:?} is not an IPv4 address")))?;
+    let order = state
+        .engine
+        .change_address(
+            &id,
+            &admin,
+            &reason,
+            ip,
+            flag(&obj, "override_package_check")?,
+        )
+        .await?;
+    Ok(Json(OrderView::new(&order, None, None)))
+}
+
+/// The bulk actions' body keys: the reason, and the filter of the failed orders they take.
+const BULK_KEYS: [&str; 4] = ["reason", "phase", "package", "q"];
+
+/// The failed orders a bulk action's body names: `phase`, `package` and `q` as in the list.
+fn bulk_filter(obj: &Map<String, Value>) -> Result<OrderFilter, ApiError> {
+    no_unknown_keys(obj, &BULK_KEYS, "")?;
+    let text = |k: &str| match obj.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::field(k, "must be a string")),
+    };
+    let package = match obj.get("package") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(
+            n.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(PackageId)
+                .ok_or_else(|| ApiError::field("package", "must be a package id (PID)"))?,
+        ),
+        Some(_) => return Err(ApiError::field("package", "must be a package id (PID)")),
+    };
+    let field = |e: FieldError| ApiError::field(&e.field, e.message);
+    Ok(OrderFilter {
+        phase: parse_phase("phase", text("phase")?.as_deref()).map_err(field)?,
+        search: parse_search("q", text("q")?.as_deref()).map_err(field)?,
+        package,
+        ..OrderFilter::default()
+    })
+}
+
+/// `POST /api/v1/failed/retry` with `{"reason", "phase"?, "package"?, "q"?}`: retries every
+/// failed order the filter matches.
+pub(super) async fn retry_failed(
+    Admin(admin): Admin,
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<BulkSummary>, ApiError> {
+    let obj = body_object(&body)?;
+    let filter = bulk_filter(&obj)?;
+    let summary = state
+        .engine
+        .retry_failed(&filter, &admin, &reason_of(&obj)?)
+        .await?;
+    Ok(Json(summary))
+}
+
+/// `POST /api/v1/failed/mark-resolved` with `{"reason", "phase"?, "package"?, "q"?}`.
+pub(super) async fn mark_resolved_failed(
+    Admin(admin): Admin,
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<BulkSummary>, ApiError> {
+    let obj = body_object(&body)?;
+    let filter = bulk_filter(&obj)?;
+    let summary = state
+        .engine
+        .mark_resolved_failed(&filter, &admin, &reason_of(&obj)?)
+        .await?;
+    Ok(Json(summary))
 }
 
 /// One catalog row as the API shows it.
@@ -231,7 +361,10 @@ pub(super) async fn sync_catalog(
         ))),
         Err(CatalogError::Unavailable(why)) => Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
-            format!("SmartVPS's stock list could not be read: {why}"),
+            format!(
+                "SmartVPS's stock list could not be read: {}; the stored catalog is unchanged",
+                crate::provider::health::split_detail(&why).0
+            ),
         )),
         Err(CatalogError::Store(e)) => Err(ApiError::internal(e)),
     }

@@ -1,13 +1,21 @@
 //! The timing chart on an order's dashboard page: every buyVps and status attempt as a bar on a
-//! time axis from the order's creation, and the waits between them, so the seed's timing (120 s
+//! time axis from the order's creation, and what came between them, so the seed's timing (120 s
 //! timeouts, waits of 2 and 3 minutes, ...) can be seen at a glance.
 //!
 //! Pure: built from the order, its timeline and its ledger. Attempts are found by the engine's
-//! own "Calling ... - attempt" lines; a bar ends when the next line was written (the call's
-//! reply), or for purchases when the ledger recorded the outcome.
+//! own lines: "Calling buyVps - attempt" for a purchase sent, "Checking stock for buyVps -
+//! attempt" for one refused before sending (sold out, inactive, stock unreadable: drawn with
+//! that kind), "Calling status - attempt". A bar ends when the next line was written (the
+//! call's reply), or for purchases when the ledger recorded the outcome.
+//!
+//! What lies between attempts is drawn as what it is: the policy's wait (a strategic delay was
+//! announced), a reconcile window (after an unknown outcome), time stopped until an admin acted,
+//! or time the order was not worked (another order's purchase of the package in flight, a
+//! worker stopped). A purchase cut off by a restart is drawn as such, not as a wait; only a
+//! wait still ahead is "waiting now". An order stopped for an admin says since when, in words.
 
 use crate::clock::Timestamp;
-use crate::domain::{EntryKind, Order, Purchase, PurchaseOutcome, TimelineEntry};
+use crate::domain::{EntryKind, Order, OrderState, Purchase, PurchaseOutcome, TimelineEntry};
 
 /// Left margin for the row labels, in pixels.
 const LEFT: i64 = 80;
@@ -31,8 +39,10 @@ pub struct Bar {
     pub w: i64,
     /// Height (px).
     pub h: i64,
-    /// CSS class: `ok`, `rejected`, `unknown`, `failed`, `inflight`, `wait`, `planned` (the
-    /// wait in progress) or `idle` (stopped until an admin acted).
+    /// CSS class: `ok`, `rejected`, `unknown`, `failed`, `inflight`, `refused` (not sent),
+    /// `restart` (a purchase cut off by a restart), `wait` (the policy's delay), `reconcile`
+    /// (after an unknown outcome), `idle` (stopped until an admin acted), `gap` (not worked),
+    /// `planned` (the wait in progress).
     pub class: &'static str,
     /// Hover text: what and when.
     pub title: String,
@@ -68,6 +78,9 @@ pub struct Chart {
     pub rows: Vec<(i64, &'static str)>,
     /// The time span shown, e.g. `7:10`.
     pub span: String,
+    /// For an order stopped until an admin acts: since when, in words (not drawn, so that days
+    /// of waiting do not squash the attempts).
+    pub stopped: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -103,6 +116,23 @@ fn outcome_class(p: Option<&Purchase>) -> &'static str {
     }
 }
 
+/// The kind of a refusal before sending, from its timeline line.
+fn refusal_kind(line: &str) -> &'static str {
+    if line.contains(crate::engine::buy::STOCK_UNREADABLE) {
+        "stock unreadable"
+    } else if line.contains("sold out") {
+        "sold out"
+    } else if line.contains("not active") {
+        "inactive"
+    } else {
+        "refused"
+    }
+}
+
+fn human(d: std::time::Duration) -> String {
+    crate::clock::human_duration(d)
+}
+
 /// Builds the chart. `now` ends a bar whose call has not returned yet.
 pub fn build(
     order: &Order,
@@ -115,10 +145,12 @@ pub fn build(
     let mut buys = 0usize;
     for (i, e) in timeline.iter().enumerate() {
         let next = timeline.get(i + 1);
-        let row = if e.message.contains("Calling buyVps - attempt") {
-            Row::Buy
+        let (row, sent) = if e.message.contains("Calling buyVps - attempt") {
+            (Row::Buy, true)
+        } else if e.message.contains("Checking stock for buyVps - attempt") {
+            (Row::Buy, false)
         } else if e.message.contains("Calling status - attempt") {
-            Row::Status
+            (Row::Status, true)
         } else {
             continue;
         };
@@ -129,18 +161,46 @@ pub fn build(
             .unwrap_or("")
             .trim()
             .to_string();
-        let (end, class, what) = match row {
-            Row::Buy => {
+        let (end, class, what) = match (row, sent) {
+            (Row::Buy, true) => {
                 let purchase = purchases.get(buys);
                 buys += 1;
                 let end = purchase
                     .and_then(|p| p.decided_at)
                     .or_else(|| next.map(|n| n.at))
                     .unwrap_or(now);
-                let class = outcome_class(purchase);
-                (end, class, format!("buyVps attempt {attempt} ({class})"))
+                let cut_off = purchase.is_some_and(|p| {
+                    matches!(&p.outcome, Some(PurchaseOutcome::Unknown { reason }) if reason == crate::engine::buy::NO_REPLY_RECORDED)
+                });
+                if cut_off {
+                    (
+                        end,
+                        "restart",
+                        format!(
+                            "buyVps attempt {attempt} (cut off by a restart: no reply recorded, outcome unknown until the next worker took over)"
+                        ),
+                    )
+                } else {
+                    let class = outcome_class(purchase);
+                    (end, class, format!("buyVps attempt {attempt} ({class})"))
+                }
             }
-            Row::Status => {
+            (Row::Buy, false) => match next {
+                Some(n) if n.message.contains("not sent") => (
+                    n.at,
+                    "refused",
+                    format!(
+                        "buyVps attempt {attempt} (not sent: {}; nothing was bought)",
+                        refusal_kind(&n.message)
+                    ),
+                ),
+                _ => (
+                    next.map_or(now, |n| n.at),
+                    "inflight",
+                    format!("buyVps attempt {attempt} (reading stock)"),
+                ),
+            },
+            (Row::Status, _) => {
                 let end = next.map_or(now, |n| n.at);
                 let class = match next {
                     None => "inflight",
@@ -158,37 +218,56 @@ pub fn build(
             what,
         });
     }
-    // Waits: the gaps between one attempt's end and the next attempt's start, drawn in the row
-    // of the attempt they lead to. A gap an admin action ended (a failed order retried, an
-    // escalation resolved) is idle time, not the policy's wait, and is drawn differently.
-    let mut waits = Vec::new();
+    // Between attempts, in the row of the attempt they lead to.
+    let mut gaps = Vec::new();
     for pair in segments.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
-        if b.start > a.end {
-            let admin = timeline
-                .iter()
-                .any(|e| e.kind == EntryKind::Admin && e.at > a.end && e.at <= b.start);
-            let long = humantime::format_duration(b.start.since(a.end));
-            waits.push(Segment {
-                row: b.row,
-                start: a.end,
-                end: b.start,
-                class: if admin { "idle" } else { "wait" },
-                what: if admin {
-                    format!("stopped {long}, until an admin acted")
-                } else {
-                    format!("wait {long}")
-                },
-            });
+        if b.start <= a.end {
+            continue;
         }
+        let in_gap = |pred: &dyn Fn(&TimelineEntry) -> bool| {
+            timeline
+                .iter()
+                .any(|e| e.at >= a.end && e.at <= b.start && pred(e))
+        };
+        let long = human(b.start.since(a.end));
+        let (class, what) = if in_gap(&|e| e.kind == EntryKind::Admin) {
+            ("idle", format!("stopped {long}, until an admin acted"))
+        } else if matches!(a.class, "unknown" | "restart") {
+            (
+                "reconcile",
+                format!(
+                    "reconcile window {long} (the purchase is left to settle, its late reply listened for, before the evidence is read)"
+                ),
+            )
+        } else if in_gap(&|e| e.message.contains("Strategic delay")) {
+            ("wait", format!("wait {long} (the policy's delay)"))
+        } else {
+            (
+                "gap",
+                format!(
+                    "not worked for {long} (another order's purchase of the package in flight, or the worker stopped)"
+                ),
+            )
+        };
+        gaps.push(Segment {
+            row: b.row,
+            start: a.end,
+            end: b.start,
+            class,
+            what,
+        });
     }
     // The wait the order is in now, until its persisted wake-up time.
     if order.state.is_active()
         && let Some(run_at) = order.run_at
     {
         let from = segments.last().map_or(order.created_at, |s| s.end);
-        if run_at > from {
-            waits.push(Segment {
+        if run_at > from && run_at > now {
+            let reconcile = segments
+                .last()
+                .is_some_and(|s| matches!(s.class, "unknown" | "restart"));
+            gaps.push(Segment {
                 row: if order.server_ip.is_some() {
                     Row::Status
                 } else {
@@ -198,15 +277,25 @@ pub fn build(
                 end: run_at,
                 class: "planned",
                 what: format!(
-                    "waiting {} (until {})",
-                    humantime::format_duration(run_at.since(from)),
+                    "waiting now{}: {} in all, until {}",
+                    if reconcile { " (reconcile window)" } else { "" },
+                    human(run_at.since(from)),
                     offset_label(origin, run_at)
                 ),
             });
         }
     }
-    segments.extend(waits);
+    segments.extend(gaps);
     segments.sort_by_key(|s| (s.start, s.end));
+    let stopped = match order.state {
+        OrderState::Failed | OrderState::NeedsAttention => Some(format!(
+            "Stopped at +{} ({}): waiting for an admin for {}.",
+            offset_label(origin, order.updated_at),
+            order.state,
+            human(now.since(order.updated_at))
+        )),
+        _ => None,
+    };
 
     let mut last = segments
         .iter()
@@ -234,10 +323,7 @@ pub fn build(
                 Row::Status => ROWS[1],
             };
             let short = match s.class {
-                "wait" | "planned" => humantime::format_duration(std::time::Duration::from_secs(
-                    s.end.since(s.start).as_secs(),
-                ))
-                .to_string(),
+                "wait" | "planned" | "reconcile" | "idle" | "gap" => human(s.end.since(s.start)),
                 _ => s
                     .what
                     .split(" (")
@@ -295,6 +381,7 @@ pub fn build(
         axis_end: LEFT + AXIS,
         rows: vec![(ROWS[0] + 15, "buyVps"), (ROWS[1] + 15, "status")],
         span: offset_label(origin, last),
+        stopped,
     }
 }
 
@@ -362,6 +449,10 @@ mod tests {
             line(270, "[SMARTVPS] ✅ buyVps succeeded on attempt 2"),
             line(270, "[SMARTVPS] Calling status - attempt 1/3"),
             line(360, "[SMARTVPS] ❌ status attempt 1 failed: timed out"),
+            line(
+                360,
+                "[SMARTVPS] ⏳ Strategic delay: Waiting 1 minute(s) before retry...",
+            ),
             line(420, "[SMARTVPS] Calling status - attempt 2/3"),
             line(430, "[SMARTVPS] ✅ status succeeded on attempt 2"),
         ];
@@ -398,7 +489,7 @@ mod tests {
             summary,
             [
                 ("unknown", "0:00 → 2:00".to_string()),
-                ("wait", "2:00 → 4:00".to_string()),
+                ("reconcile", "2:00 → 4:00".to_string()),
                 ("ok", "4:00 → 4:30".to_string()),
                 ("failed", "4:30 → 6:00".to_string()),
                 ("wait", "6:00 → 7:00".to_string()),
@@ -468,5 +559,103 @@ mod tests {
             "{}",
             chart.bars[1].title
         );
+    }
+
+    #[test]
+    fn attempts_refused_before_sending_are_drawn_with_their_kind() {
+        let mut o = order();
+        o.state = OrderState::Failed;
+        o.updated_at = Timestamp(300_000);
+        let timeline = [
+            line(0, "[SMARTVPS] Checking stock for buyVps - attempt 1/3"),
+            line(
+                1,
+                "[SMARTVPS] ⛔ buyVps attempt 1 not sent: package 103.82.72 is sold out (0 free); nothing was bought",
+            ),
+            line(
+                1,
+                "[SMARTVPS] ⏳ Strategic delay: Waiting 2 minute(s) before retry...",
+            ),
+            line(121, "[SMARTVPS] Checking stock for buyVps - attempt 2/3"),
+            line(
+                241,
+                "[SMARTVPS] ⛔ buyVps attempt 2 not sent: could not read stock: timeout after 2m; nothing was bought",
+            ),
+            line(241, "💥 PROVISIONING FAILED after 2 attempts"),
+        ];
+        let chart = build(&o, &timeline, &[], Timestamp(3_900_000));
+        let got: Vec<(&str, &str)> = chart
+            .bars
+            .iter()
+            .map(|b| (b.class, b.title.as_str()))
+            .collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0].0, "refused");
+        assert!(got[0].1.contains("not sent: sold out"), "{}", got[0].1);
+        assert_eq!(got[1].0, "wait");
+        assert!(
+            got[1].1.starts_with("wait 2m (the policy's delay)"),
+            "{}",
+            got[1].1
+        );
+        assert_eq!(got[2].0, "refused");
+        assert!(
+            got[2].1.contains("not sent: stock unreadable"),
+            "{}",
+            got[2].1
+        );
+        assert!(got[2].1.ends_with("2:01 → 4:01"), "{}", got[2].1);
+        // A failed order is not "waiting now": it says it waits for an admin, and since when.
+        assert!(chart.bars.iter().all(|b| b.class != "planned"));
+        assert_eq!(
+            chart.stopped.as_deref(),
+            Some("Stopped at +5:00 (failed): waiting for an admin for 1h 0m 0s.")
+        );
+    }
+
+    #[test]
+    fn a_purchase_cut_off_by_a_restart_and_an_unexplained_gap_are_not_waits() {
+        let mut o = order();
+        o.state = OrderState::Buying;
+        o.updated_at = Timestamp(400_000);
+        let timeline = [
+            line(0, "[SMARTVPS] Calling buyVps - attempt 1/3"),
+            line(
+                270,
+                "❓ buyVps attempt 1 has no recorded reply (worker stopped mid-call): outcome unknown",
+            ),
+            line(390, "[SMARTVPS] Calling status - attempt 1/3"),
+            line(395, "[SMARTVPS] ❌ status attempt 1 failed: error"),
+            line(455, "[SMARTVPS] Calling status - attempt 2/3"),
+        ];
+        let cut = Purchase {
+            outcome: Some(PurchaseOutcome::Unknown {
+                reason: crate::engine::buy::NO_REPLY_RECORDED.into(),
+            }),
+            ..purchase(
+                1,
+                0,
+                270,
+                PurchaseOutcome::Unknown {
+                    reason: String::new(),
+                },
+            )
+        };
+        let chart = build(&o, &timeline, &[cut], Timestamp(456_000));
+        let classes: Vec<&str> = chart.bars.iter().map(|b| b.class).collect();
+        assert_eq!(
+            classes,
+            ["restart", "reconcile", "failed", "gap", "inflight"]
+        );
+        assert!(chart.bars[0].title.contains("cut off by a restart"));
+        assert!(
+            chart.bars[3].title.starts_with("not worked for 1m"),
+            "{}",
+            chart.bars[3].title
+        );
+        // Durations in human units, never raw milliseconds.
+        for b in &chart.bars {
+            assert!(!b.title.contains("ms"), "{}", b.title);
+        }
     }
 }

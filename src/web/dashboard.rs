@@ -2,8 +2,13 @@
 //!
 //! - `GET /admin`: orders with state counts, filters and paging; `failed` and
 //!   `needs_attention` stand out; low-stock packages in a banner.
-//! - `GET /admin/orders/{id}`: facts, the actions that apply (retry, resolve, cancel, each with a
-//!   required reason), the timing chart, the purchase ledger, the timeline.
+//! - `GET /admin/orders/{id}`: facts, the actions that apply (retry, resolve, cancel, change an
+//!   adopted address, mark resolved, each with a required reason), the timing chart, the
+//!   purchase ledger, the timeline. Upstream errors show in plain words, the raw text behind a
+//!   disclosure.
+//! - `GET /admin/failed`: the failed queue, by phase, with Retry All and Mark Resolved (one
+//!   reason for all); its count is a badge in every page's header, beside the outage banner
+//!   (SmartVPS unreachable since when, how many orders failed since).
 //! - `GET|POST /admin/login`, `POST /admin/logout`.
 //!
 //! Sessions are cookies (HttpOnly, SameSite=Strict, path `/admin`); every form carries the
@@ -50,6 +55,11 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/orders/{id}/resolve", post(resolve))
         .route("/admin/orders/{id}/cancel", post(cancel))
         .route("/admin/orders/{id}/server-action", post(server_action))
+        .route("/admin/orders/{id}/mark-resolved", post(mark_resolved))
+        .route("/admin/orders/{id}/address", post(change_address))
+        .route("/admin/failed", get(failed_page))
+        .route("/admin/failed/retry", post(retry_failed))
+        .route("/admin/failed/mark-resolved", post(mark_resolved_failed))
 }
 
 /// A rendered page with the dashboard's security headers.
@@ -83,6 +93,87 @@ fn time(t: Timestamp) -> String {
     s.get(..19).map_or(s.clone(), |d| d.replace('T', " "))
 }
 
+/// What every signed-in page shows around its content: the failed queue's size as a badge in
+/// the header, and the outage banner while SmartVPS is down.
+#[derive(Default)]
+struct Chrome {
+    /// Orders in the failed state.
+    failed: u64,
+    /// SmartVPS is down, as this process's calls found it.
+    outage: Option<Outage>,
+}
+
+/// The outage banner: "SmartVPS unreachable since 09:01 UTC, 3 orders failed".
+struct Outage {
+    /// When the outage started, `HH:MM UTC` (with the date when it is not today's).
+    since: String,
+    /// Orders that failed since then.
+    failed: usize,
+    /// Why, in plain words.
+    words: String,
+}
+
+/// The chrome of a page, read now.
+async fn chrome(state: &AppState) -> Result<Chrome, crate::store::StoreError> {
+    let store = state.engine.queries();
+    let failed = store
+        .state_counts()
+        .await?
+        .into_iter()
+        .find(|(s, _)| *s == OrderState::Failed)
+        .map_or(0, |(_, n)| n);
+    let health = state.health.snapshot();
+    let outage = match (health.up, health.down_since) {
+        (Some(false), Some(since)) => {
+            let recent = store
+                .orders(&OrderFilter {
+                    state: Some(OrderState::Failed),
+                    limit: Some(crate::engine::queries::MAX_PAGE_SIZE),
+                    ..OrderFilter::default()
+                })
+                .await?;
+            let now = time(state.engine.clock().now());
+            let at = time(since);
+            let since_text = if now.get(..10) == at.get(..10) {
+                format!("{} UTC", at.get(11..16).unwrap_or(&at))
+            } else {
+                format!("{} UTC", at.get(..16).unwrap_or(&at))
+            };
+            Some(Outage {
+                since: since_text,
+                failed: recent.iter().filter(|o| o.updated_at >= since).count(),
+                words: health.last_error.unwrap_or_default(),
+            })
+        }
+        _ => None,
+    };
+    Ok(Chrome { failed, outage })
+}
+
+/// An upstream failure text split for display: plain words, and the raw detail for a
+/// disclosure (see [`crate::provider::health::explain`]).
+fn plain(text: &str) -> (String, Option<String>) {
+    crate::provider::health::split_detail(text)
+}
+
+/// An address in package `name` to show as the resolve form's example: the name's octets, a
+/// wildcard's first match, `.10` for the rest; `None` when that is not in the package.
+fn example_address(name: &str) -> Option<String> {
+    let package = crate::domain::PackageName::parse(name).ok()?;
+    let mut octets: Vec<String> = name
+        .split('.')
+        .map(|o| match o.strip_suffix(['x', 'X']) {
+            Some(prefix) => format!("{prefix}0"),
+            None => o.to_string(),
+        })
+        .collect();
+    while octets.len() < 4 {
+        octets.push("10".into());
+    }
+    let ip: std::net::Ipv4Addr = octets.join(".").parse().ok()?;
+    package.contains(ip).then(|| ip.to_string())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Login and logout.
 
@@ -91,6 +182,7 @@ fn time(t: Timestamp) -> String {
 struct LoginPage {
     user: String,
     csrf: String,
+    chrome: Chrome,
     enabled: bool,
     error: Option<String>,
 }
@@ -102,6 +194,7 @@ fn login_form(state: &AppState, status: StatusCode, error: Option<String>) -> Re
         LoginPage {
             user: String::new(),
             csrf: csrf.expose_secret().to_string(),
+            chrome: Chrome::default(),
             enabled: state.auth.enabled(),
             error,
         }
@@ -218,8 +311,8 @@ struct CountCell {
 
 struct Row {
     id: String,
-    short_id: String,
     order_ref: String,
+    email: String,
     state: &'static str,
     row_class: &'static str,
     package: u32,
@@ -238,6 +331,7 @@ struct StateOption {
 /// The filter form's values, echoed back into the form and the paging links.
 #[derive(Default)]
 struct FilterForm {
+    q: String,
     state: String,
     package: String,
     from: String,
@@ -250,6 +344,7 @@ struct FilterForm {
 struct OrdersPage {
     user: String,
     csrf: String,
+    chrome: Chrome,
     error: Option<String>,
     low: Vec<CatalogPackage>,
     threshold: u32,
@@ -282,6 +377,7 @@ async fn orders_page(
 ) -> Response {
     let get = |k: &str| params.get(k).cloned().unwrap_or_default();
     let form = FilterForm {
+        q: get("q"),
         state: get("state"),
         package: get("package"),
         from: get("from"),
@@ -297,13 +393,14 @@ async fn orders_page(
         ),
     };
     let store = state.engine.queries();
-    let (orders, counts, catalog) = match (
+    let (orders, counts, catalog, chrome) = match (
         store.orders(&filter).await,
         store.state_counts().await,
         state.catalog.packages().await,
+        chrome(&state).await,
     ) {
-        (Ok(o), Ok(c), Ok(p)) => (o, c, p),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+        (Ok(o), Ok(c), Ok(p), Ok(h)) => (o, c, p, h),
+        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => {
             return ApiError::internal(e).into_response();
         }
     };
@@ -314,6 +411,7 @@ async fn orders_page(
     let base = |off: usize| {
         let off = off.to_string();
         href(&[
+            ("q", &form.q),
             ("state", &form.state),
             ("package", &form.package),
             ("from", &form.from),
@@ -334,6 +432,7 @@ async fn orders_page(
     let page_html = OrdersPage {
         user: user.name.clone(),
         csrf: user.csrf.expose_secret().to_string(),
+        chrome,
         error,
         low: catalog
             .into_iter()
@@ -371,17 +470,8 @@ async fn orders_page(
             .iter()
             .map(|o| Row {
                 id: o.id.to_string(),
-                short_id: o
-                    .id
-                    .as_str()
-                    .chars()
-                    .rev()
-                    .take(12)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect(),
                 order_ref: o.order_ref.as_str().to_string(),
+                email: o.customer.email.clone(),
                 state: o.state.as_str(),
                 row_class: match o.state {
                     OrderState::Failed => "attention failed",
@@ -396,7 +486,7 @@ async fn orders_page(
                 failure: o
                     .failure
                     .as_ref()
-                    .map(|f| f.reason.clone())
+                    .map(|f| plain(&f.reason).0)
                     .unwrap_or_default(),
             })
             .collect(),
@@ -415,7 +505,49 @@ struct EntryRow {
     offset: String,
     at: String,
     kind: &'static str,
+    /// The line, its upstream errors in plain words.
     message: String,
+    /// The raw upstream error the words explain, for a disclosure.
+    detail: Option<String>,
+}
+
+/// What an admin typed into the form that was refused, shown again so nothing is typed twice.
+#[derive(Default)]
+struct Sticky {
+    /// The form submitted: `retry`, `resolve`, `cancel`, `address` or `mark-resolved`.
+    form: &'static str,
+    /// Its reason.
+    reason: String,
+    /// The resolve action chosen.
+    action: String,
+    /// The address typed.
+    ip: String,
+    /// The package-check override.
+    override_package_check: bool,
+    /// The server-check override (cancel).
+    override_server_check: bool,
+}
+
+impl Sticky {
+    /// The reason typed into `form`, if that form was the one submitted.
+    fn reason_for(&self, form: &str) -> &str {
+        if self.form == form { &self.reason } else { "" }
+    }
+
+    /// The address typed into `form`.
+    fn ip_for(&self, form: &str) -> &str {
+        if self.form == form { &self.ip } else { "" }
+    }
+
+    /// Whether the resolve action `action` was chosen.
+    fn chose(&self, action: &str) -> bool {
+        self.form == "resolve" && self.action == action
+    }
+
+    /// Whether `form`'s package-check override was ticked.
+    fn package_override(&self, form: &str) -> bool {
+        self.form == form && self.override_package_check
+    }
 }
 
 struct PurchaseRow {
@@ -425,6 +557,8 @@ struct PurchaseRow {
     stock_before: String,
     sent: String,
     outcome: String,
+    /// The raw reply the outcome's words explain.
+    outcome_detail: Option<String>,
     decided: String,
     resolution: String,
     late_ip: String,
@@ -435,7 +569,20 @@ struct PurchaseRow {
 struct OrderPage {
     user: String,
     csrf: String,
+    chrome: Chrome,
     order: OrderView,
+    /// The failure reason in plain words, and its raw detail.
+    failure: Option<(String, Option<String>)>,
+    /// What the forms held when one was refused.
+    sticky: Sticky,
+    /// The resolve and address forms' example address, in the order's own package.
+    example_ip: String,
+    /// Why cancelling may leave a server bought: cancel then needs the override.
+    cancel_evidence: Option<String>,
+    /// The address was adopted by an admin and status never succeeded: it can be changed.
+    can_change_address: bool,
+    /// The order is failed: it can be marked resolved.
+    can_mark_resolved: bool,
     state: &'static str,
     server: String,
     package_name: Option<String>,
@@ -546,11 +693,17 @@ struct CandidateRow {
 }
 
 fn purchase_row(origin: Timestamp, p: &Purchase) -> PurchaseRow {
-    let outcome = match &p.outcome {
-        None => "in flight".to_string(),
-        Some(PurchaseOutcome::Succeeded { ip }) => format!("succeeded: {ip}"),
-        Some(PurchaseOutcome::Rejected { reason }) => format!("rejected: {reason}"),
-        Some(PurchaseOutcome::Unknown { reason }) => format!("unknown: {reason}"),
+    let (outcome, outcome_detail) = match &p.outcome {
+        None => ("in flight".to_string(), None),
+        Some(PurchaseOutcome::Succeeded { ip }) => (format!("succeeded: {ip}"), None),
+        Some(PurchaseOutcome::Rejected { reason }) => {
+            let (words, detail) = plain(reason);
+            (format!("rejected: {words}"), detail)
+        }
+        Some(PurchaseOutcome::Unknown { reason }) => {
+            let (words, detail) = plain(reason);
+            (format!("unknown: {words}"), detail)
+        }
     };
     let resolution = match &p.resolution {
         None => String::new(),
@@ -566,6 +719,7 @@ fn purchase_row(origin: Timestamp, p: &Purchase) -> PurchaseRow {
         stock_before: p.stock_before.map_or_else(|| "-".into(), |n| n.to_string()),
         sent: format!("+{}", chart::offset_label(origin, p.sent_at)),
         outcome,
+        outcome_detail,
         decided: p.decided_at.map_or_else(String::new, |t| {
             format!("+{}", chart::offset_label(origin, t))
         }),
@@ -582,26 +736,36 @@ async fn render_order(
     status: StatusCode,
     notice: Option<String>,
     error: Option<String>,
+    sticky: Sticky,
 ) -> Response {
     let store = state.engine.queries();
-    let (order, timeline, purchases, catalog) = match (
+    let (order, timeline, purchases, catalog, chrome) = match (
         store.order(id).await,
         store.timeline(id).await,
         store.purchases(id).await,
         store.catalog().await,
+        chrome(state).await,
     ) {
-        (Ok(Some(o)), Ok(t), Ok(p), Ok(c)) => (o, t, p, c),
+        (Ok(Some(o)), Ok(t), Ok(p), Ok(c), Ok(h)) => (o, t, p, c, h),
         (Ok(None), ..) => {
             return (StatusCode::NOT_FOUND, Html(format!("<!doctype html><title>Not found</title><p>No order {id}. <a href=\"/admin\">All orders</a></p>"))).into_response();
         }
-        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => {
+        (Err(e), ..)
+        | (_, Err(e), ..)
+        | (_, _, Err(e), ..)
+        | (_, _, _, Err(e), _)
+        | (.., Err(e)) => {
             return ApiError::internal(e).into_response();
         }
     };
     let origin = order.created_at;
     let chart = chart::build(&order, &timeline, &purchases, state.engine.clock().now());
+    // The order's own package: the name a purchase was sent with, else the catalog's, never
+    // another package's.
     let package_name = purchases
-        .last()
+        .iter()
+        .rev()
+        .find(|p| p.package_id == order.package_id)
         .map(|p| p.package_name.to_string())
         .or_else(|| {
             catalog
@@ -609,6 +773,26 @@ async fn render_order(
                 .find(|p| p.id == order.package_id)
                 .map(|p| p.name.clone())
         });
+    let example_ip = package_name
+        .as_deref()
+        .and_then(example_address)
+        .unwrap_or_default();
+    let cancel_evidence = crate::engine::admin::server_evidence(&order, &purchases);
+    let credentials_phase = match order.state {
+        OrderState::AwaitingCredentials => true,
+        OrderState::Failed => order
+            .failure
+            .as_ref()
+            .is_some_and(|f| f.phase == crate::domain::Phase::Credentials),
+        _ => false,
+    };
+    let can_change_address = credentials_phase
+        && !timeline
+            .iter()
+            .any(|e| e.message.contains(crate::engine::admin::STATUS_SUCCEEDED))
+        && order
+            .server_ip
+            .is_some_and(|ip| purchases.iter().all(|p| p.owned_ip() != Some(ip)));
     let retry_hint = match order.server_ip {
         Some(ip) => format!("Resumes status polling of {ip}; nothing is bought."),
         None => "Restarts the buy phase with fresh attempts.".into(),
@@ -638,6 +822,13 @@ async fn render_order(
         candidates,
         user: user.name.clone(),
         csrf: user.csrf.expose_secret().to_string(),
+        chrome,
+        failure: order.failure.as_ref().map(|f| plain(&f.reason)),
+        sticky,
+        example_ip,
+        cancel_evidence,
+        can_change_address,
+        can_mark_resolved: order.state == OrderState::Failed,
         state: order.state.as_str(),
         server: order
             .server_ip
@@ -661,7 +852,8 @@ async fn render_order(
                     EntryKind::Warning => "warning",
                     EntryKind::Admin => "admin",
                 },
-                message: e.message,
+                detail: plain(&e.message).1,
+                message: plain(&e.message).0,
             })
             .collect(),
         order: OrderView::new(&order, None, None),
@@ -686,9 +878,20 @@ async fn order_page(
         "server-action" => {
             "Queued: the action runs now; its progress is in the timeline.".to_string()
         }
+        "mark-resolved" => "Marked resolved: the order left the failed queue.".to_string(),
+        "address" => "Address changed: status polling starts again.".to_string(),
         _ => "Done.".to_string(),
     });
-    render_order(&state, &user, &id, StatusCode::OK, notice, None).await
+    render_order(
+        &state,
+        &user,
+        &id,
+        StatusCode::OK,
+        notice,
+        None,
+        Sticky::default(),
+    )
+    .await
 }
 
 /// After an action: back to the order page (303, so a reload does not post again), or the page
@@ -697,15 +900,15 @@ async fn after(
     state: &AppState,
     user: &DashboardUser,
     id: &OrderId,
-    done: &str,
+    sticky: Sticky,
     result: Result<(), ApiError>,
 ) -> Response {
     match result {
-        Ok(()) => Redirect::to(&format!("/admin/orders/{id}?done={done}")).into_response(),
+        Ok(()) => Redirect::to(&format!("/admin/orders/{id}?done={}", sticky.form)).into_response(),
         Err(e) => {
             let status = e.status();
             let message = e.message().to_string();
-            render_order(state, user, id, status, None, Some(message)).await
+            render_order(state, user, id, status, None, Some(message), sticky).await
         }
     }
 }
@@ -753,7 +956,79 @@ async fn retry(
         .await
         .map(|_| ())
         .map_err(ApiError::from);
-    after(&state, &user, &id, "retry", result).await
+    let sticky = Sticky {
+        form: "retry",
+        reason,
+        ..Sticky::default()
+    };
+    after(&state, &user, &id, sticky, result).await
+}
+
+async fn mark_resolved(
+    State(state): State<AppState>,
+    user: DashboardUser,
+    Path(id): Path<String>,
+    Form(form): Form<ReasonForm>,
+) -> Response {
+    let id = match checked_order(&user, form.csrf.as_deref(), &id) {
+        Ok(id) => id,
+        Err(refused) => return refused.into_response(),
+    };
+    let reason = form.reason.unwrap_or_default();
+    let result = state
+        .engine
+        .mark_resolved(&id, &user.name, &reason)
+        .await
+        .map(|_| ())
+        .map_err(ApiError::from);
+    let sticky = Sticky {
+        form: "mark-resolved",
+        reason,
+        ..Sticky::default()
+    };
+    after(&state, &user, &id, sticky, result).await
+}
+
+/// The change-address form.
+#[derive(Deserialize)]
+struct AddressForm {
+    csrf: Option<String>,
+    reason: Option<String>,
+    ip: Option<String>,
+    override_package_check: Option<String>,
+}
+
+async fn change_address(
+    State(state): State<AppState>,
+    user: DashboardUser,
+    Path(id): Path<String>,
+    Form(form): Form<AddressForm>,
+) -> Response {
+    let id = match checked_order(&user, form.csrf.as_deref(), &id) {
+        Ok(id) => id,
+        Err(refused) => return refused.into_response(),
+    };
+    let reason = form.reason.unwrap_or_default();
+    let ip_text = form.ip.unwrap_or_default();
+    let override_package_check = form.override_package_check.is_some();
+    let result = match crate::engine::admin::Resolve::adopt(Some(&ip_text), false) {
+        Ok(crate::engine::admin::Resolve::Adopt { ip, .. }) => state
+            .engine
+            .change_address(&id, &user.name, &reason, ip, override_package_check)
+            .await
+            .map(|_| ())
+            .map_err(ApiError::from),
+        Ok(_) => Err(ApiError::field("ip", "is required")),
+        Err(e) => Err(ApiError::field(&e.field, e.message)),
+    };
+    let sticky = Sticky {
+        form: "address",
+        reason,
+        ip: ip_text,
+        override_package_check,
+        ..Sticky::default()
+    };
+    after(&state, &user, &id, sticky, result).await
 }
 
 /// The resolve form.
@@ -776,45 +1051,311 @@ async fn resolve(
         Ok(id) => id,
         Err(refused) => return refused.into_response(),
     };
+    let sticky = Sticky {
+        form: "resolve",
+        reason: form.reason.unwrap_or_default(),
+        action: form.action.unwrap_or_default(),
+        ip: form.ip.unwrap_or_default(),
+        override_package_check: form.override_package_check.is_some(),
+        ..Sticky::default()
+    };
     let result = match parse_resolve(
-        form.action.as_deref().unwrap_or(""),
-        form.ip.as_deref(),
-        form.override_package_check.is_some(),
+        &sticky.action,
+        Some(&sticky.ip),
+        sticky.override_package_check,
     ) {
         Ok(action) => state
             .engine
-            .resolve(
-                &id,
-                &user.name,
-                form.reason.as_deref().unwrap_or(""),
-                action,
-            )
+            .resolve(&id, &user.name, &sticky.reason, action)
             .await
             .map(|_| ())
             .map_err(ApiError::from),
         Err(e) => Err(ApiError::field(&e.field, e.message)),
     };
-    after(&state, &user, &id, "resolve", result).await
+    after(&state, &user, &id, sticky, result).await
+}
+
+/// The cancel form.
+#[derive(Deserialize)]
+struct CancelForm {
+    csrf: Option<String>,
+    reason: Option<String>,
+    override_server_check: Option<String>,
 }
 
 async fn cancel(
     State(state): State<AppState>,
     user: DashboardUser,
     Path(id): Path<String>,
-    Form(form): Form<ReasonForm>,
+    Form(form): Form<CancelForm>,
 ) -> Response {
     let id = match checked_order(&user, form.csrf.as_deref(), &id) {
         Ok(id) => id,
         Err(refused) => return refused.into_response(),
     };
     let reason = form.reason.unwrap_or_default();
+    let override_server_check = form.override_server_check.is_some();
     let result = state
         .engine
-        .cancel(&id, &user.name, &reason)
+        .cancel_with(&id, &user.name, &reason, override_server_check)
         .await
         .map(|_| ())
         .map_err(ApiError::from);
-    after(&state, &user, &id, "cancel", result).await
+    let sticky = Sticky {
+        form: "cancel",
+        reason,
+        override_server_check,
+        ..Sticky::default()
+    };
+    after(&state, &user, &id, sticky, result).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The failed queue.
+
+struct FailedRow {
+    id: String,
+    order_ref: String,
+    phase: &'static str,
+    package: u32,
+    server: String,
+    failed_at: String,
+    /// Why, in plain words.
+    why: String,
+    /// The raw upstream error behind the words.
+    detail: Option<String>,
+}
+
+/// What a bulk action did, shown above the queue.
+struct BulkResult {
+    /// "Retried" or "Marked resolved".
+    what: &'static str,
+    /// How many orders it changed.
+    done: usize,
+    /// The orders it left, with why.
+    refused: Vec<crate::engine::admin::BulkItem>,
+}
+
+#[derive(Template)]
+#[template(path = "failed.html")]
+struct FailedPage {
+    user: String,
+    csrf: String,
+    chrome: Chrome,
+    error: Option<String>,
+    /// The phase shown (`buy`, `credentials` or empty for both).
+    phase: String,
+    /// The search shown.
+    q: String,
+    rows: Vec<FailedRow>,
+    /// The list is cut at one page; the bulk actions still take every match.
+    more: bool,
+    result: Option<BulkResult>,
+    /// The reason typed into a refused bulk form.
+    reason: String,
+}
+
+/// The failed queue's filter, from the query string or a bulk form.
+fn failed_filter(phase: &str, q: &str) -> Result<OrderFilter, crate::domain::FieldError> {
+    let some = |t: &str| Some(t.to_string()).filter(|t| !t.trim().is_empty());
+    Ok(OrderFilter {
+        state: Some(OrderState::Failed),
+        phase: crate::engine::queries::parse_phase("phase", some(phase).as_deref())?,
+        search: crate::engine::queries::parse_search("q", some(q).as_deref())?,
+        limit: Some(crate::engine::queries::MAX_PAGE_SIZE),
+        ..OrderFilter::default()
+    })
+}
+
+/// What the failed queue shows besides the orders: its filter, and after a form the outcome.
+#[derive(Default)]
+struct FailedView {
+    /// The phase filter as given.
+    phase: String,
+    /// The search as given.
+    q: String,
+    /// A refusal to show.
+    error: Option<(StatusCode, String)>,
+    /// What a bulk action did.
+    result: Option<BulkResult>,
+    /// The reason typed into a refused bulk form.
+    reason: String,
+}
+
+async fn render_failed(state: &AppState, user: &DashboardUser, view: FailedView) -> Response {
+    let FailedView {
+        phase,
+        q,
+        error,
+        result,
+        reason,
+    } = view;
+    let (status, error) = match error {
+        Some((status, e)) => (status, Some(e)),
+        None => (StatusCode::OK, None),
+    };
+    let (filter, error, status) = match failed_filter(&phase, &q) {
+        Ok(f) => (f, error, status),
+        Err(e) => (
+            OrderFilter {
+                state: Some(OrderState::Failed),
+                ..OrderFilter::default()
+            },
+            Some(format!("{}: {}", e.field, e.message)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    };
+    let store = state.engine.queries();
+    let (orders, chrome) = match (store.orders(&filter).await, chrome(state).await) {
+        (Ok(o), Ok(c)) => (o, c),
+        (Err(e), _) | (_, Err(e)) => return ApiError::internal(e).into_response(),
+    };
+    let more = orders.len() == filter.page_size();
+    let rows = orders
+        .iter()
+        .map(|o| {
+            let (why, detail) = o
+                .failure
+                .as_ref()
+                .map_or_else(|| (String::new(), None), |f| plain(&f.reason));
+            FailedRow {
+                id: o.id.to_string(),
+                order_ref: o.order_ref.as_str().to_string(),
+                phase: o.failure.as_ref().map_or("", |f| f.phase.as_str()),
+                package: o.package_id.0,
+                server: o.server_ip.map_or_else(|| "-".into(), |i| i.to_string()),
+                failed_at: time(o.updated_at),
+                why,
+                detail,
+            }
+        })
+        .collect();
+    let html = FailedPage {
+        user: user.name.clone(),
+        csrf: user.csrf.expose_secret().to_string(),
+        chrome,
+        error,
+        phase,
+        q,
+        rows,
+        more,
+        result,
+        reason,
+    }
+    .render();
+    page(status, html)
+}
+
+async fn failed_page(
+    State(state): State<AppState>,
+    user: DashboardUser,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let get = |k: &str| params.get(k).cloned().unwrap_or_default();
+    let view = FailedView {
+        phase: get("phase"),
+        q: get("q"),
+        ..FailedView::default()
+    };
+    render_failed(&state, &user, view).await
+}
+
+/// The bulk forms: a reason, and the queue's filter as shown.
+#[derive(Deserialize)]
+struct BulkForm {
+    csrf: Option<String>,
+    reason: Option<String>,
+    phase: Option<String>,
+    q: Option<String>,
+}
+
+/// Which bulk action a form asks for.
+#[derive(Clone, Copy)]
+enum Bulk {
+    Retry,
+    MarkResolved,
+}
+
+async fn bulk(state: &AppState, user: &DashboardUser, form: BulkForm, action: Bulk) -> Response {
+    if !csrf_ok(
+        user.csrf.expose_secret(),
+        form.csrf.as_deref().unwrap_or(""),
+    ) {
+        return forged();
+    }
+    let (phase, q) = (form.phase.unwrap_or_default(), form.q.unwrap_or_default());
+    let reason = form.reason.unwrap_or_default();
+    let filter = match failed_filter(&phase, &q) {
+        Ok(f) => f,
+        Err(e) => {
+            let view = FailedView {
+                phase,
+                q,
+                error: Some((
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("{}: {}", e.field, e.message),
+                )),
+                result: None,
+                reason,
+            };
+            return render_failed(state, user, view).await;
+        }
+    };
+    let (what, outcome) = match action {
+        Bulk::Retry => (
+            "Retried",
+            state
+                .engine
+                .retry_failed(&filter, &user.name, &reason)
+                .await,
+        ),
+        Bulk::MarkResolved => (
+            "Marked resolved",
+            state
+                .engine
+                .mark_resolved_failed(&filter, &user.name, &reason)
+                .await,
+        ),
+    };
+    let view = match outcome {
+        Ok(summary) => FailedView {
+            phase,
+            q,
+            result: Some(BulkResult {
+                what,
+                done: summary.done.len(),
+                refused: summary.refused,
+            }),
+            ..FailedView::default()
+        },
+        Err(e) => {
+            let e = ApiError::from(e);
+            FailedView {
+                phase,
+                q,
+                error: Some((e.status(), e.message().to_string())),
+                result: None,
+                reason,
+            }
+        }
+    };
+    render_failed(state, user, view).await
+}
+
+async fn retry_failed(
+    State(state): State<AppState>,
+    user: DashboardUser,
+    Form(form): Form<BulkForm>,
+) -> Response {
+    bulk(&state, &user, form, Bulk::Retry).await
+}
+
+async fn mark_resolved_failed(
+    State(state): State<AppState>,
+    user: DashboardUser,
+    Form(form): Form<BulkForm>,
+) -> Response {
+    bulk(&state, &user, form, Bulk::MarkResolved).await
 }
 
 /// The server action form.
@@ -837,6 +1378,11 @@ async fn server_action(
         Err(refused) => return refused.into_response(),
     };
     let reason = form.reason.unwrap_or_default().trim().to_string();
+    let sticky = Sticky {
+        form: "server-action",
+        reason: reason.clone(),
+        ..Sticky::default()
+    };
     let result = match crate::domain::ActionKind::parse(
         form.action.as_deref().unwrap_or(""),
         form.os.as_deref(),
@@ -855,7 +1401,7 @@ async fn server_action(
             Err(e) => Err(ApiError::internal(e)),
         },
     };
-    after(&state, &user, &id, "server-action", result).await
+    after(&state, &user, &id, sticky, result).await
 }
 
 #[cfg(test)]

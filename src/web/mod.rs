@@ -50,6 +50,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// The package catalog intake checks orders against.
     pub catalog: Arc<Catalog>,
+    /// SmartVPS's health as this process's calls found it.
+    pub health: Arc<crate::provider::health::UpstreamHealth>,
     /// Admin tokens and dashboard sessions.
     pub auth: Arc<auth::AdminAuth>,
     /// The storefronts that may post orders.
@@ -101,6 +103,26 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             Method::POST,
             "/api/v1/orders/{id}/cancel",
             post(admin::cancel),
+        ),
+        (
+            Method::POST,
+            "/api/v1/orders/{id}/mark-resolved",
+            post(admin::mark_resolved),
+        ),
+        (
+            Method::POST,
+            "/api/v1/orders/{id}/address",
+            post(admin::change_address),
+        ),
+        (
+            Method::POST,
+            "/api/v1/failed/retry",
+            post(admin::retry_failed),
+        ),
+        (
+            Method::POST,
+            "/api/v1/failed/mark-resolved",
+            post(admin::mark_resolved_failed),
         ),
         (
             Method::POST,
@@ -272,9 +294,34 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value
         .collect();
     // The worker id is the name this process writes into leases (`orders.lease_owner`): it is
     // how an operator of several processes on one database maps leases to processes.
-    Ok(Json(
-        json!({ "status": "ok", "worker": state.engine.worker_id(), "orders": orders }),
-    ))
+    // SmartVPS being down is not this process being down: still 200, with the outage said.
+    let health = state.health.snapshot();
+    let last_success: serde_json::Map<String, serde_json::Value> = health
+        .operations
+        .iter()
+        .map(|(op, h)| (op.to_string(), json!(h.last_success.map(|t| t.to_string()))))
+        .collect();
+    Ok(Json(json!({
+        "status": "ok",
+        "worker": state.engine.worker_id(),
+        "orders": orders,
+        "upstream": health.summary(),
+        "upstream_down_since": health.down_since.map(|t| t.to_string()),
+        "upstream_last_success": last_success,
+    })))
+}
+
+/// The upstream gauges, from this process's record of its calls.
+fn upstream_gauges(health: &crate::provider::health::HealthSnapshot) {
+    // Up until a call says otherwise: a process that has not called yet knows of no outage.
+    let up = health.up.unwrap_or(true);
+    metrics::gauge!("provisioner_upstream_up").set(if up { 1.0 } else { 0.0 });
+    for (op, h) in &health.operations {
+        if let Some(t) = h.last_success {
+            metrics::gauge!("provisioner_upstream_last_success_timestamp_seconds", "operation" => *op)
+                .set(t.0 as f64 / 1000.0);
+        }
+    }
 }
 
 /// Prometheus text: the process's counters and histograms, plus gauges read from the store now
@@ -287,6 +334,7 @@ async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiErro
     }
     let backlog = queries.outbox_backlog().await.map_err(ApiError::internal)?;
     metrics::gauge!("provisioner_outbox_backlog").set(backlog as f64);
+    upstream_gauges(&state.health.snapshot());
     let content_type = [(
         axum::http::header::CONTENT_TYPE,
         "text/plain; version=0.0.4; charset=utf-8",

@@ -240,6 +240,43 @@ pub fn spec() -> Value {
                         "override_package_check": { "type": "boolean", "default": false, "description": "Adopt an address outside the order's package." }
                     }
                 },
+                "Cancel": {
+                    "type": "object",
+                    "required": ["reason"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "reason": { "type": "string", "maxLength": 1000 },
+                        "override_server_check": { "type": "boolean", "default": false, "description": "Cancel although the ledger shows a server was or may have been bought (the 422 without it states the evidence); the evidence goes to the timeline as a warning." }
+                    }
+                },
+                "AddressChange": {
+                    "type": "object",
+                    "required": ["reason", "ip"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "reason": { "type": "string", "maxLength": 1000 },
+                        "ip": { "type": "string", "format": "ipv4", "description": "The address to poll instead of the adopted one." },
+                        "override_package_check": { "type": "boolean", "default": false, "description": "Accept an address outside the order's package." }
+                    }
+                },
+                "BulkFailed": {
+                    "type": "object",
+                    "required": ["reason"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "reason": { "type": "string", "maxLength": 1000, "description": "One reason for every order; stored in each timeline with the admin's name." },
+                        "phase": { "type": "string", "enum": ["buy", "credentials"], "description": "Only orders that failed in this phase." },
+                        "package": { "type": "integer", "description": "Only orders of this package (PID)." },
+                        "q": { "type": "string", "maxLength": 200, "description": "Only orders whose order_ref, customer email, server address or id contains this." }
+                    }
+                },
+                "BulkSummary": {
+                    "type": "object",
+                    "properties": {
+                        "done": { "type": "array", "items": { "type": "object", "properties": { "id": { "type": "string" }, "order_ref": { "type": "string" } } } },
+                        "refused": { "type": "array", "description": "Orders left as they were, each with why (e.g. a buy-phase retry whose purchase may have bought a server).", "items": { "type": "object", "properties": { "id": { "type": "string" }, "order_ref": { "type": "string" }, "why": { "type": "string" } } } }
+                    }
+                },
                 "Catalog": {
                     "type": "object",
                     "properties": {
@@ -256,7 +293,8 @@ pub fn spec() -> Value {
         "paths": {
             "/healthz": {
                 "get": {
-                    "summary": "Liveness and order counts per state",
+                    "summary": "Liveness, order counts per state and SmartVPS's health",
+                    "description": "200 whenever this process serves. `upstream` says `reachable`, `unreachable since <time>: <why>` or `unknown` (no call yet), from this process's own SmartVPS calls; `upstream_last_success` gives the last successful call per operation (ipstock, buyvps, status).",
                     "responses": { "200": { "description": "Up.", "content": { "application/json": { "schema": { "type": "object" } } } } }
                 }
             },
@@ -294,7 +332,9 @@ pub fn spec() -> Value {
                         { "name": "from", "in": "query", "description": "Created at or after (RFC 3339 or epoch ms).", "schema": { "type": "string" } },
                         { "name": "to", "in": "query", "description": "Created before (RFC 3339 or epoch ms).", "schema": { "type": "string" } },
                         { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 500, "default": 50 } },
-                        { "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0, "default": 0 } }
+                        { "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0, "default": 0 } },
+                        { "name": "q", "in": "query", "description": "Search: orders whose order_ref, customer email, server address or id (or its short form) contains this, ignoring case.", "schema": { "type": "string", "maxLength": 200 } },
+                        { "name": "phase", "in": "query", "description": "Only failed orders that failed in this phase.", "schema": { "type": "string", "enum": ["buy", "credentials"] } }
                     ],
                     "responses": {
                         "200": ok("A page of orders and the counts per state.", "OrderList"),
@@ -363,9 +403,50 @@ pub fn spec() -> Value {
             "/api/v1/orders/{id}/cancel": {
                 "post": action(
                     "Cancel an order",
-                    "Refused (409) while a purchase is in flight or its outcome is unsettled, and for ready or cancelled orders.",
+                    "Refused (409) while a purchase is in flight or its outcome is unsettled, and for ready or cancelled orders. Refused (422 on override_server_check, stating the evidence) when the ledger shows a server was or may have been bought, unless override_server_check.",
+                    "Cancel"
+                )
+            },
+            "/api/v1/orders/{id}/mark-resolved": {
+                "post": action(
+                    "Mark a failed order resolved",
+                    "The admin settled it outside the engine (a refund, a server handed over by hand): it leaves the failed queue as cancelled; nothing is bought or retried. A server it owns stays owned and the timeline says so.",
                     "Reason"
                 )
+            },
+            "/api/v1/orders/{id}/address": {
+                "post": action(
+                    "Change an adopted address",
+                    "While status has never succeeded for it (awaiting credentials, or failed in the credentials phase), replaces an address an admin adopted and polls the new one with fresh status attempts. Refused (409) for an address a purchase returned or another order owns.",
+                    "AddressChange"
+                )
+            },
+            "/api/v1/failed/retry": {
+                "post": {
+                    "summary": "Retry every failed order a filter matches, with one reason",
+                    "description": "Each order as its own retry would be; an order that cannot be retried (a buy-phase retry whose purchase may have bought a server, an order a worker holds) is listed in `refused` with why, and the others go on.",
+                    "security": [{ "adminToken": [] }],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/BulkFailed" } } } },
+                    "responses": {
+                        "200": ok("What was retried and what was refused.", "BulkSummary"),
+                        "400": error("Malformed JSON."),
+                        "401": error("No valid admin token."),
+                        "422": error("A field is missing or invalid (`field` names it), e.g. no reason.")
+                    }
+                }
+            },
+            "/api/v1/failed/mark-resolved": {
+                "post": {
+                    "summary": "Mark every failed order a filter matches resolved, with one reason",
+                    "security": [{ "adminToken": [] }],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/BulkFailed" } } } },
+                    "responses": {
+                        "200": ok("What was resolved and what was refused.", "BulkSummary"),
+                        "400": error("Malformed JSON."),
+                        "401": error("No valid admin token."),
+                        "422": error("A field is missing or invalid (`field` names it), e.g. no reason.")
+                    }
+                }
             },
             "/api/v1/catalog": {
                 "get": {

@@ -678,7 +678,7 @@ async fn retry_resolve_and_cancel_over_http() {
 }
 
 /// A cookie-keeping client for the dashboard, driven without a browser.
-struct Browser<'a> {
+pub(crate) struct Browser<'a> {
     svc: &'a RealService,
     http: reqwest::Client,
     cookie: String,
@@ -693,7 +693,7 @@ pub fn form_body(pairs: &[(&str, &str)]) -> String {
         .join("&")
 }
 
-trait FormExt {
+pub(crate) trait FormExt {
     fn form_of(self, pairs: &[(&str, &str)]) -> Self;
 }
 
@@ -704,7 +704,7 @@ impl FormExt for reqwest::RequestBuilder {
     }
 }
 
-fn csrf_of(html: &str) -> String {
+pub(crate) fn csrf_of(html: &str) -> String {
     html.split("name=\"csrf\" value=\"")
         .nth(1)
         .and_then(|rest| rest.split('"').next())
@@ -722,14 +722,14 @@ fn cookie_of(r: &reqwest::Response, name: &str) -> Option<(String, String)> {
 }
 
 impl<'a> Browser<'a> {
-    fn client() -> reqwest::Client {
+    pub(crate) fn client() -> reqwest::Client {
         reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap()
     }
 
-    async fn login(svc: &'a RealService) -> Self {
+    pub(crate) async fn login(svc: &'a RealService) -> Self {
         let http = Self::client();
         let form = http
             .get(format!("{}/admin/login", svc.api))
@@ -758,7 +758,7 @@ impl<'a> Browser<'a> {
         }
     }
 
-    async fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
         let r = self
             .http
             .get(format!("{}{path}", self.svc.api))
@@ -769,7 +769,7 @@ impl<'a> Browser<'a> {
         (r.status().as_u16(), r.text().await.unwrap())
     }
 
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    pub(crate) async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
         self.http
             .post(format!("{}{path}", self.svc.api))
             .header("cookie", &self.cookie)

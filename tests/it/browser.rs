@@ -23,7 +23,7 @@ use crate::helpers::{ADMIN_TOKEN, fast_clock, scenario_package, start_service};
 /// The W3C key under which an element reference is returned.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-fn find_program(env: &str, names: &[&str]) -> Option<PathBuf> {
+pub(crate) fn find_program(env: &str, names: &[&str]) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(env).map(PathBuf::from) {
         return p.is_file().then_some(p);
     }
@@ -33,7 +33,7 @@ fn find_program(env: &str, names: &[&str]) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
@@ -41,7 +41,7 @@ fn target_dir() -> PathBuf {
 
 /// chromedriver and the session it runs; both are torn down on drop, even after a failed
 /// assertion, so no browser outlives the test.
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     port: u16,
     http: reqwest::Client,
@@ -68,7 +68,7 @@ impl Drop for Driver {
 }
 
 impl Driver {
-    async fn start(chromedriver: &Path, chromium: &Path, logs: &Path) -> Self {
+    pub(crate) async fn start(chromedriver: &Path, chromium: &Path, logs: &Path) -> Self {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -165,7 +165,12 @@ impl Driver {
         }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
         let url = format!("http://127.0.0.1:{}{path}", self.port);
         let mut r = self.http.request(method.clone(), &url);
         if let Some(b) = body {
@@ -181,11 +186,11 @@ impl Driver {
         v["value"].clone()
     }
 
-    fn s(&self) -> String {
+    pub(crate) fn s(&self) -> String {
         format!("/session/{}", self.session.as_deref().unwrap())
     }
 
-    async fn go(&self, url: &str) {
+    pub(crate) async fn go(&self, url: &str) {
         self.call(
             reqwest::Method::POST,
             &format!("{}/url", self.s()),
@@ -194,7 +199,7 @@ impl Driver {
         .await;
     }
 
-    async fn find(&self, css: &str) -> String {
+    pub(crate) async fn find(&self, css: &str) -> String {
         let v = self
             .call(
                 reqwest::Method::POST,
@@ -208,7 +213,7 @@ impl Driver {
             .to_string()
     }
 
-    async fn type_into(&self, css: &str, text: &str) {
+    pub(crate) async fn type_into(&self, css: &str, text: &str) {
         let e = self.find(css).await;
         self.call(
             reqwest::Method::POST,
@@ -218,7 +223,7 @@ impl Driver {
         .await;
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         let e = self.find(css).await;
         self.call(
             reqwest::Method::POST,
@@ -228,7 +233,7 @@ impl Driver {
         .await;
     }
 
-    async fn text(&self, css: &str) -> String {
+    pub(crate) async fn text(&self, css: &str) -> String {
         let e = self.find(css).await;
         self.call(
             reqwest::Method::GET,
@@ -241,7 +246,7 @@ impl Driver {
         .to_string()
     }
 
-    async fn url(&self) -> String {
+    pub(crate) async fn url(&self) -> String {
         self.call(reqwest::Method::GET, &format!("{}/url", self.s()), None)
             .await
             .as_str()
@@ -249,7 +254,7 @@ impl Driver {
             .to_string()
     }
 
-    async fn source(&self) -> String {
+    pub(crate) async fn source(&self) -> String {
         self.call(reqwest::Method::GET, &format!("{}/source", self.s()), None)
             .await
             .as_str()
@@ -257,7 +262,7 @@ impl Driver {
             .to_string()
     }
 
-    async fn screenshot(&self, path: &Path) {
+    pub(crate) async fn screenshot(&self, path: &Path) {
         let v = self
             .call(
                 reqwest::Method::GET,

@@ -47,7 +47,8 @@ const STOPPED_MID_CALL: &str = "worker stopped mid-call";
 /// buy of every package is refused (its order then waits), credentials take a status retry.
 /// Timeouts are several times the simulated latencies, so a loaded CI machine does not turn a
 /// slow reply into an unknown outcome: every unknown outcome in this test comes from a kill.
-/// The lease (11 s) is longer than 2 x buy.timeout, as config validation requires.
+/// The lease (11 s) is longer than 2 x buy.timeout and the action timeout, as config validation
+/// requires.
 fn config(sim_addr: std::net::SocketAddr) -> String {
     format!(
         r#"
@@ -62,6 +63,9 @@ horizon = "7s"
 attempts = 5
 timeout = "3s"
 delays = ["500ms", "500ms", "500ms", "500ms"]
+[policy.action]
+timeout = "5s"
+horizon = "5s"
 [smartvps]
 base_url = "http://{sim_addr}/"
 username = "{SIM_USER}"

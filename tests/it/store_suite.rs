@@ -114,6 +114,7 @@ pub async fn suite(fresh: Fresh<'_>) {
     outbox_delivers_retries_and_gives_up(fresh().await).await;
     next_due_is_the_earliest_due_or_lapse(fresh().await).await;
     orders_are_filtered_paged_and_counted(fresh().await).await;
+    orders_are_found_by_reference_email_address_or_id(fresh().await).await;
     saves_carry_timeline_credentials_and_resolutions(fresh().await).await;
     fan_out_queues_deliveries_and_hands_notices_over_together(fresh().await).await;
     storefront_and_access_token_are_kept_and_rotated(fresh().await).await;
@@ -875,6 +876,106 @@ async fn orders_are_filtered_paged_and_counted(store: Arc<dyn Store>) {
     assert_eq!(count(OrderState::Queued), 4);
     assert_eq!(count(OrderState::Failed), 1);
     assert_eq!(count(OrderState::Ready), 0);
+}
+
+async fn orders_are_found_by_reference_email_address_or_id(store: Arc<dyn Store>) {
+    // WHMCS-1003: failed in the credentials phase, owning 103.82.72.9.
+    let a = order("WHMCS-1003", 7, at(0));
+    // shop_50%: Bob's, failed in the buy phase; its `%` and `_` must match only themselves.
+    let mut req = request("shop_50%", 7);
+    req.customer.email = "Bob@Example.ORG".into();
+    let b = Order::accept(NewOrder::parse(&req).unwrap(), at(1));
+    // WHMCS-2001: queued.
+    let c = order("WHMCS-2001", 8, at(2));
+    for o in [&a, &b, &c] {
+        create(&*store, o).await;
+    }
+    let claimed = store.claim_due("w", at(10), LEASE, 10).await.unwrap();
+    for (id, bought) in [(&a.id, true), (&b.id, false)] {
+        let mut c = claimed.iter().find(|c| &c.order.id == id).unwrap().clone();
+        c.order.begin_buying(at(11)).unwrap();
+        let phase = if bought {
+            c.order
+                .bought("103.82.72.9".parse().unwrap(), at(11))
+                .unwrap();
+            Phase::Credentials
+        } else {
+            Phase::Buy
+        };
+        c.order.fail(phase, "upstream down", at(12)).unwrap();
+        store
+            .save(&c.lease, &c.order, Change::default())
+            .await
+            .unwrap();
+    }
+    let find = |search: &str| {
+        let store = Arc::clone(&store);
+        let search = search.to_string();
+        async move {
+            let found = store
+                .orders(&OrderFilter {
+                    search: Some(search),
+                    ..OrderFilter::default()
+                })
+                .await
+                .unwrap();
+            found
+                .iter()
+                .map(|o| o.order_ref.as_str().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        find("whmcs-1003").await,
+        ["WHMCS-1003"],
+        "reference, any case"
+    );
+    assert_eq!(find("WHMCS").await, ["WHMCS-2001", "WHMCS-1003"]);
+    assert_eq!(
+        find("bob@example.org").await,
+        ["shop_50%"],
+        "email, any case"
+    );
+    assert_eq!(find("ann@").await, ["WHMCS-2001", "WHMCS-1003"]);
+    assert_eq!(find("103.82.72.9").await, ["WHMCS-1003"], "server address");
+    assert_eq!(find("_50%").await, ["shop_50%"]);
+    assert!(find("whmcs_1003").await.is_empty(), "`_` is not a wildcard");
+    assert!(find("whmcs%1003").await.is_empty(), "`%` is not a wildcard");
+    let tail: String =
+        c.id.as_str()
+            .chars()
+            .rev()
+            .take(12)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+    assert_eq!(
+        find(&tail).await,
+        ["WHMCS-2001"],
+        "the dashboard's short id"
+    );
+    assert!(find("nobody").await.is_empty());
+
+    let phase = |phase| {
+        let store = Arc::clone(&store);
+        async move {
+            let found = store
+                .orders(&OrderFilter {
+                    state: Some(OrderState::Failed),
+                    phase: Some(phase),
+                    ..OrderFilter::default()
+                })
+                .await
+                .unwrap();
+            found
+                .iter()
+                .map(|o| o.order_ref.as_str().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(phase(Phase::Buy).await, ["shop_50%"]);
+    assert_eq!(phase(Phase::Credentials).await, ["WHMCS-1003"]);
 }
 
 async fn saves_carry_timeline_credentials_and_resolutions(store: Arc<dyn Store>) {
