@@ -87,6 +87,8 @@ pub struct Chart {
 enum Row {
     Buy,
     Status,
+    /// The install of the ordered OS before delivery (changeos, then the wait for the image).
+    Install,
 }
 
 struct Segment {
@@ -200,7 +202,7 @@ pub fn build(
                     format!("buyVps attempt {attempt} (reading stock)"),
                 ),
             },
-            (Row::Status, _) => {
+            (Row::Status | Row::Install, _) => {
                 let end = next.map_or(now, |n| n.at);
                 let class = match next {
                     None => "inflight",
@@ -286,6 +288,9 @@ pub fn build(
         }
     }
     segments.extend(gaps);
+    let installs = install_segments(order, timeline, now);
+    let install_row = !installs.is_empty();
+    segments.extend(installs);
     segments.sort_by_key(|s| (s.start, s.end));
     let stopped = match order.state {
         OrderState::Failed | OrderState::NeedsAttention => Some(format!(
@@ -321,6 +326,7 @@ pub fn build(
             let y = match s.row {
                 Row::Buy => ROWS[0],
                 Row::Status => ROWS[1],
+                Row::Install => ROWS[1] + (ROWS[1] - ROWS[0]),
             };
             let short = match s.class {
                 "wait" | "planned" | "reconcile" | "idle" | "gap" => human(s.end.since(s.start)),
@@ -372,17 +378,77 @@ pub fn build(
             }
         })
         .collect();
+    // The install row, when there is one, sits under the status row and pushes the axis down.
+    let extra = if install_row { ROWS[1] - ROWS[0] } else { 0 };
+    let mut rows = vec![(ROWS[0] + 15, "buyVps"), (ROWS[1] + 15, "status")];
+    if install_row {
+        rows.push((ROWS[1] + extra + 15, "OS install"));
+    }
     Chart {
         width: LEFT + AXIS + 20,
-        height: AXIS_Y + 24,
+        height: AXIS_Y + extra + 24,
         bars,
         ticks,
-        axis_y: AXIS_Y,
+        axis_y: AXIS_Y + extra,
         axis_end: LEFT + AXIS,
-        rows: vec![(ROWS[0] + 15, "buyVps"), (ROWS[1] + 15, "status")],
+        rows,
         span: offset_label(origin, last),
         stopped,
     }
+}
+
+/// The install of the ordered OS before delivery, from the engine's lines: each changeos call
+/// ("Calling changeos for") until its reply, then the install ("Installing") until the image is
+/// in ("is installed"), given up, or now. Actions asked for after delivery are not drawn: the
+/// chart is the provisioning's timing.
+fn install_segments(order: &Order, timeline: &[TimelineEntry], now: Timestamp) -> Vec<Segment> {
+    let before_ready = |t: Timestamp| order.ready_at.is_none_or(|r| t <= r);
+    let mut out = Vec::new();
+    for (i, e) in timeline.iter().enumerate() {
+        if !before_ready(e.at) {
+            break;
+        }
+        let next = timeline.get(i + 1);
+        if e.message.contains("Calling changeos for") {
+            let (class, what) = match next {
+                None => ("inflight", "changeos (in flight)"),
+                Some(n) if n.message.contains("succeeded") => ("ok", "changeos (succeeded)"),
+                Some(n)
+                    if n.message.contains("no definite outcome")
+                        || n.message.contains("cut off") =>
+                {
+                    ("unknown", "changeos (outcome unknown: settled by status)")
+                }
+                Some(_) => ("rejected", "changeos (refused)"),
+            };
+            out.push(Segment {
+                row: Row::Install,
+                start: e.at,
+                end: next.map_or(now, |n| n.at).max(e.at),
+                class,
+                what: what.to_string(),
+            });
+        } else if e.message.starts_with("⏳ Installing") {
+            let end = timeline[i + 1..]
+                .iter()
+                .find(|n| n.message.contains("is installed") || n.message.contains("given up"));
+            let (class, what) = match end {
+                Some(n) if n.message.contains("is installed") => {
+                    ("ok", "install (finished with a new password)")
+                }
+                Some(_) => ("failed", "install (given up)"),
+                None => ("inflight", "install (in progress)"),
+            };
+            out.push(Segment {
+                row: Row::Install,
+                start: e.at,
+                end: end.map_or(now, |n| n.at).max(e.at),
+                class,
+                what: what.to_string(),
+            });
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -657,5 +723,48 @@ mod tests {
         for b in &chart.bars {
             assert!(!b.title.contains("ms"), "{}", b.title);
         }
+    }
+
+    #[test]
+    fn the_install_of_the_ordered_os_has_its_own_row() {
+        let o = order();
+        let lines = [
+            line(0, "[SMARTVPS] Calling buyVps - attempt 1/3"),
+            line(30, "[SMARTVPS] ✅ buyVps succeeded on attempt 1"),
+            line(30, "[SMARTVPS] Calling status - attempt 1/3"),
+            line(
+                40,
+                "[SMARTVPS] 💿 The server reports ubuntu; the order is for Windows Server 2022",
+            ),
+            line(
+                40,
+                "[SMARTVPS] ▶ Calling changeos for 10.0.0.1 (change OS to Windows Server 2022) - attempt 1/3",
+            ),
+            line(50, "[SMARTVPS] ✅ changeos succeeded on attempt 1"),
+            line(
+                50,
+                "⏳ Installing Windows Server 2022: waiting for it to finish with a new password",
+            ),
+            line(
+                650,
+                "🎉 Windows Server 2022 is installed on 10.0.0.1 (user administrator)",
+            ),
+        ];
+        let chart = build(&o, &lines, &[], Timestamp(700_000));
+        assert_eq!(chart.rows.len(), 3);
+        assert_eq!(chart.rows[2].1, "OS install");
+        let y = ROWS[1] + (ROWS[1] - ROWS[0]);
+        let install: Vec<&Bar> = chart.bars.iter().filter(|b| b.y == y).collect();
+        assert_eq!(install.len(), 2, "{:?}", chart.bars);
+        assert!(install.iter().all(|b| b.class == "ok"));
+        assert!(
+            install[1]
+                .title
+                .starts_with("install (finished with a new password)")
+        );
+        assert!(chart.axis_y > AXIS_Y, "the axis moves under the extra row");
+        // An order with no install keeps two rows.
+        let plain = build(&o, &lines[..3], &[], Timestamp(700_000));
+        assert_eq!((plain.rows.len(), plain.axis_y), (2, AXIS_Y));
     }
 }
