@@ -322,13 +322,16 @@ pub async fn start(
     tasks.push(tokio::spawn(async move { sync.run(token, every).await }));
 
     let channels = channels(settings, &clock, options.notifier)?;
-    let dispatcher = Arc::new(Dispatcher::new(
-        Arc::clone(&store),
-        channels,
-        cipher,
-        Arc::clone(&clock),
-        dispatcher_settings(settings),
-    ));
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            Arc::clone(&store),
+            channels,
+            cipher,
+            Arc::clone(&clock),
+            dispatcher_settings(settings),
+        )
+        .with_templates(settings.notify.templates.clone()),
+    );
     let (d, token) = (Arc::clone(&dispatcher), shutdown.clone());
     let interval = settings.worker.poll_interval;
     tasks.push(tokio::spawn(async move { d.run(token, interval).await }));
@@ -409,7 +412,7 @@ pub async fn start(
     tasks.push(tokio::spawn(crate::web::server::serve(
         listener, app, limits, token,
     )));
-    tracing::info!(%addr, policy = ?settings.policy, "provisioner listening on http://{addr}/");
+    tracing::info!(%addr, policy = %settings.policy, "provisioner listening on http://{addr}/");
     Ok(Running {
         addr,
         engine,
@@ -437,7 +440,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -87,6 +87,13 @@ pub enum NoticeKind {
     /// Admin alert: a package is running out of stock. Not tied to an order; queued with
     /// `notify::admin_alert`.
     AdminLowStock,
+    /// The order was cancelled by an admin: the storefront refunds or closes it, the customer
+    /// is told.
+    Cancelled,
+    /// An admin put a failed or escalated order back to work (retry, resolve): the storefront
+    /// learns it is in progress again. Webhooks only: the customer is written to again when
+    /// there is news, not for every admin step.
+    Resumed,
 }
 
 /// Who a notice is for.
@@ -101,7 +108,7 @@ pub enum Audience {
 
 impl NoticeKind {
     /// Every kind.
-    pub const ALL: [NoticeKind; 7] = [
+    pub const ALL: [NoticeKind; 9] = [
         Self::Provisioning,
         Self::Ready,
         Self::Failed,
@@ -109,6 +116,8 @@ impl NoticeKind {
         Self::AdminFailed,
         Self::AdminNeedsAttention,
         Self::AdminLowStock,
+        Self::Cancelled,
+        Self::Resumed,
     ];
 
     /// Stored name.
@@ -121,6 +130,8 @@ impl NoticeKind {
             Self::AdminFailed => "admin_failed",
             Self::AdminNeedsAttention => "admin_needs_attention",
             Self::AdminLowStock => "admin_low_stock",
+            Self::Cancelled => "cancelled",
+            Self::Resumed => "resumed",
         }
     }
 
@@ -136,6 +147,8 @@ impl NoticeKind {
             Self::Ready => "order.ready",
             Self::Failed => "order.failed",
             Self::NeedsAttention => "order.needs_attention",
+            Self::Cancelled => "order.cancelled",
+            Self::Resumed => "order.resumed",
             Self::AdminFailed | Self::AdminNeedsAttention | Self::AdminLowStock => "admin.alert",
         }
     }
@@ -143,10 +156,29 @@ impl NoticeKind {
     /// Who it is for.
     pub fn audience(self) -> Audience {
         match self {
-            Self::Provisioning | Self::Ready | Self::Failed | Self::NeedsAttention => {
-                Audience::Customer
-            }
+            Self::Provisioning
+            | Self::Ready
+            | Self::Failed
+            | Self::NeedsAttention
+            | Self::Cancelled
+            | Self::Resumed => Audience::Customer,
             Self::AdminFailed | Self::AdminNeedsAttention | Self::AdminLowStock => Audience::Admin,
+        }
+    }
+
+    /// What the notice says, in a few words, for the timeline's "queued", "delivered" and
+    /// "abandoned" lines (the configured subject may differ).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Provisioning => "\"Your server is being provisioned...\"",
+            Self::Ready => "\"Your server is ready!\" with credentials",
+            Self::Failed => "provisioning failed",
+            Self::NeedsAttention => "order delayed, under review",
+            Self::Cancelled => "order cancelled",
+            Self::Resumed => "order back in progress",
+            Self::AdminFailed => "order failed",
+            Self::AdminNeedsAttention => "order needs a decision",
+            Self::AdminLowStock => "low stock",
         }
     }
 

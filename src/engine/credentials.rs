@@ -69,10 +69,6 @@ impl Step<'_> {
                 creds.username
             ),
         );
-        self.progress.line(
-            now,
-            "📧 Customer notified: \"Your server is ready!\" with credentials",
-        );
         self.progress
             .line(now, format!("Total Time: {}ms", since_intake.as_millis()));
         let change = Change {

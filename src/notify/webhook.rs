@@ -45,7 +45,8 @@ pub struct WebhookEndpoint {
     pub secret: SecretString,
     /// Whether `order.ready` events carry the server's credentials.
     pub trusted: bool,
-    /// Events it takes (`order.ready`, `admin.alert`, ...); empty means all.
+    /// Events it takes (`order.ready`, `admin.alert`, ...); empty means every `order.*` event:
+    /// `admin.alert` goes only to an endpoint that lists it.
     pub events: Vec<String>,
 }
 
@@ -72,13 +73,19 @@ fn redacted_url(url: &Url) -> String {
 }
 
 /// Every event name a webhook can take.
-pub const EVENTS: [&str; 5] = [
+pub const EVENTS: [&str; 7] = [
     "order.provisioning",
     "order.ready",
     "order.failed",
     "order.needs_attention",
+    "order.cancelled",
+    "order.resumed",
     "admin.alert",
 ];
+
+/// The event an endpoint takes only when it lists it: admin alerts name customers and
+/// internal reasons, which a storefront's webhook should not receive by default.
+pub const OPT_IN_EVENT: &str = "admin.alert";
 
 /// Posts events to one endpoint.
 pub struct WebhookNotifier {
@@ -185,7 +192,11 @@ impl Notifier for WebhookNotifier {
     }
 
     fn accepts(&self, kind: NoticeKind) -> bool {
-        self.endpoint.events.is_empty() || self.endpoint.events.iter().any(|e| e == kind.event())
+        if self.endpoint.events.is_empty() {
+            kind.event() != OPT_IN_EVENT
+        } else {
+            self.endpoint.events.iter().any(|e| e == kind.event())
+        }
     }
 
     fn wants_credentials(&self) -> bool {

@@ -219,12 +219,125 @@ pub struct OrderFilter {
     pub limit: Option<usize>,
     /// Rows to skip.
     pub offset: Option<usize>,
+    /// Search text: a case-insensitive substring of the order_ref or the customer's email, or
+    /// exactly the server's IP address.
+    pub query: Option<String>,
+    /// Only orders whose id ends with this (lowercase hex and dashes): the short id the
+    /// dashboard shows, which the CLI takes wherever it takes an order.
+    pub id_suffix: Option<String>,
 }
 
 impl OrderFilter {
     /// The effective page size.
     pub fn page_size(&self) -> usize {
         self.limit.unwrap_or(50).clamp(1, 500)
+    }
+
+    /// The search text trimmed, `None` when empty.
+    pub fn query_text(&self) -> Option<&str> {
+        self.query
+            .as_deref()
+            .map(str::trim)
+            .filter(|q| !q.is_empty())
+    }
+
+    /// The id suffix, when it is one an id can end with (hex digits and dashes), lowercased.
+    pub fn id_suffix_text(&self) -> Option<String> {
+        self.id_suffix
+            .as_deref()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+    }
+
+    /// Whether `o` matches the search text and the id suffix (the memory store's reading of
+    /// what the SQL stores ask).
+    pub fn matches_text(&self, o: &Order) -> bool {
+        let query = self.query_text().is_none_or(|q| {
+            let q = q.to_ascii_lowercase();
+            o.order_ref.as_str().to_ascii_lowercase().contains(&q)
+                || o.customer.email.to_ascii_lowercase().contains(&q)
+                || o.server_ip.is_some_and(|ip| ip.to_string() == q)
+        });
+        let suffix = match (&self.id_suffix, self.id_suffix_text()) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(_), Some(s)) => o.id.as_str().ends_with(&s),
+        };
+        query && suffix
+    }
+}
+
+/// Where a delivery stands, as an admin reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Not tried yet.
+    Queued,
+    /// Tried and failed; another attempt is scheduled.
+    Retrying,
+    /// The receiver has it.
+    Delivered,
+    /// Attempts are exhausted (or its channel is gone): it will not be sent again unless an
+    /// admin resends it.
+    Abandoned,
+}
+
+impl DeliveryState {
+    /// The name shown and serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Retrying => "retrying",
+            Self::Delivered => "delivered",
+            Self::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// One delivery as the order's Notifications list shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeliveryStatus {
+    /// Row id: what a resend names.
+    pub id: i64,
+    /// Idempotency key.
+    pub key: String,
+    /// The event's id, shared across channels.
+    pub event_id: String,
+    /// The order it is about.
+    pub order_id: Option<OrderId>,
+    /// What it says.
+    pub kind: NoticeKind,
+    /// Where it goes.
+    pub channel: String,
+    /// What it was queued with (a failure's phase, an alert's text).
+    pub detail: Option<String>,
+    /// When it was queued.
+    pub created_at: Timestamp,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// The last failure, when it failed.
+    pub last_error: Option<String>,
+    /// When it was delivered.
+    pub delivered_at: Option<Timestamp>,
+    /// When the next attempt is due.
+    pub next_at: Option<Timestamp>,
+}
+
+impl DeliveryStatus {
+    /// The state of a delivery row from its columns.
+    pub fn state_of(
+        delivered_at: Option<Timestamp>,
+        next_at: Option<Timestamp>,
+        attempts: u32,
+    ) -> DeliveryState {
+        match (delivered_at, next_at) {
+            (Some(_), _) => DeliveryState::Delivered,
+            (None, None) => DeliveryState::Abandoned,
+            (None, Some(_)) if attempts == 0 => DeliveryState::Queued,
+            (None, Some(_)) => DeliveryState::Retrying,
+        }
     }
 }
 
@@ -456,6 +569,16 @@ pub trait Store: Send + Sync + 'static {
     /// Work waiting in the outbox: notices not yet fanned out plus deliveries neither delivered
     /// nor abandoned.
     async fn outbox_backlog(&self) -> Result<u64, StoreError>;
+
+    // issue 15: notices you can trust
+    /// An order's deliveries, oldest first: its Notifications list, and what the dispatcher
+    /// reads to send one failure notice per failure episode.
+    async fn deliveries(&self, order: &OrderId) -> Result<Vec<DeliveryStatus>, StoreError>;
+    /// Appends timeline lines to orders without a lease (the dispatcher's "queued",
+    /// "delivered" and "abandoned" lines), in one transaction. A line for an order that does
+    /// not exist is dropped.
+    async fn append_timeline(&self, entries: &[(OrderId, TimelineEntry)])
+    -> Result<(), StoreError>;
 
     /// Housekeeping the database needs and is not doing by itself; `serve` calls it every
     /// [`MAINTENANCE_INTERVAL`]. PostgreSQL: vacuums the queue tables when the server's

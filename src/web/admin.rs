@@ -23,7 +23,7 @@ use crate::engine::queries::{ListRequest, MAX_OFFSET, MAX_PAGE_SIZE, not_a_count
 use crate::store::OrderFilter;
 
 /// The list's query parameters.
-pub const FILTER_KEYS: [&str; 6] = ["state", "package", "from", "to", "limit", "offset"];
+pub const FILTER_KEYS: [&str; 7] = ["state", "package", "from", "to", "limit", "offset", "query"];
 
 /// Parses the list's query parameters (see [`ListRequest`]): unknown keys are refused, empty
 /// values count as absent, numbers are read from their text.
@@ -60,6 +60,7 @@ pub fn parse_filter(params: &HashMap<String, String>) -> Result<OrderFilter, Fie
         to: get("to"),
         limit: count("limit", MAX_PAGE_SIZE)?,
         offset: count("offset", MAX_OFFSET)?,
+        query: get("query"),
     }
     .filter()
 }
@@ -194,7 +195,7 @@ pub(super) struct PackageView {
     synced_at: String,
 }
 
-pub(super) fn catalog_json(packages: &[CatalogPackage], threshold: u32) -> Value {
+pub(crate) fn catalog_json(packages: &[CatalogPackage], threshold: u32) -> Value {
     let rows: Vec<PackageView> = packages
         .iter()
         .map(|p| PackageView {

@@ -48,6 +48,53 @@ pub struct OrderView {
     /// candidates, each adoptable with `resolve` `{"action": "adopt", "ip": ...}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub candidates: Option<Vec<crate::domain::Discovered>>,
+    /// Admin view: every delivery of the order's notices (channel, state, attempts, last
+    /// error), each resendable with `POST .../notifications/{id}/resend`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<Vec<NotificationView>>,
+}
+
+/// One delivery of a notice to one channel, as the admin API shows it.
+#[derive(Debug, Serialize)]
+pub struct NotificationView {
+    /// Delivery id (what Resend names).
+    pub id: i64,
+    /// `email:customer`, `email:admin`, `webhook:<name>` or `log`.
+    pub channel: String,
+    /// The notice (`provisioning`, `ready`, `failed`, ...).
+    pub notice: &'static str,
+    /// Its webhook event name.
+    pub event: &'static str,
+    /// queued, retrying, delivered or abandoned.
+    pub state: crate::store::DeliveryState,
+    /// Attempts started.
+    pub attempts: u32,
+    /// The last failure (no secrets, no receiver reply bodies).
+    pub last_error: Option<String>,
+    /// Queued at (RFC 3339).
+    pub created_at: String,
+    /// Delivered at.
+    pub delivered_at: Option<String>,
+    /// Next attempt at, while retrying.
+    pub next_at: Option<String>,
+}
+
+impl NotificationView {
+    /// The view of a delivery.
+    pub fn new(d: &crate::store::DeliveryStatus) -> Self {
+        Self {
+            id: d.id,
+            channel: d.channel.clone(),
+            notice: d.kind.as_str(),
+            event: d.kind.event(),
+            state: d.state,
+            attempts: d.attempts,
+            last_error: d.last_error.clone(),
+            created_at: ts(d.created_at),
+            delivered_at: d.delivered_at.map(ts),
+            next_at: d.next_at.map(ts),
+        }
+    }
 }
 
 /// Attempt counters.
@@ -111,6 +158,7 @@ impl OrderView {
             }),
             purchases,
             candidates: None,
+            notifications: None,
         }
     }
 }
