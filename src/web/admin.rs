@@ -178,6 +178,42 @@ pub(super) async fn cancel(
     Ok(Json(OrderView::new(&order, None, None)))
 }
 
+/// `POST /api/v1/orders/{id}/notifications/{delivery}/resend` with `{"reason"?}` (an empty body
+/// too): queues the delivery again (issue 15).
+pub(super) async fn resend(
+    Admin(admin): Admin,
+    State(state): State<AppState>,
+    Path((id, delivery)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let order = super::orders::find(&state, &id).await?;
+    let delivery: i64 = delivery.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no notification {delivery:?}"),
+        )
+    })?;
+    let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let obj = body_object(&body)?;
+        no_unknown_keys(&obj, &["reason"], "")?;
+        match obj.get("reason") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(r)) => Some(r.clone()),
+            Some(_) => return Err(ApiError::field("reason", "must be a string")),
+        }
+    };
+    let key = state
+        .engine
+        .admin()
+        .resend(&order.id, delivery, &admin, reason.as_deref())
+        .await?;
+    Ok(Json(
+        json!({ "order_id": order.id, "delivery": delivery, "key": key }),
+    ))
+}
+
 /// One catalog row as the API shows it.
 #[derive(Serialize)]
 pub(super) struct PackageView {

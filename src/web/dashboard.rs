@@ -49,6 +49,10 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/orders/{id}/retry", post(retry))
         .route("/admin/orders/{id}/resolve", post(resolve))
         .route("/admin/orders/{id}/cancel", post(cancel))
+        .route(
+            "/admin/orders/{id}/notifications/{delivery}/resend",
+            post(resend),
+        )
 }
 
 /// A rendered page with the dashboard's security headers.
@@ -449,6 +453,8 @@ struct OrderPage {
     timeline: Vec<EntryRow>,
     /// Servers a scan found that may be this order's, each with its own Adopt button.
     candidates: Vec<CandidateRow>,
+    /// Every delivery of the order's notices, each resendable once it ended (issue 15).
+    notifications: Vec<super::views::NotificationView>,
 }
 
 /// A server a discovery scan listed for an order needing attention.
@@ -547,7 +553,15 @@ async fn render_order(
     } else {
         Vec::new()
     };
+    let notifications = match store.deliveries(id).await {
+        Ok(list) => list
+            .iter()
+            .map(super::views::NotificationView::new)
+            .collect(),
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
     let html = OrderPage {
+        notifications,
         candidates,
         user: user.name.clone(),
         csrf: user.csrf.expose_secret().to_string(),
@@ -596,6 +610,7 @@ async fn order_page(
         "retry" => "Retried: the order is back with the engine.".to_string(),
         "resolve" => "Resolved.".to_string(),
         "cancel" => "Cancelled.".to_string(),
+        "resend" => "Queued again: the Notifications list shows how it goes.".to_string(),
         _ => "Done.".to_string(),
     });
     render_order(&state, &user, &id, StatusCode::OK, notice, None).await
@@ -725,6 +740,30 @@ async fn cancel(
         .map(|_| ())
         .map_err(ApiError::from);
     after(&state, &user, &id, "cancel", result).await
+}
+
+/// Resend of one of the order's notifications (issue 15): CSRF-checked, reason optional.
+async fn resend(
+    State(state): State<AppState>,
+    user: DashboardUser,
+    Path((id, delivery)): Path<(String, String)>,
+    Form(form): Form<ReasonForm>,
+) -> Response {
+    let id = match checked_order(&user, form.csrf.as_deref(), &id) {
+        Ok(id) => id,
+        Err(refused) => return refused.into_response(),
+    };
+    let Ok(delivery) = delivery.parse::<i64>() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let result = state
+        .engine
+        .admin()
+        .resend(&id, delivery, &user.name, form.reason.as_deref())
+        .await
+        .map(|_| ())
+        .map_err(ApiError::from);
+    after(&state, &user, &id, "resend", result).await
 }
 
 #[cfg(test)]

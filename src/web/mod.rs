@@ -102,6 +102,11 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         ),
         (
             Method::POST,
+            "/api/v1/orders/{id}/notifications/{delivery}/resend",
+            post(admin::resend),
+        ),
+        (
+            Method::POST,
             "/api/v1/orders/{id}/access-token",
             post(orders::rotate_token),
         ),

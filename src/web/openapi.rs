@@ -215,7 +215,8 @@ pub fn spec() -> Value {
                         { "name": "from", "in": "query", "description": "Created at or after (RFC 3339 or epoch ms).", "schema": { "type": "string" } },
                         { "name": "to", "in": "query", "description": "Created before (RFC 3339 or epoch ms).", "schema": { "type": "string" } },
                         { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 500, "default": 50 } },
-                        { "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0, "default": 0 } }
+                        { "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0, "default": 0 } },
+                        { "name": "query", "in": "query", "description": "Search: part of the order_ref or customer email (any case), or the server's IP exactly.", "schema": { "type": "string" } }
                     ],
                     "responses": {
                         "200": ok("A page of orders and the counts per state.", "OrderList"),
@@ -286,6 +287,28 @@ pub fn spec() -> Value {
                     "Refused (409) while a purchase is in flight or its outcome is unsettled, and for ready or cancelled orders.",
                     "Reason"
                 )
+            },
+            "/api/v1/orders/{id}/notifications/{delivery}/resend": {
+                "post": {
+                    "summary": "Resend one of the order's notifications",
+                    "description": "Queues the delivery again on its channel under a new idempotency key, and records who and why in the timeline. Refused (409) while it is still queued or retrying. The body and its reason are optional.",
+                    "security": [{ "adminToken": [] }],
+                    "parameters": [
+                        id_param(),
+                        { "name": "delivery", "in": "path", "required": true, "description": "The delivery's id, from the order view's `notifications`.", "schema": { "type": "integer" } }
+                    ],
+                    "requestBody": {
+                        "required": false,
+                        "content": { "application/json": { "schema": { "type": "object", "properties": { "reason": { "type": "string" } }, "additionalProperties": false } } }
+                    },
+                    "responses": {
+                        "200": { "description": "Queued again: `{\"order_id\", \"delivery\", \"key\"}`." },
+                        "401": error("No valid admin token."),
+                        "404": error("No such order or delivery."),
+                        "409": error("The delivery is still on its way."),
+                        "422": error("A bad reason.")
+                    }
+                }
             },
             "/api/v1/catalog": {
                 "get": {

@@ -80,6 +80,14 @@ pub struct NotificationView {
 }
 
 impl NotificationView {
+    /// Whether it ended (delivered or abandoned), so Resend applies.
+    pub fn resendable(&self) -> bool {
+        matches!(
+            self.state,
+            crate::store::DeliveryState::Delivered | crate::store::DeliveryState::Abandoned
+        )
+    }
+
     /// The view of a delivery.
     pub fn new(d: &crate::store::DeliveryStatus) -> Self {
         Self {
