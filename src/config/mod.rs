@@ -485,15 +485,15 @@ timeout = "10s"
 
 # Webhooks: one [[notify.webhooks]] table per endpoint. Every event is POSTed as JSON and signed
 # with HMAC-SHA256 (see "Verifying webhooks" in the README).
+# Events: order.provisioning, order.ready, order.failed, order.needs_attention, order.cancelled,
+# order.resumed, and admin.alert, which an endpoint gets only when its events list names it
+# (alerts carry customer details and internal reasons a storefront need not see).
 # [[notify.webhooks]]
 # name = "storefront"                  # stable: part of each delivery's idempotency key
 # url = "https://shop.example.com/hooks/provisioner"  # https, or http to this machine only
 # secret_env = "STOREFRONT_WEBHOOK_SECRET"  # variable holding the signing secret (or secret = "...")
 # trusted = false                      # true: order.ready carries the server's login details
-# Default: every order.* event (order.provisioning, order.ready, order.failed,
-# order.needs_attention, order.cancelled, order.resumed). admin.alert only when listed: it names
-# customers and internal reasons.
-# events = ["order.ready", "order.failed", "order.cancelled", "admin.alert"]
+# events = ["order.ready", "order.failed", "order.cancelled", "admin.alert"]  # default: all order.*
 
 # Email over SMTP: the customer's notices to the order's address, admin alerts to admin_to.
 # [notify.email]

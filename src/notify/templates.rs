@@ -236,13 +236,13 @@ fn customer(event: &Event, order: &Order) -> Text {
     let (subject, body) = t.text(name, subject, body);
     let next_step = match (event.kind, owned, event.admins_alerted) {
         (NoticeKind::Failed, true, _) => {
-            "our team will finish setting it up, and you will get your login details as soon as they are ready."
+            "Our team will finish setting it up, and you will get your login details as soon as they are ready."
         }
         (_, _, true) => {
-            "our team has been alerted and will retry your order or contact you. You do not need to order again."
+            "Our team has been alerted and will retry your order or contact you. You do not need to order again."
         }
         (_, _, false) => {
-            "please contact support if you have questions. You do not need to order again."
+            "Please contact support if you have questions. You do not need to order again."
         }
     };
     let login = match &event.credentials {
@@ -468,7 +468,7 @@ mod tests {
         let t = render(&event(NoticeKind::Failed, Some(o), None));
         assert!(t.body.contains("out of stock"), "{}", t.body);
         assert!(!t.body.contains("ipstock"), "no admin detail: {}", t.body);
-        assert!(t.body.contains("What happens next: our team"), "{}", t.body);
+        assert!(t.body.contains("What happens next: Our team"), "{}", t.body);
     }
 
     #[test]
