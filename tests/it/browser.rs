@@ -349,3 +349,110 @@ async fn an_admin_retries_a_failed_order_in_chromium() {
     drop(driver);
     svc.running.stop().await;
 }
+
+/// chromedriver and Chromium, or `None` after a loud note (a failure under `CI=true`).
+fn browser_programs(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let chromedriver = find_program("CHROMEDRIVER", &["chromedriver"]);
+    let chromium = find_program(
+        "CHROME_BIN",
+        &[
+            "chromium",
+            "chromium-browser",
+            "google-chrome",
+            "google-chrome-stable",
+        ],
+    );
+    match (chromedriver, chromium) {
+        (Some(d), Some(c)) => Some((d, c)),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but chromedriver or Chromium is missing: {test} is required in CI"
+            );
+            eprintln!(
+                "!! SKIPPED: {test}: chromedriver or Chromium not found (apt-get install chromium chromium-driver)"
+            );
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_resends_a_notification_in_chromium() {
+    let Some((chromedriver, chromium)) =
+        browser_programs("an_admin_resends_a_notification_in_chromium")
+    else {
+        return;
+    };
+    let out = target_dir().join("browser-test");
+    std::fs::create_dir_all(&out).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::new(fast_clock(1000.0), 19);
+    let pkg = scenario_package(&sim, 102, "103.82.72");
+    provisioner::simulator::Scenario::Best
+        .install(&sim, pkg)
+        .unwrap();
+    let svc = start_service(
+        &dir.path().join("resend.db"),
+        &sim,
+        sim.clock().clone(),
+        &Cipher::generate_key(),
+    )
+    .await;
+    let (status, created) = svc
+        .intake(&json!({ "order_ref": "resend-1", "package": 102, "ram_gb": 2, "customer": { "email": "r@example.com", "name": "R" } }))
+        .await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().unwrap().to_string();
+    // Ready, and its notices have ended (delivered), so they can be resent.
+    svc.until(&id, Duration::from_secs(30), |v| {
+        v["state"] == "ready"
+            && v["notifications"]
+                .as_array()
+                .is_some_and(|n| !n.is_empty() && n.iter().all(|d| d["state"] == "delivered"))
+    })
+    .await;
+    let before = svc.get(&id).await["notifications"]
+        .as_array()
+        .unwrap()
+        .len();
+
+    let driver = Driver::start(&chromedriver, &chromium, &out).await;
+    driver.go(&format!("{}/admin/login", svc.api)).await;
+    driver.type_into("#token", ADMIN_TOKEN).await;
+    driver.click("#login").await;
+    let page = format!("{}/admin/orders/{id}", svc.api);
+    driver.go(&page).await;
+    let section = driver.text("#notifications").await;
+    assert!(section.contains("delivered"), "{section}");
+    driver
+        .type_into("form.resend input[name=reason]", "customer lost the email")
+        .await;
+    driver.click("form.resend button").await;
+    assert!(
+        driver.text("#notice").await.starts_with("Queued again"),
+        "{}",
+        driver.source().await
+    );
+    // The resend is on the record and goes out as a new delivery.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = svc.get(&id).await;
+        let list = v["notifications"].as_array().unwrap().clone();
+        if list.len() == before + 1 && list.iter().all(|d| d["state"] == "delivered") {
+            assert!(
+                v["timeline"].to_string().contains("Resend by alice"),
+                "{}",
+                v["timeline"]
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{list:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    driver.go(&page).await;
+    assert!(driver.source().await.contains("customer lost the email"));
+    driver.screenshot(&out.join("order-resend.png")).await;
+    drop(driver);
+    svc.running.stop().await;
+}
