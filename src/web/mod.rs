@@ -277,7 +277,15 @@ async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiErro
         .await
         .map_err(ApiError::internal)?;
     metrics::gauge!("provisioner_oldest_overdue_seconds").set(overdue.as_secs_f64());
-    for p in state.catalog.packages().await.map_err(ApiError::internal)? {
+    // Packages still sold only: an inactive one at 0 is not running out.
+    for p in state
+        .catalog
+        .packages()
+        .await
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .filter(|p| p.active)
+    {
         metrics::gauge!("provisioner_package_free", "package" => p.id.0.to_string(), "name" => p.name.clone())
             .set(f64::from(p.free));
     }

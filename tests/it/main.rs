@@ -5,6 +5,7 @@ mod helpers;
 mod admin;
 mod admin_api;
 mod admin_cli;
+mod alerts;
 mod browser;
 mod cli;
 mod e2e;
