@@ -329,6 +329,11 @@ pub async fn run(speed: f64, keep: bool) -> anyhow::Result<ExitCode> {
         say!("\nthe admin's resolution of lost_reply failed: {e:#}");
         false
     });
+    if all_ok {
+        say!("\ndemo OK: every order ended as its scenario expects");
+    } else {
+        say!("\ndemo FAILED: some order did not end as its scenario expects");
+    }
     if keep {
         let db = dir.keep();
         say!("\n--keep: the service keeps running on its database; Ctrl-C stops it.");
@@ -344,10 +349,8 @@ pub async fn run(speed: f64, keep: bool) -> anyhow::Result<ExitCode> {
     }
     running.stop().await;
     Ok(if all_ok {
-        say!("\ndemo OK: every order ended as its scenario expects");
         ExitCode::SUCCESS
     } else {
-        say!("\ndemo FAILED: some order did not end as its scenario expects");
         ExitCode::FAILURE
     })
 }
@@ -389,11 +392,11 @@ async fn resolve_lost_reply(
         Some(ip) => json!({
             "action": "adopt",
             "ip": ip,
-            "reason": "demo: the server the discovery scan found is the one this order bought",
+            "reason": "the server the discovery scan found is the one this order bought",
         }),
         None => json!({
             "action": "fail",
-            "reason": "demo: no candidate server was found; refund the customer",
+            "reason": "no candidate server was found; refund the customer",
         }),
     };
     say!(
