@@ -569,3 +569,61 @@ enum Sent {
     Retrying,
     Abandoned,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_read_in_plain_words() {
+        for (raw, plain) in [
+            (
+                "SMTP: permanent error (550): 5.1.1 Mailbox unavailable",
+                "the mail server refused the message",
+            ),
+            (
+                "SMTP: Connection error: Connection refused (os error 111)",
+                "the mail server could not be reached",
+            ),
+            (
+                "POST https://shop.example/hook answered HTTP 503",
+                "the receiver answered with HTTP status 503 instead of accepting it",
+            ),
+            (
+                "POST https://shop.example/hook: error sending request: connection refused",
+                "the receiver could not be reached",
+            ),
+            (
+                "channel webhook:old is not configured",
+                "that channel is no longer configured",
+            ),
+            ("no answer within 30s", "no answer in time"),
+        ] {
+            assert_eq!(plain_reason(raw), plain, "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_notice_only_the_log_took_never_claims_the_customer_was_told() {
+        let t = Timestamp(0);
+        let line = queued_line(NoticeKind::Ready, &["log"], &[], t).message;
+        assert!(
+            line.contains("log only") && line.contains("was not told"),
+            "{line}"
+        );
+        let line = queued_line(
+            NoticeKind::Ready,
+            &["email:customer", "webhook:shop", "log"],
+            &[],
+            t,
+        )
+        .message;
+        assert!(
+            line.starts_with("📧 Customer notice queued (email, webhook shop)"),
+            "{line}"
+        );
+        let line = queued_line(NoticeKind::Failed, &[], &["email:customer"], t).message;
+        assert!(line.contains("not sent again"), "{line}");
+        assert_eq!(channel_name("email:admin"), "email to admins");
+    }
+}

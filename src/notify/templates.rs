@@ -125,9 +125,9 @@ fn fill(template: &str, vars: &[(&str, String)]) -> String {
             rest = &c[2..];
             continue;
         }
-        if c.starts_with('}') {
+        if let Some(after) = c.strip_prefix('}') {
             out.push('}');
-            rest = &c[1..];
+            rest = after;
             continue;
         }
         match c[1..].find('}') {

@@ -402,4 +402,28 @@ mod tests {
         );
         assert!(debug.contains("https://shop.example/hook"), "{debug}");
     }
+
+    #[test]
+    fn admin_alerts_go_only_to_an_endpoint_that_lists_them() {
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
+        let endpoint = |events: &[&str]| WebhookEndpoint {
+            name: "shop".into(),
+            url: Url::parse("https://shop.example/hook").unwrap(),
+            secret: SecretString::from("whsec-0123456789abcdef"),
+            trusted: false,
+            events: events.iter().map(|e| e.to_string()).collect(),
+        };
+        let every = WebhookNotifier::new(endpoint(&[]), Duration::from_secs(1), Arc::clone(&clock))
+            .unwrap();
+        assert!(every.accepts(NoticeKind::Cancelled) && every.accepts(NoticeKind::Resumed));
+        assert!(!every.accepts(NoticeKind::AdminFailed), "opt-in");
+        let opted = WebhookNotifier::new(
+            endpoint(&["admin.alert", "order.ready"]),
+            Duration::from_secs(1),
+            clock,
+        )
+        .unwrap();
+        assert!(opted.accepts(NoticeKind::AdminLowStock) && opted.accepts(NoticeKind::Ready));
+        assert!(!opted.accepts(NoticeKind::Failed));
+    }
 }

@@ -280,6 +280,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_policy_is_logged_as_one_readable_line() {
+        assert_eq!(
+            RetryPolicy::default().to_string(),
+            "buy 3 x 2m (waits 2m, 3m; horizon 10m); status 3 x 1m 30s (waits 1m, 2m); on_unknown reconcile"
+        );
+    }
+
+    #[test]
     fn an_unknown_outcome_waits_for_the_horizon_and_a_definite_failure_does_not() {
         let p = RetryPolicy::default();
         // Attempt 1 timed out after 2 minutes: the seed's 2-minute wait would reconcile at 4
