@@ -407,9 +407,11 @@ async fn an_admin_resends_a_notification_in_chromium() {
     // Ready, and its notices have ended (delivered), so they can be resent.
     svc.until(&id, Duration::from_secs(30), |v| {
         v["state"] == "ready"
-            && v["notifications"]
-                .as_array()
-                .is_some_and(|n| !n.is_empty() && n.iter().all(|d| d["state"] == "delivered"))
+            && v["notifications"].as_array().is_some_and(|n| {
+                // The ready notice too: it is fanned out a moment after the state changes.
+                n.iter().any(|d| d["notice"] == "ready")
+                    && n.iter().all(|d| d["state"] == "delivered")
+            })
     })
     .await;
     let before = svc.get(&id).await["notifications"]
