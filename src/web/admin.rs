@@ -13,7 +13,6 @@ use serde_json::{Map, Value, json};
 
 use super::auth::Admin;
 use super::intake::{no_unknown_keys, string};
-use super::orders::order_id;
 use super::views::OrderView;
 use super::{ApiError, AppState};
 use crate::domain::{CatalogPackage, FieldError, PackageId};
@@ -120,7 +119,8 @@ pub(super) async fn retry(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
-    let id = order_id(&id)?;
+    // An admin may name the order by id, order_ref or short id.
+    let id = super::orders::find(&state, &id).await?.id;
     let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["reason"], "")?;
     let order = state.engine.retry(&id, &admin, &reason_of(&obj)?).await?;
@@ -135,7 +135,8 @@ pub(super) async fn resolve(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
-    let id = order_id(&id)?;
+    // An admin may name the order by id, order_ref or short id.
+    let id = super::orders::find(&state, &id).await?.id;
     let obj = body_object(&body)?;
     no_unknown_keys(&obj, &RESOLVE_KEYS, "")?;
     let reason = reason_of(&obj)?;
@@ -171,7 +172,8 @@ pub(super) async fn cancel(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
-    let id = order_id(&id)?;
+    // An admin may name the order by id, order_ref or short id.
+    let id = super::orders::find(&state, &id).await?.id;
     let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["reason"], "")?;
     let order = state.engine.cancel(&id, &admin, &reason_of(&obj)?).await?;

@@ -27,7 +27,7 @@ fn ok(description: &str, schema: &str) -> Value {
 }
 
 fn id_param() -> Value {
-    json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } })
+    json!({ "name": "id", "in": "path", "required": true, "description": "The order's id (UUID). With an admin token, also its order_ref or its short id (the id's last 12 characters).", "schema": { "type": "string" } })
 }
 
 fn action(summary: &str, description: &str, body: &str) -> Value {
@@ -115,7 +115,8 @@ pub fn spec() -> Value {
                         "ready_at": { "type": ["string", "null"], "format": "date-time" },
                         "timeline": { "type": "array", "description": "Admin view only.", "items": { "type": "object" } },
                         "purchases": { "type": "array", "description": "Admin view only: the purchase ledger.", "items": { "type": "object" } },
-                        "candidates": { "type": "array", "description": "Admin view of an order needing attention: servers a discovery scan found (ip, package_id, ram_gb, expiry, first_seen); adopt one with resolve.", "items": { "type": "object" } }
+                        "candidates": { "type": "array", "description": "Admin view of an order needing attention: servers a discovery scan found (ip, package_id, ram_gb, expiry, first_seen); adopt one with resolve.", "items": { "type": "object" } },
+                        "notifications": { "type": "array", "description": "Admin view only: every delivery of the order's notices (id, channel, notice, event, state: queued | retrying | delivered | abandoned, attempts, last_error, created_at, delivered_at, next_at); resend one with POST .../notifications/{delivery}/resend.", "items": { "type": "object" } }
                     }
                 },
                 "IntakeResponse": {

@@ -183,6 +183,28 @@ impl Driver {
             .to_string()
     }
 
+    /// Waits (up to 10 s) until `css` matches: a page still loading under a loaded machine.
+    async fn wait_for(&self, css: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
+                .http
+                .post(format!(
+                    "http://127.0.0.1:{}{}/element",
+                    self.port,
+                    self.s()
+                ))
+                .json(&json!({ "using": "css selector", "value": css }))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if found || tokio::time::Instant::now() > deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn type_into(&self, css: &str, text: &str) {
         let e = self.find(css).await;
         self.call(
@@ -425,12 +447,14 @@ async fn an_admin_resends_a_notification_in_chromium() {
     driver.click("#login").await;
     let page = format!("{}/admin/orders/{id}", svc.api);
     driver.go(&page).await;
+    driver.wait_for("form.resend input[name=reason]").await;
     let section = driver.text("#notifications").await;
     assert!(section.contains("delivered"), "{section}");
     driver
         .type_into("form.resend input[name=reason]", "customer lost the email")
         .await;
     driver.click("form.resend button").await;
+    driver.wait_for("#notice").await;
     assert!(
         driver.text("#notice").await.starts_with("Queued again"),
         "{}",
