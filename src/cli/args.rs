@@ -46,6 +46,9 @@ pub enum Command {
         /// How long a successful status call takes.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
         status_latency: Duration,
+        /// Print the analysis as JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the SmartVPS simulator alone, speaking the production wire.
     Simulator {

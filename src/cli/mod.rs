@@ -69,6 +69,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan {
             buy_latency,
             status_latency,
+            json,
         } => {
             let s = settings()?;
             let timings = plan::Timings {
@@ -76,7 +77,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 status_success: status_latency,
             };
             let analysis = plan::analyse(&s.policy, &timings);
-            print!("{}", plan::render(&s.policy, &timings, &analysis));
+            let v = plan_json(&s.policy, &analysis);
+            crate::cli::operator::print(json, &v, || plan::render(&s.policy, &timings, &analysis));
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulator {
@@ -183,6 +185,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `plan --json`: the policy and each case's steps and total, durations in seconds.
+fn plan_json(
+    policy: &crate::policy::RetryPolicy,
+    cases: &[plan::CaseTimeline],
+) -> serde_json::Value {
+    let cases: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "case": c.case.name(),
+                "total_seconds": c.total.as_secs_f64(),
+                "total": plan::format_total(c.total),
+                "outcome": c.outcome,
+                "steps": c.steps.iter().map(|s| serde_json::json!({
+                    "at_seconds": s.at.as_secs_f64(),
+                    "label": s.label,
+                    "took_seconds": s.took.as_secs_f64(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "policy": policy.to_string(), "cases": cases })
 }
 
 /// The operator commands read an existing database: with no config file and no

@@ -142,6 +142,7 @@ fn json_reads_parse_and_bad_demo_flags_are_refused() {
         &["orders", "list", "--json"][..],
         &["orders", "search", "nobody", "--json"],
         &["catalog", "list", "--json"],
+        &["plan", "--json"],
     ] {
         let out = run(args);
         assert!(
