@@ -240,7 +240,11 @@ pub async fn start(
         None => {
             let sim = options
                 .simulator
-                .unwrap_or_else(|| Simulator::with_default_catalog(Arc::clone(&clock), 1));
+                // Seeded from the clock: a restarted `serve` keeps its database, and a simulator
+                // that handed out the same addresses again would hand out owned servers.
+                .unwrap_or_else(|| {
+                    Simulator::with_default_catalog(Arc::clone(&clock), clock_seed())
+                });
             let listener = TcpListener::bind("127.0.0.1:0")
                 .await
                 .context("binding the built-in simulator")?;
@@ -438,6 +442,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     running.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A simulator seed that differs from one start to the next (`provisioner simulator --seed`
+/// fixes one to repeat a run).
+pub fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
 }
 
 pub(crate) async fn wait_for_signal() {

@@ -91,11 +91,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             // A fixed seed repeats the same addresses and passwords on every start, which a
             // restarted simulator must not hand out again: seed from the clock unless asked.
-            let seed = seed.unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            });
+            let seed = seed.unwrap_or_else(crate::app::clock_seed);
             let faults = crate::simulator::FaultProfile::named(&profile)
                 .filter(|_| profile != "none")
                 .map(|p| (profile.clone(), p));
@@ -300,5 +296,18 @@ mod tests {
             "a reason is required"
         );
         assert!(Cli::try_parse_from(["provisioner", "catalog", "sync"]).is_ok());
+    }
+
+    #[test]
+    fn a_standalone_simulator_is_seeded_from_the_clock_unless_told() {
+        let seed = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Simulator { seed, .. } => seed,
+            _ => panic!(),
+        };
+        assert_eq!(seed(&["provisioner", "simulator"]), None);
+        assert_eq!(seed(&["provisioner", "simulator", "--seed", "5"]), Some(5));
+        let a = crate::app::clock_seed();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert_ne!(a, crate::app::clock_seed(), "two starts, two seeds");
     }
 }
