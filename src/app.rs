@@ -243,7 +243,11 @@ pub async fn start(
         None => {
             let sim = options
                 .simulator
-                .unwrap_or_else(|| Simulator::with_default_catalog(Arc::clone(&clock), 1));
+                // Seeded from the clock: a restarted `serve` keeps its database, and a simulator
+                // that handed out the same addresses again would hand out owned servers.
+                .unwrap_or_else(|| {
+                    Simulator::with_default_catalog(Arc::clone(&clock), clock_seed())
+                });
             let listener = TcpListener::bind("127.0.0.1:0")
                 .await
                 .context("binding the built-in simulator")?;
@@ -333,13 +337,16 @@ pub async fn start(
     tasks.push(tokio::spawn(async move { sync.run(token, every).await }));
 
     let channels = channels(settings, &clock, options.notifier)?;
-    let dispatcher = Arc::new(Dispatcher::new(
-        Arc::clone(&store),
-        channels,
-        cipher,
-        Arc::clone(&clock),
-        dispatcher_settings(settings),
-    ));
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            Arc::clone(&store),
+            channels,
+            cipher,
+            Arc::clone(&clock),
+            dispatcher_settings(settings),
+        )
+        .with_templates(settings.notify.templates.clone()),
+    );
     let (d, token) = (Arc::clone(&dispatcher), shutdown.clone());
     let interval = settings.worker.poll_interval;
     tasks.push(tokio::spawn(async move { d.run(token, interval).await }));
@@ -421,7 +428,7 @@ pub async fn start(
     tasks.push(tokio::spawn(crate::web::server::serve(
         listener, app, limits, token,
     )));
-    tracing::info!(%addr, policy = ?settings.policy, "provisioner listening on http://{addr}/");
+    tracing::info!(%addr, policy = %settings.policy, "provisioner listening on http://{addr}/");
     Ok(Running {
         addr,
         engine,
@@ -450,7 +457,15 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// A simulator seed that differs from one start to the next (`provisioner simulator --seed`
+/// fixes one to repeat a run).
+pub fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+}
+
+pub(crate) async fn wait_for_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -25,7 +25,9 @@ pub fn init(format: LogFormat, default_level: &str) {
         .with_env_filter(filter)
         .with_target(false)
         // Logs go to stderr: stdout is for command output (`plan`, `orders list`, the demo table).
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: a log file or journal gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -173,6 +175,19 @@ fn describe_metrics() {
     describe_gauge!(
         "provisioner_outbox_backlog",
         "Notices not yet fanned out plus deliveries neither delivered nor abandoned."
+    );
+    // issue 15: what alerts need beyond counts (docs/alerts.yml).
+    describe_gauge!(
+        "provisioner_oldest_overdue_seconds",
+        "Seconds the most overdue active order is past its run_at (0 when none is late): a stuck worker or queue."
+    );
+    describe_gauge!(
+        "provisioner_package_free",
+        "Free addresses per package (package, name) at the last catalog sync; read from the store at scrape time."
+    );
+    describe_gauge!(
+        "provisioner_package_low_stock_threshold",
+        "catalog.low_stock: a sold package with this many free addresses or fewer is low on stock."
     );
     describe_counter!(
         "provisioner_notifications_total",

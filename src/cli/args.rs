@@ -30,9 +30,13 @@ pub enum Command {
     Serve,
     /// Run the whole job on embedded defaults: simulator, service and SQLite, one order per seed case.
     Demo {
-        /// How many simulated seconds pass per real second.
-        #[arg(long, default_value_t = 60.0)]
+        /// How many simulated seconds pass per real second (1 to 100000).
+        #[arg(long, default_value_t = 60.0, value_parser = parse_speed)]
         speed: f64,
+        /// Leave the service running on its database afterwards, to explore the dashboard
+        /// (stop it with Ctrl-C; the database is kept).
+        #[arg(long)]
+        keep: bool,
     },
     /// Print the seed's total-time analysis for the configured policy.
     Plan {
@@ -45,6 +49,9 @@ pub enum Command {
         /// How long SmartVPS takes to install an image (changeos, format).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
         install_time: Duration,
+        /// Print the analysis as JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the SmartVPS simulator alone, speaking the production wire.
     Simulator {
@@ -65,9 +72,10 @@ pub enum Command {
         /// Path prefix of the endpoints.
         #[arg(long, default_value = "api/oceansmart/")]
         path_prefix: String,
-        /// Random seed for generated passwords and faults.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        /// Random seed for generated addresses, passwords and faults (default: from the clock,
+        /// so a restarted simulator does not hand out the same servers again).
+        #[arg(long)]
+        seed: Option<u64>,
         /// Random faults on every call, as in the deterministic simulation: timeouts, late
         /// completions (up to the 10-minute horizon), 5xx after buying, bare errors, garbled
         /// replies, wrong-package addresses, status failures.
@@ -90,12 +98,18 @@ pub enum Command {
             value_name = "TOKEN"
         )]
         token: Option<String>,
+        /// Print the result as JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
         /// What to do.
         #[command(subcommand)]
         action: OrdersAction,
     },
     /// The package catalog (SmartVPS's stock list) in the configured database.
     Catalog {
+        /// Print the result as JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
         /// What to do.
         #[command(subcommand)]
         action: CatalogAction,
@@ -134,14 +148,47 @@ pub enum OrdersAction {
         #[arg(long, default_value_t = 0)]
         offset: usize,
     },
-    /// One order with its timeline and purchase ledger.
+    /// One order with its timeline, purchase ledger and notifications.
     Show {
-        /// Order id.
+        /// The order: its id, its order_ref, or the short id the dashboard shows.
         id: String,
+    },
+    /// Find orders by order_ref or customer email (any part, any case) or server IP (exact).
+    Search {
+        /// What to look for.
+        text: String,
+        /// At most this many (1 to 500).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Retry every failed order (of one phase) with one reason; refusals are listed.
+    RetryFailed {
+        /// Only orders that failed in this phase.
+        #[arg(long, value_enum)]
+        phase: Option<PhaseArg>,
+        /// Why (stored in each order's timeline).
+        #[arg(long)]
+        reason: String,
+        /// Who (database only, as for retry).
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Mark every failed order (of one phase) resolved: handled outside the service, it leaves
+    /// the failed queue as cancelled with the reason on record. Orders owning a server are left.
+    ResolveFailed {
+        /// Only orders that failed in this phase.
+        #[arg(long, value_enum)]
+        phase: Option<PhaseArg>,
+        /// Why (stored in each order's timeline).
+        #[arg(long)]
+        reason: String,
+        /// Who (database only, as for retry).
+        #[arg(long)]
+        actor: Option<String>,
     },
     /// Retry a failed order (resumes the phase that failed; never buys when a server is owned).
     Retry {
-        /// Order id.
+        /// The order: id, order_ref or short id.
         id: String,
         /// Why (stored in the timeline).
         #[arg(long)]
@@ -152,7 +199,7 @@ pub enum OrdersAction {
     },
     /// Resolve an order that needs attention.
     Resolve {
-        /// Order id.
+        /// The order: id, order_ref or short id.
         id: String,
         /// adopt: the server at --ip is ours, continue to credentials; not-bought: nothing was
         /// bought, buy again; fail: give up.
@@ -191,7 +238,7 @@ pub enum OrdersAction {
     },
     /// Cancel an order (refused while a purchase is in flight or unsettled).
     Cancel {
-        /// Order id.
+        /// The order: id, order_ref or short id.
         id: String,
         /// Why (stored in the timeline).
         #[arg(long)]
@@ -200,6 +247,40 @@ pub enum OrdersAction {
         #[arg(long)]
         actor: Option<String>,
     },
+}
+
+/// The phase of a failed order, for the failed-queue commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PhaseArg {
+    /// Failed buying: no server was bought.
+    Buy,
+    /// Failed waiting for credentials: a server is owned.
+    Credentials,
+}
+
+impl PhaseArg {
+    /// The domain's phase.
+    pub fn phase(self) -> crate::domain::Phase {
+        match self {
+            Self::Buy => crate::domain::Phase::Buy,
+            Self::Credentials => crate::domain::Phase::Credentials,
+        }
+    }
+}
+
+/// `--speed`: a finite number from 1 to 100000 (0 or less would never finish; more than that
+/// outruns the simulator's own timers).
+fn parse_speed(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number; try --speed 60"))?;
+    if !v.is_finite() || !(1.0..=100_000.0).contains(&v) {
+        return Err(format!(
+            "must be between 1 and 100000 simulated seconds per real second; got {s}"
+        ));
+    }
+    Ok(v)
 }
 
 /// How `orders resolve` settles an order.

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-pub use args::{BenchCommand, CatalogAction, Cli, Command, OrdersAction, ResolveAction};
+pub use args::{BenchCommand, CatalogAction, Cli, Command, OrdersAction, PhaseArg, ResolveAction};
 
 use crate::config::{ConfigError, Settings};
 use crate::policy::plan;
@@ -56,11 +56,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::app::serve(settings()?).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { speed } => crate::tools::demo::run(speed).await,
+        Command::Demo { speed, keep } => {
+            if let Some(path) = &cli.config {
+                anyhow::bail!(
+                    "demo runs on built-in settings (simulator, a fresh SQLite file, the seed's policy) and reads no \
+                     config file; drop --config {} (use `provisioner serve --config ...` for your own settings)",
+                    path.display()
+                );
+            }
+            crate::tools::demo::run(speed, keep).await
+        }
         Command::Plan {
             buy_latency,
             status_latency,
             install_time,
+            json,
         } => {
             let s = settings()?;
             let timings = plan::Timings {
@@ -69,7 +79,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 install: install_time,
             };
             let analysis = plan::analyse(&s.policy, &timings);
-            print!("{}", plan::render(&s.policy, &timings, &analysis));
+            let v = plan_json(&s.policy, &analysis);
+            crate::cli::operator::print(json, &v, || plan::render(&s.policy, &timings, &analysis));
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulator {
@@ -80,6 +91,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seed,
             profile,
         } => {
+            // A fixed seed repeats the same addresses and passwords on every start, which a
+            // restarted simulator must not hand out again: seed from the clock unless asked.
+            let seed = seed.unwrap_or_else(crate::app::clock_seed);
             let faults = crate::simulator::FaultProfile::named(&profile)
                 .filter(|_| profile != "none")
                 .map(|p| (profile.clone(), p));
@@ -87,7 +101,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Orders { api, token, action } => match api {
+        Command::Orders {
+            api,
+            token,
+            json,
+            action,
+        } => match api {
             Some(url) => {
                 let token = token.ok_or_else(|| {
                     anyhow::anyhow!(
@@ -97,20 +116,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 crate::cli::operator::run(
                     crate::cli::operator::Backend::api(&url, secrecy::SecretString::from(token))?,
                     action,
+                    json,
                 )
                 .await
             }
             None => {
                 let s = settings()?;
+                existing_database(&s)?;
                 let admin = crate::app::offline_admin(&s).await?;
-                crate::cli::operator::run(crate::cli::operator::Backend::Database(admin), action)
-                    .await
+                crate::cli::operator::run(
+                    crate::cli::operator::Backend::Database(admin),
+                    action,
+                    json,
+                )
+                .await
             }
         },
-        Command::Catalog { action } => {
+        Command::Catalog { json, action } => {
             let s = settings()?;
+            existing_database(&s)?;
             let catalog = crate::app::offline_catalog(&s).await?;
-            crate::cli::operator::catalog(&catalog, action).await
+            crate::cli::operator::catalog(&catalog, action, json).await
         }
         Command::Bench {
             which: BenchCommand::Strategies { orders, seed },
@@ -159,6 +185,54 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `plan --json`: the policy and each case's steps and total, durations in seconds.
+fn plan_json(
+    policy: &crate::policy::RetryPolicy,
+    cases: &[plan::CaseTimeline],
+) -> serde_json::Value {
+    let cases: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "case": c.case.name(),
+                "total_seconds": c.total.as_secs_f64(),
+                "total": plan::format_total(c.total),
+                "outcome": c.outcome,
+                "steps": c.steps.iter().map(|s| serde_json::json!({
+                    "at_seconds": s.at.as_secs_f64(),
+                    "label": s.label,
+                    "took_seconds": s.took.as_secs_f64(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "policy": policy.to_string(), "cases": cases })
+}
+
+/// The operator commands read an existing database: with no config file and no
+/// `PROVISIONER_DATABASE_URL`, the default `./provisioner.db` is used only when it exists, rather
+/// than created empty (which would answer "no orders" about the wrong database).
+fn existing_database(s: &Settings) -> anyhow::Result<()> {
+    let defaulted = s.source.is_none() && s.database.key == "database.url";
+    let Some(file) = s
+        .database
+        .url
+        .strip_prefix("sqlite://")
+        .or_else(|| s.database.url.strip_prefix("sqlite:"))
+        .map(|rest| rest.split('?').next().unwrap_or_default().to_string())
+    else {
+        return Ok(());
+    };
+    if defaulted && !std::path::Path::new(&file).exists() {
+        anyhow::bail!(
+            "no database to read: no config file was found (./provisioner.toml) and {file} does not exist here. \
+             Point at the service's database with --config PATH (its [database] url) or \
+             PROVISIONER_DATABASE_URL=sqlite:///path/to/provisioner.db, or ask a running service with --api URL"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,7 +264,10 @@ mod tests {
             ][..],
         ] {
             let cli = Cli::try_parse_from(args).unwrap();
-            let Command::Orders { api, token, action } = cli.command else {
+            let Command::Orders {
+                api, token, action, ..
+            } = cli.command
+            else {
                 panic!("{args:?}")
             };
             assert_eq!(api.as_deref(), Some("http://x:1"));
@@ -221,5 +298,18 @@ mod tests {
             "a reason is required"
         );
         assert!(Cli::try_parse_from(["provisioner", "catalog", "sync"]).is_ok());
+    }
+
+    #[test]
+    fn a_standalone_simulator_is_seeded_from_the_clock_unless_told() {
+        let seed = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Simulator { seed, .. } => seed,
+            _ => panic!(),
+        };
+        assert_eq!(seed(&["provisioner", "simulator"]), None);
+        assert_eq!(seed(&["provisioner", "simulator", "--seed", "5"]), Some(5));
+        let a = crate::app::clock_seed();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert_ne!(a, crate::app::clock_seed(), "two starts, two seeds");
     }
 }

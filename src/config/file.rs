@@ -98,6 +98,30 @@ pub(super) struct RawNotify {
     pub(super) timeout: Option<DurationText>,
     pub(super) webhooks: Option<Vec<RawWebhook>>,
     pub(super) email: Option<RawEmail>,
+    pub(super) public_url: Option<String>,
+    pub(super) templates: Option<RawTemplates>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [notify.templates] table")]
+pub(super) struct RawTemplates {
+    pub(super) from: Option<String>,
+    pub(super) signature: Option<String>,
+    pub(super) support_url: Option<String>,
+    pub(super) provisioning: Option<RawTemplate>,
+    pub(super) ready: Option<RawTemplate>,
+    pub(super) failed: Option<RawTemplate>,
+    pub(super) delayed: Option<RawTemplate>,
+    pub(super) needs_attention: Option<RawTemplate>,
+    pub(super) cancelled: Option<RawTemplate>,
+    pub(super) resumed: Option<RawTemplate>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table with subject and body")]
+pub(super) struct RawTemplate {
+    pub(super) subject: Option<String>,
+    pub(super) body: Option<String>,
 }
 
 // No `Debug`: it can hold a secret in the clear.

@@ -18,6 +18,7 @@ use serde::de::{self, Deserializer, Visitor};
 
 use crate::crypto::{MIN_SECRET_BITS, secret_bits};
 use crate::notify::email::{EmailSettings, SmtpTls};
+use crate::notify::templates::{Template, Templates};
 use crate::notify::webhook::{EVENTS, WebhookEndpoint};
 use crate::policy::{OnUnknown, PhasePolicy, RetryPolicy};
 
@@ -253,6 +254,9 @@ pub struct NotifySettings {
     pub backoff_cap: Duration,
     /// Bound on one webhook request or SMTP exchange.
     pub timeout: Duration,
+    /// What customer notices say (`[notify.templates]`) and the public URL admin alerts link
+    /// to (`notify.public_url`).
+    pub templates: Templates,
 }
 
 /// Package catalog settings.
@@ -495,16 +499,21 @@ backoff_base = "5s"
 backoff_cap = "1h"
 # Bound on one webhook request or one SMTP exchange.
 timeout = "10s"
+# Where people reach this service (e.g. "https://provisioner.example.com"): admin alerts link
+# to the order's dashboard page. Unset: no link.
+# public_url = "https://provisioner.example.com"
 
 # Webhooks: one [[notify.webhooks]] table per endpoint. Every event is POSTed as JSON and signed
 # with HMAC-SHA256 (see "Verifying webhooks" in the README).
+# Events: order.provisioning, order.ready, order.failed, order.needs_attention, order.cancelled,
+# order.resumed, and admin.alert, which an endpoint gets only when its events list names it
+# (alerts carry customer details and internal reasons a storefront need not see).
 # [[notify.webhooks]]
 # name = "storefront"                  # stable: part of each delivery's idempotency key
 # url = "https://shop.example.com/hooks/provisioner"  # https, or http to this machine only
 # secret_env = "STOREFRONT_WEBHOOK_SECRET"  # variable holding the signing secret (or secret = "...")
 # trusted = false                      # true: order.ready and order.credentials_changed carry the login
-# events = ["order.provisioning", "order.ready", "order.failed", "order.needs_attention",
-#           "order.credentials_changed", "server.action_completed", "server.action_failed", "admin.alert"]
+# events = ["order.ready", "order.failed", "order.cancelled", "admin.alert"]  # default: all but admin.alert
 
 # Email over SMTP: the customer's notices to the order's address, admin alerts to admin_to.
 # [notify.email]
@@ -515,6 +524,20 @@ timeout = "10s"
 # password = "change-me"               # env PROVISIONER_SMTP_PASSWORD (prefer the variable)
 # from = "Provisioner <noreply@example.com>"
 # admin_to = ["ops@example.com"]
+
+# What customer notices say. A text is a subject and a body with {variables}: {name},
+# {order_ref}, {order_id}, {reason} (why, in the customer's words), {next_step}, {login} (ready:
+# the login details), {server_ip}, {support_url}, {signature}, and {closing} (a "Need help?"
+# line with support_url, then the signature). {{ and }} write a brace.
+# [notify.templates]
+# from = "Example Hosting <support@example.com>"  # From of the email (replaces notify.email.from)
+# signature = "The Example Hosting team"
+# support_url = "https://example.com/support"
+# One table per text to replace: provisioning, ready, failed, delayed (failed, a server owned),
+# needs_attention, cancelled, resumed.
+# [notify.templates.failed]
+# subject = "Order {order_ref}: we could not set up your server yet"
+# body = "Hi {name},\n\n{reason}.\n\nWhat happens next: {next_step}\n{closing}"
 
 [catalog]
 # How often SmartVPS's stock list (ipstock) is read into the package catalog that intake checks

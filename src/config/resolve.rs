@@ -499,10 +499,29 @@ pub(super) fn resolve_notify(raw: RawNotify, env: &Env<'_>) -> Result<NotifySett
         }
         webhooks.push(endpoint);
     }
-    let email = raw
+    let mut email = raw
         .email
         .map(|e| resolve_email(e, timeout, env))
         .transpose()?;
+    let public_url = raw
+        .public_url
+        .map(|u| {
+            let u = u.trim().trim_end_matches('/').to_string();
+            if u.starts_with("https://") || u.starts_with("http://") {
+                Ok(u)
+            } else {
+                Err(ConfigError::new(
+                    "notify.public_url",
+                    format!("must be an http:// or https:// URL such as https://provisioner.example.com; got {u:?}"),
+                ))
+            }
+        })
+        .transpose()?;
+    let templates = resolve_templates(
+        raw.templates.unwrap_or_default(),
+        public_url,
+        email.as_mut(),
+    )?;
     Ok(NotifySettings {
         webhooks,
         email,
@@ -510,6 +529,75 @@ pub(super) fn resolve_notify(raw: RawNotify, env: &Env<'_>) -> Result<NotifySett
         backoff_base,
         backoff_cap,
         timeout,
+        templates,
+    })
+}
+
+/// `[notify.templates]`: the texts, checked for unknown `{variables}` under their key; `from`
+/// replaces the email From.
+fn resolve_templates(
+    raw: RawTemplates,
+    public_url: Option<String>,
+    email: Option<&mut EmailSettings>,
+) -> Result<Templates, ConfigError> {
+    if let Some(from) = raw.from {
+        let Some(email) = email else {
+            return Err(ConfigError::new(
+                "notify.templates.from",
+                "is the From of customer email, but no [notify.email] is configured",
+            ));
+        };
+        email.from = from.trim().parse().map_err(|e| {
+            ConfigError::new(
+                "notify.templates.from",
+                format!("not an address ({e}): {from:?}"),
+            )
+        })?;
+    }
+    let mut overrides = std::collections::BTreeMap::new();
+    for (name, t) in [
+        ("provisioning", raw.provisioning),
+        ("ready", raw.ready),
+        ("failed", raw.failed),
+        ("delayed", raw.delayed),
+        ("needs_attention", raw.needs_attention),
+        ("cancelled", raw.cancelled),
+        ("resumed", raw.resumed),
+    ] {
+        let Some(t) = t else { continue };
+        for (part, text) in [("subject", &t.subject), ("body", &t.body)] {
+            if let Some(bad) = text.as_deref().and_then(Templates::unknown_variable) {
+                return Err(ConfigError::new(
+                    format!("notify.templates.{name}.{part}"),
+                    format!(
+                        "unknown variable {{{bad}}}; known: {} (write {{{{ for a brace)",
+                        crate::notify::templates::VARIABLES.join(", ")
+                    ),
+                ));
+            }
+        }
+        if t.subject.as_deref().is_some_and(|s| s.contains('\n')) {
+            return Err(ConfigError::new(
+                format!("notify.templates.{name}.subject"),
+                "must be one line",
+            ));
+        }
+        overrides.insert(
+            name.to_string(),
+            Template {
+                subject: t.subject,
+                body: t.body,
+            },
+        );
+    }
+    Ok(Templates {
+        signature: raw.signature.unwrap_or_default().trim().to_string(),
+        support_url: raw
+            .support_url
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty()),
+        public_url,
+        overrides,
     })
 }
 

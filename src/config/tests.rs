@@ -138,7 +138,8 @@ fn example_notify_blocks_parse_when_uncommented() {
     );
     assert_eq!(hook.secret.expose_secret(), "0123456789abcdef0123");
     assert!(!hook.trusted);
-    assert_eq!(hook.events.len(), crate::notify::webhook::EVENTS.len());
+    assert_eq!(hook.events.len(), 4);
+    assert!(hook.events.iter().any(|e| e == "admin.alert"), "opted in");
     let email = s.notify.email.as_ref().unwrap();
     assert_eq!(
         (email.host.as_str(), email.port, email.tls),
@@ -156,6 +157,61 @@ fn example_notify_blocks_parse_when_uncommented() {
         !debug.contains("0123456789abcdef0123") && !debug.contains("smtp-pass"),
         "{debug}"
     );
+}
+
+#[test]
+fn example_templates_block_parses_when_uncommented_and_bad_variables_are_named() {
+    let text = uncommented(&[
+        "# [notify.email]",
+        "# [notify.templates]",
+        "# [notify.templates.failed]",
+        "# public_url",
+    ]);
+    let env = env_of(&[("PROVISIONER_SMTP_PASSWORD", "smtp-pass")]);
+    let s = Settings::from_sources(Some(&text), &env).unwrap();
+    let t = &s.notify.templates;
+    assert_eq!(t.signature, "The Example Hosting team");
+    assert_eq!(
+        t.support_url.as_deref(),
+        Some("https://example.com/support")
+    );
+    assert_eq!(
+        t.public_url.as_deref(),
+        Some("https://provisioner.example.com")
+    );
+    assert!(
+        t.overrides["failed"]
+            .body
+            .as_deref()
+            .unwrap()
+            .contains("{next_step}")
+    );
+    let from = &s.notify.email.as_ref().unwrap().from;
+    assert_eq!(
+        from.email.to_string(),
+        "support@example.com",
+        "templates.from wins"
+    );
+    for (text, key) in [
+        (
+            "[notify.templates.failed]\nbody = \"Hi {nmae}\"\n",
+            "notify.templates.failed.body",
+        ),
+        (
+            "[notify.templates.shipped]\nbody = \"x\"\n",
+            "notify.templates.shipped",
+        ),
+        (
+            "[notify.templates]\nfrom = \"a@b.c\"\n",
+            "notify.templates.from",
+        ),
+        (
+            "[notify]\npublic_url = \"example.com\"\n",
+            "notify.public_url",
+        ),
+    ] {
+        assert_eq!(key_of(from_toml(text)), key, "{text}");
+    }
 }
 
 #[test]

@@ -95,6 +95,13 @@ pub enum NoticeKind {
     ActionCompleted,
     /// An action on the server was given up.
     ActionFailed,
+    /// The order was cancelled by an admin: the storefront refunds or closes it, the customer
+    /// is told.
+    Cancelled,
+    /// An admin put a failed or escalated order back to work (retry, resolve): the storefront
+    /// learns it is in progress again. Webhooks only: the customer is written to again when
+    /// there is news, not for every admin step.
+    Resumed,
 }
 
 /// Who a notice is for.
@@ -109,7 +116,7 @@ pub enum Audience {
 
 impl NoticeKind {
     /// Every kind.
-    pub const ALL: [NoticeKind; 10] = [
+    pub const ALL: [NoticeKind; 12] = [
         Self::Provisioning,
         Self::Ready,
         Self::Failed,
@@ -120,6 +127,8 @@ impl NoticeKind {
         Self::CredentialsChanged,
         Self::ActionCompleted,
         Self::ActionFailed,
+        Self::Cancelled,
+        Self::Resumed,
     ];
 
     /// Stored name.
@@ -135,6 +144,8 @@ impl NoticeKind {
             Self::CredentialsChanged => "credentials_changed",
             Self::ActionCompleted => "action_completed",
             Self::ActionFailed => "action_failed",
+            Self::Cancelled => "cancelled",
+            Self::Resumed => "resumed",
         }
     }
 
@@ -153,6 +164,8 @@ impl NoticeKind {
             Self::CredentialsChanged => "order.credentials_changed",
             Self::ActionCompleted => "server.action_completed",
             Self::ActionFailed => "server.action_failed",
+            Self::Cancelled => "order.cancelled",
+            Self::Resumed => "order.resumed",
             Self::AdminFailed | Self::AdminNeedsAttention | Self::AdminLowStock => "admin.alert",
         }
     }
@@ -166,8 +179,29 @@ impl NoticeKind {
             | Self::NeedsAttention
             | Self::CredentialsChanged
             | Self::ActionCompleted
-            | Self::ActionFailed => Audience::Customer,
+            | Self::ActionFailed
+            | Self::Cancelled
+            | Self::Resumed => Audience::Customer,
             Self::AdminFailed | Self::AdminNeedsAttention | Self::AdminLowStock => Audience::Admin,
+        }
+    }
+
+    /// What the notice says, in a few words, for the timeline's "queued", "delivered" and
+    /// "abandoned" lines (the configured subject may differ).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Provisioning => "\"Your server is being provisioned...\"",
+            Self::Ready => "\"Your server is ready!\" with credentials",
+            Self::Failed => "provisioning failed",
+            Self::NeedsAttention => "order delayed, under review",
+            Self::Cancelled => "order cancelled",
+            Self::Resumed => "order back in progress",
+            Self::CredentialsChanged => "new login details after a reinstall",
+            Self::ActionCompleted => "server action done",
+            Self::ActionFailed => "server action not completed",
+            Self::AdminFailed => "order failed",
+            Self::AdminNeedsAttention => "order needs a decision",
+            Self::AdminLowStock => "low stock",
         }
     }
 

@@ -475,10 +475,8 @@ impl Step<'_> {
                 .record(since_intake.as_secs_f64());
             self.progress.line(
                 now,
-                "📧 Customer notified: \"Your server is ready!\" with credentials",
+                format!("Total Time: {}", crate::clock::human_duration(since_intake)),
             );
-            self.progress
-                .line(now, format!("Total Time: {}ms", since_intake.as_millis()));
             let change = Change {
                 action: Some(action),
                 credentials: Some(sealed),
@@ -488,10 +486,6 @@ impl Step<'_> {
             };
             return self.write(change, Keep::Nothing).await;
         }
-        self.progress.line(
-            now,
-            "📧 Customer notified: new login details after the install",
-        );
         let change = Change {
             credentials: Some(sealed),
             facts: Some(facts(&status, now)),

@@ -188,9 +188,9 @@ pub fn server_evidence(order: &Order, purchases: &[Purchase]) -> Option<String> 
 #[derive(Clone)]
 pub struct AdminService {
     /// Orders and their ledger, changed with [`Store::admin_save`].
-    store: Arc<dyn Store>,
+    pub(super) store: Arc<dyn Store>,
     /// The time written on timeline lines and against which leases are judged.
-    clock: Arc<dyn Clock>,
+    pub(super) clock: Arc<dyn Clock>,
     /// The worker to wake after an action made an order due; `None` when no worker runs in
     /// this process (the CLI on the database: a running `serve` finds the order at its next poll).
     wake: Option<Arc<Notify>>,
@@ -198,7 +198,7 @@ pub struct AdminService {
     actions_per_hour: u32,
 }
 
-fn check_reason(reason: &str) -> Result<&str, AdminError> {
+pub(super) fn check_reason(reason: &str) -> Result<&str, AdminError> {
     let reason = reason.trim();
     if reason.is_empty() {
         return Err(AdminError::NoReason);
@@ -505,6 +505,7 @@ impl AdminService {
                 now,
                 format!("🔁 Retry by {actor}: {reason} ({what})"),
             )],
+            notices: vec![NoticeKind::Resumed],
             ..Change::default()
         };
         self.apply_admin(&order, expected, change).await?;
@@ -647,6 +648,10 @@ impl AdminService {
                 ));
             }
         }
+        if order.state != OrderState::Failed {
+            // Back to work: the storefront hears of it (issue 15).
+            change.notices.push(NoticeKind::Resumed);
+        }
         change.entries = entries;
         self.apply_admin(&order, expected, change).await?;
         Ok(order)
@@ -720,6 +725,8 @@ impl AdminService {
         }
         let change = Change {
             entries,
+            // The storefront refunds or closes it, and the customer is told.
+            notices: vec![NoticeKind::Cancelled],
             ..Change::default()
         };
         self.apply_admin(&order, expected, change).await?;
@@ -773,6 +780,7 @@ impl AdminService {
         }
         let change = Change {
             entries,
+            notices: vec![NoticeKind::Cancelled],
             ..Change::default()
         };
         self.apply_admin(&order, expected, change).await?;

@@ -101,10 +101,6 @@ impl Step<'_> {
         );
         self.progress.line(
             now,
-            "📧 Customer notified: \"Your server is ready!\" with credentials",
-        );
-        self.progress.line(
-            now,
             format!("Total Time: {}", crate::clock::human_duration(since_intake)),
         );
         let change = Change {

@@ -23,11 +23,13 @@ pub(crate) mod buy;
 pub mod catalog;
 mod credentials;
 pub mod discover;
+pub mod failed_queue;
 pub mod intake;
 mod progress;
 pub mod queries;
 mod reconcile;
 mod renew;
+mod resend;
 mod step;
 
 use std::sync::Arc;
@@ -49,7 +51,6 @@ use crate::domain::{
 use crate::policy::{OnUnknown, RetryPolicy};
 use crate::provider::Provider;
 use crate::store::{AccessToken, Claimed, Intake, Store, StoreError};
-use progress::Progress;
 use secrecy::{ExposeSecret, SecretString};
 use step::{Step, Then};
 
@@ -244,17 +245,13 @@ impl Engine {
         );
         tracing::info!(order_id = %order.id, storefront = order.storefront.as_deref().unwrap_or("-"), "{received}");
         tracing::debug!(order_id = %order.id, customer = %order.customer.email, "order received for this customer");
-        let mut entries = vec![TimelineEntry {
+        let entries = vec![TimelineEntry {
             at: now,
             kind: EntryKind::Progress,
             message: format!("{received}, for {}", order.customer.email),
         }];
-        let mut p = Progress::new(order.id.clone());
-        p.line(
-            now,
-            "📧 Customer notified: \"Your server is being provisioned...\"",
-        );
-        entries.extend(p.take());
+        // No "customer notified" line here: the dispatcher writes "queued" when it hands the
+        // notice to its channels, and "delivered" or "abandoned" when they answer.
         let intake = self
             .store
             .insert_order(&order, &access, &entries, &[NoticeKind::Provisioning])

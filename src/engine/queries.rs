@@ -36,6 +36,8 @@ pub struct ListRequest<'a> {
     pub limit: Option<usize>,
     /// Rows to skip, up to [`MAX_OFFSET`].
     pub offset: Option<usize>,
+    /// Search text (see [`OrderFilter::search`]).
+    pub query: Option<&'a str>,
 }
 
 impl ListRequest<'_> {
@@ -61,6 +63,7 @@ impl ListRequest<'_> {
             created_to: text(self.to).map(|t| parse_time("to", t)).transpose()?,
             limit,
             offset: at_most("offset", self.offset, MAX_OFFSET)?,
+            search: text(self.query).map(str::to_string),
             ..OrderFilter::default()
         })
     }
@@ -196,6 +199,21 @@ pub struct OrderPage {
     pub next_offset: Option<usize>,
 }
 
+/// The shortest id suffix looked up as a short id: shorter ones match too many orders to mean
+/// one.
+pub const MIN_SHORT_ID: usize = 6;
+
+/// What an operator's name for an order (a UUID, an order_ref or a short id) came to.
+#[derive(Clone, Debug)]
+pub enum Lookup {
+    /// Exactly this order.
+    Found(Box<Order>),
+    /// No order is known by that name.
+    NotFound,
+    /// A short id that ends several orders' ids: these (up to five).
+    Ambiguous(Vec<Order>),
+}
+
 /// Why an order's credentials cannot be shown.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
@@ -284,6 +302,55 @@ impl Queries {
         id: &OrderId,
     ) -> Result<Option<crate::domain::ServerFacts>, StoreError> {
         self.store.server_facts(id).await
+    }
+
+    /// The order an operator means by `name`: its id (UUID), its order_ref, or the end of its id
+    /// (the dashboard's short id, at least [`MIN_SHORT_ID`] characters), tried in that order.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn find_order(&self, name: &str) -> Result<Lookup, StoreError> {
+        let name = name.trim();
+        if let Ok(id) = OrderId::parse(name) {
+            return Ok(self
+                .store
+                .order(&id)
+                .await?
+                .map_or(Lookup::NotFound, |o| Lookup::Found(Box::new(o))));
+        }
+        if let Ok(order_ref) = crate::domain::OrderRef::parse(name)
+            && let Some(o) = self.store.order_by_ref(&order_ref).await?
+        {
+            return Ok(Lookup::Found(Box::new(o)));
+        }
+        let hexish = name.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+        if name.len() < MIN_SHORT_ID || !hexish {
+            return Ok(Lookup::NotFound);
+        }
+        let mut found = self
+            .store
+            .orders(&OrderFilter {
+                id_suffix: Some(name.to_string()),
+                limit: Some(5),
+                ..OrderFilter::default()
+            })
+            .await?;
+        Ok(match found.len() {
+            0 => Lookup::NotFound,
+            1 => Lookup::Found(Box::new(found.remove(0))),
+            _ => Lookup::Ambiguous(found),
+        })
+    }
+
+    /// An order's deliveries (its Notifications list), oldest first.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn deliveries(
+        &self,
+        id: &OrderId,
+    ) -> Result<Vec<crate::store::DeliveryStatus>, StoreError> {
+        self.store.deliveries(id).await
     }
 
     /// One order with its timeline and ledger; `None` when there is no such order.
@@ -381,6 +448,20 @@ impl Queries {
     /// When the store fails.
     pub async fn catalog(&self) -> Result<Vec<CatalogPackage>, StoreError> {
         self.store.catalog().await
+    }
+
+    /// How far past its due time the most overdue active order is at `now` (zero when none is
+    /// late): an order's due time is its `run_at`, or its lease's expiry while a worker holds it.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn oldest_overdue(&self, now: Timestamp) -> Result<std::time::Duration, StoreError> {
+        Ok(self
+            .store
+            .next_due()
+            .await?
+            .filter(|due| *due < now)
+            .map_or(std::time::Duration::ZERO, |due| now.since(due)))
     }
 
     /// Work waiting in the notice outbox.

@@ -210,7 +210,8 @@ impl Notifier for EmailNotifier {
     }
 
     fn accepts(&self, kind: NoticeKind) -> bool {
-        kind.audience() == self.audience
+        // "Back in progress" is for the storefront; the customer hears when there is news.
+        kind.audience() == self.audience && kind != NoticeKind::Resumed
     }
 
     fn wants_credentials(&self) -> bool {

@@ -60,6 +60,8 @@ pub struct Event {
     /// Whether an admin channel other than the log exists: a customer is told "our team has
     /// been alerted" only when someone actually was.
     pub admins_alerted: bool,
+    /// The configured texts (signature, support link, replacements, the dashboard's address).
+    pub templates: Arc<templates::Templates>,
 }
 
 /// Why a delivery failed. The text is stored and logged, so it never holds a secret or a

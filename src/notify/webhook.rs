@@ -45,7 +45,8 @@ pub struct WebhookEndpoint {
     pub secret: SecretString,
     /// Whether `order.ready` events carry the server's credentials.
     pub trusted: bool,
-    /// Events it takes (`order.ready`, `admin.alert`, ...); empty means all.
+    /// Events it takes (`order.ready`, `admin.alert`, ...); empty means every `order.*` event:
+    /// `admin.alert` goes only to an endpoint that lists it.
     pub events: Vec<String>,
 }
 
@@ -72,7 +73,7 @@ fn redacted_url(url: &Url) -> String {
 }
 
 /// Every event name a webhook can take.
-pub const EVENTS: [&str; 8] = [
+pub const EVENTS: [&str; 10] = [
     "order.provisioning",
     "order.ready",
     "order.failed",
@@ -80,8 +81,14 @@ pub const EVENTS: [&str; 8] = [
     "order.credentials_changed",
     "server.action_completed",
     "server.action_failed",
+    "order.cancelled",
+    "order.resumed",
     "admin.alert",
 ];
+
+/// The event an endpoint takes only when it lists it: admin alerts name customers and
+/// internal reasons, which a storefront's webhook should not receive by default.
+pub const OPT_IN_EVENT: &str = "admin.alert";
 
 /// Posts events to one endpoint.
 pub struct WebhookNotifier {
@@ -191,7 +198,11 @@ impl Notifier for WebhookNotifier {
     }
 
     fn accepts(&self, kind: NoticeKind) -> bool {
-        self.endpoint.events.is_empty() || self.endpoint.events.iter().any(|e| e == kind.event())
+        if self.endpoint.events.is_empty() {
+            kind.event() != OPT_IN_EVENT
+        } else {
+            self.endpoint.events.iter().any(|e| e == kind.event())
+        }
     }
 
     fn wants_credentials(&self) -> bool {
@@ -396,5 +407,29 @@ mod tests {
             "{debug}"
         );
         assert!(debug.contains("https://shop.example/hook"), "{debug}");
+    }
+
+    #[test]
+    fn admin_alerts_go_only_to_an_endpoint_that_lists_them() {
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
+        let endpoint = |events: &[&str]| WebhookEndpoint {
+            name: "shop".into(),
+            url: Url::parse("https://shop.example/hook").unwrap(),
+            secret: SecretString::from("whsec-0123456789abcdef"),
+            trusted: false,
+            events: events.iter().map(|e| e.to_string()).collect(),
+        };
+        let every = WebhookNotifier::new(endpoint(&[]), Duration::from_secs(1), Arc::clone(&clock))
+            .unwrap();
+        assert!(every.accepts(NoticeKind::Cancelled) && every.accepts(NoticeKind::Resumed));
+        assert!(!every.accepts(NoticeKind::AdminFailed), "opt-in");
+        let opted = WebhookNotifier::new(
+            endpoint(&["admin.alert", "order.ready"]),
+            Duration::from_secs(1),
+            clock,
+        )
+        .unwrap();
+        assert!(opted.accepts(NoticeKind::AdminLowStock) && opted.accepts(NoticeKind::Ready));
+        assert!(!opted.accepts(NoticeKind::Failed));
     }
 }

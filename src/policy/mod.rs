@@ -251,6 +251,38 @@ impl Default for RetryPolicy {
     }
 }
 
+/// One readable line for logs: `buy 3 x 2m (waits 2m, 3m; horizon 10m); status 3 x 1m 30s
+/// (waits 1m, 2m); on_unknown reconcile`.
+impl fmt::Display for RetryPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let phase = |p: &PhasePolicy| {
+            let waits: Vec<String> = p
+                .delays
+                .iter()
+                .map(|d| humantime::format_duration(*d).to_string())
+                .collect();
+            format!(
+                "{} x {} (waits {}",
+                p.attempts,
+                humantime::format_duration(p.timeout),
+                if waits.is_empty() {
+                    "none".to_string()
+                } else {
+                    waits.join(", ")
+                }
+            )
+        };
+        write!(
+            f,
+            "buy {}; horizon {}); status {}); on_unknown {}",
+            phase(&self.buy),
+            humantime::format_duration(self.horizon),
+            phase(&self.status),
+            self.on_unknown
+        )
+    }
+}
+
 impl RetryPolicy {
     /// A policy with every duration divided by `factor` (for fast real-time tests).
     pub fn scaled_down(&self, factor: u32) -> Self {
@@ -349,6 +381,14 @@ mod humantime_serde_compat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_policy_is_logged_as_one_readable_line() {
+        assert_eq!(
+            RetryPolicy::default().to_string(),
+            "buy 3 x 2m (waits 2m, 3m; horizon 10m); status 3 x 1m 30s (waits 1m, 2m); on_unknown reconcile"
+        );
+    }
 
     #[test]
     fn an_unknown_outcome_waits_for_the_horizon_and_a_definite_failure_does_not() {

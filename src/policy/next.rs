@@ -365,14 +365,9 @@ impl Decided {
         }
     }
 
+    /// The customer's notice is queued with the failure; the dispatcher's timeline lines say
+    /// whether it arrived, so nothing here claims the customer was told.
     fn fail(&mut self, phase: Phase, reason: String) -> Next {
-        self.progress(match phase {
-            Phase::Buy => "📧 Customer notified: provisioning failed; an admin can retry",
-            // A server is owned, so to the customer the order is late rather than lost.
-            Phase::Credentials => {
-                "📧 Customer notified: provisioning is delayed; an admin will retry"
-            }
-        });
         Next::Fail { phase, reason }
     }
 
@@ -452,13 +447,7 @@ mod tests {
                 reason: "buyVps failed 3 times; last: error".into()
             }
         );
-        assert_eq!(
-            texts(&d),
-            [
-                "💥 PROVISIONING FAILED after 3 attempts",
-                "📧 Customer notified: provisioning failed; an admin can retry",
-            ]
-        );
+        assert_eq!(texts(&d), ["💥 PROVISIONING FAILED after 3 attempts"]);
     }
 
     #[test]
@@ -705,10 +694,7 @@ mod tests {
                     .into()
             }
         );
-        assert_eq!(
-            texts(&d)[1],
-            "📧 Customer notified: provisioning is delayed; an admin will retry"
-        );
+        assert_eq!(texts(&d).len(), 1, "no claim that the customer was told");
     }
 
     fn phase_policy() -> impl Strategy<Value = PhasePolicy> {

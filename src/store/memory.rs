@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    AccessToken, ActionRequest, Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease,
-    NewDelivery, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
+    AccessToken, ActionRequest, Change, Claimed, Delivery, DeliveryResult, DeliveryStatus, Flight,
+    Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -750,6 +750,43 @@ impl Store for MemoryStore {
         let notices = g.outbox.iter().filter(|r| r.next_at.is_some()).count();
         let deliveries = g.deliveries.iter().filter(|r| r.next_at.is_some()).count();
         Ok((notices + deliveries) as u64)
+    }
+
+    async fn deliveries(&self, order: &OrderId) -> Result<Vec<DeliveryStatus>, StoreError> {
+        let g = self.lock();
+        Ok(g.deliveries
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.new.order_id.as_ref() == Some(order))
+            .map(|(i, r)| DeliveryStatus {
+                id: i as i64 + 1,
+                key: r.new.key.clone(),
+                event_id: r.new.event_id.clone(),
+                order_id: r.new.order_id.clone(),
+                kind: r.new.kind,
+                channel: r.new.channel.clone(),
+                detail: r.new.detail.clone(),
+                created_at: r.created_at,
+                attempts: r.attempts,
+                state: DeliveryStatus::state_of(r.delivered_at, r.next_at, r.attempts),
+                last_error: r.last_error.clone(),
+                delivered_at: r.delivered_at,
+                next_at: r.next_at,
+            })
+            .collect())
+    }
+
+    async fn append_timeline(
+        &self,
+        entries: &[(OrderId, TimelineEntry)],
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        for (id, entry) in entries {
+            if let Some(row) = g.orders.get_mut(id) {
+                row.timeline.push(entry.clone());
+            }
+        }
+        Ok(())
     }
 
     async fn replace_catalog(&self, packages: &[CatalogPackage]) -> Result<(), StoreError> {

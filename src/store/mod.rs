@@ -248,6 +248,9 @@ pub struct OrderFilter {
     pub limit: Option<usize>,
     /// Rows to skip.
     pub offset: Option<usize>,
+    /// Only orders whose id ends with this (lowercase hex and dashes): the short id the
+    /// dashboard shows, which the CLI takes wherever it takes an order.
+    pub id_suffix: Option<String>,
 }
 
 impl OrderFilter {
@@ -277,6 +280,93 @@ impl OrderFilter {
                 .iter()
                 .any(|field| field.contains(&q))
             })
+            && match (&self.id_suffix, self.id_suffix_text()) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(_), Some(s)) => order.id.as_str().ends_with(&s),
+            }
+    }
+
+    /// The id suffix, when it is one an id can end with (hex digits and dashes), lowercased.
+    pub fn id_suffix_text(&self) -> Option<String> {
+        self.id_suffix
+            .as_deref()
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
+    }
+}
+
+/// Where a delivery stands, as an admin reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Not tried yet.
+    Queued,
+    /// Tried and failed; another attempt is scheduled.
+    Retrying,
+    /// The receiver has it.
+    Delivered,
+    /// Attempts are exhausted (or its channel is gone): it will not be sent again unless an
+    /// admin resends it.
+    Abandoned,
+}
+
+impl DeliveryState {
+    /// The name shown and serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Retrying => "retrying",
+            Self::Delivered => "delivered",
+            Self::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// One delivery as the order's Notifications list shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeliveryStatus {
+    /// Row id: what a resend names.
+    pub id: i64,
+    /// Idempotency key.
+    pub key: String,
+    /// The event's id, shared across channels.
+    pub event_id: String,
+    /// The order it is about.
+    pub order_id: Option<OrderId>,
+    /// What it says.
+    pub kind: NoticeKind,
+    /// Where it goes.
+    pub channel: String,
+    /// What it was queued with (a failure's phase, an alert's text).
+    pub detail: Option<String>,
+    /// When it was queued.
+    pub created_at: Timestamp,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// The last failure, when it failed.
+    pub last_error: Option<String>,
+    /// When it was delivered.
+    pub delivered_at: Option<Timestamp>,
+    /// When the next attempt is due.
+    pub next_at: Option<Timestamp>,
+}
+
+impl DeliveryStatus {
+    /// The state of a delivery row from its columns.
+    pub fn state_of(
+        delivered_at: Option<Timestamp>,
+        next_at: Option<Timestamp>,
+        attempts: u32,
+    ) -> DeliveryState {
+        match (delivered_at, next_at) {
+            (Some(_), _) => DeliveryState::Delivered,
+            (None, None) => DeliveryState::Abandoned,
+            (None, Some(_)) if attempts == 0 => DeliveryState::Queued,
+            (None, Some(_)) => DeliveryState::Retrying,
+        }
     }
 }
 
@@ -525,6 +615,16 @@ pub trait Store: Send + Sync + 'static {
     /// Work waiting in the outbox: notices not yet fanned out plus deliveries neither delivered
     /// nor abandoned.
     async fn outbox_backlog(&self) -> Result<u64, StoreError>;
+
+    // issue 15: notices you can trust
+    /// An order's deliveries, oldest first: its Notifications list, and what the dispatcher
+    /// reads to send one failure notice per failure episode.
+    async fn deliveries(&self, order: &OrderId) -> Result<Vec<DeliveryStatus>, StoreError>;
+    /// Appends timeline lines to orders without a lease (the dispatcher's "queued",
+    /// "delivered" and "abandoned" lines), in one transaction. A line for an order that does
+    /// not exist is dropped.
+    async fn append_timeline(&self, entries: &[(OrderId, TimelineEntry)])
+    -> Result<(), StoreError>;
 
     /// Housekeeping the database needs and is not doing by itself; `serve` calls it every
     /// [`MAINTENANCE_INTERVAL`]. PostgreSQL: vacuums the queue tables when the server's

@@ -33,8 +33,8 @@ use sqlx::{ConnectOptions, Connection, PgPool, Postgres};
 
 use super::sql::{self, Arg, SqlRow, Stmt};
 use super::{
-    AccessToken, ActionRequest, Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease,
-    NewDelivery, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
+    AccessToken, ActionRequest, Change, Claimed, Delivery, DeliveryResult, DeliveryStatus, Flight,
+    Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -740,6 +740,30 @@ impl Store for PostgresStore {
     }
 
     // issue 4: catalog and access tokens
+
+    async fn deliveries(&self, order: &OrderId) -> Result<Vec<DeliveryStatus>, StoreError> {
+        let rows = query(&sql::deliveries_of(order))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(sql::delivery_status).collect()
+    }
+
+    async fn append_timeline(
+        &self,
+        entries: &[(OrderId, TimelineEntry)],
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (id, e) in entries {
+            query(&sql::append_timeline(id, e))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 
     async fn replace_catalog(&self, packages: &[CatalogPackage]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;

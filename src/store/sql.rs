@@ -19,8 +19,8 @@ use std::sync::LazyLock;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{
-    AccessToken, Change, Claimed, Delivery, DeliveryResult, Lease, Notice, OrderFilter,
-    StateCounts, StoreError,
+    AccessToken, Change, Claimed, Delivery, DeliveryResult, DeliveryStatus, Lease, Notice,
+    OrderFilter, StateCounts, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{ActionKind, ActionState, CallOutcome, Os, ServerAction, ServerFacts, Stage};
@@ -175,6 +175,11 @@ pub(crate) fn order_by_ref(order_ref: &OrderRef) -> Stmt {
 /// A page of orders, newest first. The casts let PostgreSQL type a parameter that is only
 /// compared with NULL; SQLite accepts them as they are.
 pub(crate) fn orders(f: &OrderFilter) -> Stmt {
+    // A suffix that cannot end an id matches nothing rather than everything.
+    let suffix = f.id_suffix.as_ref().map(|_| {
+        f.id_suffix_text()
+            .map_or_else(|| "z".to_string(), |s| format!("%{s}"))
+    });
     Stmt::new(format!(
         "SELECT {ORDER_COLUMNS} FROM orders WHERE (CAST($1 AS TEXT) IS NULL OR state = $1) \
          AND (CAST($2 AS BIGINT) IS NULL OR package_id = $2) \
@@ -182,6 +187,7 @@ pub(crate) fn orders(f: &OrderFilter) -> Stmt {
          AND (CAST($7 AS TEXT) IS NULL OR failure_phase = $7) \
          AND (CAST($8 AS TEXT) IS NULL OR LOWER(order_ref) LIKE $8 ESCAPE '\\' OR LOWER(customer_email) LIKE $8 ESCAPE '\\' \
               OR server_ip LIKE $8 ESCAPE '\\' OR LOWER(id) LIKE $8 ESCAPE '\\') \
+         AND (CAST($9 AS TEXT) IS NULL OR id LIKE $9) \
          ORDER BY created_at DESC, id DESC LIMIT $5 OFFSET $6"
     ))
     .text(f.state.map(OrderState::as_str))
@@ -192,6 +198,7 @@ pub(crate) fn orders(f: &OrderFilter) -> Stmt {
     .int(limit(f.offset.unwrap_or(0)))
     .text(f.phase.map(Phase::as_str))
     .text(f.search.as_deref().map(like_pattern).as_deref())
+    .text(suffix.as_deref())
 }
 
 /// `%text%` for `LIKE ... ESCAPE '\'`, lowercased as the columns are compared: the text's own
@@ -665,6 +672,26 @@ pub(crate) fn finish_delivery(d: &Delivery, result: &DeliveryResult) -> Stmt {
     }
 }
 
+/// An order's deliveries, oldest first (decoded by [`delivery_status`]).
+pub(crate) fn deliveries_of(order: &OrderId) -> Stmt {
+    Stmt::new(
+        "SELECT id, key, event_id, order_id, kind, channel, detail, created_at, attempts, next_at, delivered_at, \
+         last_error FROM outbox_deliveries WHERE order_id = $1 ORDER BY id",
+    )
+    .str(order.as_str())
+}
+
+/// One timeline line for an order that exists (a line for a missing order inserts nothing).
+pub(crate) fn append_timeline(id: &OrderId, e: &TimelineEntry) -> Stmt {
+    Stmt::new(
+        "INSERT INTO timeline (order_id, at, kind, message) SELECT id, $1, $2, $3 FROM orders WHERE id = $4",
+    )
+    .int(e.at.millis())
+    .str(e.kind.as_str())
+    .str(&e.message)
+    .str(id.as_str())
+}
+
 /// Notices not yet fanned out plus deliveries still to send; column `backlog`.
 pub(crate) fn outbox_backlog() -> Stmt {
     Stmt::new(
@@ -933,6 +960,32 @@ pub(crate) fn delivery(row: &impl SqlRow, worker: &str) -> Result<Delivery, Stor
         attempt: u32_col(row, "attempts")?,
         worker: worker.to_string(),
         token: row.int("claim_token")?,
+    })
+}
+
+/// A delivery's status from a [`deliveries_of`] row.
+pub(crate) fn delivery_status(row: &impl SqlRow) -> Result<DeliveryStatus, StoreError> {
+    let kind = row.text("kind")?;
+    let attempts = u32_col(row, "attempts")?;
+    let delivered_at = ts_col(row, "delivered_at")?;
+    let next_at = ts_col(row, "next_at")?;
+    Ok(DeliveryStatus {
+        id: row.int("id")?,
+        key: row.text("key")?,
+        event_id: row.text("event_id")?,
+        order_id: row
+            .opt_text("order_id")?
+            .map(|s| order_id(&s, "outbox_deliveries.order_id"))
+            .transpose()?,
+        kind: NoticeKind::parse(&kind).ok_or_else(|| corrupt("outbox_deliveries.kind", &kind))?,
+        channel: row.text("channel")?,
+        detail: row.opt_text("detail")?,
+        created_at: Timestamp(row.int("created_at")?),
+        attempts,
+        state: DeliveryStatus::state_of(delivered_at, next_at, attempts),
+        last_error: row.opt_text("last_error")?,
+        delivered_at,
+        next_at,
     })
 }
 

@@ -20,8 +20,8 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::sql::{self, Arg, SqlRow, Stmt};
 use super::{
-    AccessToken, ActionRequest, Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease,
-    NewDelivery, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
+    AccessToken, ActionRequest, Change, Claimed, Delivery, DeliveryResult, DeliveryStatus, Flight,
+    Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -759,6 +759,31 @@ impl Store for SqliteStore {
     async fn outbox_backlog(&self) -> Result<u64, StoreError> {
         let row = query(&sql::outbox_backlog()).fetch_one(&self.pool).await?;
         Ok(u64::try_from(row.int("backlog")?).unwrap_or(0))
+    }
+
+    async fn deliveries(&self, order: &OrderId) -> Result<Vec<DeliveryStatus>, StoreError> {
+        let rows = query(&sql::deliveries_of(order))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(sql::delivery_status).collect()
+    }
+
+    async fn append_timeline(
+        &self,
+        entries: &[(OrderId, TimelineEntry)],
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut turn = self.write_turn().await?;
+        let mut tx = turn.begin().await?;
+        for (id, e) in entries {
+            query(&sql::append_timeline(id, e))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn replace_catalog(&self, packages: &[CatalogPackage]) -> Result<(), StoreError> {

@@ -23,6 +23,19 @@ use crate::policy::RetryPolicy;
 use crate::policy::plan::format_total;
 use crate::simulator::{PackageSpec, Scenario, Simulator};
 
+/// `println!` that ignores a closed stdout (`provisioner demo | head`): the demo's output is
+/// for a reader, and one who stopped reading is not an error.
+macro_rules! say {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// One demo order and what its scenario expects.
 struct Case {
     scenario: Scenario,
@@ -79,17 +92,19 @@ const SCENARIOS: [(Scenario, u32, &str, OrderState, u64, usize); 6] = [
         1,
     ),
 ];
-/// Runs the demo; exit code 0 only if every order ended as its scenario expects.
+/// Runs the demo; exit code 0 only if every order ended as its scenario expects. With `keep`,
+/// the service then stays up on its database (which is kept) until Ctrl-C, for the dashboard.
 ///
 /// # Errors
-/// Start-up failures.
-pub async fn run(speed: f64) -> anyhow::Result<ExitCode> {
-    let speed = if speed.is_finite() && speed >= 1.0 {
-        speed
-    } else {
-        60.0
-    };
-    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+/// A speed outside 1 to 100000, or start-up failures.
+pub async fn run(speed: f64, keep: bool) -> anyhow::Result<ExitCode> {
+    if !speed.is_finite() || !(1.0..=100_000.0).contains(&speed) {
+        anyhow::bail!("--speed must be between 1 and 100000; got {speed}");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("provisioner-demo-")
+        .tempdir()
+        .context("creating a temporary directory")?;
     let clock: Arc<dyn Clock> = Arc::new(ScaledClock::new(SystemClock.now(), speed));
     let sim = Simulator::new(Arc::clone(&clock), 7);
     let mut cases = Vec::new();
@@ -134,14 +149,14 @@ pub async fn run(speed: f64) -> anyhow::Result<ExitCode> {
     )
     .await?;
     let api = format!("http://{}", running.addr);
-    println!(
+    say!(
         "provisioner demo: service at {api}, SmartVPS simulator at http://{}, time x{speed}",
         running
             .simulator_addr
             .map(|a| a.to_string())
             .unwrap_or_default()
     );
-    println!(
+    say!(
         "policy: the seed's (buy 3 x 120s, waits 2m/3m; status 3 x 90s, waits 1m/2m; on_unknown = reconcile)\n"
     );
 
@@ -193,7 +208,7 @@ pub async fn run(speed: f64) -> anyhow::Result<ExitCode> {
                         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                         .map(|d| Timestamp(d.as_millis() as i64).since(start_at))
                         .unwrap_or_default();
-                    println!(
+                    say!(
                         "[{:>5}] {:<16} {}",
                         clockface(offset),
                         case.scenario.name(),
@@ -217,10 +232,17 @@ pub async fn run(speed: f64) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
-    println!();
-    println!(
+    say!();
+    say!(
         "{:<17} {:<16} {:>4} {:>6} {:>12} {:>12} {:>11} {:>8}  AS EXPECTED",
-        "SCENARIO", "STATE", "BUYS", "STATUS", "SIM. TIME", "SEED SUMS", "SEED SAYS", "SERVERS"
+        "SCENARIO",
+        "STATE",
+        "BUYS",
+        "STATUS",
+        "SIM. TIME",
+        "SEED SUMS",
+        "SEED SAYS",
+        "SERVERS"
     );
     let mut all_ok = true;
     for case in &cases {
@@ -257,7 +279,7 @@ pub async fn run(speed: f64) -> anyhow::Result<ExitCode> {
             .expected_total(&RetryPolicy::default())
             .map(format_total)
             .unwrap_or_else(|| "-".into());
-        println!(
+        say!(
             "{:<17} {:<16} {:>4} {:>6} {:>12} {:>12} {:>11} {:>8}  {}",
             case.scenario.name(),
             state,
@@ -279,37 +301,159 @@ pub async fn run(speed: f64) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    println!();
-    println!(
+    say!();
+    say!(
         "SIM. TIME: intake to ready (or to the final state) on the simulated clock. SEED SUMS: the seed's own step"
     );
-    println!(
+    say!(
         "figures added up, as if every failure were definite (`plan`'s first summary). SEED SAYS: its prose estimate."
     );
-    println!(
+    say!(
         "The seed's failing buyVps calls time out, and a timed-out purchase may still complete at SmartVPS: no"
     );
-    println!(
+    say!(
         "\"nothing was bought\" verdict comes before policy.buy.horizon (10 min) has passed since it was sent, so the"
     );
-    println!(
+    say!(
         "buy retries of moderate, worst and complete_failure wait for it (`provisioner plan` shows both sums)."
     );
-    println!(
+    say!(
         "late_completion: the seed's literal retry would have bought a second server; the late reply on the open"
     );
-    println!(
+    say!(
         "connection named the server, and the order was delivered with it. lost_reply: the reply was lost, the stock"
     );
-    println!("fell, and the order stopped for an admin with exactly one server bought.");
+    say!("fell, and the order stopped for an admin with exactly one server bought.");
+    let resolved = resolve_lost_reply(&http, &api, &admin_token, &cases, &finals, &clock).await;
+    all_ok &= resolved.unwrap_or_else(|e| {
+        say!("\nthe admin's resolution of lost_reply failed: {e:#}");
+        false
+    });
+    if all_ok {
+        say!("\ndemo OK: every order ended as its scenario expects");
+    } else {
+        say!("\ndemo FAILED: some order did not end as its scenario expects");
+    }
+    if keep {
+        let db = dir.keep();
+        say!("\n--keep: the service keeps running on its database; Ctrl-C stops it.");
+        say!("  dashboard:   {api}/admin");
+        say!(
+            "  admin token: {}   (sign in with it; the API takes it as a Bearer token)",
+            secrecy::ExposeSecret::expose_secret(&admin_token)
+        );
+        say!("  database:    sqlite://{}", db.join("demo.db").display());
+        say!("  orders:      provisioner orders list --api {api} --token <admin token>");
+        crate::app::wait_for_signal().await;
+        say!("stopping; the database stays at {}", db.display());
+    }
     running.stop().await;
     Ok(if all_ok {
-        println!("\ndemo OK: every order ended as its scenario expects");
         ExitCode::SUCCESS
     } else {
-        println!("\ndemo FAILED: some order did not end as its scenario expects");
         ExitCode::FAILURE
     })
+}
+
+/// What an admin does with the order that needs attention: adopts the server the discovery scan
+/// found for it (one click on the dashboard), on the record, and the order goes on to ready.
+/// Whether it came out ready.
+async fn resolve_lost_reply(
+    http: &reqwest::Client,
+    api: &str,
+    token: &secrecy::SecretString,
+    cases: &[Case],
+    finals: &HashMap<String, Value>,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<bool> {
+    let token = secrecy::ExposeSecret::expose_secret(token);
+    let Some(id) = cases
+        .iter()
+        .find(|c| c.scenario == Scenario::LostReply)
+        .and_then(|c| c.order_id.clone())
+    else {
+        return Ok(true);
+    };
+    let view = finals.get(id.as_str()).cloned().unwrap_or(Value::Null);
+    if view["state"] != "needs_attention" {
+        say!(
+            "\nlost_reply is {} rather than needs_attention: nothing for an admin to resolve",
+            view["state"]
+        );
+        return Ok(false);
+    }
+    let seen = view["timeline"].as_array().map_or(0, Vec::len);
+    let candidate = view["candidates"]
+        .as_array()
+        .and_then(|c| c.first())
+        .and_then(|c| c["ip"].as_str())
+        .map(str::to_string);
+    let body = match &candidate {
+        Some(ip) => json!({
+            "action": "adopt",
+            "ip": ip,
+            "reason": "the server the discovery scan found is the one this order bought",
+        }),
+        None => json!({
+            "action": "fail",
+            "reason": "no candidate server was found; refund the customer",
+        }),
+    };
+    say!(
+        "\nAn admin resolves lost_reply: {}",
+        match &candidate {
+            Some(ip) => format!("adopts {ip}, the server the discovery scan found"),
+            None => "no candidate was found, so it is failed".to_string(),
+        }
+    );
+    http.post(format!("{api}/api/v1/orders/{id}/resolve"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?;
+    let deadline = clock.now().plus(Duration::from_secs(10 * 60));
+    let mut shown = seen;
+    loop {
+        let view: Value = http
+            .get(format!("{api}/api/v1/orders/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        if let Some(lines) = view["timeline"].as_array() {
+            for line in lines.iter().skip(shown) {
+                say!(
+                    "        {:<16} {}",
+                    "lost_reply",
+                    line["message"].as_str().unwrap_or("")
+                );
+            }
+            shown = lines.len();
+        }
+        let state = view["state"].as_str().unwrap_or("?").to_string();
+        let settled = state == "ready" || state == "failed";
+        if settled || clock.now() > deadline {
+            let ok = state
+                == if candidate.is_some() {
+                    "ready"
+                } else {
+                    "failed"
+                };
+            say!(
+                "lost_reply is now {state}{}",
+                if ok {
+                    " (resolved by an admin, on the record)"
+                } else {
+                    ""
+                }
+            );
+            return Ok(ok);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn clockface(d: Duration) -> String {

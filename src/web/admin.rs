@@ -13,7 +13,6 @@ use serde_json::{Map, Value, json};
 
 use super::auth::Admin;
 use super::intake::{no_unknown_keys, string};
-use super::orders::order_id;
 use super::views::OrderView;
 use super::{ApiError, AppState};
 use crate::domain::{CatalogPackage, FieldError, PackageId};
@@ -66,6 +65,7 @@ pub fn parse_filter(params: &HashMap<String, String>) -> Result<OrderFilter, Fie
         to: get("to"),
         limit: count("limit", MAX_PAGE_SIZE)?,
         offset: count("offset", MAX_OFFSET)?,
+        query: get("query"),
     }
     .filter()?;
     Ok(OrderFilter {
@@ -130,7 +130,8 @@ pub(super) async fn retry(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
-    let id = order_id(&id)?;
+    // An admin may name the order by id, order_ref or short id.
+    let id = super::orders::find(&state, &id).await?.id;
     let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["reason"], "")?;
     let order = state.engine.retry(&id, &admin, &reason_of(&obj)?).await?;
@@ -145,7 +146,8 @@ pub(super) async fn resolve(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
-    let id = order_id(&id)?;
+    // An admin may name the order by id, order_ref or short id.
+    let id = super::orders::find(&state, &id).await?.id;
     let obj = body_object(&body)?;
     no_unknown_keys(&obj, &RESOLVE_KEYS, "")?;
     let reason = reason_of(&obj)?;
@@ -189,7 +191,8 @@ pub(super) async fn cancel(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
-    let id = order_id(&id)?;
+    // An admin may name the order by id, order_ref or short id.
+    let id = super::orders::find(&state, &id).await?.id;
     let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["reason", "override_server_check"], "")?;
     let override_server_check = flag(&obj, "override_server_check")?;
@@ -207,7 +210,7 @@ pub(super) async fn mark_resolved(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
-    let id = order_id(&id)?;
+    let id = super::orders::find(&state, &id).await?.id;
     let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["reason"], "")?;
     let order = state
@@ -224,7 +227,7 @@ pub(super) async fn change_address(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
-    let id = order_id(&id)?;
+    let id = super::orders::find(&state, &id).await?.id;
     let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["reason", "ip", "override_package_check"], "")?;
     let reason = reason_of(&obj)?;
@@ -307,6 +310,42 @@ pub(super) async fn mark_resolved_failed(
     Ok(Json(summary))
 }
 
+/// `POST /api/v1/orders/{id}/notifications/{delivery}/resend` with `{"reason"?}` (an empty body
+/// too): queues the delivery again (issue 15).
+pub(super) async fn resend(
+    Admin(admin): Admin,
+    State(state): State<AppState>,
+    Path((id, delivery)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let order = super::orders::find(&state, &id).await?;
+    let delivery: i64 = delivery.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no notification {delivery:?}"),
+        )
+    })?;
+    let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let obj = body_object(&body)?;
+        no_unknown_keys(&obj, &["reason"], "")?;
+        match obj.get("reason") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(r)) => Some(r.clone()),
+            Some(_) => return Err(ApiError::field("reason", "must be a string")),
+        }
+    };
+    let key = state
+        .engine
+        .admin()
+        .resend(&order.id, delivery, &admin, reason.as_deref())
+        .await?;
+    Ok(Json(
+        json!({ "order_id": order.id, "delivery": delivery, "key": key }),
+    ))
+}
+
 /// One catalog row as the API shows it.
 #[derive(Serialize)]
 pub(super) struct PackageView {
@@ -324,7 +363,7 @@ pub(super) struct PackageView {
     synced_at: String,
 }
 
-pub(super) fn catalog_json(packages: &[CatalogPackage], threshold: u32) -> Value {
+pub(crate) fn catalog_json(packages: &[CatalogPackage], threshold: u32) -> Value {
     let rows: Vec<PackageView> = packages
         .iter()
         .map(|p| PackageView {

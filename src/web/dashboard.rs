@@ -60,6 +60,10 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/failed", get(failed_page))
         .route("/admin/failed/retry", post(retry_failed))
         .route("/admin/failed/mark-resolved", post(mark_resolved_failed))
+        .route(
+            "/admin/orders/{id}/notifications/{delivery}/resend",
+            post(resend),
+        )
 }
 
 /// A rendered page with the dashboard's security headers.
@@ -597,6 +601,8 @@ struct OrderPage {
     timeline: Vec<EntryRow>,
     /// Servers a scan found that may be this order's, each with its own Adopt button.
     candidates: Vec<CandidateRow>,
+    /// Every delivery of the order's notices, each resendable once it ended (issue 15).
+    notifications: Vec<super::views::NotificationView>,
     /// The server's state and its actions, once the order owns one.
     server_panel: Option<ServerPanel>,
 }
@@ -817,8 +823,16 @@ async fn render_order(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
+    let notifications = match store.deliveries(id).await {
+        Ok(list) => list
+            .iter()
+            .map(super::views::NotificationView::new)
+            .collect(),
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
     let html = OrderPage {
         server_panel,
+        notifications,
         candidates,
         user: user.name.clone(),
         csrf: user.csrf.expose_secret().to_string(),
@@ -880,6 +894,7 @@ async fn order_page(
         }
         "mark-resolved" => "Marked resolved: the order left the failed queue.".to_string(),
         "address" => "Address changed: status polling starts again.".to_string(),
+        "resend" => "Queued again: the Notifications list shows how it goes.".to_string(),
         _ => "Done.".to_string(),
     });
     render_order(
@@ -1400,6 +1415,34 @@ async fn server_action(
             Ok(r) => super::actions::answer(r, state.engine.clock().now()).map(|_| ()),
             Err(e) => Err(ApiError::internal(e)),
         },
+    };
+    after(&state, &user, &id, sticky, result).await
+}
+
+/// Resend of one of the order's notifications (issue 15): CSRF-checked, reason optional.
+async fn resend(
+    State(state): State<AppState>,
+    user: DashboardUser,
+    Path((id, delivery)): Path<(String, String)>,
+    Form(form): Form<ReasonForm>,
+) -> Response {
+    let id = match checked_order(&user, form.csrf.as_deref(), &id) {
+        Ok(id) => id,
+        Err(refused) => return refused.into_response(),
+    };
+    let Ok(delivery) = delivery.parse::<i64>() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let result = state
+        .engine
+        .admin()
+        .resend(&id, delivery, &user.name, form.reason.as_deref())
+        .await
+        .map(|_| ())
+        .map_err(ApiError::from);
+    let sticky = Sticky {
+        form: "resend",
+        ..Sticky::default()
     };
     after(&state, &user, &id, sticky, result).await
 }

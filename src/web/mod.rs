@@ -126,6 +126,11 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         ),
         (
             Method::POST,
+            "/api/v1/orders/{id}/notifications/{delivery}/resend",
+            post(admin::resend),
+        ),
+        (
+            Method::POST,
             "/api/v1/orders/{id}/access-token",
             post(orders::rotate_token),
         ),
@@ -335,6 +340,27 @@ async fn metrics_text(State(state): State<AppState>) -> Result<Response, ApiErro
     let backlog = queries.outbox_backlog().await.map_err(ApiError::internal)?;
     metrics::gauge!("provisioner_outbox_backlog").set(backlog as f64);
     upstream_gauges(&state.health.snapshot());
+    // issue 15: stuck orders and stock, for docs/alerts.yml.
+    let now = state.engine.clock().now();
+    let overdue = queries
+        .oldest_overdue(now)
+        .await
+        .map_err(ApiError::internal)?;
+    metrics::gauge!("provisioner_oldest_overdue_seconds").set(overdue.as_secs_f64());
+    // Packages still sold only: an inactive one at 0 is not running out.
+    for p in state
+        .catalog
+        .packages()
+        .await
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .filter(|p| p.active)
+    {
+        metrics::gauge!("provisioner_package_free", "package" => p.id.0.to_string(), "name" => p.name.clone())
+            .set(f64::from(p.free));
+    }
+    metrics::gauge!("provisioner_package_low_stock_threshold")
+        .set(f64::from(state.catalog.low_stock()));
     let content_type = [(
         axum::http::header::CONTENT_TYPE,
         "text/plain; version=0.0.4; charset=utf-8",

@@ -27,7 +27,7 @@ fn ok(description: &str, schema: &str) -> Value {
 }
 
 fn id_param() -> Value {
-    json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } })
+    json!({ "name": "id", "in": "path", "required": true, "description": "The order's id (UUID). With an admin token, also its order_ref or its short id (the id's last 12 characters).", "schema": { "type": "string" } })
 }
 
 fn action(summary: &str, description: &str, body: &str) -> Value {
@@ -76,6 +76,7 @@ fn order_schema(states: &[&str]) -> Value {
             "purchases": { "type": "array", "description": "Admin view only: the purchase ledger.", "items": { "type": "object" } },
             "candidates": { "type": "array", "description": "Admin view of an order needing attention: servers a discovery scan found (ip, package_id, ram_gb, expiry, first_seen); adopt one with resolve.", "items": { "type": "object" } },
             "os_name": { "type": ["string", "null"], "description": "The ordered OS by name." },
+            "notifications": { "type": "array", "description": "Admin view only: every delivery of the order's notices (id, channel, notice, event, state: queued | retrying | delivered | abandoned, attempts, last_error, created_at, delivered_at, next_at); resend one with POST .../notifications/{delivery}/resend.", "items": { "type": "object" } },
             "server": { "type": "object", "description": "Once a server is owned: what status last said (power Online/Offline, os, expiry, action_status, checked_at).", "properties": { "power": { "type": ["string", "null"] }, "os": { "type": ["string", "null"] }, "expiry": { "type": ["string", "null"] }, "action_status": { "type": ["string", "null"] }, "checked_at": { "type": ["string", "null"], "format": "date-time" } } },
             "actions": { "type": "array", "items": { "$ref": "#/components/schemas/ServerAction" } }
         }
@@ -445,6 +446,28 @@ pub fn spec() -> Value {
                         "400": error("Malformed JSON."),
                         "401": error("No valid admin token."),
                         "422": error("A field is missing or invalid (`field` names it), e.g. no reason.")
+                    }
+                }
+            },
+            "/api/v1/orders/{id}/notifications/{delivery}/resend": {
+                "post": {
+                    "summary": "Resend one of the order's notifications",
+                    "description": "Queues the delivery again on its channel under a new idempotency key, and records who and why in the timeline. Refused (409) while it is still queued or retrying. The body and its reason are optional.",
+                    "security": [{ "adminToken": [] }],
+                    "parameters": [
+                        id_param(),
+                        { "name": "delivery", "in": "path", "required": true, "description": "The delivery's id, from the order view's `notifications`.", "schema": { "type": "integer" } }
+                    ],
+                    "requestBody": {
+                        "required": false,
+                        "content": { "application/json": { "schema": { "type": "object", "properties": { "reason": { "type": "string" } }, "additionalProperties": false } } }
+                    },
+                    "responses": {
+                        "200": { "description": "Queued again: `{\"order_id\", \"delivery\", \"key\"}`." },
+                        "401": error("No valid admin token."),
+                        "404": error("No such order or delivery."),
+                        "409": error("The delivery is still on its way."),
+                        "422": error("A bad reason.")
                     }
                 }
             },

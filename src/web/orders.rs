@@ -37,14 +37,33 @@ pub(super) fn order_id(raw: &str) -> Result<OrderId, ApiError> {
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, format!("no order {raw:?}")))
 }
 
-pub(super) async fn load(state: &AppState, id: &OrderId) -> Result<Order, ApiError> {
-    state
+/// The order an admin names by id, order_ref or short id (404 when none or several match).
+pub(super) async fn find(state: &AppState, raw: &str) -> Result<Order, ApiError> {
+    use crate::engine::queries::Lookup;
+    match state
         .engine
         .queries()
-        .order(id)
+        .find_order(raw)
         .await
         .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no order {id}")))
+    {
+        Lookup::Found(o) => Ok(*o),
+        Lookup::NotFound => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no order {raw:?} (tried id, order_ref and short id)"),
+        )),
+        Lookup::Ambiguous(orders) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{raw:?} is the end of several order ids ({}); give more of it",
+                orders
+                    .iter()
+                    .map(|o| o.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
 }
 
 /// Who is asking about order `raw`, and the order. Admins get 404 for an unknown order; anyone
@@ -57,8 +76,8 @@ pub(super) async fn authorize(
 ) -> Result<(Viewer, Order), ApiError> {
     state.throttle.check(client)?;
     if let Some(name) = state.auth.admin_of(headers) {
-        let id = order_id(raw)?;
-        let order = load(state, &id).await?;
+        // Admins may name an order by id, order_ref or short id, as on the CLI.
+        let order = find(state, raw).await?;
         return Ok((Viewer::Admin(name), order));
     }
     // Asking without a credential is not guessing one; a guess takes its try before it is
@@ -117,6 +136,13 @@ pub(super) async fn order(
                 view.candidates = Some(queries.candidates(&id).await.map_err(ApiError::internal)?);
             }
             super::actions::add_server(&state, &order, &mut view).await?;
+            let deliveries = queries.deliveries(&id).await.map_err(ApiError::internal)?;
+            view.notifications = Some(
+                deliveries
+                    .iter()
+                    .map(super::views::NotificationView::new)
+                    .collect(),
+            );
             Ok(Json(view))
         }
         Viewer::Customer => {

@@ -56,6 +56,10 @@ pub struct OrderView {
     /// Actions on the server (start, stop, reboot, reinstall, change OS), oldest first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actions: Option<Vec<ActionView>>,
+    /// Admin view: every delivery of the order's notices (channel, state, attempts, last
+    /// error), each resendable with `POST .../notifications/{id}/resend`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<Vec<NotificationView>>,
 }
 
 /// What status last said about a server.
@@ -133,6 +137,57 @@ impl From<&crate::domain::ServerAction> for ActionView {
     }
 }
 
+/// One delivery of a notice to one channel, as the admin API shows it.
+#[derive(Debug, Serialize)]
+pub struct NotificationView {
+    /// Delivery id (what Resend names).
+    pub id: i64,
+    /// `email:customer`, `email:admin`, `webhook:<name>` or `log`.
+    pub channel: String,
+    /// The notice (`provisioning`, `ready`, `failed`, ...).
+    pub notice: &'static str,
+    /// Its webhook event name.
+    pub event: &'static str,
+    /// queued, retrying, delivered or abandoned.
+    pub state: crate::store::DeliveryState,
+    /// Attempts started.
+    pub attempts: u32,
+    /// The last failure (no secrets, no receiver reply bodies).
+    pub last_error: Option<String>,
+    /// Queued at (RFC 3339).
+    pub created_at: String,
+    /// Delivered at.
+    pub delivered_at: Option<String>,
+    /// Next attempt at, while retrying.
+    pub next_at: Option<String>,
+}
+
+impl NotificationView {
+    /// Whether it ended (delivered or abandoned), so Resend applies.
+    pub fn resendable(&self) -> bool {
+        matches!(
+            self.state,
+            crate::store::DeliveryState::Delivered | crate::store::DeliveryState::Abandoned
+        )
+    }
+
+    /// The view of a delivery.
+    pub fn new(d: &crate::store::DeliveryStatus) -> Self {
+        Self {
+            id: d.id,
+            channel: d.channel.clone(),
+            notice: d.kind.as_str(),
+            event: d.kind.event(),
+            state: d.state,
+            attempts: d.attempts,
+            last_error: d.last_error.clone(),
+            created_at: ts(d.created_at),
+            delivered_at: d.delivered_at.map(ts),
+            next_at: d.next_at.map(ts),
+        }
+    }
+}
+
 /// Attempt counters.
 #[derive(Debug, Serialize)]
 pub struct Attempts {
@@ -201,6 +256,7 @@ impl OrderView {
                 .map(crate::domain::Os::name),
             server: None,
             actions: None,
+            notifications: None,
         }
     }
 }

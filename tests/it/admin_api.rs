@@ -476,6 +476,13 @@ async fn the_order_list_filters_and_pages() {
             .to_string()
             .contains("Cancelled by alice: duplicate payment")
     );
+    // The storefront and the customer hear of it: an order.cancelled notice goes out.
+    svc.until(waiting, Duration::from_secs(10), |v| {
+        v["notifications"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|d| d["event"] == "order.cancelled"))
+    })
+    .await;
     // Not stopped gracefully: that would wait out the hanging purchase. The runtime's end drops
     // the service's tasks.
 }

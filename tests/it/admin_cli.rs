@@ -65,7 +65,9 @@ async fn orders_commands_work_through_the_api_and_on_the_database() {
         assert_eq!(ids, [a.as_str()]);
         let printed = render(&list(None), &backend.execute(&list(None)).await.unwrap());
         assert!(
-            printed.starts_with("ID ") && printed.contains("cli-a") && printed.contains("cli-b"),
+            printed.starts_with("SHORT ID ")
+                && printed.contains("cli-a")
+                && printed.contains("cli-b"),
             "{printed}"
         );
         assert!(
@@ -83,6 +85,56 @@ async fn orders_commands_work_through_the_api_and_on_the_database() {
             .unwrap_err()
             .to_string();
         assert!(bad.contains("state"), "{bad}");
+    }
+
+    // Orders are named by id, order_ref or the dashboard's short id, on both backends; search
+    // finds by order_ref or email, any case.
+    for backend in [&api, &database] {
+        for name in ["cli-a", &a[a.len() - 12..], a.as_str()] {
+            let v = backend
+                .execute(&OrdersAction::Show { id: name.into() })
+                .await
+                .unwrap();
+            assert_eq!(v["id"], a.as_str(), "{name}");
+            assert!(v["notifications"].is_array(), "{v}");
+            let text = render(&OrdersAction::Show { id: name.into() }, &v);
+            for section in [
+                "Order cli-a",
+                "\nTimeline\n",
+                "\nPurchases\n",
+                "\nNotifications\n",
+            ] {
+                assert!(text.contains(section), "{section:?} in {text}");
+            }
+            assert!(
+                !text.contains("T0") && text.contains(" UTC"),
+                "human times: {text}"
+            );
+        }
+        let err = backend
+            .execute(&OrdersAction::Show {
+                id: "no-such-ref".into(),
+            })
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no order"), "{err}");
+        let search = |text: &str| OrdersAction::Search {
+            text: text.into(),
+            limit: 50,
+        };
+        let v = backend.execute(&search("CLI-B")).await.unwrap();
+        let refs: Vec<&str> = v["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["order_ref"].as_str().unwrap())
+            .collect();
+        assert_eq!(refs, ["cli-b"]);
+        let v = backend.execute(&search("D@EXAMPLE")).await.unwrap();
+        assert_eq!(v["orders"].as_array().unwrap().len(), 2);
+        let v = backend.execute(&search("nobody@nowhere")).await.unwrap();
+        assert!(render(&search("x"), &v).contains("(no orders match)"));
     }
 
     // Refusals come back as errors that say why.
@@ -138,7 +190,8 @@ async fn orders_commands_work_through_the_api_and_on_the_database() {
         .await
         .unwrap();
     assert_eq!(v["state"], "buying");
-    assert!(render(&OrdersAction::Show { id: a.clone() }, &v).contains("\"state\": \"buying\""));
+    let shown = render(&OrdersAction::Show { id: a.clone() }, &v);
+    assert!(shown.contains("  State       buying"), "{shown}");
     let v = database
         .execute(&OrdersAction::Resolve {
             id: b.clone(),
@@ -161,5 +214,32 @@ async fn orders_commands_work_through_the_api_and_on_the_database() {
         timeline.contains("Retry by alice: upstream fixed"),
         "{timeline}"
     );
+    // The failed queue: b is failed now, its lost purchase unsettled, so retrying it is refused
+    // and said so; nothing else is touched.
+    for backend in [&api, &database] {
+        let v = backend
+            .execute(&OrdersAction::RetryFailed {
+                phase: Some(provisioner::cli::PhaseArg::Buy),
+                reason: "SmartVPS is back".into(),
+                actor: None,
+            })
+            .await
+            .unwrap();
+        let results = v["results"].as_array().unwrap();
+        assert_eq!(results.len(), 1, "{v}");
+        assert_eq!(results[0]["id"], b.as_str());
+        assert_eq!(results[0]["outcome"], "refused", "{v}");
+        assert!(
+            results[0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("unknown outcome"),
+            "{v}"
+        );
+        assert_eq!(
+            (v["done"].as_u64(), v["refused"].as_u64()),
+            (Some(0), Some(1))
+        );
+    }
     svc.running.stop().await;
 }

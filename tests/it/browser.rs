@@ -213,6 +213,28 @@ impl Driver {
             .to_string()
     }
 
+    /// Waits (up to 10 s) until `css` matches: a page still loading under a loaded machine.
+    async fn wait_for(&self, css: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self
+                .http
+                .post(format!(
+                    "http://127.0.0.1:{}{}/element",
+                    self.port,
+                    self.s()
+                ))
+                .json(&json!({ "using": "css selector", "value": css }))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if found || tokio::time::Instant::now() > deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub(crate) async fn type_into(&self, css: &str, text: &str) {
         let e = self.find(css).await;
         self.call(
@@ -415,6 +437,117 @@ async fn an_admin_retries_a_failed_order_in_chromium() {
     assert_eq!(driver.text("#power").await, "Online");
     driver.screenshot(&out.join("order-after-reboot.png")).await;
     eprintln!("browser test screenshots: {}", out.display());
+    drop(driver);
+    svc.running.stop().await;
+}
+
+/// chromedriver and Chromium, or `None` after a loud note (a failure under `CI=true`).
+fn browser_programs(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let chromedriver = find_program("CHROMEDRIVER", &["chromedriver"]);
+    let chromium = find_program(
+        "CHROME_BIN",
+        &[
+            "chromium",
+            "chromium-browser",
+            "google-chrome",
+            "google-chrome-stable",
+        ],
+    );
+    match (chromedriver, chromium) {
+        (Some(d), Some(c)) => Some((d, c)),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but chromedriver or Chromium is missing: {test} is required in CI"
+            );
+            eprintln!(
+                "!! SKIPPED: {test}: chromedriver or Chromium not found (apt-get install chromium chromium-driver)"
+            );
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_resends_a_notification_in_chromium() {
+    let Some((chromedriver, chromium)) =
+        browser_programs("an_admin_resends_a_notification_in_chromium")
+    else {
+        return;
+    };
+    let out = target_dir().join("browser-test");
+    std::fs::create_dir_all(&out).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::new(fast_clock(1000.0), 19);
+    let pkg = scenario_package(&sim, 102, "103.82.72");
+    provisioner::simulator::Scenario::Best
+        .install(&sim, pkg)
+        .unwrap();
+    let svc = start_service(
+        &dir.path().join("resend.db"),
+        &sim,
+        sim.clock().clone(),
+        &Cipher::generate_key(),
+    )
+    .await;
+    let (status, created) = svc
+        .intake(&json!({ "order_ref": "resend-1", "package": 102, "ram_gb": 2, "customer": { "email": "r@example.com", "name": "R" } }))
+        .await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().unwrap().to_string();
+    // Ready, and its notices have ended (delivered), so they can be resent.
+    svc.until(&id, Duration::from_secs(30), |v| {
+        v["state"] == "ready"
+            && v["notifications"].as_array().is_some_and(|n| {
+                // The ready notice too: it is fanned out a moment after the state changes.
+                n.iter().any(|d| d["notice"] == "ready")
+                    && n.iter().all(|d| d["state"] == "delivered")
+            })
+    })
+    .await;
+    let before = svc.get(&id).await["notifications"]
+        .as_array()
+        .unwrap()
+        .len();
+
+    let driver = Driver::start(&chromedriver, &chromium, &out).await;
+    driver.go(&format!("{}/admin/login", svc.api)).await;
+    driver.type_into("#token", ADMIN_TOKEN).await;
+    driver.click("#login").await;
+    let page = format!("{}/admin/orders/{id}", svc.api);
+    driver.go(&page).await;
+    driver.wait_for("form.resend input[name=reason]").await;
+    let section = driver.text("#notifications").await;
+    assert!(section.contains("delivered"), "{section}");
+    driver
+        .type_into("form.resend input[name=reason]", "customer lost the email")
+        .await;
+    driver.click("form.resend button").await;
+    driver.wait_for("#notice").await;
+    assert!(
+        driver.text("#notice").await.starts_with("Queued again"),
+        "{}",
+        driver.source().await
+    );
+    // The resend is on the record and goes out as a new delivery.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = svc.get(&id).await;
+        let list = v["notifications"].as_array().unwrap().clone();
+        if list.len() == before + 1 && list.iter().all(|d| d["state"] == "delivered") {
+            assert!(
+                v["timeline"].to_string().contains("Resend by alice"),
+                "{}",
+                v["timeline"]
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{list:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    driver.go(&page).await;
+    assert!(driver.source().await.contains("customer lost the email"));
+    driver.screenshot(&out.join("order-resend.png")).await;
     drop(driver);
     svc.running.stop().await;
 }

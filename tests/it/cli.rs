@@ -104,3 +104,97 @@ fn a_real_smartvps_without_a_secret_key_is_refused() {
             .contains("PROVISIONER_SECRET_KEY")
     );
 }
+
+#[test]
+fn orders_list_without_a_config_refuses_rather_than_creating_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .args(["orders", "list"])
+        .current_dir(dir.path())
+        .env_remove("PROVISIONER_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("--config") && err.contains("PROVISIONER_DATABASE_URL"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("provisioner.db").exists(),
+        "no database was created"
+    );
+}
+
+#[test]
+fn json_reads_parse_and_bad_demo_flags_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("j.db").display());
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_provisioner"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("PROVISIONER_DATABASE_URL", &url)
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["orders", "list", "--json"][..],
+        &["orders", "search", "nobody", "--json"],
+        &["catalog", "list", "--json"],
+        &["plan", "--json"],
+    ] {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+        assert!(v.is_object(), "{args:?}");
+    }
+    let out = run(&["orders", "show", "nope-1", "--json"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no order"));
+    // clap's usage errors exit 2; the demo's own refusal exits 1.
+    for (args, says, code) in [
+        (&["demo", "--speed", "0"][..], "--speed", 2),
+        (&["demo", "--speed", "fast"], "--speed", 2),
+        (&["--config", "x.toml", "demo"], "--config", 1),
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(says) && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn demo_into_a_closed_pipe_does_not_panic() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .args(["demo", "--speed", "600"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `demo | head -1`: read one line, then close the pipe.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(
+        first.starts_with("provisioner demo: service at http://"),
+        "{first}"
+    );
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}

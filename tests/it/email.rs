@@ -132,3 +132,162 @@ async fn starttls_never_falls_back_to_plain_text() {
     assert_eq!((round.delivered, round.retrying), (0, 2), "{round:?}");
     assert!(sink.messages().is_empty());
 }
+
+async fn timeline(store: &dyn Store, order: &provisioner::domain::Order) -> Vec<String> {
+    store
+        .timeline(&order.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.message)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_that_never_gets_through_is_abandoned_on_the_timeline_not_notified() {
+    let Some(sink) = SmtpSink::start_refusing() else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(provisioner::store::memory::MemoryStore::new());
+    let clock = ManualClock::new();
+    let dyn_clock: Arc<dyn Clock> = clock.clone();
+    let cipher = Arc::new(Cipher::from_hex(&Cipher::generate_key()).unwrap());
+    let channels = EmailNotifier::channels(&settings(sink.port, SmtpTls::None)).unwrap();
+    let dispatcher = Dispatcher::new(
+        Arc::clone(&store),
+        channels.into(),
+        Arc::clone(&cipher),
+        dyn_clock,
+        DispatcherSettings {
+            max_attempts: 2,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(1),
+            ..DispatcherSettings::default()
+        },
+    );
+    let failed = failed_order(store.as_ref(), &clock).await;
+    let first = dispatcher.run_due_once().await.unwrap();
+    assert_eq!((first.delivered, first.retrying), (0, 3), "{first:?}");
+    let lines = timeline(store.as_ref(), &failed).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("📧 Customer notice queued (email)")),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("notified") || l.contains("delivered")),
+        "queued is not notified: {lines:#?}"
+    );
+    clock.advance(Duration::from_secs(2));
+    let second = dispatcher.run_due_once().await.unwrap();
+    assert_eq!(second.abandoned, 3, "{second:?}");
+    let lines = timeline(store.as_ref(), &failed).await;
+    let abandoned: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("abandoned after 2 attempts by email"))
+        .collect();
+    assert_eq!(
+        abandoned.len(),
+        3,
+        "provisioning, failed, the admin alert: {lines:#?}"
+    );
+    assert!(
+        abandoned
+            .iter()
+            .all(|l| l.ends_with("the mail server refused the message")),
+        "in plain words: {abandoned:#?}"
+    );
+    // The list says the same, with the raw error for whoever needs it.
+    let list = store.deliveries(&failed.id).await.unwrap();
+    assert!(
+        list.iter()
+            .all(|d| d.state.as_str() == "abandoned" && d.attempts == 2),
+        "{list:#?}"
+    );
+    assert!(
+        list.iter()
+            .all(|d| d.last_error.as_deref().is_some_and(|e| e.contains("550")))
+    );
+    assert!(sink.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_fails_again_sends_no_second_identical_failure_notice() {
+    let Some(sink) = SmtpSink::start() else {
+        return;
+    };
+    let store: Arc<dyn Store> = Arc::new(provisioner::store::memory::MemoryStore::new());
+    let clock = ManualClock::new();
+    let dyn_clock: Arc<dyn Clock> = clock.clone();
+    let cipher = Arc::new(Cipher::from_hex(&Cipher::generate_key()).unwrap());
+    let channels = EmailNotifier::channels(&settings(sink.port, SmtpTls::None)).unwrap();
+    let dispatcher = Dispatcher::new(
+        Arc::clone(&store),
+        channels.into(),
+        Arc::clone(&cipher),
+        dyn_clock.clone(),
+        DispatcherSettings::default(),
+    );
+    let mut order = failed_order(store.as_ref(), &clock).await;
+    assert_eq!(dispatcher.run_due_once().await.unwrap().delivered, 3);
+    let lines = timeline(store.as_ref(), &order).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("✅ Customer notice delivered by email (provisioning failed)")),
+        "{lines:#?}"
+    );
+    // An admin retries; the buy phase fails again the same way.
+    let admin = provisioner::engine::admin::AdminService::new(Arc::clone(&store), dyn_clock);
+    clock.advance(Duration::from_secs(60));
+    order = admin.retry(&order.id, "alice", "try again").await.unwrap();
+    let now = clock.now();
+    let claimed = store
+        .claim_due("test", now, Duration::from_secs(60), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.order.id == order.id)
+        .unwrap();
+    order
+        .fail(
+            provisioner::domain::Phase::Buy,
+            "buyVps failed 3 times",
+            now,
+        )
+        .unwrap();
+    let change = provisioner::store::Change {
+        notices: vec![
+            provisioner::domain::NoticeKind::Failed,
+            provisioner::domain::NoticeKind::AdminFailed,
+        ],
+        ..provisioner::store::Change::default()
+    };
+    store.save(&claimed.lease, &order, change).await.unwrap();
+    dispatcher.run_due_once().await.unwrap();
+
+    let mails = sink.messages();
+    let customer_failures = mails
+        .iter()
+        .filter(|m| m.subject == "We could not provision your server yet")
+        .count();
+    assert_eq!(
+        customer_failures, 1,
+        "one failure notice per episode: {mails:#?}"
+    );
+    let admin_alerts = mails
+        .iter()
+        .filter(|m| m.subject.ends_with("failed"))
+        .count();
+    assert_eq!(admin_alerts, 2, "the team hears of every failure");
+    let lines = timeline(store.as_ref(), &order).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("not sent again") && l.contains("email")),
+        "{lines:#?}"
+    );
+}

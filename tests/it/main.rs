@@ -7,6 +7,7 @@ mod actions_http;
 mod admin;
 mod admin_api;
 mod admin_cli;
+mod alerts;
 mod browser;
 mod browser_ops;
 mod cli;

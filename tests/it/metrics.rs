@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::helpers::{fast_clock, scenario_package, start_service};
 
 /// `promtool`, or `None` (with a loud note) when it is missing outside CI.
-fn promtool() -> Option<&'static str> {
+pub(crate) fn promtool() -> Option<&'static str> {
     let found = Command::new("promtool")
         .arg("--version")
         .stdout(Stdio::null())
@@ -92,6 +92,10 @@ async fn metrics_after_a_run_pass_promtool() {
         "provisioner_orders{state=\"ready\"}",
         "provisioner_orders{state=\"needs_attention\"}",
         "provisioner_outbox_backlog",
+        "# HELP provisioner_oldest_overdue_seconds ",
+        "provisioner_oldest_overdue_seconds ",
+        "provisioner_package_free{",
+        "provisioner_package_low_stock_threshold 5",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }

@@ -233,7 +233,11 @@ fn hook(name: &str, url: &str, trusted: bool, clock: &Arc<ManualClock>) -> Arc<d
         url: url.parse().unwrap(),
         secret: SecretString::from(SECRET),
         trusted,
-        events: vec![],
+        // Every event, admin.alert included (an endpoint gets alerts only when it lists them).
+        events: provisioner::notify::webhook::EVENTS
+            .iter()
+            .map(|e| e.to_string())
+            .collect(),
     };
     let clock: Arc<dyn Clock> = clock.clone();
     Arc::new(WebhookNotifier::new(endpoint, Duration::from_secs(5), clock).unwrap())

@@ -162,6 +162,15 @@ impl SmtpSink {
     /// # Panics
     /// When aiosmtpd is missing under `CI=true`: CI must run the SMTP tests.
     pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// A sink that refuses every recipient with a permanent 550: mail that never gets through.
+    pub fn start_refusing() -> Option<Self> {
+        Self::start_with(&["refuse"])
+    }
+
+    fn start_with(args: &[&str]) -> Option<Self> {
         let available = Command::new("python3")
             .args(["-c", "import aiosmtpd"])
             .stdout(Stdio::null())
@@ -184,6 +193,7 @@ impl SmtpSink {
         let child = Command::new("python3")
             .arg(&script)
             .arg(dir.path())
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

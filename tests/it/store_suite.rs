@@ -22,8 +22,8 @@ use provisioner::store::memory::MemoryStore;
 use provisioner::store::postgres::PostgresStore;
 use provisioner::store::sqlite::SqliteStore;
 use provisioner::store::{
-    AccessToken, Change, DeliveryResult, Flight, Intake, Lease, NewDelivery, OrderFilter, Recorded,
-    Store, StoreError,
+    AccessToken, Change, DeliveryResult, DeliveryState, Flight, Intake, Lease, NewDelivery,
+    OrderFilter, Recorded, Store, StoreError,
 };
 
 use crate::helpers::request;
@@ -119,6 +119,8 @@ pub async fn suite(fresh: Fresh<'_>) {
     fan_out_queues_deliveries_and_hands_notices_over_together(fresh().await).await;
     storefront_and_access_token_are_kept_and_rotated(fresh().await).await;
     expedite_moves_only_a_waiting_unleased_order_earlier(fresh().await).await;
+    deliveries_are_listed_per_order_and_lines_appended_without_a_lease(fresh().await).await;
+    orders_are_searched_by_ref_email_ip_and_id_suffix(fresh().await).await;
 }
 
 async fn intake_is_idempotent(store: Arc<dyn Store>) {
@@ -777,6 +779,151 @@ async fn fan_out_queues_deliveries_and_hands_notices_over_together(store: Arc<dy
         first.created_at,
         at(200),
         "the repeat left the first row as it was"
+    );
+}
+
+async fn deliveries_are_listed_per_order_and_lines_appended_without_a_lease(store: Arc<dyn Store>) {
+    let a = order("notes-a", 7, at(0));
+    let b = order("notes-b", 7, at(1));
+    create(&*store, &a).await;
+    create(&*store, &b).await;
+    let new = |o: &Order, channel: &str, detail: Option<&str>| NewDelivery {
+        key: format!("e-{}/{channel}", o.order_ref.as_str()),
+        event_id: format!("e-{}", o.order_ref.as_str()),
+        notice_id: None,
+        order_id: Some(o.id.clone()),
+        kind: NoticeKind::Failed,
+        channel: channel.into(),
+        detail: detail.map(str::to_string),
+    };
+    store
+        .add_deliveries(
+            &[
+                new(&a, "email:customer", Some("phase buy")),
+                new(&a, "webhook:shop", None),
+                new(&b, "email:customer", None),
+            ],
+            at(2),
+        )
+        .await
+        .unwrap();
+    let list = store.deliveries(&a.id).await.unwrap();
+    assert_eq!(list.len(), 2, "only a's: {list:?}");
+    assert_eq!(list[0].channel, "email:customer");
+    assert_eq!(list[0].detail.as_deref(), Some("phase buy"));
+    assert!(
+        list.iter()
+            .all(|d| d.state == DeliveryState::Queued && d.attempts == 0)
+    );
+    // Claimed and failed: retrying with the error; failed for good: abandoned; sent: delivered.
+    let claimed = store.claim_deliveries("d", at(3), LEASE, 10).await.unwrap();
+    for d in &claimed {
+        let result = match (d.order_id.as_ref() == Some(&a.id), d.channel.as_str()) {
+            (true, "email:customer") => DeliveryResult::Failed {
+                error: "SMTP: refused".into(),
+                retry_at: Some(at(60)),
+            },
+            (true, _) => DeliveryResult::Failed {
+                error: "POST answered HTTP 500".into(),
+                retry_at: None,
+            },
+            _ => DeliveryResult::Delivered { at: at(4) },
+        };
+        assert!(store.finish_delivery(d, &result).await.unwrap());
+    }
+    let list = store.deliveries(&a.id).await.unwrap();
+    assert_eq!(
+        list.iter()
+            .map(|d| (d.state, d.attempts))
+            .collect::<Vec<_>>(),
+        [(DeliveryState::Retrying, 1), (DeliveryState::Abandoned, 1)]
+    );
+    assert_eq!(list[0].last_error.as_deref(), Some("SMTP: refused"));
+    assert_eq!(list[0].next_at, Some(at(60)));
+    let list = store.deliveries(&b.id).await.unwrap();
+    assert_eq!(list[0].state, DeliveryState::Delivered);
+    assert_eq!(list[0].delivered_at, Some(at(4)));
+    // Lines for two orders in one call, while a worker holds one of them; a missing order's
+    // line is dropped.
+    let (_lease, _) = claim_one(&*store, "w", at(5)).await;
+    store
+        .append_timeline(&[
+            (a.id.clone(), line(at(6), "delivered to a")),
+            (b.id.clone(), line(at(6), "delivered to b")),
+            (provisioner::domain::OrderId::new(), line(at(6), "nobody")),
+        ])
+        .await
+        .unwrap();
+    store.append_timeline(&[]).await.unwrap();
+    for (o, text) in [(&a, "delivered to a"), (&b, "delivered to b")] {
+        let t = store.timeline(&o.id).await.unwrap();
+        assert_eq!(t.last().map(|e| e.message.as_str()), Some(text));
+    }
+}
+
+async fn orders_are_searched_by_ref_email_ip_and_id_suffix(store: Arc<dyn Store>) {
+    let a = order("WHMCS-1003", 7, at(0));
+    let b = order("shop_50%off", 7, at(1));
+    create(&*store, &a).await;
+    create(&*store, &b).await;
+    let (lease, mut cur) = claim_one(&*store, "w", at(2)).await;
+    let ip = Ipv4Addr::new(103, 82, 72, 44);
+    cur.begin_buying(at(2)).unwrap();
+    cur.start_buy_attempt(at(2)).unwrap();
+    cur.bought(ip, at(3)).unwrap();
+    store.save(&lease, &cur, Change::default()).await.unwrap();
+    let find = |query: Option<&str>, suffix: Option<&str>| {
+        let store = Arc::clone(&store);
+        let filter = OrderFilter {
+            // As the API and the CLI pass it: trimmed, and no filter when blank.
+            search: query
+                .map(str::trim)
+                .filter(|q| !q.is_empty())
+                .map(str::to_string),
+            id_suffix: suffix.map(str::to_string),
+            ..OrderFilter::default()
+        };
+        async move {
+            let mut refs: Vec<String> = store
+                .orders(&filter)
+                .await
+                .unwrap()
+                .iter()
+                .map(|o| o.order_ref.as_str().to_string())
+                .collect();
+            refs.sort();
+            refs
+        }
+    };
+    assert_eq!(
+        find(Some("whmcs-10"), None).await,
+        ["WHMCS-1003"],
+        "any case"
+    );
+    assert_eq!(find(Some("ANN@EXAMPLE"), None).await.len(), 2, "email part");
+    assert_eq!(find(Some("  "), None).await.len(), 2, "blank is no filter");
+    assert_eq!(
+        find(Some("50%"), None).await,
+        ["shop_50%off"],
+        "% is literal"
+    );
+    assert!(find(Some("p_5"), None).await.len() == 1, "_ is literal");
+    assert!(find(Some("p%5"), None).await.is_empty());
+    assert_eq!(
+        find(Some("103.82.72.44"), None).await,
+        [cur.order_ref.as_str().to_string()],
+        "the server's IP"
+    );
+    assert!(
+        find(Some("198.51.100"), None).await.is_empty(),
+        "another address"
+    );
+    let tail = &a.id.as_str()[a.id.as_str().len() - 12..];
+    assert_eq!(find(None, Some(tail)).await, ["WHMCS-1003"]);
+    assert_eq!(find(None, Some(&tail.to_uppercase())).await, ["WHMCS-1003"]);
+    assert!(
+        find(None, Some("not-hex!")).await.is_empty(),
+        "matches nothing, not everything"
     );
 }
 

@@ -193,6 +193,19 @@ impl Store for Counting {
             .claim_deliveries(worker, now, claim_for, limit)
             .await
     }
+    async fn deliveries(
+        &self,
+        order: &crate::domain::OrderId,
+    ) -> Result<Vec<crate::store::DeliveryStatus>, StoreError> {
+        self.inner.deliveries(order).await
+    }
+    async fn append_timeline(
+        &self,
+        entries: &[(crate::domain::OrderId, crate::domain::TimelineEntry)],
+    ) -> Result<(), StoreError> {
+        self.commit();
+        self.inner.append_timeline(entries).await
+    }
     async fn finish_delivery(
         &self,
         delivery: &crate::store::Delivery,

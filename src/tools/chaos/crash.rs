@@ -217,6 +217,19 @@ impl Store for CrashingStore {
     ) -> Result<Vec<Delivery>, StoreError> {
         self.0.claim_deliveries(worker, now, claim_for, limit).await
     }
+    async fn deliveries(
+        &self,
+        order: &OrderId,
+    ) -> Result<Vec<crate::store::DeliveryStatus>, StoreError> {
+        self.0.deliveries(order).await
+    }
+    async fn append_timeline(
+        &self,
+        entries: &[(OrderId, crate::domain::TimelineEntry)],
+    ) -> Result<(), StoreError> {
+        tick()?;
+        self.0.append_timeline(entries).await
+    }
     async fn finish_delivery(
         &self,
         delivery: &Delivery,

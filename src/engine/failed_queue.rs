@@ -1,0 +1,136 @@
+//! The failed queue: every failed order (of a phase, or all) retried with one reason, or marked
+//! resolved, as an operator does after an outage. Each order goes through the same admin action
+//! as one at a time ([`AdminService::retry`], [`AdminService::cancel`]), so every refusal that
+//! protects one order (an unknown purchase, a server owned) protects it here too; a refused order
+//! is reported and the others go on.
+
+use serde::Serialize;
+
+use super::admin::{AdminError, AdminService, check_reason};
+use crate::domain::{Order, OrderState, Phase};
+use crate::store::OrderFilter;
+
+/// What happened to one order of the queue.
+#[derive(Clone, Debug, Serialize)]
+pub struct QueueItem {
+    /// The order's id.
+    pub id: String,
+    /// Its storefront reference.
+    pub order_ref: String,
+    /// The phase it failed in.
+    pub phase: Option<Phase>,
+    /// `retried`, `resolved` or `refused`.
+    pub outcome: &'static str,
+    /// Its state afterwards.
+    pub state: OrderState,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The failed orders of `phase` (all when `None`), oldest page first.
+async fn failed_orders(
+    admin: &AdminService,
+    phase: Option<Phase>,
+) -> Result<Vec<Order>, AdminError> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let filter = OrderFilter {
+            state: Some(OrderState::Failed),
+            limit: Some(500),
+            offset: Some(offset),
+            ..OrderFilter::default()
+        };
+        let page = admin.store.orders(&filter).await?;
+        let full = page.len() == filter.page_size();
+        offset += page.len();
+        out.extend(
+            page.into_iter()
+                .filter(|o| phase.is_none_or(|p| o.failure.as_ref().map(|f| f.phase) == Some(p))),
+        );
+        if !full {
+            return Ok(out);
+        }
+    }
+}
+
+fn item(o: &Order, outcome: &'static str, error: Option<String>) -> QueueItem {
+    QueueItem {
+        id: o.id.to_string(),
+        order_ref: o.order_ref.as_str().to_string(),
+        phase: o.failure.as_ref().map(|f| f.phase),
+        outcome,
+        state: o.state,
+        error,
+    }
+}
+
+impl AdminService {
+    /// Retries every failed order of `phase` (all phases when `None`) with one reason.
+    ///
+    /// # Errors
+    /// A missing or bad reason (before anything is done), or a store failure.
+    pub async fn retry_failed(
+        &self,
+        phase: Option<Phase>,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Vec<QueueItem>, AdminError> {
+        let reason = check_reason(reason)?;
+        let mut out = Vec::new();
+        for o in failed_orders(self, phase).await? {
+            out.push(match self.retry(&o.id, actor, reason).await {
+                Ok(after) => item(&after, "retried", None),
+                Err(AdminError::Store(e))
+                    if !matches!(e, crate::store::StoreError::Conflict(_)) =>
+                {
+                    return Err(AdminError::Store(e));
+                }
+                Err(e) => item(&o, "refused", Some(e.to_string())),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Marks every failed order of `phase` (all when `None`) resolved: handled outside the
+    /// service (refunded, delivered by hand), so it leaves the failed queue as cancelled, with
+    /// the reason on its record. An order that owns a server is left alone and reported:
+    /// resolving it would leave a paid server nobody looks after; retry it or cancel it on its
+    /// own.
+    ///
+    /// # Errors
+    /// A missing or bad reason, or a store failure.
+    pub async fn resolve_failed(
+        &self,
+        phase: Option<Phase>,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Vec<QueueItem>, AdminError> {
+        let reason = check_reason(reason)?;
+        let mut out = Vec::new();
+        for o in failed_orders(self, phase).await? {
+            if let Some(ip) = o.server_ip {
+                out.push(item(
+                    &o,
+                    "refused",
+                    Some(format!(
+                        "server {ip} is owned for this order: retry it, or cancel it on its own and release the server"
+                    )),
+                ));
+                continue;
+            }
+            let why = format!("resolved from the failed queue: {reason}");
+            out.push(match self.cancel(&o.id, actor, &why).await {
+                Ok(after) => item(&after, "resolved", None),
+                Err(AdminError::Store(e))
+                    if !matches!(e, crate::store::StoreError::Conflict(_)) =>
+                {
+                    return Err(AdminError::Store(e));
+                }
+                Err(e) => item(&o, "refused", Some(e.to_string())),
+            });
+        }
+        Ok(out)
+    }
+}
