@@ -135,6 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     workers,
                     database_url,
                     waiting,
+                    group_commit,
                 },
         } => {
             let opts = crate::tools::bench_throughput::Options {
@@ -143,6 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 workers,
                 database_url,
                 waiting,
+                group_commit,
             };
             crate::tools::bench_throughput::run(opts).await?;
             Ok(ExitCode::SUCCESS)

@@ -443,6 +443,13 @@ impl Engine {
     /// call, as the seed does).
     async fn work(&self, claimed: Claimed) -> Result<(), EngineError> {
         let mut step = Step::new(self, claimed);
+        let worked = Self::step(&mut step).await;
+        // A step that failed between a buyvps reply and the write that records it.
+        step.flush_pending().await;
+        worked
+    }
+
+    async fn step(step: &mut Step<'_>) -> Result<(), EngineError> {
         step.begin();
         if step.order.state == OrderState::Buying && step.buy().await? == Then::Stop {
             return Ok(());

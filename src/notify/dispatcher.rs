@@ -98,27 +98,26 @@ impl Dispatcher {
     /// # Errors
     /// When the store fails.
     pub async fn run_due_once(&self) -> Result<Dispatched, StoreError> {
+        // The fan-out and the claim are one commit, and the batch's results another: a round
+        // costs two commits however many deliveries it sends.
+        let (fanned_out, claimed) = self.fan_out_and_claim().await?;
         let mut done = Dispatched {
-            fanned_out: self.fan_out().await?,
+            fanned_out,
             ..Dispatched::default()
         };
-        let claimed = self
-            .store
-            .claim_deliveries(
-                &self.worker_id,
-                self.clock.now(),
-                self.claim_for(),
-                self.settings.batch,
-            )
-            .await?;
-        let results = join_all(claimed.into_iter().map(|d| self.deliver(d))).await;
-        for r in results {
-            match r? {
+        let sent = join_all(claimed.into_iter().map(|d| self.deliver(d))).await;
+        let mut results = Vec::with_capacity(sent.len());
+        for (d, result, sent) in sent {
+            match sent {
                 Sent::Delivered => done.delivered += 1,
                 Sent::Retrying => done.retrying += 1,
                 Sent::Abandoned => done.abandoned += 1,
             }
+            results.push((d, result));
         }
+        // A crash before this commit leaves the batch claimed, not delivered: it is sent again
+        // once the claim lapses, under the same idempotency keys, as a crash mid-send would.
+        self.store.finish_deliveries(&results).await?;
         Ok(done)
     }
 
@@ -140,14 +139,11 @@ impl Dispatcher {
         }
     }
 
-    /// Turns due notices into deliveries for every channel that takes them: the whole batch in
-    /// one store call (one commit on the SQL backends).
-    async fn fan_out(&self) -> Result<usize, StoreError> {
+    /// Turns due notices into deliveries for every channel that takes them and claims a batch
+    /// of due deliveries: one store call (one commit on the SQL backends).
+    async fn fan_out_and_claim(&self) -> Result<(usize, Vec<Delivery>), StoreError> {
         let now = self.clock.now();
         let notices = self.store.due_notices(now, 256).await?;
-        if notices.is_empty() {
-            return Ok(0);
-        }
         let mut deliveries = Vec::new();
         for notice in &notices {
             let event_id = format!("ntc_{}_{}", notice.id, notice.order_id);
@@ -172,8 +168,18 @@ impl Dispatcher {
         }
         let ids: Vec<i64> = notices.iter().map(|n| n.id).collect();
         // "Delivered" to its deliveries: they carry it from here.
-        self.store.fan_out(&deliveries, &ids, now).await?;
-        Ok(notices.len())
+        let claimed = self
+            .store
+            .fan_out_and_claim(
+                &deliveries,
+                &ids,
+                now,
+                &self.worker_id,
+                self.claim_for(),
+                self.settings.batch,
+            )
+            .await?;
+        Ok((notices.len(), claimed))
     }
 
     fn channel(&self, name: &str) -> Option<&Arc<dyn Notifier>> {
@@ -186,15 +192,16 @@ impl Dispatcher {
             .any(|c| c.channel() != "log" && c.accepts(NoticeKind::AdminFailed))
     }
 
-    async fn deliver(&self, d: Delivery) -> Result<Sent, StoreError> {
+    /// Sends one claimed delivery; how it went, for the batch's one commit.
+    async fn deliver(&self, d: Delivery) -> (Delivery, DeliveryResult, Sent) {
         let order_id = d.order_id.as_ref().map(ToString::to_string);
         let Some(channel) = self.channel(&d.channel) else {
             // Configuration changed since the delivery was queued. Keeping it would hold the
             // backlog up forever; the row keeps the reason for an admin.
             let error = format!("channel {} is not configured", d.channel);
             tracing::warn!(order_id, key = %d.key, "delivery abandoned: {error}");
-            self.finish(&d, Err(NotifyError(error)), true).await?;
-            return Ok(Sent::Abandoned);
+            let result = self.result(&d, Err(NotifyError(error)), true);
+            return (d, result, Sent::Abandoned);
         };
         let sent = match self.event(&d, channel.as_ref()).await {
             Ok(event) => {
@@ -227,24 +234,21 @@ impl Dispatcher {
                 tracing::warn!(order_id, key = %d.key, channel = %d.channel, event = d.kind.event(), attempt = d.attempt, "notice delivery failed, will retry: {e}")
             }
         }
-        self.finish(&d, sent, last).await?;
-        Ok(if ok {
+        let result = self.result(&d, sent, last);
+        let how = if ok {
             Sent::Delivered
         } else if last {
             Sent::Abandoned
         } else {
             Sent::Retrying
-        })
+        };
+        (d, result, how)
     }
 
-    async fn finish(
-        &self,
-        d: &Delivery,
-        sent: Result<(), NotifyError>,
-        last: bool,
-    ) -> Result<(), StoreError> {
+    /// What to record for a send: delivered, or failed with its next attempt's time.
+    fn result(&self, d: &Delivery, sent: Result<(), NotifyError>, last: bool) -> DeliveryResult {
         let now = self.clock.now();
-        let result = match sent {
+        match sent {
             Ok(()) => DeliveryResult::Delivered { at: now },
             Err(e) => {
                 let retry_at = (!last).then(|| {
@@ -261,9 +265,7 @@ impl Dispatcher {
                     retry_at,
                 }
             }
-        };
-        self.store.finish_delivery(d, &result).await?;
-        Ok(())
+        }
     }
 
     /// Assembles what a delivery says: the order as it is now, and the credentials for a

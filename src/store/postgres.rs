@@ -33,8 +33,8 @@ use sqlx::{ConnectOptions, Connection, PgPool, Postgres};
 
 use super::sql::{self, Arg, SqlRow, Stmt};
 use super::{
-    AccessToken, Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery,
-    Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
+    AccessToken, Begun, Change, Claimed, Delivery, DeliveryResult, Flight, FlightState, Intake,
+    Lease, NewDelivery, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -68,6 +68,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "discovered",
         include_str!("../../migrations/postgres/0005_discovered.sql"),
+    ),
+    (
+        6,
+        "purchases_package",
+        include_str!("../../migrations/postgres/0006_purchases_package.sql"),
     ),
 ];
 
@@ -319,6 +324,66 @@ async fn insert_notices(
     Ok(())
 }
 
+/// Records a purchase outcome first-writer-wins in `tx`; whether it was the first.
+async fn record_outcome(
+    tx: &mut Tx,
+    purchase_id: PurchaseId,
+    outcome: &PurchaseOutcome,
+    at: Timestamp,
+) -> Result<Recorded, StoreError> {
+    let (first, late) = sql::record_outcome(purchase_id, outcome, at);
+    if query(&first).execute(&mut **tx).await?.rows_affected() == 1 {
+        return Ok(Recorded::Recorded);
+    }
+    if let Some(late) = late {
+        query(&late).execute(&mut **tx).await?;
+    }
+    Ok(Recorded::AlreadyDecided)
+}
+
+/// Queues deliveries and marks notices handed to them, in `tx` (see [`Store::fan_out`]).
+async fn fan_out(
+    tx: &mut Tx,
+    deliveries: &[NewDelivery],
+    notices: &[i64],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    if !deliveries.is_empty() {
+        let col = |f: fn(&NewDelivery) -> Option<&str>| -> Vec<Option<&str>> {
+            deliveries.iter().map(f).collect()
+        };
+        let notice_ids: Vec<Option<i64>> = deliveries.iter().map(|d| d.notice_id).collect();
+        // WITH ORDINALITY keeps the batch's order in the serial ids, which is delivery order.
+        sqlx::query(
+            "INSERT INTO outbox_deliveries (key, event_id, notice_id, order_id, kind, channel, detail, created_at, next_at) \
+             SELECT d.key, d.event_id, d.notice_id, d.order_id, d.kind, d.channel, d.detail, $8, $8 \
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+             WITH ORDINALITY AS d(key, event_id, notice_id, order_id, kind, channel, detail, n) \
+             ORDER BY d.n ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(col(|d| Some(d.key.as_str())))
+        .bind(col(|d| Some(d.event_id.as_str())))
+        .bind(notice_ids)
+        .bind(col(|d| d.order_id.as_ref().map(OrderId::as_str)))
+        .bind(col(|d| Some(d.kind.as_str())))
+        .bind(col(|d| Some(d.channel.as_str())))
+        .bind(col(|d| d.detail.as_deref()))
+        .bind(now.millis())
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !notices.is_empty() {
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, next_at = NULL, delivered_at = $1 WHERE id = ANY($2)",
+        )
+        .bind(now.millis())
+        .bind(notices)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The port.
 
@@ -416,9 +481,31 @@ impl Store for PostgresStore {
 
     async fn save(&self, lease: &Lease, order: &Order, change: Change) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        write(&mut tx, Some(lease), order, change, order.updated_at).await?;
-        tx.commit().await?;
-        Ok(())
+        let Some(o) = change.outcome.clone() else {
+            write(&mut tx, Some(lease), order, change, order.updated_at).await?;
+            tx.commit().await?;
+            return Ok(());
+        };
+        // The outcome first and unfenced: a fact about the world, committed even when the
+        // lease is gone.
+        if record_outcome(&mut tx, o.purchase_id, &o.outcome, o.at).await?
+            == Recorded::AlreadyDecided
+        {
+            tx.commit().await?;
+            return Err(StoreError::LeaseLost(order.id.clone()));
+        }
+        match write(&mut tx, Some(lease), order, change, order.updated_at).await {
+            // The fenced update matched nothing, so it wrote nothing: keep the outcome.
+            Err(StoreError::LeaseLost(id)) => {
+                tx.commit().await?;
+                Err(StoreError::LeaseLost(id))
+            }
+            other => {
+                other?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
@@ -480,6 +567,50 @@ impl Store for PostgresStore {
             .await?;
         tx.commit().await?;
         row.int("id").map(PurchaseId)
+    }
+
+    async fn flight_state(&self, package: PackageId) -> Result<FlightState, StoreError> {
+        let row = query(&sql::flight_state(package))
+            .fetch_one(&self.pool)
+            .await?;
+        sql::flight_state_row(&row)
+    }
+
+    async fn begin_purchase_in_flight(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        intent: &PurchaseIntent,
+        entries: &[TimelineEntry],
+        seen: &FlightState,
+    ) -> Result<Begun, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The flight first, fenced in the INSERT's SELECT. A concurrent insert for the same
+        // package makes this wait for that transaction's end, then do nothing (it committed) or
+        // insert (it rolled back): never two holders. Refused, the transaction is dropped with
+        // nothing written.
+        let take = sql::take_flight(lease, intent.package_id, seen);
+        if query(&take).execute(&mut *tx).await?.rows_affected() == 0 {
+            // A new statement sees rows committed since the insert began: the holder.
+            let row = query(&sql::flight_after_refusal(lease, intent.package_id))
+                .fetch_one(&mut *tx)
+                .await?;
+            if let Some(refused) = sql::refused_flight(&row, lease)? {
+                return Ok(refused);
+            }
+        }
+        // The fenced order write (it row-locks the order until commit), then the intent.
+        let change = Change {
+            entries: entries.to_vec(),
+            keep_lease: true,
+            ..Change::default()
+        };
+        write(&mut tx, Some(lease), order, change, intent.sent_at).await?;
+        let row = query(&sql::insert_purchase(intent))
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Begun::Purchase(PurchaseId(row.int("id")?)))
     }
 
     async fn record_outcome(
@@ -572,41 +703,35 @@ impl Store for PostgresStore {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        if !deliveries.is_empty() {
-            let col = |f: fn(&NewDelivery) -> Option<&str>| -> Vec<Option<&str>> {
-                deliveries.iter().map(f).collect()
-            };
-            let notice_ids: Vec<Option<i64>> = deliveries.iter().map(|d| d.notice_id).collect();
-            // WITH ORDINALITY keeps the batch's order in the serial ids, which is delivery order.
-            sqlx::query(
-                "INSERT INTO outbox_deliveries (key, event_id, notice_id, order_id, kind, channel, detail, created_at, next_at) \
-                 SELECT d.key, d.event_id, d.notice_id, d.order_id, d.kind, d.channel, d.detail, $8, $8 \
-                 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[]) \
-                 WITH ORDINALITY AS d(key, event_id, notice_id, order_id, kind, channel, detail, n) \
-                 ORDER BY d.n ON CONFLICT (key) DO NOTHING",
-            )
-            .bind(col(|d| Some(d.key.as_str())))
-            .bind(col(|d| Some(d.event_id.as_str())))
-            .bind(notice_ids)
-            .bind(col(|d| d.order_id.as_ref().map(OrderId::as_str)))
-            .bind(col(|d| Some(d.kind.as_str())))
-            .bind(col(|d| Some(d.channel.as_str())))
-            .bind(col(|d| d.detail.as_deref()))
-            .bind(now.millis())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !notices.is_empty() {
-            sqlx::query(
-                "UPDATE outbox SET attempts = attempts + 1, next_at = NULL, delivered_at = $1 WHERE id = ANY($2)",
-            )
-            .bind(now.millis())
-            .bind(notices)
-            .execute(&mut *tx)
-            .await?;
-        }
+        fan_out(&mut tx, deliveries, notices, now).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn fan_out_and_claim(
+        &self,
+        deliveries: &[NewDelivery],
+        notices: &[i64],
+        now: Timestamp,
+        worker: &str,
+        claim_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        if deliveries.is_empty() && notices.is_empty() {
+            // Nothing to queue: the claim alone, one statement, no transaction round trips.
+            return self.claim_deliveries(worker, now, claim_for, limit).await;
+        }
+        let mut tx = self.pool.begin().await?;
+        fan_out(&mut tx, deliveries, notices, now).await?;
+        let stmt = sql::claim_deliveries(worker, now.plus(claim_for), now, limit, CLAIM_LOCK);
+        let rows = query(&stmt).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let mut out = rows
+            .iter()
+            .map(|r| sql::delivery(r, worker))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by_key(|d| d.id);
+        Ok(out)
     }
 
     async fn claim_deliveries(
@@ -636,6 +761,48 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn finish_deliveries(
+        &self,
+        results: &[(Delivery, DeliveryResult)],
+    ) -> Result<Vec<bool>, StoreError> {
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut changed = std::collections::HashSet::new();
+        let mut tx = self.pool.begin().await?;
+        let done: Vec<(i64, Timestamp)> = results
+            .iter()
+            .filter_map(|(d, r)| match r {
+                DeliveryResult::Delivered { at } => Some((d.id, *at)),
+                DeliveryResult::Failed { .. } => None,
+            })
+            .collect();
+        for chunk in done.chunks(200) {
+            for row in query(&sql::finish_delivered(chunk))
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                changed.insert(row.int("id")?);
+            }
+        }
+        for (d, r) in results {
+            if matches!(r, DeliveryResult::Failed { .. })
+                && query(&sql::finish_delivery(d, r))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1
+            {
+                changed.insert(d.id);
+            }
+        }
+        tx.commit().await?;
+        Ok(results
+            .iter()
+            .map(|(d, _)| changed.contains(&d.id))
+            .collect())
     }
 
     async fn outbox_backlog(&self) -> Result<u64, StoreError> {

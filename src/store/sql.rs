@@ -307,6 +307,74 @@ pub(crate) fn after_order_write(order: &Order, change: &Change) -> Vec<Stmt> {
     out
 }
 
+/// Who holds a package's flight (column `holder`) and its newest purchase (`last_purchase`).
+pub(crate) fn flight_state(package: PackageId) -> Stmt {
+    Stmt::new(
+        "SELECT (SELECT order_id FROM flights WHERE package_id = $1) AS holder, \
+         (SELECT MAX(id) FROM purchases WHERE package_id = $1) AS last_purchase",
+    )
+    .int(i64::from(package.0))
+}
+
+/// Decodes a [`flight_state`] row.
+pub(crate) fn flight_state_row(row: &impl SqlRow) -> Result<super::FlightState, StoreError> {
+    Ok(super::FlightState {
+        holder: row
+            .opt_text("holder")?
+            .map(|h| order_id(&h, "flights.order_id"))
+            .transpose()?,
+        last_purchase: row.opt_int("last_purchase")?.map(PurchaseId),
+    })
+}
+
+/// Takes a package's free flight for the lease's order in one statement: the fence is the
+/// INSERT's SELECT, and so is the check that no other order's purchase of the package is newer
+/// than `seen`. Inserts nothing when the package is taken (by anyone, this order included), the
+/// lease is gone or the stock read may count another purchase; [`flight_after_refusal`] tells
+/// which.
+pub(crate) fn take_flight(lease: &Lease, package: PackageId, seen: &super::FlightState) -> Stmt {
+    Stmt::new(
+        "INSERT INTO flights (package_id, order_id) SELECT $1, id FROM orders \
+         WHERE id = $2 AND lease_token = $3 AND lease_owner = $4 \
+         AND NOT EXISTS (SELECT 1 FROM purchases WHERE package_id = $1 AND id > $5 AND order_id <> $2) \
+         ON CONFLICT (package_id) DO NOTHING",
+    )
+    .int(i64::from(package.0))
+    .str(lease.order_id.as_str())
+    .int(lease.token)
+    .str(&lease.worker)
+    .int(seen.last_purchase.map_or(0, |p| p.0))
+}
+
+/// Why [`take_flight`] inserted nothing, in one snapshot: whether the lease is still held
+/// (`leased`, 0 or 1) and who holds the flight (`holder`).
+pub(crate) fn flight_after_refusal(lease: &Lease, package: PackageId) -> Stmt {
+    Stmt::new(
+        "SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM orders WHERE id = $1 AND lease_token = $2 AND lease_owner = $3) \
+         THEN 1 ELSE 0 END AS BIGINT) AS leased, (SELECT order_id FROM flights WHERE package_id = $4) AS holder",
+    )
+    .str(lease.order_id.as_str())
+    .int(lease.token)
+    .str(&lease.worker)
+    .int(i64::from(package.0))
+}
+
+/// What a refused [`take_flight`] means, from a [`flight_after_refusal`] row: `Ok(None)` when
+/// the flight is this order's after all (it already held it), else what to answer.
+pub(crate) fn refused_flight(
+    row: &impl SqlRow,
+    lease: &Lease,
+) -> Result<Option<super::Begun>, StoreError> {
+    if row.int("leased")? == 0 {
+        return Err(StoreError::LeaseLost(lease.order_id.clone()));
+    }
+    Ok(match row.opt_text("holder")? {
+        Some(h) if h == lease.order_id.as_str() => None,
+        Some(h) => Some(super::Begun::HeldBy(order_id(&h, "flights.order_id")?)),
+        None => Some(super::Begun::Moved),
+    })
+}
+
 /// Gives up a lease; matches no row when the lease is no longer held.
 pub(crate) fn release(lease: &Lease) -> Stmt {
     Stmt::new(
@@ -434,6 +502,27 @@ pub(crate) fn finish_delivery(d: &Delivery, result: &DeliveryResult) -> Stmt {
         .int(d.token)
         .str(&d.worker),
     }
+}
+
+/// Marks many claimed deliveries delivered in one statement (each at its own time), as
+/// [`finish_delivery`] does one: whatever the claim, unless delivered already. Returns the `id`
+/// of each row it changed. At most a few hundred at a time (two values each).
+pub(crate) fn finish_delivered(done: &[(i64, Timestamp)]) -> Stmt {
+    let mut s = Stmt::new(String::new());
+    let mut cases = String::new();
+    let mut ids = Vec::with_capacity(done.len());
+    for (id, at) in done {
+        let id_p = s.param(Arg::Int(Some(*id)));
+        let at_p = s.param(Arg::Int(Some(at.millis())));
+        cases.push_str(&format!(" WHEN {id_p} THEN {at_p}"));
+        ids.push(id_p);
+    }
+    s.sql = format!(
+        "UPDATE outbox_deliveries SET delivered_at = CASE id{cases} END, next_at = NULL, last_error = NULL, \
+         claimed_by = NULL, claim_expires_at = NULL WHERE id IN ({}) AND delivered_at IS NULL RETURNING id",
+        ids.join(", ")
+    );
+    s
 }
 
 /// Notices not yet fanned out plus deliveries still to send; column `backlog`.

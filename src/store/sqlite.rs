@@ -11,17 +11,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use sqlx::query::Query;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, Row, Sqlite, SqliteConnection, SqlitePool};
-use tokio::sync::OwnedMutexGuard;
+use sqlx::{Connection, Sqlite, SqliteConnection, SqlitePool};
+use tokio::sync::{OwnedMutexGuard, mpsc, oneshot};
 
 use super::sql::{self, Arg, SqlRow, Stmt};
 use super::{
-    AccessToken, Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery,
-    Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
+    AccessToken, Begun, Change, Claimed, Delivery, DeliveryResult, Flight, FlightState, Intake,
+    Lease, NewDelivery, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -61,18 +62,26 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "discovered",
         include_str!("../../migrations/sqlite/0006_discovered.sql"),
     ),
+    (
+        7,
+        "purchases_package",
+        include_str!("../../migrations/sqlite/0007_purchases_package.sql"),
+    ),
 ];
 
 /// Rows per multi-row statement: at most 9 parameters a row stays far below SQLite's limit
 /// (32,766 parameters since 3.32).
 const ROWS_PER_INSERT: usize = 100;
 
+/// Default bound on the writes one group commit takes: enough to share a commit among every
+/// worker of a busy process, small enough that a group's transaction stays short (a few ms).
+pub const DEFAULT_GROUP_COMMIT: usize = 64;
+
 /// The SQLite store.
 ///
-/// Reads and writes use separate connections. Every write (every transaction and every
-/// single-statement write) runs on one **writer** connection that this store holds itself,
-/// taken in turn through an in-process queue. SQLite admits one writer anyway; the queue and the
-/// single connection buy three things (measured in `docs/benchmarks.md`):
+/// Reads and writes use separate connections. Every write runs on one **writer** connection
+/// that this store holds itself. SQLite admits one writer anyway; the single connection buys
+/// three things (measured in `docs/benchmarks.md`):
 /// - no busy-handler sleeps: a writer that finds the database locked would sleep in SQLite's busy
 ///   handler (1, 2, 5, 10 ... ms) although the holder is done within a millisecond, and
 ///   throughput would collapse as workers are added;
@@ -81,16 +90,25 @@ const ROWS_PER_INSERT: usize = 100;
 ///   re-read the B-tree pages it touched, a cost that grew with the database. The writer's own
 ///   commits leave its cache valid;
 /// - no pool round trips: a sqlx pool pings a connection when it is taken and again when it is
-///   given back, each a hop to the connection's thread, as costly as a statement. Writes are
-///   serialized, so those hops were paid inside every write's turn.
+///   given back, each a hop to the connection's thread, as costly as a statement.
+///
+/// **Group commit.** Writes are queued to a writer thread, which takes every write waiting
+/// (up to `group_commit`) into one transaction, each write inside its own savepoint: a write
+/// that fails is rolled back to its savepoint and answered with its error, without touching its
+/// batch-mates. Every caller is answered only after the commit that holds its write, so a write
+/// that returned is durable as before; the commit's fixed cost (the WAL append, the lock, the
+/// `BEGIN`/`COMMIT` round trips) is shared by the group. A lone write takes no savepoint.
 ///
 /// Other processes (`orders` CLI commands) still meet `busy_timeout`.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     /// Reads: several connections, each reading a consistent WAL snapshot.
     pool: SqlitePool,
-    /// Writes: the one connection, and the queue for it (first come, first served).
+    /// The one writer connection; the group-commit thread takes it for each group, and
+    /// [`SqliteStore::write_turn`] for a write of its own (migrations, the benchmark's loop).
     writer: Arc<tokio::sync::Mutex<Writer>>,
+    /// The queue of writes for the group-commit thread; it ends when the last clone is dropped.
+    jobs: mpsc::UnboundedSender<Box<dyn Job>>,
 }
 
 /// Pages the writer connection may cache, in KiB (SQLite's negative `cache_size`): enough for
@@ -134,14 +152,195 @@ impl std::ops::DerefMut for WriteTurn {
     }
 }
 
+/// A write's work: statements run on the writer connection inside the group's transaction.
+type Work<T> = Box<
+    dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>> + Send,
+>;
+
+/// A write waiting in the group-commit queue, with its caller's answer.
+trait Job: Send {
+    /// Runs the write; whether it succeeded (else its savepoint is rolled back and it is
+    /// answered at once with its own error).
+    fn run<'c>(&'c mut self, conn: &'c mut SqliteConnection) -> BoxFuture<'c, bool>;
+    /// Answers the caller: its own result once the group committed, or the group's failure.
+    fn answer(self: Box<Self>, group: Result<(), &StoreError>);
+}
+
+impl std::fmt::Debug for dyn Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Job")
+    }
+}
+
+/// A write of result `T`.
+struct Pending<T> {
+    work: Option<Work<T>>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T: Send + 'static> Job for Pending<T> {
+    fn run<'c>(&'c mut self, conn: &'c mut SqliteConnection) -> BoxFuture<'c, bool> {
+        Box::pin(async move {
+            let Some(work) = self.work.take() else {
+                return false;
+            };
+            let result = work(conn).await;
+            let ok = result.is_ok();
+            self.result = Some(result);
+            ok
+        })
+    }
+
+    fn answer(self: Box<Self>, group: Result<(), &StoreError>) {
+        let own = self.result.unwrap_or_else(|| {
+            Err(StoreError::Database(
+                "the write was not run: its group failed first".into(),
+            ))
+        });
+        let answer = match (own, group) {
+            (Err(e), _) => Err(e),
+            (Ok(v), Ok(())) => Ok(v),
+            (Ok(_), Err(e)) => Err(StoreError::Database(format!(
+                "the group commit holding this write failed: {e}"
+            ))),
+        };
+        // A caller that gave up waiting (its task was dropped) needs no answer.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The group-commit loop: waits for a write, takes the writer connection, takes every write
+/// queued meanwhile (up to `max`) and runs them as one transaction. Ends when the store is gone.
+async fn group_commits(
+    writer: Arc<tokio::sync::Mutex<Writer>>,
+    mut jobs: mpsc::UnboundedReceiver<Box<dyn Job>>,
+    max: usize,
+) {
+    while let Some(first) = jobs.recv().await {
+        let mut turn = match lock_writer(&writer).await {
+            Ok(turn) => turn,
+            Err(e) => {
+                first.answer(Err(&e));
+                continue;
+            }
+        };
+        let mut group = vec![first];
+        while group.len() < max {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        run_group(&mut turn, group).await;
+    }
+}
+
+/// Runs a control statement (BEGIN, SAVEPOINT, RELEASE, COMMIT): several in one round trip.
+async fn control(conn: &mut SqliteConnection, sql: &'static str) -> Result<(), StoreError> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// One group: `BEGIN IMMEDIATE`, each write (in a savepoint when there are several), `COMMIT`,
+/// then the answers. A failed control statement rolls the whole group back and fails every
+/// write not yet answered: SQLite may have ended the transaction itself (a full disk, an I/O
+/// error), and then nothing of it is kept.
+async fn run_group(conn: &mut SqliteConnection, group: Vec<Box<dyn Job>>) {
+    let savepoints = group.len() > 1;
+    let mut kept: Vec<Box<dyn Job>> = Vec::with_capacity(group.len());
+    let mut rest = group.into_iter();
+    let begun = control(
+        conn,
+        if savepoints {
+            "BEGIN IMMEDIATE; SAVEPOINT w"
+        } else {
+            "BEGIN IMMEDIATE"
+        },
+    )
+    .await;
+    let mut failed = begun.err();
+    if failed.is_none() {
+        while let Some(mut job) = rest.next() {
+            let ok = job.run(conn).await;
+            let last = rest.len() == 0;
+            let next = match (savepoints, ok, last) {
+                (false, true, _) => None,
+                (false, false, _) => Some("ROLLBACK"),
+                (true, true, false) => Some("RELEASE w; SAVEPOINT w"),
+                (true, false, false) => Some("ROLLBACK TO w; RELEASE w; SAVEPOINT w"),
+                (true, true, true) => Some("RELEASE w"),
+                (true, false, true) => Some("ROLLBACK TO w; RELEASE w"),
+            };
+            if ok {
+                kept.push(job);
+            } else {
+                // Its own error; nothing of it will be committed.
+                job.answer(Ok(()));
+            }
+            if let Some(sql) = next
+                && let Err(e) = control(conn, sql).await
+            {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    if failed.is_none() {
+        if kept.is_empty() && !savepoints {
+            // A lone write that failed, rolled back above.
+            return;
+        }
+        failed = control(conn, "COMMIT").await.err();
+    }
+    match failed {
+        None => {
+            for job in kept {
+                job.answer(Ok(()));
+            }
+        }
+        Some(e) => {
+            tracing::warn!("a SQLite group commit failed, its writes are not kept: {e}");
+            let _ = control(conn, "ROLLBACK").await;
+            for job in kept.into_iter().chain(rest) {
+                job.answer(Err(&e));
+            }
+        }
+    }
+}
+
+/// Takes the writer connection, opening it again if its thread died.
+async fn lock_writer(writer: &Arc<tokio::sync::Mutex<Writer>>) -> Result<WriteTurn, StoreError> {
+    let mut writer = Arc::clone(writer).lock_owned().await;
+    if writer.checked_at.elapsed() >= WRITER_CHECK_EVERY {
+        if let Err(e) = writer.conn.ping().await {
+            tracing::warn!(error = %e, "the SQLite writer connection is gone; opening it again");
+            writer.conn = SqliteConnection::connect_with(&writer.options).await?;
+        }
+        writer.checked_at = std::time::Instant::now();
+    }
+    Ok(WriteTurn(writer))
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `url` (`sqlite://path`) and applies
-    /// migrations.
+    /// migrations, with group commits of up to [`DEFAULT_GROUP_COMMIT`] writes.
     ///
     /// # Errors
     /// When the file cannot be opened or a migration fails, or for an in-memory URL: such a
     /// database would lose every order when the process exits.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, DEFAULT_GROUP_COMMIT).await
+    }
+
+    /// As [`SqliteStore::connect`], with group commits of up to `group_commit` writes; 1 gives
+    /// every write a transaction of its own (the store before group commit, for comparison).
+    ///
+    /// # Errors
+    /// As for [`SqliteStore::connect`], and when the writer thread cannot be started.
+    pub async fn connect_with(url: &str, group_commit: usize) -> Result<Self, StoreError> {
         if url.contains(":memory:") || url.contains("mode=memory") {
             return Err(StoreError::Database(format!(
                 "database url {url:?} names an in-memory SQLite database, which would lose every order at exit; name a file (sqlite://provisioner.db)"
@@ -172,14 +371,29 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(cannot_open)?;
-        let store = Self {
-            pool,
-            writer: Arc::new(tokio::sync::Mutex::new(Writer {
-                conn,
-                options: writer_options,
-                checked_at: std::time::Instant::now(),
-            })),
-        };
+        let writer = Arc::new(tokio::sync::Mutex::new(Writer {
+            conn,
+            options: writer_options,
+            checked_at: std::time::Instant::now(),
+        }));
+        let (jobs, queue) = mpsc::unbounded_channel();
+        // A thread of its own, with its own small runtime: the loop outlives no caller's task
+        // and no caller's runtime, and a caller that stops waiting cannot cut a group short.
+        let group_writer = Arc::clone(&writer);
+        let max = group_commit.max(1);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(group_commits(group_writer, queue, max)),
+                    Err(e) => tracing::error!("the SQLite writer thread has no runtime: {e}"),
+                }
+            })
+            .map_err(|e| StoreError::Database(format!("cannot start the SQLite writer: {e}")))?;
+        let store = Self { pool, writer, jobs };
         store.migrate().await?;
         Ok(store)
     }
@@ -220,21 +434,30 @@ impl SqliteStore {
         &self.pool
     }
 
-    /// Waits for this process's turn to write, then hands over the writer connection. Public for
-    /// the benchmark that measures the raw commit rate through the same connection.
+    /// Waits for this process's turn to write, then hands over the writer connection, outside
+    /// any group. Public for the benchmark that measures the raw commit rate through the same
+    /// connection.
     ///
     /// # Errors
     /// When the writer connection's thread died and the file cannot be opened again.
     pub async fn write_turn(&self) -> Result<WriteTurn, StoreError> {
-        let mut writer = Arc::clone(&self.writer).lock_owned().await;
-        if writer.checked_at.elapsed() >= WRITER_CHECK_EVERY {
-            if let Err(e) = writer.conn.ping().await {
-                tracing::warn!(error = %e, "the SQLite writer connection is gone; opening it again");
-                writer.conn = SqliteConnection::connect_with(&writer.options).await?;
-            }
-            writer.checked_at = std::time::Instant::now();
-        }
-        Ok(WriteTurn(writer))
+        lock_writer(&self.writer).await
+    }
+
+    /// Queues `work` for the next group commit and waits for the commit that holds it.
+    async fn write<T: Send + 'static>(&self, work: Work<T>) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Pending {
+            work: Some(work),
+            result: None,
+            reply,
+        };
+        self.jobs
+            .send(Box::new(job))
+            .map_err(|_| StoreError::Database("the SQLite writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Database("the SQLite writer stopped mid-write".into()))?
     }
 }
 
@@ -258,30 +481,47 @@ type Tx<'c> = sqlx::Transaction<'c, sqlx::Sqlite>;
 
 /// Writes the order's mutable columns and everything in `change`, with the fence checked by the
 /// order update itself when `fence` is given: one statement instead of a check and an update, and
-/// writes serialize on this process's turn, so every statement saved is throughput (see
+/// writes serialize on the one writer, so every statement saved is throughput (see
 /// `docs/benchmarks.md`). Without a fence the caller checked it (admin changes).
 async fn write_order(
-    tx: &mut Tx<'_>,
+    conn: &mut SqliteConnection,
     fence: Option<&Lease>,
     order: &Order,
     change: Change,
     now: Timestamp,
 ) -> Result<(), StoreError> {
     let done = query(&sql::update_order(fence, order, &change))
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
     if done.rows_affected() == 0 {
         return Err(StoreError::LeaseLost(order.id.clone()));
     }
-    insert_entries(tx, &order.id, &change.entries).await?;
+    insert_entries(conn, &order.id, &change.entries).await?;
     for s in sql::after_order_write(order, &change) {
-        query(&s).execute(&mut **tx).await?;
+        query(&s).execute(&mut *conn).await?;
     }
-    insert_notices(tx, &order.id, &change.notices, now).await
+    insert_notices(conn, &order.id, &change.notices, now).await
+}
+
+/// Records a purchase outcome first-writer-wins; whether it was the first.
+async fn record_outcome(
+    conn: &mut SqliteConnection,
+    purchase_id: PurchaseId,
+    outcome: &PurchaseOutcome,
+    at: Timestamp,
+) -> Result<Recorded, StoreError> {
+    let (first, late) = sql::record_outcome(purchase_id, outcome, at);
+    if query(&first).execute(&mut *conn).await?.rows_affected() == 1 {
+        return Ok(Recorded::Recorded);
+    }
+    if let Some(late) = late {
+        query(&late).execute(&mut *conn).await?;
+    }
+    Ok(Recorded::AlreadyDecided)
 }
 
 async fn insert_entries(
-    tx: &mut Tx<'_>,
+    conn: &mut SqliteConnection,
     id: &OrderId,
     entries: &[TimelineEntry],
 ) -> Result<(), StoreError> {
@@ -297,13 +537,13 @@ async fn insert_entries(
                 .bind(e.kind.as_str())
                 .bind(&e.message);
         }
-        query.execute(&mut **tx).await?;
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
 
 async fn insert_notices(
-    tx: &mut Tx<'_>,
+    conn: &mut SqliteConnection,
     id: &OrderId,
     notices: &[NoticeKind],
     now: Timestamp,
@@ -320,14 +560,14 @@ async fn insert_notices(
                 .bind(now.millis())
                 .bind(now.millis());
         }
-        query.execute(&mut **tx).await?;
+        query.execute(&mut *conn).await?;
     }
     Ok(())
 }
 
 /// Queues deliveries, a multi-row INSERT per chunk; a key already queued is left as it is.
 async fn insert_deliveries(
-    tx: &mut Tx<'_>,
+    conn: &mut SqliteConnection,
     deliveries: &[NewDelivery],
     now: Timestamp,
 ) -> Result<(), StoreError> {
@@ -350,9 +590,50 @@ async fn insert_deliveries(
                 .bind(now.millis())
                 .bind(now.millis());
         }
-        query.execute(&mut **tx).await?;
+        query.execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// Queues deliveries and marks notices handed to them (see [`Store::fan_out`]).
+async fn fan_out(
+    conn: &mut SqliteConnection,
+    deliveries: &[NewDelivery],
+    notices: &[i64],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    insert_deliveries(conn, deliveries, now).await?;
+    for chunk in notices.chunks(ROWS_PER_INSERT) {
+        let q = format!(
+            "UPDATE outbox SET attempts = attempts + 1, next_at = NULL, delivered_at = ? WHERE id IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(q)).bind(now.millis());
+        for id in chunk {
+            query = query.bind(id);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Claims due deliveries (see [`Store::claim_deliveries`]), oldest due first.
+async fn claim_deliveries(
+    conn: &mut SqliteConnection,
+    worker: &str,
+    now: Timestamp,
+    claim_for: Duration,
+    limit: usize,
+) -> Result<Vec<Delivery>, StoreError> {
+    let stmt = sql::claim_deliveries(worker, now.plus(claim_for), now, limit, CLAIM_LOCK);
+    let rows = query(&stmt).fetch_all(&mut *conn).await?;
+    let mut out = rows
+        .iter()
+        .map(|r| sql::delivery(r, worker))
+        .collect::<Result<Vec<_>, _>>()?;
+    // RETURNING does not promise an order; keep the oldest due first.
+    out.sort_by_key(|d| d.id);
+    Ok(out)
 }
 
 #[async_trait]
@@ -364,28 +645,32 @@ impl Store for SqliteStore {
         entries: &[TimelineEntry],
         notices: &[NoticeKind],
     ) -> Result<Intake, StoreError> {
-        let mut turn = self.write_turn().await?;
-        let mut tx = turn.begin().await?;
-        // Insert first and look only on a clash: a new order (the usual case) costs one
-        // statement fewer than look-then-insert.
-        let inserted = query(&sql::insert_order(order, access))
-            .execute(&mut *tx)
-            .await?;
-        if inserted.rows_affected() == 0 {
-            let row = query(&sql::order_by_ref(&order.order_ref))
-                .fetch_one(&mut *tx)
-                .await?;
-            let existing = sql::order(&row)?;
-            return Ok(if existing.fingerprint == order.fingerprint {
-                Intake::Existing(existing)
-            } else {
-                Intake::Conflict(existing)
-            });
-        }
-        insert_entries(&mut tx, &order.id, entries).await?;
-        insert_notices(&mut tx, &order.id, notices, order.created_at).await?;
-        tx.commit().await?;
-        Ok(Intake::Created(order.clone()))
+        let (order, access) = (order.clone(), access.clone());
+        let (entries, notices) = (entries.to_vec(), notices.to_vec());
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                // Insert first and look only on a clash: a new order (the usual case) costs one
+                // statement fewer than look-then-insert.
+                let inserted = query(&sql::insert_order(&order, &access))
+                    .execute(&mut *conn)
+                    .await?;
+                if inserted.rows_affected() == 0 {
+                    let row = query(&sql::order_by_ref(&order.order_ref))
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    let existing = sql::order(&row)?;
+                    return Ok(if existing.fingerprint == order.fingerprint {
+                        Intake::Existing(existing)
+                    } else {
+                        Intake::Conflict(existing)
+                    });
+                }
+                insert_entries(conn, &order.id, &entries).await?;
+                insert_notices(conn, &order.id, &notices, order.created_at).await?;
+                Ok(Intake::Created(order))
+            })
+        }))
+        .await
     }
 
     async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
@@ -435,13 +720,17 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
         let expires = now.plus(lease_for);
-        let mut turn = self.write_turn().await?;
-        let rows = query(&sql::claim_due(worker, expires, now, limit, CLAIM_LOCK))
-            .fetch_all(&mut *turn)
-            .await?;
-        rows.iter()
-            .map(|row| sql::claimed(row, worker, expires))
-            .collect()
+        let worker = worker.to_string();
+        let stmt = sql::claim_due(&worker, expires, now, limit, CLAIM_LOCK);
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                let rows = query(&stmt).fetch_all(&mut *conn).await?;
+                rows.iter()
+                    .map(|row| sql::claimed(row, &worker, expires))
+                    .collect()
+            })
+        }))
+        .await
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -450,21 +739,42 @@ impl Store for SqliteStore {
     }
 
     async fn save(&self, lease: &Lease, order: &Order, change: Change) -> Result<(), StoreError> {
-        let mut turn = self.write_turn().await?;
-        let mut tx = turn.begin().await?;
-        write_order(&mut tx, Some(lease), order, change, order.updated_at).await?;
-        tx.commit().await?;
-        Ok(())
+        let (lease, order) = (lease.clone(), order.clone());
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                // The outcome first and unfenced: a fact about the world, committed even
+                // when the lease is gone (the answer is then LeaseLost, inside Ok).
+                let Some(o) = change.outcome.clone() else {
+                    write_order(conn, Some(&lease), &order, change, order.updated_at).await?;
+                    return Ok(Ok(()));
+                };
+                if record_outcome(conn, o.purchase_id, &o.outcome, o.at).await?
+                    == Recorded::AlreadyDecided
+                {
+                    return Ok(Err(StoreError::LeaseLost(order.id.clone())));
+                }
+                match write_order(conn, Some(&lease), &order, change, order.updated_at).await {
+                    Err(StoreError::LeaseLost(id)) => Ok(Err(StoreError::LeaseLost(id))),
+                    other => other.map(Ok),
+                }
+            })
+        }))
+        .await?
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let mut turn = self.write_turn().await?;
-        let done = query(&sql::release(lease)).execute(&mut *turn).await?;
-        if done.rows_affected() == 0 {
-            Err(StoreError::LeaseLost(lease.order_id.clone()))
-        } else {
-            Ok(())
-        }
+        let lease = lease.clone();
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                let done = query(&sql::release(&lease)).execute(&mut *conn).await?;
+                if done.rows_affected() == 0 {
+                    Err(StoreError::LeaseLost(lease.order_id.clone()))
+                } else {
+                    Ok(())
+                }
+            })
+        }))
+        .await
     }
 
     async fn acquire_flight(
@@ -472,53 +782,42 @@ impl Store for SqliteStore {
         lease: &Lease,
         package: PackageId,
     ) -> Result<Flight, StoreError> {
-        let mut turn = self.write_turn().await?;
-        // The usual case in one statement: the fence is the INSERT's SELECT, so a row goes in
-        // only for the lease holder and only if the package is free.
-        let inserted = sqlx::query(
-            "INSERT INTO flights (package_id, order_id) SELECT ?, id FROM orders WHERE id = ? AND lease_token = ? AND lease_owner = ? \
-             ON CONFLICT (package_id) DO NOTHING",
-        )
-        .bind(i64::from(package.0))
-        .bind(lease.order_id.as_str())
-        .bind(lease.token)
-        .bind(&lease.worker)
-        .execute(&mut *turn)
-        .await?;
-        if inserted.rows_affected() == 1 {
-            return Ok(Flight::Granted);
-        }
-        // Nothing inserted: the lease is gone, or someone (maybe this order) holds the flight.
-        // One statement, so one snapshot: still ours to hold, and who holds the flight.
-        let row = sqlx::query(
-            "SELECT EXISTS (SELECT 1 FROM orders WHERE id = ? AND lease_token = ? AND lease_owner = ?) AS leased, \
-             (SELECT order_id FROM flights WHERE package_id = ?) AS holder",
-        )
-        .bind(lease.order_id.as_str())
-        .bind(lease.token)
-        .bind(&lease.worker)
-        .bind(i64::from(package.0))
-        .fetch_one(&mut *turn)
-        .await?;
-        drop(turn);
-        let leased: bool = row.try_get("leased")?;
-        let holder: Option<String> = row.try_get("holder")?;
-        if !leased {
-            return Err(StoreError::LeaseLost(lease.order_id.clone()));
-        }
-        // The INSERT found the package taken, and the holder left between the two statements
-        // (only another process can do that): the step fails and is retried, as before.
-        let Some(holder) = holder else {
-            return Err(StoreError::Database(format!(
-                "the flight for package {} was released while being taken",
-                package.0
-            )));
-        };
-        if holder == lease.order_id.as_str() {
-            Ok(Flight::Granted)
-        } else {
-            Ok(Flight::HeldBy(sql::order_id(&holder, "flights.order_id")?))
-        }
+        let lease = lease.clone();
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                // The usual case in one statement: the fence is the INSERT's SELECT, so a row
+                // goes in only for the lease holder and only if the package is free.
+                let inserted = sqlx::query(
+                    "INSERT INTO flights (package_id, order_id) SELECT ?, id FROM orders WHERE id = ? AND lease_token = ? AND lease_owner = ? \
+                     ON CONFLICT (package_id) DO NOTHING",
+                )
+                .bind(i64::from(package.0))
+                .bind(lease.order_id.as_str())
+                .bind(lease.token)
+                .bind(&lease.worker)
+                .execute(&mut *conn)
+                .await?;
+                if inserted.rows_affected() == 1 {
+                    return Ok(Flight::Granted);
+                }
+                // Nothing inserted: the lease is gone, or someone (maybe this order) holds the
+                // flight. Inside the group's transaction, so one snapshot.
+                let row = query(&sql::flight_after_refusal(&lease, package))
+                    .fetch_one(&mut *conn)
+                    .await?;
+                match sql::refused_flight(&row, &lease)? {
+                    None => Ok(Flight::Granted),
+                    Some(Begun::HeldBy(holder)) => Ok(Flight::HeldBy(holder)),
+                    // Nobody holds it and nothing was inserted: the one writer makes that
+                    // impossible, short of another process writing between the two statements.
+                    Some(_) => Err(StoreError::Database(format!(
+                        "the flight for package {} was released while being taken",
+                        package.0
+                    ))),
+                }
+            })
+        }))
+        .await
     }
 
     async fn begin_purchase(
@@ -528,20 +827,49 @@ impl Store for SqliteStore {
         intent: &PurchaseIntent,
         entries: &[TimelineEntry],
     ) -> Result<PurchaseId, StoreError> {
-        let mut turn = self.write_turn().await?;
-        let mut tx = turn.begin().await?;
-        // The fenced order write first: if the lease is gone, no intent is written.
-        let change = Change {
-            entries: entries.to_vec(),
-            keep_lease: true,
-            ..Change::default()
-        };
-        write_order(&mut tx, Some(lease), order, change, intent.sent_at).await?;
-        let row = query(&sql::insert_purchase(intent))
-            .fetch_one(&mut *tx)
+        let (lease, order, intent) = (lease.clone(), order.clone(), intent.clone());
+        let entries = entries.to_vec();
+        self.write(Box::new(move |conn| {
+            Box::pin(async move { begin_purchase(conn, &lease, &order, &intent, entries).await })
+        }))
+        .await
+    }
+
+    async fn flight_state(&self, package: PackageId) -> Result<FlightState, StoreError> {
+        let row = query(&sql::flight_state(package))
+            .fetch_one(&self.pool)
             .await?;
-        tx.commit().await?;
-        row.int("id").map(PurchaseId)
+        sql::flight_state_row(&row)
+    }
+
+    async fn begin_purchase_in_flight(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        intent: &PurchaseIntent,
+        entries: &[TimelineEntry],
+        seen: &FlightState,
+    ) -> Result<Begun, StoreError> {
+        let (lease, order, intent) = (lease.clone(), order.clone(), intent.clone());
+        let entries = entries.to_vec();
+        let take = sql::take_flight(&lease, intent.package_id, seen);
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                // The flight first, fenced in the INSERT's SELECT: when it is refused, nothing
+                // has been written.
+                if query(&take).execute(&mut *conn).await?.rows_affected() == 0 {
+                    let row = query(&sql::flight_after_refusal(&lease, intent.package_id))
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    if let Some(refused) = sql::refused_flight(&row, &lease)? {
+                        return Ok(refused);
+                    }
+                }
+                let id = begin_purchase(conn, &lease, &order, &intent, entries).await?;
+                Ok(Begun::Purchase(id))
+            })
+        }))
+        .await
     }
 
     async fn record_outcome(
@@ -550,34 +878,38 @@ impl Store for SqliteStore {
         outcome: &PurchaseOutcome,
         at: Timestamp,
     ) -> Result<Recorded, StoreError> {
-        let (first, late) = sql::record_outcome(purchase_id, outcome, at);
-        let mut turn = self.write_turn().await?;
-        if query(&first).execute(&mut *turn).await?.rows_affected() == 1 {
-            return Ok(Recorded::Recorded);
-        }
-        if let Some(late) = late {
-            query(&late).execute(&mut *turn).await?;
-        }
-        Ok(Recorded::AlreadyDecided)
+        let outcome = outcome.clone();
+        self.write(Box::new(move |conn| {
+            Box::pin(async move { record_outcome(conn, purchase_id, &outcome, at).await })
+        }))
+        .await
     }
 
     async fn expedite(&self, id: &OrderId, at: Timestamp) -> Result<bool, StoreError> {
-        let mut turn = self.write_turn().await?;
-        let done = query(&sql::expedite(id, at)).execute(&mut *turn).await?;
-        Ok(done.rows_affected() == 1)
+        let stmt = sql::expedite(id, at);
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                let done = query(&stmt).execute(&mut *conn).await?;
+                Ok(done.rows_affected() == 1)
+            })
+        }))
+        .await
     }
 
     async fn record_discovered(&self, found: &[Discovered]) -> Result<(), StoreError> {
         if found.is_empty() {
             return Ok(());
         }
-        let mut turn = self.write_turn().await?;
-        let mut tx = turn.begin().await?;
-        for d in found {
-            query(&sql::record_discovered(d)).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let stmts: Vec<Stmt> = found.iter().map(sql::record_discovered).collect();
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                for s in &stmts {
+                    query(s).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        }))
+        .await
     }
 
     async fn discovered(&self, package: PackageId) -> Result<Vec<Discovered>, StoreError> {
@@ -607,21 +939,22 @@ impl Store for SqliteStore {
         now: Timestamp,
         change: Change,
     ) -> Result<(), StoreError> {
-        let mut turn = self.write_turn().await?;
-        let mut tx = turn.begin().await?;
-        let done = query(&sql::admin_fence(order, expected_updated_at, now))
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::Conflict(order.id.clone()));
-        }
-        let change = Change {
-            keep_lease: false,
-            ..change
-        };
-        write_order(&mut tx, None, order, change, now).await?;
-        tx.commit().await?;
-        Ok(())
+        let order = order.clone();
+        let fence = sql::admin_fence(&order, expected_updated_at, now);
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                let done = query(&fence).execute(&mut *conn).await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::Conflict(order.id.clone()));
+                }
+                let change = Change {
+                    keep_lease: false,
+                    ..change
+                };
+                write_order(conn, None, &order, change, now).await
+            })
+        }))
+        .await
     }
 
     async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError> {
@@ -637,22 +970,31 @@ impl Store for SqliteStore {
         notices: &[i64],
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        let mut turn = self.write_turn().await?;
-        let mut tx = turn.begin().await?;
-        insert_deliveries(&mut tx, deliveries, now).await?;
-        for chunk in notices.chunks(ROWS_PER_INSERT) {
-            let q = format!(
-                "UPDATE outbox SET attempts = attempts + 1, next_at = NULL, delivered_at = ? WHERE id IN ({})",
-                vec!["?"; chunk.len()].join(", ")
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(q)).bind(now.millis());
-            for id in chunk {
-                query = query.bind(id);
-            }
-            query.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let (deliveries, notices) = (deliveries.to_vec(), notices.to_vec());
+        self.write(Box::new(move |conn| {
+            Box::pin(async move { fan_out(conn, &deliveries, &notices, now).await })
+        }))
+        .await
+    }
+
+    async fn fan_out_and_claim(
+        &self,
+        deliveries: &[NewDelivery],
+        notices: &[i64],
+        now: Timestamp,
+        worker: &str,
+        claim_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let (deliveries, notices) = (deliveries.to_vec(), notices.to_vec());
+        let worker = worker.to_string();
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                fan_out(conn, &deliveries, &notices, now).await?;
+                claim_deliveries(conn, &worker, now, claim_for, limit).await
+            })
+        }))
+        .await
     }
 
     async fn claim_deliveries(
@@ -662,16 +1004,11 @@ impl Store for SqliteStore {
         claim_for: Duration,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let stmt = sql::claim_deliveries(worker, now.plus(claim_for), now, limit, CLAIM_LOCK);
-        let mut turn = self.write_turn().await?;
-        let rows = query(&stmt).fetch_all(&mut *turn).await?;
-        let mut out = rows
-            .iter()
-            .map(|r| sql::delivery(r, worker))
-            .collect::<Result<Vec<_>, _>>()?;
-        // RETURNING does not promise an order; keep the oldest due first.
-        out.sort_by_key(|d| d.id);
-        Ok(out)
+        let worker = worker.to_string();
+        self.write(Box::new(move |conn| {
+            Box::pin(async move { claim_deliveries(conn, &worker, now, claim_for, limit).await })
+        }))
+        .await
     }
 
     async fn finish_delivery(
@@ -679,11 +1016,38 @@ impl Store for SqliteStore {
         d: &Delivery,
         result: &DeliveryResult,
     ) -> Result<bool, StoreError> {
-        let mut turn = self.write_turn().await?;
-        let done = query(&sql::finish_delivery(d, result))
-            .execute(&mut *turn)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        let stmt = sql::finish_delivery(d, result);
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                let done = query(&stmt).execute(&mut *conn).await?;
+                Ok(done.rows_affected() == 1)
+            })
+        }))
+        .await
+    }
+
+    async fn finish_deliveries(
+        &self,
+        results: &[(Delivery, DeliveryResult)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let plan = FinishPlan::new(results);
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                let mut changed = std::collections::HashSet::new();
+                for s in &plan.delivered {
+                    for row in query(s).fetch_all(&mut *conn).await? {
+                        changed.insert(row.int("id")?);
+                    }
+                }
+                for (id, s) in &plan.failed {
+                    if query(s).execute(&mut *conn).await?.rows_affected() == 1 {
+                        changed.insert(*id);
+                    }
+                }
+                Ok(plan.ids.iter().map(|id| changed.contains(id)).collect())
+            })
+        }))
+        .await
     }
 
     async fn outbox_backlog(&self) -> Result<u64, StoreError> {
@@ -692,14 +1056,17 @@ impl Store for SqliteStore {
     }
 
     async fn replace_catalog(&self, packages: &[CatalogPackage]) -> Result<(), StoreError> {
-        let mut turn = self.write_turn().await?;
-        let mut tx = turn.begin().await?;
-        query(&sql::delete_catalog()).execute(&mut *tx).await?;
-        for p in packages {
-            query(&sql::insert_package(p)).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let stmts: Vec<Stmt> = packages.iter().map(sql::insert_package).collect();
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                query(&sql::delete_catalog()).execute(&mut *conn).await?;
+                for s in &stmts {
+                    query(s).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        }))
+        .await
     }
 
     async fn catalog(&self) -> Result<Vec<CatalogPackage>, StoreError> {
@@ -720,17 +1087,18 @@ impl Store for SqliteStore {
         next: &AccessToken,
         entry: &TimelineEntry,
     ) -> Result<(), StoreError> {
-        let mut turn = self.write_turn().await?;
-        let mut tx = turn.begin().await?;
-        let done = query(&sql::rotate_access_token(id, next))
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(sql::no_order_for_token(id));
-        }
-        insert_entries(&mut tx, id, std::slice::from_ref(entry)).await?;
-        tx.commit().await?;
-        Ok(())
+        let (id, entry) = (id.clone(), entry.clone());
+        let stmt = sql::rotate_access_token(&id, next);
+        self.write(Box::new(move |conn| {
+            Box::pin(async move {
+                let done = query(&stmt).execute(&mut *conn).await?;
+                if done.rows_affected() == 0 {
+                    return Err(sql::no_order_for_token(&id));
+                }
+                insert_entries(conn, &id, std::slice::from_ref(&entry)).await
+            })
+        }))
+        .await
     }
 
     async fn access_token(&self, id: &OrderId) -> Result<Option<AccessToken>, StoreError> {
@@ -738,6 +1106,60 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await?;
         sql::access_token(row.as_ref())
+    }
+}
+
+/// Writes a purchase intent with the fenced order write, before buyvps is sent; its id.
+async fn begin_purchase(
+    conn: &mut SqliteConnection,
+    lease: &Lease,
+    order: &Order,
+    intent: &PurchaseIntent,
+    entries: Vec<TimelineEntry>,
+) -> Result<PurchaseId, StoreError> {
+    // The fenced order write first: if the lease is gone, no intent is written.
+    let change = Change {
+        entries,
+        keep_lease: true,
+        ..Change::default()
+    };
+    write_order(conn, Some(lease), order, change, intent.sent_at).await?;
+    let row = query(&sql::insert_purchase(intent))
+        .fetch_one(&mut *conn)
+        .await?;
+    row.int("id").map(PurchaseId)
+}
+
+/// A batch of finished deliveries as statements: the delivered ones in one statement per
+/// [`ROWS_PER_INSERT`], each failure in one of its own (failures are rare and each is fenced by
+/// its claim).
+struct FinishPlan {
+    /// The deliveries, in the caller's order.
+    ids: Vec<i64>,
+    /// Statements returning the `id` of each delivery they marked delivered.
+    delivered: Vec<Stmt>,
+    /// One fenced statement per failure.
+    failed: Vec<(i64, Stmt)>,
+}
+
+impl FinishPlan {
+    fn new(results: &[(Delivery, DeliveryResult)]) -> Self {
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        for (d, r) in results {
+            match r {
+                DeliveryResult::Delivered { at } => done.push((d.id, *at)),
+                DeliveryResult::Failed { .. } => failed.push((d.id, sql::finish_delivery(d, r))),
+            }
+        }
+        Self {
+            ids: results.iter().map(|(d, _)| d.id).collect(),
+            delivered: done
+                .chunks(ROWS_PER_INSERT)
+                .map(sql::finish_delivered)
+                .collect(),
+            failed,
+        }
     }
 }
 
