@@ -99,7 +99,7 @@ pub(crate) struct Stmt {
 }
 
 impl Stmt {
-    fn new(sql: impl Into<String>) -> Self {
+    pub(crate) fn new(sql: impl Into<String>) -> Self {
         Self {
             sql: sql.into(),
             args: Vec::new(),
@@ -108,7 +108,7 @@ impl Stmt {
 
     /// Adds a value and returns its placeholder, for statements whose text depends on what is
     /// bound (placeholders are numbered as they are added: PostgreSQL refuses a gap).
-    fn param(&mut self, arg: Arg) -> String {
+    pub(crate) fn param(&mut self, arg: Arg) -> String {
         self.args.push(arg);
         format!("${}", self.args.len())
     }
@@ -125,6 +125,43 @@ impl Stmt {
 
     fn str(self, v: &str) -> Self {
         self.text(Some(v))
+    }
+}
+
+impl Stmt {
+    /// This statement and then `next`, as one text of two statements, `next`'s placeholders
+    /// renumbered after this one's values: SQLite runs both in one call to its connection's
+    /// thread (sqlx binds `$n` by number across the statements of one text). SQLite only:
+    /// PostgreSQL's extended protocol takes one statement per query.
+    pub(crate) fn then(mut self, next: Stmt) -> Stmt {
+        let offset = self.args.len();
+        let mut sql = String::with_capacity(self.sql.len() + next.sql.len() + 8);
+        sql.push_str(&self.sql);
+        sql.push_str(";\n");
+        let mut chars = next.sql.char_indices().peekable();
+        while let Some((_, c)) = chars.next() {
+            if c != '$' {
+                sql.push(c);
+                continue;
+            }
+            let mut digits = String::new();
+            while let Some((_, d)) = chars.peek().copied().filter(|(_, d)| d.is_ascii_digit()) {
+                digits.push(d);
+                chars.next();
+            }
+            match digits.parse::<usize>() {
+                Ok(n) => sql.push_str(&format!("${}", n + offset)),
+                Err(_) => sql.push('$'),
+            }
+        }
+        self.sql = sql;
+        self.args.extend(next.args);
+        self
+    }
+
+    /// The statements one after the other (see [`Stmt::then`]); `None` for none.
+    pub(crate) fn chain(stmts: impl IntoIterator<Item = Stmt>) -> Option<Stmt> {
+        stmts.into_iter().reduce(Stmt::then)
     }
 }
 
@@ -907,6 +944,21 @@ mod tests {
                 *ACTIVE_STATES
             );
         }
+    }
+
+    #[test]
+    fn chained_statements_number_their_placeholders_on() {
+        let a = Stmt::new("UPDATE t SET a = $1 WHERE b = $2").int(1).int(2);
+        let b = Stmt::new("INSERT INTO u VALUES ($1, $2, $1)")
+            .int(3)
+            .str("x");
+        let c = Stmt::chain([a, b, Stmt::new("DELETE FROM v WHERE w = $1").int(4)]).unwrap();
+        assert_eq!(
+            c.sql,
+            "UPDATE t SET a = $1 WHERE b = $2;\nINSERT INTO u VALUES ($3, $4, $3);\nDELETE FROM v WHERE w = $5"
+        );
+        assert_eq!(c.args.len(), 5);
+        assert!(Stmt::chain(Vec::new()).is_none());
     }
 
     #[test]

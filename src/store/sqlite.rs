@@ -92,22 +92,26 @@ pub const DEFAULT_GROUP_COMMIT: usize = 64;
 /// - no pool round trips: a sqlx pool pings a connection when it is taken and again when it is
 ///   given back, each a hop to the connection's thread, as costly as a statement.
 ///
-/// **Group commit.** Writes are queued to a writer thread, which takes every write waiting
-/// (up to `group_commit`) into one transaction, each write inside its own savepoint: a write
-/// that fails is rolled back to its savepoint and answered with its error, without touching its
-/// batch-mates. Every caller is answered only after the commit that holds its write, so a write
-/// that returned is durable as before; the commit's fixed cost (the WAL append, the lock, the
-/// `BEGIN`/`COMMIT` round trips) is shared by the group. A lone write takes no savepoint.
+/// **Group commit.** Writes are queued to one group-commit task, which takes every write
+/// waiting (up to `group_commit`) into one transaction. Every caller is answered only after
+/// the commit that holds its write, so a write that returned is durable as before; the
+/// commit's fixed cost (the lock, the WAL append, the `BEGIN`/`COMMIT` round trips) is shared
+/// by the group. A write that fails is answered with its own error and never fails its
+/// batch-mates: one that failed deciding (a fence that matched nothing) has written nothing and
+/// the group goes on; any other failure rolls the group back and the others run again.
+/// Within a write, the statements after its deciding one go to the connection as one text,
+/// one round trip to the connection's thread instead of one per statement: those round trips
+/// (thread wake-ups) were most of the CPU a write cost.
 ///
 /// Other processes (`orders` CLI commands) still meet `busy_timeout`.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     /// Reads: several connections, each reading a consistent WAL snapshot.
     pool: SqlitePool,
-    /// The one writer connection; the group-commit thread takes it for each group, and
+    /// The one writer connection; the group-commit task takes it for each group, and
     /// [`SqliteStore::write_turn`] for a write of its own (migrations, the benchmark's loop).
     writer: Arc<tokio::sync::Mutex<Writer>>,
-    /// The queue of writes for the group-commit thread; it ends when the last clone is dropped.
+    /// The queue of writes for the group-commit task; it ends when the last clone is dropped.
     jobs: mpsc::UnboundedSender<Box<dyn Job>>,
 }
 
@@ -153,28 +157,25 @@ impl std::ops::DerefMut for WriteTurn {
 }
 
 /// A write's work: statements run on the writer connection inside the group's transaction.
+/// `Fn`, not `FnOnce`: when a batch-mate fails, the group is rolled back and the others run
+/// again, so the work must be able to run twice.
 type Work<T> = Box<
-    dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>> + Send,
+    dyn for<'c> Fn(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>> + Send + Sync,
 >;
 
 /// A write waiting in the group-commit queue, with its caller's answer.
 trait Job: Send {
-    /// Runs the write; whether it succeeded (else its savepoint is rolled back and it is
-    /// answered at once with its own error).
+    /// Runs the write (again, if its group was rolled back); whether it succeeded.
     fn run<'c>(&'c mut self, conn: &'c mut SqliteConnection) -> BoxFuture<'c, bool>;
+    /// Whether its failure left nothing written: see [`wrote_nothing`].
+    fn failed_cleanly(&self) -> bool;
     /// Answers the caller: its own result once the group committed, or the group's failure.
     fn answer(self: Box<Self>, group: Result<(), &StoreError>);
 }
 
-impl std::fmt::Debug for dyn Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Job")
-    }
-}
-
 /// A write of result `T`.
 struct Pending<T> {
-    work: Option<Work<T>>,
+    work: Work<T>,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
@@ -182,14 +183,15 @@ struct Pending<T> {
 impl<T: Send + 'static> Job for Pending<T> {
     fn run<'c>(&'c mut self, conn: &'c mut SqliteConnection) -> BoxFuture<'c, bool> {
         Box::pin(async move {
-            let Some(work) = self.work.take() else {
-                return false;
-            };
-            let result = work(conn).await;
+            let result = (self.work)(conn).await;
             let ok = result.is_ok();
             self.result = Some(result);
             ok
         })
+    }
+
+    fn failed_cleanly(&self) -> bool {
+        matches!(&self.result, Some(Err(e)) if wrote_nothing(e))
     }
 
     fn answer(self: Box<Self>, group: Result<(), &StoreError>) {
@@ -208,6 +210,13 @@ impl<T: Send + 'static> Job for Pending<T> {
         // A caller that gave up waiting (its task was dropped) needs no answer.
         let _ = self.reply.send(answer);
     }
+}
+
+/// The errors a write returns only from its deciding statement, before it has written
+/// anything (a fence or a lease that matched no row): the group goes on without rolling back.
+/// Every write below keeps to that; any other error rolls the group back.
+fn wrote_nothing(e: &StoreError) -> bool {
+    matches!(e, StoreError::LeaseLost(_) | StoreError::Conflict(_))
 }
 
 /// The group-commit loop: waits for a write, takes the writer connection, takes every write
@@ -236,7 +245,7 @@ async fn group_commits(
     }
 }
 
-/// Runs a control statement (BEGIN, SAVEPOINT, RELEASE, COMMIT): several in one round trip.
+/// Runs a control statement (BEGIN, COMMIT, ROLLBACK).
 async fn control(conn: &mut SqliteConnection, sql: &'static str) -> Result<(), StoreError> {
     sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
         .execute(&mut *conn)
@@ -244,70 +253,52 @@ async fn control(conn: &mut SqliteConnection, sql: &'static str) -> Result<(), S
     Ok(())
 }
 
-/// One group: `BEGIN IMMEDIATE`, each write (in a savepoint when there are several), `COMMIT`,
-/// then the answers. A failed control statement rolls the whole group back and fails every
-/// write not yet answered: SQLite may have ended the transaction itself (a full disk, an I/O
-/// error), and then nothing of it is kept.
-async fn run_group(conn: &mut SqliteConnection, group: Vec<Box<dyn Job>>) {
-    let savepoints = group.len() > 1;
-    let mut kept: Vec<Box<dyn Job>> = Vec::with_capacity(group.len());
-    let mut rest = group.into_iter();
-    let begun = control(
-        conn,
-        if savepoints {
-            "BEGIN IMMEDIATE; SAVEPOINT w"
-        } else {
-            "BEGIN IMMEDIATE"
-        },
-    )
-    .await;
-    let mut failed = begun.err();
-    if failed.is_none() {
-        while let Some(mut job) = rest.next() {
-            let ok = job.run(conn).await;
-            let last = rest.len() == 0;
-            let next = match (savepoints, ok, last) {
-                (false, true, _) => None,
-                (false, false, _) => Some("ROLLBACK"),
-                (true, true, false) => Some("RELEASE w; SAVEPOINT w"),
-                (true, false, false) => Some("ROLLBACK TO w; RELEASE w; SAVEPOINT w"),
-                (true, true, true) => Some("RELEASE w"),
-                (true, false, true) => Some("ROLLBACK TO w; RELEASE w"),
-            };
-            if ok {
-                kept.push(job);
-            } else {
-                // Its own error; nothing of it will be committed.
-                job.answer(Ok(()));
+/// One group: `BEGIN IMMEDIATE`, each write, `COMMIT`, then the answers. A write that fails
+/// having written nothing ([`wrote_nothing`]) is answered and the group goes on. One that may
+/// have written part of itself rolls the group back: it is answered with its error and the
+/// others run again in a new transaction, so no write fails for a batch-mate's fault and no
+/// savepoint round trip is paid per write.
+async fn run_group(conn: &mut SqliteConnection, mut group: Vec<Box<dyn Job>>) {
+    while !group.is_empty() {
+        if let Err(e) = control(conn, "BEGIN IMMEDIATE").await {
+            for job in group {
+                job.answer(Err(&e));
             }
-            if let Some(sql) = next
-                && let Err(e) = control(conn, sql).await
-            {
-                failed = Some(e);
+            return;
+        }
+        let mut broken = None;
+        let mut i = 0;
+        while i < group.len() {
+            if group[i].run(conn).await {
+                i += 1;
+            } else if group[i].failed_cleanly() {
+                group.remove(i).answer(Ok(()));
+            } else {
+                broken = Some(i);
                 break;
             }
         }
-    }
-    if failed.is_none() {
-        if kept.is_empty() && !savepoints {
-            // A lone write that failed, rolled back above.
+        let Some(i) = broken else {
+            let committed = if group.is_empty() {
+                control(conn, "ROLLBACK").await
+            } else {
+                control(conn, "COMMIT").await
+            };
+            if let Err(e) = &committed {
+                tracing::warn!("a SQLite group commit failed, its writes are not kept: {e}");
+                let _ = control(conn, "ROLLBACK").await;
+            }
+            for job in group {
+                job.answer(committed.as_ref().map(|_| ()));
+            }
             return;
+        };
+        if let Err(e) = control(conn, "ROLLBACK").await {
+            // The transaction may be gone already (SQLite ends it itself on some errors);
+            // if the connection cannot even say so, nothing of the group is kept.
+            tracing::warn!("rolling back a SQLite group failed: {e}");
         }
-        failed = control(conn, "COMMIT").await.err();
-    }
-    match failed {
-        None => {
-            for job in kept {
-                job.answer(Ok(()));
-            }
-        }
-        Some(e) => {
-            tracing::warn!("a SQLite group commit failed, its writes are not kept: {e}");
-            let _ = control(conn, "ROLLBACK").await;
-            for job in kept.into_iter().chain(rest) {
-                job.answer(Err(&e));
-            }
-        }
+        group.remove(i).answer(Ok(()));
     }
 }
 
@@ -377,22 +368,34 @@ impl SqliteStore {
             checked_at: std::time::Instant::now(),
         }));
         let (jobs, queue) = mpsc::unbounded_channel();
-        // A thread of its own, with its own small runtime: the loop outlives no caller's task
-        // and no caller's runtime, and a caller that stops waiting cannot cut a group short.
         let group_writer = Arc::clone(&writer);
         let max = group_commit.max(1);
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt.block_on(group_commits(group_writer, queue, max)),
-                    Err(e) => tracing::error!("the SQLite writer thread has no runtime: {e}"),
-                }
-            })
-            .map_err(|e| StoreError::Database(format!("cannot start the SQLite writer: {e}")))?;
+        // A task on this runtime (a wake-up between tasks, not threads, for every write), or a
+        // thread with a small runtime of its own when there is no runtime to run on. The loop
+        // ends when the last clone of the store is dropped.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(group_commits(group_writer, queue, max));
+            }
+            Err(_) => {
+                std::thread::Builder::new()
+                    .name("sqlite-writer".into())
+                    .spawn(move || {
+                        match tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            Ok(rt) => rt.block_on(group_commits(group_writer, queue, max)),
+                            Err(e) => {
+                                tracing::error!("the SQLite writer thread has no runtime: {e}")
+                            }
+                        }
+                    })
+                    .map_err(|e| {
+                        StoreError::Database(format!("cannot start the SQLite writer: {e}"))
+                    })?;
+            }
+        }
         let store = Self { pool, writer, jobs };
         store.migrate().await?;
         Ok(store)
@@ -444,11 +447,22 @@ impl SqliteStore {
         lock_writer(&self.writer).await
     }
 
+    /// Queues one statement (or one text of several) for the next group commit; the rows it
+    /// changed.
+    async fn execute(&self, stmt: Stmt) -> Result<u64, StoreError> {
+        let stmt = Arc::new(stmt);
+        self.write(Box::new(move |conn| {
+            let stmt = Arc::clone(&stmt);
+            Box::pin(async move { Ok(query(&stmt).execute(&mut *conn).await?.rows_affected()) })
+        }))
+        .await
+    }
+
     /// Queues `work` for the next group commit and waits for the commit that holds it.
     async fn write<T: Send + 'static>(&self, work: Work<T>) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         let job = Pending {
-            work: Some(work),
+            work,
             result: None,
             reply,
         };
@@ -480,27 +494,37 @@ const CLAIM_LOCK: &str = "";
 type Tx<'c> = sqlx::Transaction<'c, sqlx::Sqlite>;
 
 /// Writes the order's mutable columns and everything in `change`, with the fence checked by the
-/// order update itself when `fence` is given: one statement instead of a check and an update, and
-/// writes serialize on the one writer, so every statement saved is throughput (see
-/// `docs/benchmarks.md`). Without a fence the caller checked it (admin changes).
+/// order update itself when `fence` is given: one statement instead of a check and an update.
+/// Everything after it goes to the connection as one text of statements: writes serialize on
+/// the one writer, and each call to its thread is a round trip between threads, so every call
+/// saved is throughput (see `docs/benchmarks.md`). Without a fence the caller checked it (admin
+/// changes). [`StoreError::LeaseLost`] is returned before anything is written.
 async fn write_order(
     conn: &mut SqliteConnection,
     fence: Option<&Lease>,
     order: &Order,
-    change: Change,
+    change: &Change,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    let done = query(&sql::update_order(fence, order, &change))
+    let done = query(&sql::update_order(fence, order, change))
         .execute(&mut *conn)
         .await?;
     if done.rows_affected() == 0 {
         return Err(StoreError::LeaseLost(order.id.clone()));
     }
-    insert_entries(conn, &order.id, &change.entries).await?;
-    for s in sql::after_order_write(order, &change) {
-        query(&s).execute(&mut *conn).await?;
+    if let Some(rest) = Stmt::chain(after_update(order, change, now)) {
+        query(&rest).execute(&mut *conn).await?;
     }
-    insert_notices(conn, &order.id, &change.notices, now).await
+    Ok(())
+}
+
+/// What an order write does after its order row: timeline lines, the flight, a resolution,
+/// notices.
+fn after_update(order: &Order, change: &Change, now: Timestamp) -> Vec<Stmt> {
+    let mut out = entries_stmts(&order.id, &change.entries);
+    out.extend(sql::after_order_write(order, change));
+    out.extend(notices_stmts(&order.id, &change.notices, now));
+    out
 }
 
 /// Records a purchase outcome first-writer-wins; whether it was the first.
@@ -520,49 +544,58 @@ async fn record_outcome(
     Ok(Recorded::AlreadyDecided)
 }
 
-async fn insert_entries(
-    conn: &mut SqliteConnection,
-    id: &OrderId,
-    entries: &[TimelineEntry],
-) -> Result<(), StoreError> {
-    // One multi-row INSERT per chunk rather than one per line: a step writes up to a dozen lines.
-    for chunk in entries.chunks(ROWS_PER_INSERT) {
-        let mut q = String::from("INSERT INTO timeline (order_id, at, kind, message) VALUES ");
-        q.push_str(&vec!["(?, ?, ?, ?)"; chunk.len()].join(", "));
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-        for e in chunk {
-            query = query
-                .bind(id.as_str())
-                .bind(e.at.millis())
-                .bind(e.kind.as_str())
-                .bind(&e.message);
-        }
-        query.execute(&mut *conn).await?;
-    }
-    Ok(())
+/// Timeline lines as multi-row INSERTs (one per [`ROWS_PER_INSERT`] lines; none for none).
+fn entries_stmts(id: &OrderId, entries: &[TimelineEntry]) -> Vec<Stmt> {
+    entries
+        .chunks(ROWS_PER_INSERT)
+        .map(|chunk| {
+            let mut s = Stmt::new(String::new());
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|e| {
+                    format!(
+                        "({}, {}, {}, {})",
+                        s.param(Arg::Text(Some(id.as_str().into()))),
+                        s.param(Arg::Int(Some(e.at.millis()))),
+                        s.param(Arg::Text(Some(e.kind.as_str().into()))),
+                        s.param(Arg::Text(Some(e.message.clone()))),
+                    )
+                })
+                .collect();
+            s.sql = format!(
+                "INSERT INTO timeline (order_id, at, kind, message) VALUES {}",
+                rows.join(", ")
+            );
+            s
+        })
+        .collect()
 }
 
-async fn insert_notices(
-    conn: &mut SqliteConnection,
-    id: &OrderId,
-    notices: &[NoticeKind],
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    for chunk in notices.chunks(ROWS_PER_INSERT) {
-        let mut q =
-            String::from("INSERT INTO outbox (order_id, kind, created_at, next_at) VALUES ");
-        q.push_str(&vec!["(?, ?, ?, ?)"; chunk.len()].join(", "));
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-        for kind in chunk {
-            query = query
-                .bind(id.as_str())
-                .bind(kind.as_str())
-                .bind(now.millis())
-                .bind(now.millis());
-        }
-        query.execute(&mut *conn).await?;
-    }
-    Ok(())
+/// Outbox notices as multi-row INSERTs (none for none).
+fn notices_stmts(id: &OrderId, notices: &[NoticeKind], now: Timestamp) -> Vec<Stmt> {
+    notices
+        .chunks(ROWS_PER_INSERT)
+        .map(|chunk| {
+            let mut s = Stmt::new(String::new());
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|kind| {
+                    format!(
+                        "({}, {}, {}, {})",
+                        s.param(Arg::Text(Some(id.as_str().into()))),
+                        s.param(Arg::Text(Some(kind.as_str().into()))),
+                        s.param(Arg::Int(Some(now.millis()))),
+                        s.param(Arg::Int(Some(now.millis()))),
+                    )
+                })
+                .collect();
+            s.sql = format!(
+                "INSERT INTO outbox (order_id, kind, created_at, next_at) VALUES {}",
+                rows.join(", ")
+            );
+            s
+        })
+        .collect()
 }
 
 /// Queues deliveries, a multi-row INSERT per chunk; a key already queued is left as it is.
@@ -645,19 +678,27 @@ impl Store for SqliteStore {
         entries: &[TimelineEntry],
         notices: &[NoticeKind],
     ) -> Result<Intake, StoreError> {
-        let (order, access) = (order.clone(), access.clone());
-        let (entries, notices) = (entries.to_vec(), notices.to_vec());
+        let insert = sql::insert_order(order, access);
+        let by_ref = sql::order_by_ref(&order.order_ref);
+        let rest = Stmt::chain(
+            entries_stmts(&order.id, entries)
+                .into_iter()
+                .chain(notices_stmts(&order.id, notices, order.created_at)),
+        );
+        let order = Arc::new(order.clone());
         self.write(Box::new(move |conn| {
+            let (insert, by_ref, rest, order) = (
+                insert.clone(),
+                by_ref.clone(),
+                rest.clone(),
+                Arc::clone(&order),
+            );
             Box::pin(async move {
                 // Insert first and look only on a clash: a new order (the usual case) costs one
                 // statement fewer than look-then-insert.
-                let inserted = query(&sql::insert_order(&order, &access))
-                    .execute(&mut *conn)
-                    .await?;
+                let inserted = query(&insert).execute(&mut *conn).await?;
                 if inserted.rows_affected() == 0 {
-                    let row = query(&sql::order_by_ref(&order.order_ref))
-                        .fetch_one(&mut *conn)
-                        .await?;
+                    let row = query(&by_ref).fetch_one(&mut *conn).await?;
                     let existing = sql::order(&row)?;
                     return Ok(if existing.fingerprint == order.fingerprint {
                         Intake::Existing(existing)
@@ -665,9 +706,10 @@ impl Store for SqliteStore {
                         Intake::Conflict(existing)
                     });
                 }
-                insert_entries(conn, &order.id, &entries).await?;
-                insert_notices(conn, &order.id, &notices, order.created_at).await?;
-                Ok(Intake::Created(order))
+                if let Some(rest) = &rest {
+                    query(rest).execute(&mut *conn).await?;
+                }
+                Ok(Intake::Created((*order).clone()))
             })
         }))
         .await
@@ -720,9 +762,10 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
         let expires = now.plus(lease_for);
-        let worker = worker.to_string();
-        let stmt = sql::claim_due(&worker, expires, now, limit, CLAIM_LOCK);
+        let worker: Arc<str> = worker.into();
+        let stmt = Arc::new(sql::claim_due(&worker, expires, now, limit, CLAIM_LOCK));
         self.write(Box::new(move |conn| {
+            let (stmt, worker) = (Arc::clone(&stmt), Arc::clone(&worker));
             Box::pin(async move {
                 let rows = query(&stmt).fetch_all(&mut *conn).await?;
                 rows.iter()
@@ -739,13 +782,15 @@ impl Store for SqliteStore {
     }
 
     async fn save(&self, lease: &Lease, order: &Order, change: Change) -> Result<(), StoreError> {
-        let (lease, order) = (lease.clone(), order.clone());
+        let data = Arc::new((lease.clone(), order.clone(), change));
         self.write(Box::new(move |conn| {
+            let data = Arc::clone(&data);
             Box::pin(async move {
-                // The outcome first and unfenced: a fact about the world, committed even
-                // when the lease is gone (the answer is then LeaseLost, inside Ok).
-                let Some(o) = change.outcome.clone() else {
-                    write_order(conn, Some(&lease), &order, change, order.updated_at).await?;
+                let (lease, order, change) = &*data;
+                // The outcome first and unfenced: a fact about the world, committed even when
+                // the lease is gone (the answer is then LeaseLost, inside Ok).
+                let Some(o) = &change.outcome else {
+                    write_order(conn, Some(lease), order, change, order.updated_at).await?;
                     return Ok(Ok(()));
                 };
                 if record_outcome(conn, o.purchase_id, &o.outcome, o.at).await?
@@ -753,7 +798,7 @@ impl Store for SqliteStore {
                 {
                     return Ok(Err(StoreError::LeaseLost(order.id.clone())));
                 }
-                match write_order(conn, Some(&lease), &order, change, order.updated_at).await {
+                match write_order(conn, Some(lease), order, change, order.updated_at).await {
                     Err(StoreError::LeaseLost(id)) => Ok(Err(StoreError::LeaseLost(id))),
                     other => other.map(Ok),
                 }
@@ -763,8 +808,9 @@ impl Store for SqliteStore {
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let lease = lease.clone();
+        let lease = Arc::new(lease.clone());
         self.write(Box::new(move |conn| {
+            let lease = Arc::clone(&lease);
             Box::pin(async move {
                 let done = query(&sql::release(&lease)).execute(&mut *conn).await?;
                 if done.rows_affected() == 0 {
@@ -782,8 +828,9 @@ impl Store for SqliteStore {
         lease: &Lease,
         package: PackageId,
     ) -> Result<Flight, StoreError> {
-        let lease = lease.clone();
+        let lease = Arc::new(lease.clone());
         self.write(Box::new(move |conn| {
+            let lease = Arc::clone(&lease);
             Box::pin(async move {
                 // The usual case in one statement: the fence is the INSERT's SELECT, so a row
                 // goes in only for the lease holder and only if the package is free.
@@ -827,10 +874,10 @@ impl Store for SqliteStore {
         intent: &PurchaseIntent,
         entries: &[TimelineEntry],
     ) -> Result<PurchaseId, StoreError> {
-        let (lease, order, intent) = (lease.clone(), order.clone(), intent.clone());
-        let entries = entries.to_vec();
+        let data = Arc::new(Intent::new(lease, order, intent, entries));
         self.write(Box::new(move |conn| {
-            Box::pin(async move { begin_purchase(conn, &lease, &order, &intent, entries).await })
+            let data = Arc::clone(&data);
+            Box::pin(async move { data.write(conn).await })
         }))
         .await
     }
@@ -850,23 +897,22 @@ impl Store for SqliteStore {
         entries: &[TimelineEntry],
         seen: &FlightState,
     ) -> Result<Begun, StoreError> {
-        let (lease, order, intent) = (lease.clone(), order.clone(), intent.clone());
-        let entries = entries.to_vec();
-        let take = sql::take_flight(&lease, intent.package_id, seen);
+        let take = sql::take_flight(lease, intent.package_id, seen);
+        let refusal = sql::flight_after_refusal(lease, intent.package_id);
+        let data = Arc::new((Intent::new(lease, order, intent, entries), take, refusal));
         self.write(Box::new(move |conn| {
+            let data = Arc::clone(&data);
             Box::pin(async move {
+                let (intent, take, refusal) = &*data;
                 // The flight first, fenced in the INSERT's SELECT: when it is refused, nothing
                 // has been written.
-                if query(&take).execute(&mut *conn).await?.rows_affected() == 0 {
-                    let row = query(&sql::flight_after_refusal(&lease, intent.package_id))
-                        .fetch_one(&mut *conn)
-                        .await?;
-                    if let Some(refused) = sql::refused_flight(&row, &lease)? {
+                if query(take).execute(&mut *conn).await?.rows_affected() == 0 {
+                    let row = query(refusal).fetch_one(&mut *conn).await?;
+                    if let Some(refused) = sql::refused_flight(&row, &intent.lease)? {
                         return Ok(refused);
                     }
                 }
-                let id = begin_purchase(conn, &lease, &order, &intent, entries).await?;
-                Ok(Begun::Purchase(id))
+                Ok(Begun::Purchase(intent.write(conn).await?))
             })
         }))
         .await
@@ -878,38 +924,23 @@ impl Store for SqliteStore {
         outcome: &PurchaseOutcome,
         at: Timestamp,
     ) -> Result<Recorded, StoreError> {
-        let outcome = outcome.clone();
+        let outcome = Arc::new(outcome.clone());
         self.write(Box::new(move |conn| {
+            let outcome = Arc::clone(&outcome);
             Box::pin(async move { record_outcome(conn, purchase_id, &outcome, at).await })
         }))
         .await
     }
 
     async fn expedite(&self, id: &OrderId, at: Timestamp) -> Result<bool, StoreError> {
-        let stmt = sql::expedite(id, at);
-        self.write(Box::new(move |conn| {
-            Box::pin(async move {
-                let done = query(&stmt).execute(&mut *conn).await?;
-                Ok(done.rows_affected() == 1)
-            })
-        }))
-        .await
+        self.execute(sql::expedite(id, at)).await.map(|n| n == 1)
     }
 
     async fn record_discovered(&self, found: &[Discovered]) -> Result<(), StoreError> {
-        if found.is_empty() {
-            return Ok(());
+        if let Some(all) = Stmt::chain(found.iter().map(sql::record_discovered)) {
+            self.execute(all).await?;
         }
-        let stmts: Vec<Stmt> = found.iter().map(sql::record_discovered).collect();
-        self.write(Box::new(move |conn| {
-            Box::pin(async move {
-                for s in &stmts {
-                    query(s).execute(&mut *conn).await?;
-                }
-                Ok(())
-            })
-        }))
-        .await
+        Ok(())
     }
 
     async fn discovered(&self, package: PackageId) -> Result<Vec<Discovered>, StoreError> {
@@ -939,19 +970,28 @@ impl Store for SqliteStore {
         now: Timestamp,
         change: Change,
     ) -> Result<(), StoreError> {
-        let order = order.clone();
-        let fence = sql::admin_fence(&order, expected_updated_at, now);
+        let fence = sql::admin_fence(order, expected_updated_at, now);
+        let change = Change {
+            keep_lease: false,
+            ..change
+        };
+        let data = Arc::new((order.clone(), change, fence));
         self.write(Box::new(move |conn| {
+            let data = Arc::clone(&data);
             Box::pin(async move {
-                let done = query(&fence).execute(&mut *conn).await?;
+                let (order, change, fence) = &*data;
+                let done = query(fence).execute(&mut *conn).await?;
                 if done.rows_affected() == 0 {
                     return Err(StoreError::Conflict(order.id.clone()));
                 }
-                let change = Change {
-                    keep_lease: false,
-                    ..change
-                };
-                write_order(conn, None, &order, change, now).await
+                match write_order(conn, None, order, change, now).await {
+                    // The fence above matched, so the update cannot miss; if it does, the
+                    // fence's write must be rolled back with the rest.
+                    Err(StoreError::LeaseLost(id)) => Err(StoreError::Database(format!(
+                        "order {id} vanished during an admin change"
+                    ))),
+                    other => other,
+                }
             })
         }))
         .await
@@ -970,9 +1010,10 @@ impl Store for SqliteStore {
         notices: &[i64],
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        let (deliveries, notices) = (deliveries.to_vec(), notices.to_vec());
+        let data = Arc::new((deliveries.to_vec(), notices.to_vec()));
         self.write(Box::new(move |conn| {
-            Box::pin(async move { fan_out(conn, &deliveries, &notices, now).await })
+            let data = Arc::clone(&data);
+            Box::pin(async move { fan_out(conn, &data.0, &data.1, now).await })
         }))
         .await
     }
@@ -986,12 +1027,13 @@ impl Store for SqliteStore {
         claim_for: Duration,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let (deliveries, notices) = (deliveries.to_vec(), notices.to_vec());
-        let worker = worker.to_string();
+        let data = Arc::new((deliveries.to_vec(), notices.to_vec(), worker.to_string()));
         self.write(Box::new(move |conn| {
+            let data = Arc::clone(&data);
             Box::pin(async move {
-                fan_out(conn, &deliveries, &notices, now).await?;
-                claim_deliveries(conn, &worker, now, claim_for, limit).await
+                let (deliveries, notices, worker) = &*data;
+                fan_out(conn, deliveries, notices, now).await?;
+                claim_deliveries(conn, worker, now, claim_for, limit).await
             })
         }))
         .await
@@ -1004,8 +1046,9 @@ impl Store for SqliteStore {
         claim_for: Duration,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let worker = worker.to_string();
+        let worker: Arc<str> = worker.into();
         self.write(Box::new(move |conn| {
+            let worker = Arc::clone(&worker);
             Box::pin(async move { claim_deliveries(conn, &worker, now, claim_for, limit).await })
         }))
         .await
@@ -1016,22 +1059,21 @@ impl Store for SqliteStore {
         d: &Delivery,
         result: &DeliveryResult,
     ) -> Result<bool, StoreError> {
-        let stmt = sql::finish_delivery(d, result);
-        self.write(Box::new(move |conn| {
-            Box::pin(async move {
-                let done = query(&stmt).execute(&mut *conn).await?;
-                Ok(done.rows_affected() == 1)
-            })
-        }))
-        .await
+        self.execute(sql::finish_delivery(d, result))
+            .await
+            .map(|n| n == 1)
     }
 
     async fn finish_deliveries(
         &self,
         results: &[(Delivery, DeliveryResult)],
     ) -> Result<Vec<bool>, StoreError> {
-        let plan = FinishPlan::new(results);
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
+        let plan = Arc::new(FinishPlan::new(results));
         self.write(Box::new(move |conn| {
+            let plan = Arc::clone(&plan);
             Box::pin(async move {
                 let mut changed = std::collections::HashSet::new();
                 for s in &plan.delivered {
@@ -1056,17 +1098,13 @@ impl Store for SqliteStore {
     }
 
     async fn replace_catalog(&self, packages: &[CatalogPackage]) -> Result<(), StoreError> {
-        let stmts: Vec<Stmt> = packages.iter().map(sql::insert_package).collect();
-        self.write(Box::new(move |conn| {
-            Box::pin(async move {
-                query(&sql::delete_catalog()).execute(&mut *conn).await?;
-                for s in &stmts {
-                    query(s).execute(&mut *conn).await?;
-                }
-                Ok(())
-            })
-        }))
-        .await
+        let all = Stmt::chain(
+            std::iter::once(sql::delete_catalog()).chain(packages.iter().map(sql::insert_package)),
+        );
+        if let Some(all) = all {
+            self.execute(all).await?;
+        }
+        Ok(())
     }
 
     async fn catalog(&self) -> Result<Vec<CatalogPackage>, StoreError> {
@@ -1087,15 +1125,21 @@ impl Store for SqliteStore {
         next: &AccessToken,
         entry: &TimelineEntry,
     ) -> Result<(), StoreError> {
-        let (id, entry) = (id.clone(), entry.clone());
-        let stmt = sql::rotate_access_token(&id, next);
+        let rotate = sql::rotate_access_token(id, next);
+        let line = Stmt::chain(entries_stmts(id, std::slice::from_ref(entry)));
+        let data = Arc::new((id.clone(), rotate, line));
         self.write(Box::new(move |conn| {
+            let data = Arc::clone(&data);
             Box::pin(async move {
-                let done = query(&stmt).execute(&mut *conn).await?;
+                let (id, rotate, line) = &*data;
+                let done = query(rotate).execute(&mut *conn).await?;
                 if done.rows_affected() == 0 {
-                    return Err(sql::no_order_for_token(&id));
+                    return Err(sql::no_order_for_token(id));
                 }
-                insert_entries(conn, &id, std::slice::from_ref(&entry)).await
+                if let Some(line) = line {
+                    query(line).execute(&mut *conn).await?;
+                }
+                Ok(())
             })
         }))
         .await
@@ -1109,25 +1153,54 @@ impl Store for SqliteStore {
     }
 }
 
-/// Writes a purchase intent with the fenced order write, before buyvps is sent; its id.
-async fn begin_purchase(
-    conn: &mut SqliteConnection,
-    lease: &Lease,
-    order: &Order,
-    intent: &PurchaseIntent,
-    entries: Vec<TimelineEntry>,
-) -> Result<PurchaseId, StoreError> {
-    // The fenced order write first: if the lease is gone, no intent is written.
-    let change = Change {
-        entries,
-        keep_lease: true,
-        ..Change::default()
-    };
-    write_order(conn, Some(lease), order, change, intent.sent_at).await?;
-    let row = query(&sql::insert_purchase(intent))
-        .fetch_one(&mut *conn)
-        .await?;
-    row.int("id").map(PurchaseId)
+/// A purchase intent and the fenced order write that goes with it.
+struct Intent {
+    /// The lease that fences the order write.
+    lease: Lease,
+    /// The order update, fenced.
+    update: Stmt,
+    /// The timeline lines and then the intent row, `RETURNING id`: one call.
+    rest: Stmt,
+    /// For the error when the fence fails.
+    order_id: OrderId,
+}
+
+impl Intent {
+    fn new(
+        lease: &Lease,
+        order: &Order,
+        intent: &PurchaseIntent,
+        entries: &[TimelineEntry],
+    ) -> Self {
+        let change = Change {
+            keep_lease: true,
+            ..Change::default()
+        };
+        let rest = entries_stmts(&order.id, entries)
+            .into_iter()
+            .chain(sql::after_order_write(order, &change))
+            .chain(std::iter::once(sql::insert_purchase(intent)));
+        Self {
+            lease: lease.clone(),
+            update: sql::update_order(Some(lease), order, &change),
+            rest: Stmt::chain(rest).unwrap_or_else(|| sql::insert_purchase(intent)),
+            order_id: order.id.clone(),
+        }
+    }
+
+    /// The fenced order write first (if the lease is gone, no intent is written), then the
+    /// lines and the intent; the purchase id.
+    async fn write(&self, conn: &mut SqliteConnection) -> Result<PurchaseId, StoreError> {
+        let done = query(&self.update).execute(&mut *conn).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost(self.order_id.clone()));
+        }
+        let rows = query(&self.rest).fetch_all(&mut *conn).await?;
+        let row = rows
+            .last()
+            .ok_or_else(|| StoreError::Database("the purchase intent returned no id".into()))?;
+        row.int("id").map(PurchaseId)
+    }
 }
 
 /// A batch of finished deliveries as statements: the delivered ones in one statement per
@@ -1175,6 +1248,79 @@ mod tests {
             };
             assert!(e.contains("in-memory") && e.contains(url), "{e}");
         }
+    }
+
+    fn order(i: usize) -> Order {
+        let req = crate::domain::OrderRequest {
+            order_ref: format!("gc-{i}"),
+            package: 5,
+            ram_gb: 2,
+            customer: crate::domain::order::CustomerRequest {
+                email: "a@example.com".into(),
+                name: "A".into(),
+            },
+            os: None,
+        };
+        Order::accept(crate::domain::NewOrder::parse(&req).unwrap(), Timestamp(1))
+    }
+
+    /// Writes queued together share a transaction, and a failing one fails alone: a write that
+    /// failed deciding (a lease that matched nothing) leaves the group going, one that failed
+    /// otherwise rolls it back and the others run again; every other write is committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_never_fails_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("g.db").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let access = AccessToken {
+            hash: "aa".into(),
+            generation: Some(0),
+        };
+        let entry = TimelineEntry {
+            at: Timestamp(2),
+            kind: crate::domain::EntryKind::Admin,
+            message: "x".into(),
+        };
+        let mut writes = Vec::new();
+        for i in 0..60 {
+            let (store, access, entry) = (store.clone(), access.clone(), entry.clone());
+            writes.push(tokio::spawn(async move {
+                match i % 10 {
+                    // No such order: fails after nothing matched, a "dirty" failure.
+                    3 => store
+                        .rotate_access_token(&OrderId::new(), &access, &entry)
+                        .await
+                        .map(|()| false),
+                    // A lease nobody holds: fails deciding, wrote nothing.
+                    7 => store
+                        .release(&Lease {
+                            order_id: OrderId::new(),
+                            worker: "w".into(),
+                            token: 1,
+                            expires_at: Timestamp(9),
+                        })
+                        .await
+                        .map(|()| false),
+                    _ => store
+                        .insert_order(&order(i), &access, std::slice::from_ref(&entry), &[])
+                        .await
+                        .map(|intake| matches!(intake, Intake::Created(_))),
+                }
+            }));
+        }
+        let mut created = 0;
+        for (i, w) in writes.into_iter().enumerate() {
+            match (i % 10, w.await.unwrap()) {
+                (3 | 7, Err(_)) => {}
+                (3 | 7, Ok(_)) => panic!("write {i} should have failed"),
+                (_, Ok(true)) => created += 1,
+                (_, other) => panic!("write {i} failed for a batch-mate: {other:?}"),
+            }
+        }
+        assert_eq!(created, 48);
+        let counts = store.state_counts().await.unwrap();
+        let total: u64 = counts.iter().map(|(_, n)| n).sum();
+        assert_eq!(total, 48, "every successful write is committed");
     }
 
     #[tokio::test]
