@@ -547,6 +547,15 @@ pub trait Store: Send + Sync + 'static {
     /// nor abandoned.
     async fn outbox_backlog(&self) -> Result<u64, StoreError>;
 
+    /// Fired when another process may have made work due (an order taken in, made due by an
+    /// admin or a late reply, a lease given up): PostgreSQL sends a NOTIFY in the transaction
+    /// that makes the work due, and every process listening fires this, so idle workers start
+    /// at once instead of at their next poll. `None` for stores with no other process to hear
+    /// from; polling stays the fallback everywhere (a lost connection, a missed signal).
+    fn work_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+
     /// Housekeeping the database needs and is not doing by itself; `serve` calls it every
     /// [`MAINTENANCE_INTERVAL`]. PostgreSQL: vacuums the queue tables when the server's
     /// autovacuum is off (dead index entries would otherwise pile up in front of every claim).

@@ -24,6 +24,7 @@
 use crate::domain::PurchaseId;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -89,6 +90,10 @@ const MIGRATION_LOCK: i64 = 0x7072_6f76_6973_696f;
 /// several machines well inside PostgreSQL's default `max_connections = 100`.
 pub const DEFAULT_POOL_SIZE: u32 = 10;
 
+/// The channel NOTIFY wakes workers on: every transaction that makes work due sends it, and
+/// every process LISTENs to it.
+pub const WORK_CHANNEL: &str = "provisioner_work";
+
 /// The PostgreSQL store.
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
@@ -96,6 +101,10 @@ pub struct PostgresStore {
     pool: PgPool,
     /// The server's `autovacuum` was off at connect: [`Store::maintain`] vacuums instead.
     self_vacuum: bool,
+    /// Fired on every notification on [`WORK_CHANNEL`] (see [`Store::work_signal`]).
+    work: Arc<tokio::sync::Notify>,
+    /// Stops the listener when the last clone of the store is dropped.
+    _listener: Arc<tokio_util::sync::DropGuard>,
 }
 
 impl PostgresStore {
@@ -142,7 +151,19 @@ impl PostgresStore {
                 super::MAINTENANCE_INTERVAL.as_secs()
             );
         }
-        let store = Self { pool, self_vacuum };
+        let work = Arc::new(tokio::sync::Notify::new());
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(listen(
+            (*pool.connect_options()).clone(),
+            Arc::clone(&work),
+            stop.clone(),
+        ));
+        let store = Self {
+            pool,
+            self_vacuum,
+            work,
+            _listener: Arc::new(stop.drop_guard()),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -191,6 +212,48 @@ impl PostgresStore {
     /// tests that inspect the ledger across processes.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+}
+
+/// LISTENs on [`WORK_CHANNEL`] and fires `work` on every notification, until `stop`, on a
+/// connection of its own (a pool of one, so the store's pool keeps all of its connections).
+/// When that connection is lost it is opened again, and `work` fired, since a notification may
+/// have been missed meanwhile; until then polling finds the work.
+async fn listen(
+    options: PgConnectOptions,
+    work: Arc<tokio::sync::Notify>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(options);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let session = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(WORK_CHANNEL).await?;
+            work.notify_waiters();
+            loop {
+                // None: the connection was lost and opened again; something may be missed.
+                let _ = listener.try_recv().await?;
+                work.notify_waiters();
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            ended = session => {
+                if let Err(e) = ended {
+                    tracing::debug!("LISTEN {WORK_CHANNEL} failed ({e}); polling until it is back");
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -324,6 +387,27 @@ async fn insert_notices(
     Ok(())
 }
 
+/// `write` (an INSERT or UPDATE of at most one row) made into a statement that also sends a
+/// NOTIFY on [`WORK_CHANNEL`] when it wrote a row, and returns one row exactly then. The
+/// notification is delivered at commit, to every process listening.
+fn notify_if_any(write: Stmt) -> Stmt {
+    Stmt {
+        sql: format!(
+            "WITH written AS ({} RETURNING 1) SELECT pg_notify('{WORK_CHANNEL}', '') FROM written",
+            write.sql
+        ),
+        args: write.args,
+    }
+}
+
+/// Sends a NOTIFY on [`WORK_CHANNEL`] with `tx`'s commit.
+async fn notify_work(tx: &mut Tx) -> Result<(), StoreError> {
+    sqlx::query(sqlx::AssertSqlSafe(format!("NOTIFY {WORK_CHANNEL}")))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Records a purchase outcome first-writer-wins in `tx`; whether it was the first.
 async fn record_outcome(
     tx: &mut Tx,
@@ -398,11 +482,12 @@ impl Store for PostgresStore {
     ) -> Result<Intake, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Insert first and look only on a clash: a new order (the usual case) costs one
-        // statement fewer than look-then-insert.
-        let inserted = query(&sql::insert_order(order, access))
-            .execute(&mut *tx)
+        // statement fewer than look-then-insert. The same statement wakes other processes'
+        // workers (delivered at commit), only when it inserted.
+        let inserted = query(&notify_if_any(sql::insert_order(order, access)))
+            .fetch_optional(&mut *tx)
             .await?;
-        if inserted.rows_affected() == 0 {
+        if inserted.is_none() {
             let row = query(&sql::order_by_ref(&order.order_ref))
                 .fetch_one(&mut *tx)
                 .await?;
@@ -509,8 +594,11 @@ impl Store for PostgresStore {
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let done = query(&sql::release(lease)).execute(&self.pool).await?;
-        if done.rows_affected() == 0 {
+        // Released, the order is claimable at once: other processes are told.
+        let done = query(&notify_if_any(sql::release(lease)))
+            .fetch_optional(&self.pool)
+            .await?;
+        if done.is_none() {
             Err(StoreError::LeaseLost(lease.order_id.clone()))
         } else {
             Ok(())
@@ -630,8 +718,10 @@ impl Store for PostgresStore {
     }
 
     async fn expedite(&self, id: &OrderId, at: Timestamp) -> Result<bool, StoreError> {
-        let done = query(&sql::expedite(id, at)).execute(&self.pool).await?;
-        Ok(done.rows_affected() == 1)
+        let done = query(&notify_if_any(sql::expedite(id, at)))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(done.is_some())
     }
 
     async fn record_discovered(&self, found: &[Discovered]) -> Result<(), StoreError> {
@@ -685,6 +775,10 @@ impl Store for PostgresStore {
             ..change
         };
         write(&mut tx, None, order, change, now).await?;
+        if order.state.is_active() {
+            // A retry or a resolution makes the order due: other processes are told.
+            notify_work(&mut tx).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -808,6 +902,10 @@ impl Store for PostgresStore {
     async fn outbox_backlog(&self) -> Result<u64, StoreError> {
         let row = query(&sql::outbox_backlog()).fetch_one(&self.pool).await?;
         Ok(u64::try_from(row.int("backlog")?).unwrap_or(0))
+    }
+
+    fn work_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(Arc::clone(&self.work))
     }
 
     async fn maintain(&self) -> Result<(), StoreError> {

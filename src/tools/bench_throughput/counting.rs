@@ -229,6 +229,9 @@ impl Store for Counting {
     async fn outbox_backlog(&self) -> Result<u64, StoreError> {
         self.inner.outbox_backlog().await
     }
+    fn work_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.inner.work_signal()
+    }
     async fn maintain(&self) -> Result<(), StoreError> {
         self.inner.maintain().await
     }

@@ -241,6 +241,9 @@ impl Store for CrashingStore {
     async fn outbox_backlog(&self) -> Result<u64, StoreError> {
         self.0.outbox_backlog().await
     }
+    fn work_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.0.work_signal()
+    }
     async fn maintain(&self) -> Result<(), StoreError> {
         self.0.maintain().await
     }
