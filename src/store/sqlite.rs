@@ -947,13 +947,21 @@ impl Store for SqliteStore {
                 let (intent, take, refusal) = &*data;
                 // The flight first, fenced in the INSERT's SELECT: when it is refused, nothing
                 // has been written.
-                if query(take).execute(&mut *conn).await?.rows_affected() == 0 {
+                let taken = query(take).execute(&mut *conn).await?.rows_affected() == 1;
+                if !taken {
                     let row = query(refusal).fetch_one(&mut *conn).await?;
                     if let Some(refused) = sql::refused_flight(&row, &intent.lease)? {
                         return Ok(refused);
                     }
                 }
-                Ok(Begun::Purchase(intent.write(conn).await?))
+                match intent.write(conn).await {
+                    // The flight's fence passed in this transaction, so the order's cannot fail;
+                    // if it did, the flight just taken must be rolled back with the group.
+                    Err(StoreError::LeaseLost(id)) if taken => Err(StoreError::Database(format!(
+                        "order {id} lost its lease between taking its flight and its intent"
+                    ))),
+                    other => other.map(Begun::Purchase),
+                }
             })
         }))
         .await
