@@ -346,5 +346,9 @@ pub enum BenchCommand {
         /// Orders a `provisioner serve` child holds waiting on timers for the RSS figure (0 skips).
         #[arg(long, default_value_t = 10_000)]
         waiting: usize,
+        /// SQLite: the most writes one group commit takes (1: a transaction per write, as
+        /// before group commit).
+        #[arg(long, default_value_t = crate::store::sqlite::DEFAULT_GROUP_COMMIT)]
+        group_commit: usize,
     },
 }

@@ -163,6 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     workers,
                     database_url,
                     waiting,
+                    group_commit,
                 },
         } => {
             let opts = crate::tools::bench_throughput::Options {
@@ -171,6 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 workers,
                 database_url,
                 waiting,
+                group_commit,
             };
             crate::tools::bench_throughput::run(opts).await?;
             Ok(ExitCode::SUCCESS)

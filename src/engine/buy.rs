@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
 use super::EngineError;
-use super::step::{Keep, Step, Then};
+use super::step::{Keep, PendingReply, Step, Then};
 use crate::clock::Timestamp;
 use crate::domain::{PackageName, Purchase, PurchaseId, PurchaseIntent, PurchaseOutcome};
 use crate::policy::next::{self, BuySetback};
 use crate::provider::{CallContext, LateReply, Outcome, StockEntry};
-use crate::store::{Change, Flight, Recorded, StoreError};
+use crate::store::{Begun, Change, FlightState, OutcomeRecord};
 
 /// One read of SmartVPS's stock list, as evidence: our package's entry and the free total of
 /// the whole pool (SmartVPS sometimes assigns an address from another package).
@@ -135,41 +135,60 @@ impl Step<'_> {
     }
 
     /// One buy attempt: single flight, stock read (unless reconciliation just read it), intent,
-    /// buyvps, outcome.
-    pub(super) async fn attempt(&mut self, stock: Option<StockRead>) -> Result<Then, EngineError> {
-        let now = self.now();
-        let started = now;
+    /// buyvps, outcome. The flight is taken in the intent's transaction; the flight's state is
+    /// read before the stock, so a purchase of another order that went out in between (which
+    /// the stock read may count) is noticed and the stock read again.
+    pub(super) async fn attempt(
+        &mut self,
+        mut stock: Option<StockRead>,
+    ) -> Result<Then, EngineError> {
         let package = self.order.package_id;
-        if let Flight::HeldBy(other) = self
-            .engine
-            .store
-            .acquire_flight(self.lease(), package)
-            .await?
-        {
-            tracing::debug!(order_id = %self.order.id, holder = %other, "package has a purchase in flight; waiting");
-            self.wait(self.engine.settings.flight_wait, now);
-            return self.write(Change::default(), Keep::Flight).await;
+        for _ in 0..MOVED_REREADS {
+            let started = self.now();
+            let seen = self.engine.store.flight_state(package).await?;
+            if let Some(other) = seen.holder.clone().filter(|h| h != &self.order.id) {
+                return self.wait_for_flight(&other).await;
+            }
+            let read = match stock.take() {
+                Some(read) => read,
+                None => match self
+                    .engine
+                    .provider
+                    .ipstock(self.policy().buy.timeout)
+                    .await
+                {
+                    Outcome::Succeeded(list) => StockRead::new(list, package),
+                    Outcome::Rejected(why) | Outcome::Unknown(why) => {
+                        let reason = format!("{STOCK_UNREADABLE}: {why}");
+                        return self.refused(BuySetback::NotSent { reason }, started).await;
+                    }
+                },
+            };
+            let pool = read.pool;
+            let buyable = match self.buyable(read) {
+                Ok(buyable) => buyable,
+                Err(setback) => return self.refused(setback, started).await,
+            };
+            match self.send(buyable, pool, &seen).await? {
+                Sent::Done(then) => return Ok(then),
+                Sent::HeldBy(other) => return self.wait_for_flight(&other).await,
+                Sent::Moved => {}
+            }
         }
-        let read = match stock {
-            Some(read) => read,
-            None => match self
-                .engine
-                .provider
-                .ipstock(self.policy().buy.timeout)
-                .await
-            {
-                Outcome::Succeeded(list) => StockRead::new(list, package),
-                Outcome::Rejected(why) | Outcome::Unknown(why) => {
-                    let reason = format!("{STOCK_UNREADABLE}: {why}");
-                    return self.refused(BuySetback::NotSent { reason }, started).await;
-                }
-            },
-        };
-        let pool = read.pool;
-        match self.buyable(read) {
-            Ok(buyable) => self.send(buyable, pool).await,
-            Err(setback) => self.refused(setback, started).await,
-        }
+        // Other orders keep buying from this package between our reads: wait a flight's turn.
+        let holder = self.order.id.clone();
+        self.wait_for_flight(&holder).await
+    }
+
+    /// Another order has a purchase in flight for the package: wait and ask again.
+    async fn wait_for_flight(
+        &mut self,
+        other: &crate::domain::OrderId,
+    ) -> Result<Then, EngineError> {
+        tracing::debug!(order_id = %self.order.id, holder = %other, "package has a purchase in flight; waiting");
+        let now = self.now();
+        self.wait(self.engine.settings.flight_wait, now);
+        self.write(Change::default(), Keep::Flight).await
     }
 
     /// Whether the stock list lets us buy the order's package now, and if not, why.
@@ -235,17 +254,21 @@ impl Step<'_> {
         self.carry_out(decision, None).await
     }
 
-    /// Sends buyvps after committing its intent, and goes on from its reply.
-    async fn send(&mut self, buyable: Buyable, pool: u64) -> Result<Then, EngineError> {
+    /// Sends buyvps after committing its intent (and taking the flight), and goes on from its
+    /// reply; nothing is sent when the flight is refused.
+    async fn send(
+        &mut self,
+        buyable: Buyable,
+        pool: u64,
+        seen: &FlightState,
+    ) -> Result<Sent, EngineError> {
         let Buyable { name, free } = buyable;
-        let n = self.order.start_buy_attempt(self.now())?;
+        let mut next = self.order.clone();
+        let n = next.start_buy_attempt(self.now())?;
         let sent_at = self.now();
-        self.progress.line(
-            sent_at,
-            format!(
-                "[SMARTVPS] Calling buyVps - attempt {n}/{}",
-                self.policy().buy.attempts
-            ),
+        let line = format!(
+            "[SMARTVPS] Calling buyVps - attempt {n}/{}",
+            self.policy().buy.attempts
         );
         let intent = PurchaseIntent {
             order_id: self.order.id.clone(),
@@ -256,18 +279,20 @@ impl Step<'_> {
             pool_before: Some(pool),
             sent_at,
         };
-        let purchase_id = self.begin_purchase(&intent).await?;
-        let Some(outcome) = self.call_buyvps(n, purchase_id, &name).await? else {
-            return Ok(Then::Stop);
+        let purchase_id = match self.begin_purchase(next, &intent, line, seen).await? {
+            Begun::Purchase(id) => id,
+            Begun::HeldBy(other) => return Ok(Sent::HeldBy(other)),
+            Begun::Moved => return Ok(Sent::Moved),
         };
+        let outcome = self.call_buyvps(n, purchase_id, &name).await;
         let sale = |ip| Sale {
             attempt: n,
             purchase_id,
             package: &name,
             ip,
         };
-        match outcome {
-            Outcome::Succeeded(ip) => self.sold(sale(ip)).await,
+        let then = match outcome {
+            Outcome::Succeeded(ip) => self.sold(sale(ip)).await?,
             Outcome::Rejected(reason) => {
                 self.attempt_failed(n, &reason);
                 let decision = next::after_buy(
@@ -276,20 +301,21 @@ impl Step<'_> {
                     BuySetback::Rejected { reason },
                     self.now(),
                 );
-                self.carry_out(decision, Some(purchase_id)).await
+                self.carry_out(decision, Some(purchase_id)).await?
             }
-            Outcome::Unknown(reason) => self.unknown_reply(n, purchase_id, &reason).await,
-        }
+            Outcome::Unknown(reason) => self.unknown_reply(&intent, purchase_id, &reason).await?,
+        };
+        Ok(Sent::Done(then))
     }
 
-    /// Sends buyvps for attempt `n` and records its reply first-writer-wins; `None` when the
-    /// order was taken over meanwhile (our lease is gone, the reply is kept as evidence).
+    /// Sends buyvps for attempt `n`; its reply is held for the step's next write, which
+    /// records it in the ledger (first writer wins) in the same transaction as what follows.
     async fn call_buyvps(
-        &self,
+        &mut self,
         n: u32,
         purchase_id: PurchaseId,
         name: &PackageName,
-    ) -> Result<Option<Outcome<Ipv4Addr>>, EngineError> {
+    ) -> Outcome<Ipv4Addr> {
         let ctx = CallContext::for_order(&self.order.id, n);
         let timeout = self.policy().buy.timeout;
         let in_flight = BuyInFlight::enter(&self.engine.buys_in_flight);
@@ -307,20 +333,15 @@ impl Step<'_> {
         drop(in_flight);
         let recorded = purchase_outcome(&outcome);
         metrics::counter!("provisioner_purchases_total", "outcome" => recorded.kind()).increment(1);
-        let store = &self.engine.store;
-        let first = store
-            .record_outcome(purchase_id, &recorded, self.now())
-            .await?;
-        if let Some(late) = late {
-            self.listen_for_late_reply(n, purchase_id, late);
-        }
-        if first == Recorded::AlreadyDecided {
-            // Another worker took this order over and marked the purchase unknown; the reply is
-            // kept in the ledger as evidence for its reconciliation.
-            tracing::warn!(order_id = %self.order.id, "reply for buyVps attempt {n} arrived after the order was taken over; kept as evidence");
-            return Ok(None);
-        }
-        Ok(Some(outcome))
+        self.hold_reply(PendingReply {
+            record: OutcomeRecord {
+                purchase_id,
+                outcome: recorded,
+                at: self.now(),
+            },
+            late: late.map(|late| (n, std::sync::Mutex::new(late))),
+        });
+        outcome
     }
 
     /// Hears the reply of a timed-out buyvps in the background, until the horizon: it is
@@ -328,7 +349,7 @@ impl Step<'_> {
     /// the order is made due at once, so its reconciliation adopts the server instead of waiting
     /// out the horizon or asking an admin. A listener lost with its process costs nothing: the
     /// purchase is already recorded as unknown and reconciled from the other evidence.
-    fn listen_for_late_reply(&self, n: u32, purchase_id: PurchaseId, late: LateReply) {
+    pub(super) fn listen_for_late_reply(&self, n: u32, purchase_id: PurchaseId, late: LateReply) {
         let (store, clock, wake) = (
             Arc::clone(&self.engine.store),
             Arc::clone(&self.engine.clock),
@@ -365,30 +386,38 @@ impl Step<'_> {
     }
 
     /// buyvps got no definite answer: the server may exist, so the policy for unknown outcomes
-    /// decides, never a blind retry by default.
+    /// decides, never a blind retry by default. The purchase is as the step's next write will
+    /// record it.
     async fn unknown_reply(
         &mut self,
-        n: u32,
+        intent: &PurchaseIntent,
         purchase_id: PurchaseId,
         reason: &str,
     ) -> Result<Then, EngineError> {
+        let n = intent.attempt;
         metrics::counter!("provisioner_unknown_outcomes_total").increment(1);
         self.attempt_failed(n, reason);
         self.progress.warn(
             self.now(),
             format!("❓ Outcome of buyVps attempt {n} is unknown: SmartVPS may still complete it"),
         );
-        let purchase = self
-            .engine
-            .store
-            .purchases(&self.order.id)
-            .await?
-            .into_iter()
-            .find(|x| x.id == purchase_id);
-        match purchase {
-            Some(purchase) => self.after_unknown(&purchase).await,
-            None => Err(StoreError::Corrupt(format!("purchase {purchase_id} vanished")).into()),
-        }
+        let purchase = Purchase {
+            id: purchase_id,
+            order_id: intent.order_id.clone(),
+            attempt: n,
+            package_id: intent.package_id,
+            package_name: intent.package_name.clone(),
+            stock_before: intent.stock_before,
+            pool_before: intent.pool_before,
+            sent_at: intent.sent_at,
+            outcome: Some(PurchaseOutcome::Unknown {
+                reason: reason.to_string(),
+            }),
+            decided_at: Some(self.now()),
+            resolution: None,
+            late_ip: None,
+        };
+        self.after_unknown(&purchase).await
     }
 
     /// What `policy.buy.on_unknown` does with a purchase whose outcome is unknown.
@@ -469,6 +498,20 @@ fn purchase_outcome(outcome: &Outcome<Ipv4Addr>) -> PurchaseOutcome {
             reason: reason.clone(),
         },
     }
+}
+
+/// How many times an attempt reads the stock again because another order's purchase of the
+/// package went out while it read, before it waits a flight's turn instead.
+const MOVED_REREADS: usize = 3;
+
+/// What [`Step::send`] did.
+enum Sent {
+    /// The intent was committed and buyvps sent; the step went on from its reply.
+    Done(Then),
+    /// Another order holds the package's flight: nothing was written.
+    HeldBy(crate::domain::OrderId),
+    /// Another order's purchase went out while the stock was read: nothing was written.
+    Moved,
 }
 
 /// Counts a buyvps call in flight until dropped, so shutdown can wait for it.

@@ -321,10 +321,19 @@ impl Engine {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
         let mut tasks: JoinSet<crate::store::Lease> = JoinSet::new();
         let mut held: Vec<crate::store::Lease> = Vec::new();
+        // Another process's intake (PostgreSQL NOTIFY); a store without one never fires it.
+        let remote = self
+            .store
+            .work_signal()
+            .unwrap_or_else(|| Arc::new(Notify::new()));
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
+            // Listening before the claim: work made due while claiming wakes the next wait.
+            let remote_work = remote.notified();
+            tokio::pin!(remote_work);
+            remote_work.as_mut().enable();
             let free = self.settings.concurrency.saturating_sub(tasks.len());
             if free > 0 {
                 match self
@@ -354,6 +363,7 @@ impl Engine {
                     if let Ok(lease) = done { held.retain(|l| l != &lease); }
                 }
                 () = self.wake.notified() => {}
+                () = &mut remote_work => {}
                 () = tokio::time::sleep(pause) => {}
             }
         }
@@ -447,6 +457,13 @@ impl Engine {
     /// call, as the seed does).
     async fn work(&self, claimed: Claimed) -> Result<(), EngineError> {
         let mut step = Step::new(self, claimed);
+        let worked = Self::step(&mut step).await;
+        // A step that failed between a buyvps reply and the write that records it.
+        step.flush_pending().await;
+        worked
+    }
+
+    async fn step(step: &mut Step<'_>) -> Result<(), EngineError> {
         step.begin();
         if step.order.state == OrderState::Buying && step.buy().await? == Then::Stop {
             return Ok(());

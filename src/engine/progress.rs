@@ -43,4 +43,10 @@ impl Progress {
     pub(crate) fn take(&mut self) -> Vec<TimelineEntry> {
         std::mem::take(&mut self.entries)
     }
+
+    /// Gives back lines taken for a write that wrote nothing, ahead of any written since.
+    pub(crate) fn put_back(&mut self, mut lines: Vec<TimelineEntry>) {
+        lines.append(&mut self.entries);
+        self.entries = lines;
+    }
 }

@@ -14,7 +14,8 @@ use crate::clock::Timestamp;
 use crate::domain::{NoticeKind, Order, OrderState, Phase, PurchaseId, PurchaseIntent, Resolution};
 use crate::policy::RetryPolicy;
 use crate::policy::next::{Decision, Next};
-use crate::store::{Change, Claimed, Lease};
+use crate::provider::LateReply;
+use crate::store::{Begun, Change, Claimed, FlightState, Lease, OutcomeRecord, StoreError};
 
 /// One order being taken one step further.
 pub(super) struct Step<'e> {
@@ -26,6 +27,21 @@ pub(super) struct Step<'e> {
     pub(super) order: Order,
     /// Lines written since the last write, committed with the next one.
     pub(super) progress: Progress,
+    /// A buyvps reply not yet in the ledger: recorded by the step's next write, in the same
+    /// transaction as what follows from it, so the reply and (say) "bought, flight released"
+    /// cost one commit. A step that ends before writing records it on its own
+    /// ([`Step::flush_pending`]).
+    pending: Option<PendingReply>,
+}
+
+/// A buyvps reply waiting for the step's next write.
+pub(super) struct PendingReply {
+    /// The ledger row and outcome to record.
+    pub(super) record: OutcomeRecord,
+    /// The attempt number and the open connection of a timed-out call, listened to once the
+    /// outcome is recorded, so a late reply always comes second. In a mutex only so that the
+    /// step stays `Sync` (the reply's future is `Send`, not `Sync`); never contended.
+    pub(super) late: Option<(u32, std::sync::Mutex<LateReply>)>,
 }
 
 /// Whether a write ended the step.
@@ -63,6 +79,7 @@ impl<'e> Step<'e> {
             progress: Progress::new(order.id.clone()),
             lease,
             order,
+            pending: None,
         }
     }
 
@@ -79,11 +96,6 @@ impl<'e> Step<'e> {
     /// The retry policy.
     pub(super) fn policy(&self) -> &'e RetryPolicy {
         &self.engine.policy
-    }
-
-    /// The lease every store call of this step is fenced by.
-    pub(super) fn lease(&self) -> &Lease {
-        &self.lease
     }
 
     /// Queued -> buying, the first time a worker picks the order up.
@@ -112,31 +124,109 @@ impl<'e> Step<'e> {
             Keep::Lease => (true, true),
             Keep::LeaseAndFlight => (true, false),
         };
+        let pending = self.pending.take();
         let change = Change {
             entries: self.progress.take(),
             keep_lease,
             release_flight,
+            outcome: pending.as_ref().map(|p| p.record.clone()),
             ..change
         };
-        self.engine
+        let saved = self
+            .engine
             .store
             .save(&self.lease, &self.order, change)
-            .await?;
+            .await;
+        if let Some(p) = pending {
+            match &saved {
+                Ok(()) => self.listen(p.record.purchase_id, p.late),
+                Err(StoreError::LeaseLost(_)) => {
+                    // The reply is in the ledger (first writer wins), kept as evidence for the
+                    // worker that took the order over.
+                    tracing::warn!(order_id = %self.order.id, "reply for buyVps arrived after the order was taken over; kept as evidence");
+                    self.listen(p.record.purchase_id, p.late);
+                    return Ok(Then::Stop);
+                }
+                Err(_) => {
+                    // Nothing of the write was kept; the reply still must be.
+                    self.pending = Some(p);
+                    self.flush_pending().await;
+                }
+            }
+        }
+        saved?;
         Ok(if keep_lease { Then::GoOn } else { Then::Stop })
     }
 
-    /// Commits a purchase intent with the order's new attempt count and the lines so far, before
-    /// buyvps is sent; the lease is kept. Returns the purchase id.
-    pub(super) async fn begin_purchase(
-        &mut self,
-        intent: &PurchaseIntent,
-    ) -> Result<PurchaseId, EngineError> {
-        let entries = self.progress.take();
-        Ok(self
+    /// Holds a buyvps reply for the step's next write (see [`Step::pending`]).
+    pub(super) fn hold_reply(&mut self, reply: PendingReply) {
+        self.pending = Some(reply);
+    }
+
+    /// Records a reply the step did not get to write (it failed first), on its own, and
+    /// listens for its late reply. Best effort: a failure here is what a crash would leave, an
+    /// intent without an outcome, which the next claim reads as unknown.
+    pub(super) async fn flush_pending(&mut self) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        let r = &p.record;
+        if let Err(e) = self
             .engine
             .store
-            .begin_purchase(&self.lease, &self.order, intent, &entries)
-            .await?)
+            .record_outcome(r.purchase_id, &r.outcome, r.at)
+            .await
+        {
+            tracing::warn!(order_id = %self.order.id, "could not record the buyVps reply: {e}");
+        }
+        self.listen(p.record.purchase_id, p.late);
+    }
+
+    fn listen(&self, purchase_id: PurchaseId, late: Option<(u32, std::sync::Mutex<LateReply>)>) {
+        if let Some((n, late)) = late {
+            let late = late
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.listen_for_late_reply(n, purchase_id, late);
+        }
+    }
+
+    /// Takes the package's flight and commits the purchase intent with `next` (the order with
+    /// its new attempt count), the lines so far and `line` (the call about to be made), in one
+    /// transaction, before buyvps is sent; the lease is kept. When the flight is refused,
+    /// nothing is written and the step is left as it was.
+    pub(super) async fn begin_purchase(
+        &mut self,
+        next: Order,
+        intent: &PurchaseIntent,
+        line: String,
+        seen: &FlightState,
+    ) -> Result<Begun, EngineError> {
+        let mut entries = self.progress.take();
+        let before = entries.len();
+        entries.push(crate::domain::TimelineEntry {
+            at: intent.sent_at,
+            kind: crate::domain::EntryKind::Progress,
+            message: line,
+        });
+        let begun = self
+            .engine
+            .store
+            .begin_purchase_in_flight(&self.lease, &next, intent, &entries, seen)
+            .await;
+        match &begun {
+            Ok(Begun::Purchase(_)) => {
+                if let Some(line) = entries.last() {
+                    tracing::info!(order_id = %self.order.id, "{}", line.message);
+                }
+                self.order = next;
+            }
+            _ => {
+                entries.truncate(before);
+                self.progress.put_back(entries);
+            }
+        }
+        Ok(begun?)
     }
 
     /// Puts the order to sleep until `wait` after `now` (a persisted wait, never an in-memory one).

@@ -111,32 +111,40 @@ impl Dispatcher {
     /// # Errors
     /// When the store fails.
     pub async fn run_due_once(&self) -> Result<Dispatched, StoreError> {
+        // The fan-out and the claim are one commit, the batch's results another, and the
+        // timeline lines saying what happened a third: a round costs three commits however
+        // many deliveries it sends.
+        let (fanned_out, claimed, mut lines) = self.fan_out_and_claim().await?;
         let mut done = Dispatched {
-            fanned_out: self.fan_out().await?,
+            fanned_out,
             ..Dispatched::default()
         };
-        let claimed = self
-            .store
-            .claim_deliveries(
-                &self.worker_id,
-                self.clock.now(),
-                self.claim_for(),
-                self.settings.batch,
-            )
-            .await?;
-        let results = join_all(claimed.into_iter().map(|d| self.deliver(d))).await;
-        let mut lines = Vec::new();
-        for r in results {
-            let (sent, line) = r?;
-            lines.extend(line);
+        let sent = join_all(claimed.into_iter().map(|d| self.deliver(d))).await;
+        let mut results = Vec::with_capacity(sent.len());
+        let mut outcome_lines = Vec::with_capacity(sent.len());
+        for (d, result, sent, line) in sent {
             match sent {
                 Sent::Delivered => done.delivered += 1,
                 Sent::Retrying => done.retrying += 1,
                 Sent::Abandoned => done.abandoned += 1,
             }
+            results.push((d, result));
+            outcome_lines.push(line);
         }
+        // A crash before this commit leaves the batch claimed, not delivered: it is sent again
+        // once the claim lapses, under the same idempotency keys, as a crash mid-send would.
+        let taken = self.store.finish_deliveries(&results).await?;
+        // A result the store did not take (a stale claim) is not what happened.
+        lines.extend(
+            outcome_lines
+                .into_iter()
+                .zip(taken)
+                .filter_map(|(line, taken)| line.filter(|_| taken)),
+        );
         // The timeline says what happened to each notice once it is known: one write per round.
-        self.store.append_timeline(&lines).await?;
+        if !lines.is_empty() {
+            self.store.append_timeline(&lines).await?;
+        }
         Ok(done)
     }
 
@@ -161,12 +169,12 @@ impl Dispatcher {
     /// Turns due notices into deliveries for every channel that takes them: the whole batch in
     /// one store call (one commit on the SQL backends). Each notice gets a timeline line saying
     /// where it was queued: "queued", never "notified", until a channel confirms it.
-    async fn fan_out(&self) -> Result<usize, StoreError> {
+    #[allow(clippy::type_complexity)]
+    async fn fan_out_and_claim(
+        &self,
+    ) -> Result<(usize, Vec<Delivery>, Vec<(OrderId, TimelineEntry)>), StoreError> {
         let now = self.clock.now();
         let notices = self.store.due_notices(now, 256).await?;
-        if notices.is_empty() {
-            return Ok(0);
-        }
         let mut deliveries = Vec::new();
         let mut lines = Vec::new();
         for notice in &notices {
@@ -200,10 +208,20 @@ impl Dispatcher {
             ));
         }
         let ids: Vec<i64> = notices.iter().map(|n| n.id).collect();
-        // "Delivered" to its deliveries: they carry it from here.
-        self.store.fan_out(&deliveries, &ids, now).await?;
-        self.store.append_timeline(&lines).await?;
-        Ok(notices.len())
+        // "Delivered" to its deliveries: they carry it from here. The claim of the batch to
+        // send shares the commit.
+        let claimed = self
+            .store
+            .fan_out_and_claim(
+                &deliveries,
+                &ids,
+                now,
+                &self.worker_id,
+                self.claim_for(),
+                self.settings.batch,
+            )
+            .await?;
+        Ok((notices.len(), claimed, lines))
     }
 
     /// For a failure notice (failed, needs attention), what makes it the same notice as an
@@ -252,10 +270,16 @@ impl Dispatcher {
             .any(|c| c.channel() != "log" && c.accepts(NoticeKind::AdminFailed))
     }
 
+    /// Sends one claimed delivery; how it went and its timeline line, for the batch's commit.
     async fn deliver(
         &self,
         d: Delivery,
-    ) -> Result<(Sent, Option<(OrderId, TimelineEntry)>), StoreError> {
+    ) -> (
+        Delivery,
+        DeliveryResult,
+        Sent,
+        Option<(OrderId, TimelineEntry)>,
+    ) {
         let order_id = d.order_id.as_ref().map(ToString::to_string);
         let Some(channel) = self.channel(&d.channel) else {
             // Configuration changed since the delivery was queued. Keeping it would hold the
@@ -263,8 +287,8 @@ impl Dispatcher {
             let error = format!("channel {} is not configured", d.channel);
             tracing::warn!(order_id, key = %d.key, "delivery abandoned: {error}");
             let line = self.outcome_line(&d, Err(&error));
-            self.finish(&d, Err(NotifyError(error)), true).await?;
-            return Ok((Sent::Abandoned, line));
+            let result = self.result(&d, Err(NotifyError(error)), true);
+            return (d, result, Sent::Abandoned, line);
         };
         let sent = match self.event(&d, channel.as_ref()).await {
             Ok(event) => {
@@ -302,16 +326,15 @@ impl Dispatcher {
             Err(e) if last => self.outcome_line(&d, Err(&e.0)),
             Err(_) => None,
         };
-        let changed = self.finish(&d, sent, last).await?;
-        let sent = if ok {
+        let result = self.result(&d, sent, last);
+        let how = if ok {
             Sent::Delivered
         } else if last {
             Sent::Abandoned
         } else {
             Sent::Retrying
         };
-        // A result the store did not take (a stale claim) is not what happened.
-        Ok((sent, line.filter(|_| changed)))
+        (d, result, how, line)
     }
 
     /// The timeline line of a delivery that ended: delivered, or abandoned with why in plain
@@ -357,14 +380,9 @@ impl Dispatcher {
         ))
     }
 
-    async fn finish(
-        &self,
-        d: &Delivery,
-        sent: Result<(), NotifyError>,
-        last: bool,
-    ) -> Result<bool, StoreError> {
+    fn result(&self, d: &Delivery, sent: Result<(), NotifyError>, last: bool) -> DeliveryResult {
         let now = self.clock.now();
-        let result = match sent {
+        match sent {
             Ok(()) => DeliveryResult::Delivered { at: now },
             Err(e) => {
                 let retry_at = (!last).then(|| {
@@ -381,8 +399,7 @@ impl Dispatcher {
                     retry_at,
                 }
             }
-        };
-        self.store.finish_delivery(d, &result).await
+        }
     }
 
     /// Assembles what a delivery says: the order as it is now, and the credentials for a

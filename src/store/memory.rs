@@ -14,6 +14,7 @@ use super::{
     AccessToken, ActionRequest, Change, Claimed, Delivery, DeliveryResult, DeliveryStatus, Flight,
     Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
 };
+use super::{Begun, FlightState};
 use crate::clock::Timestamp;
 use crate::domain::{
     CatalogPackage, Discovered, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId,
@@ -61,6 +62,8 @@ struct Inner {
     /// Purchase indexes per order, so an order's ledger is read without a scan.
     purchases_by_order: HashMap<OrderId, Vec<usize>>,
     flights: HashMap<PackageId, OrderId>,
+    /// The newest purchase of each package, for [`Store::flight_state`].
+    last_purchase: HashMap<PackageId, PurchaseId>,
     outbox: Vec<OutboxRow>,
     /// Deliveries by id - 1; a linear scan to claim is fine at test sizes.
     deliveries: Vec<DeliveryRow>,
@@ -129,6 +132,91 @@ impl Inner {
         {
             self.due.insert((at, id.clone()));
         }
+    }
+
+    /// Writes a purchase intent; its id.
+    fn insert_purchase(&mut self, intent: &PurchaseIntent) -> PurchaseId {
+        let id = PurchaseId(self.purchases.len() as i64 + 1);
+        let index = self.purchases.len();
+        self.purchases_by_order
+            .entry(intent.order_id.clone())
+            .or_default()
+            .push(index);
+        self.last_purchase.insert(intent.package_id, id);
+        self.purchases.push(Purchase {
+            id,
+            order_id: intent.order_id.clone(),
+            attempt: intent.attempt,
+            package_id: intent.package_id,
+            package_name: intent.package_name.clone(),
+            stock_before: intent.stock_before,
+            pool_before: intent.pool_before,
+            sent_at: intent.sent_at,
+            outcome: None,
+            decided_at: None,
+            resolution: None,
+            late_ip: None,
+        });
+        id
+    }
+
+    /// Records an outcome first-writer-wins (see [`Store::record_outcome`]).
+    fn record_outcome(
+        &mut self,
+        purchase_id: PurchaseId,
+        outcome: &PurchaseOutcome,
+        at: Timestamp,
+    ) -> Result<Recorded, StoreError> {
+        let idx = usize::try_from(purchase_id.0 - 1)
+            .map_err(|_| StoreError::Corrupt(format!("no purchase {purchase_id}")))?;
+        let Some(p) = self.purchases.get_mut(idx) else {
+            return Err(StoreError::Corrupt(format!("no purchase {purchase_id}")));
+        };
+        if p.outcome.is_none() {
+            p.outcome = Some(outcome.clone());
+            p.decided_at = Some(at);
+            let order = p.order_id.clone();
+            if let PurchaseOutcome::Succeeded { ip } = outcome {
+                self.owners.insert(*ip, order);
+            }
+            return Ok(Recorded::Recorded);
+        }
+        if let PurchaseOutcome::Succeeded { ip } = outcome {
+            p.late_ip = Some(*ip);
+            let order = p.order_id.clone();
+            self.owners.insert(*ip, order);
+        }
+        Ok(Recorded::AlreadyDecided)
+    }
+
+    /// Records how a claimed delivery went (see [`Store::finish_delivery`]).
+    fn finish_delivery(&mut self, d: &Delivery, result: &DeliveryResult) -> bool {
+        let Some(r) = usize::try_from(d.id - 1)
+            .ok()
+            .and_then(|i| self.deliveries.get_mut(i))
+        else {
+            return false;
+        };
+        if r.delivered_at.is_some() {
+            return false;
+        }
+        match result {
+            DeliveryResult::Delivered { at } => {
+                r.delivered_at = Some(*at);
+                r.next_at = None;
+                r.last_error = None;
+            }
+            DeliveryResult::Failed { error, retry_at } => {
+                if r.claim_token != d.token || r.claimed_by.as_deref() != Some(d.worker.as_str()) {
+                    return false;
+                }
+                r.next_at = *retry_at;
+                r.last_error = Some(error.clone());
+            }
+        }
+        r.claimed_by = None;
+        r.claim_expires = None;
+        true
     }
 
     fn apply(&mut self, id: &OrderId, order: &Order, change: Change, now: Timestamp) {
@@ -375,6 +463,13 @@ impl Store for MemoryStore {
 
     async fn save(&self, lease: &Lease, order: &Order, change: Change) -> Result<(), StoreError> {
         let mut g = self.lock();
+        // The outcome first and unfenced: it is a fact about the world, kept even when the
+        // lease is gone.
+        if let Some(o) = &change.outcome
+            && g.record_outcome(o.purchase_id, &o.outcome, o.at)? == Recorded::AlreadyDecided
+        {
+            return Err(StoreError::LeaseLost(lease.order_id.clone()));
+        }
         g.fenced(lease)?;
         g.apply(&lease.order_id, order, change, order.updated_at);
         Ok(())
@@ -416,26 +511,7 @@ impl Store for MemoryStore {
     ) -> Result<PurchaseId, StoreError> {
         let mut g = self.lock();
         g.fenced(lease)?;
-        let id = PurchaseId(g.purchases.len() as i64 + 1);
-        let index = g.purchases.len();
-        g.purchases_by_order
-            .entry(intent.order_id.clone())
-            .or_default()
-            .push(index);
-        g.purchases.push(Purchase {
-            id,
-            order_id: intent.order_id.clone(),
-            attempt: intent.attempt,
-            package_id: intent.package_id,
-            package_name: intent.package_name.clone(),
-            stock_before: intent.stock_before,
-            pool_before: intent.pool_before,
-            sent_at: intent.sent_at,
-            outcome: None,
-            decided_at: None,
-            resolution: None,
-            late_ip: None,
-        });
+        let id = g.insert_purchase(intent);
         let change = Change {
             entries: entries.to_vec(),
             keep_lease: true,
@@ -445,33 +521,57 @@ impl Store for MemoryStore {
         Ok(id)
     }
 
+    async fn flight_state(&self, package: PackageId) -> Result<FlightState, StoreError> {
+        let g = self.lock();
+        Ok(FlightState {
+            holder: g.flights.get(&package).cloned(),
+            last_purchase: g.last_purchase.get(&package).copied(),
+        })
+    }
+
+    async fn begin_purchase_in_flight(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        intent: &PurchaseIntent,
+        entries: &[TimelineEntry],
+        seen: &FlightState,
+    ) -> Result<Begun, StoreError> {
+        let mut g = self.lock();
+        g.fenced(lease)?;
+        let package = intent.package_id;
+        match g.flights.get(&package) {
+            Some(holder) if holder != &lease.order_id => return Ok(Begun::HeldBy(holder.clone())),
+            Some(_) => {}
+            None => {
+                let newer = g.last_purchase.get(&package).copied() != seen.last_purchase
+                    && g.last_purchase
+                        .get(&package)
+                        .and_then(|p| g.purchases.get((p.0 - 1) as usize))
+                        .is_some_and(|p| p.order_id != lease.order_id);
+                if newer {
+                    return Ok(Begun::Moved);
+                }
+                g.flights.insert(package, lease.order_id.clone());
+            }
+        }
+        let id = g.insert_purchase(intent);
+        let change = Change {
+            entries: entries.to_vec(),
+            keep_lease: true,
+            ..Change::default()
+        };
+        g.apply(&lease.order_id, order, change, intent.sent_at);
+        Ok(Begun::Purchase(id))
+    }
+
     async fn record_outcome(
         &self,
         purchase_id: PurchaseId,
         outcome: &PurchaseOutcome,
         at: Timestamp,
     ) -> Result<Recorded, StoreError> {
-        let mut g = self.lock();
-        let idx = usize::try_from(purchase_id.0 - 1)
-            .map_err(|_| StoreError::Corrupt(format!("no purchase {purchase_id}")))?;
-        let Some(p) = g.purchases.get_mut(idx) else {
-            return Err(StoreError::Corrupt(format!("no purchase {purchase_id}")));
-        };
-        if p.outcome.is_none() {
-            p.outcome = Some(outcome.clone());
-            p.decided_at = Some(at);
-            let order = p.order_id.clone();
-            if let PurchaseOutcome::Succeeded { ip } = outcome {
-                g.owners.insert(*ip, order);
-            }
-            return Ok(Recorded::Recorded);
-        }
-        if let PurchaseOutcome::Succeeded { ip } = outcome {
-            p.late_ip = Some(*ip);
-            let order = p.order_id.clone();
-            g.owners.insert(*ip, order);
-        }
-        Ok(Recorded::AlreadyDecided)
+        self.lock().record_outcome(purchase_id, outcome, at)
     }
 
     async fn expedite(&self, id: &OrderId, at: Timestamp) -> Result<bool, StoreError> {
@@ -716,33 +816,18 @@ impl Store for MemoryStore {
         d: &Delivery,
         result: &DeliveryResult,
     ) -> Result<bool, StoreError> {
+        Ok(self.lock().finish_delivery(d, result))
+    }
+
+    async fn finish_deliveries(
+        &self,
+        results: &[(Delivery, DeliveryResult)],
+    ) -> Result<Vec<bool>, StoreError> {
         let mut g = self.lock();
-        let Some(r) = usize::try_from(d.id - 1)
-            .ok()
-            .and_then(|i| g.deliveries.get_mut(i))
-        else {
-            return Ok(false);
-        };
-        if r.delivered_at.is_some() {
-            return Ok(false);
-        }
-        match result {
-            DeliveryResult::Delivered { at } => {
-                r.delivered_at = Some(*at);
-                r.next_at = None;
-                r.last_error = None;
-            }
-            DeliveryResult::Failed { error, retry_at } => {
-                if r.claim_token != d.token || r.claimed_by.as_deref() != Some(d.worker.as_str()) {
-                    return Ok(false);
-                }
-                r.next_at = *retry_at;
-                r.last_error = Some(error.clone());
-            }
-        }
-        r.claimed_by = None;
-        r.claim_expires = None;
-        Ok(true)
+        Ok(results
+            .iter()
+            .map(|(d, r)| g.finish_delivery(d, r))
+            .collect())
     }
 
     async fn outbox_backlog(&self) -> Result<u64, StoreError> {

@@ -188,6 +188,50 @@ pub struct Change {
     /// Give up the order's single flight on its package (its purchase is settled). A flight is
     /// also released whenever the order leaves the buying state.
     pub release_flight: bool,
+    /// A buyvps reply to record in the ledger in the same transaction, before the order is
+    /// written: the outcome and what follows from it ("bought, flight released") cost one
+    /// commit, not two. Recorded first-writer-wins and not fenced, as
+    /// [`Store::record_outcome`]: when the fence fails the outcome is still committed and the
+    /// write is [`StoreError::LeaseLost`]; when the purchase already had an outcome (a takeover
+    /// marked it unknown), a success is kept as its late address, the order is not written, and
+    /// the write is [`StoreError::LeaseLost`] too. Only [`Store::save`] records it.
+    pub outcome: Option<OutcomeRecord>,
+}
+
+/// A purchase outcome recorded with a worker's write (see [`Change::outcome`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutcomeRecord {
+    /// The ledger row.
+    pub purchase_id: PurchaseId,
+    /// What buyvps answered.
+    pub outcome: PurchaseOutcome,
+    /// When the answer came.
+    pub at: Timestamp,
+}
+
+/// A package's single flight as read before its stock list: who holds the flight, and the
+/// newest purchase of the package. A buy attempt passes it back to
+/// [`Store::begin_purchase_in_flight`], which takes the flight only if no other order's purchase
+/// of the package went out since: then no purchase of ours was in flight while the stock was
+/// read, and the reading is clean evidence.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlightState {
+    /// The order holding the flight, if any.
+    pub holder: Option<OrderId>,
+    /// The newest purchase of the package (any order), if any.
+    pub last_purchase: Option<PurchaseId>,
+}
+
+/// What [`Store::begin_purchase_in_flight`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Begun {
+    /// The flight is the order's and the intent is committed: buyvps may be sent.
+    Purchase(PurchaseId),
+    /// Another order holds the package's flight; nothing was written.
+    HeldBy(OrderId),
+    /// The flight is free, but another order's purchase of the package went out after the
+    /// [`FlightState`] was read, so the stock read may count it; nothing was written.
+    Moved,
 }
 
 /// The answer to a single-flight request.
@@ -508,6 +552,24 @@ pub trait Store: Send + Sync + 'static {
         intent: &PurchaseIntent,
         entries: &[TimelineEntry],
     ) -> Result<PurchaseId, StoreError>;
+    /// Who holds a package's flight and its newest purchase: read before the stock list, so
+    /// that [`Store::begin_purchase_in_flight`] can tell whether a purchase of ours went out
+    /// while the stock was read.
+    async fn flight_state(&self, package: PackageId) -> Result<FlightState, StoreError>;
+    /// Takes the package's single flight for the lease's order and commits the purchase intent
+    /// with the order (its new attempt count) and timeline lines, in one transaction, before
+    /// buyvps is sent: one commit where [`Store::acquire_flight`] and
+    /// [`Store::begin_purchase`] are two. The flight is taken only when no other order holds
+    /// it and no other order's purchase of the package is newer than `seen` (the state read
+    /// before the stock list); otherwise nothing is written. The lease is kept.
+    async fn begin_purchase_in_flight(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        intent: &PurchaseIntent,
+        entries: &[TimelineEntry],
+        seen: &FlightState,
+    ) -> Result<Begun, StoreError>;
     /// Records a purchase's outcome, first writer wins (see [`Recorded`]). Not fenced.
     async fn record_outcome(
         &self,
@@ -604,6 +666,34 @@ pub trait Store: Send + Sync + 'static {
         claim_for: Duration,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError>;
+    /// A [`Store::fan_out`] and a [`Store::claim_deliveries`] in one transaction: a dispatcher
+    /// round's two writes in one commit. The claim sees the deliveries just queued.
+    async fn fan_out_and_claim(
+        &self,
+        deliveries: &[NewDelivery],
+        notices: &[i64],
+        now: Timestamp,
+        worker: &str,
+        claim_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        if !deliveries.is_empty() || !notices.is_empty() {
+            self.fan_out(deliveries, notices, now).await?;
+        }
+        self.claim_deliveries(worker, now, claim_for, limit).await
+    }
+    /// [`Store::finish_delivery`] for a claimed batch, in one transaction: one commit per
+    /// batch, not one per delivery. Returns, for each, whether anything changed.
+    async fn finish_deliveries(
+        &self,
+        results: &[(Delivery, DeliveryResult)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut out = Vec::with_capacity(results.len());
+        for (d, r) in results {
+            out.push(self.finish_delivery(d, r).await?);
+        }
+        Ok(out)
+    }
     /// Records how a claimed delivery went; returns whether anything changed. `Delivered` is
     /// recorded whatever the claim (it is a fact, and it stops every further send); `Failed`
     /// only while `delivery`'s claim is the current one and it was not delivered meanwhile.
@@ -625,6 +715,14 @@ pub trait Store: Send + Sync + 'static {
     /// not exist is dropped.
     async fn append_timeline(&self, entries: &[(OrderId, TimelineEntry)])
     -> Result<(), StoreError>;
+    /// Fired when another process may have made work due (an order taken in, made due by an
+    /// admin or a late reply, a lease given up): PostgreSQL sends a NOTIFY in the transaction
+    /// that makes the work due, and every process listening fires this, so idle workers start
+    /// at once instead of at their next poll. `None` for stores with no other process to hear
+    /// from; polling stays the fallback everywhere (a lost connection, a missed signal).
+    fn work_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 
     /// Housekeeping the database needs and is not doing by itself; `serve` calls it every
     /// [`MAINTENANCE_INTERVAL`]. PostgreSQL: vacuums the queue tables when the server's

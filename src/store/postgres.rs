@@ -24,6 +24,7 @@
 use crate::domain::PurchaseId;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,8 +34,9 @@ use sqlx::{ConnectOptions, Connection, PgPool, Postgres};
 
 use super::sql::{self, Arg, SqlRow, Stmt};
 use super::{
-    AccessToken, ActionRequest, Change, Claimed, Delivery, DeliveryResult, DeliveryStatus, Flight,
-    Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
+    AccessToken, ActionRequest, Begun, Change, Claimed, Delivery, DeliveryResult, DeliveryStatus,
+    Flight, FlightState, Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded, StateCounts,
+    Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -75,6 +77,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "server_actions",
         include_str!("../../migrations/postgres/0006_server_actions.sql"),
     ),
+    (
+        7,
+        "purchases_package",
+        include_str!("../../migrations/postgres/0007_purchases_package.sql"),
+    ),
 ];
 
 /// The tables whose rows are updated or deleted on every order; vacuumed by
@@ -90,6 +97,10 @@ const MIGRATION_LOCK: i64 = 0x7072_6f76_6973_696f;
 /// several machines well inside PostgreSQL's default `max_connections = 100`.
 pub const DEFAULT_POOL_SIZE: u32 = 10;
 
+/// The channel NOTIFY wakes workers on: sent with the commit that makes work due (intake: just
+/// after it, see [`announcer`]), and every process LISTENs to it.
+pub const WORK_CHANNEL: &str = "provisioner_work";
+
 /// The PostgreSQL store.
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
@@ -97,6 +108,13 @@ pub struct PostgresStore {
     pool: PgPool,
     /// The server's `autovacuum` was off at connect: [`Store::maintain`] vacuums instead.
     self_vacuum: bool,
+    /// Fired on every notification on [`WORK_CHANNEL`] (see [`Store::work_signal`]).
+    work: Arc<tokio::sync::Notify>,
+    /// Asks the announcer to send a NOTIFY: intake commits first, then says so here, and a
+    /// burst of intakes costs one NOTIFY (see [`announcer`]).
+    announce: Arc<tokio::sync::Notify>,
+    /// Stops the listener and the announcer when the last clone of the store is dropped.
+    _listener: Arc<tokio_util::sync::DropGuard>,
 }
 
 impl PostgresStore {
@@ -143,7 +161,22 @@ impl PostgresStore {
                 super::MAINTENANCE_INTERVAL.as_secs()
             );
         }
-        let store = Self { pool, self_vacuum };
+        let work = Arc::new(tokio::sync::Notify::new());
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(listen(
+            (*pool.connect_options()).clone(),
+            Arc::clone(&work),
+            stop.clone(),
+        ));
+        let announce = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(announcer(pool.clone(), Arc::clone(&announce), stop.clone()));
+        let store = Self {
+            pool,
+            self_vacuum,
+            work,
+            announce,
+            _listener: Arc::new(stop.drop_guard()),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -192,6 +225,79 @@ impl PostgresStore {
     /// tests that inspect the ledger across processes.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+}
+
+/// LISTENs on [`WORK_CHANNEL`] and fires `work` on every notification, until `stop`, on a
+/// connection of its own (a pool of one, so the store's pool keeps all of its connections).
+/// When that connection is lost it is opened again, and `work` fired, since a notification may
+/// have been missed meanwhile; until then polling finds the work.
+async fn listen(
+    options: PgConnectOptions,
+    work: Arc<tokio::sync::Notify>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(options);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let session = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(WORK_CHANNEL).await?;
+            work.notify_waiters();
+            loop {
+                // None: the connection was lost and opened again; something may be missed.
+                let _ = listener.try_recv().await?;
+                work.notify_waiters();
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            ended = session => {
+                if let Err(e) = ended {
+                    tracing::debug!("LISTEN {WORK_CHANNEL} failed ({e}); polling until it is back");
+                }
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Sends a NOTIFY on [`WORK_CHANNEL`] each time it is asked to (`pending`), until `stop`:
+/// asks made while one is being sent come to one more NOTIFY, not one each.
+///
+/// Intake does not NOTIFY inside its own transaction: PostgreSQL serializes the commits of
+/// every transaction that notifies (one lock on the notification queue, held through the
+/// commit's WAL flush), which cut intake from 1,350-1,900 to 580-700 orders/s in
+/// `bench throughput`. It commits, then asks here, so the notification still never comes before
+/// the order is visible. The NOTIFY's own transaction skips the WAL flush
+/// (`synchronous_commit = off`): a notification is a hint, not a fact to keep. A process that
+/// dies between the two leaves the order to the other processes' polling.
+async fn announcer(
+    pool: PgPool,
+    pending: Arc<tokio::sync::Notify>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = pending.notified() => {}
+        }
+        let sent = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL synchronous_commit = off; NOTIFY {WORK_CHANNEL}"
+        )))
+        .execute(&pool)
+        .await;
+        if let Err(e) = sent {
+            tracing::debug!("NOTIFY {WORK_CHANNEL} failed (the other processes will poll): {e}");
+        }
     }
 }
 
@@ -325,6 +431,87 @@ async fn insert_notices(
     Ok(())
 }
 
+/// `write` (an INSERT or UPDATE of at most one row) made into a statement that also sends a
+/// NOTIFY on [`WORK_CHANNEL`] when it wrote a row, and returns one row exactly then. The
+/// notification is delivered at commit, to every process listening.
+fn notify_if_any(write: Stmt) -> Stmt {
+    Stmt {
+        sql: format!(
+            "WITH written AS ({} RETURNING 1) SELECT pg_notify('{WORK_CHANNEL}', '') FROM written",
+            write.sql
+        ),
+        args: write.args,
+    }
+}
+
+/// Sends a NOTIFY on [`WORK_CHANNEL`] with `tx`'s commit.
+async fn notify_work(tx: &mut Tx) -> Result<(), StoreError> {
+    sqlx::query(sqlx::AssertSqlSafe(format!("NOTIFY {WORK_CHANNEL}")))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Records a purchase outcome first-writer-wins in `tx`; whether it was the first.
+async fn record_outcome(
+    tx: &mut Tx,
+    purchase_id: PurchaseId,
+    outcome: &PurchaseOutcome,
+    at: Timestamp,
+) -> Result<Recorded, StoreError> {
+    let (first, late) = sql::record_outcome(purchase_id, outcome, at);
+    if query(&first).execute(&mut **tx).await?.rows_affected() == 1 {
+        return Ok(Recorded::Recorded);
+    }
+    if let Some(late) = late {
+        query(&late).execute(&mut **tx).await?;
+    }
+    Ok(Recorded::AlreadyDecided)
+}
+
+/// Queues deliveries and marks notices handed to them, in `tx` (see [`Store::fan_out`]).
+async fn fan_out(
+    tx: &mut Tx,
+    deliveries: &[NewDelivery],
+    notices: &[i64],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    if !deliveries.is_empty() {
+        let col = |f: fn(&NewDelivery) -> Option<&str>| -> Vec<Option<&str>> {
+            deliveries.iter().map(f).collect()
+        };
+        let notice_ids: Vec<Option<i64>> = deliveries.iter().map(|d| d.notice_id).collect();
+        // WITH ORDINALITY keeps the batch's order in the serial ids, which is delivery order.
+        sqlx::query(
+            "INSERT INTO outbox_deliveries (key, event_id, notice_id, order_id, kind, channel, detail, created_at, next_at) \
+             SELECT d.key, d.event_id, d.notice_id, d.order_id, d.kind, d.channel, d.detail, $8, $8 \
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+             WITH ORDINALITY AS d(key, event_id, notice_id, order_id, kind, channel, detail, n) \
+             ORDER BY d.n ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(col(|d| Some(d.key.as_str())))
+        .bind(col(|d| Some(d.event_id.as_str())))
+        .bind(notice_ids)
+        .bind(col(|d| d.order_id.as_ref().map(OrderId::as_str)))
+        .bind(col(|d| Some(d.kind.as_str())))
+        .bind(col(|d| Some(d.channel.as_str())))
+        .bind(col(|d| d.detail.as_deref()))
+        .bind(now.millis())
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !notices.is_empty() {
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, next_at = NULL, delivered_at = $1 WHERE id = ANY($2)",
+        )
+        .bind(now.millis())
+        .bind(notices)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The port.
 
@@ -357,6 +544,8 @@ impl Store for PostgresStore {
         insert_entries(&mut tx, &order.id, entries).await?;
         insert_notices(&mut tx, &order.id, notices, order.created_at).await?;
         tx.commit().await?;
+        // Committed: now other processes' idle workers may be woken (see `announcer`).
+        self.announce.notify_one();
         Ok(Intake::Created(order.clone()))
     }
 
@@ -422,14 +611,39 @@ impl Store for PostgresStore {
 
     async fn save(&self, lease: &Lease, order: &Order, change: Change) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        write(&mut tx, Some(lease), order, change, order.updated_at).await?;
-        tx.commit().await?;
-        Ok(())
+        let Some(o) = change.outcome.clone() else {
+            write(&mut tx, Some(lease), order, change, order.updated_at).await?;
+            tx.commit().await?;
+            return Ok(());
+        };
+        // The outcome first and unfenced: a fact about the world, committed even when the
+        // lease is gone.
+        if record_outcome(&mut tx, o.purchase_id, &o.outcome, o.at).await?
+            == Recorded::AlreadyDecided
+        {
+            tx.commit().await?;
+            return Err(StoreError::LeaseLost(order.id.clone()));
+        }
+        match write(&mut tx, Some(lease), order, change, order.updated_at).await {
+            // The fenced update matched nothing, so it wrote nothing: keep the outcome.
+            Err(StoreError::LeaseLost(id)) => {
+                tx.commit().await?;
+                Err(StoreError::LeaseLost(id))
+            }
+            other => {
+                other?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let done = query(&sql::release(lease)).execute(&self.pool).await?;
-        if done.rows_affected() == 0 {
+        // Released, the order is claimable at once: other processes are told.
+        let done = query(&notify_if_any(sql::release(lease)))
+            .fetch_optional(&self.pool)
+            .await?;
+        if done.is_none() {
             Err(StoreError::LeaseLost(lease.order_id.clone()))
         } else {
             Ok(())
@@ -488,6 +702,50 @@ impl Store for PostgresStore {
         row.int("id").map(PurchaseId)
     }
 
+    async fn flight_state(&self, package: PackageId) -> Result<FlightState, StoreError> {
+        let row = query(&sql::flight_state(package))
+            .fetch_one(&self.pool)
+            .await?;
+        sql::flight_state_row(&row)
+    }
+
+    async fn begin_purchase_in_flight(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        intent: &PurchaseIntent,
+        entries: &[TimelineEntry],
+        seen: &FlightState,
+    ) -> Result<Begun, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The flight first, fenced in the INSERT's SELECT. A concurrent insert for the same
+        // package makes this wait for that transaction's end, then do nothing (it committed) or
+        // insert (it rolled back): never two holders. Refused, the transaction is dropped with
+        // nothing written.
+        let take = sql::take_flight(lease, intent.package_id, seen);
+        if query(&take).execute(&mut *tx).await?.rows_affected() == 0 {
+            // A new statement sees rows committed since the insert began: the holder.
+            let row = query(&sql::flight_after_refusal(lease, intent.package_id))
+                .fetch_one(&mut *tx)
+                .await?;
+            if let Some(refused) = sql::refused_flight(&row, lease)? {
+                return Ok(refused);
+            }
+        }
+        // The fenced order write (it row-locks the order until commit), then the intent.
+        let change = Change {
+            entries: entries.to_vec(),
+            keep_lease: true,
+            ..Change::default()
+        };
+        write(&mut tx, Some(lease), order, change, intent.sent_at).await?;
+        let row = query(&sql::insert_purchase(intent))
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Begun::Purchase(PurchaseId(row.int("id")?)))
+    }
+
     async fn record_outcome(
         &self,
         purchase_id: PurchaseId,
@@ -505,8 +763,10 @@ impl Store for PostgresStore {
     }
 
     async fn expedite(&self, id: &OrderId, at: Timestamp) -> Result<bool, StoreError> {
-        let done = query(&sql::expedite(id, at)).execute(&self.pool).await?;
-        Ok(done.rows_affected() == 1)
+        let done = query(&notify_if_any(sql::expedite(id, at)))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(done.is_some())
     }
 
     async fn record_discovered(&self, found: &[Discovered]) -> Result<(), StoreError> {
@@ -623,6 +883,10 @@ impl Store for PostgresStore {
             ..change
         };
         write(&mut tx, None, order, change, now).await?;
+        if order.state.is_active() {
+            // A retry or a resolution makes the order due: other processes are told.
+            notify_work(&mut tx).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -641,41 +905,35 @@ impl Store for PostgresStore {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        if !deliveries.is_empty() {
-            let col = |f: fn(&NewDelivery) -> Option<&str>| -> Vec<Option<&str>> {
-                deliveries.iter().map(f).collect()
-            };
-            let notice_ids: Vec<Option<i64>> = deliveries.iter().map(|d| d.notice_id).collect();
-            // WITH ORDINALITY keeps the batch's order in the serial ids, which is delivery order.
-            sqlx::query(
-                "INSERT INTO outbox_deliveries (key, event_id, notice_id, order_id, kind, channel, detail, created_at, next_at) \
-                 SELECT d.key, d.event_id, d.notice_id, d.order_id, d.kind, d.channel, d.detail, $8, $8 \
-                 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[]) \
-                 WITH ORDINALITY AS d(key, event_id, notice_id, order_id, kind, channel, detail, n) \
-                 ORDER BY d.n ON CONFLICT (key) DO NOTHING",
-            )
-            .bind(col(|d| Some(d.key.as_str())))
-            .bind(col(|d| Some(d.event_id.as_str())))
-            .bind(notice_ids)
-            .bind(col(|d| d.order_id.as_ref().map(OrderId::as_str)))
-            .bind(col(|d| Some(d.kind.as_str())))
-            .bind(col(|d| Some(d.channel.as_str())))
-            .bind(col(|d| d.detail.as_deref()))
-            .bind(now.millis())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !notices.is_empty() {
-            sqlx::query(
-                "UPDATE outbox SET attempts = attempts + 1, next_at = NULL, delivered_at = $1 WHERE id = ANY($2)",
-            )
-            .bind(now.millis())
-            .bind(notices)
-            .execute(&mut *tx)
-            .await?;
-        }
+        fan_out(&mut tx, deliveries, notices, now).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn fan_out_and_claim(
+        &self,
+        deliveries: &[NewDelivery],
+        notices: &[i64],
+        now: Timestamp,
+        worker: &str,
+        claim_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        if deliveries.is_empty() && notices.is_empty() {
+            // Nothing to queue: the claim alone, one statement, no transaction round trips.
+            return self.claim_deliveries(worker, now, claim_for, limit).await;
+        }
+        let mut tx = self.pool.begin().await?;
+        fan_out(&mut tx, deliveries, notices, now).await?;
+        let stmt = sql::claim_deliveries(worker, now.plus(claim_for), now, limit, CLAIM_LOCK);
+        let rows = query(&stmt).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let mut out = rows
+            .iter()
+            .map(|r| sql::delivery(r, worker))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by_key(|d| d.id);
+        Ok(out)
     }
 
     async fn claim_deliveries(
@@ -707,9 +965,55 @@ impl Store for PostgresStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn finish_deliveries(
+        &self,
+        results: &[(Delivery, DeliveryResult)],
+    ) -> Result<Vec<bool>, StoreError> {
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut changed = std::collections::HashSet::new();
+        let mut tx = self.pool.begin().await?;
+        let done: Vec<(i64, Timestamp)> = results
+            .iter()
+            .filter_map(|(d, r)| match r {
+                DeliveryResult::Delivered { at } => Some((d.id, *at)),
+                DeliveryResult::Failed { .. } => None,
+            })
+            .collect();
+        for chunk in done.chunks(200) {
+            for row in query(&sql::finish_delivered(chunk))
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                changed.insert(row.int("id")?);
+            }
+        }
+        for (d, r) in results {
+            if matches!(r, DeliveryResult::Failed { .. })
+                && query(&sql::finish_delivery(d, r))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1
+            {
+                changed.insert(d.id);
+            }
+        }
+        tx.commit().await?;
+        Ok(results
+            .iter()
+            .map(|(d, _)| changed.contains(&d.id))
+            .collect())
+    }
+
     async fn outbox_backlog(&self) -> Result<u64, StoreError> {
         let row = query(&sql::outbox_backlog()).fetch_one(&self.pool).await?;
         Ok(u64::try_from(row.int("backlog")?).unwrap_or(0))
+    }
+
+    fn work_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(Arc::clone(&self.work))
     }
 
     async fn maintain(&self) -> Result<(), StoreError> {

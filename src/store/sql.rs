@@ -101,7 +101,7 @@ pub(crate) struct Stmt {
 }
 
 impl Stmt {
-    fn new(sql: impl Into<String>) -> Self {
+    pub(crate) fn new(sql: impl Into<String>) -> Self {
         Self {
             sql: sql.into(),
             args: Vec::new(),
@@ -110,7 +110,7 @@ impl Stmt {
 
     /// Adds a value and returns its placeholder, for statements whose text depends on what is
     /// bound (placeholders are numbered as they are added: PostgreSQL refuses a gap).
-    fn param(&mut self, arg: Arg) -> String {
+    pub(crate) fn param(&mut self, arg: Arg) -> String {
         self.args.push(arg);
         format!("${}", self.args.len())
     }
@@ -127,6 +127,43 @@ impl Stmt {
 
     fn str(self, v: &str) -> Self {
         self.text(Some(v))
+    }
+}
+
+impl Stmt {
+    /// This statement and then `next`, as one text of two statements, `next`'s placeholders
+    /// renumbered after this one's values: SQLite runs both in one call to its connection's
+    /// thread (sqlx binds `$n` by number across the statements of one text). SQLite only:
+    /// PostgreSQL's extended protocol takes one statement per query.
+    pub(crate) fn then(mut self, next: Stmt) -> Stmt {
+        let offset = self.args.len();
+        let mut sql = String::with_capacity(self.sql.len() + next.sql.len() + 8);
+        sql.push_str(&self.sql);
+        sql.push_str(";\n");
+        let mut chars = next.sql.char_indices().peekable();
+        while let Some((_, c)) = chars.next() {
+            if c != '$' {
+                sql.push(c);
+                continue;
+            }
+            let mut digits = String::new();
+            while let Some((_, d)) = chars.peek().copied().filter(|(_, d)| d.is_ascii_digit()) {
+                digits.push(d);
+                chars.next();
+            }
+            match digits.parse::<usize>() {
+                Ok(n) => sql.push_str(&format!("${}", n + offset)),
+                Err(_) => sql.push('$'),
+            }
+        }
+        self.sql = sql;
+        self.args.extend(next.args);
+        self
+    }
+
+    /// The statements one after the other (see [`Stmt::then`]); `None` for none.
+    pub(crate) fn chain(stmts: impl IntoIterator<Item = Stmt>) -> Option<Stmt> {
+        stmts.into_iter().reduce(Stmt::then)
     }
 }
 
@@ -543,6 +580,74 @@ pub(crate) fn server_action(row: &impl SqlRow) -> Result<ServerAction, StoreErro
     })
 }
 
+/// Who holds a package's flight (column `holder`) and its newest purchase (`last_purchase`).
+pub(crate) fn flight_state(package: PackageId) -> Stmt {
+    Stmt::new(
+        "SELECT (SELECT order_id FROM flights WHERE package_id = $1) AS holder, \
+         (SELECT MAX(id) FROM purchases WHERE package_id = $1) AS last_purchase",
+    )
+    .int(i64::from(package.0))
+}
+
+/// Decodes a [`flight_state`] row.
+pub(crate) fn flight_state_row(row: &impl SqlRow) -> Result<super::FlightState, StoreError> {
+    Ok(super::FlightState {
+        holder: row
+            .opt_text("holder")?
+            .map(|h| order_id(&h, "flights.order_id"))
+            .transpose()?,
+        last_purchase: row.opt_int("last_purchase")?.map(PurchaseId),
+    })
+}
+
+/// Takes a package's free flight for the lease's order in one statement: the fence is the
+/// INSERT's SELECT, and so is the check that no other order's purchase of the package is newer
+/// than `seen`. Inserts nothing when the package is taken (by anyone, this order included), the
+/// lease is gone or the stock read may count another purchase; [`flight_after_refusal`] tells
+/// which.
+pub(crate) fn take_flight(lease: &Lease, package: PackageId, seen: &super::FlightState) -> Stmt {
+    Stmt::new(
+        "INSERT INTO flights (package_id, order_id) SELECT $1, id FROM orders \
+         WHERE id = $2 AND lease_token = $3 AND lease_owner = $4 \
+         AND NOT EXISTS (SELECT 1 FROM purchases WHERE package_id = $1 AND id > $5 AND order_id <> $2) \
+         ON CONFLICT (package_id) DO NOTHING",
+    )
+    .int(i64::from(package.0))
+    .str(lease.order_id.as_str())
+    .int(lease.token)
+    .str(&lease.worker)
+    .int(seen.last_purchase.map_or(0, |p| p.0))
+}
+
+/// Why [`take_flight`] inserted nothing, in one snapshot: whether the lease is still held
+/// (`leased`, 0 or 1) and who holds the flight (`holder`).
+pub(crate) fn flight_after_refusal(lease: &Lease, package: PackageId) -> Stmt {
+    Stmt::new(
+        "SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM orders WHERE id = $1 AND lease_token = $2 AND lease_owner = $3) \
+         THEN 1 ELSE 0 END AS BIGINT) AS leased, (SELECT order_id FROM flights WHERE package_id = $4) AS holder",
+    )
+    .str(lease.order_id.as_str())
+    .int(lease.token)
+    .str(&lease.worker)
+    .int(i64::from(package.0))
+}
+
+/// What a refused [`take_flight`] means, from a [`flight_after_refusal`] row: `Ok(None)` when
+/// the flight is this order's after all (it already held it), else what to answer.
+pub(crate) fn refused_flight(
+    row: &impl SqlRow,
+    lease: &Lease,
+) -> Result<Option<super::Begun>, StoreError> {
+    if row.int("leased")? == 0 {
+        return Err(StoreError::LeaseLost(lease.order_id.clone()));
+    }
+    Ok(match row.opt_text("holder")? {
+        Some(h) if h == lease.order_id.as_str() => None,
+        Some(h) => Some(super::Begun::HeldBy(order_id(&h, "flights.order_id")?)),
+        None => Some(super::Begun::Moved),
+    })
+}
+
 /// Gives up a lease; matches no row when the lease is no longer held.
 pub(crate) fn release(lease: &Lease) -> Stmt {
     Stmt::new(
@@ -690,6 +795,27 @@ pub(crate) fn append_timeline(id: &OrderId, e: &TimelineEntry) -> Stmt {
     .str(e.kind.as_str())
     .str(&e.message)
     .str(id.as_str())
+}
+
+/// Marks many claimed deliveries delivered in one statement (each at its own time), as
+/// [`finish_delivery`] does one: whatever the claim, unless delivered already. Returns the `id`
+/// of each row it changed. At most a few hundred at a time (two values each).
+pub(crate) fn finish_delivered(done: &[(i64, Timestamp)]) -> Stmt {
+    let mut s = Stmt::new(String::new());
+    let mut cases = String::new();
+    let mut ids = Vec::with_capacity(done.len());
+    for (id, at) in done {
+        let id_p = s.param(Arg::Int(Some(*id)));
+        let at_p = s.param(Arg::Int(Some(at.millis())));
+        cases.push_str(&format!(" WHEN {id_p} THEN {at_p}"));
+        ids.push(id_p);
+    }
+    s.sql = format!(
+        "UPDATE outbox_deliveries SET delivered_at = CASE id{cases} END, next_at = NULL, last_error = NULL, \
+         claimed_by = NULL, claim_expires_at = NULL WHERE id IN ({}) AND delivered_at IS NULL RETURNING id",
+        ids.join(", ")
+    );
+    s
 }
 
 /// Notices not yet fanned out plus deliveries still to send; column `backlog`.
@@ -1100,6 +1226,21 @@ mod tests {
                 *ACTIVE_STATES
             );
         }
+    }
+
+    #[test]
+    fn chained_statements_number_their_placeholders_on() {
+        let a = Stmt::new("UPDATE t SET a = $1 WHERE b = $2").int(1).int(2);
+        let b = Stmt::new("INSERT INTO u VALUES ($1, $2, $1)")
+            .int(3)
+            .str("x");
+        let c = Stmt::chain([a, b, Stmt::new("DELETE FROM v WHERE w = $1").int(4)]).unwrap();
+        assert_eq!(
+            c.sql,
+            "UPDATE t SET a = $1 WHERE b = $2;\nINSERT INTO u VALUES ($3, $4, $3);\nDELETE FROM v WHERE w = $5"
+        );
+        assert_eq!(c.args.len(), 5);
+        assert!(Stmt::chain(Vec::new()).is_none());
     }
 
     #[test]

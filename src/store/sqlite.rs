@@ -11,17 +11,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use sqlx::query::Query;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, Row, Sqlite, SqliteConnection, SqlitePool};
-use tokio::sync::OwnedMutexGuard;
+use sqlx::{Connection, Sqlite, SqliteConnection, SqlitePool};
+use tokio::sync::{OwnedMutexGuard, mpsc, oneshot};
 
 use super::sql::{self, Arg, SqlRow, Stmt};
 use super::{
-    AccessToken, ActionRequest, Change, Claimed, Delivery, DeliveryResult, DeliveryStatus, Flight,
-    Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
+    AccessToken, ActionRequest, Begun, Change, Claimed, Delivery, DeliveryResult, DeliveryStatus,
+    Flight, FlightState, Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded, StateCounts,
+    Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -67,18 +69,26 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "server_actions",
         include_str!("../../migrations/sqlite/0007_server_actions.sql"),
     ),
+    (
+        8,
+        "purchases_package",
+        include_str!("../../migrations/sqlite/0008_purchases_package.sql"),
+    ),
 ];
 
 /// Rows per multi-row statement: at most 9 parameters a row stays far below SQLite's limit
 /// (32,766 parameters since 3.32).
 const ROWS_PER_INSERT: usize = 100;
 
+/// Default bound on the writes one group commit takes: enough to share a commit among every
+/// worker of a busy process, small enough that a group's transaction stays short (a few ms).
+pub const DEFAULT_GROUP_COMMIT: usize = 64;
+
 /// The SQLite store.
 ///
-/// Reads and writes use separate connections. Every write (every transaction and every
-/// single-statement write) runs on one **writer** connection that this store holds itself,
-/// taken in turn through an in-process queue. SQLite admits one writer anyway; the queue and the
-/// single connection buy three things (measured in `docs/benchmarks.md`):
+/// Reads and writes use separate connections. Every write runs on one **writer** connection
+/// that this store holds itself. SQLite admits one writer anyway; the single connection buys
+/// three things (measured in `docs/benchmarks.md`):
 /// - no busy-handler sleeps: a writer that finds the database locked would sleep in SQLite's busy
 ///   handler (1, 2, 5, 10 ... ms) although the holder is done within a millisecond, and
 ///   throughput would collapse as workers are added;
@@ -87,17 +97,36 @@ const ROWS_PER_INSERT: usize = 100;
 ///   re-read the B-tree pages it touched, a cost that grew with the database. The writer's own
 ///   commits leave its cache valid;
 /// - no pool round trips: a sqlx pool pings a connection when it is taken and again when it is
-///   given back, each a hop to the connection's thread, as costly as a statement. Writes are
-///   serialized, so those hops were paid inside every write's turn.
+///   given back, each a hop to the connection's thread, as costly as a statement.
+///
+/// **Group commit.** Writes are queued to one group-commit task, which takes every write
+/// waiting (up to `group_commit`) into one transaction. Every caller is answered only after
+/// the commit that holds its write, so a write that returned is durable as before; the
+/// commit's fixed cost (the lock, the WAL append, the `BEGIN`/`COMMIT` round trips) is shared
+/// by the group. A write that fails is answered with its own error and never fails its
+/// batch-mates: one that failed deciding (a fence that matched nothing) has written nothing and
+/// the group goes on; any other failure rolls the group back and the others run again.
+/// Within a write, the statements after its deciding one go to the connection as one text,
+/// one round trip to the connection's thread instead of one per statement: those round trips
+/// (thread wake-ups) were most of the CPU a write cost.
 ///
 /// Other processes (`orders` CLI commands) still meet `busy_timeout`.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     /// Reads: several connections, each reading a consistent WAL snapshot.
     pool: SqlitePool,
-    /// Writes: the one connection, and the queue for it (first come, first served).
+    /// The one writer connection; the group-commit task takes it for each group, and
+    /// [`SqliteStore::write_turn`] for a write of its own (migrations, the benchmark's loop).
     writer: Arc<tokio::sync::Mutex<Writer>>,
+    /// The queue of writes for the group-commit task; it ends when the last clone is dropped.
+    jobs: mpsc::UnboundedSender<Box<dyn Job>>,
+    /// Stops the background checkpointer when the last clone is dropped (`None`: the writer
+    /// checkpoints itself, as SQLite does by default).
+    _checkpointer: Option<Arc<tokio_util::sync::DropGuard>>,
 }
+
+/// How often the background checkpointer copies the WAL back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// Pages the writer connection may cache, in KiB (SQLite's negative `cache_size`): enough for
 /// the hot B-tree pages of a few hundred thousand orders; it fills only as pages are touched.
@@ -140,14 +169,199 @@ impl std::ops::DerefMut for WriteTurn {
     }
 }
 
+/// A write's work: statements run on the writer connection inside the group's transaction.
+/// `Fn`, not `FnOnce`: when a batch-mate fails, the group is rolled back and the others run
+/// again, so the work must be able to run twice.
+type Work<T> = Box<
+    dyn for<'c> Fn(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>> + Send + Sync,
+>;
+
+/// A write waiting in the group-commit queue, with its caller's answer.
+trait Job: Send {
+    /// Runs the write (again, if its group was rolled back); whether it succeeded.
+    fn run<'c>(&'c mut self, conn: &'c mut SqliteConnection) -> BoxFuture<'c, bool>;
+    /// Whether its failure left nothing written: see [`wrote_nothing`].
+    fn failed_cleanly(&self) -> bool;
+    /// Answers the caller: its own result once the group committed, or the group's failure.
+    fn answer(self: Box<Self>, group: Result<(), &StoreError>);
+}
+
+/// A write of result `T`.
+struct Pending<T> {
+    work: Work<T>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T: Send + 'static> Job for Pending<T> {
+    fn run<'c>(&'c mut self, conn: &'c mut SqliteConnection) -> BoxFuture<'c, bool> {
+        Box::pin(async move {
+            let result = (self.work)(conn).await;
+            let ok = result.is_ok();
+            self.result = Some(result);
+            ok
+        })
+    }
+
+    fn failed_cleanly(&self) -> bool {
+        matches!(&self.result, Some(Err(e)) if wrote_nothing(e))
+    }
+
+    fn answer(self: Box<Self>, group: Result<(), &StoreError>) {
+        let own = self.result.unwrap_or_else(|| {
+            Err(StoreError::Database(
+                "the write was not run: its group failed first".into(),
+            ))
+        });
+        let answer = match (own, group) {
+            (Err(e), _) => Err(e),
+            (Ok(v), Ok(())) => Ok(v),
+            (Ok(_), Err(e)) => Err(StoreError::Database(format!(
+                "the group commit holding this write failed: {e}"
+            ))),
+        };
+        // A caller that gave up waiting (its task was dropped) needs no answer.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The errors a write returns only from its deciding statement, before it has written
+/// anything (a fence or a lease that matched no row): the group goes on without rolling back.
+/// Every write below keeps to that; any other error rolls the group back.
+fn wrote_nothing(e: &StoreError) -> bool {
+    matches!(e, StoreError::LeaseLost(_) | StoreError::Conflict(_))
+}
+
+/// The group-commit loop: waits for a write, takes the writer connection, takes every write
+/// queued meanwhile (up to `max`) and runs them as one transaction. Ends when the store is gone.
+async fn group_commits(
+    writer: Arc<tokio::sync::Mutex<Writer>>,
+    mut jobs: mpsc::UnboundedReceiver<Box<dyn Job>>,
+    max: usize,
+) {
+    while let Some(first) = jobs.recv().await {
+        let mut turn = match lock_writer(&writer).await {
+            Ok(turn) => turn,
+            Err(e) => {
+                first.answer(Err(&e));
+                continue;
+            }
+        };
+        let mut group = vec![first];
+        while group.len() < max {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        run_group(&mut turn, group).await;
+    }
+}
+
+/// Runs a control statement (BEGIN, COMMIT, ROLLBACK).
+async fn control(conn: &mut SqliteConnection, sql: &'static str) -> Result<(), StoreError> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// One group: `BEGIN IMMEDIATE`, each write, `COMMIT`, then the answers. A write that fails
+/// having written nothing ([`wrote_nothing`]) is answered and the group goes on. One that may
+/// have written part of itself rolls the group back: it is answered with its error and the
+/// others run again in a new transaction, so no write fails for a batch-mate's fault and no
+/// savepoint round trip is paid per write.
+async fn run_group(conn: &mut SqliteConnection, mut group: Vec<Box<dyn Job>>) {
+    while !group.is_empty() {
+        if let Err(e) = control(conn, "BEGIN IMMEDIATE").await {
+            for job in group {
+                job.answer(Err(&e));
+            }
+            return;
+        }
+        let mut broken = None;
+        let mut i = 0;
+        while i < group.len() {
+            if group[i].run(conn).await {
+                i += 1;
+            } else if group[i].failed_cleanly() {
+                group.remove(i).answer(Ok(()));
+            } else {
+                broken = Some(i);
+                break;
+            }
+        }
+        let Some(i) = broken else {
+            let committed = if group.is_empty() {
+                control(conn, "ROLLBACK").await
+            } else {
+                control(conn, "COMMIT").await
+            };
+            if let Err(e) = &committed {
+                tracing::warn!("a SQLite group commit failed, its writes are not kept: {e}");
+                let _ = control(conn, "ROLLBACK").await;
+            }
+            for job in group {
+                job.answer(committed.as_ref().map(|_| ()));
+            }
+            return;
+        };
+        if let Err(e) = control(conn, "ROLLBACK").await {
+            // The transaction may be gone already (SQLite ends it itself on some errors);
+            // if the connection cannot even say so, nothing of the group is kept.
+            tracing::warn!("rolling back a SQLite group failed: {e}");
+        }
+        group.remove(i).answer(Ok(()));
+    }
+}
+
+/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] from a reader connection until `stop`
+/// (PASSIVE: it copies what no reader still needs and never waits for, or blocks, the writer).
+async fn checkpoints(pool: SqlitePool, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!("WAL checkpoint failed (tried again shortly): {e}");
+        }
+    }
+}
+
+/// Takes the writer connection, opening it again if its thread died.
+async fn lock_writer(writer: &Arc<tokio::sync::Mutex<Writer>>) -> Result<WriteTurn, StoreError> {
+    let mut writer = Arc::clone(writer).lock_owned().await;
+    if writer.checked_at.elapsed() >= WRITER_CHECK_EVERY {
+        if let Err(e) = writer.conn.ping().await {
+            tracing::warn!(error = %e, "the SQLite writer connection is gone; opening it again");
+            writer.conn = SqliteConnection::connect_with(&writer.options).await?;
+        }
+        writer.checked_at = std::time::Instant::now();
+    }
+    Ok(WriteTurn(writer))
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `url` (`sqlite://path`) and applies
-    /// migrations.
+    /// migrations, with group commits of up to [`DEFAULT_GROUP_COMMIT`] writes.
     ///
     /// # Errors
     /// When the file cannot be opened or a migration fails, or for an in-memory URL: such a
     /// database would lose every order when the process exits.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, DEFAULT_GROUP_COMMIT).await
+    }
+
+    /// As [`SqliteStore::connect`], with group commits of up to `group_commit` writes; 1 gives
+    /// every write a transaction of its own (the store before group commit, for comparison).
+    ///
+    /// # Errors
+    /// As for [`SqliteStore::connect`], and when the writer thread cannot be started.
+    pub async fn connect_with(url: &str, group_commit: usize) -> Result<Self, StoreError> {
         if url.contains(":memory:") || url.contains("mode=memory") {
             return Err(StoreError::Database(format!(
                 "database url {url:?} names an in-memory SQLite database, which would lose every order at exit; name a file (sqlite://provisioner.db)"
@@ -161,9 +375,17 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let cannot_open = |e: sqlx::Error| StoreError::Database(format!("cannot open {url}: {e}"));
-        let writer_options = options
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let mut writer_options = options
             .clone()
             .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"));
+        if runtime.is_some() {
+            // The checkpoint moves off the write path: SQLite's automatic one runs inside the
+            // COMMIT that crosses 1,000 WAL pages, and the database file's fsync with it, while
+            // every queued write waits (the slowest steps in `bench throughput`). A task on a
+            // reader connection does it instead, PASSIVE (it never blocks the writer).
+            writer_options = writer_options.pragma("wal_autocheckpoint", "0");
+        }
         // The writer first: it creates the file and switches it to WAL.
         let conn = SqliteConnection::connect_with(&writer_options)
             .await
@@ -178,13 +400,50 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(cannot_open)?;
+        let writer = Arc::new(tokio::sync::Mutex::new(Writer {
+            conn,
+            options: writer_options,
+            checked_at: std::time::Instant::now(),
+        }));
+        let (jobs, queue) = mpsc::unbounded_channel();
+        let group_writer = Arc::clone(&writer);
+        let max = group_commit.max(1);
+        // A task on this runtime (a wake-up between tasks, not threads, for every write), or a
+        // thread with a small runtime of its own when there is no runtime to run on. The loop
+        // ends when the last clone of the store is dropped.
+        let checkpointer = runtime.as_ref().map(|rt| {
+            let stop = tokio_util::sync::CancellationToken::new();
+            rt.spawn(checkpoints(pool.clone(), stop.clone()));
+            Arc::new(stop.drop_guard())
+        });
+        match runtime {
+            Some(rt) => {
+                rt.spawn(group_commits(group_writer, queue, max));
+            }
+            None => {
+                std::thread::Builder::new()
+                    .name("sqlite-writer".into())
+                    .spawn(move || {
+                        match tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            Ok(rt) => rt.block_on(group_commits(group_writer, queue, max)),
+                            Err(e) => {
+                                tracing::error!("the SQLite writer thread has no runtime: {e}")
+                            }
+                        }
+                    })
+                    .map_err(|e| {
+                        StoreError::Database(format!("cannot start the SQLite writer: {e}"))
+                    })?;
+            }
+        }
         let store = Self {
             pool,
-            writer: Arc::new(tokio::sync::Mutex::new(Writer {
-                conn,
-                options: writer_options,
-                checked_at: std::time::Instant::now(),
-            })),
+            writer,
+            jobs,
+            _checkpointer: checkpointer,
         };
         store.migrate().await?;
         Ok(store)
@@ -226,21 +485,41 @@ impl SqliteStore {
         &self.pool
     }
 
-    /// Waits for this process's turn to write, then hands over the writer connection. Public for
-    /// the benchmark that measures the raw commit rate through the same connection.
+    /// Waits for this process's turn to write, then hands over the writer connection, outside
+    /// any group. Public for the benchmark that measures the raw commit rate through the same
+    /// connection.
     ///
     /// # Errors
     /// When the writer connection's thread died and the file cannot be opened again.
     pub async fn write_turn(&self) -> Result<WriteTurn, StoreError> {
-        let mut writer = Arc::clone(&self.writer).lock_owned().await;
-        if writer.checked_at.elapsed() >= WRITER_CHECK_EVERY {
-            if let Err(e) = writer.conn.ping().await {
-                tracing::warn!(error = %e, "the SQLite writer connection is gone; opening it again");
-                writer.conn = SqliteConnection::connect_with(&writer.options).await?;
-            }
-            writer.checked_at = std::time::Instant::now();
-        }
-        Ok(WriteTurn(writer))
+        lock_writer(&self.writer).await
+    }
+
+    /// Queues one statement (or one text of several) for the next group commit; the rows it
+    /// changed.
+    async fn execute(&self, stmt: Stmt) -> Result<u64, StoreError> {
+        let stmt = Arc::new(stmt);
+        self.write(Box::new(move |conn| {
+            let stmt = Arc::clone(&stmt);
+            Box::pin(async move { Ok(query(&stmt).execute(&mut *conn).await?.rows_affected()) })
+        }))
+        .await
+    }
+
+    /// Queues `work` for the next group commit and waits for the commit that holds it.
+    async fn write<T: Send + 'static>(&self, work: Work<T>) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Pending {
+            work,
+            result: None,
+            reply,
+        };
+        self.jobs
+            .send(Box::new(job))
+            .map_err(|_| StoreError::Database("the SQLite writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Database("the SQLite writer stopped mid-write".into()))?
     }
 }
 
@@ -263,77 +542,113 @@ const CLAIM_LOCK: &str = "";
 type Tx<'c> = sqlx::Transaction<'c, sqlx::Sqlite>;
 
 /// Writes the order's mutable columns and everything in `change`, with the fence checked by the
-/// order update itself when `fence` is given: one statement instead of a check and an update, and
-/// writes serialize on this process's turn, so every statement saved is throughput (see
-/// `docs/benchmarks.md`). Without a fence the caller checked it (admin changes).
+/// order update itself when `fence` is given: one statement instead of a check and an update.
+/// Everything after it goes to the connection as one text of statements: writes serialize on
+/// the one writer, and each call to its thread is a round trip between threads, so every call
+/// saved is throughput (see `docs/benchmarks.md`). Without a fence the caller checked it (admin
+/// changes). [`StoreError::LeaseLost`] is returned before anything is written.
 async fn write_order(
-    tx: &mut Tx<'_>,
+    conn: &mut SqliteConnection,
     fence: Option<&Lease>,
     order: &Order,
-    change: Change,
+    change: &Change,
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    let done = query(&sql::update_order(fence, order, &change))
-        .execute(&mut **tx)
+    let done = query(&sql::update_order(fence, order, change))
+        .execute(&mut *conn)
         .await?;
     if done.rows_affected() == 0 {
         return Err(StoreError::LeaseLost(order.id.clone()));
     }
-    insert_entries(tx, &order.id, &change.entries).await?;
-    for s in sql::after_order_write(order, &change) {
-        query(&s).execute(&mut **tx).await?;
-    }
-    insert_notices(tx, &order.id, &change.notices, now).await
-}
-
-async fn insert_entries(
-    tx: &mut Tx<'_>,
-    id: &OrderId,
-    entries: &[TimelineEntry],
-) -> Result<(), StoreError> {
-    // One multi-row INSERT per chunk rather than one per line: a step writes up to a dozen lines.
-    for chunk in entries.chunks(ROWS_PER_INSERT) {
-        let mut q = String::from("INSERT INTO timeline (order_id, at, kind, message) VALUES ");
-        q.push_str(&vec!["(?, ?, ?, ?)"; chunk.len()].join(", "));
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-        for e in chunk {
-            query = query
-                .bind(id.as_str())
-                .bind(e.at.millis())
-                .bind(e.kind.as_str())
-                .bind(&e.message);
-        }
-        query.execute(&mut **tx).await?;
+    if let Some(rest) = Stmt::chain(after_update(order, change, now)) {
+        query(&rest).execute(&mut *conn).await?;
     }
     Ok(())
 }
 
-async fn insert_notices(
-    tx: &mut Tx<'_>,
-    id: &OrderId,
-    notices: &[NoticeKind],
-    now: Timestamp,
-) -> Result<(), StoreError> {
-    for chunk in notices.chunks(ROWS_PER_INSERT) {
-        let mut q =
-            String::from("INSERT INTO outbox (order_id, kind, created_at, next_at) VALUES ");
-        q.push_str(&vec!["(?, ?, ?, ?)"; chunk.len()].join(", "));
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-        for kind in chunk {
-            query = query
-                .bind(id.as_str())
-                .bind(kind.as_str())
-                .bind(now.millis())
-                .bind(now.millis());
-        }
-        query.execute(&mut **tx).await?;
+/// What an order write does after its order row: timeline lines, the flight, a resolution,
+/// notices.
+fn after_update(order: &Order, change: &Change, now: Timestamp) -> Vec<Stmt> {
+    let mut out = entries_stmts(&order.id, &change.entries);
+    out.extend(sql::after_order_write(order, change));
+    out.extend(notices_stmts(&order.id, &change.notices, now));
+    out
+}
+
+/// Records a purchase outcome first-writer-wins; whether it was the first.
+async fn record_outcome(
+    conn: &mut SqliteConnection,
+    purchase_id: PurchaseId,
+    outcome: &PurchaseOutcome,
+    at: Timestamp,
+) -> Result<Recorded, StoreError> {
+    let (first, late) = sql::record_outcome(purchase_id, outcome, at);
+    if query(&first).execute(&mut *conn).await?.rows_affected() == 1 {
+        return Ok(Recorded::Recorded);
     }
-    Ok(())
+    if let Some(late) = late {
+        query(&late).execute(&mut *conn).await?;
+    }
+    Ok(Recorded::AlreadyDecided)
+}
+
+/// Timeline lines as multi-row INSERTs (one per [`ROWS_PER_INSERT`] lines; none for none).
+fn entries_stmts(id: &OrderId, entries: &[TimelineEntry]) -> Vec<Stmt> {
+    entries
+        .chunks(ROWS_PER_INSERT)
+        .map(|chunk| {
+            let mut s = Stmt::new(String::new());
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|e| {
+                    format!(
+                        "({}, {}, {}, {})",
+                        s.param(Arg::Text(Some(id.as_str().into()))),
+                        s.param(Arg::Int(Some(e.at.millis()))),
+                        s.param(Arg::Text(Some(e.kind.as_str().into()))),
+                        s.param(Arg::Text(Some(e.message.clone()))),
+                    )
+                })
+                .collect();
+            s.sql = format!(
+                "INSERT INTO timeline (order_id, at, kind, message) VALUES {}",
+                rows.join(", ")
+            );
+            s
+        })
+        .collect()
+}
+
+/// Outbox notices as multi-row INSERTs (none for none).
+fn notices_stmts(id: &OrderId, notices: &[NoticeKind], now: Timestamp) -> Vec<Stmt> {
+    notices
+        .chunks(ROWS_PER_INSERT)
+        .map(|chunk| {
+            let mut s = Stmt::new(String::new());
+            let rows: Vec<String> = chunk
+                .iter()
+                .map(|kind| {
+                    format!(
+                        "({}, {}, {}, {})",
+                        s.param(Arg::Text(Some(id.as_str().into()))),
+                        s.param(Arg::Text(Some(kind.as_str().into()))),
+                        s.param(Arg::Int(Some(now.millis()))),
+                        s.param(Arg::Int(Some(now.millis()))),
+                    )
+                })
+                .collect();
+            s.sql = format!(
+                "INSERT INTO outbox (order_id, kind, created_at, next_at) VALUES {}",
+                rows.join(", ")
+            );
+            s
+        })
+        .collect()
 }
 
 /// Queues deliveries, a multi-row INSERT per chunk; a key already queued is left as it is.
 async fn insert_deliveries(
-    tx: &mut Tx<'_>,
+    conn: &mut SqliteConnection,
     deliveries: &[NewDelivery],
     now: Timestamp,
 ) -> Result<(), StoreError> {
@@ -356,9 +671,50 @@ async fn insert_deliveries(
                 .bind(now.millis())
                 .bind(now.millis());
         }
-        query.execute(&mut **tx).await?;
+        query.execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// Queues deliveries and marks notices handed to them (see [`Store::fan_out`]).
+async fn fan_out(
+    conn: &mut SqliteConnection,
+    deliveries: &[NewDelivery],
+    notices: &[i64],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    insert_deliveries(conn, deliveries, now).await?;
+    for chunk in notices.chunks(ROWS_PER_INSERT) {
+        let q = format!(
+            "UPDATE outbox SET attempts = attempts + 1, next_at = NULL, delivered_at = ? WHERE id IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(q)).bind(now.millis());
+        for id in chunk {
+            query = query.bind(id);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Claims due deliveries (see [`Store::claim_deliveries`]), oldest due first.
+async fn claim_deliveries(
+    conn: &mut SqliteConnection,
+    worker: &str,
+    now: Timestamp,
+    claim_for: Duration,
+    limit: usize,
+) -> Result<Vec<Delivery>, StoreError> {
+    let stmt = sql::claim_deliveries(worker, now.plus(claim_for), now, limit, CLAIM_LOCK);
+    let rows = query(&stmt).fetch_all(&mut *conn).await?;
+    let mut out = rows
+        .iter()
+        .map(|r| sql::delivery(r, worker))
+        .collect::<Result<Vec<_>, _>>()?;
+    // RETURNING does not promise an order; keep the oldest due first.
+    out.sort_by_key(|d| d.id);
+    Ok(out)
 }
 
 #[async_trait]
@@ -370,28 +726,41 @@ impl Store for SqliteStore {
         entries: &[TimelineEntry],
         notices: &[NoticeKind],
     ) -> Result<Intake, StoreError> {
-        let mut turn = self.write_turn().await?;
-        let mut tx = turn.begin().await?;
-        // Insert first and look only on a clash: a new order (the usual case) costs one
-        // statement fewer than look-then-insert.
-        let inserted = query(&sql::insert_order(order, access))
-            .execute(&mut *tx)
-            .await?;
-        if inserted.rows_affected() == 0 {
-            let row = query(&sql::order_by_ref(&order.order_ref))
-                .fetch_one(&mut *tx)
-                .await?;
-            let existing = sql::order(&row)?;
-            return Ok(if existing.fingerprint == order.fingerprint {
-                Intake::Existing(existing)
-            } else {
-                Intake::Conflict(existing)
-            });
-        }
-        insert_entries(&mut tx, &order.id, entries).await?;
-        insert_notices(&mut tx, &order.id, notices, order.created_at).await?;
-        tx.commit().await?;
-        Ok(Intake::Created(order.clone()))
+        let insert = sql::insert_order(order, access);
+        let by_ref = sql::order_by_ref(&order.order_ref);
+        let rest = Stmt::chain(
+            entries_stmts(&order.id, entries)
+                .into_iter()
+                .chain(notices_stmts(&order.id, notices, order.created_at)),
+        );
+        let order = Arc::new(order.clone());
+        self.write(Box::new(move |conn| {
+            let (insert, by_ref, rest, order) = (
+                insert.clone(),
+                by_ref.clone(),
+                rest.clone(),
+                Arc::clone(&order),
+            );
+            Box::pin(async move {
+                // Insert first and look only on a clash: a new order (the usual case) costs one
+                // statement fewer than look-then-insert.
+                let inserted = query(&insert).execute(&mut *conn).await?;
+                if inserted.rows_affected() == 0 {
+                    let row = query(&by_ref).fetch_one(&mut *conn).await?;
+                    let existing = sql::order(&row)?;
+                    return Ok(if existing.fingerprint == order.fingerprint {
+                        Intake::Existing(existing)
+                    } else {
+                        Intake::Conflict(existing)
+                    });
+                }
+                if let Some(rest) = &rest {
+                    query(rest).execute(&mut *conn).await?;
+                }
+                Ok(Intake::Created((*order).clone()))
+            })
+        }))
+        .await
     }
 
     async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
@@ -441,13 +810,18 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
         let expires = now.plus(lease_for);
-        let mut turn = self.write_turn().await?;
-        let rows = query(&sql::claim_due(worker, expires, now, limit, CLAIM_LOCK))
-            .fetch_all(&mut *turn)
-            .await?;
-        rows.iter()
-            .map(|row| sql::claimed(row, worker, expires))
-            .collect()
+        let worker: Arc<str> = worker.into();
+        let stmt = Arc::new(sql::claim_due(&worker, expires, now, limit, CLAIM_LOCK));
+        self.write(Box::new(move |conn| {
+            let (stmt, worker) = (Arc::clone(&stmt), Arc::clone(&worker));
+            Box::pin(async move {
+                let rows = query(&stmt).fetch_all(&mut *conn).await?;
+                rows.iter()
+                    .map(|row| sql::claimed(row, &worker, expires))
+                    .collect()
+            })
+        }))
+        .await
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -456,21 +830,45 @@ impl Store for SqliteStore {
     }
 
     async fn save(&self, lease: &Lease, order: &Order, change: Change) -> Result<(), StoreError> {
-        let mut turn = self.write_turn().await?;
-        let mut tx = turn.begin().await?;
-        write_order(&mut tx, Some(lease), order, change, order.updated_at).await?;
-        tx.commit().await?;
-        Ok(())
+        let data = Arc::new((lease.clone(), order.clone(), change));
+        self.write(Box::new(move |conn| {
+            let data = Arc::clone(&data);
+            Box::pin(async move {
+                let (lease, order, change) = &*data;
+                // The outcome first and unfenced: a fact about the world, committed even when
+                // the lease is gone (the answer is then LeaseLost, inside Ok).
+                let Some(o) = &change.outcome else {
+                    write_order(conn, Some(lease), order, change, order.updated_at).await?;
+                    return Ok(Ok(()));
+                };
+                if record_outcome(conn, o.purchase_id, &o.outcome, o.at).await?
+                    == Recorded::AlreadyDecided
+                {
+                    return Ok(Err(StoreError::LeaseLost(order.id.clone())));
+                }
+                match write_order(conn, Some(lease), order, change, order.updated_at).await {
+                    Err(StoreError::LeaseLost(id)) => Ok(Err(StoreError::LeaseLost(id))),
+                    other => other.map(Ok),
+                }
+            })
+        }))
+        .await?
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let mut turn = self.write_turn().await?;
-        let done = query(&sql::release(lease)).execute(&mut *turn).await?;
-        if done.rows_affected() == 0 {
-            Err(StoreError::LeaseLost(lease.order_id.clone()))
-        } else {
-            Ok(())
-        }
+        let lease = Arc::new(lease.clone());
+        self.write(Box::new(move |conn| {
+            let lease = Arc::clone(&lease);
+            Box::pin(async move {
+                let done = query(&sql::release(&lease)).execute(&mut *conn).await?;
+                if done.rows_affected() == 0 {
+                    Err(StoreError::LeaseLost(lease.order_id.clone()))
+                } else {
+                    Ok(())
+                }
+            })
+        }))
+        .await
     }
 
     async fn acquire_flight(
@@ -478,53 +876,43 @@ impl Store for SqliteStore {
         lease: &Lease,
         package: PackageId,
     ) -> Result<Flight, StoreError> {
-        let mut turn = self.write_turn().await?;
-        // The usual case in one statement: the fence is the INSERT's SELECT, so a row goes in
-        // only for the lease holder and only if the package is free.
-        let inserted = sqlx::query(
-            "INSERT INTO flights (package_id, order_id) SELECT ?, id FROM orders WHERE id = ? AND lease_token = ? AND lease_owner = ? \
-             ON CONFLICT (package_id) DO NOTHING",
-        )
-        .bind(i64::from(package.0))
-        .bind(lease.order_id.as_str())
-        .bind(lease.token)
-        .bind(&lease.worker)
-        .execute(&mut *turn)
-        .await?;
-        if inserted.rows_affected() == 1 {
-            return Ok(Flight::Granted);
-        }
-        // Nothing inserted: the lease is gone, or someone (maybe this order) holds the flight.
-        // One statement, so one snapshot: still ours to hold, and who holds the flight.
-        let row = sqlx::query(
-            "SELECT EXISTS (SELECT 1 FROM orders WHERE id = ? AND lease_token = ? AND lease_owner = ?) AS leased, \
-             (SELECT order_id FROM flights WHERE package_id = ?) AS holder",
-        )
-        .bind(lease.order_id.as_str())
-        .bind(lease.token)
-        .bind(&lease.worker)
-        .bind(i64::from(package.0))
-        .fetch_one(&mut *turn)
-        .await?;
-        drop(turn);
-        let leased: bool = row.try_get("leased")?;
-        let holder: Option<String> = row.try_get("holder")?;
-        if !leased {
-            return Err(StoreError::LeaseLost(lease.order_id.clone()));
-        }
-        // The INSERT found the package taken, and the holder left between the two statements
-        // (only another process can do that): the step fails and is retried, as before.
-        let Some(holder) = holder else {
-            return Err(StoreError::Database(format!(
-                "the flight for package {} was released while being taken",
-                package.0
-            )));
-        };
-        if holder == lease.order_id.as_str() {
-            Ok(Flight::Granted)
-        } else {
-            Ok(Flight::HeldBy(sql::order_id(&holder, "flights.order_id")?))
-        }
+        let lease = Arc::new(lease.clone());
+        self.write(Box::new(move |conn| {
+            let lease = Arc::clone(&lease);
+            Box::pin(async move {
+                // The usual case in one statement: the fence is the INSERT's SELECT, so a row
+                // goes in only for the lease holder and only if the package is free.
+                let inserted = sqlx::query(
+                    "INSERT INTO flights (package_id, order_id) SELECT ?, id FROM orders WHERE id = ? AND lease_token = ? AND lease_owner = ? \
+                     ON CONFLICT (package_id) DO NOTHING",
+                )
+                .bind(i64::from(package.0))
+                .bind(lease.order_id.as_str())
+                .bind(lease.token)
+                .bind(&lease.worker)
+                .execute(&mut *conn)
+                .await?;
+                if inserted.rows_affected() == 1 {
+                    return Ok(Flight::Granted);
+                }
+                // Nothing inserted: the lease is gone, or someone (maybe this order) holds the
+                // flight. Inside the group's transaction, so one snapshot.
+                let row = query(&sql::flight_after_refusal(&lease, package))
+                    .fetch_one(&mut *conn)
+                    .await?;
+                match sql::refused_flight(&row, &lease)? {
+                    None => Ok(Flight::Granted),
+                    Some(Begun::HeldBy(holder)) => Ok(Flight::HeldBy(holder)),
+                    // Nobody holds it and nothing was inserted: the one writer makes that
+                    // impossible, short of another process writing between the two statements.
+                    Some(_) => Err(StoreError::Database(format!(
+                        "the flight for package {} was released while being taken",
+                        package.0
+                    ))),
+                }
+            })
+        }))
+        .await
     }
 
     async fn begin_purchase(
@@ -534,20 +922,56 @@ impl Store for SqliteStore {
         intent: &PurchaseIntent,
         entries: &[TimelineEntry],
     ) -> Result<PurchaseId, StoreError> {
-        let mut turn = self.write_turn().await?;
-        let mut tx = turn.begin().await?;
-        // The fenced order write first: if the lease is gone, no intent is written.
-        let change = Change {
-            entries: entries.to_vec(),
-            keep_lease: true,
-            ..Change::default()
-        };
-        write_order(&mut tx, Some(lease), order, change, intent.sent_at).await?;
-        let row = query(&sql::insert_purchase(intent))
-            .fetch_one(&mut *tx)
+        let data = Arc::new(Intent::new(lease, order, intent, entries));
+        self.write(Box::new(move |conn| {
+            let data = Arc::clone(&data);
+            Box::pin(async move { data.write(conn).await })
+        }))
+        .await
+    }
+
+    async fn flight_state(&self, package: PackageId) -> Result<FlightState, StoreError> {
+        let row = query(&sql::flight_state(package))
+            .fetch_one(&self.pool)
             .await?;
-        tx.commit().await?;
-        row.int("id").map(PurchaseId)
+        sql::flight_state_row(&row)
+    }
+
+    async fn begin_purchase_in_flight(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        intent: &PurchaseIntent,
+        entries: &[TimelineEntry],
+        seen: &FlightState,
+    ) -> Result<Begun, StoreError> {
+        let take = sql::take_flight(lease, intent.package_id, seen);
+        let refusal = sql::flight_after_refusal(lease, intent.package_id);
+        let data = Arc::new((Intent::new(lease, order, intent, entries), take, refusal));
+        self.write(Box::new(move |conn| {
+            let data = Arc::clone(&data);
+            Box::pin(async move {
+                let (intent, take, refusal) = &*data;
+                // The flight first, fenced in the INSERT's SELECT: when it is refused, nothing
+                // has been written.
+                let taken = query(take).execute(&mut *conn).await?.rows_affected() == 1;
+                if !taken {
+                    let row = query(refusal).fetch_one(&mut *conn).await?;
+                    if let Some(refused) = sql::refused_flight(&row, &intent.lease)? {
+                        return Ok(refused);
+                    }
+                }
+                match intent.write(conn).await {
+                    // The flight's fence passed in this transaction, so the order's cannot fail;
+                    // if it did, the flight just taken must be rolled back with the group.
+                    Err(StoreError::LeaseLost(id)) if taken => Err(StoreError::Database(format!(
+                        "order {id} lost its lease between taking its flight and its intent"
+                    ))),
+                    other => other.map(Begun::Purchase),
+                }
+            })
+        }))
+        .await
     }
 
     async fn record_outcome(
@@ -556,33 +980,22 @@ impl Store for SqliteStore {
         outcome: &PurchaseOutcome,
         at: Timestamp,
     ) -> Result<Recorded, StoreError> {
-        let (first, late) = sql::record_outcome(purchase_id, outcome, at);
-        let mut turn = self.write_turn().await?;
-        if query(&first).execute(&mut *turn).await?.rows_affected() == 1 {
-            return Ok(Recorded::Recorded);
-        }
-        if let Some(late) = late {
-            query(&late).execute(&mut *turn).await?;
-        }
-        Ok(Recorded::AlreadyDecided)
+        let outcome = Arc::new(outcome.clone());
+        self.write(Box::new(move |conn| {
+            let outcome = Arc::clone(&outcome);
+            Box::pin(async move { record_outcome(conn, purchase_id, &outcome, at).await })
+        }))
+        .await
     }
 
     async fn expedite(&self, id: &OrderId, at: Timestamp) -> Result<bool, StoreError> {
-        let mut turn = self.write_turn().await?;
-        let done = query(&sql::expedite(id, at)).execute(&mut *turn).await?;
-        Ok(done.rows_affected() == 1)
+        self.execute(sql::expedite(id, at)).await.map(|n| n == 1)
     }
 
     async fn record_discovered(&self, found: &[Discovered]) -> Result<(), StoreError> {
-        if found.is_empty() {
-            return Ok(());
+        if let Some(all) = Stmt::chain(found.iter().map(sql::record_discovered)) {
+            self.execute(all).await?;
         }
-        let mut turn = self.write_turn().await?;
-        let mut tx = turn.begin().await?;
-        for d in found {
-            query(&sql::record_discovered(d)).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -641,7 +1054,9 @@ impl Store for SqliteStore {
             .await
             .map_err(StoreError::from)
             .and_then(|r| sql::server_action(&r))?;
-        insert_entries(&mut tx, id, std::slice::from_ref(entry)).await?;
+        for s in entries_stmts(id, std::slice::from_ref(entry)) {
+            query(&s).execute(&mut *tx).await?;
+        }
         query(&sql::schedule_action(id, action.created_at))
             .execute(&mut *tx)
             .await?;
@@ -677,21 +1092,31 @@ impl Store for SqliteStore {
         now: Timestamp,
         change: Change,
     ) -> Result<(), StoreError> {
-        let mut turn = self.write_turn().await?;
-        let mut tx = turn.begin().await?;
-        let done = query(&sql::admin_fence(order, expected_updated_at, now))
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::Conflict(order.id.clone()));
-        }
+        let fence = sql::admin_fence(order, expected_updated_at, now);
         let change = Change {
             keep_lease: false,
             ..change
         };
-        write_order(&mut tx, None, order, change, now).await?;
-        tx.commit().await?;
-        Ok(())
+        let data = Arc::new((order.clone(), change, fence));
+        self.write(Box::new(move |conn| {
+            let data = Arc::clone(&data);
+            Box::pin(async move {
+                let (order, change, fence) = &*data;
+                let done = query(fence).execute(&mut *conn).await?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::Conflict(order.id.clone()));
+                }
+                match write_order(conn, None, order, change, now).await {
+                    // The fence above matched, so the update cannot miss; if it does, the
+                    // fence's write must be rolled back with the rest.
+                    Err(StoreError::LeaseLost(id)) => Err(StoreError::Database(format!(
+                        "order {id} vanished during an admin change"
+                    ))),
+                    other => other,
+                }
+            })
+        }))
+        .await
     }
 
     async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError> {
@@ -707,22 +1132,33 @@ impl Store for SqliteStore {
         notices: &[i64],
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        let mut turn = self.write_turn().await?;
-        let mut tx = turn.begin().await?;
-        insert_deliveries(&mut tx, deliveries, now).await?;
-        for chunk in notices.chunks(ROWS_PER_INSERT) {
-            let q = format!(
-                "UPDATE outbox SET attempts = attempts + 1, next_at = NULL, delivered_at = ? WHERE id IN ({})",
-                vec!["?"; chunk.len()].join(", ")
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(q)).bind(now.millis());
-            for id in chunk {
-                query = query.bind(id);
-            }
-            query.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let data = Arc::new((deliveries.to_vec(), notices.to_vec()));
+        self.write(Box::new(move |conn| {
+            let data = Arc::clone(&data);
+            Box::pin(async move { fan_out(conn, &data.0, &data.1, now).await })
+        }))
+        .await
+    }
+
+    async fn fan_out_and_claim(
+        &self,
+        deliveries: &[NewDelivery],
+        notices: &[i64],
+        now: Timestamp,
+        worker: &str,
+        claim_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let data = Arc::new((deliveries.to_vec(), notices.to_vec(), worker.to_string()));
+        self.write(Box::new(move |conn| {
+            let data = Arc::clone(&data);
+            Box::pin(async move {
+                let (deliveries, notices, worker) = &*data;
+                fan_out(conn, deliveries, notices, now).await?;
+                claim_deliveries(conn, worker, now, claim_for, limit).await
+            })
+        }))
+        .await
     }
 
     async fn claim_deliveries(
@@ -732,16 +1168,12 @@ impl Store for SqliteStore {
         claim_for: Duration,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let stmt = sql::claim_deliveries(worker, now.plus(claim_for), now, limit, CLAIM_LOCK);
-        let mut turn = self.write_turn().await?;
-        let rows = query(&stmt).fetch_all(&mut *turn).await?;
-        let mut out = rows
-            .iter()
-            .map(|r| sql::delivery(r, worker))
-            .collect::<Result<Vec<_>, _>>()?;
-        // RETURNING does not promise an order; keep the oldest due first.
-        out.sort_by_key(|d| d.id);
-        Ok(out)
+        let worker: Arc<str> = worker.into();
+        self.write(Box::new(move |conn| {
+            let worker = Arc::clone(&worker);
+            Box::pin(async move { claim_deliveries(conn, &worker, now, claim_for, limit).await })
+        }))
+        .await
     }
 
     async fn finish_delivery(
@@ -749,11 +1181,37 @@ impl Store for SqliteStore {
         d: &Delivery,
         result: &DeliveryResult,
     ) -> Result<bool, StoreError> {
-        let mut turn = self.write_turn().await?;
-        let done = query(&sql::finish_delivery(d, result))
-            .execute(&mut *turn)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        self.execute(sql::finish_delivery(d, result))
+            .await
+            .map(|n| n == 1)
+    }
+
+    async fn finish_deliveries(
+        &self,
+        results: &[(Delivery, DeliveryResult)],
+    ) -> Result<Vec<bool>, StoreError> {
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
+        let plan = Arc::new(FinishPlan::new(results));
+        self.write(Box::new(move |conn| {
+            let plan = Arc::clone(&plan);
+            Box::pin(async move {
+                let mut changed = std::collections::HashSet::new();
+                for s in &plan.delivered {
+                    for row in query(s).fetch_all(&mut *conn).await? {
+                        changed.insert(row.int("id")?);
+                    }
+                }
+                for (id, s) in &plan.failed {
+                    if query(s).execute(&mut *conn).await?.rows_affected() == 1 {
+                        changed.insert(*id);
+                    }
+                }
+                Ok(plan.ids.iter().map(|id| changed.contains(id)).collect())
+            })
+        }))
+        .await
     }
 
     async fn outbox_backlog(&self) -> Result<u64, StoreError> {
@@ -787,13 +1245,12 @@ impl Store for SqliteStore {
     }
 
     async fn replace_catalog(&self, packages: &[CatalogPackage]) -> Result<(), StoreError> {
-        let mut turn = self.write_turn().await?;
-        let mut tx = turn.begin().await?;
-        query(&sql::delete_catalog()).execute(&mut *tx).await?;
-        for p in packages {
-            query(&sql::insert_package(p)).execute(&mut *tx).await?;
+        let all = Stmt::chain(
+            std::iter::once(sql::delete_catalog()).chain(packages.iter().map(sql::insert_package)),
+        );
+        if let Some(all) = all {
+            self.execute(all).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -815,17 +1272,24 @@ impl Store for SqliteStore {
         next: &AccessToken,
         entry: &TimelineEntry,
     ) -> Result<(), StoreError> {
-        let mut turn = self.write_turn().await?;
-        let mut tx = turn.begin().await?;
-        let done = query(&sql::rotate_access_token(id, next))
-            .execute(&mut *tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(sql::no_order_for_token(id));
-        }
-        insert_entries(&mut tx, id, std::slice::from_ref(entry)).await?;
-        tx.commit().await?;
-        Ok(())
+        let rotate = sql::rotate_access_token(id, next);
+        let line = Stmt::chain(entries_stmts(id, std::slice::from_ref(entry)));
+        let data = Arc::new((id.clone(), rotate, line));
+        self.write(Box::new(move |conn| {
+            let data = Arc::clone(&data);
+            Box::pin(async move {
+                let (id, rotate, line) = &*data;
+                let done = query(rotate).execute(&mut *conn).await?;
+                if done.rows_affected() == 0 {
+                    return Err(sql::no_order_for_token(id));
+                }
+                if let Some(line) = line {
+                    query(line).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        }))
+        .await
     }
 
     async fn access_token(&self, id: &OrderId) -> Result<Option<AccessToken>, StoreError> {
@@ -833,6 +1297,89 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await?;
         sql::access_token(row.as_ref())
+    }
+}
+
+/// A purchase intent and the fenced order write that goes with it.
+struct Intent {
+    /// The lease that fences the order write.
+    lease: Lease,
+    /// The order update, fenced.
+    update: Stmt,
+    /// The timeline lines and then the intent row, `RETURNING id`: one call.
+    rest: Stmt,
+    /// For the error when the fence fails.
+    order_id: OrderId,
+}
+
+impl Intent {
+    fn new(
+        lease: &Lease,
+        order: &Order,
+        intent: &PurchaseIntent,
+        entries: &[TimelineEntry],
+    ) -> Self {
+        let change = Change {
+            keep_lease: true,
+            ..Change::default()
+        };
+        let rest = entries_stmts(&order.id, entries)
+            .into_iter()
+            .chain(sql::after_order_write(order, &change))
+            .chain(std::iter::once(sql::insert_purchase(intent)));
+        Self {
+            lease: lease.clone(),
+            update: sql::update_order(Some(lease), order, &change),
+            rest: Stmt::chain(rest).unwrap_or_else(|| sql::insert_purchase(intent)),
+            order_id: order.id.clone(),
+        }
+    }
+
+    /// The fenced order write first (if the lease is gone, no intent is written), then the
+    /// lines and the intent; the purchase id.
+    async fn write(&self, conn: &mut SqliteConnection) -> Result<PurchaseId, StoreError> {
+        let done = query(&self.update).execute(&mut *conn).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost(self.order_id.clone()));
+        }
+        let rows = query(&self.rest).fetch_all(&mut *conn).await?;
+        let row = rows
+            .last()
+            .ok_or_else(|| StoreError::Database("the purchase intent returned no id".into()))?;
+        row.int("id").map(PurchaseId)
+    }
+}
+
+/// A batch of finished deliveries as statements: the delivered ones in one statement per
+/// [`ROWS_PER_INSERT`], each failure in one of its own (failures are rare and each is fenced by
+/// its claim).
+struct FinishPlan {
+    /// The deliveries, in the caller's order.
+    ids: Vec<i64>,
+    /// Statements returning the `id` of each delivery they marked delivered.
+    delivered: Vec<Stmt>,
+    /// One fenced statement per failure.
+    failed: Vec<(i64, Stmt)>,
+}
+
+impl FinishPlan {
+    fn new(results: &[(Delivery, DeliveryResult)]) -> Self {
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        for (d, r) in results {
+            match r {
+                DeliveryResult::Delivered { at } => done.push((d.id, *at)),
+                DeliveryResult::Failed { .. } => failed.push((d.id, sql::finish_delivery(d, r))),
+            }
+        }
+        Self {
+            ids: results.iter().map(|(d, _)| d.id).collect(),
+            delivered: done
+                .chunks(ROWS_PER_INSERT)
+                .map(sql::finish_delivered)
+                .collect(),
+            failed,
+        }
     }
 }
 
@@ -848,6 +1395,79 @@ mod tests {
             };
             assert!(e.contains("in-memory") && e.contains(url), "{e}");
         }
+    }
+
+    fn order(i: usize) -> Order {
+        let req = crate::domain::OrderRequest {
+            order_ref: format!("gc-{i}"),
+            package: 5,
+            ram_gb: 2,
+            customer: crate::domain::order::CustomerRequest {
+                email: "a@example.com".into(),
+                name: "A".into(),
+            },
+            os: None,
+        };
+        Order::accept(crate::domain::NewOrder::parse(&req).unwrap(), Timestamp(1))
+    }
+
+    /// Writes queued together share a transaction, and a failing one fails alone: a write that
+    /// failed deciding (a lease that matched nothing) leaves the group going, one that failed
+    /// otherwise rolls it back and the others run again; every other write is committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_never_fails_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("g.db").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let access = AccessToken {
+            hash: "aa".into(),
+            generation: Some(0),
+        };
+        let entry = TimelineEntry {
+            at: Timestamp(2),
+            kind: crate::domain::EntryKind::Admin,
+            message: "x".into(),
+        };
+        let mut writes = Vec::new();
+        for i in 0..60 {
+            let (store, access, entry) = (store.clone(), access.clone(), entry.clone());
+            writes.push(tokio::spawn(async move {
+                match i % 10 {
+                    // No such order: fails after nothing matched, a "dirty" failure.
+                    3 => store
+                        .rotate_access_token(&OrderId::new(), &access, &entry)
+                        .await
+                        .map(|()| false),
+                    // A lease nobody holds: fails deciding, wrote nothing.
+                    7 => store
+                        .release(&Lease {
+                            order_id: OrderId::new(),
+                            worker: "w".into(),
+                            token: 1,
+                            expires_at: Timestamp(9),
+                        })
+                        .await
+                        .map(|()| false),
+                    _ => store
+                        .insert_order(&order(i), &access, std::slice::from_ref(&entry), &[])
+                        .await
+                        .map(|intake| matches!(intake, Intake::Created(_))),
+                }
+            }));
+        }
+        let mut created = 0;
+        for (i, w) in writes.into_iter().enumerate() {
+            match (i % 10, w.await.unwrap()) {
+                (3 | 7, Err(_)) => {}
+                (3 | 7, Ok(_)) => panic!("write {i} should have failed"),
+                (_, Ok(true)) => created += 1,
+                (_, other) => panic!("write {i} failed for a batch-mate: {other:?}"),
+            }
+        }
+        assert_eq!(created, 48);
+        let counts = store.state_counts().await.unwrap();
+        let total: u64 = counts.iter().map(|(_, n)| n).sum();
+        assert_eq!(total, 48, "every successful write is committed");
     }
 
     #[tokio::test]

@@ -47,7 +47,13 @@ pub(crate) struct Driver {
     http: reqwest::Client,
     session: Option<String>,
     _profile: tempfile::TempDir,
+    /// One browser at a time: several Chromiums at once on a 2-core machine running the rest of
+    /// the suite time out their own page loads. Released after the session is closed.
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
+
+/// Whose turn it is to run a browser.
+static BROWSERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl Drop for Driver {
     fn drop(&mut self) {
@@ -69,6 +75,7 @@ impl Drop for Driver {
 
 impl Driver {
     pub(crate) async fn start(chromedriver: &Path, chromium: &Path, logs: &Path) -> Self {
+        let turn = BROWSERS.lock().await;
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -90,6 +97,7 @@ impl Driver {
                 .unwrap(),
             session: None,
             _profile: profile,
+            _turn: turn,
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {

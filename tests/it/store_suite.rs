@@ -22,8 +22,8 @@ use provisioner::store::memory::MemoryStore;
 use provisioner::store::postgres::PostgresStore;
 use provisioner::store::sqlite::SqliteStore;
 use provisioner::store::{
-    AccessToken, Change, DeliveryResult, DeliveryState, Flight, Intake, Lease, NewDelivery,
-    OrderFilter, Recorded, Store, StoreError,
+    AccessToken, Begun, Change, DeliveryResult, DeliveryState, Flight, FlightState, Intake, Lease,
+    NewDelivery, OrderFilter, OutcomeRecord, Recorded, Store, StoreError,
 };
 
 use crate::helpers::request;
@@ -121,6 +121,319 @@ pub async fn suite(fresh: Fresh<'_>) {
     expedite_moves_only_a_waiting_unleased_order_earlier(fresh().await).await;
     deliveries_are_listed_per_order_and_lines_appended_without_a_lease(fresh().await).await;
     orders_are_searched_by_ref_email_ip_and_id_suffix(fresh().await).await;
+    the_flight_is_taken_with_the_intent(fresh().await).await;
+    a_save_records_the_outcome_first_and_keeps_it(fresh().await).await;
+    a_dispatcher_round_is_two_commits(fresh().await).await;
+}
+
+/// `begin_purchase_in_flight`: the flight and the intent in one transaction, refused (with
+/// nothing written) when another order holds the flight or bought from the package after the
+/// flight's state was read.
+async fn the_flight_is_taken_with_the_intent(store: Arc<dyn Store>) {
+    let pkg = PackageId(7);
+    let (x, y) = (order("fi-x", 7, at(0)), order("fi-y", 7, at(0)));
+    for o in [&x, &y] {
+        create(&*store, o).await;
+    }
+    let claimed = store.claim_due("w", at(0), LEASE, 10).await.unwrap();
+    let lease_of = |id| {
+        claimed
+            .iter()
+            .find(|c| &c.order.id == id)
+            .map(|c| (c.lease.clone(), c.order.clone()))
+            .unwrap()
+    };
+    let ((lx, mut ox), (ly, mut oy)) = (lease_of(&x.id), lease_of(&y.id));
+    ox.begin_buying(at(1)).unwrap();
+    oy.begin_buying(at(1)).unwrap();
+    let empty = store.flight_state(pkg).await.unwrap();
+    assert_eq!(empty, FlightState::default(), "no holder, no purchase");
+    // y reads the flight's state, then x buys first.
+    let y_seen = store.flight_state(pkg).await.unwrap();
+    let n = ox.start_buy_attempt(at(1)).unwrap();
+    let Begun::Purchase(px) = store
+        .begin_purchase_in_flight(
+            &lx,
+            &ox,
+            &intent(&ox, n, at(1)),
+            &[line(at(1), "x buys")],
+            &empty,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("x takes the free flight");
+    };
+    let state = store.flight_state(pkg).await.unwrap();
+    assert_eq!(state.holder, Some(x.id.clone()));
+    assert_eq!(state.last_purchase, Some(px));
+    let stored = store.order(&x.id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.buy_attempts, 1,
+        "the attempt count commits with the intent"
+    );
+    assert!(
+        store
+            .timeline(&x.id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.message == "x buys")
+    );
+    // Held: y is refused and nothing of it is written.
+    let ny = oy.clone().start_buy_attempt(at(2)).unwrap();
+    let mut oy1 = oy.clone();
+    oy1.start_buy_attempt(at(2)).unwrap();
+    assert_eq!(
+        store
+            .begin_purchase_in_flight(
+                &ly,
+                &oy1,
+                &intent(&oy1, ny, at(2)),
+                &[line(at(2), "y buys")],
+                &y_seen
+            )
+            .await
+            .unwrap(),
+        Begun::HeldBy(x.id.clone())
+    );
+    assert!(store.purchases(&y.id).await.unwrap().is_empty());
+    assert_eq!(store.order(&y.id).await.unwrap().unwrap().buy_attempts, 0);
+    // x's purchase is settled and its flight released; y's reading predates x's purchase.
+    ox.bought(Ipv4Addr::new(103, 82, 72, 9), at(3)).unwrap();
+    store.save(&lx, &ox, keep()).await.unwrap();
+    assert_eq!(store.flight_state(pkg).await.unwrap().holder, None);
+    assert_eq!(
+        store
+            .begin_purchase_in_flight(&ly, &oy1, &intent(&oy1, ny, at(3)), &[], &y_seen)
+            .await
+            .unwrap(),
+        Begun::Moved,
+        "x's purchase went out after y read the stock"
+    );
+    assert!(store.purchases(&y.id).await.unwrap().is_empty());
+    // Read again, y takes it; taking it again (the holder, its next attempt) is granted.
+    let fresh = store.flight_state(pkg).await.unwrap();
+    let Begun::Purchase(py) = store
+        .begin_purchase_in_flight(&ly, &oy1, &intent(&oy1, ny, at(4)), &[], &fresh)
+        .await
+        .unwrap()
+    else {
+        panic!("y takes the flight after reading again");
+    };
+    assert!(py > px);
+    let n2 = oy1.start_buy_attempt(at(5)).unwrap();
+    let held = store.flight_state(pkg).await.unwrap();
+    assert!(matches!(
+        store
+            .begin_purchase_in_flight(&ly, &oy1, &intent(&oy1, n2, at(5)), &[], &held)
+            .await
+            .unwrap(),
+        Begun::Purchase(_)
+    ));
+    // A lost lease writes nothing.
+    let stale = Lease {
+        token: ly.token - 1,
+        ..ly.clone()
+    };
+    assert!(matches!(
+        store
+            .begin_purchase_in_flight(&stale, &oy1, &intent(&oy1, 3, at(6)), &[], &held)
+            .await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert_eq!(store.purchases(&y.id).await.unwrap().len(), 2);
+}
+
+/// A save carrying a buyvps reply records it first-writer-wins in the same transaction, and
+/// keeps it even when the write itself is fenced out.
+async fn a_save_records_the_outcome_first_and_keeps_it(store: Arc<dyn Store>) {
+    let o = order("so", 7, at(0));
+    create(&*store, &o).await;
+    let (lease, mut cur) = claim_one(&*store, "w1", at(0)).await;
+    cur.begin_buying(at(1)).unwrap();
+    let n = cur.start_buy_attempt(at(1)).unwrap();
+    let pid = store
+        .begin_purchase(&lease, &cur, &intent(&cur, n, at(1)), &[])
+        .await
+        .unwrap();
+    let ip = Ipv4Addr::new(103, 82, 72, 50);
+    let mut bought = cur.clone();
+    bought.bought(ip, at(2)).unwrap();
+    store
+        .save(
+            &lease,
+            &bought,
+            Change {
+                outcome: Some(OutcomeRecord {
+                    purchase_id: pid,
+                    outcome: PurchaseOutcome::Succeeded { ip },
+                    at: at(2),
+                }),
+                ..keep()
+            },
+        )
+        .await
+        .unwrap();
+    let p = &store.purchases(&o.id).await.unwrap()[0];
+    assert_eq!(p.outcome, Some(PurchaseOutcome::Succeeded { ip }));
+    assert_eq!(p.decided_at, Some(at(2)));
+    assert_eq!(
+        store.order(&o.id).await.unwrap().unwrap().server_ip,
+        Some(ip)
+    );
+    assert_eq!(store.owner_of(ip).await.unwrap(), Some(o.id.clone()));
+
+    // Fenced out: the outcome is kept, the order is not written.
+    let o2 = order("so-2", 7, at(0));
+    create(&*store, &o2).await;
+    let (l2, mut c2) = claim_one(&*store, "w1", at(0)).await;
+    c2.begin_buying(at(1)).unwrap();
+    let n = c2.start_buy_attempt(at(1)).unwrap();
+    let p2 = store
+        .begin_purchase(&l2, &c2, &intent(&c2, n, at(1)), &[])
+        .await
+        .unwrap();
+    let stale = Lease {
+        token: l2.token + 1,
+        ..l2.clone()
+    };
+    let rejected = PurchaseOutcome::Rejected {
+        reason: "sold out".into(),
+    };
+    let record = |outcome: &PurchaseOutcome, t| OutcomeRecord {
+        purchase_id: p2,
+        outcome: outcome.clone(),
+        at: at(t),
+    };
+    let mut failed = c2.clone();
+    failed.fail(Phase::Buy, "x", at(3)).unwrap();
+    assert!(matches!(
+        store
+            .save(
+                &stale,
+                &failed,
+                Change {
+                    outcome: Some(record(&rejected, 3)),
+                    entries: vec![line(at(3), "must not appear")],
+                    ..Change::default()
+                },
+            )
+            .await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert_eq!(
+        store.purchases(&o2.id).await.unwrap()[0].outcome,
+        Some(rejected.clone())
+    );
+    assert_eq!(
+        store.order(&o2.id).await.unwrap().unwrap().state,
+        OrderState::Buying
+    );
+    assert!(
+        !store
+            .timeline(&o2.id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.message == "must not appear")
+    );
+    // Already decided: a success is kept as the late address; the order is not written.
+    let ip2 = Ipv4Addr::new(103, 82, 72, 51);
+    let mut b2 = c2.clone();
+    b2.bought(ip2, at(4)).unwrap();
+    assert!(matches!(
+        store
+            .save(
+                &l2,
+                &b2,
+                Change {
+                    outcome: Some(record(&PurchaseOutcome::Succeeded { ip: ip2 }, 4)),
+                    ..keep()
+                },
+            )
+            .await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    let p = &store.purchases(&o2.id).await.unwrap()[0];
+    assert_eq!(p.outcome, Some(rejected), "the first outcome stands");
+    assert_eq!(p.late_ip, Some(ip2));
+    assert_eq!(store.order(&o2.id).await.unwrap().unwrap().server_ip, None);
+}
+
+/// `fan_out_and_claim` then `finish_deliveries`: a dispatcher round's writes, two commits.
+async fn a_dispatcher_round_is_two_commits(store: Arc<dyn Store>) {
+    let orders: Vec<Order> = (0..3)
+        .map(|i| order(&format!("dr-{i}"), 7, at(0)))
+        .collect();
+    for o in &orders {
+        create(&*store, o).await;
+    }
+    let due = store.due_notices(at(5), 10).await.unwrap();
+    assert_eq!(due.len(), 3);
+    let deliveries: Vec<NewDelivery> = due
+        .iter()
+        .map(|n| NewDelivery {
+            key: format!("ntc_{}/log", n.id),
+            event_id: format!("ntc_{}", n.id),
+            notice_id: Some(n.id),
+            order_id: Some(n.order_id.clone()),
+            kind: n.kind,
+            channel: "log".into(),
+            detail: None,
+        })
+        .collect();
+    let ids: Vec<i64> = due.iter().map(|n| n.id).collect();
+    let claimed = store
+        .fan_out_and_claim(&deliveries, &ids, at(5), "d1", LEASE, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.len(),
+        2,
+        "the claim sees what was just queued, up to its limit"
+    );
+    assert!(
+        store.due_notices(at(5), 10).await.unwrap().is_empty(),
+        "handed over"
+    );
+    let more = store
+        .fan_out_and_claim(&[], &[], at(5), "d1", LEASE, 10)
+        .await
+        .unwrap();
+    assert_eq!(more.len(), 1);
+    let results = vec![
+        (claimed[0].clone(), DeliveryResult::Delivered { at: at(6) }),
+        (
+            claimed[1].clone(),
+            DeliveryResult::Failed {
+                error: "503".into(),
+                retry_at: Some(at(60)),
+            },
+        ),
+        (more[0].clone(), DeliveryResult::Delivered { at: at(7) }),
+    ];
+    assert_eq!(
+        store.finish_deliveries(&results).await.unwrap(),
+        [true, true, true]
+    );
+    assert_eq!(
+        store.finish_deliveries(&results[..1]).await.unwrap(),
+        [false],
+        "delivered once"
+    );
+    assert_eq!(
+        store.outbox_backlog().await.unwrap(),
+        1,
+        "the failure waits for its retry"
+    );
+    let retried = store
+        .fan_out_and_claim(&[], &[], at(60), "d1", LEASE, 10)
+        .await
+        .unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!(retried[0].id, claimed[1].id);
+    assert!(store.finish_deliveries(&[]).await.unwrap().is_empty());
 }
 
 async fn intake_is_idempotent(store: Arc<dyn Store>) {

@@ -104,6 +104,25 @@ impl Store for Counting {
             .begin_purchase(lease, order, intent, entries)
             .await
     }
+    async fn flight_state(
+        &self,
+        package: PackageId,
+    ) -> Result<crate::store::FlightState, StoreError> {
+        self.inner.flight_state(package).await
+    }
+    async fn begin_purchase_in_flight(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        intent: &PurchaseIntent,
+        entries: &[TimelineEntry],
+        seen: &crate::store::FlightState,
+    ) -> Result<crate::store::Begun, StoreError> {
+        self.commit();
+        self.inner
+            .begin_purchase_in_flight(lease, order, intent, entries, seen)
+            .await
+    }
     async fn record_outcome(
         &self,
         purchase_id: PurchaseId,
@@ -206,6 +225,35 @@ impl Store for Counting {
         self.commit();
         self.inner.append_timeline(entries).await
     }
+    async fn fan_out_and_claim(
+        &self,
+        deliveries: &[crate::store::NewDelivery],
+        notices: &[i64],
+        now: Timestamp,
+        worker: &str,
+        claim_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<crate::store::Delivery>, StoreError> {
+        let claimed = self
+            .inner
+            .fan_out_and_claim(deliveries, notices, now, worker, claim_for, limit)
+            .await?;
+        if claimed.is_empty() && deliveries.is_empty() && notices.is_empty() {
+            self.idle_claims.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.commit();
+        }
+        Ok(claimed)
+    }
+    async fn finish_deliveries(
+        &self,
+        results: &[(crate::store::Delivery, crate::store::DeliveryResult)],
+    ) -> Result<Vec<bool>, StoreError> {
+        if !results.is_empty() {
+            self.commit();
+        }
+        self.inner.finish_deliveries(results).await
+    }
     async fn finish_delivery(
         &self,
         delivery: &crate::store::Delivery,
@@ -216,6 +264,9 @@ impl Store for Counting {
     }
     async fn outbox_backlog(&self) -> Result<u64, StoreError> {
         self.inner.outbox_backlog().await
+    }
+    fn work_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.inner.work_signal()
     }
     async fn maintain(&self) -> Result<(), StoreError> {
         self.inner.maintain().await

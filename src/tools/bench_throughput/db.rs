@@ -63,22 +63,23 @@ impl BenchDb {
         }
     }
 
-    /// The pipeline's store on a fresh database, and that database's raw commit rate.
+    /// The pipeline's store on a fresh database, that database's raw commit rate, and its URL.
     pub(super) async fn open_pipeline_store(
         &mut self,
-        workers: usize,
-    ) -> anyhow::Result<(Arc<dyn Store>, f64)> {
+        opts: &Options,
+    ) -> anyhow::Result<(Arc<dyn Store>, f64, String)> {
         let url = self.fresh("pipeline").await?;
+        let workers = opts.workers;
         Ok(match self.kind {
             StoreKind::Sqlite => {
-                let store = SqliteStore::connect(&url).await?;
+                let store = SqliteStore::connect_with(&url, opts.group_commit).await?;
                 let raw = raw_commit_rate_sqlite(&store, workers).await?;
-                (Arc::new(store), raw)
+                (Arc::new(store), raw, url)
             }
             StoreKind::Postgres => {
                 let store = PostgresStore::connect(&url).await?;
                 let raw = raw_commit_rate_postgres(store.pool(), workers).await?;
-                (Arc::new(store), raw)
+                (Arc::new(store), raw, url)
             }
         })
     }

@@ -46,11 +46,13 @@ use crate::store::{
 };
 
 mod counting;
+mod cpu;
 mod db;
 mod pipeline;
 mod waiting;
 
 use counting::*;
+use cpu::*;
 use db::*;
 use pipeline::*;
 use waiting::*;
@@ -90,6 +92,9 @@ pub struct Options {
     pub database_url: Option<String>,
     /// Orders the serve child holds waiting on timers (0 skips that measurement).
     pub waiting: usize,
+    /// SQLite: the most writes one group commit takes; 1 gives every write a transaction of
+    /// its own, for comparing with the store before group commit in the same build.
+    pub group_commit: usize,
 }
 
 /// Runs the benchmark and prints its report.
@@ -111,14 +116,31 @@ async fn run_on(opts: &Options, db: &mut BenchDb) -> anyhow::Result<()> {
         "bench throughput: store={:?} orders={} workers={} (instant simulator, zero-delay policy, {PACKAGES} packages)",
         opts.store, opts.orders, opts.workers
     );
-    let (store, raw) = db.open_pipeline_store(opts.workers).await?;
+    let (store, raw, url) = db.open_pipeline_store(opts).await?;
+    if opts.store == StoreKind::Sqlite {
+        println!(
+            "  group commit:         up to {} writes per SQLite transaction",
+            opts.group_commit
+        );
+    }
     println!(
         "  raw commit rate:      {:>10.0} commits/s   (bare single-row INSERT transactions, {} tasks, {:.1} s, same pool)",
         raw,
         opts.workers,
         RAW_COMMIT_WINDOW.as_secs_f64()
     );
-    let p = pipeline(store, opts).await?;
+    let mut backends = match opts.store {
+        StoreKind::Postgres => Some(BackendCpu::start(&url).await?),
+        StoreKind::Sqlite => None,
+    };
+    let cpu_before = cpu_seconds("self").unwrap_or(0.0);
+    let p = pipeline(Arc::clone(&store), opts).await?;
+    let cpu_bench = cpu_seconds("self").unwrap_or(0.0) - cpu_before;
+    let cpu_server = match backends.as_mut() {
+        Some(b) => b.since_start().await?,
+        None => None,
+    };
+    drop(store);
     let n = opts.orders as f64;
     let per = |commits: u64| commits as f64 / n;
     let (c_in, c_work, c_note) = (
@@ -162,6 +184,22 @@ async fn run_on(opts: &Options, db: &mut BenchDb) -> anyhow::Result<()> {
         c_in + c_work + c_note,
         whole_rate / whole_bound
     );
+    let per_order_ms = |s: f64| s * 1000.0 / n;
+    match cpu_server {
+        Some(server) => println!(
+            "  CPU per order:        {:>10.2} ms        (this process {:.2} ms, simulator and dispatcher included; PostgreSQL backends {:.2} ms; {:.1} + {:.1} CPU-s)",
+            per_order_ms(cpu_bench + server),
+            per_order_ms(cpu_bench),
+            per_order_ms(server),
+            cpu_bench,
+            server
+        ),
+        None => println!(
+            "  CPU per order:        {:>10.2} ms        (this process, simulator, dispatcher and SQLite included; {:.1} CPU-s)",
+            per_order_ms(cpu_bench),
+            cpu_bench
+        ),
+    }
     let pipeline = p;
     println!(
         "  claim-to-commit:      p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} steps",

@@ -130,6 +130,26 @@ impl Store for CrashingStore {
         tick()?;
         self.0.begin_purchase(lease, order, intent, entries).await
     }
+    async fn flight_state(
+        &self,
+        package: PackageId,
+    ) -> Result<crate::store::FlightState, StoreError> {
+        tick()?;
+        self.0.flight_state(package).await
+    }
+    async fn begin_purchase_in_flight(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        intent: &PurchaseIntent,
+        entries: &[TimelineEntry],
+        seen: &crate::store::FlightState,
+    ) -> Result<crate::store::Begun, StoreError> {
+        tick()?;
+        self.0
+            .begin_purchase_in_flight(lease, order, intent, entries, seen)
+            .await
+    }
     async fn record_outcome(
         &self,
         purchase_id: PurchaseId,
@@ -230,6 +250,25 @@ impl Store for CrashingStore {
         tick()?;
         self.0.append_timeline(entries).await
     }
+    async fn fan_out_and_claim(
+        &self,
+        deliveries: &[NewDelivery],
+        notices: &[i64],
+        now: Timestamp,
+        worker: &str,
+        claim_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.0
+            .fan_out_and_claim(deliveries, notices, now, worker, claim_for, limit)
+            .await
+    }
+    async fn finish_deliveries(
+        &self,
+        results: &[(Delivery, DeliveryResult)],
+    ) -> Result<Vec<bool>, StoreError> {
+        self.0.finish_deliveries(results).await
+    }
     async fn finish_delivery(
         &self,
         delivery: &Delivery,
@@ -239,6 +278,9 @@ impl Store for CrashingStore {
     }
     async fn outbox_backlog(&self) -> Result<u64, StoreError> {
         self.0.outbox_backlog().await
+    }
+    fn work_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.0.work_signal()
     }
     async fn maintain(&self) -> Result<(), StoreError> {
         self.0.maintain().await
