@@ -6,6 +6,7 @@ pub mod inventory;
 pub mod ledger;
 pub mod order;
 pub mod package;
+pub mod renewal;
 pub mod server;
 
 use serde::Serialize;
@@ -18,6 +19,7 @@ pub use order::{
     Phase, RamGb, TransitionError,
 };
 pub use package::{CatalogPackage, PackageId, PackageName};
+pub use renewal::{Renewal, RenewalState, ServerTerm, expiry_instant};
 pub use server::{ActionKind, ActionState, CallOutcome, Os, ServerAction, ServerFacts, Stage};
 
 use crate::clock::Timestamp;
@@ -95,6 +97,16 @@ pub enum NoticeKind {
     ActionCompleted,
     /// An action on the server was given up.
     ActionFailed,
+    /// The server expires soon (`policy.renew.remind_before` ahead) and no renewal is queued.
+    ExpiryReminder,
+    /// A renewal was applied: the server's expiry moved forward.
+    Renewed,
+    /// The server reached its expiry unrenewed: the order is expired.
+    Expired,
+    /// The cancelled service reached its expiry: the order is terminated.
+    Terminated,
+    /// Admin alert: a paid renewal could not be applied (attempts spent).
+    AdminRenewalFailed,
 }
 
 /// Who a notice is for.
@@ -109,7 +121,7 @@ pub enum Audience {
 
 impl NoticeKind {
     /// Every kind.
-    pub const ALL: [NoticeKind; 10] = [
+    pub const ALL: [NoticeKind; 15] = [
         Self::Provisioning,
         Self::Ready,
         Self::Failed,
@@ -120,6 +132,11 @@ impl NoticeKind {
         Self::CredentialsChanged,
         Self::ActionCompleted,
         Self::ActionFailed,
+        Self::ExpiryReminder,
+        Self::Renewed,
+        Self::Expired,
+        Self::Terminated,
+        Self::AdminRenewalFailed,
     ];
 
     /// Stored name.
@@ -135,6 +152,11 @@ impl NoticeKind {
             Self::CredentialsChanged => "credentials_changed",
             Self::ActionCompleted => "action_completed",
             Self::ActionFailed => "action_failed",
+            Self::ExpiryReminder => "expiry_reminder",
+            Self::Renewed => "renewed",
+            Self::Expired => "expired",
+            Self::Terminated => "terminated",
+            Self::AdminRenewalFailed => "admin_renewal_failed",
         }
     }
 
@@ -153,7 +175,14 @@ impl NoticeKind {
             Self::CredentialsChanged => "order.credentials_changed",
             Self::ActionCompleted => "server.action_completed",
             Self::ActionFailed => "server.action_failed",
-            Self::AdminFailed | Self::AdminNeedsAttention | Self::AdminLowStock => "admin.alert",
+            Self::ExpiryReminder => "server.expiring",
+            Self::Renewed => "server.renewed",
+            Self::Expired => "server.expired",
+            Self::Terminated => "server.terminated",
+            Self::AdminFailed
+            | Self::AdminNeedsAttention
+            | Self::AdminLowStock
+            | Self::AdminRenewalFailed => "admin.alert",
         }
     }
 
@@ -166,8 +195,15 @@ impl NoticeKind {
             | Self::NeedsAttention
             | Self::CredentialsChanged
             | Self::ActionCompleted
-            | Self::ActionFailed => Audience::Customer,
-            Self::AdminFailed | Self::AdminNeedsAttention | Self::AdminLowStock => Audience::Admin,
+            | Self::ActionFailed
+            | Self::ExpiryReminder
+            | Self::Renewed
+            | Self::Expired
+            | Self::Terminated => Audience::Customer,
+            Self::AdminFailed
+            | Self::AdminNeedsAttention
+            | Self::AdminLowStock
+            | Self::AdminRenewalFailed => Audience::Admin,
         }
     }
 
@@ -177,6 +213,7 @@ impl NoticeKind {
             Self::AdminFailed => Some("order_failed"),
             Self::AdminNeedsAttention => Some("order_needs_attention"),
             Self::AdminLowStock => Some("low_stock"),
+            Self::AdminRenewalFailed => Some("renewal_failed"),
             _ => None,
         }
     }

@@ -26,6 +26,8 @@ pub(super) struct Step<'e> {
     pub(super) order: Order,
     /// Lines written since the last write, committed with the next one.
     pub(super) progress: Progress,
+    /// A ready server's term as read by this step (`None` until read): renewals and expiry.
+    pub(super) life: Option<super::renew::Life>,
 }
 
 /// Whether a write ended the step.
@@ -63,6 +65,7 @@ impl<'e> Step<'e> {
             progress: Progress::new(order.id.clone()),
             lease,
             order,
+            life: None,
         }
     }
 

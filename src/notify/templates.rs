@@ -138,6 +138,30 @@ fn customer(event: &Event, order: &Order) -> Text {
                 "Hi {name},\n\norder {reference} needs a manual check before your server can be delivered. {team}\n"
             ),
         ),
+        NoticeKind::ExpiryReminder => (
+            "Your server expires soon".to_string(),
+            format!(
+                "Hi {name},\n\nyour server for order {reference} expires soon. Renew it to keep it running; an unrenewed \
+                 server is switched off at its expiry.\n"
+            ),
+        ),
+        NoticeKind::Renewed => (
+            "Your server was renewed".to_string(),
+            format!("Hi {name},\n\nyour server for order {reference} was renewed for another month. Thank you!\n"),
+        ),
+        NoticeKind::Expired => (
+            "Your server has expired".to_string(),
+            format!(
+                "Hi {name},\n\nyour server for order {reference} reached its expiry without a renewal and has expired. \
+                 {team}\n"
+            ),
+        ),
+        NoticeKind::Terminated => (
+            "Your server has ended".to_string(),
+            format!(
+                "Hi {name},\n\nyour cancelled service for order {reference} reached its expiry: the server has ended.\n"
+            ),
+        ),
         // Admin kinds never reach here (routed by audience).
         other => (other.event().to_string(), String::new()),
     };
@@ -159,6 +183,7 @@ fn admin(event: &Event) -> Text {
     let what = match event.kind {
         NoticeKind::AdminFailed => "failed",
         NoticeKind::AdminNeedsAttention => "needs your decision",
+        NoticeKind::AdminRenewalFailed => "could not be renewed",
         _ => "needs a look",
     };
     let subject = format!("[provisioner] Order {} {what}", order.order_ref.as_str());
