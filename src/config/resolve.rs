@@ -115,7 +115,11 @@ fn resolve_server_policy(
                 defaults.renew.call.clone(),
                 "policy.renew",
             )?,
-            horizon: duration("policy.renew.horizon", renew.horizon, defaults.renew.horizon)?,
+            horizon: duration(
+                "policy.renew.horizon",
+                renew.horizon,
+                defaults.renew.horizon,
+            )?,
             remind_before: duration(
                 "policy.renew.remind_before",
                 renew.remind_before,

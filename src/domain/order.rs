@@ -656,7 +656,11 @@ impl Order {
     ///
     /// # Errors
     /// Unless ready.
-    pub fn lapse(&mut self, cancelled_service: bool, now: Timestamp) -> Result<(), TransitionError> {
+    pub fn lapse(
+        &mut self,
+        cancelled_service: bool,
+        now: Timestamp,
+    ) -> Result<(), TransitionError> {
         self.require("let lapse", &[OrderState::Ready])?;
         self.state = if cancelled_service {
             OrderState::Terminated

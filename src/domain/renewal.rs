@@ -133,7 +133,8 @@ impl Renewal {
     /// # Errors
     /// A [`FieldError`] on `renewal_ref`.
     pub fn parse_ref(s: &str) -> Result<String, FieldError> {
-        let parsed = super::OrderRef::parse(s).map_err(|e| FieldError::new("renewal_ref", e.message))?;
+        let parsed =
+            super::OrderRef::parse(s).map_err(|e| FieldError::new("renewal_ref", e.message))?;
         if parsed.as_str().starts_with("admin:") {
             return Err(FieldError::new(
                 "renewal_ref",
@@ -171,7 +172,10 @@ mod tests {
 
     #[test]
     fn expiry_dates_are_read_as_the_start_of_the_day() {
-        assert_eq!(expiry_instant("1970-01-31"), Some(Timestamp(30 * 86_400_000)));
+        assert_eq!(
+            expiry_instant("1970-01-31"),
+            Some(Timestamp(30 * 86_400_000))
+        );
         assert_eq!(
             expiry_instant(" 2027-01-28 "),
             expiry_instant("2027-01-28T10:00:00")

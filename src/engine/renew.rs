@@ -185,7 +185,9 @@ impl Step<'_> {
         {
             self.progress.line(
                 now,
-                format!("📧 Customer reminded: the server expires on {text} and no renewal is queued"),
+                format!(
+                    "📧 Customer reminded: the server expires on {text} and no renewal is queued"
+                ),
             );
             let mut term = life.term.clone();
             term.reminded_for = Some(text);
@@ -247,9 +249,14 @@ impl Step<'_> {
                 .await;
         };
         let now = self.now();
-        let Some(before) = status.expiry.clone().filter(|e| expiry_instant(e).is_some()) else {
+        let Some(before) = status
+            .expiry
+            .clone()
+            .filter(|e| expiry_instant(e).is_some())
+        else {
             // Without an expiry to compare, an unknown outcome could never be settled: no call.
-            let reason = "status gives no ExpiryDate, so a renewal could not be confirmed; none was sent";
+            let reason =
+                "status gives no ExpiryDate, so a renewal could not be confirmed; none was sent";
             let change = Change {
                 facts: Some(facts(&status, now)),
                 ..Change::default()
@@ -290,8 +297,10 @@ impl Step<'_> {
             .increment(1);
         match outcome {
             Outcome::Succeeded(()) => {
-                self.progress
-                    .line(now, format!("[SMARTVPS] ✅ renewvps succeeded on attempt {n}"));
+                self.progress.line(
+                    now,
+                    format!("[SMARTVPS] ✅ renewvps succeeded on attempt {n}"),
+                );
                 renewal.outcome = Some(CallOutcome::Succeeded);
                 self.renewed(renewal, None).await
             }
@@ -352,7 +361,9 @@ impl Step<'_> {
         if moved_forward(&before, &after) {
             self.progress.line(
                 now,
-                format!("[SMARTVPS] ✅ ExpiryDate moved from {before} to {after}: the renewvps renewed"),
+                format!(
+                    "[SMARTVPS] ✅ ExpiryDate moved from {before} to {after}: the renewvps renewed"
+                ),
             );
             renewal.outcome = Some(CallOutcome::Succeeded);
             return self.renewed(renewal, Some(status)).await;
@@ -362,7 +373,12 @@ impl Step<'_> {
             ..Change::default()
         };
         if now < sent_at.plus(horizon) {
-            let wait = self.policy().server.renew.call.settle_after(renewal.attempts);
+            let wait = self
+                .policy()
+                .server
+                .renew
+                .call
+                .settle_after(renewal.attempts);
             let at = sent_at.plus(horizon).min(now.plus(wait));
             self.progress.line(
                 now,
@@ -396,7 +412,10 @@ impl Step<'_> {
             Some(after) => format!("Renewed: ExpiryDate is now {after}"),
             None => "Renewed: SmartVPS confirmed the renewvps".to_string(),
         };
-        self.progress.line(now, format!("🔄 {message} (renewal {})", renewal.renewal_ref));
+        self.progress.line(
+            now,
+            format!("🔄 {message} (renewal {})", renewal.renewal_ref),
+        );
         renewal.finish(RenewalState::Done, message, now);
         metrics::counter!("provisioner_renewals_total", "result" => "done").increment(1);
         let fresh = status.as_ref().map(|s| facts(s, now));
@@ -422,7 +441,13 @@ impl Step<'_> {
         reason: String,
     ) -> Result<Then, EngineError> {
         let now = self.now();
-        match self.policy().server.renew.call.delay_after(renewal.attempts) {
+        match self
+            .policy()
+            .server
+            .renew
+            .call
+            .delay_after(renewal.attempts)
+        {
             Some(wait) => {
                 self.progress.line(
                     now,
@@ -460,12 +485,17 @@ impl Step<'_> {
                 "{why} for {}: the renewal could not be confirmed",
                 crate::policy::describe_wait(renew.horizon)
             );
-            return self.give_up_renewal(renewal, reason, Change::default()).await;
+            return self
+                .give_up_renewal(renewal, reason, Change::default())
+                .await;
         }
         let wait = renew.call.settle_after(renewal.attempts.max(1));
         self.progress.line(
             now,
-            format!("⏳ {why}; looking again in {}", crate::policy::describe_wait(wait)),
+            format!(
+                "⏳ {why}; looking again in {}",
+                crate::policy::describe_wait(wait)
+            ),
         );
         self.renewal_at(renewal, now.plus(wait), Change::default())
             .await
@@ -554,6 +584,9 @@ mod tests {
         let a = jitter("order-a", spread);
         assert!(a < spread);
         assert_eq!(a, jitter("order-a", spread));
-        assert_eq!(jitter("x", std::time::Duration::ZERO), std::time::Duration::ZERO);
+        assert_eq!(
+            jitter("x", std::time::Duration::ZERO),
+            std::time::Duration::ZERO
+        );
     }
 }

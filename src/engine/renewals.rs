@@ -64,11 +64,7 @@ impl Engine {
             field: e.field,
             message: e.message,
         })?;
-        let order = self
-            .store
-            .order(id)
-            .await?
-            .ok_or(RenewalError::NotFound)?;
+        let order = self.store.order(id).await?.ok_or(RenewalError::NotFound)?;
         if order.storefront.as_deref().is_some_and(|s| s != storefront) {
             return Err(RenewalError::NotFound);
         }
@@ -153,11 +149,7 @@ impl Engine {
         reason: &str,
     ) -> Result<(), RenewalError> {
         let reason = check_reason(reason)?;
-        let order = self
-            .store
-            .order(id)
-            .await?
-            .ok_or(RenewalError::NotFound)?;
+        let order = self.store.order(id).await?.ok_or(RenewalError::NotFound)?;
         if order.state != OrderState::Ready {
             return Err(RenewalError::NotRenewable(order.state));
         }

@@ -147,7 +147,9 @@ fn customer(event: &Event, order: &Order) -> Text {
         ),
         NoticeKind::Renewed => (
             "Your server was renewed".to_string(),
-            format!("Hi {name},\n\nyour server for order {reference} was renewed for another month. Thank you!\n"),
+            format!(
+                "Hi {name},\n\nyour server for order {reference} was renewed for another month. Thank you!\n"
+            ),
         ),
         NoticeKind::Expired => (
             "Your server has expired".to_string(),

@@ -543,6 +543,7 @@ mod tests {
             },
             on_unknown: OnUnknown::Reconcile,
             horizon: Duration::from_secs(600),
+            server: crate::policy::ServerPolicy::default(),
         };
         let timings = Timings {
             buy_success: Duration::from_secs(15),

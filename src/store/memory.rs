@@ -11,8 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    AccessToken, ActionRequest, Change, Expiring, RenewalRequest, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease,
-    NewDelivery, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
+    AccessToken, ActionRequest, Change, Claimed, Delivery, DeliveryResult, Expiring, Flight,
+    Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded, RenewalRequest, StateCounts, Store,
+    StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -655,7 +656,11 @@ impl Store for MemoryStore {
         let g = self.lock();
         Ok(g.renewals_by_order
             .get(id)
-            .map(|ix| ix.iter().filter_map(|i| g.renewals.get(*i).cloned()).collect())
+            .map(|ix| {
+                ix.iter()
+                    .filter_map(|i| g.renewals.get(*i).cloned())
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
@@ -681,7 +686,9 @@ impl Store for MemoryStore {
                 })
             })
             .collect();
-        found.sort_by(|a, b| (&a.expiry, a.order_id.as_str()).cmp(&(&b.expiry, b.order_id.as_str())));
+        found.sort_by(|a, b| {
+            (&a.expiry, a.order_id.as_str()).cmp(&(&b.expiry, b.order_id.as_str()))
+        });
         found.truncate(limit);
         Ok(found)
     }

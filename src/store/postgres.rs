@@ -33,8 +33,9 @@ use sqlx::{ConnectOptions, Connection, PgPool, Postgres};
 
 use super::sql::{self, Arg, SqlRow, Stmt};
 use super::{
-    AccessToken, ActionRequest, Change, Expiring, RenewalRequest, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease,
-    NewDelivery, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
+    AccessToken, ActionRequest, Change, Claimed, Delivery, DeliveryResult, Expiring, Flight,
+    Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded, RenewalRequest, StateCounts, Store,
+    StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -631,7 +632,9 @@ impl Store for PostgresStore {
         }
         // The unique index on renewal_ref is the last word: two replays racing each other
         // cannot both insert.
-        query(&sql::insert_renewal(renewal)).execute(&mut *tx).await?;
+        query(&sql::insert_renewal(renewal))
+            .execute(&mut *tx)
+            .await?;
         let stored = query(&sql::renewal_by_ref(&renewal.renewal_ref))
             .fetch_one(&mut *tx)
             .await

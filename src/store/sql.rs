@@ -24,12 +24,12 @@ use super::{
 };
 use crate::clock::Timestamp;
 use crate::domain::{ActionKind, ActionState, CallOutcome, Os, ServerAction, ServerFacts, Stage};
-use crate::domain::{Renewal, RenewalState, ServerTerm};
 use crate::domain::{
     CatalogPackage, Customer, Discovered, EntryKind, Failure, NoticeKind, Order, OrderId, OrderRef,
     OrderState, PackageId, PackageName, Phase, Purchase, PurchaseIntent, PurchaseOutcome, RamGb,
     Resolution, TimelineEntry,
 };
+use crate::domain::{Renewal, RenewalState, ServerTerm};
 
 /// A discovery inventory row.
 pub(crate) fn discovered<R: SqlRow>(row: &R) -> Result<Discovered, StoreError> {
@@ -631,8 +631,10 @@ pub(crate) fn upsert_term(id: &OrderId, t: &ServerTerm) -> Stmt {
 
 /// An order's server term (decoded by [`server_term`]).
 pub(crate) fn term_of(id: &OrderId) -> Stmt {
-    Stmt::new("SELECT reminded_for, cancelled_at, cancelled_by FROM server_terms WHERE order_id = $1")
-        .str(id.as_str())
+    Stmt::new(
+        "SELECT reminded_for, cancelled_at, cancelled_by FROM server_terms WHERE order_id = $1",
+    )
+    .str(id.as_str())
 }
 
 /// A server term row.

@@ -24,6 +24,7 @@ pub mod views;
 pub(crate) mod admin;
 mod intake;
 mod orders;
+mod renewals;
 
 pub use views::OrderView;
 
@@ -104,6 +105,21 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             Method::POST,
             "/api/v1/orders/{id}/access-token",
             post(orders::rotate_token),
+        ),
+        (
+            Method::POST,
+            "/api/v1/orders/{id}/renewals",
+            post(renewals::storefront_renewal),
+        ),
+        (
+            Method::POST,
+            "/api/v1/orders/{id}/renew",
+            post(renewals::admin_renewal),
+        ),
+        (
+            Method::POST,
+            "/api/v1/orders/{id}/cancel-service",
+            post(renewals::cancel_service),
         ),
         (Method::GET, "/api/v1/catalog", get(admin::catalog)),
         (

@@ -100,7 +100,7 @@ pub fn spec() -> Value {
                     "properties": {
                         "id": { "type": "string" },
                         "order_ref": { "type": "string" },
-                        "state": { "type": "string", "enum": ["queued", "buying", "awaiting_credentials", "ready", "failed", "needs_attention", "cancelled"] },
+                        "state": { "type": "string", "enum": ["queued", "buying", "awaiting_credentials", "installing_os", "ready", "failed", "needs_attention", "cancelled", "expired", "terminated"] },
                         "package": { "type": "integer" },
                         "ram_gb": { "type": "integer" },
                         "os": { "type": ["string", "null"] },
@@ -263,6 +263,56 @@ pub fn spec() -> Value {
                         "404": error("No such order (or not this storefront's)."),
                         "422": error("No reason."),
                         "429": error("Too many failed authentications from this address; see Retry-After.")
+                    }
+                }
+            },
+            "/api/v1/orders/{id}/renewals": {
+                "post": {
+                    "summary": "Take a paid renewal (storefront)",
+                    "description": "Signed as intake is. `{id}` is the order id or the storefront's order_ref. Idempotent on `renewal_ref` (unique across all renewals): a replayed webhook answers 200 with the first renewal and renews nothing again. The engine applies renewals one at a time per server with renewvps under policy.renew; an unknown outcome is settled by reading ExpiryDate, never by sending again blindly.",
+                    "security": [{ "storefrontSignature": [] }, { "storefrontSecret": [] }],
+                    "parameters": [id_param()],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["renewal_ref"], "additionalProperties": false, "properties": { "renewal_ref": { "type": "string", "maxLength": 128, "description": "The storefront's payment id for this renewal; must not start with admin:." } } } } } },
+                    "responses": {
+                        "201": { "description": "Queued.", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "200": { "description": "A replay: the renewal taken before (nothing renewed again).", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "401": error("No valid storefront signature."),
+                        "404": error("No such order (or not this storefront's)."),
+                        "409": error("The reference names another order's renewal, or the order is not ready."),
+                        "422": error("A bad field, named."),
+                        "429": error("Too many failed authentications from this address; see Retry-After.")
+                    }
+                }
+            },
+            "/api/v1/orders/{id}/renew": {
+                "post": {
+                    "summary": "Renew a server for a month (admin)",
+                    "description": "Queues a renewal worked as a paid one; who and why go on the timeline.",
+                    "security": [{ "adminToken": [] }],
+                    "parameters": [id_param()],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Reason" } } } },
+                    "responses": {
+                        "202": { "description": "Queued.", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "401": error("No valid admin token."),
+                        "404": error("No such order."),
+                        "409": error("The order is not ready."),
+                        "422": error("No reason.")
+                    }
+                }
+            },
+            "/api/v1/orders/{id}/cancel-service": {
+                "post": {
+                    "summary": "Cancel a server's service (admin)",
+                    "description": "The server is not renewed any more and the order ends terminated at its expiry; on the timeline with who and why.",
+                    "security": [{ "adminToken": [] }],
+                    "parameters": [id_param()],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Reason" } } } },
+                    "responses": {
+                        "200": { "description": "Cancelled.", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "401": error("No valid admin token."),
+                        "404": error("No such order."),
+                        "409": error("The order is not ready, or is being worked on (try again)."),
+                        "422": error("No reason.")
                     }
                 }
             },

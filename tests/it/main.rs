@@ -16,6 +16,7 @@ mod no_secrets;
 mod outbox;
 mod pg;
 mod receivers;
+mod renewals;
 mod restart;
 mod security;
 mod seed_cases;
