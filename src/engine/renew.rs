@@ -40,6 +40,9 @@ pub(super) struct Life {
     refresh: bool,
     /// A read failed: nothing that needs status is tried again before this.
     retry_at: Option<Timestamp>,
+    /// The newest renewal id read: one taken since keeps the order due (see
+    /// [`Change::renewals_seen`]).
+    seen: i64,
 }
 
 impl Life {
@@ -72,6 +75,7 @@ impl Step<'_> {
             .chain(renewals.iter().filter_map(|r| r.finished_at))
             .max();
         let checked = facts.as_ref().and_then(|f| f.checked_at);
+        let seen = renewals.iter().map(|r| r.id).max().unwrap_or(0);
         let mut open = renewals.into_iter().filter(Renewal::is_open);
         let next = open.next();
         self.life = Some(Life {
@@ -80,6 +84,7 @@ impl Step<'_> {
             queued: open.count(),
             refresh: last_end.is_some_and(|end| checked.is_none_or(|c| c < end)),
             retry_at: None,
+            seen,
         });
         let Some(ip) = self.order.server_ip else {
             return self.idle().await;
@@ -127,7 +132,20 @@ impl Step<'_> {
         if self.order.state == OrderState::Ready {
             self.order.schedule_server_work(wake, now)?;
         }
-        self.write(change, Keep::Nothing).await
+        self.write_seen(change, Keep::Nothing).await
+    }
+
+    /// [`Step::write`], saying which renewals this step saw.
+    async fn write_seen(&mut self, change: Change, keep: Keep) -> Result<Then, EngineError> {
+        let seen = self.life.as_ref().map(|l| l.seen);
+        self.write(
+            Change {
+                renewals_seen: seen,
+                ..change
+            },
+            keep,
+        )
+        .await
     }
 
     fn life(&mut self) -> &mut Life {
@@ -225,7 +243,7 @@ impl Step<'_> {
             notices: [change.notices, vec![notice]].concat(),
             ..change
         };
-        self.write(change, Keep::Nothing).await
+        self.write_seen(change, Keep::Nothing).await
     }
 
     /// Works `renewal` one call further.
@@ -283,7 +301,7 @@ impl Step<'_> {
             facts: Some(fresh),
             ..Change::default()
         };
-        if self.write(intent, Keep::Lease).await? == Then::Stop {
+        if self.write_seen(intent, Keep::Lease).await? == Then::Stop {
             return Ok(Then::Stop);
         }
         let ctx = CallContext::for_order(&self.order.id, n);
@@ -532,7 +550,7 @@ impl Step<'_> {
     ) -> Result<Then, EngineError> {
         let now = self.now();
         self.order.schedule_server_work(Some(at), now)?;
-        self.write(
+        self.write_seen(
             Change {
                 renewal: Some(renewal),
                 ..change

@@ -180,6 +180,23 @@ impl Inner {
         if let Some(t) = change.term {
             self.terms.insert(id.clone(), t);
         }
+        if let Some(row) = self.orders.get_mut(id)
+            && row.order.state == OrderState::Ready
+            && (change.renewals_seen.is_some() || order.run_at.is_none())
+            && row.order.run_at.is_none_or(|at| at > order.updated_at)
+        {
+            let seen = change.renewals_seen.unwrap_or(0);
+            let unseen = self.renewals_by_order.get(id).is_some_and(|ix| {
+                ix.iter().any(|i| {
+                    self.renewals
+                        .get(*i)
+                        .is_some_and(|r| r.is_open() && r.id > seen)
+                })
+            });
+            if unseen {
+                row.order.run_at = Some(order.updated_at);
+            }
+        }
         if let Some((pid, resolution)) = change.resolve
             && let Some(p) = self.purchases.get_mut((pid.0 - 1) as usize)
         {

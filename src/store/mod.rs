@@ -187,6 +187,10 @@ pub struct Change {
     pub renewal: Option<Renewal>,
     /// What the engine keeps about the server's term (reminder sent, service cancelled).
     pub term: Option<ServerTerm>,
+    /// The newest renewal id the writing step saw (`None`: it read none). A ready order is
+    /// kept due when a newer one is pending (with `None`: any, when it is written idle), so a
+    /// renewal taken during the step is not buried under the step's later `run_at`.
+    pub renewals_seen: Option<i64>,
     /// Keep the lease after this write (the step goes on); otherwise it is released.
     pub keep_lease: bool,
     /// Give up the order's single flight on its package (its purchase is settled). A flight is

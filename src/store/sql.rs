@@ -312,6 +312,11 @@ pub(crate) fn after_order_write(order: &Order, change: &Change) -> Vec<Stmt> {
     if let Some(t) = &change.term {
         out.push(upsert_term(&order.id, t));
     }
+    if order.state == OrderState::Ready
+        && (change.renewals_seen.is_some() || order.run_at.is_none())
+    {
+        out.push(keep_due_for_renewals(order, change.renewals_seen));
+    }
     if let Some((pid, res)) = &change.resolve {
         out.push(
             Stmt::new(
@@ -655,6 +660,18 @@ pub(crate) fn expiring(until: &str, limit: usize) -> Stmt {
     )
     .str(until)
     .int(i64::try_from(limit).unwrap_or(i64::MAX))
+}
+
+/// A ready order written to sleep stays due when a renewal was queued that the writing step
+/// did not see (taken while it worked): the step's later `run_at` must not bury it.
+pub(crate) fn keep_due_for_renewals(order: &Order, seen: Option<i64>) -> Stmt {
+    Stmt::new(
+        "UPDATE orders SET run_at = $1 WHERE id = $2 AND state = 'ready' AND (run_at IS NULL OR run_at > $1) \
+         AND EXISTS (SELECT 1 FROM renewals r WHERE r.order_id = $2 AND r.state = 'pending' AND r.id > $3)",
+    )
+    .int(order.updated_at.millis())
+    .str(order.id.as_str())
+    .int(seen.unwrap_or(0))
 }
 
 /// Makes idle ready orders whose server expires by `until` due at `now` (see

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use provisioner::clock::Timestamp;
+use provisioner::domain::{CallOutcome, Renewal, RenewalState, ServerFacts, ServerTerm};
 use provisioner::domain::{
     EntryKind, NewOrder, NoticeKind, Order, OrderState, PackageId, PackageName, Phase,
     PurchaseIntent, PurchaseOutcome, Resolution, TimelineEntry,
@@ -23,7 +24,7 @@ use provisioner::store::postgres::PostgresStore;
 use provisioner::store::sqlite::SqliteStore;
 use provisioner::store::{
     AccessToken, Change, DeliveryResult, Flight, Intake, Lease, NewDelivery, OrderFilter, Recorded,
-    Store, StoreError,
+    RenewalRequest, Store, StoreError,
 };
 
 use crate::helpers::request;
@@ -118,6 +119,7 @@ pub async fn suite(fresh: Fresh<'_>) {
     fan_out_queues_deliveries_and_hands_notices_over_together(fresh().await).await;
     storefront_and_access_token_are_kept_and_rotated(fresh().await).await;
     expedite_moves_only_a_waiting_unleased_order_earlier(fresh().await).await;
+    renewals_are_idempotent_queued_and_never_buried(fresh().await).await;
 }
 
 async fn intake_is_idempotent(store: Arc<dyn Store>) {
@@ -1100,7 +1102,14 @@ async fn postgres_migrations_survive_processes_starting_together() {
         .fetch_one(store.pool())
         .await
         .unwrap();
-    assert_eq!(applied, 5, "each of the five migrations applied once");
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        applied,
+        i64::try_from(files).unwrap(),
+        "each migration applied once"
+    );
 }
 
 /// This machine's PostgreSQL runs with autovacuum off, as some do: `maintain` (called by serve
@@ -1227,4 +1236,175 @@ async fn postgres_single_flight_holds_across_pools() {
             assert_eq!(holder, &granted[0], "everyone else sees the one holder");
         }
     }
+}
+
+/// A ready order with a server (and `expiry` as its last known ExpiryDate), idle.
+async fn ready_order(store: &dyn Store, order_ref: &str, expiry: &str) -> Order {
+    let mut o = order(order_ref, 5, at(0));
+    create(store, &o).await;
+    let (lease, _) = claim_one(store, "w1", at(0)).await;
+    o.begin_buying(at(1)).unwrap();
+    o.bought("10.9.9.9".parse().unwrap(), at(2)).unwrap();
+    o.ready(at(3)).unwrap();
+    let facts = ServerFacts {
+        expiry: Some(expiry.into()),
+        checked_at: Some(at(3)),
+        ..ServerFacts::default()
+    };
+    store
+        .save(
+            &lease,
+            &o,
+            Change {
+                facts: Some(facts),
+                ..Change::default()
+            },
+        )
+        .await
+        .unwrap();
+    store.order(&o.id).await.unwrap().unwrap()
+}
+
+async fn renewals_are_idempotent_queued_and_never_buried(store: Arc<dyn Store>) {
+    let o = ready_order(&*store, "pay-r", "2026-01-30").await;
+    assert_eq!(o.run_at, None, "a ready server idles");
+    let r = Renewal::new(
+        o.id.clone(),
+        "ren-1".into(),
+        "storefront:shop",
+        None,
+        at(10),
+    );
+    let first = match store
+        .request_renewal(&r, &line(at(10), "paid"))
+        .await
+        .unwrap()
+    {
+        RenewalRequest::Created(stored) => stored,
+        other => panic!("expected Created, got {other:?}"),
+    };
+    assert!(first.id > 0 && first.is_open());
+    assert_eq!(
+        store.order(&o.id).await.unwrap().unwrap().run_at,
+        Some(at(10))
+    );
+    match store
+        .request_renewal(&r, &line(at(11), "replay"))
+        .await
+        .unwrap()
+    {
+        RenewalRequest::Existing(again) => assert_eq!(again.id, first.id),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    let other = order("pay-other", 5, at(0));
+    create(&*store, &other).await;
+    let foreign = Renewal::new(
+        other.id.clone(),
+        "ren-1".into(),
+        "storefront:shop",
+        None,
+        at(12),
+    );
+    assert!(matches!(
+        store
+            .request_renewal(&foreign, &line(at(12), "x"))
+            .await
+            .unwrap(),
+        RenewalRequest::Conflict(_)
+    ));
+    let fresh_ref = Renewal::new(
+        other.id.clone(),
+        "ren-2".into(),
+        "storefront:shop",
+        None,
+        at(12),
+    );
+    assert!(matches!(
+        store
+            .request_renewal(&fresh_ref, &line(at(12), "x"))
+            .await
+            .unwrap(),
+        RenewalRequest::NotRenewable(OrderState::Queued)
+    ));
+    assert_eq!(store.renewals(&o.id).await.unwrap(), vec![first.clone()]);
+
+    // A worker that read the renewals, then saw another one arrive, cannot bury it.
+    let (lease, mut worked) = store
+        .claim_due("w2", at(20), LEASE, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.order.id == o.id)
+        .map(|c| (c.lease, c.order))
+        .unwrap();
+    let second = Renewal::new(
+        o.id.clone(),
+        "ren-3".into(),
+        "storefront:shop",
+        None,
+        at(21),
+    );
+    assert!(matches!(
+        store
+            .request_renewal(&second, &line(at(21), "paid"))
+            .await
+            .unwrap(),
+        RenewalRequest::Created(_)
+    ));
+    let mut done = first.clone();
+    done.attempts = 1;
+    done.sent_at = Some(at(20));
+    done.outcome = Some(CallOutcome::Succeeded);
+    done.expiry_before = Some("2026-01-30".into());
+    done.finish(RenewalState::Done, "renewed", at(22));
+    worked
+        .schedule_server_work(Some(at(86_400)), at(22))
+        .unwrap();
+    let term = ServerTerm {
+        reminded_for: Some("2026-01-30".into()),
+        ..ServerTerm::default()
+    };
+    store
+        .save(
+            &lease,
+            &worked,
+            Change {
+                renewal: Some(done.clone()),
+                term: Some(term.clone()),
+                renewals_seen: Some(first.id),
+                ..Change::default()
+            },
+        )
+        .await
+        .unwrap();
+    let saved = store.order(&o.id).await.unwrap().unwrap();
+    assert_eq!(saved.run_at, Some(at(22)), "the new renewal keeps it due");
+    let all = store.renewals(&o.id).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0], done);
+    assert!(all[1].is_open());
+    assert_eq!(store.server_term(&o.id).await.unwrap(), Some(term));
+
+    // Expiring servers, soonest first; the sweep wakes only idle ones.
+    let later = ready_order(&*store, "pay-later", "2026-03-01").await;
+    let soon = store.expiring("2026-02-01", 10).await.unwrap();
+    assert_eq!(soon.len(), 1);
+    assert_eq!(
+        (soon[0].order_id.clone(), soon[0].expiry.as_str()),
+        (o.id.clone(), "2026-01-30")
+    );
+    assert_eq!(store.expiring("2026-12-31", 10).await.unwrap().len(), 2);
+    assert_eq!(
+        store.wake_expiring("2026-12-31", at(30), 10).await.unwrap(),
+        1,
+        "o is already due"
+    );
+    assert_eq!(
+        store.order(&later.id).await.unwrap().unwrap().run_at,
+        Some(at(30))
+    );
+    assert_eq!(
+        store.wake_expiring("2026-12-31", at(31), 10).await.unwrap(),
+        0
+    );
 }
