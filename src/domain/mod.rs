@@ -234,6 +234,13 @@ mod tests {
             );
         }
         assert_eq!(NoticeKind::parse("nope"), None);
+        for kind in NoticeKind::ALL {
+            assert!(
+                crate::notify::webhook::EVENTS.contains(&kind.event()),
+                "a webhook can subscribe to {}",
+                kind.event()
+            );
+        }
         assert_eq!(NoticeKind::Ready.event(), "order.ready");
     }
 }

@@ -72,11 +72,18 @@ fn redacted_url(url: &Url) -> String {
 }
 
 /// Every event name a webhook can take.
-pub const EVENTS: [&str; 5] = [
+pub const EVENTS: [&str; 12] = [
     "order.provisioning",
     "order.ready",
     "order.failed",
     "order.needs_attention",
+    "order.credentials_changed",
+    "server.action_completed",
+    "server.action_failed",
+    "server.expiring",
+    "server.renewed",
+    "server.expired",
+    "server.terminated",
     "admin.alert",
 ];
 
