@@ -145,11 +145,11 @@ async fn database(admin: &AdminService, action: &OrdersAction) -> anyhow::Result
                 .order_detail(&id)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no order {id}"))?;
-            serde_json::to_value(OrderView::new(
-                &d.order,
-                Some(d.timeline),
-                Some(d.purchases),
-            ))?
+            let mut shown = OrderView::new(&d.order, Some(d.timeline), Some(d.purchases));
+            shown.expiry = store.expiry(&id).await?;
+            let mut value = serde_json::to_value(shown)?;
+            value["renewals"] = serde_json::to_value(store.renewals(&id).await?)?;
+            value
         }
         OrdersAction::Retry {
             id,
@@ -182,6 +182,29 @@ async fn database(admin: &AdminService, action: &OrdersAction) -> anyhow::Result
             reason,
             actor: a,
         } => view(&admin.cancel(&order_id(id)?, &actor(a), reason).await?)?,
+        OrdersAction::Renew {
+            id,
+            reason,
+            actor: a,
+        } => {
+            let taken = admin
+                .renew(&order_id(id)?, &actor(a), reason)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            serde_json::to_value(taken.renewal)?
+        }
+        OrdersAction::CancelService {
+            id,
+            reason,
+            actor: a,
+        } => {
+            let id = order_id(id)?;
+            admin
+                .cancel_service(&id, &format!("admin:{}", actor(a)), reason)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            json!({ "order_id": id, "service": "cancelled" })
+        }
     })
 }
 
@@ -190,7 +213,9 @@ impl ApiClient {
         let given_actor = match action {
             OrdersAction::Retry { actor, .. }
             | OrdersAction::Resolve { actor, .. }
-            | OrdersAction::Cancel { actor, .. } => actor.is_some(),
+            | OrdersAction::Cancel { actor, .. }
+            | OrdersAction::Renew { actor, .. }
+            | OrdersAction::CancelService { actor, .. } => actor.is_some(),
             _ => false,
         };
         if given_actor {
@@ -254,6 +279,22 @@ impl ApiClient {
                 self.call(
                     reqwest::Method::POST,
                     &format!("/api/v1/orders/{}/cancel", seg(id)),
+                    Some(json!({ "reason": reason })),
+                )
+                .await
+            }
+            OrdersAction::Renew { id, reason, .. } => {
+                self.call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/orders/{}/renew", seg(id)),
+                    Some(json!({ "reason": reason })),
+                )
+                .await
+            }
+            OrdersAction::CancelService { id, reason, .. } => {
+                self.call(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/orders/{}/cancel-service", seg(id)),
                     Some(json!({ "reason": reason })),
                 )
                 .await
@@ -327,6 +368,16 @@ pub fn render(action: &OrdersAction, v: &Value) -> String {
         OrdersAction::Show { .. } => {
             format!("{}\n", serde_json::to_string_pretty(v).unwrap_or_default())
         }
+        OrdersAction::Renew { .. } => format!(
+            "renewal {} of order {} is {}; a running `provisioner serve` sends renewvps\n",
+            text(&v["renewal_ref"]),
+            text(&v["order_id"]),
+            text(&v["state"]),
+        ),
+        OrdersAction::CancelService { .. } => format!(
+            "order {}: service cancelled; it is not renewed and ends terminated at its expiry\n",
+            text(&v["order_id"]),
+        ),
         OrdersAction::Retry { .. } | OrdersAction::Resolve { .. } | OrdersAction::Cancel { .. } => {
             format!(
                 "order {} is now {}{}\n",

@@ -113,6 +113,7 @@ pub(super) async fn order(
             let timeline = queries.timeline(&id).await.map_err(ApiError::internal)?;
             let purchases = queries.purchases(&id).await.map_err(ApiError::internal)?;
             let mut view = OrderView::new(&order, Some(timeline), Some(purchases));
+            view.expiry = queries.expiry(&id).await.map_err(ApiError::internal)?;
             if order.state == OrderState::NeedsAttention {
                 view.candidates = Some(queries.candidates(&id).await.map_err(ApiError::internal)?);
             }
@@ -123,6 +124,12 @@ pub(super) async fn order(
             // says enough to the customer.
             let mut view = OrderView::new(&order, None, None);
             view.failure = None;
+            view.expiry = state
+                .engine
+                .queries()
+                .expiry(&id)
+                .await
+                .map_err(ApiError::internal)?;
             Ok(Json(view))
         }
     }
