@@ -488,24 +488,31 @@ impl Step<'_> {
         }
     }
 
-    /// Status could not be read: look again later, until the horizon has passed since the call
-    /// (or since the renewal was taken, when none was sent).
+    /// Status could not be read: look again later. A call already sent is never given up this
+    /// way (it may have renewed: only `ExpiryDate` can tell, and giving up would invite a
+    /// second payment); a renewal not yet sent is given up once the server's known expiry has
+    /// passed (or, with none known, `horizon` after it was taken), and the admins are told.
     async fn renewal_wait_or_give_up(
         &mut self,
         renewal: Renewal,
         why: &str,
     ) -> Result<Then, EngineError> {
         let now = self.now();
-        let renew = &self.policy().server.renew;
-        let since = renewal.sent_at.unwrap_or(renewal.created_at);
-        if now >= since.plus(renew.horizon) {
-            let reason = format!(
-                "{why} for {}: the renewal could not be confirmed",
-                crate::policy::describe_wait(renew.horizon)
-            );
-            return self
-                .give_up_renewal(renewal, reason, Change::default())
-                .await;
+        let renew = self.policy().server.renew.clone();
+        if !renewal.unsettled() {
+            let deadline = self
+                .life
+                .as_ref()
+                .and_then(Life::expiry)
+                .map_or(renewal.created_at.plus(renew.horizon), |(_, at)| at);
+            if now >= deadline {
+                let reason = format!(
+                    "{why} until {deadline}: the renewal could not be sent before the server's expiry"
+                );
+                return self
+                    .give_up_renewal(renewal, reason, Change::default())
+                    .await;
+            }
         }
         let wait = renew.call.settle_after(renewal.attempts.max(1));
         self.progress.line(
