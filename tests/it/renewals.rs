@@ -347,207 +347,44 @@ async fn a_replayed_renewal_webhook_renews_once() {
     svc.running.stop().await;
 }
 
-/// The deterministic renewal simulation: `RENEW_SIM_SERVERS` servers (default 1000) over about
-/// a hundred simulated days, renewvps and status faults on, one step in thirty cut off
-/// mid-flight (a crash: the lease lapses and another step takes over). Each server is paid for
-/// 0, 1 or 2 renewals (some webhooks replayed), each paid before the expiry it extends. At the
-/// end: every paid renewal applied upstream exactly as often as the ledger says it was done
-/// (once), none unpaid; one given up only after `policy.renew.attempts` definite refusals, with
-/// the admins alerted; every server expired, never before its paid-up expiry.
+/// The deterministic renewal simulation (`provisioner::tools::chaos::renewals`):
+/// `RENEW_SIM_SERVERS` servers (default 1000) over about a hundred simulated days, renewvps and
+/// status faults on, one step in thirty cut off mid-flight; each server paid for 0, 1 or 2
+/// renewals, some webhooks replayed. Every paid renewal applied upstream exactly as the ledger
+/// says, none unpaid, none expired while paid.
 #[tokio::test(start_paused = true)]
 async fn simulation_every_paid_renewal_once_none_unpaid_none_expired_while_paid() {
-    use futures_util::future::join_all;
-    use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
-
-    let n: usize = std::env::var("RENEW_SIM_SERVERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    let seed: u64 = std::env::var("RENEW_SIM_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(14);
-    let mut rng = StdRng::seed_from_u64(seed);
-    let w = VirtualWorld::new(RetryPolicy::default(), &[(5, "103.82", (n + 10) as u32)]);
-    let mut orders = Vec::with_capacity(n);
-    for i in 0..n {
-        orders.push(w.accept(&format!("pay-{i}"), 5).await.id);
-    }
-    w.drive().await;
-    let mut servers = Vec::with_capacity(n);
-    for id in &orders {
-        let o = w.order(id).await;
-        assert_eq!(o.state, OrderState::Ready, "{:?}", o.failure);
-        servers.push(o.server_ip.unwrap());
-    }
-    w.sim.set_fault_profile(Some(FaultProfile {
-        action_hang: 0.08,
-        action_error: 0.05,
-        action_server_error: 0.05,
-        action_server_error_after_acting: 0.05,
-        status_error: 0.03,
-        ..FaultProfile::default()
-    }));
-    // Payments: (when, order index, renewal_ref), each before the expiry it extends.
-    let term = 30 * DAY;
-    let mut paid = vec![0u32; n];
-    let mut arrivals: Vec<(Timestamp, usize, String)> = Vec::new();
-    for (i, ip) in servers.iter().enumerate() {
-        let (first_expiry, _) = w.sim.term(*ip).unwrap();
-        paid[i] = (i % 3) as u32;
-        for k in 0..paid[i] {
-            let due = first_expiry.plus(term * k);
-            let at = due.minus(Duration::from_secs(rng.random_range(86_400..10 * 86_400)));
-            let reference = format!("renew-{i}-{k}");
-            arrivals.push((at, i, reference.clone()));
-            if rng.random_bool(0.3) {
-                let replay = at.plus(Duration::from_secs(rng.random_range(1..2 * 86_400)));
-                arrivals.push((replay, i, reference));
-            }
-        }
-    }
-    arrivals.sort();
-    let mut arrivals = arrivals.into_iter().peekable();
-    let end = w.clock.now().plus(100 * DAY);
-    let mut next_sweep = w.clock.now();
-    let (mut steps, mut crashes) = (0usize, 0usize);
-    let mut late = Vec::new();
-    while w.clock.now() < end {
-        let now = w.clock.now();
-        while let Some((at, i, reference)) = arrivals.peek().cloned()
-            && at <= now
-        {
-            arrivals.next();
-            if let Err(e) = w
-                .engine
-                .storefront_renewal(&orders[i], &reference, "shop")
-                .await
-            {
-                late.push(format!("{}: {reference} at {at} refused: {e}", orders[i]));
-            }
-        }
-        if now >= next_sweep {
-            w.engine.sweep_terms_once().await.unwrap();
-            next_sweep = now.plus(Duration::from_secs(3600));
-        }
-        let claimed = w.engine.claim(64).await.unwrap();
-        let mut work = Vec::new();
-        for c in claimed {
-            steps += 1;
-            let cut = rng.random_bool(1.0 / 30.0).then(|| {
-                crashes += 1;
-                Duration::from_millis(rng.random_range(1..120_000))
-            });
-            let engine = &w.engine;
-            work.push(async move {
-                match cut {
-                    Some(after) => {
-                        let _ = tokio::time::timeout(after, engine.work_one(c)).await;
-                    }
-                    None => {
-                        let _ = engine.work_one(c).await;
-                    }
-                }
-            });
-        }
-        let worked = !work.is_empty();
-        join_all(work).await;
-        if worked {
-            continue;
-        }
-        let next = [
-            w.store.next_due().await.unwrap(),
-            arrivals.peek().map(|a| a.0),
-            Some(next_sweep),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap();
-        let now = w.clock.now();
-        if next > now {
-            w.clock.sleep(next.since(now)).await;
-        } else {
-            // Due but not claimable yet (a crashed step's lease): let virtual time run on.
-            w.clock.sleep(Duration::from_secs(1)).await;
-        }
-    }
-
-    let mut problems = late;
-    let mut applied = 0;
-    let mut given_up = 0;
-    let alerts: std::collections::HashSet<OrderId> = w
-        .store
-        .due_notices(Timestamp(i64::MAX), usize::MAX)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|n| n.kind == NoticeKind::AdminRenewalFailed)
-        .map(|n| n.order_id)
-        .collect();
-    for (i, id) in orders.iter().enumerate() {
-        let (expires_at, renewed) = w.sim.term(servers[i]).unwrap();
-        applied += renewed;
-        let renewals = w.store.renewals(id).await.unwrap();
-        let done = renewals
-            .iter()
-            .filter(|r| r.state == RenewalState::Done)
-            .count() as u32;
-        let failed: Vec<_> = renewals
-            .iter()
-            .filter(|r| r.state == RenewalState::Failed)
-            .collect();
-        // Exactly once: what the ledger says is applied is what SmartVPS applied.
-        if renewed != done || renewals.len() as u32 != paid[i] {
-            problems.push(format!(
-                "{id}: {renewed} renewals upstream, {done} done in the ledger, {} taken, {} paid",
-                renewals.len(),
-                paid[i]
-            ));
-        }
-        // A paid renewal is given up only after definite refusals, with the admins alerted.
-        for r in &failed {
-            given_up += 1;
-            let definite = r
-                .result
-                .as_deref()
-                .is_some_and(|t| t.contains("not renewed after"));
-            if !definite || !alerts.contains(id) {
-                problems.push(format!(
-                    "{id}: renewal {} given up: {:?}",
-                    r.renewal_ref, r.result
-                ));
-            }
-        }
-        let o = w.order(id).await;
-        if o.state != OrderState::Expired {
-            problems.push(format!("{id}: {} at the end, not expired", o.state));
-            continue;
-        }
-        let paid_up = Timestamp(expires_at.millis() - expires_at.millis() % DAY.as_millis() as i64);
-        let lapsed = w
-            .timeline(id)
-            .await
-            .iter()
-            .find(|e| e.message.contains("with no renewal: expired"))
-            .map(|e| e.at);
-        if lapsed.is_none_or(|at| at < paid_up) {
-            problems.push(format!("{id}: expired at {lapsed:?}, paid up to {paid_up}"));
-        }
-    }
+    use provisioner::tools::chaos::renewals::{RenewalConfig, run};
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
+    let cfg = RenewalConfig::new(
+        env("RENEW_SIM_SEED").unwrap_or(14),
+        env("RENEW_SIM_SERVERS").unwrap_or(1000) as usize,
+    );
+    let r = run(&cfg).await;
     eprintln!(
-        "renewal simulation: {n} servers, seed {seed}, {applied} renewals applied, {given_up} given up after definite refusals (admins alerted), {steps} steps, {crashes} cut off"
+        "renewal simulation: {} servers, seed {}, {} paid ({} replays), {} applied, {} given up after definite refusals ({} later payments refused as expired), {} renewvps calls, {} steps, {} cut off",
+        r.servers,
+        cfg.seed,
+        r.paid,
+        r.replays,
+        r.applied,
+        r.given_up,
+        r.refused_after_lapse,
+        r.calls,
+        r.steps,
+        r.crashes
     );
-    assert!(crashes > 0 && applied > 0);
+    assert!(r.crashes > 0 && r.applied > 0 && r.replays > 0);
     assert!(
-        given_up * 100 <= applied,
-        "refusals are rare: {given_up} given up"
+        r.given_up * 100 <= r.paid,
+        "refusals are rare: {} given up",
+        r.given_up
     );
     assert!(
-        problems.is_empty(),
-        "{} problems, first: {:#?}",
-        problems.len(),
-        &problems[..problems.len().min(10)]
+        r.violations.is_empty(),
+        "{} violations, first: {:#?}",
+        r.violations.len(),
+        &r.violations[..r.violations.len().min(10)]
     );
+    assert_eq!(r.applied + r.given_up + r.refused_after_lapse, r.paid);
 }
