@@ -1242,7 +1242,15 @@ async fn postgres_single_flight_holds_across_pools() {
 async fn ready_order(store: &dyn Store, order_ref: &str, expiry: &str) -> Order {
     let mut o = order(order_ref, 5, at(0));
     create(store, &o).await;
-    let (lease, _) = claim_one(store, "w1", at(0)).await;
+    // Other orders may be due at the same moment: take this one's lease, whichever comes first.
+    let lease = store
+        .claim_due("w1", at(0), LEASE, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.order.id == o.id)
+        .map(|c| c.lease)
+        .expect("the new order is due");
     o.begin_buying(at(1)).unwrap();
     o.bought("10.9.9.9".parse().unwrap(), at(2)).unwrap();
     o.ready(at(3)).unwrap();
