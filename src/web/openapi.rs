@@ -302,14 +302,14 @@ pub fn spec() -> Value {
             },
             "/api/v1/orders/{id}/cancel-service": {
                 "post": {
-                    "summary": "Cancel a server's service (admin)",
-                    "description": "The server is not renewed any more and the order ends terminated at its expiry; on the timeline with who and why.",
-                    "security": [{ "adminToken": [] }],
+                    "summary": "Cancel a server's service (admin or storefront)",
+                    "description": "The server is not renewed any more and the order ends terminated at its expiry; on the timeline with who and why. A storefront (signed) may cancel the orders it sent, naming them by id or order_ref.",
+                    "security": [{ "adminToken": [] }, { "storefrontSignature": [] }, { "storefrontSecret": [] }],
                     "parameters": [id_param()],
                     "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Reason" } } } },
                     "responses": {
                         "200": { "description": "Cancelled.", "content": { "application/json": { "schema": { "type": "object" } } } },
-                        "401": error("No valid admin token."),
+                        "401": error("No valid admin token or storefront signature."),
                         "404": error("No such order."),
                         "409": error("The order is not ready, or is being worked on (try again)."),
                         "422": error("No reason.")

@@ -93,22 +93,43 @@ pub(super) async fn admin_renewal(
     Ok((StatusCode::ACCEPTED, Json(view(&taken.renewal))).into_response())
 }
 
-/// `POST /api/v1/orders/{id}/cancel-service` with `{"reason"}`, for an admin: the server is not
-/// renewed any more and the order ends `terminated` at its expiry.
+/// `POST /api/v1/orders/{id}/cancel-service` with `{"reason"}`, for an admin (bearer token) or
+/// the storefront that sent the order (signed): the server is not renewed any more and the
+/// order ends `terminated` at its expiry. For a storefront `{id}` may be its `order_ref`.
 pub(super) async fn cancel_service(
-    Admin(admin): Admin,
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let id = super::orders::order_id(&id)?;
+    state.throttle.check(client)?;
+    let (actor, storefront) = match state.auth.admin_of(&headers) {
+        Some(name) => (format!("admin:{name}"), None),
+        None => match state.storefronts.verify(&headers, &body) {
+            Ok(name) => (format!("storefront:{name}"), Some(name.to_string())),
+            Err(refusal) => {
+                if refusal != Refusal::Missing {
+                    state.throttle.fail(client);
+                }
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "an admin token or a storefront signature is required",
+                ));
+            }
+        },
+    };
     let obj = object(&body)?;
     no_unknown_keys(&obj, &["reason"], "")?;
     let reason = string(&obj, "reason", "reason")?;
-    state
-        .engine
-        .cancel_service(&id, &format!("admin:{admin}"), &reason)
-        .await?;
+    let id = resolve(&state, &id).await?;
+    if let Some(storefront) = &storefront {
+        let order = super::orders::load(&state, &id).await?;
+        if order.storefront.as_deref().is_some_and(|s| s != storefront) {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "no such order"));
+        }
+    }
+    state.engine.cancel_service(&id, &actor, &reason).await?;
     Ok(Json(json!({ "order_id": id, "service": "cancelled" })))
 }
 

@@ -89,7 +89,12 @@ pub struct RenewalReport {
     pub violations: Vec<String>,
 }
 
-/// Runs on its own current-thread runtime with paused time.
+/// Runs on its own current-thread runtime with paused time (tokio's test-util, hence the
+/// `bench` feature).
+///
+/// # Panics
+/// Only if a tokio runtime cannot be built.
+#[cfg(feature = "bench")]
 pub fn run_virtual(cfg: &RenewalConfig) -> RenewalReport {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
