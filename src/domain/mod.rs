@@ -1,5 +1,6 @@
 //! Domain types: orders and their state machine, packages, credentials, the purchase ledger,
-//! and the timeline an admin reads.
+//! the server's actions and renewals (the renewal ledger, the term), and the timeline an admin
+//! reads.
 
 pub mod credentials;
 pub mod inventory;

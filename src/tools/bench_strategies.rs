@@ -91,19 +91,20 @@ async fn renewal_row(servers: usize, seed: u64) -> anyhow::Result<String> {
     let started = Instant::now();
     let r = tokio::task::spawn_blocking(move || run_virtual(&cfg)).await?;
     println!(
-        "\n| renewals | servers | paid | replays | applied upstream | given up (definite refusals, admins alerted) | renewvps calls/renewal \
-         | violations | wall time |"
+        "\n| renewals | servers | paid | replays | applied upstream | given up (definite refusals, admins alerted) | refused after a lapse \
+         | renewvps calls/renewal | violations | wall time |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     #[allow(clippy::cast_precision_loss)]
     let per = r.calls as f64 / f64::from(r.paid.max(1));
     println!(
-        "| ledger + ExpiryDate settlement | {} | {} | {} | {} | {} | {per:.2} | {} | {:.1}s |",
+        "| ledger + ExpiryDate settlement | {} | {} | {} | {} | {} | {} | {per:.2} | {} | {:.1}s |",
         r.servers,
         r.paid,
         r.replays,
         r.applied,
         r.given_up,
+        r.refused_after_lapse,
         r.violations.len(),
         started.elapsed().as_secs_f64()
     );

@@ -8,7 +8,8 @@
 //!
 //! Modules: [`auth`] (tokens, sessions, CSRF), [`storefront`] (signed intake), [`throttle`]
 //! (failed authentication per client address), [`server`] (the HTTP server and its limits),
-//! `intake`, `orders` (detail, credentials, token rotation),
+//! `intake`, `orders` (detail, credentials, token rotation), `renewals` (paid renewals, admin
+//! renew and cancel-service),
 //! `admin` (admin JSON API), [`dashboard`] (pages), [`chart`] (the timing chart),
 //! [`openapi`] (the document), [`views`] (JSON views).
 
