@@ -570,7 +570,13 @@ async fn render_order(
         can_retry: order.state == OrderState::Failed,
         retry_hint,
         can_resolve: order.state == OrderState::NeedsAttention,
-        can_cancel: !matches!(order.state, OrderState::Ready | OrderState::Cancelled),
+        can_cancel: !matches!(
+            order.state,
+            OrderState::Ready
+                | OrderState::Cancelled
+                | OrderState::Expired
+                | OrderState::Terminated
+        ),
         can_renew: order.state == OrderState::Ready,
         chart,
         purchases: purchases.iter().map(|p| purchase_row(origin, p)).collect(),

@@ -344,6 +344,69 @@ async fn a_replayed_renewal_webhook_renews_once() {
         1,
         "one renewal for one renewal_ref"
     );
+
+    // The operator CLI, through the API and on the database: renew with a reason, show the
+    // expiry and the renewals, cancel the service.
+    use provisioner::cli::OrdersAction;
+    use provisioner::cli::operator::Backend;
+    let api = Backend::api(
+        &svc.api,
+        secrecy::SecretString::from(crate::helpers::ADMIN_TOKEN),
+    )
+    .unwrap();
+    let mut settings = provisioner::config::Settings::from_sources(None, &|_| None).unwrap();
+    settings.database.url = format!("sqlite://{}", dir.path().join("renew.db").display());
+    let database = Backend::Database(provisioner::app::offline_admin(&settings).await.unwrap());
+    let renew = |reason: &str| OrdersAction::Renew {
+        id: id.clone(),
+        reason: reason.into(),
+        actor: None,
+    };
+    assert!(
+        api.execute(&renew("  ")).await.is_err(),
+        "a reason is required"
+    );
+    let queued = api.execute(&renew("goodwill")).await.unwrap();
+    assert!(
+        queued["renewal_ref"]
+            .as_str()
+            .unwrap()
+            .starts_with("admin:"),
+        "{queued}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sim.term(ip).unwrap().1 < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sim.term(ip).unwrap().1, 2);
+    let shown = database
+        .execute(&OrdersAction::Show { id: id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(shown["renewals"].as_array().unwrap().len(), 2, "{shown}");
+    assert!(shown["expiry"].as_str().is_some(), "{shown}");
+    // A worker may hold the order for a moment (it reads the new expiry): try again then.
+    let cancel = OrdersAction::CancelService {
+        id: id.clone(),
+        reason: "customer left".into(),
+        actor: None,
+    };
+    let mut cancelled = database.execute(&cancel).await;
+    for _ in 0..40 {
+        if cancelled.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        cancelled = database.execute(&cancel).await;
+    }
+    cancelled.unwrap();
+    let v = svc.until(&id, Duration::from_secs(5), |_| true).await;
+    let lines = v["timeline"].to_string();
+    assert!(
+        lines.contains("Renewal asked for by alice: goodwill"),
+        "{lines}"
+    );
+    assert!(lines.contains("Service cancelled by admin:"), "{lines}");
     svc.running.stop().await;
 }
 
