@@ -38,7 +38,8 @@
 //!
 //! **Tools**: not part of the running service.
 //! - [`tools`]: the one-command demo, `bench strategies`, `bench throughput`, and the
-//!   deterministic chaos simulation (many orders, random faults, crashes, invariants).
+//!   deterministic chaos simulation (many orders, random faults, crashes, invariants) and its
+//!   renewal counterpart (servers over simulated months, paid renewals, faults, crashes).
 #![forbid(unsafe_code)]
 
 pub mod app;

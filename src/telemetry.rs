@@ -193,6 +193,22 @@ fn describe_metrics() {
         "provisioner_notifications_total",
         "Notification delivery attempts by channel, event and outcome (delivered, failed, abandoned)."
     );
+    describe_gauge!(
+        "provisioner_servers_expiring_soon",
+        "Ready servers whose last known ExpiryDate falls within policy.renew.remind_before (set by the expiry sweep)."
+    );
+    describe_counter!(
+        "provisioner_renewals_total",
+        "Renewals ended, by result (done: the expiry moved or SmartVPS confirmed; failed: given up, admins alerted)."
+    );
+    describe_counter!(
+        "provisioner_renewal_calls_total",
+        "renewvps calls by outcome (succeeded, rejected, unknown: settled by reading ExpiryDate)."
+    );
+    describe_counter!(
+        "provisioner_servers_lapsed_total",
+        "Servers that reached their expiry unrenewed, by the order's new state (expired, terminated)."
+    );
 }
 
 /// An error and its sources as one line, skipping a source that repeats its parent's text.

@@ -247,6 +247,28 @@ pub enum OrdersAction {
         #[arg(long)]
         actor: Option<String>,
     },
+    /// Renew a ready order's server for a month (a running `serve` sends renewvps).
+    Renew {
+        /// Order id.
+        id: String,
+        /// Why (stored in the timeline).
+        #[arg(long)]
+        reason: String,
+        /// Who (database only, as for retry).
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Cancel a ready order's service: it is not renewed and ends `terminated` at its expiry.
+    CancelService {
+        /// Order id.
+        id: String,
+        /// Why (stored in the timeline).
+        #[arg(long)]
+        reason: String,
+        /// Who (database only, as for retry).
+        #[arg(long)]
+        actor: Option<String>,
+    },
 }
 
 /// The phase of a failed order, for the failed-queue commands.

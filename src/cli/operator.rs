@@ -213,7 +213,10 @@ async fn database(admin: &AdminService, action: &OrdersAction) -> anyhow::Result
                     .map(NotificationView::new)
                     .collect(),
             );
-            serde_json::to_value(v)?
+            v.expiry = store.expiry(&id).await?;
+            let mut value = serde_json::to_value(v)?;
+            value["renewals"] = serde_json::to_value(store.renewals(&id).await?)?;
+            value
         }
         OrdersAction::Retry {
             id,
@@ -289,6 +292,29 @@ async fn database(admin: &AdminService, action: &OrdersAction) -> anyhow::Result
                 Err(why) => bail!("{why}"),
             }
         }
+        OrdersAction::Renew {
+            id,
+            reason,
+            actor: a,
+        } => {
+            let taken = admin
+                .renew(&order_id(admin, id).await?, &actor(a), reason)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            serde_json::to_value(taken.renewal)?
+        }
+        OrdersAction::CancelService {
+            id,
+            reason,
+            actor: a,
+        } => {
+            let id = order_id(admin, id).await?;
+            admin
+                .cancel_service(&id, &format!("admin:{}", actor(a)), reason)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            json!({ "order_id": id, "service": "cancelled" })
+        }
     })
 }
 
@@ -300,7 +326,9 @@ impl ApiClient {
             | OrdersAction::Action { actor, .. }
             | OrdersAction::Cancel { actor, .. }
             | OrdersAction::RetryFailed { actor, .. }
-            | OrdersAction::ResolveFailed { actor, .. } => actor.is_some(),
+            | OrdersAction::ResolveFailed { actor, .. }
+            | OrdersAction::Renew { actor, .. }
+            | OrdersAction::CancelService { actor, .. } => actor.is_some(),
             _ => false,
         };
         if given_actor {
@@ -362,6 +390,13 @@ impl ApiClient {
                     body["os"] = json!(os);
                 }
                 self.act(id, "actions", body).await
+            }
+            OrdersAction::Renew { id, reason, .. } => {
+                self.act(id, "renew", json!({ "reason": reason })).await
+            }
+            OrdersAction::CancelService { id, reason, .. } => {
+                self.act(id, "cancel-service", json!({ "reason": reason }))
+                    .await
             }
         }
     }
@@ -694,6 +729,16 @@ pub fn render(action: &OrdersAction, v: &Value) -> String {
             text(&v["action"]["action"]),
             text(&v["action"]["order_id"]),
             text(&v["action"]["id"]),
+        ),
+        OrdersAction::Renew { .. } => format!(
+            "renewal {} of order {} is {}; a running `provisioner serve` sends renewvps\n",
+            text(&v["renewal_ref"]),
+            text(&v["order_id"]),
+            text(&v["state"]),
+        ),
+        OrdersAction::CancelService { .. } => format!(
+            "order {}: service cancelled; it is not renewed and ends terminated at its expiry\n",
+            text(&v["order_id"]),
         ),
         OrdersAction::Retry { .. } | OrdersAction::Resolve { .. } | OrdersAction::Cancel { .. } => {
             format!(

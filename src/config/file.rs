@@ -27,6 +27,21 @@ pub(super) struct RawPolicy {
     pub(super) status: Option<RawPhase>,
     pub(super) action: Option<RawPhase>,
     pub(super) install: Option<RawInstall>,
+    pub(super) renew: Option<RawRenew>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table with attempts, timeout, delays, horizon, remind_before and sweep"
+)]
+pub(super) struct RawRenew {
+    pub(super) attempts: Option<u32>,
+    pub(super) timeout: Option<DurationText>,
+    pub(super) delays: Option<Vec<DurationText>>,
+    pub(super) horizon: Option<DurationText>,
+    pub(super) remind_before: Option<DurationText>,
+    pub(super) sweep: Option<DurationText>,
 }
 
 #[derive(Default, Deserialize)]

@@ -438,6 +438,18 @@ per_hour = 10
 poll = "1m"
 limit = "45m"
 
+# Renewals (paid by a storefront, or by an admin with a reason): each renewvps call. A call whose
+# outcome is unknown is settled by reading ExpiryDate, never sent again blindly: it counts as not
+# renewed only when the expiry has not moved `horizon` after it was sent. Customers are reminded
+# `remind_before` their server's expiry; every server's status is read again every `sweep`.
+[policy.renew]
+attempts = 3
+timeout = "1m"
+delays = ["5m", "15m"]
+horizon = "30m"
+remind_before = "3d"
+sweep = "1d"
+
 # The SmartVPS reseller API. Without this section (and without SMARTVPS_BASE_URL) the built-in
 # simulator is used and no real server is bought. With it, username and password are required.
 # [smartvps]

@@ -55,6 +55,7 @@ pub(super) fn resolve_policy(raw: RawPolicy, env: &Env<'_>) -> Result<RetryPolic
     let server = resolve_server_policy(
         raw.action.unwrap_or_default(),
         raw.install.unwrap_or_default(),
+        raw.renew.unwrap_or_default(),
     )?;
     if status.horizon.take().is_some() {
         return Err(ConfigError::new(
@@ -83,6 +84,7 @@ pub(super) fn resolve_policy(raw: RawPolicy, env: &Env<'_>) -> Result<RetryPolic
 fn resolve_server_policy(
     mut action: RawPhase,
     install: RawInstall,
+    renew: RawRenew,
 ) -> Result<crate::policy::ServerPolicy, ConfigError> {
     let defaults = crate::policy::ServerPolicy::default();
     let horizon = action.horizon.take();
@@ -101,6 +103,30 @@ fn resolve_server_policy(
             install.limit,
             defaults.install_limit,
         )?,
+        renew: crate::policy::RenewPolicy {
+            call: resolve_phase(
+                RawPhase {
+                    attempts: renew.attempts,
+                    timeout: renew.timeout,
+                    delays: renew.delays,
+                    horizon: None,
+                    per_hour: None,
+                },
+                defaults.renew.call.clone(),
+                "policy.renew",
+            )?,
+            horizon: duration(
+                "policy.renew.horizon",
+                renew.horizon,
+                defaults.renew.horizon,
+            )?,
+            remind_before: duration(
+                "policy.renew.remind_before",
+                renew.remind_before,
+                defaults.renew.remind_before,
+            )?,
+            sweep: duration("policy.renew.sweep", renew.sweep, defaults.renew.sweep)?,
+        },
     };
     server
         .validate()

@@ -1,11 +1,13 @@
 //! Domain types: orders and their state machine, packages, credentials, the purchase ledger,
-//! and the timeline an admin reads.
+//! the server's actions and renewals (the renewal ledger, the term), and the timeline an admin
+//! reads.
 
 pub mod credentials;
 pub mod inventory;
 pub mod ledger;
 pub mod order;
 pub mod package;
+pub mod renewal;
 pub mod server;
 
 use serde::Serialize;
@@ -18,6 +20,7 @@ pub use order::{
     Phase, RamGb, TransitionError,
 };
 pub use package::{CatalogPackage, PackageId, PackageName};
+pub use renewal::{Renewal, RenewalState, ServerTerm, expiry_instant};
 pub use server::{ActionKind, ActionState, CallOutcome, Os, ServerAction, ServerFacts, Stage};
 
 use crate::clock::Timestamp;
@@ -102,6 +105,16 @@ pub enum NoticeKind {
     /// learns it is in progress again. Webhooks only: the customer is written to again when
     /// there is news, not for every admin step.
     Resumed,
+    /// The server expires soon (`policy.renew.remind_before` ahead) and no renewal is queued.
+    ExpiryReminder,
+    /// A renewal was applied: the server's expiry moved forward.
+    Renewed,
+    /// The server reached its expiry unrenewed: the order is expired.
+    Expired,
+    /// The cancelled service reached its expiry: the order is terminated.
+    Terminated,
+    /// Admin alert: a paid renewal could not be applied (attempts spent).
+    AdminRenewalFailed,
 }
 
 /// Who a notice is for.
@@ -116,7 +129,7 @@ pub enum Audience {
 
 impl NoticeKind {
     /// Every kind.
-    pub const ALL: [NoticeKind; 12] = [
+    pub const ALL: [NoticeKind; 17] = [
         Self::Provisioning,
         Self::Ready,
         Self::Failed,
@@ -129,6 +142,11 @@ impl NoticeKind {
         Self::ActionFailed,
         Self::Cancelled,
         Self::Resumed,
+        Self::ExpiryReminder,
+        Self::Renewed,
+        Self::Expired,
+        Self::Terminated,
+        Self::AdminRenewalFailed,
     ];
 
     /// Stored name.
@@ -146,6 +164,11 @@ impl NoticeKind {
             Self::ActionFailed => "action_failed",
             Self::Cancelled => "cancelled",
             Self::Resumed => "resumed",
+            Self::ExpiryReminder => "expiry_reminder",
+            Self::Renewed => "renewed",
+            Self::Expired => "expired",
+            Self::Terminated => "terminated",
+            Self::AdminRenewalFailed => "admin_renewal_failed",
         }
     }
 
@@ -166,7 +189,14 @@ impl NoticeKind {
             Self::ActionFailed => "server.action_failed",
             Self::Cancelled => "order.cancelled",
             Self::Resumed => "order.resumed",
-            Self::AdminFailed | Self::AdminNeedsAttention | Self::AdminLowStock => "admin.alert",
+            Self::ExpiryReminder => "server.expiring",
+            Self::Renewed => "server.renewed",
+            Self::Expired => "server.expired",
+            Self::Terminated => "server.terminated",
+            Self::AdminFailed
+            | Self::AdminNeedsAttention
+            | Self::AdminLowStock
+            | Self::AdminRenewalFailed => "admin.alert",
         }
     }
 
@@ -181,8 +211,15 @@ impl NoticeKind {
             | Self::ActionCompleted
             | Self::ActionFailed
             | Self::Cancelled
-            | Self::Resumed => Audience::Customer,
-            Self::AdminFailed | Self::AdminNeedsAttention | Self::AdminLowStock => Audience::Admin,
+            | Self::Resumed
+            | Self::ExpiryReminder
+            | Self::Renewed
+            | Self::Expired
+            | Self::Terminated => Audience::Customer,
+            Self::AdminFailed
+            | Self::AdminNeedsAttention
+            | Self::AdminLowStock
+            | Self::AdminRenewalFailed => Audience::Admin,
         }
     }
 
@@ -202,6 +239,11 @@ impl NoticeKind {
             Self::AdminFailed => "order failed",
             Self::AdminNeedsAttention => "order needs a decision",
             Self::AdminLowStock => "low stock",
+            Self::ExpiryReminder => "server expires soon",
+            Self::Renewed => "server renewed",
+            Self::Expired => "server expired",
+            Self::Terminated => "service ended",
+            Self::AdminRenewalFailed => "renewal failed",
         }
     }
 
@@ -211,6 +253,7 @@ impl NoticeKind {
             Self::AdminFailed => Some("order_failed"),
             Self::AdminNeedsAttention => Some("order_needs_attention"),
             Self::AdminLowStock => Some("low_stock"),
+            Self::AdminRenewalFailed => Some("renewal_failed"),
             _ => None,
         }
     }
@@ -231,6 +274,13 @@ mod tests {
             );
         }
         assert_eq!(NoticeKind::parse("nope"), None);
+        for kind in NoticeKind::ALL {
+            assert!(
+                crate::notify::webhook::EVENTS.contains(&kind.event()),
+                "a webhook can subscribe to {}",
+                kind.event()
+            );
+        }
         assert_eq!(NoticeKind::Ready.event(), "order.ready");
     }
 }

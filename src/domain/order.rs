@@ -330,11 +330,16 @@ pub enum OrderState {
     NeedsAttention,
     /// Stopped by an admin.
     Cancelled,
+    /// Its server reached its `ExpiryDate` with no renewal paid: SmartVPS lets it lapse. The
+    /// order keeps its history; a new payment is a new order.
+    Expired,
+    /// Its service was cancelled (not to be renewed) and its server reached its expiry.
+    Terminated,
 }
 
 impl OrderState {
     /// All states, in lifecycle order.
-    pub const ALL: [OrderState; 8] = [
+    pub const ALL: [OrderState; 10] = [
         Self::Queued,
         Self::Buying,
         Self::AwaitingCredentials,
@@ -343,6 +348,8 @@ impl OrderState {
         Self::Failed,
         Self::NeedsAttention,
         Self::Cancelled,
+        Self::Expired,
+        Self::Terminated,
     ];
 
     /// The state's stored and displayed name.
@@ -356,6 +363,8 @@ impl OrderState {
             Self::Failed => "failed",
             Self::NeedsAttention => "needs_attention",
             Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+            Self::Terminated => "terminated",
         }
     }
 
@@ -638,6 +647,27 @@ impl Order {
             });
         }
         self.run_at = at;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Ready -> expired (`cancelled_service` false) or terminated (true): the server reached
+    /// its expiry unrenewed. It keeps its address and history; nothing more is scheduled.
+    ///
+    /// # Errors
+    /// Unless ready.
+    pub fn lapse(
+        &mut self,
+        cancelled_service: bool,
+        now: Timestamp,
+    ) -> Result<(), TransitionError> {
+        self.require("let lapse", &[OrderState::Ready])?;
+        self.state = if cancelled_service {
+            OrderState::Terminated
+        } else {
+            OrderState::Expired
+        };
+        self.run_at = None;
         self.updated_at = now;
         Ok(())
     }
@@ -1031,6 +1061,7 @@ mod tests {
         ResolveFail,
         ChangeAddress,
         InstallOs,
+        Lapse(bool),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1049,6 +1080,7 @@ mod tests {
             Just(Op::ResolveFail),
             Just(Op::ChangeAddress),
             Just(Op::InstallOs),
+            any::<bool>().prop_map(Op::Lapse),
         ]
     }
 
@@ -1087,7 +1119,11 @@ mod tests {
                         changed
                     }
                     Op::InstallOs => o.install_os(now),
+                    Op::Lapse(cancelled) => o.lapse(cancelled, now),
                 };
+                if matches!(o.state, OrderState::Expired | OrderState::Terminated) {
+                    prop_assert!(o.server_ip.is_some(), "only a server that was ready lapses");
+                }
                 let changed_address = matches!(op, Op::ChangeAddress);
                 if before_ip.is_some() && !changed_address { prop_assert_eq!(o.server_ip, before_ip); }
                 if before_ip.is_some() { prop_assert!(o.server_ip.is_some()); }

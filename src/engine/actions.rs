@@ -638,7 +638,7 @@ impl Step<'_> {
     }
 
     /// One status read for the server; `None` when it gave no details.
-    async fn read_status(&mut self, ip: Ipv4Addr, attempt: u32) -> Option<ServerStatus> {
+    pub(super) async fn read_status(&mut self, ip: Ipv4Addr, attempt: u32) -> Option<ServerStatus> {
         let ctx = CallContext::for_order(&self.order.id, attempt);
         let timeout = self.policy().status.timeout;
         match self.engine.provider.status(&ctx, ip, timeout).await {

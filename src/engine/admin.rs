@@ -426,6 +426,39 @@ impl AdminService {
         Queries::new(Arc::clone(&self.store))
     }
 
+    /// Renews order `id`'s server for a month, with a reason (issue 14; see
+    /// [`super::renewals::admin_renewal`]). A running worker applies it.
+    ///
+    /// # Errors
+    /// [`super::renewals::RenewalError`] naming why.
+    pub async fn renew(
+        &self,
+        id: &OrderId,
+        actor: &str,
+        reason: &str,
+    ) -> Result<super::renewals::Taken, super::renewals::RenewalError> {
+        let taken =
+            super::renewals::admin_renewal(&*self.store, self.clock.now(), id, actor, reason)
+                .await?;
+        if let Some(wake) = &self.wake {
+            wake.notify_one();
+        }
+        Ok(taken)
+    }
+
+    /// Cancels order `id`'s service (issue 14; see [`super::renewals::cancel_service`]).
+    ///
+    /// # Errors
+    /// [`super::renewals::RenewalError`] naming why.
+    pub async fn cancel_service(
+        &self,
+        id: &OrderId,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), super::renewals::RenewalError> {
+        super::renewals::cancel_service(&*self.store, self.clock.now(), id, actor, reason).await
+    }
+
     async fn load(&self, id: &OrderId) -> Result<Order, AdminError> {
         self.store
             .order(id)

@@ -15,6 +15,9 @@
 //! - [`intake`]: the storefront's use case: a paid order in, its customer access token out;
 //!   and the token's explicit rotation.
 //! - [`catalog`]: SmartVPS's stock list kept as the package catalog intake checks against.
+//! - [`renew`]: renewals (the renewal ledger, unknown outcomes settled by `ExpiryDate`),
+//!   reminders and expiry of ready servers; [`renewals`]: taking renewals, cancelling service,
+//!   and the sweep that brings servers nearing expiry to the engine.
 //! - [`queries`]: the read side the web and the CLI show orders, history and the catalog through.
 
 mod actions;
@@ -29,6 +32,7 @@ mod progress;
 pub mod queries;
 mod reconcile;
 mod renew;
+pub mod renewals;
 mod resend;
 mod step;
 
@@ -326,6 +330,7 @@ impl Engine {
             .store
             .work_signal()
             .unwrap_or_else(|| Arc::new(Notify::new()));
+        let mut next_sweep = self.clock.now();
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -334,6 +339,12 @@ impl Engine {
             let remote_work = remote.notified();
             tokio::pin!(remote_work);
             remote_work.as_mut().enable();
+            if self.clock.now() >= next_sweep {
+                if let Err(e) = self.sweep_terms_once().await {
+                    tracing::warn!("the expiry sweep failed (tried again next time): {e}");
+                }
+                next_sweep = self.clock.now().plus(self.sweep_every());
+            }
             let free = self.settings.concurrency.saturating_sub(tasks.len());
             if free > 0 {
                 match self

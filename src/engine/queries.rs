@@ -353,6 +353,35 @@ impl Queries {
         self.store.deliveries(id).await
     }
 
+    /// The `ExpiryDate` status last gave an order's server, if any.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn expiry(&self, id: &OrderId) -> Result<Option<String>, StoreError> {
+        Ok(self.store.server_facts(id).await?.and_then(|f| f.expiry))
+    }
+
+    /// An order's renewals, oldest first.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn renewals(&self, id: &OrderId) -> Result<Vec<crate::domain::Renewal>, StoreError> {
+        self.store.renewals(id).await
+    }
+
+    /// Ready servers whose last known expiry is on or before `until` (`YYYY-MM-DD`), soonest
+    /// first, at most `limit`.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn expiring(
+        &self,
+        until: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::store::Expiring>, StoreError> {
+        self.store.expiring(until, limit).await
+    }
+
     /// One order with its timeline and ledger; `None` when there is no such order.
     ///
     /// # Errors

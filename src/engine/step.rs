@@ -32,6 +32,8 @@ pub(super) struct Step<'e> {
     /// cost one commit. A step that ends before writing records it on its own
     /// ([`Step::flush_pending`]).
     pending: Option<PendingReply>,
+    /// A ready server's term as read by this step (`None` until read): renewals and expiry.
+    pub(super) life: Option<super::renew::Life>,
 }
 
 /// A buyvps reply waiting for the step's next write.
@@ -80,6 +82,7 @@ impl<'e> Step<'e> {
             lease,
             order,
             pending: None,
+            life: None,
         }
     }
 

@@ -25,7 +25,7 @@ pub struct Text {
 }
 
 /// The customer texts that can be replaced, by their config name (`[notify.templates.failed]`).
-pub const TEMPLATE_NAMES: [&str; 10] = [
+pub const TEMPLATE_NAMES: [&str; 14] = [
     "provisioning",
     "ready",
     "failed",
@@ -36,6 +36,10 @@ pub const TEMPLATE_NAMES: [&str; 10] = [
     "credentials_changed",
     "action_completed",
     "action_failed",
+    "expiry_reminder",
+    "renewed",
+    "expired",
+    "terminated",
 ];
 
 /// The variables a template may use.
@@ -230,6 +234,24 @@ const ACTION_FAILED: (&str, &str) = (
     "Hi {name},\n\nthe action you asked for on your server for order {order_ref} could not be completed.\n\n\
      What happens next: {next_step}\n{closing}",
 );
+const EXPIRY_REMINDER: (&str, &str) = (
+    "Your server expires soon",
+    "Hi {name},\n\nyour server for order {order_ref} expires soon. Renew it to keep it running; an unrenewed \
+     server is switched off at its expiry.\n{closing}",
+);
+const RENEWED: (&str, &str) = (
+    "Your server was renewed",
+    "Hi {name},\n\nyour server for order {order_ref} was renewed for another month. Thank you!\n{closing}",
+);
+const EXPIRED: (&str, &str) = (
+    "Your server has expired",
+    "Hi {name},\n\nyour server for order {order_ref} reached its expiry without a renewal and has expired.\n\n\
+     What happens next: {next_step}\n{closing}",
+);
+const TERMINATED: (&str, &str) = (
+    "Your server has ended",
+    "Hi {name},\n\nyour cancelled service for order {order_ref} reached its expiry: the server has ended.\n{closing}",
+);
 const RESUMED: (&str, &str) = (
     "Your order is in progress again",
     "Hi {name},\n\nwe are working on order {order_ref} again. We will write as soon as your server is ready.\n{closing}",
@@ -251,6 +273,10 @@ fn customer(event: &Event, order: &Order) -> Text {
         NoticeKind::CredentialsChanged => ("credentials_changed", CREDENTIALS_CHANGED),
         NoticeKind::ActionCompleted => ("action_completed", ACTION_COMPLETED),
         NoticeKind::ActionFailed => ("action_failed", ACTION_FAILED),
+        NoticeKind::ExpiryReminder => ("expiry_reminder", EXPIRY_REMINDER),
+        NoticeKind::Renewed => ("renewed", RENEWED),
+        NoticeKind::Expired => ("expired", EXPIRED),
+        NoticeKind::Terminated => ("terminated", TERMINATED),
         _ => ("resumed", RESUMED),
     };
     let (subject, body) = t.text(name, subject, body);
@@ -330,6 +356,7 @@ fn admin(event: &Event) -> Text {
     let what = match event.kind {
         NoticeKind::AdminFailed => "failed",
         NoticeKind::AdminNeedsAttention => "needs your decision",
+        NoticeKind::AdminRenewalFailed => "could not be renewed",
         _ => "needs a look",
     };
     let subject = format!("[provisioner] Order {} {what}", order.order_ref.as_str());

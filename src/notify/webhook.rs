@@ -73,7 +73,7 @@ fn redacted_url(url: &Url) -> String {
 }
 
 /// Every event name a webhook can take.
-pub const EVENTS: [&str; 10] = [
+pub const EVENTS: [&str; 14] = [
     "order.provisioning",
     "order.ready",
     "order.failed",
@@ -83,6 +83,10 @@ pub const EVENTS: [&str; 10] = [
     "server.action_failed",
     "order.cancelled",
     "order.resumed",
+    "server.expiring",
+    "server.renewed",
+    "server.expired",
+    "server.terminated",
     "admin.alert",
 ];
 

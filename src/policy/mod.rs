@@ -146,6 +146,90 @@ pub struct ServerPolicy {
     /// Longest wait for an install to finish with a new password (`policy.install.limit`).
     #[serde(with = "humantime_serde_compat")]
     pub install_limit: Duration,
+    /// Renewals, reminders and the expiry sweep (`[policy.renew]`).
+    pub renew: RenewPolicy,
+}
+
+/// The schedule of renewals (`[policy.renew]`): each renewvps call, how long an unknown outcome
+/// may still show in `ExpiryDate`, when customers are reminded and how often expiry is re-read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RenewPolicy {
+    /// renewvps calls per renewal (`attempts`, `timeout`, `delays`).
+    pub call: PhasePolicy,
+    /// How long after it was sent a renewvps whose outcome is unknown may still move
+    /// `ExpiryDate` (`horizon`): before then an unchanged expiry proves nothing and the call is
+    /// not sent again. At least the timeout.
+    #[serde(with = "humantime_serde_compat")]
+    pub horizon: Duration,
+    /// How long before expiry the customer is reminded (`remind_before`).
+    #[serde(with = "humantime_serde_compat")]
+    pub remind_before: Duration,
+    /// How often each ready server's status is read again to refresh its expiry (`sweep`); each
+    /// server's read is spread over a tenth of it, so a fleet's reads do not all fall together.
+    #[serde(with = "humantime_serde_compat")]
+    pub sweep: Duration,
+}
+
+impl Default for RenewPolicy {
+    /// 3 calls of 60 s, waits of 5 and 15 minutes, a 30-minute horizon; reminders 3 days ahead;
+    /// expiry re-read daily.
+    fn default() -> Self {
+        Self {
+            call: PhasePolicy {
+                attempts: 3,
+                timeout: Duration::from_secs(60),
+                delays: vec![Duration::from_secs(300), Duration::from_secs(900)],
+            },
+            horizon: Duration::from_secs(1800),
+            remind_before: Duration::from_secs(3 * 86_400),
+            sweep: Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl RenewPolicy {
+    /// Checks the schedule.
+    ///
+    /// # Errors
+    /// The offending key (under `policy.`) and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.call.validate().map_err(|(key, why)| {
+            (
+                match key {
+                    "attempts" => "renew.attempts",
+                    "delays" => "renew.delays",
+                    _ => "renew.timeout",
+                },
+                why,
+            )
+        })?;
+        if self.horizon < self.call.timeout {
+            return Err((
+                "renew.horizon",
+                format!(
+                    "must be at least policy.renew.timeout ({}): a renewal cannot be judged before it has been waited for",
+                    humantime::format_duration(self.call.timeout)
+                ),
+            ));
+        }
+        if self.sweep.is_zero() {
+            return Err(("renew.sweep", "must be greater than zero".into()));
+        }
+        Ok(())
+    }
+
+    fn scaled_down(&self, f: u32) -> Self {
+        Self {
+            call: PhasePolicy {
+                attempts: self.call.attempts,
+                timeout: self.call.timeout / f,
+                delays: self.call.delays.iter().map(|d| *d / f).collect(),
+            },
+            horizon: self.horizon / f,
+            remind_before: self.remind_before / f,
+            sweep: self.sweep / f,
+        }
+    }
 }
 
 impl Default for ServerPolicy {
@@ -162,6 +246,7 @@ impl Default for ServerPolicy {
             per_hour: 10,
             install_poll: Duration::from_secs(60),
             install_limit: Duration::from_secs(45 * 60),
+            renew: RenewPolicy::default(),
         }
     }
 }
@@ -206,7 +291,7 @@ impl ServerPolicy {
                 ),
             ));
         }
-        Ok(())
+        self.renew.validate()
     }
 
     /// The schedule with every duration divided by `f`.
@@ -221,6 +306,7 @@ impl ServerPolicy {
             per_hour: self.per_hour,
             install_poll: self.install_poll / f,
             install_limit: self.install_limit / f,
+            renew: self.renew.scaled_down(f),
         }
     }
 }

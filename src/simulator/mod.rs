@@ -292,6 +292,18 @@ impl Simulator {
             .update_defaults(pkg, |d| d.install_time = install_time)
     }
 
+    /// When a server of ours expires, and how many renewvps calls took effect on it (each
+    /// adds a month, whatever it answered).
+    pub fn term(&self, ip: Ipv4Addr) -> Option<(crate::clock::Timestamp, u32)> {
+        self.settled().term(ip)
+    }
+
+    /// Moves a server's expiry, as if it had been bought or renewed at another time. Whether
+    /// the address is a server of ours.
+    pub fn set_expiry(&self, ip: Ipv4Addr, at: crate::clock::Timestamp) -> bool {
+        self.lock().set_expiry(ip, at)
+    }
+
     /// Every server we own, by address.
     pub fn servers(&self) -> Vec<ServerInfo> {
         self.settled().servers()

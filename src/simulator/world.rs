@@ -174,6 +174,8 @@ struct Server {
     info: ServerInfo,
     powered_on: bool,
     expires_at: Timestamp,
+    /// renewvps calls that took effect (whatever they answered).
+    renewals: u32,
 }
 
 /// How long a purchase runs before it must be renewed.
@@ -459,6 +461,7 @@ impl World {
                         info,
                         powered_on: true,
                         expires_at: at.plus(TERM),
+                        renewals: 0,
                     },
                 );
                 self.purchases.push(PurchaseRecord {
@@ -735,6 +738,22 @@ impl World {
         })
     }
 
+    /// When a server of ours expires, and how many renewvps calls took effect on it.
+    pub(crate) fn term(&self, ip: Ipv4Addr) -> Option<(Timestamp, u32)> {
+        self.servers.get(&ip).map(|s| (s.expires_at, s.renewals))
+    }
+
+    /// Moves a server's expiry (a test hook: servers bought long ago). Whether it is ours.
+    pub(crate) fn set_expiry(&mut self, ip: Ipv4Addr, at: Timestamp) -> bool {
+        match self.servers.get_mut(&ip) {
+            Some(s) => {
+                s.expires_at = at;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A start, stop, format, changeos or renewvps call arrives for `ip` (`None`: not an
     /// address at all). What it does happens now (a fault may hide it behind a 5xx or a late
     /// reply); the reply says whether it was done. An address not ours, or an image SmartVPS
@@ -784,7 +803,10 @@ impl World {
                 match action {
                     "start" => server.powered_on = true,
                     "stop" => server.powered_on = false,
-                    "renewvps" => server.expires_at = server.expires_at.plus(TERM),
+                    "renewvps" => {
+                        server.expires_at = server.expires_at.plus(TERM);
+                        server.renewals += 1;
+                    }
                     _ => {
                         if let Some(os) = os.filter(|_| action == "changeos") {
                             server.info.os = os.to_string();

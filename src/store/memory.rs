@@ -11,8 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    AccessToken, ActionRequest, Change, Claimed, Delivery, DeliveryResult, DeliveryStatus, Flight,
-    Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
+    AccessToken, ActionRequest, Change, Claimed, Delivery, DeliveryResult, DeliveryStatus,
+    Expiring, Flight, Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded, RenewalRequest,
+    StateCounts, Store, StoreError,
 };
 use super::{Begun, FlightState};
 use crate::clock::Timestamp;
@@ -20,7 +21,7 @@ use crate::domain::{
     CatalogPackage, Discovered, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId,
     Purchase, PurchaseIntent, PurchaseOutcome, TimelineEntry,
 };
-use crate::domain::{ServerAction, ServerFacts};
+use crate::domain::{Renewal, ServerAction, ServerFacts, ServerTerm};
 
 struct Row {
     order: Order,
@@ -78,6 +79,14 @@ struct Inner {
     actions: Vec<ServerAction>,
     /// What status last said, per order.
     facts: HashMap<OrderId, ServerFacts>,
+    /// Renewals by id - 1.
+    renewals: Vec<Renewal>,
+    /// Renewal indexes by reference (the unique index).
+    renewal_refs: HashMap<String, usize>,
+    /// Renewal indexes per order, so an order's renewals are read without a scan.
+    renewals_by_order: HashMap<OrderId, Vec<usize>>,
+    /// Server terms, per order.
+    terms: HashMap<OrderId, ServerTerm>,
 }
 
 /// The in-memory store.
@@ -249,6 +258,32 @@ impl Inner {
         }
         if let Some(f) = change.facts {
             self.facts.insert(id.clone(), f);
+        }
+        if let Some(r) = change.renewal
+            && let Some(slot) = self.renewals.get_mut((r.id - 1) as usize)
+            && slot.order_id == *id
+        {
+            *slot = r;
+        }
+        if let Some(t) = change.term {
+            self.terms.insert(id.clone(), t);
+        }
+        if let Some(row) = self.orders.get_mut(id)
+            && row.order.state == OrderState::Ready
+            && (change.renewals_seen.is_some() || order.run_at.is_none())
+            && row.order.run_at.is_none_or(|at| at > order.updated_at)
+        {
+            let seen = change.renewals_seen.unwrap_or(0);
+            let unseen = self.renewals_by_order.get(id).is_some_and(|ix| {
+                ix.iter().any(|i| {
+                    self.renewals
+                        .get(*i)
+                        .is_some_and(|r| r.is_open() && r.id > seen)
+                })
+            });
+            if unseen {
+                row.order.run_at = Some(order.updated_at);
+            }
         }
         if let Some((pid, resolution)) = change.resolve
             && let Some(p) = self.purchases.get_mut((pid.0 - 1) as usize)
@@ -690,6 +725,118 @@ impl Store for MemoryStore {
 
     async fn server_facts(&self, id: &OrderId) -> Result<Option<ServerFacts>, StoreError> {
         Ok(self.lock().facts.get(id).cloned())
+    }
+
+    async fn request_renewal(
+        &self,
+        renewal: &Renewal,
+        entry: &TimelineEntry,
+    ) -> Result<RenewalRequest, StoreError> {
+        let mut g = self.lock();
+        let id = &renewal.order_id;
+        let state = g.orders.get(id).map(|r| r.order.state.as_str());
+        let existing = g
+            .renewal_refs
+            .get(&renewal.renewal_ref)
+            .and_then(|i| g.renewals.get(*i))
+            .cloned();
+        if let Some(refused) = super::sql::refuse_renewal(renewal, state, existing)? {
+            return Ok(refused);
+        }
+        let mut stored = renewal.clone();
+        stored.id = g.renewals.len() as i64 + 1;
+        let index = g.renewals.len();
+        g.renewals.push(stored.clone());
+        g.renewal_refs.insert(stored.renewal_ref.clone(), index);
+        g.renewals_by_order
+            .entry(id.clone())
+            .or_default()
+            .push(index);
+        let now = renewal.created_at;
+        let Some(row) = g.orders.get_mut(id) else {
+            return Ok(RenewalRequest::NoOrder);
+        };
+        row.timeline.push(entry.clone());
+        let old = row.order.clone();
+        let old_lease = row.lease_expires;
+        if row.order.run_at.is_none_or(|at| at > now) {
+            row.order.run_at = Some(now);
+        }
+        g.reindex(id, &old, old_lease);
+        Ok(RenewalRequest::Created(stored))
+    }
+
+    async fn renewals(&self, id: &OrderId) -> Result<Vec<Renewal>, StoreError> {
+        let g = self.lock();
+        Ok(g.renewals_by_order
+            .get(id)
+            .map(|ix| {
+                ix.iter()
+                    .filter_map(|i| g.renewals.get(*i).cloned())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn server_term(&self, id: &OrderId) -> Result<Option<ServerTerm>, StoreError> {
+        Ok(self.lock().terms.get(id).cloned())
+    }
+
+    async fn expiring(&self, until: &str, limit: usize) -> Result<Vec<Expiring>, StoreError> {
+        let g = self.lock();
+        let mut found: Vec<Expiring> = g
+            .facts
+            .iter()
+            .filter(|(id, _)| {
+                g.orders
+                    .get(*id)
+                    .is_some_and(|r| r.order.state == OrderState::Ready)
+            })
+            .filter_map(|(id, f)| {
+                let expiry = f.expiry.clone().filter(|e| e.as_str() <= until)?;
+                Some(Expiring {
+                    order_id: id.clone(),
+                    expiry,
+                })
+            })
+            .collect();
+        found.sort_by(|a, b| {
+            (&a.expiry, a.order_id.as_str()).cmp(&(&b.expiry, b.order_id.as_str()))
+        });
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    async fn wake_expiring(
+        &self,
+        until: &str,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let mut g = self.lock();
+        let mut idle: Vec<(String, OrderId)> = g
+            .facts
+            .iter()
+            .filter_map(|(id, f)| {
+                let expiry = f.expiry.clone().filter(|e| e.as_str() <= until)?;
+                let row = g.orders.get(id)?;
+                let free = row.lease_expires.is_none_or(|exp| exp <= now);
+                (row.order.state == OrderState::Ready && row.order.run_at.is_none() && free)
+                    .then(|| (expiry, id.clone()))
+            })
+            .collect();
+        idle.sort();
+        idle.truncate(limit);
+        for (_, id) in &idle {
+            let Some(row) = g.orders.get_mut(id) else {
+                continue;
+            };
+            let old = row.order.clone();
+            let old_lease = row.lease_expires;
+            row.order.run_at = Some(now);
+            g.reindex(id, &old, old_lease);
+        }
+        Ok(idle.len())
     }
 
     async fn admin_save(

@@ -31,7 +31,7 @@ use crate::domain::{
     CatalogPackage, Discovered, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId, Phase,
     Purchase, PurchaseId, PurchaseIntent, PurchaseOutcome, Resolution, TimelineEntry,
 };
-use crate::domain::{ServerAction, ServerFacts};
+use crate::domain::{Renewal, ServerAction, ServerFacts, ServerTerm};
 
 /// What can go wrong in a store.
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +183,14 @@ pub struct Change {
     pub action: Option<ServerAction>,
     /// What status just said about the order's server.
     pub facts: Option<ServerFacts>,
+    /// A renewal's progress to record (it is stored by [`Store::request_renewal`]).
+    pub renewal: Option<Renewal>,
+    /// What the engine keeps about the server's term (reminder sent, service cancelled).
+    pub term: Option<ServerTerm>,
+    /// The newest renewal id the writing step saw (`None`: it read none). A ready order is
+    /// kept due when a newer one is pending (with `None`: any, when it is written idle), so a
+    /// renewal taken during the step is not buried under the step's later `run_at`.
+    pub renewals_seen: Option<i64>,
     /// Keep the lease after this write (the step goes on); otherwise it is released.
     pub keep_lease: bool,
     /// Give up the order's single flight on its package (its purchase is settled). A flight is
@@ -269,6 +277,30 @@ pub enum ActionRequest {
         /// When the oldest action in the window leaves it.
         retry_at: Timestamp,
     },
+}
+
+/// How a paid (or admin) renewal was taken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RenewalRequest {
+    /// Stored, and the order made due.
+    Created(Renewal),
+    /// The reference was taken before, for this order: here is that renewal (a replay).
+    Existing(Renewal),
+    /// The reference names a renewal of another order.
+    Conflict(Renewal),
+    /// No such order.
+    NoOrder,
+    /// The order is not ready: there is no live server to renew.
+    NotRenewable(OrderState),
+}
+
+/// A ready server and the `ExpiryDate` status last gave it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Expiring {
+    /// The order.
+    pub order_id: OrderId,
+    /// `ExpiryDate` (`YYYY-MM-DD`).
+    pub expiry: String,
 }
 
 /// Filters for listing orders.
@@ -608,6 +640,31 @@ pub trait Store: Send + Sync + 'static {
     async fn actions(&self, id: &OrderId) -> Result<Vec<ServerAction>, StoreError>;
     /// What status last said about an order's server.
     async fn server_facts(&self, id: &OrderId) -> Result<Option<ServerFacts>, StoreError>;
+
+    // issue 14: renewals and expiry
+    /// Takes a renewal for a ready order, with its timeline line, and makes the order due, in
+    /// one transaction; idempotent on `renewal.renewal_ref` (unique across all renewals).
+    async fn request_renewal(
+        &self,
+        renewal: &Renewal,
+        entry: &TimelineEntry,
+    ) -> Result<RenewalRequest, StoreError>;
+    /// An order's renewals, oldest first.
+    async fn renewals(&self, id: &OrderId) -> Result<Vec<Renewal>, StoreError>;
+    /// What the engine keeps about an order's server term.
+    async fn server_term(&self, id: &OrderId) -> Result<Option<ServerTerm>, StoreError>;
+    /// Ready servers whose last known `ExpiryDate` is at or before `until` (`YYYY-MM-DD`),
+    /// soonest first, at most `limit`.
+    async fn expiring(&self, until: &str, limit: usize) -> Result<Vec<Expiring>, StoreError>;
+    /// Makes up to `limit` idle ready orders (no `run_at`, no live lease) whose server's last
+    /// known `ExpiryDate` is at or before `until` due at `now`, soonest expiry first: the sweep
+    /// that brings a server's term to the engine. Returns how many it made due.
+    async fn wake_expiring(
+        &self,
+        until: &str,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<usize, StoreError>;
 
     /// Applies an admin change to an order that no worker holds; bumps the fencing token so a
     /// stale worker cannot overwrite it.

@@ -35,15 +35,15 @@ use sqlx::{ConnectOptions, Connection, PgPool, Postgres};
 use super::sql::{self, Arg, SqlRow, Stmt};
 use super::{
     AccessToken, ActionRequest, Begun, Change, Claimed, Delivery, DeliveryResult, DeliveryStatus,
-    Flight, FlightState, Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded, StateCounts,
-    Store, StoreError,
+    Expiring, Flight, FlightState, Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded,
+    RenewalRequest, StateCounts, Store, StoreError,
 };
 use crate::clock::Timestamp;
 use crate::domain::{
     CatalogPackage, Discovered, NoticeKind, Order, OrderId, OrderRef, PackageId, Purchase,
     PurchaseIntent, PurchaseOutcome, TimelineEntry,
 };
-use crate::domain::{ServerAction, ServerFacts};
+use crate::domain::{Renewal, ServerAction, ServerFacts, ServerTerm};
 
 /// Embedded migrations, applied in order and recorded in `schema_migrations`.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -81,6 +81,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "purchases_package",
         include_str!("../../migrations/postgres/0007_purchases_package.sql"),
+    ),
+    (
+        8,
+        "renewals",
+        include_str!("../../migrations/postgres/0008_renewals.sql"),
     ),
 ];
 
@@ -862,6 +867,84 @@ impl Store for PostgresStore {
             .await?
             .map(|r| sql::server_facts(&r))
             .transpose()
+    }
+
+    async fn request_renewal(
+        &self,
+        renewal: &Renewal,
+        entry: &TimelineEntry,
+    ) -> Result<RenewalRequest, StoreError> {
+        let id = &renewal.order_id;
+        let mut tx = self.pool.begin().await?;
+        let state = query(&sql::order_state(id, " FOR UPDATE"))
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.text("state"))
+            .transpose()?;
+        let existing = query(&sql::renewal_by_ref(&renewal.renewal_ref))
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| sql::renewal(&r))
+            .transpose()?;
+        if let Some(refused) = sql::refuse_renewal(renewal, state.as_deref(), existing)? {
+            return Ok(refused);
+        }
+        // The unique index on renewal_ref is the last word: two replays racing each other
+        // cannot both insert.
+        query(&sql::insert_renewal(renewal))
+            .execute(&mut *tx)
+            .await?;
+        let stored = query(&sql::renewal_by_ref(&renewal.renewal_ref))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::from)
+            .and_then(|r| sql::renewal(&r))?;
+        insert_entries(&mut tx, id, std::slice::from_ref(entry)).await?;
+        query(&sql::schedule_action(id, renewal.created_at))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(RenewalRequest::Created(stored))
+    }
+
+    async fn renewals(&self, id: &OrderId) -> Result<Vec<Renewal>, StoreError> {
+        let rows = query(&sql::renewals_of(id)).fetch_all(&self.pool).await?;
+        rows.iter().map(sql::renewal).collect()
+    }
+
+    async fn server_term(&self, id: &OrderId) -> Result<Option<ServerTerm>, StoreError> {
+        query(&sql::term_of(id))
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| sql::server_term(&r))
+            .transpose()
+    }
+
+    async fn expiring(&self, until: &str, limit: usize) -> Result<Vec<Expiring>, StoreError> {
+        let rows = query(&sql::expiring(until, limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Expiring {
+                    order_id: OrderId::parse(&r.text("order_id")?)
+                        .map_err(|_| StoreError::Corrupt("server_facts.order_id".into()))?,
+                    expiry: r.text("expiry")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn wake_expiring(
+        &self,
+        until: &str,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let done = query(&sql::wake_expiring(until, now, limit))
+            .execute(&self.pool)
+            .await?;
+        Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
     }
 
     async fn admin_save(

@@ -29,6 +29,7 @@ use crate::domain::{
     OrderState, PackageId, PackageName, Phase, Purchase, PurchaseIntent, PurchaseOutcome, RamGb,
     Resolution, TimelineEntry,
 };
+use crate::domain::{Renewal, RenewalState, ServerTerm};
 
 /// A discovery inventory row.
 pub(crate) fn discovered<R: SqlRow>(row: &R) -> Result<Discovered, StoreError> {
@@ -368,6 +369,17 @@ pub(crate) fn after_order_write(order: &Order, change: &Change) -> Vec<Stmt> {
     if let Some(f) = &change.facts {
         out.push(upsert_facts(&order.id, f));
     }
+    if let Some(r) = &change.renewal {
+        out.push(update_renewal(r));
+    }
+    if let Some(t) = &change.term {
+        out.push(upsert_term(&order.id, t));
+    }
+    if order.state == OrderState::Ready
+        && (change.renewals_seen.is_some() || order.run_at.is_none())
+    {
+        out.push(keep_due_for_renewals(order, change.renewals_seen));
+    }
     if let Some((pid, res)) = &change.resolve {
         out.push(
             Stmt::new(
@@ -646,6 +658,189 @@ pub(crate) fn refused_flight(
         Some(h) => Some(super::Begun::HeldBy(order_id(&h, "flights.order_id")?)),
         None => Some(super::Begun::Moved),
     })
+}
+
+/// The columns every renewal read selects; [`renewal`] reads them by name.
+const RENEWAL_COLUMNS: &str = "id, order_id, renewal_ref, requested_by, reason, created_at, state, attempts, sent_at, \
+     outcome, outcome_reason, expiry_before, expiry_after, finished_at, result";
+
+/// A new renewal.
+pub(crate) fn insert_renewal(r: &Renewal) -> Stmt {
+    Stmt::new(
+        "INSERT INTO renewals (order_id, renewal_ref, requested_by, reason, created_at, state, attempts, sent_at, outcome, \
+         outcome_reason, expiry_before, expiry_after, finished_at, result) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+    )
+    .str(r.order_id.as_str())
+    .str(&r.renewal_ref)
+    .str(&r.requested_by)
+    .text(r.reason.as_deref())
+    .int(r.created_at.millis())
+    .str(r.state.as_str())
+    .int(i64::from(r.attempts))
+    .int(r.sent_at.map(Timestamp::millis))
+    .text(r.outcome.as_ref().map(CallOutcome::kind))
+    .text(r.outcome.as_ref().and_then(CallOutcome::reason))
+    .text(r.expiry_before.as_deref())
+    .text(r.expiry_after.as_deref())
+    .int(r.finished_at.map(Timestamp::millis))
+    .text(r.result.as_deref())
+}
+
+/// A renewal's progress (written only under its order's lease).
+pub(crate) fn update_renewal(r: &Renewal) -> Stmt {
+    Stmt::new(
+        "UPDATE renewals SET state = $1, attempts = $2, sent_at = $3, outcome = $4, outcome_reason = $5, \
+         expiry_before = $6, expiry_after = $7, finished_at = $8, result = $9 WHERE id = $10 AND order_id = $11",
+    )
+    .str(r.state.as_str())
+    .int(i64::from(r.attempts))
+    .int(r.sent_at.map(Timestamp::millis))
+    .text(r.outcome.as_ref().map(CallOutcome::kind))
+    .text(r.outcome.as_ref().and_then(CallOutcome::reason))
+    .text(r.expiry_before.as_deref())
+    .text(r.expiry_after.as_deref())
+    .int(r.finished_at.map(Timestamp::millis))
+    .text(r.result.as_deref())
+    .int(r.id)
+    .str(r.order_id.as_str())
+}
+
+/// An order's renewals, oldest first (decoded by [`renewal`]).
+pub(crate) fn renewals_of(id: &OrderId) -> Stmt {
+    Stmt::new(format!(
+        "SELECT {RENEWAL_COLUMNS} FROM renewals WHERE order_id = $1 ORDER BY id"
+    ))
+    .str(id.as_str())
+}
+
+/// The renewal stored under a reference (decoded by [`renewal`]).
+pub(crate) fn renewal_by_ref(renewal_ref: &str) -> Stmt {
+    Stmt::new(format!(
+        "SELECT {RENEWAL_COLUMNS} FROM renewals WHERE renewal_ref = $1"
+    ))
+    .str(renewal_ref)
+}
+
+/// A renewal row.
+pub(crate) fn renewal(row: &impl SqlRow) -> Result<Renewal, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("renewals.{what}"));
+    let outcome = match row.opt_text("outcome")? {
+        Some(k) => Some(
+            CallOutcome::from_parts(&k, row.opt_text("outcome_reason")?)
+                .ok_or_else(|| corrupt("outcome"))?,
+        ),
+        None => None,
+    };
+    let ts =
+        |c: &str| -> Result<Option<Timestamp>, StoreError> { Ok(row.opt_int(c)?.map(Timestamp)) };
+    Ok(Renewal {
+        id: row.int("id")?,
+        order_id: OrderId::parse(&row.text("order_id")?).map_err(|_| corrupt("order_id"))?,
+        renewal_ref: row.text("renewal_ref")?,
+        requested_by: row.text("requested_by")?,
+        reason: row.opt_text("reason")?,
+        created_at: Timestamp(row.int("created_at")?),
+        state: RenewalState::parse(&row.text("state")?).ok_or_else(|| corrupt("state"))?,
+        attempts: u32::try_from(row.int("attempts")?).map_err(|_| corrupt("attempts"))?,
+        sent_at: ts("sent_at")?,
+        outcome,
+        expiry_before: row.opt_text("expiry_before")?,
+        expiry_after: row.opt_text("expiry_after")?,
+        finished_at: ts("finished_at")?,
+        result: row.opt_text("result")?,
+    })
+}
+
+/// What the engine keeps about a server's term.
+pub(crate) fn upsert_term(id: &OrderId, t: &ServerTerm) -> Stmt {
+    Stmt::new(
+        "INSERT INTO server_terms (order_id, reminded_for, cancelled_at, cancelled_by) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (order_id) DO UPDATE SET reminded_for = excluded.reminded_for, cancelled_at = excluded.cancelled_at, \
+         cancelled_by = excluded.cancelled_by",
+    )
+    .str(id.as_str())
+    .text(t.reminded_for.as_deref())
+    .int(t.cancelled_at.map(Timestamp::millis))
+    .text(t.cancelled_by.as_deref())
+}
+
+/// An order's server term (decoded by [`server_term`]).
+pub(crate) fn term_of(id: &OrderId) -> Stmt {
+    Stmt::new(
+        "SELECT reminded_for, cancelled_at, cancelled_by FROM server_terms WHERE order_id = $1",
+    )
+    .str(id.as_str())
+}
+
+/// A server term row.
+pub(crate) fn server_term(row: &impl SqlRow) -> Result<ServerTerm, StoreError> {
+    Ok(ServerTerm {
+        reminded_for: row.opt_text("reminded_for")?,
+        cancelled_at: row.opt_int("cancelled_at")?.map(Timestamp),
+        cancelled_by: row.opt_text("cancelled_by")?,
+    })
+}
+
+/// Ready servers whose `ExpiryDate` is at or before `until` (a `YYYY-MM-DD` date, so text order is
+/// date order), soonest first (columns `order_id`, `expiry`).
+pub(crate) fn expiring(until: &str, limit: usize) -> Stmt {
+    Stmt::new(
+        "SELECT f.order_id AS order_id, f.expiry AS expiry FROM server_facts f JOIN orders o ON o.id = f.order_id \
+         WHERE o.state = 'ready' AND f.expiry IS NOT NULL AND f.expiry <= $1 ORDER BY f.expiry, f.order_id LIMIT $2",
+    )
+    .str(until)
+    .int(i64::try_from(limit).unwrap_or(i64::MAX))
+}
+
+/// A ready order written to sleep stays due when a renewal was queued that the writing step
+/// did not see (taken while it worked): the step's later `run_at` must not bury it.
+pub(crate) fn keep_due_for_renewals(order: &Order, seen: Option<i64>) -> Stmt {
+    Stmt::new(
+        "UPDATE orders SET run_at = $1 WHERE id = $2 AND state = 'ready' AND (run_at IS NULL OR run_at > $1) \
+         AND EXISTS (SELECT 1 FROM renewals r WHERE r.order_id = $2 AND r.state = 'pending' AND r.id > $3)",
+    )
+    .int(order.updated_at.millis())
+    .str(order.id.as_str())
+    .int(seen.unwrap_or(0))
+}
+
+/// Makes idle ready orders whose server expires by `until` due at `now` (see
+/// [`super::Store::wake_expiring`]).
+pub(crate) fn wake_expiring(until: &str, now: Timestamp, limit: usize) -> Stmt {
+    Stmt::new(
+        "UPDATE orders SET run_at = $1 WHERE id IN (SELECT o.id FROM orders o JOIN server_facts f ON f.order_id = o.id \
+         WHERE o.state = 'ready' AND o.run_at IS NULL AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $1) \
+         AND f.expiry IS NOT NULL AND f.expiry <= $2 ORDER BY f.expiry, o.id LIMIT $3)",
+    )
+    .int(now.millis())
+    .str(until)
+    .int(i64::try_from(limit).unwrap_or(i64::MAX))
+}
+
+/// Whether a renewal may be taken, from what the request's transaction read: the order's state
+/// (`None`: no order) and the renewal already stored under the reference. `None`: go ahead.
+pub(crate) fn refuse_renewal(
+    renewal: &Renewal,
+    state: Option<&str>,
+    existing: Option<Renewal>,
+) -> Result<Option<super::RenewalRequest>, StoreError> {
+    use super::RenewalRequest;
+    if let Some(existing) = existing {
+        return Ok(Some(if existing.order_id == renewal.order_id {
+            RenewalRequest::Existing(existing)
+        } else {
+            RenewalRequest::Conflict(existing)
+        }));
+    }
+    let Some(state) = state else {
+        return Ok(Some(RenewalRequest::NoOrder));
+    };
+    let state = OrderState::from_str(state).map_err(StoreError::Corrupt)?;
+    if state != OrderState::Ready {
+        return Ok(Some(RenewalRequest::NotRenewable(state)));
+    }
+    Ok(None)
 }
 
 /// Gives up a lease; matches no row when the lease is no longer held.

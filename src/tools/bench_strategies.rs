@@ -69,6 +69,10 @@ pub async fn strategies(orders: usize, seed: u64) -> anyhow::Result<()> {
             }
         }
     }
+    let renewal = renewal_row(orders, seed).await?;
+    if !renewal.is_empty() {
+        broken.push(renewal);
+    }
     if broken.is_empty() {
         println!(
             "\nreconcile kept every promise in every profile (zero duplicates, no order lost or stuck)."
@@ -77,4 +81,36 @@ pub async fn strategies(orders: usize, seed: u64) -> anyhow::Result<()> {
     } else {
         anyhow::bail!("promises broken under reconcile:\n{}", broken.join("\n"))
     }
+}
+
+/// The renewal row: `servers` ready servers over ~100 simulated days with renewvps and status
+/// faults and crashes (see [`crate::tools::chaos::renewals`]). Returns the broken promises.
+async fn renewal_row(servers: usize, seed: u64) -> anyhow::Result<String> {
+    use crate::tools::chaos::renewals::{RenewalConfig, run_virtual};
+    let cfg = RenewalConfig::new(seed, servers);
+    let started = Instant::now();
+    let r = tokio::task::spawn_blocking(move || run_virtual(&cfg)).await?;
+    println!(
+        "\n| renewals | servers | paid | replays | applied upstream | given up (definite refusals, admins alerted) | refused after a lapse \
+         | renewvps calls/renewal | violations | wall time |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    #[allow(clippy::cast_precision_loss)]
+    let per = r.calls as f64 / f64::from(r.paid.max(1));
+    println!(
+        "| ledger + ExpiryDate settlement | {} | {} | {} | {} | {} | {} | {per:.2} | {} | {:.1}s |",
+        r.servers,
+        r.paid,
+        r.replays,
+        r.applied,
+        r.given_up,
+        r.refused_after_lapse,
+        r.violations.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if r.violations.is_empty() {
+        String::new()
+    } else {
+        format!("renewals: {}", r.violations.join("; "))
+    })
 }

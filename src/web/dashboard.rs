@@ -64,6 +64,9 @@ pub fn routes() -> Router<AppState> {
             "/admin/orders/{id}/notifications/{delivery}/resend",
             post(resend),
         )
+        .route("/admin/orders/{id}/renew", post(renew))
+        .route("/admin/orders/{id}/cancel-service", post(cancel_service))
+        .route("/admin/expiring", get(expiring_page))
 }
 
 /// A rendered page with the dashboard's security headers.
@@ -596,6 +599,8 @@ struct OrderPage {
     retry_hint: String,
     can_resolve: bool,
     can_cancel: bool,
+    /// A ready server: renew it or cancel its service (issue 14).
+    can_renew: bool,
     chart: Chart,
     purchases: Vec<PurchaseRow>,
     timeline: Vec<EntryRow>,
@@ -764,6 +769,10 @@ async fn render_order(
             return ApiError::internal(e).into_response();
         }
     };
+    let expiry = match store.expiry(id).await {
+        Ok(e) => e,
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
     let origin = order.created_at;
     let chart = chart::build(&order, &timeline, &purchases, state.engine.clock().now());
     // The order's own package: the name a purchase was sent with, else the catalog's, never
@@ -853,7 +862,14 @@ async fn render_order(
         can_retry: order.state == OrderState::Failed,
         retry_hint,
         can_resolve: order.state == OrderState::NeedsAttention,
-        can_cancel: !matches!(order.state, OrderState::Ready | OrderState::Cancelled),
+        can_cancel: !matches!(
+            order.state,
+            OrderState::Ready
+                | OrderState::Cancelled
+                | OrderState::Expired
+                | OrderState::Terminated
+        ),
+        can_renew: order.state == OrderState::Ready,
         chart,
         purchases: purchases.iter().map(|p| purchase_row(origin, p)).collect(),
         timeline: timeline
@@ -870,7 +886,10 @@ async fn render_order(
                 message: plain(&e.message).0,
             })
             .collect(),
-        order: OrderView::new(&order, None, None),
+        order: OrderView {
+            expiry,
+            ..OrderView::new(&order, None, None)
+        },
     }
     .render();
     page(status, html)
@@ -895,6 +914,8 @@ async fn order_page(
         "mark-resolved" => "Marked resolved: the order left the failed queue.".to_string(),
         "address" => "Address changed: status polling starts again.".to_string(),
         "resend" => "Queued again: the Notifications list shows how it goes.".to_string(),
+        "renew" => "Renewal queued: the engine sends renewvps.".to_string(),
+        "cancel-service" => "Service cancelled: it ends at its expiry.".to_string(),
         _ => "Done.".to_string(),
     });
     render_order(
@@ -1445,6 +1466,87 @@ async fn resend(
         ..Sticky::default()
     };
     after(&state, &user, &id, sticky, result).await
+}
+
+async fn renew(
+    State(state): State<AppState>,
+    user: DashboardUser,
+    Path(id): Path<String>,
+    Form(form): Form<ReasonForm>,
+) -> Response {
+    let id = match checked_order(&user, form.csrf.as_deref(), &id) {
+        Ok(id) => id,
+        Err(refused) => return refused.into_response(),
+    };
+    let reason = form.reason.unwrap_or_default();
+    let result = state
+        .engine
+        .admin_renewal(&id, &user.name, &reason)
+        .await
+        .map(|_| ())
+        .map_err(ApiError::from);
+    let sticky = Sticky {
+        form: "renew",
+        reason,
+        ..Sticky::default()
+    };
+    after(&state, &user, &id, sticky, result).await
+}
+
+async fn cancel_service(
+    State(state): State<AppState>,
+    user: DashboardUser,
+    Path(id): Path<String>,
+    Form(form): Form<ReasonForm>,
+) -> Response {
+    let id = match checked_order(&user, form.csrf.as_deref(), &id) {
+        Ok(id) => id,
+        Err(refused) => return refused.into_response(),
+    };
+    let reason = form.reason.unwrap_or_default();
+    let actor = format!("admin:{}", user.name);
+    let result = state
+        .engine
+        .cancel_service(&id, &actor, &reason)
+        .await
+        .map_err(ApiError::from);
+    let sticky = Sticky {
+        form: "cancel-service",
+        reason,
+        ..Sticky::default()
+    };
+    after(&state, &user, &id, sticky, result).await
+}
+
+#[derive(Template)]
+#[template(path = "expiring.html")]
+struct ExpiringPage {
+    chrome: Chrome,
+    user: String,
+    csrf: String,
+    until: String,
+    within: String,
+    rows: Vec<crate::store::Expiring>,
+}
+
+/// `GET /admin/expiring`: ready servers expiring within `policy.renew.remind_before`.
+async fn expiring_page(State(state): State<AppState>, user: DashboardUser) -> Response {
+    let within = state.engine.policy().server.renew.remind_before;
+    let until = crate::engine::renewals::date(state.engine.clock().now().plus(within));
+    let rows = match state.engine.queries().expiring(&until, 500).await {
+        Ok(rows) => rows,
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
+    let html = ExpiringPage {
+        chrome: chrome(&state).await.unwrap_or_default(),
+        user: user.name.clone(),
+        csrf: user.csrf.expose_secret().to_string(),
+        until,
+        within: crate::policy::describe_wait(within),
+        rows,
+    }
+    .render();
+    page(StatusCode::OK, html)
 }
 
 #[cfg(test)]

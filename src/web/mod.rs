@@ -8,7 +8,8 @@
 //!
 //! Modules: [`auth`] (tokens, sessions, CSRF), [`storefront`] (signed intake), [`throttle`]
 //! (failed authentication per client address), [`server`] (the HTTP server and its limits),
-//! `intake`, `orders` (detail, credentials, token rotation),
+//! `intake`, `orders` (detail, credentials, token rotation), `renewals` (paid renewals, admin
+//! renew and cancel-service),
 //! `admin` (admin JSON API), [`dashboard`] (pages), [`chart`] (the timing chart),
 //! [`openapi`] (the document), [`views`] (JSON views).
 
@@ -26,6 +27,7 @@ pub use actions::action_answer;
 pub(crate) mod admin;
 mod intake;
 mod orders;
+mod renewals;
 
 pub use views::OrderView;
 
@@ -143,6 +145,21 @@ pub fn api_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             Method::GET,
             "/api/v1/orders/{id}/actions",
             get(actions::list),
+        ),
+        (
+            Method::POST,
+            "/api/v1/orders/{id}/renewals",
+            post(renewals::storefront_renewal),
+        ),
+        (
+            Method::POST,
+            "/api/v1/orders/{id}/renew",
+            post(renewals::admin_renewal),
+        ),
+        (
+            Method::POST,
+            "/api/v1/orders/{id}/cancel-service",
+            post(renewals::cancel_service),
         ),
         (Method::GET, "/api/v1/catalog", get(admin::catalog)),
         (

@@ -76,6 +76,7 @@ fn order_schema(states: &[&str]) -> Value {
             "purchases": { "type": "array", "description": "Admin view only: the purchase ledger.", "items": { "type": "object" } },
             "candidates": { "type": "array", "description": "Admin view of an order needing attention: servers a discovery scan found (ip, package_id, ram_gb, expiry, first_seen); adopt one with resolve.", "items": { "type": "object" } },
             "os_name": { "type": ["string", "null"], "description": "The ordered OS by name." },
+            "expiry": { "type": ["string", "null"], "description": "The server's ExpiryDate (YYYY-MM-DD) as status last said, once ready." },
             "notifications": { "type": "array", "description": "Admin view only: every delivery of the order's notices (id, channel, notice, event, state: queued | retrying | delivered | abandoned, attempts, last_error, created_at, delivered_at, next_at); resend one with POST .../notifications/{delivery}/resend.", "items": { "type": "object" } },
             "server": { "type": "object", "description": "Once a server is owned: what status last said (power Online/Offline, os, expiry, action_status, checked_at).", "properties": { "power": { "type": ["string", "null"] }, "os": { "type": ["string", "null"] }, "expiry": { "type": ["string", "null"] }, "action_status": { "type": ["string", "null"] }, "checked_at": { "type": ["string", "null"], "format": "date-time" } } },
             "actions": { "type": "array", "items": { "$ref": "#/components/schemas/ServerAction" } }
@@ -387,6 +388,56 @@ pub fn spec() -> Value {
                 }
             },
             "/api/v1/orders/{id}/actions": actions_path(),
+            "/api/v1/orders/{id}/renewals": {
+                "post": {
+                    "summary": "Take a paid renewal (storefront)",
+                    "description": "Signed as intake is. `{id}` is the order id or the storefront's order_ref. Idempotent on `renewal_ref` (unique across all renewals): a replayed webhook answers 200 with the first renewal and renews nothing again. The engine applies renewals one at a time per server with renewvps under policy.renew; an unknown outcome is settled by reading ExpiryDate, never by sending again blindly.",
+                    "security": [{ "storefrontSignature": [] }, { "storefrontSecret": [] }],
+                    "parameters": [id_param()],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["renewal_ref"], "additionalProperties": false, "properties": { "renewal_ref": { "type": "string", "maxLength": 128, "description": "The storefront's payment id for this renewal; must not start with admin:." } } } } } },
+                    "responses": {
+                        "201": { "description": "Queued.", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "200": { "description": "A replay: the renewal taken before (nothing renewed again).", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "401": error("No valid storefront signature."),
+                        "404": error("No such order (or not this storefront's)."),
+                        "409": error("The reference names another order's renewal, or the order is not ready."),
+                        "422": error("A bad field, named."),
+                        "429": error("Too many failed authentications from this address; see Retry-After.")
+                    }
+                }
+            },
+            "/api/v1/orders/{id}/renew": {
+                "post": {
+                    "summary": "Renew a server for a month (admin)",
+                    "description": "Queues a renewal worked as a paid one; who and why go on the timeline.",
+                    "security": [{ "adminToken": [] }],
+                    "parameters": [id_param()],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Reason" } } } },
+                    "responses": {
+                        "202": { "description": "Queued.", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "401": error("No valid admin token."),
+                        "404": error("No such order."),
+                        "409": error("The order is not ready."),
+                        "422": error("No reason.")
+                    }
+                }
+            },
+            "/api/v1/orders/{id}/cancel-service": {
+                "post": {
+                    "summary": "Cancel a server's service (admin or storefront)",
+                    "description": "The server is not renewed any more and the order ends terminated at its expiry; on the timeline with who and why. A storefront (signed) may cancel the orders it sent, naming them by id or order_ref.",
+                    "security": [{ "adminToken": [] }, { "storefrontSignature": [] }, { "storefrontSecret": [] }],
+                    "parameters": [id_param()],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Reason" } } } },
+                    "responses": {
+                        "200": { "description": "Cancelled.", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "401": error("No valid admin token or storefront signature."),
+                        "404": error("No such order."),
+                        "409": error("The order is not ready, or is being worked on (try again)."),
+                        "422": error("No reason.")
+                    }
+                }
+            },
             "/api/v1/orders/{id}/retry": {
                 "post": action(
                     "Retry a failed order",

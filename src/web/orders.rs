@@ -132,6 +132,7 @@ pub(super) async fn order(
             let timeline = queries.timeline(&id).await.map_err(ApiError::internal)?;
             let purchases = queries.purchases(&id).await.map_err(ApiError::internal)?;
             let mut view = OrderView::new(&order, Some(timeline), Some(purchases));
+            view.expiry = queries.expiry(&id).await.map_err(ApiError::internal)?;
             if order.state == OrderState::NeedsAttention {
                 view.candidates = Some(queries.candidates(&id).await.map_err(ApiError::internal)?);
             }
@@ -151,6 +152,12 @@ pub(super) async fn order(
             let mut view = OrderView::new(&order, None, None);
             view.failure = None;
             super::actions::add_server(&state, &order, &mut view).await?;
+            view.expiry = state
+                .engine
+                .queries()
+                .expiry(&id)
+                .await
+                .map_err(ApiError::internal)?;
             Ok(Json(view))
         }
     }

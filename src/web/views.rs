@@ -38,6 +38,8 @@ pub struct OrderView {
     pub updated_at: String,
     /// Ready at.
     pub ready_at: Option<String>,
+    /// The server's `ExpiryDate` as status last gave it (`YYYY-MM-DD`), once known.
+    pub expiry: Option<String>,
     /// Progress lines, oldest first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeline: Option<Vec<EntryView>>,
@@ -238,6 +240,7 @@ impl OrderView {
             created_at: ts(o.created_at),
             updated_at: ts(o.updated_at),
             ready_at: o.ready_at.map(ts),
+            expiry: None,
             timeline: timeline.map(|t| {
                 t.into_iter()
                     .map(|e| EntryView {

@@ -21,6 +21,7 @@ mod ops_web;
 mod outbox;
 mod pg;
 mod receivers;
+mod renewals;
 mod restart;
 mod security;
 mod seed_cases;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use provisioner::clock::Timestamp;
+use provisioner::domain::{CallOutcome, Renewal, RenewalState, ServerFacts, ServerTerm};
 use provisioner::domain::{
     EntryKind, NewOrder, NoticeKind, Order, OrderState, PackageId, PackageName, Phase,
     PurchaseIntent, PurchaseOutcome, Resolution, TimelineEntry,
@@ -23,7 +24,7 @@ use provisioner::store::postgres::PostgresStore;
 use provisioner::store::sqlite::SqliteStore;
 use provisioner::store::{
     AccessToken, Begun, Change, DeliveryResult, DeliveryState, Flight, FlightState, Intake, Lease,
-    NewDelivery, OrderFilter, OutcomeRecord, Recorded, Store, StoreError,
+    NewDelivery, OrderFilter, OutcomeRecord, Recorded, RenewalRequest, Store, StoreError,
 };
 
 use crate::helpers::request;
@@ -124,6 +125,7 @@ pub async fn suite(fresh: Fresh<'_>) {
     the_flight_is_taken_with_the_intent(fresh().await).await;
     a_save_records_the_outcome_first_and_keeps_it(fresh().await).await;
     a_dispatcher_round_is_two_commits(fresh().await).await;
+    renewals_are_idempotent_queued_and_never_buried(fresh().await).await;
 }
 
 /// `begin_purchase_in_flight`: the flight and the intent in one transaction, refused (with
@@ -1799,4 +1801,183 @@ async fn postgres_single_flight_holds_across_pools() {
             assert_eq!(holder, &granted[0], "everyone else sees the one holder");
         }
     }
+}
+
+/// A ready order with a server (and `expiry` as its last known ExpiryDate), idle.
+async fn ready_order(store: &dyn Store, order_ref: &str, expiry: &str) -> Order {
+    let mut o = order(order_ref, 5, at(0));
+    create(store, &o).await;
+    // Other orders may be due at the same moment: take this one's lease, whichever comes first.
+    let lease = store
+        .claim_due("w1", at(0), LEASE, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.order.id == o.id)
+        .map(|c| c.lease)
+        .expect("the new order is due");
+    o.begin_buying(at(1)).unwrap();
+    o.bought("10.9.9.9".parse().unwrap(), at(2)).unwrap();
+    o.ready(at(3)).unwrap();
+    let facts = ServerFacts {
+        expiry: Some(expiry.into()),
+        checked_at: Some(at(3)),
+        ..ServerFacts::default()
+    };
+    store
+        .save(
+            &lease,
+            &o,
+            Change {
+                facts: Some(facts),
+                ..Change::default()
+            },
+        )
+        .await
+        .unwrap();
+    store.order(&o.id).await.unwrap().unwrap()
+}
+
+async fn renewals_are_idempotent_queued_and_never_buried(store: Arc<dyn Store>) {
+    let o = ready_order(&*store, "pay-r", "2026-01-30").await;
+    assert_eq!(o.run_at, None, "a ready server idles");
+    let r = Renewal::new(
+        o.id.clone(),
+        "ren-1".into(),
+        "storefront:shop",
+        None,
+        at(10),
+    );
+    let first = match store
+        .request_renewal(&r, &line(at(10), "paid"))
+        .await
+        .unwrap()
+    {
+        RenewalRequest::Created(stored) => stored,
+        other => panic!("expected Created, got {other:?}"),
+    };
+    assert!(first.id > 0 && first.is_open());
+    assert_eq!(
+        store.order(&o.id).await.unwrap().unwrap().run_at,
+        Some(at(10))
+    );
+    match store
+        .request_renewal(&r, &line(at(11), "replay"))
+        .await
+        .unwrap()
+    {
+        RenewalRequest::Existing(again) => assert_eq!(again.id, first.id),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    let other = order("pay-other", 5, at(0));
+    create(&*store, &other).await;
+    let foreign = Renewal::new(
+        other.id.clone(),
+        "ren-1".into(),
+        "storefront:shop",
+        None,
+        at(12),
+    );
+    assert!(matches!(
+        store
+            .request_renewal(&foreign, &line(at(12), "x"))
+            .await
+            .unwrap(),
+        RenewalRequest::Conflict(_)
+    ));
+    let fresh_ref = Renewal::new(
+        other.id.clone(),
+        "ren-2".into(),
+        "storefront:shop",
+        None,
+        at(12),
+    );
+    assert!(matches!(
+        store
+            .request_renewal(&fresh_ref, &line(at(12), "x"))
+            .await
+            .unwrap(),
+        RenewalRequest::NotRenewable(OrderState::Queued)
+    ));
+    assert_eq!(store.renewals(&o.id).await.unwrap(), vec![first.clone()]);
+
+    // A worker that read the renewals, then saw another one arrive, cannot bury it.
+    let (lease, mut worked) = store
+        .claim_due("w2", at(20), LEASE, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.order.id == o.id)
+        .map(|c| (c.lease, c.order))
+        .unwrap();
+    let second = Renewal::new(
+        o.id.clone(),
+        "ren-3".into(),
+        "storefront:shop",
+        None,
+        at(21),
+    );
+    assert!(matches!(
+        store
+            .request_renewal(&second, &line(at(21), "paid"))
+            .await
+            .unwrap(),
+        RenewalRequest::Created(_)
+    ));
+    let mut done = first.clone();
+    done.attempts = 1;
+    done.sent_at = Some(at(20));
+    done.outcome = Some(CallOutcome::Succeeded);
+    done.expiry_before = Some("2026-01-30".into());
+    done.finish(RenewalState::Done, "renewed", at(22));
+    worked
+        .schedule_server_work(Some(at(86_400)), at(22))
+        .unwrap();
+    let term = ServerTerm {
+        reminded_for: Some("2026-01-30".into()),
+        ..ServerTerm::default()
+    };
+    store
+        .save(
+            &lease,
+            &worked,
+            Change {
+                renewal: Some(done.clone()),
+                term: Some(term.clone()),
+                renewals_seen: Some(first.id),
+                ..Change::default()
+            },
+        )
+        .await
+        .unwrap();
+    let saved = store.order(&o.id).await.unwrap().unwrap();
+    assert_eq!(saved.run_at, Some(at(22)), "the new renewal keeps it due");
+    let all = store.renewals(&o.id).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0], done);
+    assert!(all[1].is_open());
+    assert_eq!(store.server_term(&o.id).await.unwrap(), Some(term));
+
+    // Expiring servers, soonest first; the sweep wakes only idle ones.
+    let later = ready_order(&*store, "pay-later", "2026-03-01").await;
+    let soon = store.expiring("2026-02-01", 10).await.unwrap();
+    assert_eq!(soon.len(), 1);
+    assert_eq!(
+        (soon[0].order_id.clone(), soon[0].expiry.as_str()),
+        (o.id.clone(), "2026-01-30")
+    );
+    assert_eq!(store.expiring("2026-12-31", 10).await.unwrap().len(), 2);
+    assert_eq!(
+        store.wake_expiring("2026-12-31", at(30), 10).await.unwrap(),
+        1,
+        "o is already due"
+    );
+    assert_eq!(
+        store.order(&later.id).await.unwrap().unwrap().run_at,
+        Some(at(30))
+    );
+    assert_eq!(
+        store.wake_expiring("2026-12-31", at(31), 10).await.unwrap(),
+        0
+    );
 }

@@ -176,6 +176,38 @@ impl Store for Counting {
     ) -> Result<Option<crate::domain::ServerFacts>, StoreError> {
         self.inner.server_facts(id).await
     }
+    async fn request_renewal(
+        &self,
+        renewal: &crate::domain::Renewal,
+        entry: &crate::domain::TimelineEntry,
+    ) -> Result<crate::store::RenewalRequest, StoreError> {
+        self.commit();
+        self.inner.request_renewal(renewal, entry).await
+    }
+    async fn renewals(&self, id: &OrderId) -> Result<Vec<crate::domain::Renewal>, StoreError> {
+        self.inner.renewals(id).await
+    }
+    async fn server_term(
+        &self,
+        id: &OrderId,
+    ) -> Result<Option<crate::domain::ServerTerm>, StoreError> {
+        self.inner.server_term(id).await
+    }
+    async fn expiring(
+        &self,
+        until: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::store::Expiring>, StoreError> {
+        self.inner.expiring(until, limit).await
+    }
+    async fn wake_expiring(
+        &self,
+        until: &str,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        self.inner.wake_expiring(until, now, limit).await
+    }
     async fn admin_save(
         &self,
         order: &Order,

@@ -206,6 +206,41 @@ impl Store for CrashingStore {
     ) -> Result<Option<crate::domain::ServerFacts>, StoreError> {
         self.0.server_facts(id).await
     }
+    async fn request_renewal(
+        &self,
+        renewal: &crate::domain::Renewal,
+        entry: &crate::domain::TimelineEntry,
+    ) -> Result<crate::store::RenewalRequest, StoreError> {
+        tick()?;
+        self.0.request_renewal(renewal, entry).await
+    }
+    async fn renewals(&self, id: &OrderId) -> Result<Vec<crate::domain::Renewal>, StoreError> {
+        tick()?;
+        self.0.renewals(id).await
+    }
+    async fn server_term(
+        &self,
+        id: &OrderId,
+    ) -> Result<Option<crate::domain::ServerTerm>, StoreError> {
+        tick()?;
+        self.0.server_term(id).await
+    }
+    async fn expiring(
+        &self,
+        until: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::store::Expiring>, StoreError> {
+        self.0.expiring(until, limit).await
+    }
+    async fn wake_expiring(
+        &self,
+        until: &str,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        tick()?;
+        self.0.wake_expiring(until, now, limit).await
+    }
     async fn admin_save(
         &self,
         order: &Order,

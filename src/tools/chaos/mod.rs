@@ -7,6 +7,7 @@
 //! with its seed and can be reproduced with `bench strategies --seed`.
 
 mod crash;
+pub mod renewals;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
