@@ -756,8 +756,19 @@ impl AdminService {
                 ),
             ));
         }
+        // An install of the ordered OS still pending ends with the order, so no panel shows it
+        // in progress (a cancelled order is never worked again).
+        let action = self.store.open_action(id).await?.map(|mut a| {
+            a.finish(
+                crate::domain::ActionState::Failed,
+                format!("the order was cancelled by {actor}"),
+                now,
+            );
+            a
+        });
         let change = Change {
             entries,
+            action,
             // The storefront refunds or closes it, and the customer is told.
             notices: vec![NoticeKind::Cancelled],
             ..Change::default()

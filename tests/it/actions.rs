@@ -309,3 +309,51 @@ async fn actions_are_limited_per_server_per_hour_and_refused_before_ready() {
     w.clock.sleep(secs(3600)).await;
     ask(&w, &o, ActionKind::Start).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_an_order_mid_install_ends_its_install_too() {
+    let w = world();
+    w.sim
+        .set_install_time(provisioner::domain::PackageId(PKG), secs(1800))
+        .unwrap();
+    let o = accept_for(&w, "win-cancel", "2019").await;
+    for _ in 0..100 {
+        w.engine.run_due_once().await.unwrap();
+        if w.order(&o.id).await.state == OrderState::InstallingOs
+            && w.store
+                .open_action(&o.id)
+                .await
+                .unwrap()
+                .is_some_and(|a| a.install_started_at.is_some())
+        {
+            break;
+        }
+        if let Some(at) = w.store.next_due().await.unwrap() {
+            let now = w.clock.now();
+            if at > now {
+                w.clock.sleep(at.since(now)).await;
+            }
+        }
+    }
+    assert_eq!(w.order(&o.id).await.state, OrderState::InstallingOs);
+    let refused = w
+        .engine
+        .admin()
+        .cancel(&o.id, "alice", "refunded")
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("server"),
+        "the owned server is the evidence: {refused}"
+    );
+    w.engine
+        .admin()
+        .cancel_with(&o.id, "alice", "refunded", true)
+        .await
+        .unwrap();
+    assert_eq!(w.order(&o.id).await.state, OrderState::Cancelled);
+    let a = last_action(&w, &o).await;
+    assert_eq!(a.state, ActionState::Failed);
+    assert!(a.result.unwrap().contains("cancelled by alice"));
+    assert!(w.store.open_action(&o.id).await.unwrap().is_none());
+}
