@@ -981,23 +981,11 @@ async fn retry(
     Path(id): Path<String>,
     Form(form): Form<ReasonForm>,
 ) -> Response {
-    let id = match checked_order(&user, form.csrf.as_deref(), &id) {
-        Ok(id) => id,
-        Err(refused) => return refused.into_response(),
-    };
-    let reason = form.reason.unwrap_or_default();
-    let result = state
-        .engine
-        .retry(&id, &user.name, &reason)
-        .await
-        .map(|_| ())
-        .map_err(ApiError::from);
-    let sticky = Sticky {
-        form: "retry",
-        reason,
-        ..Sticky::default()
-    };
-    after(&state, &user, &id, sticky, result).await
+    let (engine, name) = (&state.engine, &user.name);
+    reason_form(&state, &user, &id, form, "retry", |id, reason| async move {
+        engine.retry(&id, name, &reason).await.map(|_| ())
+    })
+    .await
 }
 
 async fn mark_resolved(
@@ -1006,23 +994,47 @@ async fn mark_resolved(
     Path(id): Path<String>,
     Form(form): Form<ReasonForm>,
 ) -> Response {
-    let id = match checked_order(&user, form.csrf.as_deref(), &id) {
+    let (engine, name) = (&state.engine, &user.name);
+    reason_form(
+        &state,
+        &user,
+        &id,
+        form,
+        "mark-resolved",
+        |id, reason| async move { engine.mark_resolved(&id, name, &reason).await.map(|_| ()) },
+    )
+    .await
+}
+
+/// An order form that carries only a reason: the CSRF and id gate, `act`, and back to the
+/// order page (or the page again with the refusal and the reason as typed).
+async fn reason_form<F, Fut, E>(
+    state: &AppState,
+    user: &DashboardUser,
+    id: &str,
+    form: ReasonForm,
+    name: &'static str,
+    act: F,
+) -> Response
+where
+    F: FnOnce(OrderId, String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    ApiError: From<E>,
+{
+    let id = match checked_order(user, form.csrf.as_deref(), id) {
         Ok(id) => id,
         Err(refused) => return refused.into_response(),
     };
     let reason = form.reason.unwrap_or_default();
-    let result = state
-        .engine
-        .mark_resolved(&id, &user.name, &reason)
+    let result = act(id.clone(), reason.clone())
         .await
-        .map(|_| ())
         .map_err(ApiError::from);
     let sticky = Sticky {
-        form: "mark-resolved",
+        form: name,
         reason,
         ..Sticky::default()
     };
-    after(&state, &user, &id, sticky, result).await
+    after(state, user, &id, sticky, result).await
 }
 
 /// The change-address form.
@@ -1474,23 +1486,11 @@ async fn renew(
     Path(id): Path<String>,
     Form(form): Form<ReasonForm>,
 ) -> Response {
-    let id = match checked_order(&user, form.csrf.as_deref(), &id) {
-        Ok(id) => id,
-        Err(refused) => return refused.into_response(),
-    };
-    let reason = form.reason.unwrap_or_default();
-    let result = state
-        .engine
-        .admin_renewal(&id, &user.name, &reason)
-        .await
-        .map(|_| ())
-        .map_err(ApiError::from);
-    let sticky = Sticky {
-        form: "renew",
-        reason,
-        ..Sticky::default()
-    };
-    after(&state, &user, &id, sticky, result).await
+    let (engine, name) = (&state.engine, &user.name);
+    reason_form(&state, &user, &id, form, "renew", |id, reason| async move {
+        engine.admin_renewal(&id, name, &reason).await.map(|_| ())
+    })
+    .await
 }
 
 async fn cancel_service(
@@ -1499,23 +1499,16 @@ async fn cancel_service(
     Path(id): Path<String>,
     Form(form): Form<ReasonForm>,
 ) -> Response {
-    let id = match checked_order(&user, form.csrf.as_deref(), &id) {
-        Ok(id) => id,
-        Err(refused) => return refused.into_response(),
-    };
-    let reason = form.reason.unwrap_or_default();
-    let actor = format!("admin:{}", user.name);
-    let result = state
-        .engine
-        .cancel_service(&id, &actor, &reason)
-        .await
-        .map_err(ApiError::from);
-    let sticky = Sticky {
-        form: "cancel-service",
-        reason,
-        ..Sticky::default()
-    };
-    after(&state, &user, &id, sticky, result).await
+    let (engine, actor) = (&state.engine, format!("admin:{}", user.name));
+    reason_form(
+        &state,
+        &user,
+        &id,
+        form,
+        "cancel-service",
+        |id, reason| async move { engine.cancel_service(&id, &actor, &reason).await },
+    )
+    .await
 }
 
 #[derive(Template)]
