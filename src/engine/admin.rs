@@ -834,7 +834,10 @@ impl AdminService {
     /// The failed orders `filter` matches (its state is forced to failed, its paging ignored),
     /// up to [`MAX_BULK`], listed before any is changed: acting on one moves it out of the
     /// failed state, which would shift a paged read under our feet.
-    async fn failed_matching(&self, filter: &OrderFilter) -> Result<Vec<Order>, StoreError> {
+    pub(super) async fn failed_matching(
+        &self,
+        filter: &OrderFilter,
+    ) -> Result<Vec<Order>, StoreError> {
         let mut out = Vec::new();
         let page = 500;
         loop {

@@ -28,31 +28,16 @@ pub struct QueueItem {
     pub error: Option<String>,
 }
 
-/// The failed orders of `phase` (all when `None`), oldest page first.
+/// The failed orders of `phase` (all when `None`), as the dashboard's bulk actions list them.
 async fn failed_orders(
     admin: &AdminService,
     phase: Option<Phase>,
 ) -> Result<Vec<Order>, AdminError> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let filter = OrderFilter {
-            state: Some(OrderState::Failed),
-            limit: Some(500),
-            offset: Some(offset),
-            ..OrderFilter::default()
-        };
-        let page = admin.store.orders(&filter).await?;
-        let full = page.len() == filter.page_size();
-        offset += page.len();
-        out.extend(
-            page.into_iter()
-                .filter(|o| phase.is_none_or(|p| o.failure.as_ref().map(|f| f.phase) == Some(p))),
-        );
-        if !full {
-            return Ok(out);
-        }
-    }
+    let filter = OrderFilter {
+        phase,
+        ..OrderFilter::default()
+    };
+    Ok(admin.failed_matching(&filter).await?)
 }
 
 fn item(o: &Order, outcome: &'static str, error: Option<String>) -> QueueItem {
