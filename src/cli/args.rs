@@ -347,6 +347,10 @@ pub enum BenchCommand {
         /// Random seed.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Leave out the renewal row (its simulation runs ~100 days per server and takes
+        /// longer than the purchase runs).
+        #[arg(long)]
+        skip_renewals: bool,
     },
     /// Orders per second through the whole pipeline on one database, against that database's
     /// raw commit rate; claim-to-commit latency; peak RSS; RSS of a serve process with orders

@@ -139,16 +139,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::cli::operator::catalog(&catalog, action, json).await
         }
         Command::Bench {
-            which: BenchCommand::Strategies { orders, seed },
+            which:
+                BenchCommand::Strategies {
+                    orders,
+                    seed,
+                    skip_renewals,
+                },
         } => {
             #[cfg(feature = "bench")]
             {
-                crate::tools::bench_strategies::strategies(orders, seed).await?;
+                crate::tools::bench_strategies::strategies(orders, seed, !skip_renewals).await?;
                 Ok(ExitCode::SUCCESS)
             }
             #[cfg(not(feature = "bench"))]
             {
-                let _ = (orders, seed);
+                let _ = (orders, seed, skip_renewals);
                 anyhow::bail!(
                     "`bench strategies` runs on virtual time, which this build leaves out; \
                      rebuild with `cargo run --release --features bench -- bench strategies`"

@@ -171,6 +171,10 @@ pub struct Purchase {
     /// A success that arrived after the intent was already marked unknown (a stale worker's
     /// reply): evidence for reconciliation, never lost.
     pub late_ip: Option<Ipv4Addr>,
+    /// The package's free count read by the reconciliation that settled this purchase (after
+    /// its horizon), when one did: with `stock_before`, whether the package can have run dry
+    /// while the purchase could complete.
+    pub stock_after: Option<u32>,
 }
 
 fn ser_display<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -287,6 +291,7 @@ mod tests {
             decided_at: None,
             resolution,
             late_ip: None,
+            stock_after: None,
         }
     }
 

@@ -416,6 +416,7 @@ impl Step<'_> {
             decided_at: Some(self.now()),
             resolution: None,
             late_ip: None,
+            stock_after: None,
         };
         self.after_unknown(&purchase).await
     }

@@ -16,13 +16,11 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-
 use super::EngineError;
 use super::buy::StockRead;
 use super::step::Step;
 use crate::clock::Timestamp;
-use crate::domain::{Discovered, OrderId, Purchase, PurchaseOutcome, Resolution};
+use crate::domain::{Discovered, OrderId, Purchase, Resolution};
 use crate::provider::{CallContext, Outcome};
 use crate::store::OrderFilter;
 
@@ -34,6 +32,18 @@ pub const SCAN_CONCURRENCY: usize = 64;
 pub const SCAN_RATE_PER_SEC: u32 = 32;
 /// How far back rival purchases are looked for, by their order's creation.
 const RIVAL_LOOKBACK: Duration = Duration::from_secs(24 * 3600);
+/// Definite `error` replies an address must give, in separate rounds, before a scan with no
+/// candidate may conclude that nothing was bought: `error` also means a failure, so one server
+/// of ours hides behind all of them only if status failed for it this many times running.
+pub const NEGATIVE_READS: u32 = 4;
+/// Status calls a scan makes at most for one address: its `error` reads and a few re-reads
+/// after calls with no definite answer.
+const MAX_READS: u32 = NEGATIVE_READS + 3;
+/// The least time between two reads of one address, so a re-read is a later read.
+const REREAD_GAP: Duration = Duration::from_secs(5);
+/// The longest wait for the stock list read again after a scan (the scan leaves at least the
+/// status timeout of the lease free).
+const STOCK_REREAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time kept free at the end of the lease for the step's write after a scan.
 const SCAN_WRITE_MARGIN: Duration = Duration::from_secs(5);
 /// A server bought by a purchase expires one term after it; a month is 28 to 31 days, and the
@@ -47,6 +57,13 @@ pub(super) enum Discovery {
         /// Its address.
         ip: Ipv4Addr,
         /// The evidence, in words, for the timeline.
+        evidence: String,
+    },
+    /// A complete scan found no candidate, each address answered `error` in
+    /// [`NEGATIVE_READS`] separate rounds, and the package's stock fell but did not run dry (so
+    /// SmartVPS had no reason to place the purchase in another package): nothing was bought.
+    NotBought {
+        /// The evidence, in words, for the ledger.
         evidence: String,
     },
     /// An admin must decide; the evidence lists the candidates, if any.
@@ -75,10 +92,13 @@ impl Step<'_> {
             });
         };
         let store = &self.engine.store;
+        // A server an earlier scan saw before this purchase was sent cannot be its; one first seen
+        // since (by another order's scan) still can, so it is read again.
         let known: HashSet<Ipv4Addr> = store
             .discovered(self.order.package_id)
             .await?
             .into_iter()
+            .filter(|d| d.first_seen < purchase.sent_at)
             .map(|d| d.ip)
             .collect();
         let mut to_scan = Vec::with_capacity(addresses.len());
@@ -97,7 +117,12 @@ impl Step<'_> {
                 to_scan.len()
             ),
         );
-        let scan = self.scan(purchase.attempt, &to_scan).await;
+        let ordered_ram = self.order.ram_gb.get();
+        let sent_at = purchase.sent_at;
+        let wanted = |ram: Option<u32>, expiry: Option<&str>| {
+            ram.is_none_or(|r| r == ordered_ram) && expiry.is_none_or(|e| expiry_fits(e, sent_at))
+        };
+        let scan = self.scan(purchase.attempt, &to_scan, wanted).await;
         metrics::counter!("provisioner_discovery_calls_total").increment(scan.calls as u64);
         let now = self.now();
         let mut found: Vec<Discovered> = scan
@@ -112,27 +137,23 @@ impl Step<'_> {
                 candidate_for: None,
             })
             .collect();
-        let ordered_ram = self.order.ram_gb.get();
-        let candidate = |d: &Discovered| {
-            d.ram_gb.is_none_or(|r| r == ordered_ram)
-                && d.expiry
-                    .as_deref()
-                    .is_none_or(|e| expiry_fits(e, purchase.sent_at))
-        };
+        let candidate = |d: &Discovered| wanted(d.ram_gb, d.expiry.as_deref());
         let candidates: Vec<Ipv4Addr> = found
             .iter()
             .filter(|d| candidate(d))
             .map(|d| d.ip)
             .collect();
+        let after = read.entry.as_ref().map(|e| e.free);
         let fell = matches!(
-            (purchase.stock_before, read.entry.as_ref().map(|e| e.free)),
+            (purchase.stock_before, after),
             (Some(before), Some(after)) if after < before
         );
         let complete = scan.unread.is_empty();
         let summary = format!(
-            "scanned {} of {} address(es) in {}: {} server(s) of ours found, {} candidate(s){}",
+            "scanned {} of {} address(es) with {} status call(s) in {}: {} server(s) of ours found, {} candidate(s){}",
             to_scan.len() - scan.unread.len(),
             to_scan.len(),
+            scan.calls,
             humantime::format_duration(Duration::from_secs(now.since(started).as_secs())),
             found.len(),
             candidates.len(),
@@ -153,7 +174,35 @@ impl Step<'_> {
                 .iter()
                 .find(|d| d.ip == candidates[0])
                 .and_then(|d| d.ram_gb);
-            self.rival_purchases(purchase, ram).await?
+            // A server seen (by an earlier scan, or by this one) existed then: a purchase sent
+            // later cannot be its.
+            let earlier = store
+                .discovered(self.order.package_id)
+                .await?
+                .into_iter()
+                .find(|d| d.ip == candidates[0])
+                .map(|d| d.first_seen);
+            let seen_since = [earlier, scan.found_at.get(&candidates[0]).copied()]
+                .into_iter()
+                .flatten()
+                .min();
+            // The stock list read again now, after every purchase that could have completed
+            // before the candidate was seen: whether their packages ran dry.
+            let fresh = match self
+                .engine
+                .provider
+                .ipstock(self.policy().buy.timeout.min(STOCK_REREAD_TIMEOUT))
+                .await
+            {
+                Outcome::Succeeded(list) => Some(
+                    list.into_iter()
+                        .map(|e| (e.id, e.free))
+                        .collect::<std::collections::HashMap<_, _>>(),
+                ),
+                Outcome::Rejected(_) | Outcome::Unknown(_) => None,
+            };
+            self.rival_purchases(purchase, candidates[0], ram, seen_since, fresh.as_ref())
+                .await?
         } else {
             Vec::new()
         };
@@ -167,6 +216,29 @@ impl Step<'_> {
                 evidence: format!(
                     "{summary}; {ip} is on our account, in the package, with the ordered {ordered_ram} GB, owned by no order and not \
                      seen by any earlier scan, and the package's stock fell: it is the server attempt {} bought",
+                    purchase.attempt
+                ),
+            });
+        }
+        // Absence, from a scan that is complete and whose every `error` was read again: the
+        // server would have to hide behind NEGATIVE_READS failed reads in a row. With the stock
+        // evidence beside it (it fell, so it was not restocked, and it is still above zero, so
+        // SmartVPS had no cause to place the purchase in another package), nothing was bought.
+        if candidates.is_empty()
+            && complete
+            && scan.unconfirmed == 0
+            && fell
+            && after.is_some_and(|a| a > 0)
+        {
+            store.record_discovered(&found).await?;
+            metrics::counter!("provisioner_discovery_scans_total", "result" => "not_bought")
+                .increment(1);
+            return Ok(Discovery::NotBought {
+                evidence: format!(
+                    "{summary}; every other address answered `error` (not a server of ours) {NEGATIVE_READS} times in separate \
+                     rounds, more than {} after attempt {} was sent, and the package's stock fell without running dry: nothing was \
+                     bought",
+                    humantime::format_duration(self.policy().horizon),
                     purchase.attempt
                 ),
             });
@@ -185,7 +257,14 @@ impl Step<'_> {
         metrics::counter!("provisioner_discovery_scans_total", "result" => result).increment(1);
         let listed: Vec<String> = candidates.iter().map(ToString::to_string).collect();
         let why = match (candidates.len(), complete, fell) {
-            (0, _, _) => "no candidate: the server may hide behind a failed status read, or the stock moved for another reseller".to_string(),
+            (0, true, true) if scan.unconfirmed > 0 => format!(
+                "no candidate, but {} address(es) answered `error` fewer than {NEGATIVE_READS} times, so the server may hide behind \
+                 a failed status read",
+                scan.unconfirmed
+            ),
+            (0, true, true) => "no candidate, but the package's stock ran dry, so SmartVPS may have placed the purchase in another package".to_string(),
+            (0, true, false) => "no candidate, and the package's stock did not fall (a restock, or no reading): the purchase may have been placed in another package".to_string(),
+            (0, false, _) => "no candidate, but the scan is incomplete: the server may be among the unread addresses".to_string(),
             (1, true, true) => format!(
                 "one candidate, but the unsettled purchases of order(s) {} could have bought it too",
                 rivals.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
@@ -206,15 +285,22 @@ impl Step<'_> {
         })
     }
 
-    /// Other orders, with the candidate's RAM when status reported it, with a purchase whose
-    /// outcome was never a definite answer and that is still open (in flight, or with an admin),
-    /// or was judged "not bought" within a horizon of this one (SmartVPS can put a purchase in
-    /// another package, leaving the asked package's stock unchanged): each could own the server
-    /// this scan found. Orders created more than a day before this purchase are not looked at.
+    /// Other orders, with the candidate's RAM when status reported it, with a purchase that may
+    /// have bought a server nobody accounted for: still open (in flight, or unknown and with an
+    /// admin), or retried blindly within a horizon of this one. Each could own the server this
+    /// scan found (SmartVPS puts a purchase in another package when the one asked for runs dry,
+    /// so a purchase of any package). A purchase settled as not bought is none: the evidence
+    /// that settled it (the stock, or a confirmed negative scan) says it bought nothing
+    /// anywhere. Neither is one sent after the candidate was first seen (`seen_since`), nor
+    /// one of another package that the stock list (`read`) shows never ran dry. Orders
+    /// created more than a day before this purchase are not looked at.
     async fn rival_purchases(
         &self,
         purchase: &Purchase,
+        candidate: Ipv4Addr,
         ram: Option<u32>,
+        seen_since: Option<Timestamp>,
+        fresh: Option<&std::collections::HashMap<crate::domain::PackageId, u32>>,
     ) -> Result<Vec<OrderId>, EngineError> {
         let horizon = self.policy().horizon;
         let (from, to) = (
@@ -250,13 +336,29 @@ impl Step<'_> {
                 .await?
                 .iter()
                 .any(|p| {
-                    let unanswered =
-                        matches!(p.outcome, None | Some(PurchaseOutcome::Unknown { .. }))
-                            && !matches!(p.resolution, Some(Resolution::Adopted { .. }));
-                    // Still open (in flight or with an admin): its server may be any unowned one
-                    // found since, however long ago it was sent. Settled as not bought: only a
-                    // server that appeared within its horizon can be its.
-                    unanswered && (p.is_open_unknown() || (p.sent_at >= from && p.sent_at <= to))
+                    let may_own = p.is_open_unknown()
+                        || (matches!(p.resolution, Some(Resolution::RetriedBlindly))
+                            && p.sent_at >= from
+                            && p.sent_at <= to);
+                    // A purchase of another package lands in this one only if its own package ran
+                    // dry while it could complete. Free above zero when it was sent and when
+                    // read after its horizon (by its reconciliation) or now (still open, so
+                    // anything it bought exists now), and no higher (a restock, which follows a
+                    // dry-out, brings the count above where it was): it never did.
+                    let after = p
+                        .stock_after
+                        .or_else(|| fresh.and_then(|f| f.get(&p.package_id).copied()));
+                    let never_dry = p.package_id != self.order.package_id
+                        && matches!(
+                            (p.stock_before, after),
+                            (Some(before), Some(after)) if after > 0 && after <= before
+                        );
+                    // A late reply named the server it bought: that one, no other.
+                    let named_other = p.late_ip.is_some_and(|ip| ip != candidate);
+                    may_own
+                        && !never_dry
+                        && !named_other
+                        && seen_since.is_none_or(|seen| p.sent_at <= seen)
                 });
             if unanswered {
                 rivals.push(other.id);
@@ -265,62 +367,114 @@ impl Step<'_> {
         Ok(rivals)
     }
 
-    /// Calls status for each address, [`SCAN_CONCURRENCY`] at a time and at most
-    /// [`SCAN_RATE_PER_SEC`] started a second, until the step's lease budget runs out.
-    async fn scan(&self, attempt: u32, addresses: &[Ipv4Addr]) -> Scan {
+    /// Reads every address until it gives a definite answer: found (a server of ours), or
+    /// `error` [`NEGATIVE_READS`] times with [`REREAD_GAP`] between reads, while no server
+    /// passing `wanted` was found (once one is, a single `error` is enough: presence is proven).
+    /// An address with no definite answer (a timeout, a 5xx) is read again, at most
+    /// [`MAX_READS`] reads each. Each address goes at its own pace; all of them share
+    /// [`SCAN_CONCURRENCY`] calls in flight and [`SCAN_RATE_PER_SEC`] starts a second, and no
+    /// call starts that could end after the lease's budget.
+    async fn scan(
+        &self,
+        attempt: u32,
+        addresses: &[Ipv4Addr],
+        wanted: impl Fn(Option<u32>, Option<&str>) -> bool,
+    ) -> Scan {
         let clock = &self.engine.clock;
         let provider = &self.engine.provider;
-        let timeout = self.policy().status.timeout.min(Duration::from_secs(30));
+        let timeout = self.policy().status.timeout;
         // Every call must end, timeout included, before the lease lapses, leaving a few seconds
         // for the step's own write: a call that could not is not started.
         let budget_end = self.lease_expires_at().minus(timeout + SCAN_WRITE_MARGIN);
         let ctx = CallContext::for_order(&self.order.id, attempt);
         let pace = Duration::from_secs(1) / SCAN_RATE_PER_SEC;
-        let began = clock.now();
-        let results: Vec<(Ipv4Addr, Option<Outcome<crate::provider::ServerStatus>>)> =
-            futures_util::stream::iter(addresses.iter().copied().enumerate())
-                .map(|(i, ip)| {
-                    let ctx = ctx.clone();
-                    let delay = pace * u32::try_from(i).unwrap_or(u32::MAX);
-                    async move {
-                        if began.plus(delay) >= budget_end {
-                            return (ip, None);
-                        }
-                        clock
-                            .sleep(delay.saturating_sub(clock.now().since(began)))
-                            .await;
-                        if clock.now() >= budget_end {
-                            return (ip, None);
-                        }
-                        (ip, Some(provider.status(&ctx, ip, timeout).await))
+        let next_start = std::sync::Mutex::new(clock.now());
+        let in_flight = tokio::sync::Semaphore::new(SCAN_CONCURRENCY);
+        let hunting = std::sync::atomic::AtomicBool::new(true);
+        let chains = addresses.iter().copied().map(|ip| {
+            let (ctx, next_start, in_flight, hunting, wanted) =
+                (&ctx, &next_start, &in_flight, &hunting, &wanted);
+            async move {
+                let mut read = AddressRead::default();
+                while read.calls < MAX_READS {
+                    let at = {
+                        let mut next = next_start
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let at = (*next).max(clock.now());
+                        *next = at.plus(pace);
+                        at
+                    };
+                    if at >= budget_end {
+                        break;
                     }
-                })
-                .buffer_unordered(SCAN_CONCURRENCY)
-                .collect()
-                .await;
+                    clock.sleep(at.since(clock.now())).await;
+                    let outcome = {
+                        let Ok(_permit) = in_flight.acquire().await else {
+                            break;
+                        };
+                        if clock.now() >= budget_end {
+                            break;
+                        }
+                        provider.status(ctx, ip, timeout).await
+                    };
+                    read.calls += 1;
+                    match outcome {
+                        Outcome::Succeeded(status) => {
+                            let ram = status.ram.as_deref().and_then(|r| {
+                                r.trim_end_matches(|c: char| !c.is_ascii_digit())
+                                    .parse()
+                                    .ok()
+                            });
+                            if wanted(ram, status.expiry.as_deref()) {
+                                hunting.store(false, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            read.found = Some((ram, status.expiry.clone(), clock.now()));
+                            break;
+                        }
+                        Outcome::Rejected(_) => {
+                            read.errors += 1;
+                            if read.errors >= NEGATIVE_READS
+                                || !hunting.load(std::sync::atomic::Ordering::Relaxed)
+                            {
+                                break;
+                            }
+                            clock.sleep(REREAD_GAP).await;
+                        }
+                        Outcome::Unknown(_) => {}
+                    }
+                }
+                (ip, read)
+            }
+        });
+        let reads: Vec<(Ipv4Addr, AddressRead)> = futures_util::future::join_all(chains).await;
         let mut scan = Scan::default();
-        for (ip, outcome) in results {
-            match outcome {
-                None => scan.unread.push(ip),
-                Some(Outcome::Succeeded(status)) => {
-                    scan.calls += 1;
-                    let ram = status.ram.as_deref().and_then(|r| {
-                        r.trim_end_matches(|c: char| !c.is_ascii_digit())
-                            .parse()
-                            .ok()
-                    });
-                    scan.found.push((ip, ram, status.expiry.clone()));
+        for (ip, read) in reads {
+            scan.calls += read.calls as usize;
+            match read.found {
+                Some((ram, expiry, at)) => {
+                    scan.found.push((ip, ram, expiry));
+                    scan.found_at.insert(ip, at);
                 }
-                Some(Outcome::Rejected(_)) => scan.calls += 1,
-                Some(Outcome::Unknown(_)) => {
-                    scan.calls += 1;
-                    scan.unread.push(ip);
-                }
+                None if read.errors == 0 => scan.unread.push(ip),
+                None if read.errors < NEGATIVE_READS => scan.unconfirmed += 1,
+                None => {}
             }
         }
         scan.found.sort_by_key(|f| f.0);
         scan
     }
+}
+
+/// What a scan learnt of one address.
+#[derive(Default)]
+struct AddressRead {
+    /// Status calls made for it.
+    calls: u32,
+    /// `error` replies.
+    errors: u32,
+    /// RAM (GB), expiry and when status answered, for a server of ours.
+    found: Option<(Option<u32>, Option<String>, Timestamp)>,
 }
 
 /// What a scan read.
@@ -330,6 +484,10 @@ struct Scan {
     found: Vec<(Ipv4Addr, Option<u32>, Option<String>)>,
     /// Addresses with no definite answer (a timeout, a 5xx, the budget ran out).
     unread: Vec<Ipv4Addr>,
+    /// Addresses that answered `error` fewer than [`NEGATIVE_READS`] times.
+    unconfirmed: usize,
+    /// When status first answered for each server found.
+    found_at: std::collections::HashMap<Ipv4Addr, Timestamp>,
     /// Status calls made.
     calls: usize,
 }

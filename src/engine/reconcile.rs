@@ -2,16 +2,21 @@
 //! offers (a late reply, then the package's stock) before anything is bought again.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use super::EngineError;
 use super::buy::{StockRead, unknown_reason};
 use super::discover::Discovery;
-use super::step::{Step, Then};
+use super::step::{Keep, Step, Then};
 use crate::clock::Timestamp;
 use crate::domain::{Purchase, Resolution};
 use crate::policy::OnUnknown;
 use crate::policy::next::{self, BuySetback, Next};
 use crate::provider::Outcome;
+use crate::store::Change;
+
+/// Lease kept free beyond the calls of an attempt, for its writes.
+const LEASE_SLACK: Duration = Duration::from_secs(10);
 
 /// What a stock read says about an unknown purchase.
 enum Verdict {
@@ -130,6 +135,8 @@ impl Step<'_> {
         now: Timestamp,
     ) -> Result<Then, EngineError> {
         let n = purchase.attempt;
+        let mut scanned = false;
+        self.settling_stock = read.entry.as_ref().map(|e| e.free);
         let setback = match verdict(purchase, &read) {
             Verdict::NotBought(evidence) => {
                 self.progress.line(
@@ -147,6 +154,7 @@ impl Step<'_> {
             Verdict::Moved(evidence) => {
                 self.progress
                     .warn(now, format!("🔎 Reconciled attempt {n}: {evidence}"));
+                scanned = true;
                 match self.discover(purchase, &read).await? {
                     Discovery::Adopt { ip, evidence } => {
                         let at = self.now();
@@ -156,6 +164,19 @@ impl Step<'_> {
                             .increment(1);
                         let adopted = (purchase.id, Resolution::Adopted { ip });
                         return self.bought(ip, Some(adopted), at).await;
+                    }
+                    Discovery::NotBought { evidence: scanned } => {
+                        let at = self.now();
+                        self.progress.line(
+                            at,
+                            format!("[SMARTVPS] 🔎 Reconciled attempt {n} by the scan: {scanned}"),
+                        );
+                        metrics::counter!("provisioner_reconciliations_total", "result" => "not_bought")
+                            .increment(1);
+                        BuySetback::NotBought {
+                            evidence: format!("{evidence}. Scan: {scanned}"),
+                            last_reason: unknown_reason(purchase),
+                        }
                     }
                     Discovery::Ask { evidence: scanned } => {
                         metrics::counter!("provisioner_reconciliations_total", "result" => "escalated")
@@ -171,7 +192,20 @@ impl Step<'_> {
         // Attempting at once, the settlement is saved first so a crash during the next attempt
         // cannot re-reconcile it.
         match self.carry_out(decision, Some(purchase.id)).await? {
-            Then::GoOn => self.attempt(Some(read)).await,
+            Then::GoOn if !scanned => self.attempt(Some(read)).await,
+            Then::GoOn => {
+                // A scan took part of the lease, and its stock read is old now. The next attempt
+                // reads the stock afresh and may take a buy timeout; when the lease could lapse
+                // before both end, it is left to the next claim (due now, the flight kept), so no
+                // buyvps ever outlives its lease.
+                let need = self.policy().buy.timeout.saturating_mul(2) + LEASE_SLACK;
+                if self.now().plus(need) >= self.lease_expires_at() {
+                    let now = self.now();
+                    self.wait(Duration::ZERO, now);
+                    return self.write(Change::default(), Keep::Flight).await;
+                }
+                self.attempt(None).await
+            }
             Then::Stop => Ok(Then::Stop),
         }
     }

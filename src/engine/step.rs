@@ -34,6 +34,8 @@ pub(super) struct Step<'e> {
     pending: Option<PendingReply>,
     /// A ready server's term as read by this step (`None` until read): renewals and expiry.
     pub(super) life: Option<super::renew::Life>,
+    /// The package's free count a reconciliation read, saved with the settlement it leads to.
+    pub(super) settling_stock: Option<u32>,
 }
 
 /// A buyvps reply waiting for the step's next write.
@@ -83,6 +85,7 @@ impl<'e> Step<'e> {
             order,
             pending: None,
             life: None,
+            settling_stock: None,
         }
     }
 
@@ -265,8 +268,10 @@ impl<'e> Step<'e> {
                 )));
             }
         };
+        let stock_after = resolve.as_ref().and(self.settling_stock.take());
         let change = Change {
             resolve,
+            stock_after,
             ..Change::default()
         };
         match next {

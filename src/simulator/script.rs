@@ -190,7 +190,9 @@ pub struct FaultProfile {
     pub action_server_error: f64,
     /// An action answered with HTTP 500 after doing it.
     pub action_server_error_after_acting: f64,
-    /// Chance per call that other resellers buy from the shared pool meanwhile.
+    /// Chance per ipstock or buyvps call that other resellers buy from the shared pool
+    /// meanwhile (status calls do not count: scans make many, and other resellers do not buy
+    /// more because we read).
     pub other_buyers: f64,
     /// How many addresses they take at most at once (at least 1 when they buy).
     pub other_buyers_max: u32,

@@ -165,6 +165,7 @@ impl Inner {
             decided_at: None,
             resolution: None,
             late_ip: None,
+            stock_after: None,
         });
         id
     }
@@ -289,6 +290,9 @@ impl Inner {
             && let Some(p) = self.purchases.get_mut((pid.0 - 1) as usize)
         {
             p.resolution = Some(resolution);
+            if change.stock_after.is_some() {
+                p.stock_after = change.stock_after;
+            }
         }
         for kind in change.notices {
             let nid = self.outbox.len() as i64 + 1;

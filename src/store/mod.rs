@@ -179,6 +179,8 @@ pub struct Change {
     pub credentials: Option<Vec<u8>>,
     /// Settle an unknown purchase.
     pub resolve: Option<(PurchaseId, Resolution)>,
+    /// The package's free count read by the reconciliation that settles `resolve`, kept with it.
+    pub stock_after: Option<u32>,
     /// An action on the order's server to insert (`id` 0) or update, in the same transaction.
     pub action: Option<ServerAction>,
     /// What status just said about the order's server.

@@ -87,6 +87,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "renewals",
         include_str!("../../migrations/postgres/0008_renewals.sql"),
     ),
+    (
+        9,
+        "purchases_stock_after",
+        include_str!("../../migrations/postgres/0009_purchases_stock_after.sql"),
+    ),
 ];
 
 /// The tables whose rows are updated or deleted on every order; vacuumed by

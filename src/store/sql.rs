@@ -383,12 +383,14 @@ pub(crate) fn after_order_write(order: &Order, change: &Change) -> Vec<Stmt> {
     if let Some((pid, res)) = &change.resolve {
         out.push(
             Stmt::new(
-                "UPDATE purchases SET resolution = $1, resolution_detail = $2 WHERE id = $3 AND order_id = $4",
+                "UPDATE purchases SET resolution = $1, resolution_detail = $2, stock_after = COALESCE($5, stock_after) \
+                 WHERE id = $3 AND order_id = $4",
             )
             .str(res.kind())
             .text(res.detail().as_deref())
             .int(pid.0)
-            .str(order.id.as_str()),
+            .str(order.id.as_str())
+            .int(change.stock_after.map(i64::from)),
         );
     }
     out
@@ -1260,6 +1262,9 @@ pub(crate) fn purchase(row: &impl SqlRow) -> Result<Purchase, StoreError> {
         decided_at: ts_col(row, "decided_at")?,
         resolution,
         late_ip: ip_col(row, "late_ip")?,
+        stock_after: row
+            .opt_int("stock_after")?
+            .and_then(|v| u32::try_from(v).ok()),
     })
 }
 

@@ -79,6 +79,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "renewals",
         include_str!("../../migrations/sqlite/0009_renewals.sql"),
     ),
+    (
+        10,
+        "purchases_stock_after",
+        include_str!("../../migrations/sqlite/0010_purchases_stock_after.sql"),
+    ),
 ];
 
 /// Rows per multi-row statement: at most 9 parameters a row stays far below SQLite's limit

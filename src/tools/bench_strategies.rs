@@ -1,6 +1,7 @@
 //! `provisioner bench strategies`: the same fault schedules under `on_unknown = retry` (the seed
 //! taken literally) and `reconcile`, side by side.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::policy::plan::format_total;
@@ -12,7 +13,7 @@ use crate::tools::chaos::{SimulationConfig, SimulationReport, run_virtual};
 ///
 /// # Errors
 /// When a run under `reconcile` broke a promise (the table is still printed).
-pub async fn strategies(orders: usize, seed: u64) -> anyhow::Result<()> {
+pub async fn strategies(orders: usize, seed: u64, renewals: bool) -> anyhow::Result<()> {
     let profiles = ["calm", "flaky", "hostile"];
     println!(
         "bench strategies: {orders} orders per run, seed {seed}, 3 workers, 2% of steps crash mid-step, virtual time\n"
@@ -23,6 +24,7 @@ pub async fn strategies(orders: usize, seed: u64) -> anyhow::Result<()> {
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut broken = Vec::new();
+    let mut causes = Vec::new();
     for name in profiles {
         let profile = FaultProfile::named(name).unwrap_or_default();
         for strategy in [OnUnknown::Retry, OnUnknown::Reconcile] {
@@ -62,6 +64,9 @@ pub async fn strategies(orders: usize, seed: u64) -> anyhow::Result<()> {
                 report.calls_per_order(),
                 wall.as_secs_f64()
             );
+            if strategy == OnUnknown::Reconcile {
+                causes.push((name, report.orders, report.attention_causes.clone()));
+            }
             if strategy == OnUnknown::Reconcile
                 && (!report.violations.is_empty() || report.duplicates > 0)
             {
@@ -69,7 +74,12 @@ pub async fn strategies(orders: usize, seed: u64) -> anyhow::Result<()> {
             }
         }
     }
-    let renewal = renewal_row(orders, seed).await?;
+    print_causes(&causes);
+    let renewal = if renewals {
+        renewal_row(orders, seed).await?
+    } else {
+        String::new()
+    };
     if !renewal.is_empty() {
         broken.push(renewal);
     }
@@ -80,6 +90,34 @@ pub async fn strategies(orders: usize, seed: u64) -> anyhow::Result<()> {
         Ok(())
     } else {
         anyhow::bail!("promises broken under reconcile:\n{}", broken.join("\n"))
+    }
+}
+
+/// Why orders went to an admin under `reconcile`, by cause and profile (share of orders).
+fn print_causes(runs: &[(&str, usize, BTreeMap<&'static str, usize>)]) {
+    let mut names: Vec<&str> = runs.iter().flat_map(|r| r.2.keys().copied()).collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        return;
+    }
+    let header: Vec<&str> = runs.iter().map(|r| r.0).collect();
+    println!(
+        "\n| needs_attention under reconcile, by cause | {} |",
+        header.join(" | ")
+    );
+    println!("|---|{}", "---:|".repeat(runs.len()));
+    for name in names {
+        let cells: Vec<String> = runs
+            .iter()
+            .map(|(_, orders, causes)| {
+                let n = causes.get(name).copied().unwrap_or(0);
+                #[allow(clippy::cast_precision_loss)]
+                let share = n as f64 * 100.0 / (*orders).max(1) as f64;
+                format!("{n} ({share:.2} %)")
+            })
+            .collect();
+        println!("| {name} | {} |", cells.join(" | "));
     }
 }
 

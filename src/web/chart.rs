@@ -493,6 +493,7 @@ mod tests {
             decided_at: Some(Timestamp(decided * 1000)),
             resolution: None,
             late_ip: None,
+            stock_after: None,
         }
     }
 

@@ -112,6 +112,8 @@ pub struct SimulationReport {
     pub time_to_ready: Vec<Duration>,
     /// Longest intake-to-final-state time (simulated).
     pub longest: Duration,
+    /// Orders needing attention by cause ([`attention_cause`]).
+    pub attention_causes: std::collections::BTreeMap<&'static str, usize>,
     /// Broken promises, one line each (empty when all held).
     pub violations: Vec<String>,
 }
@@ -375,6 +377,11 @@ async fn check(
             OrderState::Failed => report.failed += 1,
             OrderState::NeedsAttention => {
                 report.needs_attention += 1;
+                let reason = order.failure.as_ref().map_or("", |f| f.reason.as_str());
+                *report
+                    .attention_causes
+                    .entry(attention_cause(reason))
+                    .or_default() += 1;
                 if servers.is_empty() {
                     report.false_alarms += 1;
                 }
@@ -498,6 +505,36 @@ async fn check(
                 ));
             }
         }
+    }
+}
+
+/// Why an order went to an admin, in a few words, read from its reason: what the bench's table
+/// of causes counts.
+pub fn attention_cause(reason: &str) -> &'static str {
+    let scan = reason.find("Scan: ").map(|i| &reason[i..]);
+    match scan {
+        None if reason.contains("which is not in package") => {
+            "reply named another package's address"
+        }
+        None if reason.contains("a late reply says") => {
+            "late reply named an address we cannot deliver"
+        }
+        None if reason.contains("could not read stock") || reason.contains("stock list") => {
+            "stock list unreadable"
+        }
+        None => "other",
+        Some(s) if s.contains("too many to scan") => "package too wide to scan",
+        Some(s) if s.contains("unsettled purchases of order") => {
+            "scan: one candidate, another order's purchase could own it"
+        }
+        Some(s) if s.contains("scan is incomplete") => "scan: incomplete (status unanswered)",
+        Some(s) if s.contains("answered `error` fewer than") => {
+            "scan: `error` replies not confirmed"
+        }
+        Some(s) if s.contains("adopt the right one") => "scan: several candidates",
+        Some(s) if s.contains("ran dry") => "scan: none, the package ran dry",
+        Some(s) if s.contains("did not fall") => "scan: the package's stock did not fall",
+        Some(_) => "scan: other",
     }
 }
 
