@@ -70,6 +70,10 @@ pub(super) enum Discovery {
     Ask {
         /// The evidence, in words.
         evidence: String,
+        /// Whether what stood in the way may pass (an address unanswered or not confirmed, a
+        /// candidate an unsettled purchase of another order could own), so a later scan may
+        /// settle it.
+        transient: bool,
     },
 }
 
@@ -89,6 +93,7 @@ impl Step<'_> {
                     "package {package} covers more than {MAX_SCAN} addresses, too many to scan for the server; look for it in the \
                      SmartVPS panel"
                 ),
+                transient: false,
             });
         };
         let store = &self.engine.store;
@@ -206,6 +211,26 @@ impl Step<'_> {
         } else {
             Vec::new()
         };
+        // The scan took a while: another order's reply may have named the candidate meanwhile
+        // (its purchase had a definite answer, so it is no rival, it is the owner).
+        let owned_since = match candidates.first() {
+            Some(ip) if candidates.len() == 1 => {
+                store.owner_of(*ip).await?.filter(|o| o != &self.order.id)
+            }
+            _ => None,
+        };
+        if let Some(owner) = owned_since {
+            store.record_discovered(&found).await?;
+            metrics::counter!("provisioner_discovery_scans_total", "result" => "ambiguous")
+                .increment(1);
+            return Ok(Discovery::Ask {
+                evidence: format!(
+                    "{summary}; the one candidate, {}, was claimed by order {owner}'s reply during the scan",
+                    candidates[0]
+                ),
+                transient: true,
+            });
+        }
         if candidates.len() == 1 && complete && fell && rivals.is_empty() {
             store.record_discovered(&found).await?;
             metrics::counter!("provisioner_discovery_scans_total", "result" => "adopted")
@@ -267,13 +292,20 @@ impl Step<'_> {
             (0, false, _) => "no candidate, but the scan is incomplete: the server may be among the unread addresses".to_string(),
             (1, true, true) => format!(
                 "one candidate, but the unsettled purchases of order(s) {} could have bought it too",
-                rivals.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                rivals.iter().map(|r| r.0.to_string()).collect::<Vec<_>>().join(", ")
             ),
             (1, false, _) => "one candidate, but the scan is incomplete: another may be among the unread addresses".to_string(),
             (1, true, false) => "one candidate, but the package's stock did not fall".to_string(),
             _ => format!("candidates {}: adopt the right one", listed.join(", ")),
         };
+        let transient = match (candidates.len(), complete, fell) {
+            (0, true, true) => scan.unconfirmed > 0,
+            (0 | 1, false, _) => true,
+            (1, true, true) => rivals.iter().any(|r| r.1),
+            _ => false,
+        };
         Ok(Discovery::Ask {
+            transient,
             evidence: format!(
                 "{summary}; {why}{}",
                 if listed.is_empty() {
@@ -301,7 +333,7 @@ impl Step<'_> {
         ram: Option<u32>,
         seen_since: Option<Timestamp>,
         fresh: Option<&std::collections::HashMap<crate::domain::PackageId, u32>>,
-    ) -> Result<Vec<OrderId>, EngineError> {
+    ) -> Result<Vec<(OrderId, bool)>, EngineError> {
         let horizon = self.policy().horizon;
         let (from, to) = (
             purchase.sent_at.minus(horizon),
@@ -329,39 +361,38 @@ impl Step<'_> {
             if other.id == self.order.id || ram.is_some_and(|r| other.ram_gb.get() != r) {
                 continue;
             }
-            let unanswered = self
-                .engine
-                .store
-                .purchases(&other.id)
-                .await?
-                .iter()
-                .any(|p| {
-                    let may_own = p.is_open_unknown()
-                        || (matches!(p.resolution, Some(Resolution::RetriedBlindly))
-                            && p.sent_at >= from
-                            && p.sent_at <= to);
-                    // A purchase of another package lands in this one only if its own package ran
-                    // dry while it could complete. Free above zero when it was sent and when
-                    // read after its horizon (by its reconciliation) or now (still open, so
-                    // anything it bought exists now), and no higher (a restock, which follows a
-                    // dry-out, brings the count above where it was): it never did.
-                    let after = p
-                        .stock_after
-                        .or_else(|| fresh.and_then(|f| f.get(&p.package_id).copied()));
-                    let never_dry = p.package_id != self.order.package_id
-                        && matches!(
-                            (p.stock_before, after),
-                            (Some(before), Some(after)) if after > 0 && after <= before
-                        );
-                    // A late reply named the server it bought: that one, no other.
-                    let named_other = p.late_ip.is_some_and(|ip| ip != candidate);
-                    may_own
-                        && !never_dry
-                        && !named_other
-                        && seen_since.is_none_or(|seen| p.sent_at <= seen)
-                });
-            if unanswered {
-                rivals.push(other.id);
+            let ledger = self.engine.store.purchases(&other.id).await?;
+            let mut owning = ledger.iter().filter(|p| {
+                let may_own = p.is_open_unknown()
+                    || (matches!(p.resolution, Some(Resolution::RetriedBlindly))
+                        && p.sent_at >= from
+                        && p.sent_at <= to);
+                // A purchase of another package lands in this one only if its own package ran
+                // dry while it could complete. Free above zero when it was sent and when
+                // read after its horizon (by its reconciliation) or now (still open, so
+                // anything it bought exists now), and no higher (a restock, which follows a
+                // dry-out, brings the count above where it was): it never did.
+                let after = p
+                    .stock_after
+                    .or_else(|| fresh.and_then(|f| f.get(&p.package_id).copied()));
+                let never_dry = p.package_id != self.order.package_id
+                    && matches!(
+                        (p.stock_before, after),
+                        (Some(before), Some(after)) if after > 0 && after <= before
+                    );
+                // A late reply named the server it bought: that one, no other.
+                let named_other = p.late_ip.is_some_and(|ip| ip != candidate);
+                may_own
+                    && !never_dry
+                    && !named_other
+                    && seen_since.is_none_or(|seen| p.sent_at <= seen)
+            });
+            if let Some(first) = owning.next() {
+                // An escalated purchase waits for an admin; any other may settle on its own.
+                let settles = std::iter::once(first)
+                    .chain(owning)
+                    .any(|p| !matches!(p.resolution, Some(Resolution::Escalated { .. })));
+                rivals.push((other.id, settles));
             }
         }
         Ok(rivals)

@@ -178,7 +178,18 @@ impl Step<'_> {
                             last_reason: unknown_reason(purchase),
                         }
                     }
-                    Discovery::Ask { evidence: scanned } => {
+                    Discovery::Ask {
+                        evidence: scanned,
+                        transient: true,
+                    } => BuySetback::ScanUnsettled {
+                        evidence: format!("{evidence}. Scan: {scanned}"),
+                        scan: scanned,
+                        sent_at: purchase.sent_at,
+                    },
+                    Discovery::Ask {
+                        evidence: scanned,
+                        transient: false,
+                    } => {
                         metrics::counter!("provisioner_reconciliations_total", "result" => "escalated")
                             .increment(1);
                         BuySetback::Ambiguous {

@@ -52,6 +52,18 @@ pub enum BuySetback {
         /// a bounded time after it, then an admin decides.
         decided_at: Timestamp,
     },
+    /// A discovery scan could not settle the purchase for now, for a reason that may pass (an
+    /// address unanswered or not confirmed, a candidate another order's open purchase could
+    /// own): scanned again after the strategic delay, until [`SCAN_RETRIES`] delays past the
+    /// horizon, then an admin decides.
+    ScanUnsettled {
+        /// The evidence, in words, for the admin.
+        evidence: String,
+        /// What the scan found, in words, for the timeline.
+        scan: String,
+        /// When the purchase was sent.
+        sent_at: Timestamp,
+    },
     /// Reconciling an unknown purchase, the evidence shows nothing was bought.
     NotBought {
         /// The evidence, in words, kept in the ledger.
@@ -73,6 +85,10 @@ pub enum BuySetback {
         evidence: String,
     },
 }
+
+/// Strategic delays past the horizon during which a scan that could not settle a purchase is
+/// made again, before an admin decides.
+pub const SCAN_RETRIES: u32 = 3;
 
 /// What the engine does next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,6 +172,24 @@ pub fn after_buy(
             } else {
                 d.progress(format!(
                     "[SMARTVPS] 🔎 Could not read stock to reconcile attempt {attempt} ({reason}); trying again in {}",
+                    describe_wait(settle)
+                ));
+                Next::Reconcile { wait: settle }
+            }
+        }
+        BuySetback::ScanUnsettled {
+            evidence,
+            scan,
+            sent_at,
+        } => {
+            let settle = policy.buy.settle_after(attempt);
+            let last = sent_at.plus(policy.horizon + settle.saturating_mul(SCAN_RETRIES));
+            if now >= last {
+                d.settles = Some(escalated(&evidence));
+                d.escalate(evidence)
+            } else {
+                d.progress(format!(
+                    "[SMARTVPS] 🔎 Attempt {attempt} not settled by the scan yet ({scan}); scanning again in {}",
                     describe_wait(settle)
                 ));
                 Next::Reconcile { wait: settle }
@@ -618,6 +652,32 @@ mod tests {
         let d = after_buy(&p, 1, unreadable(NOW), NOW.plus(settle * 4));
         assert!(matches!(d.next, Next::Escalate { .. }));
         assert_eq!(d.settles, Some(escalated("503")));
+    }
+
+    #[test]
+    fn a_scan_that_could_not_settle_is_made_again_then_goes_to_an_admin() {
+        let p = RetryPolicy::default();
+        let sent_at = NOW;
+        let unsettled = || BuySetback::ScanUnsettled {
+            evidence: "stock fell. Scan: 3 addresses unanswered".into(),
+            scan: "3 addresses unanswered".into(),
+            sent_at,
+        };
+        let settle = p.buy.settle_after(1);
+        // Just past the horizon: scanned again after the strategic delay, nothing settled.
+        let at = sent_at.plus(p.horizon);
+        let d = after_buy(&p, 1, unsettled(), at);
+        assert_eq!(d.next, Next::Reconcile { wait: settle });
+        assert_eq!(d.settles, None);
+        assert!(d.lines[0].text.contains("scanning again"), "{:?}", d.lines);
+        // SCAN_RETRIES delays past the horizon: an admin decides, with the whole evidence.
+        let at = sent_at.plus(p.horizon + settle * SCAN_RETRIES);
+        let d = after_buy(&p, 1, unsettled(), at);
+        let Next::Escalate { reason, .. } = &d.next else {
+            panic!("{:?}", d.next);
+        };
+        assert!(reason.starts_with("stock fell. Scan:"), "{reason}");
+        assert!(matches!(d.settles, Some(Resolution::Escalated { .. })));
     }
 
     #[test]

@@ -376,8 +376,14 @@ async fn stock_taken_by_other_buyers_while_unknown_is_settled_by_a_confirmed_neg
     let Some(Resolution::NotBought { evidence }) = &ledger[0].resolution else {
         panic!("{:?}", ledger[0].resolution);
     };
-    assert!(evidence.contains("4 times in separate rounds"), "{evidence}");
-    assert!(evidence.contains("stock fell without running dry"), "{evidence}");
+    assert!(
+        evidence.contains("4 times in separate rounds"),
+        "{evidence}"
+    );
+    assert!(
+        evidence.contains("stock fell without running dry"),
+        "{evidence}"
+    );
     assert!(
         ledger[1].sent_at.since(ledger[0].sent_at) >= RetryPolicy::default().horizon,
         "no verdict before the horizon"

@@ -99,8 +99,9 @@ pub struct SimulationReport {
     pub by_late_reply: usize,
     /// Unknown purchases settled by a discovery scan finding the server.
     pub by_scan: usize,
-    /// Servers bought upstream that no order holds and no order needing attention lists as a
-    /// candidate: paid for, and invisible to the admin.
+    /// Servers bought upstream that no order holds and no order needing attention lists (as a
+    /// scan's candidate, or in its ledger as a reply's address): paid for, and invisible to the
+    /// admin.
     pub orphans: usize,
     /// Servers bought in all.
     pub servers: usize,
@@ -363,6 +364,15 @@ async fn check(
             held.insert(ip);
         }
         if order.state == OrderState::NeedsAttention {
+            // The addresses its ledger records (a reply or a late reply that named a server we
+            // must not deliver) are before the admin too, in the reason and the ledger panel.
+            held.extend(ledger.iter().flat_map(|p| {
+                let replied = match p.outcome {
+                    Some(PurchaseOutcome::Succeeded { ip }) => Some(ip),
+                    _ => None,
+                };
+                [replied, p.late_ip].into_iter().flatten()
+            }));
             held.extend(
                 store
                     .candidates(id)
