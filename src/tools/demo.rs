@@ -82,13 +82,14 @@ const SCENARIOS: [(Scenario, u32, &str, OrderState, u64, usize); 6] = [
         1,
     ),
     // The purchase buys a server but answers HTTP 500: nothing names the server, the stock fell,
-    // and at the horizon the order goes to an admin with the evidence, exactly one server bought.
+    // and at the horizon the discovery scan finds exactly one new server of ours in the package
+    // (its `error` replies read four times): the order is ready with it, one server, no admin.
     (
         Scenario::LostReply,
         106,
         "45.12.35",
-        OrderState::NeedsAttention,
-        600,
+        OrderState::Ready,
+        662,
         1,
     ),
 ];
@@ -323,7 +324,9 @@ pub async fn run(speed: f64, keep: bool) -> anyhow::Result<ExitCode> {
     say!(
         "connection named the server, and the order was delivered with it. lost_reply: the reply was lost, the stock"
     );
-    say!("fell, and the order stopped for an admin with exactly one server bought.");
+    say!(
+        "fell, and at the horizon a scan of the package found the one new server of ours: delivered, no admin."
+    );
     let resolved = resolve_lost_reply(&http, &api, &admin_token, &cases, &finals, &clock).await;
     all_ok &= resolved.unwrap_or_else(|e| {
         say!("\nthe admin's resolution of lost_reply failed: {e:#}");
@@ -355,9 +358,10 @@ pub async fn run(speed: f64, keep: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// What an admin does with the order that needs attention: adopts the server the discovery scan
-/// found for it (one click on the dashboard), on the record, and the order goes on to ready.
-/// Whether it came out ready.
+/// When the scan could not settle the lost reply on its own (it normally does), what an admin
+/// does with the order that needs attention: adopts the server the discovery scan found for it
+/// (one click on the dashboard), on the record, and the order goes on to ready. Whether it came
+/// out ready.
 async fn resolve_lost_reply(
     http: &reqwest::Client,
     api: &str,
@@ -375,6 +379,10 @@ async fn resolve_lost_reply(
         return Ok(true);
     };
     let view = finals.get(id.as_str()).cloned().unwrap_or(Value::Null);
+    if view["state"] == "ready" {
+        say!("\nlost_reply was settled by the discovery scan: nothing for an admin to resolve");
+        return Ok(true);
+    }
     if view["state"] != "needs_attention" {
         say!(
             "\nlost_reply is {} rather than needs_attention: nothing for an admin to resolve",
