@@ -199,7 +199,13 @@ impl Step<'_> {
                 }
             }
         };
+        let unsettled = matches!(setback, BuySetback::ScanUnsettled { .. });
         let decision = next::after_buy(self.policy(), n, setback, now);
+        if unsettled && matches!(decision.next, Next::Escalate { .. }) {
+            // A scan still unsettled after its retries: an admin decides.
+            metrics::counter!("provisioner_reconciliations_total", "result" => "escalated")
+                .increment(1);
+        }
         // Attempting at once, the settlement is saved first so a crash during the next attempt
         // cannot re-reconcile it.
         match self.carry_out(decision, Some(purchase.id)).await? {
