@@ -12,7 +12,7 @@
 //! goes to an admin with the candidates listed. A scan proves presence, never absence: `error`
 //! also means a failure, and a status call can time out, so a negative scan concludes nothing.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ pub const SCAN_CONCURRENCY: usize = 64;
 pub const SCAN_RATE_PER_SEC: u32 = 32;
 /// How far back rival purchases are looked for, by their order's creation.
 const RIVAL_LOOKBACK: Duration = Duration::from_secs(24 * 3600);
-/// Definite `error` replies an address must give, in separate rounds, before a scan with no
+/// Definite `error` replies an address must give, in separate reads, before a scan with no
 /// candidate may conclude that nothing was bought: `error` also means a failure, so one server
 /// of ours hides behind all of them only if status failed for it this many times running.
 pub const NEGATIVE_READS: u32 = 4;
@@ -60,7 +60,7 @@ pub(super) enum Discovery {
         evidence: String,
     },
     /// A complete scan found no candidate, each address answered `error` in
-    /// [`NEGATIVE_READS`] separate rounds, and the package's stock fell but did not run dry (so
+    /// [`NEGATIVE_READS`] separate reads, and the package's stock fell but did not run dry (so
     /// SmartVPS had no reason to place the purchase in another package): nothing was bought.
     NotBought {
         /// The evidence, in words, for the ledger.
@@ -97,18 +97,19 @@ impl Step<'_> {
             });
         };
         let store = &self.engine.store;
-        // A server an earlier scan saw before this purchase was sent cannot be its; one first seen
-        // since (by another order's scan) still can, so it is read again.
-        let known: HashSet<Ipv4Addr> = store
+        // The inventory, by address: when an earlier scan first saw each server. One seen before
+        // this purchase was sent cannot be its; one first seen since (by another order's scan)
+        // still can, so it is read again.
+        let first_seen: HashMap<Ipv4Addr, Timestamp> = store
             .discovered(self.order.package_id)
             .await?
             .into_iter()
-            .filter(|d| d.first_seen < purchase.sent_at)
-            .map(|d| d.ip)
+            .map(|d| (d.ip, d.first_seen))
             .collect();
         let mut to_scan = Vec::with_capacity(addresses.len());
         for ip in addresses {
-            if !known.contains(&ip) && store.owner_of(ip).await?.is_none() {
+            let older = first_seen.get(&ip).is_some_and(|t| *t < purchase.sent_at);
+            if !older && store.owner_of(ip).await?.is_none() {
                 to_scan.push(ip);
             }
         }
@@ -181,12 +182,7 @@ impl Step<'_> {
                 .and_then(|d| d.ram_gb);
             // A server seen (by an earlier scan, or by this one) existed then: a purchase sent
             // later cannot be its.
-            let earlier = store
-                .discovered(self.order.package_id)
-                .await?
-                .into_iter()
-                .find(|d| d.ip == candidates[0])
-                .map(|d| d.first_seen);
+            let earlier = first_seen.get(&candidates[0]).copied();
             let seen_since = [earlier, scan.found_at.get(&candidates[0]).copied()]
                 .into_iter()
                 .flatten()
@@ -202,7 +198,7 @@ impl Step<'_> {
                 Outcome::Succeeded(list) => Some(
                     list.into_iter()
                         .map(|e| (e.id, e.free))
-                        .collect::<std::collections::HashMap<_, _>>(),
+                        .collect::<HashMap<_, _>>(),
                 ),
                 Outcome::Rejected(_) | Outcome::Unknown(_) => None,
             };
@@ -332,7 +328,7 @@ impl Step<'_> {
         candidate: Ipv4Addr,
         ram: Option<u32>,
         seen_since: Option<Timestamp>,
-        fresh: Option<&std::collections::HashMap<crate::domain::PackageId, u32>>,
+        fresh: Option<&HashMap<crate::domain::PackageId, u32>>,
     ) -> Result<Vec<(OrderId, bool)>, EngineError> {
         let horizon = self.policy().horizon;
         let (from, to) = (
@@ -518,7 +514,7 @@ struct Scan {
     /// Addresses that answered `error` fewer than [`NEGATIVE_READS`] times.
     unconfirmed: usize,
     /// When status first answered for each server found.
-    found_at: std::collections::HashMap<Ipv4Addr, Timestamp>,
+    found_at: HashMap<Ipv4Addr, Timestamp>,
     /// Status calls made.
     calls: usize,
 }
