@@ -522,6 +522,9 @@ async fn an_admin_resends_a_notification_in_chromium() {
     driver.go(&format!("{}/admin/login", svc.api)).await;
     driver.type_into("#token", ADMIN_TOKEN).await;
     driver.click("#login").await;
+    // The login's redirect must land (its session cookie set) before the next navigation, or
+    // that navigation cancels the form's POST and the order page answers with the login form.
+    driver.until_url("/admin").await;
     let page = format!("{}/admin/orders/{id}", svc.api);
     driver.go(&page).await;
     driver.wait_for("form.resend input[name=reason]").await;
