@@ -117,21 +117,34 @@ impl OrderRef {
     }
 }
 
-/// Unicode's format characters (general category Cf) that text can carry invisibly: the
-/// bidirectional controls, zero-width spaces and joiners, the word joiner and invisible operators,
-/// the byte-order mark, soft hyphen, and the interlinear annotation and tag characters.
+/// Characters that text can carry invisibly or that reorder it: every code point of Unicode's
+/// general category Cf (format; as of Unicode 16: bidirectional controls, zero-width spaces and
+/// joiners, the word joiner and invisible operators, the byte-order mark, the soft hyphen, the
+/// Arabic, Syriac, Kaithi, Egyptian, shorthand and musical format controls, and the tag
+/// characters), plus the line and paragraph separators (Zl, Zp), which `char::is_control` misses.
 fn is_format_char(c: char) -> bool {
     matches!(
         u32::from(c),
         0x00AD
+            | 0x0600..=0x0605
             | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
             | 0x180E
             | 0x200B..=0x200F
+            | 0x2028..=0x2029
             | 0x202A..=0x202E
             | 0x2060..=0x2064
             | 0x2066..=0x206F
             | 0xFEFF
             | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
             | 0xE0001
             | 0xE0020..=0xE007F
     )
@@ -887,12 +900,17 @@ mod tests {
             "\u{FEFF}WHMCS-1",
             "a\u{2066}b",
             "x\u{00AD}y",
+            "\u{0600}1",
+            "a\u{2028}b",
+            "n\u{110BD}",
+            "m\u{1D173}",
+            "t\u{E0041}",
         ] {
             let e = OrderRef::parse(bad).unwrap_err();
             assert_eq!(e.field, "order_ref");
             assert!(e.message.contains("invisible"), "{bad:?}: {}", e.message);
         }
-        for good in ["WHMCS-1003", "заказ-7", "注文-8", "pay_123.4"] {
+        for good in ["WHMCS-1003", "заказ-7", "注文-8", "pay_123.4", "طلب-9"] {
             assert!(OrderRef::parse(good).is_ok(), "{good:?}");
         }
     }

@@ -169,6 +169,18 @@ impl EmailNotifier {
     }
 }
 
+/// `text` with every recipient address in it (in any letter case) replaced by `<recipient>`.
+fn without_recipients(text: &str, recipients: &[String]) -> String {
+    let mut out = text.to_string();
+    for address in recipients.iter().filter(|a| !a.is_empty()) {
+        let needle = address.to_ascii_lowercase();
+        while let Some(at) = out.to_ascii_lowercase().find(&needle) {
+            out.replace_range(at..at + needle.len(), "<recipient>");
+        }
+    }
+    out
+}
+
 /// `<key, made safe for a msg-id>@<the From domain>`.
 fn message_id(key: &str, from: &Mailbox) -> String {
     let left: String = key
@@ -221,12 +233,38 @@ impl Notifier for EmailNotifier {
 
     async fn send(&self, event: &Event) -> Result<(), NotifyError> {
         let message = self.message(event)?;
+        let recipients: Vec<String> = message
+            .envelope()
+            .to()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         // lettre's errors name the stage (connection, TLS, a permanent SMTP reply), never the
-        // message or the password.
+        // message or the password; but a server's refusal often quotes the recipient, and this
+        // text is logged at warn and shown on the dashboard, where customer addresses do not go.
         self.transport
             .send(message)
             .await
             .map(|_| ())
-            .map_err(|e| NotifyError(format!("SMTP: {e}")))
+            .map_err(|e| NotifyError(without_recipients(&format!("SMTP: {e}"), &recipients)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_recipients;
+
+    #[test]
+    fn a_refusal_quoting_the_recipient_is_logged_without_it() {
+        let text = "SMTP: permanent error (550): 5.1.1 <Ann.Lee@Example.com>: Recipient address rejected; ann.lee@example.com unknown";
+        let out = without_recipients(text, &["ann.lee@example.com".to_string()]);
+        assert_eq!(
+            out,
+            "SMTP: permanent error (550): 5.1.1 <<recipient>>: Recipient address rejected; <recipient> unknown"
+        );
+        assert_eq!(
+            without_recipients("SMTP: timed out", &[]),
+            "SMTP: timed out"
+        );
     }
 }

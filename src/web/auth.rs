@@ -203,17 +203,17 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let Ok(ClientAddr(client)) = ClientAddr::from_request_parts(parts, state).await;
-        state.throttle.check(client)?;
-        match state.auth.admin_of(&parts.headers) {
-            Some(name) => Ok(Admin(name)),
-            None => {
-                // Asking without a credential is not guessing one.
-                if bearer(&parts.headers).is_some() {
-                    state.throttle.fail(client);
-                }
-                Err(unauthorized())
-            }
-        }
+        // Asking without a credential is not guessing one.
+        let offered = bearer(&parts.headers).is_some();
+        state
+            .throttle
+            .judge(
+                client,
+                || state.auth.admin_of(&parts.headers).ok_or(()),
+                |()| offered,
+            )?
+            .map(Admin)
+            .map_err(|()| unauthorized())
     }
 }
 

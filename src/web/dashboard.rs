@@ -247,14 +247,28 @@ async fn login(
         );
     }
     let token = form.token.unwrap_or_default();
-    let Some(name) = state.auth.authenticate(token.trim()).map(str::to_string) else {
-        tracing::warn!(client = %client, "dashboard login refused: invalid admin token");
-        state.throttle.fail(client);
-        return login_form(
-            &state,
-            StatusCode::UNAUTHORIZED,
-            Some("That token is not valid.".into()),
-        );
+    let verdict = state.throttle.judge(
+        client,
+        || {
+            state
+                .auth
+                .authenticate(token.trim())
+                .map(str::to_string)
+                .ok_or(())
+        },
+        |()| true,
+    );
+    let name = match verdict {
+        Ok(Ok(name)) => name,
+        Err(throttled) => return throttled.into_response(),
+        Ok(Err(())) => {
+            tracing::warn!(client = %client, "dashboard login refused: invalid admin token");
+            return login_form(
+                &state,
+                StatusCode::UNAUTHORIZED,
+                Some("That token is not valid.".into()),
+            );
+        }
     };
     tracing::info!(admin = %name, "dashboard login");
     let session = state.auth.start_session(&name);

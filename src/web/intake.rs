@@ -34,14 +34,20 @@ pub(super) async fn create_order(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    state.throttle.check(client)?;
-    let storefront = match state.storefronts.verify(&headers, &body) {
-        Ok(name) => name.to_string(),
+    // Asking without a credential is not guessing one.
+    let verdict = state.throttle.judge(
+        client,
+        || {
+            state
+                .storefronts
+                .verify(&headers, &body)
+                .map(str::to_string)
+        },
+        |refusal| *refusal != Refusal::Missing,
+    )?;
+    let storefront = match verdict {
+        Ok(name) => name,
         Err(refusal) => {
-            // Asking without a credential is not guessing one.
-            if refusal != Refusal::Missing {
-                state.throttle.fail(client);
-            }
             tracing::warn!(client = %client, "intake refused: {refusal}");
             let status = match refusal {
                 Refusal::NoneConfigured => StatusCode::SERVICE_UNAVAILABLE,

@@ -219,18 +219,19 @@ pub(super) async fn rotate_token(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    state.throttle.check(client)?;
-    let by = match state.auth.admin_of(&headers) {
-        Some(name) => Rotator::Admin(name),
-        None => match state.storefronts.verify(&headers, &body) {
-            Ok(name) => Rotator::Storefront(name.to_string()),
-            Err(refusal) => {
-                if refusal != Refusal::Missing {
-                    state.throttle.fail(client);
-                }
-                return Err(unauthorized());
-            }
+    let verdict = state.throttle.judge(
+        client,
+        || match state.auth.admin_of(&headers) {
+            Some(name) => Ok(Rotator::Admin(name)),
+            None => state
+                .storefronts
+                .verify(&headers, &body)
+                .map(|name| Rotator::Storefront(name.to_string())),
         },
+        |refusal| *refusal != Refusal::Missing,
+    )?;
+    let Ok(by) = verdict else {
+        return Err(unauthorized());
     };
     let reason = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()

@@ -46,13 +46,19 @@ pub(super) async fn storefront_renewal(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    state.throttle.check(client)?;
-    let storefront = match state.storefronts.verify(&headers, &body) {
-        Ok(name) => name.to_string(),
+    let verdict = state.throttle.judge(
+        client,
+        || {
+            state
+                .storefronts
+                .verify(&headers, &body)
+                .map(str::to_string)
+        },
+        |refusal| *refusal != Refusal::Missing,
+    )?;
+    let storefront = match verdict {
+        Ok(name) => name,
         Err(refusal) => {
-            if refusal != Refusal::Missing {
-                state.throttle.fail(client);
-            }
             tracing::warn!(client = %client, "renewal refused: {refusal}");
             let status = match refusal {
                 Refusal::NoneConfigured => StatusCode::SERVICE_UNAVAILABLE,
@@ -103,21 +109,22 @@ pub(super) async fn cancel_service(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    state.throttle.check(client)?;
-    let (actor, storefront) = match state.auth.admin_of(&headers) {
-        Some(name) => (format!("admin:{name}"), None),
-        None => match state.storefronts.verify(&headers, &body) {
-            Ok(name) => (format!("storefront:{name}"), Some(name.to_string())),
-            Err(refusal) => {
-                if refusal != Refusal::Missing {
-                    state.throttle.fail(client);
-                }
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "an admin token or a storefront signature is required",
-                ));
-            }
+    let verdict = state.throttle.judge(
+        client,
+        || match state.auth.admin_of(&headers) {
+            Some(name) => Ok((format!("admin:{name}"), None)),
+            None => state
+                .storefronts
+                .verify(&headers, &body)
+                .map(|name| (format!("storefront:{name}"), Some(name.to_string()))),
         },
+        |refusal| *refusal != Refusal::Missing,
+    )?;
+    let Ok((actor, storefront)) = verdict else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "an admin token or a storefront signature is required",
+        ));
     };
     let obj = object(&body)?;
     no_unknown_keys(&obj, &["reason"], "")?;

@@ -162,6 +162,31 @@ impl Throttle {
         self.give_back_at(addr, Instant::now());
     }
 
+    /// Judges one credential under `addr`'s budget: a try is taken before `check` runs, so
+    /// guesses checked concurrently on every runtime thread cannot outrun the throttle, and it is
+    /// given back when the credential was right, or when `guessed` says the refusal was not a
+    /// guess (no credential was offered at all).
+    ///
+    /// # Errors
+    /// The 429 when `addr` is throttled; `check` is then not run.
+    pub fn judge<T, E>(
+        &self,
+        addr: IpAddr,
+        check: impl FnOnce() -> Result<T, E>,
+        guessed: impl FnOnce(&E) -> bool,
+    ) -> Result<Result<T, E>, Throttled> {
+        self.reserve(addr)?;
+        let verdict = check();
+        match &verdict {
+            Err(refusal) if guessed(refusal) => {
+                metrics::counter!("provisioner_auth_failures_total").increment(1);
+                tracing::debug!(client = %addr, "failed authentication counted against the client");
+            }
+            _ => self.give_back(addr),
+        }
+        Ok(verdict)
+    }
+
     /// [`Throttle::check_at`] now, as the 429 to answer.
     ///
     /// # Errors
@@ -171,13 +196,6 @@ impl Throttle {
             metrics::counter!("provisioner_auth_throttled_total").increment(1);
             Throttled(wait)
         })
-    }
-
-    /// [`Throttle::fail_at`] now.
-    pub fn fail(&self, addr: IpAddr) {
-        metrics::counter!("provisioner_auth_failures_total").increment(1);
-        tracing::debug!(client = %addr, "failed authentication counted against the client");
-        self.fail_at(addr, Instant::now());
     }
 }
 
@@ -276,6 +294,31 @@ mod tests {
         t.give_back_at(a, t0);
         assert!(t.reserve_at(a, t0).is_ok());
         assert!(t.reserve_at(a, t0).is_err());
+    }
+
+    #[test]
+    fn judging_counts_guesses_only() {
+        let t = Throttle::new(2, 1);
+        let a: IpAddr = "192.0.2.10".parse().unwrap();
+        // A right credential and a request with none cost nothing, however many.
+        for _ in 0..5 {
+            assert_eq!(t.judge(a, || Ok::<_, bool>(7), |_| true).unwrap(), Ok(7));
+            assert!(t.judge(a, || Err::<(), _>(false), |g| *g).unwrap().is_err());
+        }
+        // Two guesses use the budget up; the third is refused before it is checked.
+        for _ in 0..2 {
+            assert!(t.judge(a, || Err::<(), _>(true), |g| *g).unwrap().is_err());
+        }
+        let mut checked = false;
+        let refused = t.judge(
+            a,
+            || {
+                checked = true;
+                Ok::<(), bool>(())
+            },
+            |g| *g,
+        );
+        assert!(refused.is_err() && !checked);
     }
 
     #[test]

@@ -355,10 +355,19 @@ async fn customer_routes_answer_alike_for_an_unknown_order_and_a_wrong_token() {
     let unknown = provisioner::domain::OrderId::new().to_string();
     let mut answers = Vec::new();
     for id in [real.as_str(), unknown.as_str(), "not-an-id"] {
-        for path in ["", "/credentials"] {
-            let r = svc
-                .http
-                .get(format!("{}/api/v1/orders/{id}{path}", svc.api))
+        for (post, path) in [
+            (false, ""),
+            (false, "/credentials"),
+            (false, "/actions"),
+            (true, "/actions"),
+        ] {
+            let url = format!("{}/api/v1/orders/{id}{path}", svc.api);
+            let r = if post {
+                svc.http.post(url).json(&json!({ "action": "reboot" }))
+            } else {
+                svc.http.get(url)
+            };
+            let r = r
                 .bearer_auth("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
                 .send()
                 .await
@@ -460,6 +469,82 @@ async fn guessing_is_throttled_per_address_with_retry_after() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    svc.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_dashboard_logins_use_up_the_addresss_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::new(fast_clock(1000.0), 26);
+    let svc = tweaked(&dir, &sim, |s| {
+        s.server.auth_failure_burst = 3;
+        s.server.auth_failures_per_minute = 1;
+    })
+    .await;
+    // A real login form: its CSRF cookie and the same token in the hidden field.
+    let page = svc
+        .http
+        .get(format!("{}/admin/login", svc.api))
+        .send()
+        .await
+        .unwrap();
+    let cookie = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("provisioner_login_csrf="))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+    let csrf = cookie.split_once('=').unwrap().1.to_string();
+    let html = page.text().await.unwrap();
+    assert!(html.contains(&csrf), "the form carries the cookie's token");
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let r = svc
+            .http
+            .post(format!("{}/admin/login", svc.api))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", &cookie)
+            .body(format!("csrf={csrf}&token=guess-{i}-0123456789abcdef0123"))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429], "{statuses:?}");
+    // The right token from this address now waits too: a lucky guess is not told apart.
+    let r = svc
+        .http
+        .post(format!("{}/admin/login", svc.api))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", &cookie)
+        .body(format!("csrf={csrf}&token={ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    svc.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intake_refuses_an_order_ref_with_format_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::new(fast_clock(1000.0), 27);
+    let pkg = scenario_package(&sim, 507, "103.10.7");
+    let svc = service(&dir, &sim).await;
+    for bad in [
+        "PAY-\u{202E}1",
+        "PAY-\u{200B}2",
+        "PAY-\u{0600}3",
+        "PAY-\u{2028}4",
+    ] {
+        let (status, v) = post_order(&svc.http, &svc.api, &body(bad, pkg.0)).await;
+        assert_eq!(status, 422, "{bad:?}: {v}");
+        assert!(v.to_string().contains("order_ref"), "{v}");
+    }
     svc.running.stop().await;
 }
 
