@@ -12,6 +12,9 @@ nofile=${1:-}; [ $# -gt 0 ] && shift
 dir=$(mktemp -d)
 export PROV_STOREFRONT_SECRET=$("$bin" keygen) PROV_ADMIN_TOKEN=$("$bin" keygen)
 export PROV_API=127.0.0.1:18080 PROV_PACKAGE=${PROV_PACKAGE:-9}
+# PROV_TOML: extra settings for serve's ./provisioner.toml, e.g. to measure guessing without the
+# throttle: PROV_TOML=$'[server]\nauth_failure_burst = 1000000000'
+if [ -n "${PROV_TOML:-}" ]; then printf '%s\n' "$PROV_TOML" >"$dir/provisioner.toml"; fi
 (
   cd "$dir"
   if [ -n "$nofile" ]; then ulimit -n "$nofile"; fi

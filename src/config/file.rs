@@ -92,6 +92,7 @@ pub(super) struct RawServer {
     pub(super) max_body_bytes: Option<usize>,
     pub(super) auth_failure_burst: Option<u32>,
     pub(super) auth_failures_per_minute: Option<u32>,
+    pub(super) trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Default, Deserialize)]

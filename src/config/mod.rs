@@ -94,7 +94,8 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 64;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `server.body_timeout`: the longest a client may take to send a request's body.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default `server.idle_timeout`: how long a keep-alive connection may sit with nothing to do.
+/// Default `server.idle_timeout`: how long a keep-alive connection may sit with nothing to do;
+/// the shorter `header_timeout` also bounds it, as the wait for the next request's head.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `server.max_body_bytes`: every request this API takes is a small JSON or form body.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
@@ -201,6 +202,12 @@ pub struct ServerSettings {
     pub auth_failure_burst: u32,
     /// Tries a throttled address earns back per minute.
     pub auth_failures_per_minute: u32,
+    /// Addresses of reverse proxies (TLS terminators) in front of the API: for a connection
+    /// from one of them, the client is the last `X-Forwarded-For` entry that is not itself a
+    /// trusted proxy, and the per-client connection cap does not apply to the proxy. Empty (the
+    /// default): the TCP peer is the client and `X-Forwarded-For` is ignored, so it cannot be
+    /// forged to escape the throttle.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// A storefront allowed to post orders: its name (recorded on each order it sends) and its
@@ -476,7 +483,8 @@ max_connections_per_client = 64
 header_timeout = "10s"
 # ...and its body within this.
 body_timeout = "10s"
-# A keep-alive connection with nothing in progress is closed after this.
+# A keep-alive connection with nothing in progress is closed after the shorter of this and
+# header_timeout (the wait for its next request's headers runs under header_timeout too).
 idle_timeout = "30s"
 # Largest request body, in bytes.
 max_body_bytes = 65536
@@ -484,6 +492,10 @@ max_body_bytes = 65536
 # one client address may make before it gets 429 with Retry-After; then this many per minute.
 auth_failure_burst = 10
 auth_failures_per_minute = 6
+# Reverse proxies (TLS terminators) in front of the API, by IP address: behind them the client is
+# read from X-Forwarded-For, so throttling and the per-client cap apply to the real client and not
+# to the proxy. Empty: X-Forwarded-For is ignored.
+trusted_proxies = []
 
 [worker]
 # Orders driven at once by this process. Env: PROVISIONER_WORKER_CONCURRENCY

@@ -359,6 +359,19 @@ pub(super) fn resolve_server(raw: RawServer, env: &Env<'_>) -> Result<ServerSett
         Some(v) => v,
         None => DEFAULT_AUTH_FAILURES_PER_MINUTE,
     };
+    let trusted_proxies = raw
+        .trusted_proxies
+        .unwrap_or_default()
+        .iter()
+        .map(|text| {
+            text.trim().parse::<std::net::IpAddr>().map_err(|_| {
+                ConfigError::new(
+                    "server.trusted_proxies",
+                    format!("must list IP addresses such as \"127.0.0.1\" (no names, no networks); got {text:?}"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(ServerSettings {
         listen,
         max_connections,
@@ -381,6 +394,7 @@ pub(super) fn resolve_server(raw: RawServer, env: &Env<'_>) -> Result<ServerSett
         max_body_bytes,
         auth_failure_burst,
         auth_failures_per_minute,
+        trusted_proxies,
     })
 }
 

@@ -855,7 +855,14 @@ fn server_limits_and_database_urls_are_checked() {
     assert_eq!(s.server.max_connections, 64);
     assert_eq!(s.server.header_timeout, Duration::from_secs(2));
     assert_eq!(s.server.max_body_bytes, 4096);
+    assert!(s.server.trusted_proxies.is_empty());
+    let s = from_toml("[server]\ntrusted_proxies = [\"127.0.0.1\", \"::1\"]\n").unwrap();
+    assert_eq!(s.server.trusted_proxies.len(), 2);
     for (toml, key) in [
+        (
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+            "server.trusted_proxies",
+        ),
         ("[server]\nmax_connections = 0\n", "server.max_connections"),
         ("[server]\nidle_timeout = \"0s\"\n", "server.idle_timeout"),
         ("[server]\nmax_body_bytes = 10\n", "server.max_body_bytes"),

@@ -35,7 +35,7 @@ use tower_service::Service;
 use crate::config::ServerSettings;
 
 /// What the server allows one client.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Connections served at once (after [`effective_max_connections`]).
     pub max_connections: usize,
@@ -50,6 +50,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Largest body accepted.
     pub max_body_bytes: usize,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (see [`client_of`]).
+    pub trusted_proxies: Arc<[IpAddr]>,
 }
 
 impl Limits {
@@ -62,8 +64,36 @@ impl Limits {
             body_timeout: s.body_timeout,
             idle_timeout: s.idle_timeout,
             max_body_bytes: s.max_body_bytes,
+            trusted_proxies: s.trusted_proxies.iter().copied().collect(),
         }
     }
+}
+
+/// The client a request comes from: the TCP peer, or, when the peer is a trusted proxy, the
+/// last address in `X-Forwarded-For` (every header line, in order) that is not a trusted proxy
+/// itself. Proxies append the address they received from, so entries to the left of the last
+/// untrusted one were written by the client and prove nothing; an entry that is not an IP
+/// address stops the walk at the proxy.
+pub fn client_of(peer: IpAddr, headers: &axum::http::HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for entry in entries.iter().rev() {
+        match entry.parse::<IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => client = ip,
+            Ok(ip) => return ip,
+            Err(_) => return client,
+        }
+    }
+    client
 }
 
 /// File descriptors kept back from inbound connections: two per order the worker drives at once
@@ -130,7 +160,8 @@ pub async fn serve(
             },
         };
         let client = peer.ip();
-        {
+        // A trusted proxy carries many clients on its connections: it is not capped as one.
+        if !limits.trusted_proxies.contains(&client) {
             let mut held = per_client
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -148,6 +179,7 @@ pub async fn serve(
         let (router, shutdown, open) = (router.clone(), shutdown.clone(), Arc::clone(&open));
         open.fetch_add(1, Ordering::Relaxed);
         metrics::gauge!("provisioner_http_connections").set(open.load(Ordering::Relaxed) as f64);
+        let limits = limits.clone();
         connections.spawn(async move {
             connection(stream, peer, router, limits, shutdown).await;
             {
@@ -190,8 +222,11 @@ async fn connection(
         activity: Arc::clone(&activity),
     });
     let requests = Arc::clone(&in_flight);
+    let trusted = Arc::clone(&limits.trusted_proxies);
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
+        let client = client_of(peer.ip(), req.headers(), &trusted);
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::new(client, peer.port())));
         let mut router = router.clone();
         let guard = InFlight::enter(&requests);
         async move {
@@ -362,6 +397,43 @@ fn too_large(max: usize) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_behind_a_trusted_proxy_is_the_last_untrusted_forwarded_address() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let inner: IpAddr = "10.0.0.2".parse().unwrap();
+        let trusted = [proxy, inner];
+        let headers = |values: &[&str]| {
+            let mut h = axum::http::HeaderMap::new();
+            for v in values {
+                h.append("x-forwarded-for", v.parse().unwrap());
+            }
+            h
+        };
+        // Not from a proxy: the header is the client's own words and is ignored.
+        let stranger: IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(
+            client_of(stranger, &headers(&["203.0.113.9"]), &trusted),
+            stranger
+        );
+        // From the proxy: the address it appended; what the client wrote before it is skipped.
+        assert_eq!(
+            client_of(proxy, &headers(&["1.2.3.4, 203.0.113.9"]), &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        // Through two proxies, on two header lines.
+        assert_eq!(
+            client_of(
+                proxy,
+                &headers(&["1.2.3.4, 203.0.113.9", "10.0.0.2"]),
+                &trusted
+            ),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        // No header, or garbage where the proxy's entry should be: the proxy itself.
+        assert_eq!(client_of(proxy, &headers(&[]), &trusted), proxy);
+        assert_eq!(client_of(proxy, &headers(&["unknown"]), &trusted), proxy);
+    }
 
     #[test]
     fn the_cap_leaves_descriptors_for_the_engine() {

@@ -530,6 +530,53 @@ async fn failed_dashboard_logins_use_up_the_addresss_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget() {
+    let guess = |svc: &RealService, forwarded: Option<&'static str>| {
+        let mut r = svc
+            .http
+            .get(format!("{}/api/v1/orders", svc.api))
+            .bearer_auth("guess-0123456789abcdef0123456789abcdef");
+        if let Some(f) = forwarded {
+            r = r.header("x-forwarded-for", f);
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    // Without trusted proxies a forged X-Forwarded-For changes nothing: one budget per peer.
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Simulator::new(fast_clock(1000.0), 28);
+    let svc = tweaked(&dir, &sim, |s| {
+        s.server.auth_failure_burst = 2;
+        s.server.auth_failures_per_minute = 1;
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for f in ["203.0.113.1", "203.0.113.2", "203.0.113.3"] {
+        statuses.push(guess(&svc, Some(f)).await);
+    }
+    assert_eq!(statuses, [401, 401, 429]);
+    svc.running.stop().await;
+
+    // Behind a trusted proxy (the test's own loopback address), each forwarded client counts alone.
+    let dir = tempfile::tempdir().unwrap();
+    let svc = tweaked(&dir, &sim, |s| {
+        s.server.auth_failure_burst = 2;
+        s.server.auth_failures_per_minute = 1;
+        s.server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for f in ["203.0.113.1", "203.0.113.1", "203.0.113.1", "203.0.113.2"] {
+        statuses.push(guess(&svc, Some(f)).await);
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 429, 401],
+        "one client throttled, not the proxy"
+    );
+    svc.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intake_refuses_an_order_ref_with_format_characters() {
     let dir = tempfile::tempdir().unwrap();
     let sim = Simulator::new(fast_clock(1000.0), 27);
