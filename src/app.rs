@@ -124,7 +124,13 @@ async fn store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
             )
             .into());
         }
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("opening database {shown}"))),
+        Err(e) => {
+            return Err(ConfigError::new(
+                &db.key,
+                format!("cannot open SQLite database {shown}: {e}"),
+            )
+            .into());
+        }
     };
     tracing::info!(database = %shown, "database ready");
     Ok(store)
@@ -223,6 +229,19 @@ pub async fn start(
     // anything else is logged.
     let store = store(settings).await?;
     let cipher = Arc::new(cipher(settings)?);
+    // The API's address next, before any task starts: a port taken or an address this machine
+    // does not have is a config error on the key that named it, not a half-started service.
+    let listener = TcpListener::bind(settings.server.listen)
+        .await
+        .map_err(|e| {
+            ConfigError::new(
+                "server.listen",
+                format!(
+                    "cannot listen on {} (set by server.listen or PROVISIONER_LISTEN): {e}",
+                    settings.server.listen
+                ),
+            )
+        })?;
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
     let (provider, simulator, simulator_addr) = match &settings.smartvps {
@@ -358,9 +377,6 @@ pub async fn start(
     );
     tasks.push(tokio::spawn(async move { worker.run(token, grace).await }));
 
-    let listener = TcpListener::bind(settings.server.listen)
-        .await
-        .with_context(|| format!("binding the API on {}", settings.server.listen))?;
     let addr = listener.local_addr()?;
     let auth = Arc::new(crate::web::auth::AdminAuth::new(&settings.admin.tokens));
     if auth.enabled() {

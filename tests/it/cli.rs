@@ -88,6 +88,33 @@ fn bad_configs_stop_start_up_with_exit_2_naming_the_key() {
 }
 
 #[test]
+fn a_taken_port_and_an_unopenable_database_are_refused_with_exit_2_naming_the_key() {
+    // Another program holds the port.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("a-directory.db")).unwrap();
+    for (toml, key) in [
+        (
+            format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+            "server.listen",
+        ),
+        (
+            "[database]\nurl = \"sqlite://a-directory.db\"\n".to_string(),
+            "database.url",
+        ),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, &toml).unwrap();
+        let out = provisioner(&["--config", path.to_str().unwrap(), "serve"], dir.path());
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{toml}: {err}");
+        assert!(err.contains(key), "expected {key} in {err:?}");
+    }
+    drop(taken);
+}
+
+#[test]
 fn a_real_smartvps_without_a_secret_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("real.toml");
