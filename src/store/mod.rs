@@ -684,17 +684,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Notices due for delivery.
     async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError>;
-    /// Marks a notice delivered (handed to its deliveries): a [`Store::fan_out`] of no
-    /// deliveries, so stores and decorators implement one write, not two.
-    async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError> {
-        self.fan_out(&[], &[id], at).await
-    }
 
     // issue 5: outbox deliveries
     // The dispatcher fans due notices out into per-channel deliveries and marks the notices
-    // handed over (`notice_delivered`: "handed to its deliveries"), a batch at a time with
-    // `fan_out`. Where the two happen apart, a crash in between only repeats the fan-out, which
-    // the unique keys make harmless.
+    // handed over ("delivered" on a notice means "handed to its deliveries"), a batch at a time
+    // with `fan_out`. Where the two happen apart, a crash in between only repeats the fan-out,
+    // which the unique keys make harmless.
 
     /// Queues `deliveries` and marks `notices` handed to them, atomically. SQL backends do it in
     /// one transaction, so a batch of notices costs one commit, not two per notice. A key
