@@ -205,11 +205,6 @@ impl Engine {
         }
     }
 
-    /// The store, for the crate's own tools; surfaces read through [`Engine::queries`].
-    pub(crate) fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
     /// The read side: orders, their history, credentials and the catalog.
     pub fn queries(&self) -> &queries::Queries {
         &self.queries

@@ -142,7 +142,7 @@ async fn resolve(state: &AppState, raw: &str) -> Result<OrderId, ApiError> {
     let order_ref = OrderRef::parse(raw).map_err(|_| not_found())?;
     state
         .engine
-        .store()
+        .queries()
         .order_by_ref(&order_ref)
         .await
         .map_err(ApiError::internal)?
