@@ -376,6 +376,13 @@ impl OrderState {
         )
     }
 
+    /// Whether an admin may cancel an order in this state: the active states, and the two an
+    /// admin is left to decide (`failed`, `needs_attention`). Not `ready` or later: an order
+    /// whose server is bought has its service cancelled instead.
+    pub fn is_cancellable(self) -> bool {
+        self.is_active() || matches!(self, Self::Failed | Self::NeedsAttention)
+    }
+
     /// Whether a worker may claim orders in this state when they are due: the active states,
     /// and `ready` while an action on its server is pending.
     pub fn is_workable(self) -> bool {
@@ -515,7 +522,17 @@ impl Order {
     }
 
     fn require(&self, action: &'static str, allowed: &[OrderState]) -> Result<(), TransitionError> {
-        if allowed.contains(&self.state) {
+        self.require_that(action, |s| allowed.contains(&s))
+    }
+
+    /// [`Order::require`] for a set of states the state itself names (such as
+    /// [`OrderState::is_active`]), so the set is spelled once.
+    fn require_that(
+        &self,
+        action: &'static str,
+        allowed: impl Fn(OrderState) -> bool,
+    ) -> Result<(), TransitionError> {
+        if allowed(self.state) {
             Ok(())
         } else {
             Err(TransitionError {
@@ -682,15 +699,7 @@ impl Order {
         reason: impl Into<String>,
         now: Timestamp,
     ) -> Result<(), TransitionError> {
-        self.require(
-            "fail",
-            &[
-                OrderState::Queued,
-                OrderState::Buying,
-                OrderState::AwaitingCredentials,
-                OrderState::InstallingOs,
-            ],
-        )?;
+        self.require_that("fail", OrderState::is_active)?;
         self.state = OrderState::Failed;
         self.failure = Some(Failure {
             phase,
@@ -711,15 +720,7 @@ impl Order {
         reason: impl Into<String>,
         now: Timestamp,
     ) -> Result<(), TransitionError> {
-        self.require(
-            "escalate",
-            &[
-                OrderState::Queued,
-                OrderState::Buying,
-                OrderState::AwaitingCredentials,
-                OrderState::InstallingOs,
-            ],
-        )?;
+        self.require_that("escalate", OrderState::is_active)?;
         self.state = OrderState::NeedsAttention;
         self.failure = Some(Failure {
             phase,
@@ -857,17 +858,7 @@ impl Order {
     /// # Errors
     /// When ready or already cancelled.
     pub fn cancel(&mut self, now: Timestamp) -> Result<(), TransitionError> {
-        self.require(
-            "cancel",
-            &[
-                OrderState::Queued,
-                OrderState::Buying,
-                OrderState::AwaitingCredentials,
-                OrderState::InstallingOs,
-                OrderState::Failed,
-                OrderState::NeedsAttention,
-            ],
-        )?;
+        self.require_that("cancel", OrderState::is_cancellable)?;
         self.state = OrderState::Cancelled;
         self.run_at = None;
         self.updated_at = now;

@@ -862,13 +862,7 @@ async fn render_order(
         can_retry: order.state == OrderState::Failed,
         retry_hint,
         can_resolve: order.state == OrderState::NeedsAttention,
-        can_cancel: !matches!(
-            order.state,
-            OrderState::Ready
-                | OrderState::Cancelled
-                | OrderState::Expired
-                | OrderState::Terminated
-        ),
+        can_cancel: order.state.is_cancellable(),
         can_renew: order.state == OrderState::Ready,
         chart,
         purchases: purchases.iter().map(|p| purchase_row(origin, p)).collect(),

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use provisioner::clock::{Clock, SystemClock};
 use provisioner::crypto::Cipher;
-use provisioner::domain::PackageId;
+use provisioner::domain::{OrderState, PackageId};
 use provisioner::simulator::{
     self, BuyEffect, BuyStep, HttpConfig, PackageDefaults, PackageSpec, Simulator,
 };
@@ -220,6 +220,17 @@ fn now_ms() -> i64 {
 }
 
 /// Orders leased by `worker` right now.
+/// The SQL list of the states the engine still works (`('queued', ...)`), from the domain's
+/// [`OrderState::is_active`], so the test cannot fall behind a new state.
+fn active_states() -> String {
+    let names: Vec<String> = OrderState::ALL
+        .iter()
+        .filter(|s| s.is_active())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    format!("({})", names.join(", "))
+}
+
 async fn leased_by(pool: &PgPool, worker: &str) -> HashSet<String> {
     sqlx::query_scalar::<_, String>(
         "SELECT id FROM orders WHERE lease_owner = $1 AND lease_expires_at > $2",
@@ -407,13 +418,14 @@ async fn three_processes_on_postgres_survive_sigkill_mid_purchase_and_mid_wait()
             let w = b_probe.clone();
             async move {
                 let now = now_ms();
-                let row = sqlx::query(
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "SELECT \
                        COUNT(*) FILTER (WHERE lease_owner = $1 AND lease_expires_at > $2 AND state = 'awaiting_credentials') AS b_status, \
-                       COUNT(*) FILTER (WHERE state IN ('queued', 'buying', 'awaiting_credentials') AND run_at > $2 \
+                       COUNT(*) FILTER (WHERE state IN {} AND run_at > $2 \
                                         AND (lease_expires_at IS NULL OR lease_expires_at <= $2)) AS waiting \
                      FROM orders",
-                )
+                    active_states()
+                )))
                 .bind(w)
                 .bind(now)
                 .fetch_one(pool_ref)
@@ -442,9 +454,10 @@ async fn three_processes_on_postgres_survive_sigkill_mid_purchase_and_mid_wait()
         "every order terminal",
         Duration::from_secs(100),
         || async {
-            let active: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM orders WHERE state IN ('queued', 'buying', 'awaiting_credentials')",
-            )
+            let active: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT COUNT(*) FROM orders WHERE state IN {}",
+                active_states()
+            )))
             .fetch_one(pool_ref)
             .await
             .ok()?;
