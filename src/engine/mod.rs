@@ -17,7 +17,8 @@
 //! - [`catalog`]: SmartVPS's stock list kept as the package catalog intake checks against.
 //! - [`renew`]: renewals (the renewal ledger, unknown outcomes settled by `ExpiryDate`),
 //!   reminders and expiry of ready servers; [`renewals`]: taking renewals, cancelling service,
-//!   and the sweep that brings servers nearing expiry to the engine.
+//!   and the sweep that brings servers nearing expiry to the engine; [`life`]: a ready server's
+//!   term as one step reads it, carried by the step and worked by [`renew`].
 //! - [`queries`]: the read side the web and the CLI show orders, history and the catalog through.
 
 mod actions;
@@ -28,6 +29,7 @@ mod credentials;
 pub mod discover;
 pub mod failed_queue;
 pub mod intake;
+mod life;
 mod progress;
 pub mod queries;
 mod reconcile;
