@@ -131,7 +131,7 @@ pub(super) async fn retry(
     body: Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
     // An admin may name the order by id, order_ref or short id.
-    let id = super::orders::find(&state, &id).await?.id;
+    let id = super::access::find(&state, &id).await?.id;
     let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["reason"], "")?;
     let order = state.engine.retry(&id, &admin, &reason_of(&obj)?).await?;
@@ -147,7 +147,7 @@ pub(super) async fn resolve(
     body: Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
     // An admin may name the order by id, order_ref or short id.
-    let id = super::orders::find(&state, &id).await?.id;
+    let id = super::access::find(&state, &id).await?.id;
     let obj = body_object(&body)?;
     no_unknown_keys(&obj, &RESOLVE_KEYS, "")?;
     let reason = reason_of(&obj)?;
@@ -192,7 +192,7 @@ pub(super) async fn cancel(
     body: Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
     // An admin may name the order by id, order_ref or short id.
-    let id = super::orders::find(&state, &id).await?.id;
+    let id = super::access::find(&state, &id).await?.id;
     let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["reason", "override_server_check"], "")?;
     let override_server_check = flag(&obj, "override_server_check")?;
@@ -210,7 +210,7 @@ pub(super) async fn mark_resolved(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
-    let id = super::orders::find(&state, &id).await?.id;
+    let id = super::access::find(&state, &id).await?.id;
     let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["reason"], "")?;
     let order = state
@@ -227,7 +227,7 @@ pub(super) async fn change_address(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
-    let id = super::orders::find(&state, &id).await?.id;
+    let id = super::access::find(&state, &id).await?.id;
     let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["reason", "ip", "override_package_check"], "")?;
     let reason = reason_of(&obj)?;
@@ -318,7 +318,7 @@ pub(super) async fn resend(
     Path((id, delivery)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let order = super::orders::find(&state, &id).await?;
+    let order = super::access::find(&state, &id).await?;
     let delivery: i64 = delivery.parse().map_err(|_| {
         ApiError::new(
             StatusCode::NOT_FOUND,

@@ -29,12 +29,12 @@ use axum::routing::{get, post};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
+use super::access::order_id;
 use super::admin::{parse_filter, parse_resolve};
 use super::auth::{
     DashboardUser, LOGIN_CSRF_COOKIE, SESSION_COOKIE, SESSION_TTL, cookie, csrf_ok, set_cookie,
 };
 use super::chart::{self, Chart};
-use super::orders::order_id;
 use super::views::OrderView;
 use super::{ApiError, AppState, percent_encode};
 use crate::clock::Timestamp;

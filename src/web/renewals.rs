@@ -85,7 +85,7 @@ pub(super) async fn admin_renewal(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let id = super::orders::order_id(&id)?;
+    let id = super::access::order_id(&id)?;
     let obj = object(&body)?;
     no_unknown_keys(&obj, &["reason"], "")?;
     let reason = string(&obj, "reason", "reason")?;
@@ -124,7 +124,7 @@ pub(super) async fn cancel_service(
     let reason = string(&obj, "reason", "reason")?;
     let id = resolve(&state, &id).await?;
     if let Some(storefront) = &storefront {
-        let order = super::orders::find(&state, &id.to_string()).await?;
+        let order = super::access::find(&state, &id.to_string()).await?;
         if order.storefront.as_deref().is_some_and(|s| s != storefront) {
             return Err(ApiError::new(StatusCode::NOT_FOUND, "no such order"));
         }
