@@ -21,15 +21,12 @@ use super::queries::Queries;
 use crate::clock::Clock;
 use crate::domain::{
     EntryKind, FieldError, NoticeKind, Order, OrderId, OrderState, PackageName, Phase, Purchase,
-    Resolution, TimelineEntry,
+    Reason, ReasonError, Resolution, TimelineEntry,
 };
 use crate::store::{Change, OrderFilter, Store, StoreError};
 
 /// The words of the engine's timeline line for a status call that read credentials.
 pub(crate) const STATUS_SUCCEEDED: &str = "status succeeded";
-
-/// The longest reason accepted; a reason is a sentence for the timeline, not a document.
-pub const MAX_REASON_CHARS: usize = 1000;
 
 /// Why an admin action was refused.
 #[derive(Debug, thiserror::Error)]
@@ -198,24 +195,15 @@ pub struct AdminService {
     actions_per_hour: u32,
 }
 
-pub(super) fn check_reason(reason: &str) -> Result<&str, AdminError> {
-    let reason = reason.trim();
-    if reason.is_empty() {
-        return Err(AdminError::NoReason);
-    }
-    if reason.chars().count() > MAX_REASON_CHARS {
-        return Err(AdminError::Invalid {
+/// `reason` as a [`Reason`], refused the way every admin action refuses it.
+pub(super) fn check_reason(reason: &str) -> Result<Reason, AdminError> {
+    Reason::parse(reason).map_err(|e| match e {
+        ReasonError::Empty => AdminError::NoReason,
+        e => AdminError::Invalid {
             field: "reason",
-            message: format!("must be at most {MAX_REASON_CHARS} characters"),
-        });
-    }
-    if reason.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(AdminError::Invalid {
-            field: "reason",
-            message: "must not contain control characters".into(),
-        });
-    }
-    Ok(reason)
+            message: e.to_string(),
+        },
+    })
 }
 
 fn admin_line(now: crate::clock::Timestamp, message: String) -> TimelineEntry {

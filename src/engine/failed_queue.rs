@@ -65,7 +65,7 @@ impl AdminService {
         let reason = check_reason(reason)?;
         let mut out = Vec::new();
         for o in failed_orders(self, phase).await? {
-            out.push(match self.retry(&o.id, actor, reason).await {
+            out.push(match self.retry(&o.id, actor, reason.as_str()).await {
                 Ok(after) => item(&after, "retried", None),
                 Err(AdminError::Store(e))
                     if !matches!(e, crate::store::StoreError::Conflict(_)) =>

@@ -148,7 +148,9 @@ pub(super) async fn rotate_token(
         .await
         .map_err(|e| match e {
             RotateError::NotFound(_) => not_found(),
-            RotateError::NoReason => ApiError::field("reason", e.to_string()),
+            RotateError::NoReason | RotateError::BadReason(_) => {
+                ApiError::field("reason", e.to_string())
+            }
             RotateError::Store(e) => ApiError::internal(e),
         })?;
     let body = match by {
