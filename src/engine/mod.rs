@@ -70,7 +70,7 @@ const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 /// Worker settings that are not retry policy. The engine owns their defaults
 /// ([`WorkerSettings::for_policy`]); the config file only overrides them.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerSettings {
     /// Orders worked at once by this process.
     pub concurrency: usize,
