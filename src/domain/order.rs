@@ -699,15 +699,7 @@ impl Order {
         reason: impl Into<String>,
         now: Timestamp,
     ) -> Result<(), TransitionError> {
-        self.require_that("fail", OrderState::is_active)?;
-        self.state = OrderState::Failed;
-        self.failure = Some(Failure {
-            phase,
-            reason: reason.into(),
-        });
-        self.run_at = None;
-        self.updated_at = now;
-        Ok(())
+        self.stop_working("fail", OrderState::Failed, phase, reason.into(), now)
     }
 
     /// The engine cannot decide safely: hand the order to an admin.
@@ -720,12 +712,27 @@ impl Order {
         reason: impl Into<String>,
         now: Timestamp,
     ) -> Result<(), TransitionError> {
-        self.require_that("escalate", OrderState::is_active)?;
-        self.state = OrderState::NeedsAttention;
-        self.failure = Some(Failure {
+        self.stop_working(
+            "escalate",
+            OrderState::NeedsAttention,
             phase,
-            reason: reason.into(),
-        });
+            reason.into(),
+            now,
+        )
+    }
+
+    /// An active order stops being worked, in `to` (failed or needing attention), for `reason`.
+    fn stop_working(
+        &mut self,
+        action: &'static str,
+        to: OrderState,
+        phase: Phase,
+        reason: String,
+        now: Timestamp,
+    ) -> Result<(), TransitionError> {
+        self.require_that(action, OrderState::is_active)?;
+        self.state = to;
+        self.failure = Some(Failure { phase, reason });
         self.run_at = None;
         self.updated_at = now;
         Ok(())
