@@ -286,12 +286,8 @@ pub(super) async fn retry_failed(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Json<BulkSummary>, ApiError> {
-    let obj = body_object(&body)?;
-    let filter = bulk_filter(&obj)?;
-    let summary = state
-        .engine
-        .retry_failed(&filter, &admin, &reason_of(&obj)?)
-        .await?;
+    let (filter, reason) = bulk_request(&body)?;
+    let summary = state.engine.retry_failed(&filter, &admin, &reason).await?;
     Ok(Json(summary))
 }
 
@@ -301,13 +297,19 @@ pub(super) async fn mark_resolved_failed(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Json<BulkSummary>, ApiError> {
-    let obj = body_object(&body)?;
-    let filter = bulk_filter(&obj)?;
+    let (filter, reason) = bulk_request(&body)?;
     let summary = state
         .engine
-        .mark_resolved_failed(&filter, &admin, &reason_of(&obj)?)
+        .mark_resolved_failed(&filter, &admin, &reason)
         .await?;
     Ok(Json(summary))
+}
+
+/// A bulk action's body: which failed orders, and why.
+fn bulk_request(body: &Bytes) -> Result<(OrderFilter, String), ApiError> {
+    let obj = body_object(body)?;
+    let filter = bulk_filter(&obj)?;
+    Ok((filter, reason_of(&obj)?))
 }
 
 /// `POST /api/v1/orders/{id}/notifications/{delivery}/resend` with `{"reason"?}` (an empty body
