@@ -220,15 +220,14 @@ fn now_ms() -> i64 {
 }
 
 /// Orders leased by `worker` right now.
-/// The SQL list of the states the engine still works (`('queued', ...)`), from the domain's
-/// [`OrderState::is_active`], so the test cannot fall behind a new state.
-fn active_states() -> String {
-    let names: Vec<String> = OrderState::ALL
-        .iter()
+/// The states the engine still works, from the domain's [`OrderState::is_active`] (bound as
+/// `state = ANY($n)`), so the test cannot fall behind a new state.
+fn active_states() -> Vec<&'static str> {
+    OrderState::ALL
+        .into_iter()
         .filter(|s| s.is_active())
-        .map(|s| format!("'{}'", s.as_str()))
-        .collect();
-    format!("({})", names.join(", "))
+        .map(OrderState::as_str)
+        .collect()
 }
 
 async fn leased_by(pool: &PgPool, worker: &str) -> HashSet<String> {
@@ -418,16 +417,16 @@ async fn three_processes_on_postgres_survive_sigkill_mid_purchase_and_mid_wait()
             let w = b_probe.clone();
             async move {
                 let now = now_ms();
-                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                let row = sqlx::query(
                     "SELECT \
                        COUNT(*) FILTER (WHERE lease_owner = $1 AND lease_expires_at > $2 AND state = 'awaiting_credentials') AS b_status, \
-                       COUNT(*) FILTER (WHERE state IN {} AND run_at > $2 \
+                       COUNT(*) FILTER (WHERE state = ANY($3) AND run_at > $2 \
                                         AND (lease_expires_at IS NULL OR lease_expires_at <= $2)) AS waiting \
                      FROM orders",
-                    active_states()
-                )))
+                )
                 .bind(w)
                 .bind(now)
+                .bind(active_states())
                 .fetch_one(pool_ref)
                 .await
                 .ok()?;
@@ -454,13 +453,12 @@ async fn three_processes_on_postgres_survive_sigkill_mid_purchase_and_mid_wait()
         "every order terminal",
         Duration::from_secs(100),
         || async {
-            let active: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT COUNT(*) FROM orders WHERE state IN {}",
-                active_states()
-            )))
-            .fetch_one(pool_ref)
-            .await
-            .ok()?;
+            let active: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE state = ANY($1)")
+                    .bind(active_states())
+                    .fetch_one(pool_ref)
+                    .await
+                    .ok()?;
             (active == 0).then_some(())
         },
     )
