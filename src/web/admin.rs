@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::auth::Admin;
-use super::intake::{no_unknown_keys, string};
+use super::intake::{body_object, no_unknown_keys, string};
 use super::views::OrderView;
 use super::{ApiError, AppState};
 use crate::domain::{CatalogPackage, FieldError, PackageId};
@@ -105,18 +105,6 @@ pub(super) async fn list_orders(
         "offset": page.offset,
         "next_offset": page.next_offset,
     })))
-}
-
-fn body_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
-    match value {
-        Value::Object(map) => Ok(map),
-        _ => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the body must be a JSON object",
-        )),
-    }
 }
 
 fn reason_of(obj: &Map<String, Value>) -> Result<String, ApiError> {

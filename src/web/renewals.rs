@@ -6,10 +6,10 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::auth::Admin;
-use super::intake::{no_unknown_keys, string};
+use super::intake::{body_object, no_unknown_keys, storefront_of, string};
 use super::storefront::Refusal;
 use super::throttle::ClientAddr;
 use super::{ApiError, AppState};
@@ -46,22 +46,8 @@ pub(super) async fn storefront_renewal(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    state.throttle.check(client)?;
-    let storefront = match state.storefronts.verify(&headers, &body) {
-        Ok(name) => name.to_string(),
-        Err(refusal) => {
-            if refusal != Refusal::Missing {
-                state.throttle.fail(client);
-            }
-            tracing::warn!(client = %client, "renewal refused: {refusal}");
-            let status = match refusal {
-                Refusal::NoneConfigured => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::UNAUTHORIZED,
-            };
-            return Err(ApiError::new(status, refusal.to_string()));
-        }
-    };
-    let obj = object(&body)?;
+    let storefront = storefront_of(&state, client, &headers, &body, "renewal")?;
+    let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["renewal_ref"], "")?;
     let renewal_ref = string(&obj, "renewal_ref", "renewal_ref")?;
     let id = resolve(&state, &id).await?;
@@ -86,7 +72,7 @@ pub(super) async fn admin_renewal(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let id = super::access::order_id(&id)?;
-    let obj = object(&body)?;
+    let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["reason"], "")?;
     let reason = string(&obj, "reason", "reason")?;
     let taken = state.engine.admin_renewal(&id, &admin, &reason).await?;
@@ -119,7 +105,7 @@ pub(super) async fn cancel_service(
             }
         },
     };
-    let obj = object(&body)?;
+    let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["reason"], "")?;
     let reason = string(&obj, "reason", "reason")?;
     let id = resolve(&state, &id).await?;
@@ -148,18 +134,6 @@ async fn resolve(state: &AppState, raw: &str) -> Result<OrderId, ApiError> {
         .map_err(ApiError::internal)?
         .map(|o| o.id)
         .ok_or_else(not_found)
-}
-
-fn object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
-    match value {
-        Value::Object(map) => Ok(map),
-        _ => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the body must be a JSON object",
-        )),
-    }
 }
 
 /// A renewal as the API shows it.
