@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, Settings};
 use crate::crypto::Cipher;
+use crate::engine::Engine;
 use crate::engine::admin::AdminService;
 use crate::engine::catalog::Catalog;
-use crate::engine::{Engine, WorkerSettings};
 use crate::notify::email::EmailNotifier;
 use crate::notify::webhook::WebhookNotifier;
 use crate::notify::{Channels, Dispatcher, DispatcherSettings, LogNotifier, Notifier};
@@ -187,16 +187,6 @@ fn dispatcher_settings(settings: &Settings) -> DispatcherSettings {
     }
 }
 
-fn engine_settings(settings: &Settings) -> WorkerSettings {
-    WorkerSettings {
-        concurrency: settings.worker.concurrency,
-        lease: settings.worker.lease,
-        poll_interval: settings.worker.poll_interval,
-        purchase_grace: settings.worker.purchase_grace,
-        ..WorkerSettings::for_policy(&settings.policy)
-    }
-}
-
 fn client(
     base_url: &str,
     path_prefix: &str,
@@ -345,7 +335,7 @@ pub async fn start(
         Arc::clone(&clock),
         settings.policy.clone(),
         Arc::clone(&cipher),
-        engine_settings(settings),
+        settings.worker.engine.clone(),
     ));
 
     let (sync, token, every) = (
@@ -367,7 +357,7 @@ pub async fn start(
         .with_templates(settings.notify.templates.clone()),
     );
     let (d, token) = (Arc::clone(&dispatcher), shutdown.clone());
-    let interval = settings.worker.poll_interval;
+    let interval = settings.worker.engine.poll_interval;
     tasks.push(tokio::spawn(async move { d.run(token, interval).await }));
 
     let (worker, token, grace) = (
@@ -410,7 +400,7 @@ pub async fn start(
         );
     }
     let server = &settings.server;
-    let reserved = crate::web::server::reserved_fds(settings.worker.concurrency);
+    let reserved = crate::web::server::reserved_fds(settings.worker.engine.concurrency);
     let fd_limit = crate::web::server::open_files_limit();
     let mut limits = crate::web::server::Limits::of(server);
     limits.max_connections =

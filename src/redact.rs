@@ -1,7 +1,8 @@
 //! Showing URLs without their secrets, in logs and error messages. The one place that decides
 //! what of a URL is secret: the password in its user info and a `password=` query value always;
-//! the whole user info when none belongs there; and, in free text from HTTP libraries, any query
-//! string (a token can hide in any parameter).
+//! the whole user info when none belongs there; and, in free text from HTTP libraries and in URLs
+//! that should carry no secret of ours (a webhook's endpoint), any query string (a token can hide
+//! in any parameter).
 
 /// What of a URL's user info stays visible.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,12 +45,18 @@ pub fn url(raw: &str, user: User) -> String {
     out
 }
 
-/// `text` with every URL in it shown without query, fragment or user info (error texts from
-/// HTTP libraries can carry the URL a request was sent to).
+/// `raw` without query, fragment or user info (a token can hide in any of them): a URL that
+/// should carry no secret of ours, such as a webhook's endpoint, as logs may show it.
+pub fn url_without_query(raw: &str) -> String {
+    url(raw.split(['?', '#']).next().unwrap_or(raw), User::Hidden)
+}
+
+/// `text` with every URL in it shown as [`url_without_query`] shows it (error texts from HTTP
+/// libraries can carry the URL a request was sent to).
 pub fn urls_in(text: &str) -> String {
     text.split(' ')
         .map(|word| match word.find("://") {
-            Some(_) => url(word.split(['?', '#']).next().unwrap_or(word), User::Hidden),
+            Some(_) => url_without_query(word),
             None => word.to_string(),
         })
         .collect::<Vec<_>>()

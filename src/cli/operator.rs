@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use super::{CatalogAction, OrdersAction, PhaseArg, ResolveAction};
-use crate::domain::{FieldError, OrderId, PackageId};
+use crate::domain::{FieldError, OrderId, PackageId, Reason, ReasonError};
 use crate::engine::admin::{AdminService, Resolve};
 use crate::engine::catalog::Catalog;
 use crate::engine::failed_queue::QueueItem;
@@ -435,9 +435,12 @@ impl ApiClient {
         done: &'static str,
         reason: &str,
     ) -> anyhow::Result<Value> {
-        if reason.trim().is_empty() {
-            bail!("--reason is empty: say why, it goes in each order's timeline");
-        }
+        let reason = Reason::parse(reason).map_err(|e| match e {
+            ReasonError::Empty => {
+                anyhow::anyhow!("--reason is empty: say why, it goes in each order's timeline")
+            }
+            e => anyhow::anyhow!("--reason {e}"),
+        })?;
         let mut failed = Vec::new();
         let mut offset = 0;
         loop {

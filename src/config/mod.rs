@@ -228,22 +228,15 @@ impl fmt::Debug for Storefront {
     }
 }
 
-/// Worker loop settings, as configured; the engine owns their defaults
-/// ([`crate::engine::WorkerSettings::for_policy`]).
+/// Worker loop settings, as configured: the engine's own settings, whose defaults the engine
+/// owns ([`crate::engine::WorkerSettings::for_policy`]) and the file only overrides, and how
+/// long the whole process waits on shutdown.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerSettings {
-    /// Orders driven at once by this process.
-    pub concurrency: usize,
-    /// How long a worker owns an order it picked up. It must outlast the longest step, or another
-    /// worker takes the order over mid-purchase; see [`crate::engine::WorkerSettings::default_lease`].
-    pub lease: Duration,
-    /// How often an idle worker looks for due orders.
-    pub poll_interval: Duration,
+    /// Concurrency, lease, poll interval and purchase grace, as the engine takes them.
+    pub engine: crate::engine::WorkerSettings,
     /// How long shutdown waits for in-flight steps before abandoning them to lease expiry.
     pub shutdown_grace: Duration,
-    /// How much longer shutdown waits while a buyvps is in flight, so a purchase that would
-    /// have answered is not cut off into an unknown outcome. Default: `policy.buy.timeout`.
-    pub purchase_grace: Duration,
 }
 
 /// Notification channels and delivery retries.

@@ -403,6 +403,7 @@ pub(super) fn resolve_worker(
     policy: &RetryPolicy,
     env: &Env<'_>,
 ) -> Result<WorkerSettings, ConfigError> {
+    let defaults = engine::WorkerSettings::for_policy(policy);
     let (concurrency, key) = match env.get(ENV_WORKER_CONCURRENCY) {
         Some(text) => {
             let parsed = text.trim().parse::<usize>().map_err(|_| {
@@ -414,7 +415,7 @@ pub(super) fn resolve_worker(
             (parsed, ENV_WORKER_CONCURRENCY)
         }
         None => (
-            raw.concurrency.unwrap_or(engine::DEFAULT_CONCURRENCY),
+            raw.concurrency.unwrap_or(defaults.concurrency),
             "worker.concurrency",
         ),
     };
@@ -431,7 +432,7 @@ pub(super) fn resolve_worker(
     let poll_interval = duration(
         raw.poll_interval,
         "worker.poll_interval",
-        engine::DEFAULT_POLL_INTERVAL,
+        defaults.poll_interval,
     )?;
     if poll_interval.is_zero() {
         return Err(ConfigError::new(
@@ -465,12 +466,12 @@ pub(super) fn resolve_worker(
             }
             lease
         }
-        None => engine::WorkerSettings::default_lease(policy),
+        None => defaults.lease,
     };
     let purchase_grace = duration(
         raw.purchase_grace,
         "worker.purchase_grace",
-        engine::WorkerSettings::for_policy(policy).purchase_grace,
+        defaults.purchase_grace,
     )?;
     if purchase_grace.is_zero() {
         return Err(ConfigError::new(
@@ -479,11 +480,14 @@ pub(super) fn resolve_worker(
         ));
     }
     Ok(WorkerSettings {
-        concurrency,
-        lease,
-        poll_interval,
+        engine: engine::WorkerSettings {
+            concurrency,
+            lease,
+            poll_interval,
+            purchase_grace,
+            ..defaults
+        },
         shutdown_grace,
-        purchase_grace,
     })
 }
 

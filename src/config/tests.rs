@@ -47,9 +47,9 @@ fn defaults_are_the_seed() {
     assert!(s.smartvps.is_none());
     assert_eq!(s.database.url, "sqlite://provisioner.db");
     assert_eq!(s.server.listen, "127.0.0.1:8080".parse().unwrap());
-    assert_eq!(s.worker.concurrency, 32);
-    assert_eq!(s.worker.lease, Duration::from_secs(2 * 120 + 30));
-    assert_eq!(s.worker.poll_interval, Duration::from_secs(1));
+    assert_eq!(s.worker.engine.concurrency, 32);
+    assert_eq!(s.worker.engine.lease, Duration::from_secs(2 * 120 + 30));
+    assert_eq!(s.worker.engine.poll_interval, Duration::from_secs(1));
     assert_eq!(s.worker.shutdown_grace, Duration::from_secs(30));
     assert_eq!(s.catalog.sync_interval, Duration::from_secs(600));
     assert_eq!(s.catalog.low_stock, 5);
@@ -82,7 +82,7 @@ fn example_smartvps_and_lease_blocks_parse_when_uncommented() {
     assert_eq!(smartvps.base_url, "https://smartvps.online/");
     assert_eq!(smartvps.path_prefix, DEFAULT_PATH_PREFIX);
     assert_eq!(
-        s.worker.lease,
+        s.worker.engine.lease,
         crate::engine::WorkerSettings::default_lease(&s.policy)
     );
     assert_eq!(s.admin.tokens.len(), 1);
@@ -411,10 +411,10 @@ fn durations_and_sections_are_read() {
     assert_eq!(s.policy.buy.timeout, Duration::from_secs(45));
     assert_eq!(s.policy.buy.delays, [Duration::from_secs(90)]);
     assert_eq!(s.policy.status, RetryPolicy::default().status);
-    assert_eq!(s.worker.concurrency, 4);
-    assert_eq!(s.worker.poll_interval, Duration::from_millis(250));
+    assert_eq!(s.worker.engine.concurrency, 4);
+    assert_eq!(s.worker.engine.poll_interval, Duration::from_millis(250));
     // The default lease follows the configured timeouts: 2 x max(45s, 90s) + 30s.
-    assert_eq!(s.worker.lease, Duration::from_secs(210));
+    assert_eq!(s.worker.engine.lease, Duration::from_secs(210));
 }
 
 #[test]
@@ -445,9 +445,9 @@ fn unparseable_duration_names_its_key() {
 #[test]
 fn purchase_grace_defaults_to_the_buy_timeout_and_must_be_positive() {
     let s = from_toml("[policy.buy]\ntimeout = \"45s\"\nhorizon = \"10m\"\n").unwrap();
-    assert_eq!(s.worker.purchase_grace, Duration::from_secs(45));
+    assert_eq!(s.worker.engine.purchase_grace, Duration::from_secs(45));
     let s = from_toml("[worker]\npurchase_grace = \"5m\"\n").unwrap();
-    assert_eq!(s.worker.purchase_grace, Duration::from_secs(300));
+    assert_eq!(s.worker.engine.purchase_grace, Duration::from_secs(300));
     assert_eq!(
         key_of(from_toml("[worker]\npurchase_grace = \"0s\"\n")),
         "worker.purchase_grace"
@@ -634,6 +634,7 @@ fn lease_must_outlast_a_step() {
         from_toml("[worker]\nlease = \"4m 1s\"\n")
             .unwrap()
             .worker
+            .engine
             .lease,
         Duration::from_secs(241)
     );
@@ -667,7 +668,7 @@ fn environment_wins_over_the_file() {
     assert_eq!(s.database.url, "sqlite://from-env.db");
     assert_eq!(s.server.listen, "0.0.0.0:9000".parse().unwrap());
     assert_eq!(s.policy.on_unknown, OnUnknown::Retry);
-    assert_eq!(s.worker.concurrency, 8);
+    assert_eq!(s.worker.engine.concurrency, 8);
     assert_eq!(s.secret_key.as_ref().unwrap().expose_secret(), "k3y");
 }
 
@@ -729,7 +730,7 @@ fn load_reads_an_explicit_file_and_reports_a_missing_one() {
     let path = dir.path().join("custom.toml");
     std::fs::write(&path, "[worker]\nconcurrency = 5\n").unwrap();
     let s = Settings::load(Some(&path)).unwrap();
-    assert_eq!(s.worker.concurrency, 5);
+    assert_eq!(s.worker.engine.concurrency, 5);
     assert_eq!(s.source.as_deref(), Some(path.as_path()));
     let missing = dir.path().join("missing.toml");
     let err = Settings::load(Some(&missing)).unwrap_err();
@@ -916,7 +917,10 @@ fn a_lease_shorter_than_an_action_call_is_refused() {
     );
     // Unset, the lease follows the action timeout.
     let s = from_toml("[policy.action]\ntimeout = \"10m\"\nhorizon = \"10m\"\n").unwrap();
-    assert_eq!(s.worker.lease, std::time::Duration::from_secs(20 * 60 + 30));
+    assert_eq!(
+        s.worker.engine.lease,
+        std::time::Duration::from_secs(20 * 60 + 30)
+    );
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! Domain types: orders and their state machine, packages, credentials, the purchase ledger,
-//! the server's actions and renewals (the renewal ledger, the term), and the timeline an admin
-//! reads.
+//! the server's actions and renewals (the renewal ledger, the term), the reasons given for
+//! actions, and the timeline an admin reads.
 
 pub mod credentials;
 pub mod inventory;
 pub mod ledger;
 pub mod order;
 pub mod package;
+pub mod reason;
 pub mod renewal;
 pub mod server;
 
@@ -20,6 +21,7 @@ pub use order::{
     Phase, RamGb, TransitionError,
 };
 pub use package::{CatalogPackage, PackageId, PackageName};
+pub use reason::{MAX_REASON_CHARS, Reason, ReasonError};
 pub use renewal::{Renewal, RenewalState, ServerTerm, expiry_instant};
 pub use server::{ActionKind, ActionState, CallOutcome, Os, ServerAction, ServerFacts, Stage};
 

@@ -389,6 +389,13 @@ impl OrderState {
         )
     }
 
+    /// Whether an admin may cancel an order in this state: the active states, and the two an
+    /// admin is left to decide (`failed`, `needs_attention`). Not `ready` or later: an order
+    /// whose server is bought has its service cancelled instead.
+    pub fn is_cancellable(self) -> bool {
+        self.is_active() || matches!(self, Self::Failed | Self::NeedsAttention)
+    }
+
     /// Whether a worker may claim orders in this state when they are due: the active states,
     /// and `ready` while an action on its server is pending.
     pub fn is_workable(self) -> bool {
@@ -528,7 +535,17 @@ impl Order {
     }
 
     fn require(&self, action: &'static str, allowed: &[OrderState]) -> Result<(), TransitionError> {
-        if allowed.contains(&self.state) {
+        self.require_that(action, |s| allowed.contains(&s))
+    }
+
+    /// [`Order::require`] for a set of states the state itself names (such as
+    /// [`OrderState::is_active`]), so the set is spelled once.
+    fn require_that(
+        &self,
+        action: &'static str,
+        allowed: impl Fn(OrderState) -> bool,
+    ) -> Result<(), TransitionError> {
+        if allowed(self.state) {
             Ok(())
         } else {
             Err(TransitionError {
@@ -695,23 +712,7 @@ impl Order {
         reason: impl Into<String>,
         now: Timestamp,
     ) -> Result<(), TransitionError> {
-        self.require(
-            "fail",
-            &[
-                OrderState::Queued,
-                OrderState::Buying,
-                OrderState::AwaitingCredentials,
-                OrderState::InstallingOs,
-            ],
-        )?;
-        self.state = OrderState::Failed;
-        self.failure = Some(Failure {
-            phase,
-            reason: reason.into(),
-        });
-        self.run_at = None;
-        self.updated_at = now;
-        Ok(())
+        self.stop_working("fail", OrderState::Failed, phase, reason.into(), now)
     }
 
     /// The engine cannot decide safely: hand the order to an admin.
@@ -724,20 +725,27 @@ impl Order {
         reason: impl Into<String>,
         now: Timestamp,
     ) -> Result<(), TransitionError> {
-        self.require(
+        self.stop_working(
             "escalate",
-            &[
-                OrderState::Queued,
-                OrderState::Buying,
-                OrderState::AwaitingCredentials,
-                OrderState::InstallingOs,
-            ],
-        )?;
-        self.state = OrderState::NeedsAttention;
-        self.failure = Some(Failure {
+            OrderState::NeedsAttention,
             phase,
-            reason: reason.into(),
-        });
+            reason.into(),
+            now,
+        )
+    }
+
+    /// An active order stops being worked, in `to` (failed or needing attention), for `reason`.
+    fn stop_working(
+        &mut self,
+        action: &'static str,
+        to: OrderState,
+        phase: Phase,
+        reason: String,
+        now: Timestamp,
+    ) -> Result<(), TransitionError> {
+        self.require_that(action, OrderState::is_active)?;
+        self.state = to;
+        self.failure = Some(Failure { phase, reason });
         self.run_at = None;
         self.updated_at = now;
         Ok(())
@@ -870,17 +878,7 @@ impl Order {
     /// # Errors
     /// When ready or already cancelled.
     pub fn cancel(&mut self, now: Timestamp) -> Result<(), TransitionError> {
-        self.require(
-            "cancel",
-            &[
-                OrderState::Queued,
-                OrderState::Buying,
-                OrderState::AwaitingCredentials,
-                OrderState::InstallingOs,
-                OrderState::Failed,
-                OrderState::NeedsAttention,
-            ],
-        )?;
+        self.require_that("cancel", OrderState::is_cancellable)?;
         self.state = OrderState::Cancelled;
         self.run_at = None;
         self.updated_at = now;

@@ -21,15 +21,12 @@ use super::queries::Queries;
 use crate::clock::Clock;
 use crate::domain::{
     EntryKind, FieldError, NoticeKind, Order, OrderId, OrderState, PackageName, Phase, Purchase,
-    Resolution, TimelineEntry,
+    Reason, ReasonError, Resolution, TimelineEntry,
 };
 use crate::store::{Change, OrderFilter, Store, StoreError};
 
 /// The words of the engine's timeline line for a status call that read credentials.
 pub(crate) const STATUS_SUCCEEDED: &str = "status succeeded";
-
-/// The longest reason accepted; a reason is a sentence for the timeline, not a document.
-pub const MAX_REASON_CHARS: usize = 1000;
 
 /// Why an admin action was refused.
 #[derive(Debug, thiserror::Error)]
@@ -198,24 +195,15 @@ pub struct AdminService {
     actions_per_hour: u32,
 }
 
-pub(super) fn check_reason(reason: &str) -> Result<&str, AdminError> {
-    let reason = reason.trim();
-    if reason.is_empty() {
-        return Err(AdminError::NoReason);
-    }
-    if reason.chars().count() > MAX_REASON_CHARS {
-        return Err(AdminError::Invalid {
+/// `reason` as a [`Reason`], refused the way every admin action refuses it.
+pub(super) fn check_reason(reason: &str) -> Result<Reason, AdminError> {
+    Reason::parse(reason).map_err(|e| match e {
+        ReasonError::Empty => AdminError::NoReason,
+        e => AdminError::Invalid {
             field: "reason",
-            message: format!("must be at most {MAX_REASON_CHARS} characters"),
-        });
-    }
-    if reason.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(AdminError::Invalid {
-            field: "reason",
-            message: "must not contain control characters".into(),
-        });
-    }
-    Ok(reason)
+            message: e.to_string(),
+        },
+    })
 }
 
 fn admin_line(now: crate::clock::Timestamp, message: String) -> TimelineEntry {
@@ -466,22 +454,41 @@ impl AdminService {
             .ok_or_else(|| AdminError::NotFound(id.clone()))
     }
 
+    /// The order `id`, when it is in `state`; otherwise refused, saying `only` what it must be.
+    async fn load_in(
+        &self,
+        id: &OrderId,
+        state: OrderState,
+        only: &str,
+    ) -> Result<Order, AdminError> {
+        let order = self.load(id).await?;
+        if order.state != state {
+            return Err(AdminError::Refused(format!(
+                "only {only}; this one is {}",
+                order.state
+            )));
+        }
+        Ok(order)
+    }
+
+    /// Saves an admin's change to `order` (read at `expected`), logs its lines and wakes the
+    /// worker; the order as saved.
     async fn apply_admin(
         &self,
-        order: &Order,
+        order: Order,
         expected: crate::clock::Timestamp,
         change: Change,
-    ) -> Result<(), AdminError> {
+    ) -> Result<Order, AdminError> {
         for e in &change.entries {
             tracing::info!(order_id = %order.id, "{}", e.message);
         }
         self.store
-            .admin_save(order, expected, self.clock.now(), change)
+            .admin_save(&order, expected, self.clock.now(), change)
             .await?;
         if let Some(wake) = &self.wake {
             wake.notify_one();
         }
-        Ok(())
+        Ok(order)
     }
 
     /// Retries a failed order: the buy phase when no server is owned, otherwise status polling
@@ -498,13 +505,9 @@ impl AdminService {
         reason: &str,
     ) -> Result<Order, AdminError> {
         let reason = check_reason(reason)?;
-        let mut order = self.load(id).await?;
-        if order.state != OrderState::Failed {
-            return Err(AdminError::Refused(format!(
-                "only a failed order can be retried; this one is {}",
-                order.state
-            )));
-        }
+        let mut order = self
+            .load_in(id, OrderState::Failed, "a failed order can be retried")
+            .await?;
         if order.server_ip.is_none() {
             let purchases = self.store.purchases(id).await?;
             if let Some(p) = purchases.iter().find(|p| p.is_open_unknown()) {
@@ -541,8 +544,7 @@ impl AdminService {
             notices: vec![NoticeKind::Resumed],
             ..Change::default()
         };
-        self.apply_admin(&order, expected, change).await?;
-        Ok(order)
+        self.apply_admin(order, expected, change).await
     }
 
     /// Resolves an order that needs attention (see [`Resolve`]).
@@ -563,13 +565,13 @@ impl AdminService {
         action: Resolve,
     ) -> Result<Order, AdminError> {
         let reason = check_reason(reason)?;
-        let mut order = self.load(id).await?;
-        if order.state != OrderState::NeedsAttention {
-            return Err(AdminError::Refused(format!(
-                "only an order that needs attention can be resolved; this one is {}",
-                order.state
-            )));
-        }
+        let mut order = self
+            .load_in(
+                id,
+                OrderState::NeedsAttention,
+                "an order that needs attention can be resolved",
+            )
+            .await?;
         let purchases = self.store.purchases(id).await?;
         let expected = order.updated_at;
         let now = self.clock.now();
@@ -686,8 +688,7 @@ impl AdminService {
             change.notices.push(NoticeKind::Resumed);
         }
         change.entries = entries;
-        self.apply_admin(&order, expected, change).await?;
-        Ok(order)
+        self.apply_admin(order, expected, change).await
     }
 
     /// Cancels an order, refusing when a server may have been bought for it (see
@@ -773,8 +774,7 @@ impl AdminService {
             notices: vec![NoticeKind::Cancelled],
             ..Change::default()
         };
-        self.apply_admin(&order, expected, change).await?;
-        Ok(order)
+        self.apply_admin(order, expected, change).await
     }
 
     /// Marks a failed order resolved: the admin settled it outside the engine (a refund, a
@@ -791,13 +791,13 @@ impl AdminService {
         reason: &str,
     ) -> Result<Order, AdminError> {
         let reason = check_reason(reason)?;
-        let mut order = self.load(id).await?;
-        if order.state != OrderState::Failed {
-            return Err(AdminError::Refused(format!(
-                "only a failed order can be marked resolved; this one is {}",
-                order.state
-            )));
-        }
+        let mut order = self
+            .load_in(
+                id,
+                OrderState::Failed,
+                "a failed order can be marked resolved",
+            )
+            .await?;
         let purchases = self.store.purchases(id).await?;
         if let Some(p) = purchases.iter().find(|p| p.is_unsettled()) {
             return Err(AdminError::Refused(format!(
@@ -827,8 +827,7 @@ impl AdminService {
             notices: vec![NoticeKind::Cancelled],
             ..Change::default()
         };
-        self.apply_admin(&order, expected, change).await?;
-        Ok(order)
+        self.apply_admin(order, expected, change).await
     }
 
     /// The failed orders `filter` matches (its state is forced to failed, its paging ignored),
@@ -1048,8 +1047,7 @@ impl AdminService {
             entries,
             ..Change::default()
         };
-        self.apply_admin(&order, expected, change).await?;
-        Ok(order)
+        self.apply_admin(order, expected, change).await
     }
 
     /// The order's package name: from its latest purchase, else from the catalog.

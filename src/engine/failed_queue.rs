@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::admin::{AdminError, AdminService, check_reason};
 use crate::domain::{Order, OrderState, Phase};
-use crate::store::OrderFilter;
+use crate::store::{OrderFilter, StoreError};
 
 /// What happened to one order of the queue.
 #[derive(Clone, Debug, Serialize)]
@@ -40,6 +40,22 @@ async fn failed_orders(
     Ok(admin.failed_matching(&filter).await?)
 }
 
+/// Order `o`'s line after its action: `done` when it took, refused (saying why) when it did
+/// not. A store failure other than a conflict stops the whole queue.
+fn outcome(
+    o: &Order,
+    done: &'static str,
+    result: Result<Order, AdminError>,
+) -> Result<QueueItem, AdminError> {
+    match result {
+        Ok(after) => Ok(item(&after, done, None)),
+        Err(AdminError::Store(e)) if !matches!(e, StoreError::Conflict(_)) => {
+            Err(AdminError::Store(e))
+        }
+        Err(e) => Ok(item(o, "refused", Some(e.to_string()))),
+    }
+}
+
 fn item(o: &Order, outcome: &'static str, error: Option<String>) -> QueueItem {
     QueueItem {
         id: o.id.to_string(),
@@ -65,15 +81,8 @@ impl AdminService {
         let reason = check_reason(reason)?;
         let mut out = Vec::new();
         for o in failed_orders(self, phase).await? {
-            out.push(match self.retry(&o.id, actor, reason).await {
-                Ok(after) => item(&after, "retried", None),
-                Err(AdminError::Store(e))
-                    if !matches!(e, crate::store::StoreError::Conflict(_)) =>
-                {
-                    return Err(AdminError::Store(e));
-                }
-                Err(e) => item(&o, "refused", Some(e.to_string())),
-            });
+            let result = self.retry(&o.id, actor, reason.as_str()).await;
+            out.push(outcome(&o, "retried", result)?);
         }
         Ok(out)
     }
@@ -106,15 +115,8 @@ impl AdminService {
                 continue;
             }
             let why = format!("resolved from the failed queue: {reason}");
-            out.push(match self.cancel(&o.id, actor, &why).await {
-                Ok(after) => item(&after, "resolved", None),
-                Err(AdminError::Store(e))
-                    if !matches!(e, crate::store::StoreError::Conflict(_)) =>
-                {
-                    return Err(AdminError::Store(e));
-                }
-                Err(e) => item(&o, "refused", Some(e.to_string())),
-            });
+            let result = self.cancel(&o.id, actor, &why).await;
+            out.push(outcome(&o, "resolved", result)?);
         }
         Ok(out)
     }

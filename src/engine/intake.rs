@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::Engine;
 use super::catalog::{Catalog, CatalogError, PackageCheck};
 use crate::crypto::token_hash_hex;
-use crate::domain::{EntryKind, NewOrder, Order, OrderId, TimelineEntry};
+use crate::domain::{EntryKind, NewOrder, Order, OrderId, Reason, ReasonError, TimelineEntry};
 use crate::store::{AccessToken, Intake, StoreError};
 
 /// Why an order was not taken.
@@ -183,6 +183,9 @@ pub enum RotateError {
     /// The reason is missing.
     #[error("a reason is required: say why the customer's token is being replaced")]
     NoReason,
+    /// The reason is too long or holds control characters.
+    #[error("{0}")]
+    BadReason(ReasonError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -200,10 +203,10 @@ pub async fn rotate(
     by: &Rotator,
     reason: &str,
 ) -> Result<SecretString, RotateError> {
-    let reason = reason.trim();
-    if reason.is_empty() {
-        return Err(RotateError::NoReason);
-    }
+    let reason = Reason::parse(reason).map_err(|e| match e {
+        ReasonError::Empty => RotateError::NoReason,
+        e => RotateError::BadReason(e),
+    })?;
     let order = engine
         .store
         .order(id)

@@ -17,7 +17,8 @@
 //! - [`catalog`]: SmartVPS's stock list kept as the package catalog intake checks against.
 //! - [`renew`]: renewals (the renewal ledger, unknown outcomes settled by `ExpiryDate`),
 //!   reminders and expiry of ready servers; [`renewals`]: taking renewals, cancelling service,
-//!   and the sweep that brings servers nearing expiry to the engine.
+//!   and the sweep that brings servers nearing expiry to the engine; [`life`]: a ready server's
+//!   term as one step reads it, carried by the step and worked by [`renew`].
 //! - [`queries`]: the read side the web and the CLI show orders, history and the catalog through.
 
 mod actions;
@@ -28,6 +29,7 @@ mod credentials;
 pub mod discover;
 pub mod failed_queue;
 pub mod intake;
+mod life;
 mod progress;
 pub mod queries;
 mod reconcile;
@@ -68,7 +70,7 @@ const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 /// Worker settings that are not retry policy. The engine owns their defaults
 /// ([`WorkerSettings::for_policy`]); the config file only overrides them.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerSettings {
     /// Orders worked at once by this process.
     pub concurrency: usize,
@@ -203,11 +205,6 @@ impl Engine {
             buys_in_flight: Arc::new(AtomicUsize::new(0)),
             queries,
         }
-    }
-
-    /// The store, for the crate's own tools; surfaces read through [`Engine::queries`].
-    pub(crate) fn store(&self) -> &Arc<dyn Store> {
-        &self.store
     }
 
     /// The read side: orders, their history, credentials and the catalog.

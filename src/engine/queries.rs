@@ -304,6 +304,17 @@ impl Queries {
         self.store.server_facts(id).await
     }
 
+    /// The order a storefront knows by `order_ref`.
+    ///
+    /// # Errors
+    /// When the store fails.
+    pub async fn order_by_ref(
+        &self,
+        order_ref: &crate::domain::OrderRef,
+    ) -> Result<Option<Order>, StoreError> {
+        self.store.order_by_ref(order_ref).await
+    }
+
     /// The order an operator means by `name`: its id (UUID), its order_ref, or the end of its id
     /// (the dashboard's short id, at least [`MIN_SHORT_ID`] characters), tried in that order.
     ///

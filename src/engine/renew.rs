@@ -18,45 +18,12 @@ use std::net::Ipv4Addr;
 
 use super::EngineError;
 use super::actions::facts;
+use super::life::Life;
 use super::step::{Keep, Step, Then};
 use crate::clock::Timestamp;
-use crate::domain::{
-    CallOutcome, NoticeKind, OrderState, Renewal, RenewalState, ServerFacts, ServerTerm,
-    expiry_instant,
-};
+use crate::domain::{CallOutcome, NoticeKind, OrderState, Renewal, RenewalState, expiry_instant};
 use crate::provider::{CallContext, Command, Outcome, ServerStatus};
 use crate::store::Change;
-
-/// What the engine knows about a ready server's term during one step, read at its start.
-#[derive(Clone, Debug, Default)]
-pub(super) struct Life {
-    /// What status last said.
-    facts: Option<ServerFacts>,
-    /// The reminder sent and the cancellation.
-    term: ServerTerm,
-    /// Open renewals still queued after the one being worked.
-    queued: usize,
-    /// Status must be read again now (an action or renewal ended since the last read).
-    refresh: bool,
-    /// A read failed: nothing that needs status is tried again before this.
-    retry_at: Option<Timestamp>,
-    /// The newest renewal id read: one taken since keeps the order due (see
-    /// [`Change::renewals_seen`]).
-    seen: i64,
-}
-
-impl Life {
-    /// The expiry status last gave, as text and as the instant it is taken to mean.
-    fn expiry(&self) -> Option<(String, Timestamp)> {
-        let text = self.facts.as_ref()?.expiry.clone()?;
-        let at = expiry_instant(&text)?;
-        Some((text, at))
-    }
-
-    fn checked_at(&self) -> Option<Timestamp> {
-        self.facts.as_ref().and_then(|f| f.checked_at)
-    }
-}
 
 impl Step<'_> {
     /// A ready order fell due with no action pending on its server: its next renewal, else

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::clock::Timestamp;
-use crate::domain::{EntryKind, OrderId, OrderState, Renewal, ServerTerm, TimelineEntry};
+use crate::domain::{EntryKind, OrderId, OrderState, Reason, Renewal, ServerTerm, TimelineEntry};
 use crate::store::{Change, RenewalRequest, Store, StoreError};
 
 use super::Engine;
@@ -264,20 +264,9 @@ pub(crate) fn date(t: Timestamp) -> String {
     t.to_string().chars().take(10).collect()
 }
 
-fn check_reason(reason: &str) -> Result<&str, RenewalError> {
-    let reason = reason.trim();
-    let invalid = |message: &str| RenewalError::Invalid {
+fn check_reason(reason: &str) -> Result<Reason, RenewalError> {
+    Reason::parse(reason).map_err(|e| RenewalError::Invalid {
         field: "reason".into(),
-        message: message.into(),
-    };
-    if reason.is_empty() {
-        return Err(invalid("a reason is required"));
-    }
-    if reason.chars().count() > 500 {
-        return Err(invalid("must be at most 500 characters"));
-    }
-    if reason.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(invalid("must not contain control characters"));
-    }
-    Ok(reason)
+        message: e.to_string(),
+    })
 }

@@ -33,7 +33,7 @@ pub(super) struct Step<'e> {
     /// ([`Step::flush_pending`]).
     pending: Option<PendingReply>,
     /// A ready server's term as read by this step (`None` until read): renewals and expiry.
-    pub(super) life: Option<super::renew::Life>,
+    pub(super) life: Option<super::life::Life>,
     /// The package's free count a reconciliation read, saved with the settlement it leads to.
     pub(super) settling_stock: Option<u32>,
 }

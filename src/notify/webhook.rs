@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use super::{Event, Notifier, NotifyError};
 use crate::clock::Clock;
 use crate::domain::{NoticeKind, Order};
+use crate::redact;
 
 /// The signature header.
 pub const SIGNATURE_HEADER: &str = "x-provisioner-signature";
@@ -54,22 +55,12 @@ impl fmt::Debug for WebhookEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhookEndpoint")
             .field("name", &self.name)
-            .field("url", &redacted_url(&self.url))
+            .field("url", &redact::url_without_query(self.url.as_str()))
             .field("secret", &"[redacted]")
             .field("trusted", &self.trusted)
             .field("events", &self.events)
             .finish()
     }
-}
-
-/// A URL without user info or query, fit for logs (either can hold a token).
-fn redacted_url(url: &Url) -> String {
-    format!(
-        "{}://{}{}",
-        url.scheme(),
-        url.host_str().unwrap_or_default(),
-        url.port().map(|p| format!(":{p}")).unwrap_or_default()
-    ) + url.path()
 }
 
 /// Every event name a webhook can take.
@@ -236,7 +227,7 @@ impl Notifier for WebhookNotifier {
             .map_err(|e| {
                 NotifyError(format!(
                     "POST {}: {}",
-                    redacted_url(&self.endpoint.url),
+                    redact::url_without_query(self.endpoint.url.as_str()),
                     crate::telemetry::error_chain(&e.without_url())
                 ))
             })?;
@@ -246,7 +237,7 @@ impl Notifier for WebhookNotifier {
         } else {
             Err(NotifyError(format!(
                 "POST {} answered HTTP {}",
-                redacted_url(&self.endpoint.url),
+                redact::url_without_query(self.endpoint.url.as_str()),
                 status.as_u16()
             )))
         }
@@ -410,7 +401,10 @@ mod tests {
                 && !debug.contains("pw@"),
             "{debug}"
         );
-        assert!(debug.contains("https://shop.example/hook"), "{debug}");
+        assert!(
+            debug.contains("https://[redacted]@shop.example/hook"),
+            "{debug}"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 
 use super::{
     AccessToken, ActionRequest, Change, Claimed, Delivery, DeliveryResult, DeliveryStatus,
-    Expiring, Flight, Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded, RenewalRequest,
+    Expiring, Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded, RenewalRequest,
     StateCounts, Store, StoreError,
 };
 use super::{Begun, FlightState};
@@ -523,41 +523,6 @@ impl Store for MemoryStore {
         let order = row.order.clone();
         g.reindex(&lease.order_id, &order, old_lease);
         Ok(())
-    }
-
-    async fn acquire_flight(
-        &self,
-        lease: &Lease,
-        package: PackageId,
-    ) -> Result<Flight, StoreError> {
-        let mut g = self.lock();
-        g.fenced(lease)?;
-        match g.flights.get(&package) {
-            Some(holder) if holder != &lease.order_id => Ok(Flight::HeldBy(holder.clone())),
-            _ => {
-                g.flights.insert(package, lease.order_id.clone());
-                Ok(Flight::Granted)
-            }
-        }
-    }
-
-    async fn begin_purchase(
-        &self,
-        lease: &Lease,
-        order: &Order,
-        intent: &PurchaseIntent,
-        entries: &[TimelineEntry],
-    ) -> Result<PurchaseId, StoreError> {
-        let mut g = self.lock();
-        g.fenced(lease)?;
-        let id = g.insert_purchase(intent);
-        let change = Change {
-            entries: entries.to_vec(),
-            keep_lease: true,
-            ..Change::default()
-        };
-        g.apply(&lease.order_id, order, change, intent.sent_at);
-        Ok(id)
     }
 
     async fn flight_state(&self, package: PackageId) -> Result<FlightState, StoreError> {

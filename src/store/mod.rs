@@ -244,15 +244,6 @@ pub enum Begun {
     Moved,
 }
 
-/// The answer to a single-flight request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Flight {
-    /// This order may have a purchase in flight for the package.
-    Granted,
-    /// Another order holds the package's flight.
-    HeldBy(OrderId),
-}
-
 /// What happened when a purchase outcome was recorded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Recorded {
@@ -574,28 +565,16 @@ pub trait Store: Send + Sync + 'static {
     /// Gives up a lease without changing the order (shutdown): another worker may claim it now.
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
 
-    /// Takes the package's single flight for the lease's order (idempotent for the holder).
-    async fn acquire_flight(&self, lease: &Lease, package: PackageId)
-    -> Result<Flight, StoreError>;
-    /// Commits a purchase intent together with the order (its new attempt count) and timeline
-    /// lines, before buyvps is sent. Returns the purchase id. The lease is kept.
-    async fn begin_purchase(
-        &self,
-        lease: &Lease,
-        order: &Order,
-        intent: &PurchaseIntent,
-        entries: &[TimelineEntry],
-    ) -> Result<PurchaseId, StoreError>;
     /// Who holds a package's flight and its newest purchase: read before the stock list, so
     /// that [`Store::begin_purchase_in_flight`] can tell whether a purchase of ours went out
     /// while the stock was read.
     async fn flight_state(&self, package: PackageId) -> Result<FlightState, StoreError>;
     /// Takes the package's single flight for the lease's order and commits the purchase intent
     /// with the order (its new attempt count) and timeline lines, in one transaction, before
-    /// buyvps is sent: one commit where [`Store::acquire_flight`] and
-    /// [`Store::begin_purchase`] are two. The flight is taken only when no other order holds
-    /// it and no other order's purchase of the package is newer than `seen` (the state read
-    /// before the stock list); otherwise nothing is written. The lease is kept.
+    /// buyvps is sent: one commit for both, and the only way a purchase is begun, so no
+    /// purchase can go out without its package's flight. The flight is taken only when no other
+    /// order holds it and no other order's purchase of the package is newer than `seen` (the
+    /// state read before the stock list); otherwise nothing is written. The lease is kept.
     async fn begin_purchase_in_flight(
         &self,
         lease: &Lease,
@@ -684,17 +663,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Notices due for delivery.
     async fn due_notices(&self, now: Timestamp, limit: usize) -> Result<Vec<Notice>, StoreError>;
-    /// Marks a notice delivered (handed to its deliveries): a [`Store::fan_out`] of no
-    /// deliveries, so stores and decorators implement one write, not two.
-    async fn notice_delivered(&self, id: i64, at: Timestamp) -> Result<(), StoreError> {
-        self.fan_out(&[], &[id], at).await
-    }
 
     // issue 5: outbox deliveries
     // The dispatcher fans due notices out into per-channel deliveries and marks the notices
-    // handed over (`notice_delivered`: "handed to its deliveries"), a batch at a time with
-    // `fan_out`. Where the two happen apart, a crash in between only repeats the fan-out, which
-    // the unique keys make harmless.
+    // handed over ("delivered" on a notice means "handed to its deliveries"), a batch at a time
+    // with `fan_out`. Where the two happen apart, a crash in between only repeats the fan-out,
+    // which the unique keys make harmless.
 
     /// Queues `deliveries` and marks `notices` handed to them, atomically. SQL backends do it in
     /// one transaction, so a batch of notices costs one commit, not two per notice. A key

@@ -35,7 +35,7 @@ use sqlx::{ConnectOptions, Connection, PgPool, Postgres};
 use super::sql::{self, Arg, SqlRow, Stmt};
 use super::{
     AccessToken, ActionRequest, Begun, Change, Claimed, Delivery, DeliveryResult, DeliveryStatus,
-    Expiring, Flight, FlightState, Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded,
+    Expiring, FlightState, Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded,
     RenewalRequest, StateCounts, Store, StoreError,
 };
 use crate::clock::Timestamp;
@@ -354,20 +354,6 @@ const CLAIM_LOCK: &str = " FOR UPDATE SKIP LOCKED";
 
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
-/// Checks the fence and row-locks the order for the rest of the transaction.
-async fn lock_leased(tx: &mut Tx, lease: &Lease) -> Result<(), StoreError> {
-    let ok: Option<i32> = sqlx::query_scalar(
-        "SELECT 1 FROM orders WHERE id = $1 AND lease_token = $2 AND lease_owner = $3 FOR NO KEY UPDATE",
-    )
-    .bind(lease.order_id.as_str())
-    .bind(lease.token)
-    .bind(&lease.worker)
-    .fetch_optional(&mut **tx)
-    .await?;
-    ok.map(|_| ())
-        .ok_or_else(|| StoreError::LeaseLost(lease.order_id.clone()))
-}
-
 /// Writes the order's mutable columns and everything in `change`. With `fence` the update only
 /// applies under that lease; without, the caller already checked (and bumped the token) in this
 /// transaction (admin changes). A write that matches no row (the token moved on) is
@@ -658,58 +644,6 @@ impl Store for PostgresStore {
         } else {
             Ok(())
         }
-    }
-
-    async fn acquire_flight(
-        &self,
-        lease: &Lease,
-        package: PackageId,
-    ) -> Result<Flight, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        lock_leased(&mut tx, lease).await?;
-        // A concurrent insert for the same package makes this wait for that transaction's end,
-        // then do nothing (it committed) or insert (it rolled back): never two holders.
-        sqlx::query(
-            "INSERT INTO flights (package_id, order_id) VALUES ($1, $2) ON CONFLICT (package_id) DO NOTHING",
-        )
-        .bind(i64::from(package.0))
-        .bind(lease.order_id.as_str())
-        .execute(&mut *tx)
-        .await?;
-        // A new statement sees rows committed since the insert began, so this reads the holder.
-        let holder: String =
-            sqlx::query_scalar("SELECT order_id FROM flights WHERE package_id = $1")
-                .bind(i64::from(package.0))
-                .fetch_one(&mut *tx)
-                .await?;
-        tx.commit().await?;
-        if holder == lease.order_id.as_str() {
-            Ok(Flight::Granted)
-        } else {
-            Ok(Flight::HeldBy(sql::order_id(&holder, "flights.order_id")?))
-        }
-    }
-
-    async fn begin_purchase(
-        &self,
-        lease: &Lease,
-        order: &Order,
-        intent: &PurchaseIntent,
-        entries: &[TimelineEntry],
-    ) -> Result<PurchaseId, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // The fenced order write first: if the lease is gone, no intent is written.
-        let change = Change {
-            entries: entries.to_vec(),
-            keep_lease: true,
-            ..Change::default()
-        };
-        write(&mut tx, Some(lease), order, change, intent.sent_at).await?;
-        let row = query(&sql::insert_purchase(intent))
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        row.int("id").map(PurchaseId)
     }
 
     async fn flight_state(&self, package: PackageId) -> Result<FlightState, StoreError> {

@@ -1268,10 +1268,22 @@ pub(crate) fn purchase(row: &impl SqlRow) -> Result<Purchase, StoreError> {
     })
 }
 
-/// A claimed delivery from a [`claim_deliveries`] row.
-pub(crate) fn delivery(row: &impl SqlRow, worker: &str) -> Result<Delivery, StoreError> {
+/// The columns a claimed delivery and a delivery's status both read.
+struct DeliveryColumns {
+    id: i64,
+    key: String,
+    event_id: String,
+    order_id: Option<OrderId>,
+    kind: NoticeKind,
+    channel: String,
+    detail: Option<String>,
+    created_at: Timestamp,
+    attempts: u32,
+}
+
+fn delivery_columns(row: &impl SqlRow) -> Result<DeliveryColumns, StoreError> {
     let kind = row.text("kind")?;
-    Ok(Delivery {
+    Ok(DeliveryColumns {
         id: row.int("id")?,
         key: row.text("key")?,
         event_id: row.text("event_id")?,
@@ -1283,7 +1295,23 @@ pub(crate) fn delivery(row: &impl SqlRow, worker: &str) -> Result<Delivery, Stor
         channel: row.text("channel")?,
         detail: row.opt_text("detail")?,
         created_at: Timestamp(row.int("created_at")?),
-        attempt: u32_col(row, "attempts")?,
+        attempts: u32_col(row, "attempts")?,
+    })
+}
+
+/// A claimed delivery from a [`claim_deliveries`] row.
+pub(crate) fn delivery(row: &impl SqlRow, worker: &str) -> Result<Delivery, StoreError> {
+    let c = delivery_columns(row)?;
+    Ok(Delivery {
+        id: c.id,
+        key: c.key,
+        event_id: c.event_id,
+        order_id: c.order_id,
+        kind: c.kind,
+        channel: c.channel,
+        detail: c.detail,
+        created_at: c.created_at,
+        attempt: c.attempts,
         worker: worker.to_string(),
         token: row.int("claim_token")?,
     })
@@ -1291,24 +1319,20 @@ pub(crate) fn delivery(row: &impl SqlRow, worker: &str) -> Result<Delivery, Stor
 
 /// A delivery's status from a [`deliveries_of`] row.
 pub(crate) fn delivery_status(row: &impl SqlRow) -> Result<DeliveryStatus, StoreError> {
-    let kind = row.text("kind")?;
-    let attempts = u32_col(row, "attempts")?;
+    let c = delivery_columns(row)?;
     let delivered_at = ts_col(row, "delivered_at")?;
     let next_at = ts_col(row, "next_at")?;
     Ok(DeliveryStatus {
-        id: row.int("id")?,
-        key: row.text("key")?,
-        event_id: row.text("event_id")?,
-        order_id: row
-            .opt_text("order_id")?
-            .map(|s| order_id(&s, "outbox_deliveries.order_id"))
-            .transpose()?,
-        kind: NoticeKind::parse(&kind).ok_or_else(|| corrupt("outbox_deliveries.kind", &kind))?,
-        channel: row.text("channel")?,
-        detail: row.opt_text("detail")?,
-        created_at: Timestamp(row.int("created_at")?),
-        attempts,
-        state: DeliveryStatus::state_of(delivered_at, next_at, attempts),
+        id: c.id,
+        key: c.key,
+        event_id: c.event_id,
+        order_id: c.order_id,
+        kind: c.kind,
+        channel: c.channel,
+        detail: c.detail,
+        created_at: c.created_at,
+        attempts: c.attempts,
+        state: DeliveryStatus::state_of(delivered_at, next_at, c.attempts),
         last_error: row.opt_text("last_error")?,
         delivered_at,
         next_at,

@@ -22,7 +22,7 @@ use tokio::sync::{OwnedMutexGuard, mpsc, oneshot};
 use super::sql::{self, Arg, SqlRow, Stmt};
 use super::{
     AccessToken, ActionRequest, Begun, Change, Claimed, Delivery, DeliveryResult, DeliveryStatus,
-    Expiring, Flight, FlightState, Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded,
+    Expiring, FlightState, Intake, Lease, NewDelivery, Notice, OrderFilter, Recorded,
     RenewalRequest, StateCounts, Store, StoreError,
 };
 use crate::clock::Timestamp;
@@ -877,65 +877,6 @@ impl Store for SqliteStore {
                     Ok(())
                 }
             })
-        }))
-        .await
-    }
-
-    async fn acquire_flight(
-        &self,
-        lease: &Lease,
-        package: PackageId,
-    ) -> Result<Flight, StoreError> {
-        let lease = Arc::new(lease.clone());
-        self.write(Box::new(move |conn| {
-            let lease = Arc::clone(&lease);
-            Box::pin(async move {
-                // The usual case in one statement: the fence is the INSERT's SELECT, so a row
-                // goes in only for the lease holder and only if the package is free.
-                let inserted = sqlx::query(
-                    "INSERT INTO flights (package_id, order_id) SELECT ?, id FROM orders WHERE id = ? AND lease_token = ? AND lease_owner = ? \
-                     ON CONFLICT (package_id) DO NOTHING",
-                )
-                .bind(i64::from(package.0))
-                .bind(lease.order_id.as_str())
-                .bind(lease.token)
-                .bind(&lease.worker)
-                .execute(&mut *conn)
-                .await?;
-                if inserted.rows_affected() == 1 {
-                    return Ok(Flight::Granted);
-                }
-                // Nothing inserted: the lease is gone, or someone (maybe this order) holds the
-                // flight. Inside the group's transaction, so one snapshot.
-                let row = query(&sql::flight_after_refusal(&lease, package))
-                    .fetch_one(&mut *conn)
-                    .await?;
-                match sql::refused_flight(&row, &lease)? {
-                    None => Ok(Flight::Granted),
-                    Some(Begun::HeldBy(holder)) => Ok(Flight::HeldBy(holder)),
-                    // Nobody holds it and nothing was inserted: the one writer makes that
-                    // impossible, short of another process writing between the two statements.
-                    Some(_) => Err(StoreError::Database(format!(
-                        "the flight for package {} was released while being taken",
-                        package.0
-                    ))),
-                }
-            })
-        }))
-        .await
-    }
-
-    async fn begin_purchase(
-        &self,
-        lease: &Lease,
-        order: &Order,
-        intent: &PurchaseIntent,
-        entries: &[TimelineEntry],
-    ) -> Result<PurchaseId, StoreError> {
-        let data = Arc::new(Intent::new(lease, order, intent, entries));
-        self.write(Box::new(move |conn| {
-            let data = Arc::clone(&data);
-            Box::pin(async move { data.write(conn).await })
         }))
         .await
     }

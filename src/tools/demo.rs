@@ -127,7 +127,7 @@ pub async fn run(speed: f64, keep: bool) -> anyhow::Result<ExitCode> {
     settings.database.url = format!("sqlite://{}", dir.path().join("demo.db").display());
     settings.server.listen = "127.0.0.1:0".parse()?;
     settings.secret_key = Some(Cipher::generate_key());
-    settings.worker.poll_interval = Duration::from_millis(200);
+    settings.worker.engine.poll_interval = Duration::from_millis(200);
     // The demo reads timelines through the admin API, with a token made for this run only.
     let admin_token = crate::crypto::random_token();
     settings.admin.tokens = vec![crate::config::AdminToken {

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::orders::{Viewer, authorize};
+use super::access::{Viewer, authorize};
 use super::throttle::ClientAddr;
 use super::views::{ActionView, OrderView};
 use super::{ApiError, AppState};

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::auth::Admin;
-use super::intake::{no_unknown_keys, string};
+use super::intake::{body_object, no_unknown_keys, string};
 use super::views::OrderView;
 use super::{ApiError, AppState};
 use crate::domain::{CatalogPackage, FieldError, PackageId};
@@ -107,18 +107,6 @@ pub(super) async fn list_orders(
     })))
 }
 
-fn body_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
-    match value {
-        Value::Object(map) => Ok(map),
-        _ => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the body must be a JSON object",
-        )),
-    }
-}
-
 fn reason_of(obj: &Map<String, Value>) -> Result<String, ApiError> {
     string(obj, "reason", "reason")
 }
@@ -131,7 +119,7 @@ pub(super) async fn retry(
     body: Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
     // An admin may name the order by id, order_ref or short id.
-    let id = super::orders::find(&state, &id).await?.id;
+    let id = super::access::find(&state, &id).await?.id;
     let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["reason"], "")?;
     let order = state.engine.retry(&id, &admin, &reason_of(&obj)?).await?;
@@ -147,7 +135,7 @@ pub(super) async fn resolve(
     body: Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
     // An admin may name the order by id, order_ref or short id.
-    let id = super::orders::find(&state, &id).await?.id;
+    let id = super::access::find(&state, &id).await?.id;
     let obj = body_object(&body)?;
     no_unknown_keys(&obj, &RESOLVE_KEYS, "")?;
     let reason = reason_of(&obj)?;
@@ -192,7 +180,7 @@ pub(super) async fn cancel(
     body: Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
     // An admin may name the order by id, order_ref or short id.
-    let id = super::orders::find(&state, &id).await?.id;
+    let id = super::access::find(&state, &id).await?.id;
     let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["reason", "override_server_check"], "")?;
     let override_server_check = flag(&obj, "override_server_check")?;
@@ -210,7 +198,7 @@ pub(super) async fn mark_resolved(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
-    let id = super::orders::find(&state, &id).await?.id;
+    let id = super::access::find(&state, &id).await?.id;
     let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["reason"], "")?;
     let order = state
@@ -227,7 +215,7 @@ pub(super) async fn change_address(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<OrderView>, ApiError> {
-    let id = super::orders::find(&state, &id).await?.id;
+    let id = super::access::find(&state, &id).await?.id;
     let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["reason", "ip", "override_package_check"], "")?;
     let reason = reason_of(&obj)?;
@@ -286,12 +274,8 @@ pub(super) async fn retry_failed(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Json<BulkSummary>, ApiError> {
-    let obj = body_object(&body)?;
-    let filter = bulk_filter(&obj)?;
-    let summary = state
-        .engine
-        .retry_failed(&filter, &admin, &reason_of(&obj)?)
-        .await?;
+    let (filter, reason) = bulk_request(&body)?;
+    let summary = state.engine.retry_failed(&filter, &admin, &reason).await?;
     Ok(Json(summary))
 }
 
@@ -301,13 +285,19 @@ pub(super) async fn mark_resolved_failed(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<Json<BulkSummary>, ApiError> {
-    let obj = body_object(&body)?;
-    let filter = bulk_filter(&obj)?;
+    let (filter, reason) = bulk_request(&body)?;
     let summary = state
         .engine
-        .mark_resolved_failed(&filter, &admin, &reason_of(&obj)?)
+        .mark_resolved_failed(&filter, &admin, &reason)
         .await?;
     Ok(Json(summary))
+}
+
+/// A bulk action's body: which failed orders, and why.
+fn bulk_request(body: &Bytes) -> Result<(OrderFilter, String), ApiError> {
+    let obj = body_object(body)?;
+    let filter = bulk_filter(&obj)?;
+    Ok((filter, reason_of(&obj)?))
 }
 
 /// `POST /api/v1/orders/{id}/notifications/{delivery}/resend` with `{"reason"?}` (an empty body
@@ -318,7 +308,7 @@ pub(super) async fn resend(
     Path((id, delivery)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let order = super::orders::find(&state, &id).await?;
+    let order = super::access::find(&state, &id).await?;
     let delivery: i64 = delivery.parse().map_err(|_| {
         ApiError::new(
             StatusCode::NOT_FOUND,

@@ -29,12 +29,12 @@ use axum::routing::{get, post};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
+use super::access::order_id;
 use super::admin::{parse_filter, parse_resolve};
 use super::auth::{
     DashboardUser, LOGIN_CSRF_COOKIE, SESSION_COOKIE, SESSION_TTL, cookie, csrf_ok, set_cookie,
 };
 use super::chart::{self, Chart};
-use super::orders::order_id;
 use super::views::OrderView;
 use super::{ApiError, AppState, percent_encode};
 use crate::clock::Timestamp;
@@ -876,13 +876,7 @@ async fn render_order(
         can_retry: order.state == OrderState::Failed,
         retry_hint,
         can_resolve: order.state == OrderState::NeedsAttention,
-        can_cancel: !matches!(
-            order.state,
-            OrderState::Ready
-                | OrderState::Cancelled
-                | OrderState::Expired
-                | OrderState::Terminated
-        ),
+        can_cancel: order.state.is_cancellable(),
         can_renew: order.state == OrderState::Ready,
         chart,
         purchases: purchases.iter().map(|p| purchase_row(origin, p)).collect(),

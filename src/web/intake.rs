@@ -1,7 +1,10 @@
 //! Intake: authenticates the storefront, validates its request field by field (so every
 //! refusal names its field), and hands the order to the engine's intake use case, which checks
 //! the package, stores the order idempotently on `order_ref` and answers with the customer's
-//! access token.
+//! access token. The storefront check and the JSON-body readers here serve the storefront's
+//! renewals and the admin API too.
+
+use std::net::IpAddr;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -34,28 +37,7 @@ pub(super) async fn create_order(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    // Asking without a credential is not guessing one.
-    let verdict = state.throttle.judge(
-        client,
-        || {
-            state
-                .storefronts
-                .verify(&headers, &body)
-                .map(str::to_string)
-        },
-        |refusal| *refusal != Refusal::Missing,
-    )?;
-    let storefront = match verdict {
-        Ok(name) => name,
-        Err(refusal) => {
-            tracing::warn!(client = %client, "intake refused: {refusal}");
-            let status = match refusal {
-                Refusal::NoneConfigured => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::UNAUTHORIZED,
-            };
-            return Err(ApiError::new(status, refusal.to_string()));
-        }
-    };
+    let storefront = storefront_of(&state, client, &headers, &body, "intake")?;
     require_json(&headers)?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
@@ -83,6 +65,49 @@ pub(super) async fn create_order(
         Json(IntakeView::new(&taken.order, taken.token.as_ref())),
     )
         .into_response())
+}
+
+/// The storefront that signed a request (intake, or a renewal) from `client`, throttled:
+/// 401 for a missing, forged or stale signature (429 after repeated failures), 503 when no
+/// storefront is configured. `what` names the request in the log line of a refusal.
+pub(super) fn storefront_of(
+    state: &AppState,
+    client: IpAddr,
+    headers: &HeaderMap,
+    body: &Bytes,
+    what: &str,
+) -> Result<String, ApiError> {
+    // Asking without a credential is not guessing one.
+    let verdict = state.throttle.judge(
+        client,
+        || state.storefronts.verify(headers, body).map(str::to_string),
+        |refusal| *refusal != Refusal::Missing,
+    )?;
+    match verdict {
+        Ok(name) => Ok(name),
+        Err(refusal) => {
+            tracing::warn!(client = %client, "{what} refused: {refusal}");
+            let status = match refusal {
+                Refusal::NoneConfigured => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            Err(ApiError::new(status, refusal.to_string()))
+        }
+    }
+}
+
+/// A request body that must be one JSON object: 400 when it is not JSON, 422 when it is
+/// something else.
+pub(super) fn body_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the body must be a JSON object",
+        )),
+    }
 }
 
 /// JSON only: `application/json`, or a `+json` type, with any parameters. A browser cannot send

@@ -8,10 +8,10 @@
 //!
 //! Modules: [`auth`] (tokens, sessions, CSRF), [`storefront`] (signed intake), [`throttle`]
 //! (failed authentication per client address), [`server`] (the HTTP server and its limits),
-//! `intake`, `orders` (detail, credentials, token rotation), `renewals` (paid renewals, admin
-//! renew and cancel-service),
-//! `admin` (admin JSON API), [`dashboard`] (pages), [`chart`] (the timing chart),
-//! [`openapi`] (the document), [`views`] (JSON views).
+//! `intake`, `access` (who may read which order), `orders` (detail, credentials, token
+//! rotation), `actions` (actions on an order's server), `renewals` (paid renewals, admin renew
+//! and cancel-service), `admin` (admin JSON API), [`dashboard`] (pages), [`chart`] (the timing
+//! chart), [`openapi`] (the document), [`views`] (JSON views).
 
 pub mod auth;
 pub mod chart;
@@ -22,6 +22,7 @@ pub mod storefront;
 pub mod throttle;
 pub mod views;
 
+mod access;
 mod actions;
 pub use actions::action_answer;
 pub(crate) mod admin;

@@ -6,10 +6,10 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::auth::Admin;
-use super::intake::{no_unknown_keys, string};
+use super::intake::{body_object, no_unknown_keys, storefront_of, string};
 use super::storefront::Refusal;
 use super::throttle::ClientAddr;
 use super::{ApiError, AppState};
@@ -46,28 +46,8 @@ pub(super) async fn storefront_renewal(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let verdict = state.throttle.judge(
-        client,
-        || {
-            state
-                .storefronts
-                .verify(&headers, &body)
-                .map(str::to_string)
-        },
-        |refusal| *refusal != Refusal::Missing,
-    )?;
-    let storefront = match verdict {
-        Ok(name) => name,
-        Err(refusal) => {
-            tracing::warn!(client = %client, "renewal refused: {refusal}");
-            let status = match refusal {
-                Refusal::NoneConfigured => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::UNAUTHORIZED,
-            };
-            return Err(ApiError::new(status, refusal.to_string()));
-        }
-    };
-    let obj = object(&body)?;
+    let storefront = storefront_of(&state, client, &headers, &body, "renewal")?;
+    let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["renewal_ref"], "")?;
     let renewal_ref = string(&obj, "renewal_ref", "renewal_ref")?;
     let id = resolve(&state, &id).await?;
@@ -91,8 +71,8 @@ pub(super) async fn admin_renewal(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let id = super::orders::order_id(&id)?;
-    let obj = object(&body)?;
+    let id = super::access::order_id(&id)?;
+    let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["reason"], "")?;
     let reason = string(&obj, "reason", "reason")?;
     let taken = state.engine.admin_renewal(&id, &admin, &reason).await?;
@@ -126,12 +106,12 @@ pub(super) async fn cancel_service(
             "an admin token or a storefront signature is required",
         ));
     };
-    let obj = object(&body)?;
+    let obj = body_object(&body)?;
     no_unknown_keys(&obj, &["reason"], "")?;
     let reason = string(&obj, "reason", "reason")?;
     let id = resolve(&state, &id).await?;
     if let Some(storefront) = &storefront {
-        let order = super::orders::find(&state, &id.to_string()).await?;
+        let order = super::access::find(&state, &id.to_string()).await?;
         if order.storefront.as_deref().is_some_and(|s| s != storefront) {
             return Err(ApiError::new(StatusCode::NOT_FOUND, "no such order"));
         }
@@ -149,24 +129,12 @@ async fn resolve(state: &AppState, raw: &str) -> Result<OrderId, ApiError> {
     let order_ref = OrderRef::parse(raw).map_err(|_| not_found())?;
     state
         .engine
-        .store()
+        .queries()
         .order_by_ref(&order_ref)
         .await
         .map_err(ApiError::internal)?
         .map(|o| o.id)
         .ok_or_else(not_found)
-}
-
-fn object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))?;
-    match value {
-        Value::Object(map) => Ok(map),
-        _ => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the body must be a JSON object",
-        )),
-    }
 }
 
 /// A renewal as the API shows it.

@@ -200,7 +200,7 @@ pub async fn start_service_with(
     settings.database.url = format!("sqlite://{}", db.display());
     settings.server.listen = "127.0.0.1:0".parse().unwrap();
     settings.secret_key = Some(key.clone());
-    settings.worker.poll_interval = Duration::from_millis(20);
+    settings.worker.engine.poll_interval = Duration::from_millis(20);
     settings.worker.shutdown_grace = Duration::from_secs(5);
     settings.admin.tokens = vec![AdminToken {
         name: "alice".into(),

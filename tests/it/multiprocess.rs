@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use provisioner::clock::{Clock, SystemClock};
 use provisioner::crypto::Cipher;
-use provisioner::domain::PackageId;
+use provisioner::domain::{OrderState, PackageId};
 use provisioner::simulator::{
     self, BuyEffect, BuyStep, HttpConfig, PackageDefaults, PackageSpec, Simulator,
 };
@@ -220,6 +220,16 @@ fn now_ms() -> i64 {
 }
 
 /// Orders leased by `worker` right now.
+/// The states the engine still works, from the domain's [`OrderState::is_active`] (bound as
+/// `state = ANY($n)`), so the test cannot fall behind a new state.
+fn active_states() -> Vec<&'static str> {
+    OrderState::ALL
+        .into_iter()
+        .filter(|s| s.is_active())
+        .map(OrderState::as_str)
+        .collect()
+}
+
 async fn leased_by(pool: &PgPool, worker: &str) -> HashSet<String> {
     sqlx::query_scalar::<_, String>(
         "SELECT id FROM orders WHERE lease_owner = $1 AND lease_expires_at > $2",
@@ -410,12 +420,13 @@ async fn three_processes_on_postgres_survive_sigkill_mid_purchase_and_mid_wait()
                 let row = sqlx::query(
                     "SELECT \
                        COUNT(*) FILTER (WHERE lease_owner = $1 AND lease_expires_at > $2 AND state = 'awaiting_credentials') AS b_status, \
-                       COUNT(*) FILTER (WHERE state IN ('queued', 'buying', 'awaiting_credentials') AND run_at > $2 \
+                       COUNT(*) FILTER (WHERE state = ANY($3) AND run_at > $2 \
                                         AND (lease_expires_at IS NULL OR lease_expires_at <= $2)) AS waiting \
                      FROM orders",
                 )
                 .bind(w)
                 .bind(now)
+                .bind(active_states())
                 .fetch_one(pool_ref)
                 .await
                 .ok()?;
@@ -442,12 +453,12 @@ async fn three_processes_on_postgres_survive_sigkill_mid_purchase_and_mid_wait()
         "every order terminal",
         Duration::from_secs(100),
         || async {
-            let active: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM orders WHERE state IN ('queued', 'buying', 'awaiting_credentials')",
-            )
-            .fetch_one(pool_ref)
-            .await
-            .ok()?;
+            let active: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE state = ANY($1)")
+                    .bind(active_states())
+                    .fetch_one(pool_ref)
+                    .await
+                    .ok()?;
             (active == 0).then_some(())
         },
     )

@@ -437,11 +437,15 @@ async fn a_crash_after_a_recorded_success_adopts_the_server_instead_of_rebuying(
         pool_before: None,
         sent_at: w.clock.now(),
     };
-    let pid = w
+    let seen = w.store.flight_state(PKG).await.unwrap();
+    let provisioner::store::Begun::Purchase(pid) = w
         .store
-        .begin_purchase(&lease, &o, &intent, &[])
+        .begin_purchase_in_flight(&lease, &o, &intent, &[], &seen)
         .await
-        .unwrap();
+        .unwrap()
+    else {
+        panic!("the package's flight is free");
+    };
     let Outcome::Succeeded(ip) = w
         .sim
         .provider()

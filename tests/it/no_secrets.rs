@@ -162,7 +162,7 @@ async fn run() -> (String, Vec<(&'static str, String)>) {
     settings.database.url = format!("sqlite://{}", dir.path().join("s.db").display());
     settings.server.listen = "127.0.0.1:0".parse().unwrap();
     settings.secret_key = Some(key.clone());
-    settings.worker.poll_interval = Duration::from_millis(20);
+    settings.worker.engine.poll_interval = Duration::from_millis(20);
     settings.storefronts = vec![provisioner::config::Storefront {
         name: "shop".into(),
         secret: SecretString::from(STOREFRONT_SECRET),

@@ -23,7 +23,7 @@ use provisioner::store::memory::MemoryStore;
 use provisioner::store::postgres::PostgresStore;
 use provisioner::store::sqlite::SqliteStore;
 use provisioner::store::{
-    AccessToken, Begun, Change, DeliveryResult, DeliveryState, Flight, FlightState, Intake, Lease,
+    AccessToken, Begun, Change, DeliveryResult, DeliveryState, FlightState, Intake, Lease,
     NewDelivery, OrderFilter, OutcomeRecord, Recorded, RenewalRequest, Store, StoreError,
 };
 
@@ -100,6 +100,41 @@ fn intent(o: &Order, attempt: u32, now: Timestamp) -> PurchaseIntent {
         pool_before: Some(5000),
         sent_at: now,
     }
+}
+
+/// Begins a purchase the way the buy phase does: reads the package's flight, then takes it with
+/// the intent. For cases about what follows a purchase, where the flight is free or the order's.
+async fn begin(
+    store: &dyn Store,
+    lease: &Lease,
+    o: &Order,
+    intent: &PurchaseIntent,
+    entries: &[TimelineEntry],
+) -> Result<provisioner::domain::PurchaseId, StoreError> {
+    let seen = store.flight_state(intent.package_id).await?;
+    match store
+        .begin_purchase_in_flight(lease, o, intent, entries, &seen)
+        .await?
+    {
+        Begun::Purchase(id) => Ok(id),
+        refused => panic!("the flight was refused: {refused:?}"),
+    }
+}
+
+/// Asks for the package's flight with the order's next purchase, as the buy phase does (its
+/// state read just before): the order counts the attempt only when the purchase is begun.
+async fn fly(store: &dyn Store, lease: &Lease, o: &mut Order, now: Timestamp) -> Begun {
+    let seen = store.flight_state(o.package_id).await.unwrap();
+    let mut next = o.clone();
+    let n = next.start_buy_attempt(now).unwrap();
+    let begun = store
+        .begin_purchase_in_flight(lease, &next, &intent(&next, n, now), &[], &seen)
+        .await
+        .unwrap();
+    if matches!(begun, Begun::Purchase(_)) {
+        *o = next;
+    }
+    begun
 }
 
 /// Runs every case, each on a fresh store from `fresh`.
@@ -255,8 +290,7 @@ async fn a_save_records_the_outcome_first_and_keeps_it(store: Arc<dyn Store>) {
     let (lease, mut cur) = claim_one(&*store, "w1", at(0)).await;
     cur.begin_buying(at(1)).unwrap();
     let n = cur.start_buy_attempt(at(1)).unwrap();
-    let pid = store
-        .begin_purchase(&lease, &cur, &intent(&cur, n, at(1)), &[])
+    let pid = begin(&*store, &lease, &cur, &intent(&cur, n, at(1)), &[])
         .await
         .unwrap();
     let ip = Ipv4Addr::new(103, 82, 72, 50);
@@ -292,8 +326,7 @@ async fn a_save_records_the_outcome_first_and_keeps_it(store: Arc<dyn Store>) {
     let (l2, mut c2) = claim_one(&*store, "w1", at(0)).await;
     c2.begin_buying(at(1)).unwrap();
     let n = c2.start_buy_attempt(at(1)).unwrap();
-    let p2 = store
-        .begin_purchase(&l2, &c2, &intent(&c2, n, at(1)), &[])
+    let p2 = begin(&*store, &l2, &c2, &intent(&c2, n, at(1)), &[])
         .await
         .unwrap();
     let stale = Lease {
@@ -614,16 +647,18 @@ async fn stale_tokens_cannot_write(store: Arc<dyn Store>) {
             store.save(bad, &current, change).await,
             Err(StoreError::LeaseLost(id)) if id == o.id
         ));
+        let seen = store.flight_state(current.package_id).await.unwrap();
         assert!(matches!(
             store
-                .begin_purchase(bad, &current, &intent(&current, 1, at(1)), &[])
+                .begin_purchase_in_flight(bad, &current, &intent(&current, 1, at(1)), &[], &seen)
                 .await,
             Err(StoreError::LeaseLost(_))
         ));
-        assert!(matches!(
-            store.acquire_flight(bad, current.package_id).await,
-            Err(StoreError::LeaseLost(_))
-        ));
+        assert_eq!(
+            store.flight_state(current.package_id).await.unwrap().holder,
+            None,
+            "a refused purchase takes no flight"
+        );
         assert!(matches!(
             store.release(bad).await,
             Err(StoreError::LeaseLost(_))
@@ -704,7 +739,6 @@ async fn release_lets_another_worker_claim_at_once(store: Arc<dyn Store>) {
 }
 
 async fn single_flight_is_granted_held_and_released(store: Arc<dyn Store>) {
-    let pkg = PackageId(7);
     let (x, y, z) = (
         order("flight-x", 7, at(0)),
         order("flight-y", 7, at(0)),
@@ -729,27 +763,27 @@ async fn single_flight_is_granted_held_and_released(store: Arc<dyn Store>) {
         lease_of(&z.id),
         lease_of(&other_pkg.id),
     );
-    assert_eq!(
-        store.acquire_flight(&lx, pkg).await.unwrap(),
-        Flight::Granted
-    );
-    assert_eq!(
-        store.acquire_flight(&lx, pkg).await.unwrap(),
-        Flight::Granted,
+    let (mut xb, mut yb, mut zb, mut ob) = (x.clone(), y.clone(), z.clone(), other_pkg.clone());
+    for o in [&mut xb, &mut yb, &mut zb, &mut ob] {
+        o.begin_buying(at(1)).unwrap();
+    }
+    assert!(matches!(
+        fly(&*store, &lx, &mut xb, at(1)).await,
+        Begun::Purchase(_)
+    ));
+    assert!(
+        matches!(fly(&*store, &lx, &mut xb, at(1)).await, Begun::Purchase(_)),
         "idempotent for the holder"
     );
     assert_eq!(
-        store.acquire_flight(&ly, pkg).await.unwrap(),
-        Flight::HeldBy(x.id.clone())
+        fly(&*store, &ly, &mut yb, at(1)).await,
+        Begun::HeldBy(x.id.clone())
     );
-    assert_eq!(
-        store.acquire_flight(&lo, PackageId(8)).await.unwrap(),
-        Flight::Granted,
+    assert!(
+        matches!(fly(&*store, &lo, &mut ob, at(1)).await, Begun::Purchase(_)),
         "flights are per package"
     );
     // Settled purchase, still buying: release_flight gives it up.
-    let mut xb = x.clone();
-    xb.begin_buying(at(1)).unwrap();
     store
         .save(
             &lx,
@@ -761,29 +795,27 @@ async fn single_flight_is_granted_held_and_released(store: Arc<dyn Store>) {
         )
         .await
         .unwrap();
+    assert!(matches!(
+        fly(&*store, &ly, &mut yb, at(2)).await,
+        Begun::Purchase(_)
+    ));
     assert_eq!(
-        store.acquire_flight(&ly, pkg).await.unwrap(),
-        Flight::Granted
-    );
-    assert_eq!(
-        store.acquire_flight(&lz, pkg).await.unwrap(),
-        Flight::HeldBy(y.id.clone())
+        fly(&*store, &lz, &mut zb, at(2)).await,
+        Begun::HeldBy(y.id.clone())
     );
     // A save that keeps the order buying keeps the flight.
-    let mut yb = y.clone();
-    yb.begin_buying(at(2)).unwrap();
     store.save(&ly, &yb, keep()).await.unwrap();
     assert_eq!(
-        store.acquire_flight(&lz, pkg).await.unwrap(),
-        Flight::HeldBy(y.id.clone())
+        fly(&*store, &lz, &mut zb, at(2)).await,
+        Begun::HeldBy(y.id.clone())
     );
     // Leaving the buying state releases it without being asked.
     yb.bought(Ipv4Addr::new(103, 82, 72, 9), at(3)).unwrap();
     store.save(&ly, &yb, keep()).await.unwrap();
-    assert_eq!(
-        store.acquire_flight(&lz, pkg).await.unwrap(),
-        Flight::Granted
-    );
+    assert!(matches!(
+        fly(&*store, &lz, &mut zb, at(3)).await,
+        Begun::Purchase(_)
+    ));
 }
 
 async fn ledger_outcomes_are_first_writer_wins(store: Arc<dyn Store>) {
@@ -792,15 +824,15 @@ async fn ledger_outcomes_are_first_writer_wins(store: Arc<dyn Store>) {
     let (lease, mut cur) = claim_one(&*store, "w1", at(0)).await;
     cur.begin_buying(at(1)).unwrap();
     let n = cur.start_buy_attempt(at(1)).unwrap();
-    let pid = store
-        .begin_purchase(
-            &lease,
-            &cur,
-            &intent(&cur, n, at(1)),
-            &[line(at(1), "Calling buyVps - attempt 1/3")],
-        )
-        .await
-        .unwrap();
+    let pid = begin(
+        &*store,
+        &lease,
+        &cur,
+        &intent(&cur, n, at(1)),
+        &[line(at(1), "Calling buyVps - attempt 1/3")],
+    )
+    .await
+    .unwrap();
     let stored = store.order(&o.id).await.unwrap().unwrap();
     assert_eq!(
         stored.buy_attempts, 1,
@@ -813,7 +845,7 @@ async fn ledger_outcomes_are_first_writer_wins(store: Arc<dyn Store>) {
     assert_eq!(ledger[0].stock_before, Some(50));
     assert_eq!(ledger[0].sent_at, at(1));
     assert!(ledger[0].outcome.is_none() && ledger[0].is_unsettled());
-    // The lease survives begin_purchase.
+    // The lease survives beginning a purchase.
     assert!(
         store
             .claim_due("w2", at(2), LEASE, 10)
@@ -861,8 +893,7 @@ async fn ledger_outcomes_are_first_writer_wins(store: Arc<dyn Store>) {
     assert_eq!(store.purchases(&o.id).await.unwrap()[0].late_ip, Some(ip));
     // A plain success on a second purchase; owner_of also reads the order's own address.
     let n = cur.start_buy_attempt(at(90)).unwrap();
-    let pid2 = store
-        .begin_purchase(&lease, &cur, &intent(&cur, n, at(90)), &[])
+    let pid2 = begin(&*store, &lease, &cur, &intent(&cur, n, at(90)), &[])
         .await
         .unwrap();
     assert!(pid2 > pid);
@@ -1446,15 +1477,15 @@ async fn saves_carry_timeline_credentials_and_resolutions(store: Arc<dyn Store>)
     let (lease, mut cur) = claim_one(&*store, "w1", at(0)).await;
     cur.begin_buying(at(1)).unwrap();
     let n = cur.start_buy_attempt(at(1)).unwrap();
-    let pid = store
-        .begin_purchase(
-            &lease,
-            &cur,
-            &intent(&cur, n, at(1)),
-            &[line(at(1), "second")],
-        )
-        .await
-        .unwrap();
+    let pid = begin(
+        &*store,
+        &lease,
+        &cur,
+        &intent(&cur, n, at(1)),
+        &[line(at(1), "second")],
+    )
+    .await
+    .unwrap();
     store
         .record_outcome(
             pid,
@@ -1777,28 +1808,39 @@ async fn postgres_single_flight_holds_across_pools() {
     }
     let claimed = a.claim_due("w", at(0), LEASE, 100).await.unwrap();
     assert_eq!(claimed.len(), 24);
+    // Everyone read the flight free before anyone asked.
+    let seen = a.flight_state(PackageId(7)).await.unwrap();
     let asks = claimed.iter().enumerate().map(|(i, c)| {
         let store = if i % 2 == 0 {
             Arc::clone(&a)
         } else {
             Arc::clone(&b)
         };
-        let lease = c.lease.clone();
+        let (lease, mut o, seen) = (c.lease.clone(), c.order.clone(), seen.clone());
         async move {
-            let f = store.acquire_flight(&lease, PackageId(7)).await.unwrap();
+            o.begin_buying(at(1)).unwrap();
+            let n = o.start_buy_attempt(at(1)).unwrap();
+            let f = store
+                .begin_purchase_in_flight(&lease, &o, &intent(&o, n, at(1)), &[], &seen)
+                .await
+                .unwrap();
             (lease.order_id, f)
         }
     });
     let answers = futures_util::future::join_all(asks).await;
     let granted: Vec<_> = answers
         .iter()
-        .filter(|(_, f)| *f == Flight::Granted)
+        .filter(|(_, f)| matches!(f, Begun::Purchase(_)))
         .map(|(id, _)| id.clone())
         .collect();
     assert_eq!(granted.len(), 1, "{answers:?}");
     for (_, f) in &answers {
-        if let Flight::HeldBy(holder) = f {
-            assert_eq!(holder, &granted[0], "everyone else sees the one holder");
+        match f {
+            Begun::Purchase(_) => {}
+            Begun::HeldBy(holder) => {
+                assert_eq!(holder, &granted[0], "everyone else sees the one holder");
+            }
+            Begun::Moved => panic!("the flight was held throughout: {answers:?}"),
         }
     }
 }

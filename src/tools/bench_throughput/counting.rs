@@ -84,26 +84,6 @@ impl Store for Counting {
         self.commit();
         self.inner.release(lease).await
     }
-    async fn acquire_flight(
-        &self,
-        lease: &Lease,
-        package: PackageId,
-    ) -> Result<Flight, StoreError> {
-        self.commit();
-        self.inner.acquire_flight(lease, package).await
-    }
-    async fn begin_purchase(
-        &self,
-        lease: &Lease,
-        order: &Order,
-        intent: &PurchaseIntent,
-        entries: &[TimelineEntry],
-    ) -> Result<PurchaseId, StoreError> {
-        self.commit();
-        self.inner
-            .begin_purchase(lease, order, intent, entries)
-            .await
-    }
     async fn flight_state(
         &self,
         package: PackageId,

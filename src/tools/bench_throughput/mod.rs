@@ -41,8 +41,8 @@ use crate::simulator::{PackageDefaults, PackageSpec, Simulator};
 use crate::store::postgres::{PostgresStore, with_database};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{
-    AccessToken, Change, Claimed, Flight, Intake, Lease, Notice, OrderFilter, Recorded,
-    StateCounts, Store, StoreError,
+    AccessToken, Change, Claimed, Intake, Lease, Notice, OrderFilter, Recorded, StateCounts, Store,
+    StoreError,
 };
 
 mod counting;

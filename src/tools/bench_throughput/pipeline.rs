@@ -157,14 +157,14 @@ pub(super) async fn pipeline(
     // Workers: claim one due order, work it one step; stop when no order is active.
     let mut workers = tokio::task::JoinSet::new();
     for engine in &engines {
-        let engine = Arc::clone(engine);
+        let (engine, store) = (Arc::clone(engine), Arc::clone(&dyn_store));
         workers.spawn(async move {
             let mut latencies = Vec::new();
             loop {
                 let t = Instant::now();
                 let claimed = engine.claim(1).await?;
                 let Some(c) = claimed.into_iter().next() else {
-                    match engine.store().next_due().await? {
+                    match store.next_due().await? {
                         None => return Ok::<_, anyhow::Error>(latencies),
                         // Another worker holds the last orders, or an order waits out a flight:
                         // look again shortly.

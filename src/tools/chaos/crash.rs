@@ -18,8 +18,8 @@ use crate::domain::{
     NoticeKind, Order, OrderId, PackageId, Purchase, PurchaseIntent, PurchaseOutcome, TimelineEntry,
 };
 use crate::store::{
-    AccessToken, Change, Claimed, Delivery, DeliveryResult, Flight, Intake, Lease, NewDelivery,
-    Notice, OrderFilter, Recorded, StateCounts, Store, StoreError,
+    AccessToken, Change, Claimed, Delivery, DeliveryResult, Intake, Lease, NewDelivery, Notice,
+    OrderFilter, Recorded, StateCounts, Store, StoreError,
 };
 
 tokio::task_local! {
@@ -111,24 +111,6 @@ impl Store for CrashingStore {
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         tick()?;
         self.0.release(lease).await
-    }
-    async fn acquire_flight(
-        &self,
-        lease: &Lease,
-        package: PackageId,
-    ) -> Result<Flight, StoreError> {
-        tick()?;
-        self.0.acquire_flight(lease, package).await
-    }
-    async fn begin_purchase(
-        &self,
-        lease: &Lease,
-        order: &Order,
-        intent: &PurchaseIntent,
-        entries: &[TimelineEntry],
-    ) -> Result<PurchaseId, StoreError> {
-        tick()?;
-        self.0.begin_purchase(lease, order, intent, entries).await
     }
     async fn flight_state(
         &self,
