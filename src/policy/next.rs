@@ -86,6 +86,10 @@ pub enum BuySetback {
     },
 }
 
+/// The words that mark the seed's "wait before the next attempt" line in the timeline; the
+/// dashboard's chart finds the policy's waits by them.
+pub const STRATEGIC_DELAY: &str = "Strategic delay";
+
 /// Strategic delays past the horizon during which a scan that could not settle a purchase is
 /// made again, before an admin decides.
 pub const SCAN_RETRIES: u32 = 3;
@@ -301,7 +305,7 @@ impl Decided {
     /// The seed's strategic delay before the next attempt: the one place its line is worded.
     fn strategic_delay(&mut self, wait: Duration) {
         self.progress(format!(
-            "[SMARTVPS] ⏳ Strategic delay: Waiting {} before retry...",
+            "[SMARTVPS] ⏳ {STRATEGIC_DELAY}: Waiting {} before retry...",
             describe_wait(wait)
         ));
     }

@@ -242,7 +242,7 @@ pub fn build(
                     "reconcile window {long} (the purchase is left to settle, its late reply listened for, before the evidence is read)"
                 ),
             )
-        } else if in_gap(&|e| e.message.contains("Strategic delay")) {
+        } else if in_gap(&|e| e.message.contains(crate::policy::next::STRATEGIC_DELAY)) {
             ("wait", format!("wait {long} (the policy's delay)"))
         } else {
             (
