@@ -504,6 +504,9 @@ async fn check(
         .flat_map(|(_, servers)| servers.iter())
         .filter(|s| !held.contains(&s.ip))
         .count();
+    if std::env::var_os("SIM_ORPHANS").is_some() {
+        trace_orphans(store, &bought, &held).await;
+    }
     // Single flight: no two purchases of one package were in flight at once.
     for (pkg, mut spans) in per_package {
         spans.sort();
@@ -513,6 +516,75 @@ async fn check(
                     "seed {seed}: package {pkg} had overlapping purchases for orders {} and {}",
                     pair[0].2, pair[1].2
                 ));
+            }
+        }
+    }
+}
+
+/// Prints, for each orphan (`SIM_ORPHANS=1`), the order it was sold for, with its state,
+/// reason, ledger, the server's inventory entry and the end of its timeline: why no order holds
+/// it or lists it.
+async fn trace_orphans(
+    store: &dyn Store,
+    bought: &HashMap<String, Vec<PurchaseRecord>>,
+    held: &std::collections::HashSet<Ipv4Addr>,
+) {
+    for (order, servers) in bought {
+        let Ok(id) = OrderId::parse(order) else {
+            continue;
+        };
+        for s in servers.iter().filter(|s| !held.contains(&s.ip)) {
+            let o = store.order(&id).await.ok().flatten();
+            eprintln!(
+                "=== orphan {} (pkg {} from pkg {}, other_pkg {}, ram {}, requested {} completed {}) sold for order {id}",
+                s.ip,
+                s.package,
+                s.address_package,
+                s.from_other_package,
+                s.ram_gb,
+                s.requested_at,
+                s.completed_at
+            );
+            if let Some(o) = &o {
+                eprintln!(
+                    "  state {} ip {:?} created {} reason {:?}",
+                    o.state,
+                    o.server_ip,
+                    o.created_at,
+                    o.failure.as_ref().map(|f| f.reason.clone())
+                );
+            }
+            for p in store.purchases(&id).await.unwrap_or_default() {
+                eprintln!(
+                    "  ledger #{} attempt {} pkg {} sent {} decided {:?} outcome {:?} resolution {:?} late {:?} stock {:?}->{:?}",
+                    p.id,
+                    p.attempt,
+                    p.package_id.0,
+                    p.sent_at,
+                    p.decided_at,
+                    p.outcome,
+                    p.resolution,
+                    p.late_ip,
+                    p.stock_before,
+                    p.stock_after
+                );
+            }
+            let inv = store
+                .discovered(s.address_package)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .find(|d| d.ip == s.ip);
+            eprintln!("  inventory {inv:?}");
+            if let Some(owner) = inv.as_ref().and_then(|d| d.candidate_for.clone()) {
+                let other = store.order(&owner).await.ok().flatten();
+                eprintln!(
+                    "  listed for {owner}: {:?}",
+                    other.map(|o| (o.state, o.server_ip))
+                );
+            }
+            for e in store.timeline(&id).await.unwrap_or_default() {
+                eprintln!("  {} {}", e.at, e.message);
             }
         }
     }
