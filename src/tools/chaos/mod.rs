@@ -382,6 +382,9 @@ async fn check(
                     .map(|d| d.ip),
             );
         }
+        if std::env::var_os("SIM_RIVALS").is_some() {
+            trace_rivals(store, &order, &ledger).await;
+        }
         match order.state {
             OrderState::Ready => report.ready += 1,
             OrderState::Failed => report.failed += 1,
@@ -586,6 +589,52 @@ async fn trace_orphans(
             for e in store.timeline(&id).await.unwrap_or_default() {
                 eprintln!("  {} {}", e.at, e.message);
             }
+        }
+    }
+}
+
+/// Prints (`SIM_RIVALS=1`), for an order sent to an admin because another order's purchase
+/// could own its one candidate, each rival's purchases: package (same or other), resolution and
+/// stock evidence, to see what the rival rule weighed.
+async fn trace_rivals(store: &dyn Store, order: &Order, ledger: &[crate::domain::Purchase]) {
+    let Some(reason) = order.failure.as_ref().map(|f| f.reason.as_str()) else {
+        return;
+    };
+    let Some(at) = reason.find("unsettled purchases of order(s) ") else {
+        return;
+    };
+    let ours = ledger.last();
+    let rest = &reason[at + "unsettled purchases of order(s) ".len()..];
+    let ids = rest.split(" could").next().unwrap_or("");
+    eprintln!(
+        "=== rival case {} pkg {} sent {:?} stock {:?}->{:?}",
+        order.id,
+        order.package_id.0,
+        ours.map(|p| p.sent_at),
+        ours.and_then(|p| p.stock_before),
+        ours.and_then(|p| p.stock_after)
+    );
+    for id in ids
+        .split(", ")
+        .filter_map(|i| OrderId::parse(i.trim()).ok())
+    {
+        let other = store.order(&id).await.ok().flatten();
+        for p in store.purchases(&id).await.unwrap_or_default() {
+            if !p.is_open_unknown() {
+                continue;
+            }
+            eprintln!(
+                "  rival {id} ({:?}) pkg {} same {} sent {} resolution {:?} stock {:?}->{:?}",
+                other.as_ref().map(|o| o.state),
+                p.package_id.0,
+                p.package_id == order.package_id,
+                p.sent_at,
+                p.resolution
+                    .as_ref()
+                    .map(|r| format!("{r:?}").chars().take(60).collect::<String>()),
+                p.stock_before,
+                p.stock_after
+            );
         }
     }
 }
