@@ -351,6 +351,10 @@ pub enum BenchCommand {
         /// longer than the purchase runs).
         #[arg(long)]
         skip_renewals: bool,
+        /// Run only these fault profiles (calm, flaky, hostile; repeat or separate with
+        /// commas). All three when left out.
+        #[arg(long, value_delimiter = ',')]
+        profile: Vec<String>,
     },
     /// Orders per second through the whole pipeline on one database, against that database's
     /// raw commit rate; claim-to-commit latency; peak RSS; RSS of a serve process with orders

@@ -144,16 +144,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     orders,
                     seed,
                     skip_renewals,
+                    profile,
                 },
         } => {
             #[cfg(feature = "bench")]
             {
-                crate::tools::bench_strategies::strategies(orders, seed, !skip_renewals).await?;
+                crate::tools::bench_strategies::strategies(orders, seed, !skip_renewals, &profile)
+                    .await?;
                 Ok(ExitCode::SUCCESS)
             }
             #[cfg(not(feature = "bench"))]
             {
-                let _ = (orders, seed, skip_renewals);
+                let _ = (orders, seed, skip_renewals, profile);
                 anyhow::bail!(
                     "`bench strategies` runs on virtual time, which this build leaves out; \
                      rebuild with `cargo run --release --features bench -- bench strategies`"

@@ -20,7 +20,9 @@ use super::EngineError;
 use super::buy::StockRead;
 use super::step::Step;
 use crate::clock::Timestamp;
-use crate::domain::{Discovered, OrderId, Purchase, Resolution};
+use crate::domain::{
+    Discovered, EntryKind, Order, OrderId, OrderState, Purchase, Resolution, TimelineEntry,
+};
 use crate::provider::{CallContext, Outcome};
 use crate::store::OrderFilter;
 
@@ -100,12 +102,14 @@ impl Step<'_> {
         // The inventory, by address: when an earlier scan first saw each server. One seen before
         // this purchase was sent cannot be its; one first seen since (by another order's scan)
         // still can, so it is read again.
-        let first_seen: HashMap<Ipv4Addr, Timestamp> = store
+        let inventory: HashMap<Ipv4Addr, Discovered> = store
             .discovered(self.order.package_id)
             .await?
             .into_iter()
-            .map(|d| (d.ip, d.first_seen))
+            .map(|d| (d.ip, d))
             .collect();
+        let first_seen: HashMap<Ipv4Addr, Timestamp> =
+            inventory.values().map(|d| (d.ip, d.first_seen)).collect();
         let mut to_scan = Vec::with_capacity(addresses.len());
         for ip in addresses {
             let older = first_seen.get(&ip).is_some_and(|t| *t < purchase.sent_at);
@@ -125,9 +129,8 @@ impl Step<'_> {
         );
         let ordered_ram = self.order.ram_gb.get();
         let sent_at = purchase.sent_at;
-        let wanted = |ram: Option<u32>, expiry: Option<&str>| {
-            ram.is_none_or(|r| r == ordered_ram) && expiry.is_none_or(|e| expiry_fits(e, sent_at))
-        };
+        let wanted =
+            |ram: Option<u32>, expiry: Option<&str>| fits(ram, expiry, ordered_ram, sent_at);
         let scan = self.scan(purchase.attempt, &to_scan, wanted).await;
         metrics::counter!("provisioner_discovery_calls_total").increment(scan.calls as u64);
         let now = self.now();
@@ -215,20 +218,32 @@ impl Step<'_> {
             }
             _ => None,
         };
+        // Whether the purchase may have been placed in another package: unless its package's
+        // free count stayed above zero and did not rise (a restock follows a dry-out), SmartVPS
+        // may have sold it from another package's pool.
+        let elsewhere = !matches!(
+            (purchase.stock_before, after),
+            (Some(before), Some(after)) if after > 0 && after <= before
+        );
         if let Some(owner) = owned_since {
-            store.record_discovered(&found).await?;
+            self.record_found(&found, &inventory, &[candidates[0]])
+                .await?;
+            let earlier = self
+                .listed_from_inventory(purchase, elsewhere, &candidates)
+                .await?;
             metrics::counter!("provisioner_discovery_scans_total", "result" => "ambiguous")
                 .increment(1);
             return Ok(Discovery::Ask {
                 evidence: format!(
-                    "{summary}; the one candidate, {}, was claimed by order {owner}'s reply during the scan",
-                    candidates[0]
+                    "{summary}; the one candidate, {}, was claimed by order {owner}'s reply during the scan{}",
+                    candidates[0],
+                    earlier_text(&earlier)
                 ),
                 transient: true,
             });
         }
         if candidates.len() == 1 && complete && fell && rivals.is_empty() {
-            store.record_discovered(&found).await?;
+            self.record_found(&found, &inventory, &candidates).await?;
             metrics::counter!("provisioner_discovery_scans_total", "result" => "adopted")
                 .increment(1);
             let ip = candidates[0];
@@ -251,7 +266,7 @@ impl Step<'_> {
             && fell
             && after.is_some_and(|a| a > 0)
         {
-            store.record_discovered(&found).await?;
+            self.record_found(&found, &inventory, &[]).await?;
             metrics::counter!("provisioner_discovery_scans_total", "result" => "not_bought")
                 .increment(1);
             return Ok(Discovery::NotBought {
@@ -265,11 +280,25 @@ impl Step<'_> {
             });
         }
         for d in &mut found {
-            if candidates.contains(&d.ip) {
+            // A server another order needing attention lists stays on that list (an inventory
+            // entry names one order): this order's reason still names it.
+            let listed_elsewhere = match inventory.get(&d.ip).and_then(|e| e.candidate_for.clone())
+            {
+                Some(other) if other != self.order.id => self.waits_for_admin(&other).await?,
+                _ => false,
+            };
+            if candidates.contains(&d.ip) && !listed_elsewhere {
                 d.candidate_for = Some(self.order.id.clone());
             }
         }
-        store.record_discovered(&found).await?;
+        self.record_found(&found, &inventory, &candidates).await?;
+        // Servers earlier scans found that this purchase may have bought and that this scan did
+        // not (status failed for them this time, or they are in another package the purchase may
+        // have been placed in): listed too, so an admin sees every server that may be this
+        // order's.
+        let earlier = self
+            .listed_from_inventory(purchase, elsewhere, &candidates)
+            .await?;
         let result = if candidates.is_empty() {
             "none"
         } else {
@@ -303,14 +332,166 @@ impl Step<'_> {
         Ok(Discovery::Ask {
             transient,
             evidence: format!(
-                "{summary}; {why}{}",
+                "{summary}; {why}{}{}",
                 if listed.is_empty() {
                     String::new()
                 } else {
                     format!(" (candidates: {})", listed.join(", "))
-                }
+                },
+                earlier_text(&earlier)
             ),
         })
+    }
+
+    /// Whether an order is waiting for an admin (so the candidates listed for it are before one).
+    async fn waits_for_admin(&self, id: &OrderId) -> Result<bool, EngineError> {
+        Ok(self
+            .engine
+            .store
+            .order(id)
+            .await?
+            .is_some_and(|o| o.state == OrderState::NeedsAttention))
+    }
+
+    /// Servers of the inventory (found by earlier scans, this order's or others') that this
+    /// purchase may have bought and that this scan did not name: first seen since it was sent,
+    /// the ordered RAM, an expiry one term after it, owned by no order and listed for no other
+    /// order waiting for an admin; in its package, or in any when the purchase may have been
+    /// placed in another (`elsewhere`). Listed as candidates for this order, never adopted.
+    async fn listed_from_inventory(
+        &self,
+        purchase: &Purchase,
+        elsewhere: bool,
+        named: &[Ipv4Addr],
+    ) -> Result<Vec<Discovered>, EngineError> {
+        let store = &self.engine.store;
+        let ordered_ram = self.order.ram_gb.get();
+        let mut listed = Vec::new();
+        for mut d in store.discovered_since(purchase.sent_at).await? {
+            if named.contains(&d.ip)
+                || !(elsewhere || d.package_id == self.order.package_id)
+                || !fits(d.ram_gb, d.expiry.as_deref(), ordered_ram, purchase.sent_at)
+                || store.owner_of(d.ip).await?.is_some()
+            {
+                continue;
+            }
+            match d.candidate_for.clone() {
+                Some(other) if other != self.order.id && self.waits_for_admin(&other).await? => {
+                    continue;
+                }
+                _ => {}
+            }
+            d.candidate_for = Some(self.order.id.clone());
+            listed.push(d);
+        }
+        if !listed.is_empty() {
+            store.record_discovered(&listed).await?;
+        }
+        Ok(listed)
+    }
+
+    /// Records what a scan found in the inventory, then offers each server it found that is
+    /// neither this order's (`taken`: adopted or listed) nor owned nor listed for an order
+    /// waiting for an admin to such an order whose escalated purchase may have bought it. An
+    /// order waits for an admin with the candidates its own scans found; a server that hid
+    /// from them (status failed for it each time) or that SmartVPS placed in another package
+    /// is found later by another order's scan, and without this it would be paid for and
+    /// before nobody.
+    async fn record_found(
+        &self,
+        found: &[Discovered],
+        inventory: &HashMap<Ipv4Addr, Discovered>,
+        taken: &[Ipv4Addr],
+    ) -> Result<(), EngineError> {
+        let store = &self.engine.store;
+        store.record_discovered(found).await?;
+        let mut waiting: Option<Vec<(Order, Vec<Purchase>)>> = None;
+        let mut offered = Vec::new();
+        let mut lines = Vec::new();
+        for d in found {
+            if taken.contains(&d.ip) || d.candidate_for.is_some() {
+                continue;
+            }
+            let known = inventory.get(&d.ip);
+            if let Some(other) = known.and_then(|k| k.candidate_for.as_ref())
+                && (*other == self.order.id || self.waits_for_admin(other).await?)
+            {
+                continue;
+            }
+            if store.owner_of(d.ip).await?.is_some() {
+                continue;
+            }
+            if waiting.is_none() {
+                waiting = Some(self.orders_waiting_for_admin().await?);
+            }
+            let seen = known.map_or(d.first_seen, |k| k.first_seen);
+            let owner = waiting.iter().flatten().filter_map(|(o, ledger)| {
+                if o.id == self.order.id || d.ram_gb.is_some_and(|r| r != o.ram_gb.get()) {
+                    return None;
+                }
+                ledger
+                    .iter()
+                    .filter(|p| {
+                        p.is_open_unknown()
+                            && p.sent_at <= seen
+                            && d.expiry
+                                .as_deref()
+                                .is_none_or(|e| expiry_fits(e, p.sent_at))
+                            && (p.package_id == d.package_id || may_have_run_dry(p))
+                    })
+                    .map(|p| (p.package_id != d.package_id, p.sent_at, o.id.clone()))
+                    .min()
+            });
+            // One entry names one order: the likeliest, a purchase of the server's package first.
+            if let Some((_, sent_at, owner)) = owner.min() {
+                let mut listed = d.clone();
+                listed.first_seen = seen;
+                listed.candidate_for = Some(owner.clone());
+                lines.push((
+                    owner,
+                    TimelineEntry {
+                        at: self.now(),
+                        kind: EntryKind::Warning,
+                        message: format!(
+                            "🔍 A later scan (for order {}) found {}, on our account, owned by no order and first seen after the \
+                             purchase sent at {sent_at}: listed as a candidate for this order",
+                            self.order.id, d.ip
+                        ),
+                    },
+                ));
+                offered.push(listed);
+            }
+        }
+        if !offered.is_empty() {
+            store.record_discovered(&offered).await?;
+            store.append_timeline(&lines).await?;
+        }
+        Ok(())
+    }
+
+    /// Orders waiting for an admin, with their ledgers.
+    async fn orders_waiting_for_admin(&self) -> Result<Vec<(Order, Vec<Purchase>)>, EngineError> {
+        let mut orders: Vec<Order> = Vec::new();
+        loop {
+            let filter = OrderFilter {
+                state: Some(OrderState::NeedsAttention),
+                limit: Some(500),
+                offset: Some(orders.len()),
+                ..OrderFilter::default()
+            };
+            let page = self.engine.store.orders(&filter).await?;
+            let full = page.len() == filter.page_size();
+            orders.extend(page);
+            if !full {
+                break;
+            }
+        }
+        let mut out = Vec::with_capacity(orders.len());
+        for o in orders {
+            let ledger = self.engine.store.purchases(&o.id).await?;
+            out.push((o, ledger));
+        }
+        Ok(out)
     }
 
     /// Other orders, with the candidate's RAM when status reported it, with a purchase that may
@@ -517,6 +698,42 @@ struct Scan {
     found_at: HashMap<Ipv4Addr, Timestamp>,
     /// Status calls made.
     calls: usize,
+}
+
+/// Whether a server status reported can be the one a purchase sent at `sent_at` bought: the
+/// ordered RAM and an expiry about one term after it (either unreported proves nothing).
+fn fits(ram: Option<u32>, expiry: Option<&str>, ordered_ram: u32, sent_at: Timestamp) -> bool {
+    ram.is_none_or(|r| r == ordered_ram) && expiry.is_none_or(|e| expiry_fits(e, sent_at))
+}
+
+/// Whether a purchase's package may have run dry while it could complete (so SmartVPS may have
+/// placed it in another package): not free above zero at its send and at its reconciliation
+/// with no rise between.
+fn may_have_run_dry(p: &Purchase) -> bool {
+    !matches!(
+        (p.stock_before, p.stock_after),
+        (Some(before), Some(after)) if after > 0 && after <= before
+    )
+}
+
+/// The servers listed from the inventory, in words for the evidence.
+fn earlier_text(listed: &[Discovered]) -> String {
+    if listed.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = listed
+        .iter()
+        .map(|d| {
+            format!(
+                "{} (package {}, first seen {})",
+                d.ip, d.package_id, d.first_seen
+            )
+        })
+        .collect();
+    format!(
+        "; found by earlier scans and possibly this purchase's, also listed: {}",
+        names.join(", ")
+    )
 }
 
 /// Whether an `ExpiryDate` (`2027-01-28`) is about one term after `sent_at`.

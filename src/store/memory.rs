@@ -616,6 +616,16 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    async fn discovered_since(&self, since: Timestamp) -> Result<Vec<Discovered>, StoreError> {
+        Ok(self
+            .lock()
+            .discovered
+            .values()
+            .filter(|d| d.first_seen >= since)
+            .cloned()
+            .collect())
+    }
+
     async fn candidates(&self, order: &OrderId) -> Result<Vec<Discovered>, StoreError> {
         Ok(self
             .lock()

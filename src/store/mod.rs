@@ -600,6 +600,9 @@ pub trait Store: Send + Sync + 'static {
     async fn record_discovered(&self, found: &[Discovered]) -> Result<(), StoreError>;
     /// The inventory of one package, by address.
     async fn discovered(&self, package: PackageId) -> Result<Vec<Discovered>, StoreError>;
+    /// The inventory of every package: the servers first seen at or after `since`, by address.
+    /// (A server seen before a purchase was sent is not that purchase's.)
+    async fn discovered_since(&self, since: Timestamp) -> Result<Vec<Discovered>, StoreError>;
     /// The servers listed as candidates for an order that needs attention, by address.
     async fn candidates(&self, order: &OrderId) -> Result<Vec<Discovered>, StoreError>;
     /// Which order owns an address, from the orders and the ledger.

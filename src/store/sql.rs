@@ -1070,6 +1070,14 @@ pub(crate) fn discovered_in(package: PackageId) -> Stmt {
     .int(i64::from(package.0))
 }
 
+/// The inventory of every package since a moment (decoded by [`discovered`]).
+pub(crate) fn discovered_since(since: Timestamp) -> Stmt {
+    Stmt::new(format!(
+        "SELECT {DISCOVERED_COLUMNS} FROM discovered WHERE first_seen >= $1 ORDER BY ip"
+    ))
+    .int(since.millis())
+}
+
 /// The servers listed as candidates for an order (decoded by [`discovered`]).
 pub(crate) fn candidates_for(order: &OrderId) -> Stmt {
     Stmt::new(format!(

@@ -957,6 +957,13 @@ impl Store for SqliteStore {
         rows.iter().map(sql::discovered).collect()
     }
 
+    async fn discovered_since(&self, since: Timestamp) -> Result<Vec<Discovered>, StoreError> {
+        let rows = query(&sql::discovered_since(since))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(sql::discovered).collect()
+    }
+
     async fn candidates(&self, order: &OrderId) -> Result<Vec<Discovered>, StoreError> {
         let rows = query(&sql::candidates_for(order))
             .fetch_all(&self.pool)

@@ -13,8 +13,21 @@ use crate::tools::chaos::{SimulationConfig, SimulationReport, run_virtual};
 ///
 /// # Errors
 /// When a run under `reconcile` broke a promise (the table is still printed).
-pub async fn strategies(orders: usize, seed: u64, renewals: bool) -> anyhow::Result<()> {
-    let profiles = ["calm", "flaky", "hostile"];
+pub async fn strategies(
+    orders: usize,
+    seed: u64,
+    renewals: bool,
+    only: &[String],
+) -> anyhow::Result<()> {
+    let mut profiles = vec!["calm", "flaky", "hostile"];
+    if !only.is_empty() {
+        for name in only {
+            if FaultProfile::named(name).is_none() {
+                anyhow::bail!("unknown fault profile {name:?} (calm, flaky, hostile)");
+            }
+        }
+        profiles.retain(|p| only.iter().any(|o| o.trim().eq_ignore_ascii_case(p)));
+    }
     println!(
         "bench strategies: {orders} orders per run, seed {seed}, 3 workers, 2% of steps crash mid-step, virtual time\n"
     );

@@ -715,6 +715,10 @@ struct CandidateRow {
     expiry: String,
     /// When a scan first found it.
     first_seen: String,
+    /// Whether it is in another package than the order's (SmartVPS places a purchase there when
+    /// the package asked for ran dry): its Adopt button overrides the package check, which the
+    /// reason it sends says.
+    other_package: bool,
 }
 
 fn purchase_row(origin: Timestamp, p: &Purchase) -> PurchaseRow {
@@ -835,6 +839,7 @@ async fn render_order(
                     ram: d.ram_gb.map_or_else(|| "?".into(), |r| format!("{r} GB")),
                     expiry: d.expiry.unwrap_or_else(|| "?".into()),
                     first_seen: time(d.first_seen),
+                    other_package: d.package_id != order.package_id,
                 })
                 .collect(),
             Err(e) => return ApiError::internal(e).into_response(),

@@ -525,3 +525,88 @@ async fn short_waits_and_a_stop_mid_purchase_still_end_with_one_server() {
     );
     assert_eq!(w.times_of(&order.id, "Found by the scan").await.len(), 1);
 }
+
+/// A purchase whose package ran dry while it completed, with a reply that named no server:
+/// SmartVPS placed the server in another package, where the order's own scan cannot see it.
+/// When a later scan (another order's, of that package) finds it, it is listed on the order
+/// waiting for an admin, one click to adopt, instead of being paid for and before nobody.
+#[tokio::test(start_paused = true)]
+async fn a_server_placed_in_another_package_is_listed_for_the_order_whose_package_ran_dry() {
+    use provisioner::domain::NewOrder;
+    use provisioner::engine::admin::Resolve;
+    use provisioner::store::Intake;
+    let w = world(RetryPolicy::default());
+    let other = PackageId(8);
+    // Order A: its buy is answered HTTP 500 after buying, and its package runs dry while the
+    // purchase completes, so the server comes from package 8.
+    w.sim
+        .script_buy(
+            PKG,
+            [BuyStep::new(secs(30), BuyEffect::ServerErrorAfterBuying)],
+        )
+        .unwrap();
+    let a = w.accept("dry-a", 7).await;
+    let drain = async {
+        w.clock.sleep(secs(10)).await;
+        w.sim.take_stock(PKG, u32::MAX).unwrap();
+    };
+    let (ran, ()) = tokio::join!(w.engine.run_due_once(), drain);
+    ran.unwrap();
+    w.drive().await;
+    let o = w.order(&a.id).await;
+    assert_eq!(o.state, OrderState::NeedsAttention, "{:?}", o.failure);
+    let ours = w.sim.purchases_for(&format!("{}/", a.id))[0].clone();
+    assert!(ours.from_other_package && ours.address_package == other);
+    assert!(w.store.candidates(&a.id).await.unwrap().is_empty());
+
+    // Order B, 2 GB in package 8: its reply is lost too, and its scan finds both servers; its
+    // own (the one 2 GB server) is adopted, A's is listed for A.
+    Scenario::LostReply.install(&w.sim, other).unwrap();
+    let mut request = crate::helpers::request("dry-b", 8);
+    request.ram_gb = 2;
+    let b = match w
+        .engine
+        .accept(NewOrder::parse(&request).unwrap())
+        .await
+        .unwrap()
+    {
+        Intake::Created(o) => o,
+        other => panic!("expected a new order, got {other:?}"),
+    };
+    w.drive().await;
+    let ob = w.order(&b.id).await;
+    assert_eq!(ob.state, OrderState::Ready, "{:?}", ob.failure);
+    assert_eq!(
+        ob.server_ip,
+        Some(w.sim.purchases_for(&format!("{}/", b.id))[0].ip)
+    );
+    let listed: Vec<_> = w
+        .store
+        .candidates(&a.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.ip)
+        .collect();
+    assert_eq!(listed, vec![ours.ip], "A's server is before A's admin");
+    assert_eq!(w.times_of(&a.id, "A later scan").await.len(), 1);
+    // One click: the dashboard's button overrides the package check for another package.
+    let adopted = w
+        .engine
+        .resolve(
+            &a.id,
+            "alice",
+            "adopted the candidate in package 8",
+            Resolve::Adopt {
+                ip: ours.ip,
+                override_package_check: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(adopted.server_ip, Some(ours.ip));
+    w.drive().await;
+    assert_eq!(w.order(&a.id).await.state, OrderState::Ready);
+    assert_eq!(w.servers_for(&a.id), 1);
+    assert_eq!(w.servers_for(&b.id), 1);
+}

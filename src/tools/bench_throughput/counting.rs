@@ -126,6 +126,10 @@ impl Store for Counting {
         self.inner.discovered(package).await
     }
 
+    async fn discovered_since(&self, since: Timestamp) -> Result<Vec<Discovered>, StoreError> {
+        self.inner.discovered_since(since).await
+    }
+
     async fn candidates(&self, order: &OrderId) -> Result<Vec<Discovered>, StoreError> {
         self.inner.candidates(order).await
     }

@@ -155,6 +155,10 @@ impl Store for CrashingStore {
         self.0.discovered(package).await
     }
 
+    async fn discovered_since(&self, since: Timestamp) -> Result<Vec<Discovered>, StoreError> {
+        self.0.discovered_since(since).await
+    }
+
     async fn candidates(&self, order: &OrderId) -> Result<Vec<Discovered>, StoreError> {
         self.0.candidates(order).await
     }

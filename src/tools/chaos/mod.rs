@@ -382,6 +382,9 @@ async fn check(
                     .map(|d| d.ip),
             );
         }
+        if std::env::var_os("SIM_RIVALS").is_some() {
+            trace_rivals(store, &order, &ledger).await;
+        }
         match order.state {
             OrderState::Ready => report.ready += 1,
             OrderState::Failed => report.failed += 1,
@@ -504,6 +507,9 @@ async fn check(
         .flat_map(|(_, servers)| servers.iter())
         .filter(|s| !held.contains(&s.ip))
         .count();
+    if std::env::var_os("SIM_ORPHANS").is_some() {
+        trace_orphans(store, &bought, &held).await;
+    }
     // Single flight: no two purchases of one package were in flight at once.
     for (pkg, mut spans) in per_package {
         spans.sort();
@@ -514,6 +520,121 @@ async fn check(
                     pair[0].2, pair[1].2
                 ));
             }
+        }
+    }
+}
+
+/// Prints, for each orphan (`SIM_ORPHANS=1`), the order it was sold for, with its state,
+/// reason, ledger, the server's inventory entry and the end of its timeline: why no order holds
+/// it or lists it.
+async fn trace_orphans(
+    store: &dyn Store,
+    bought: &HashMap<String, Vec<PurchaseRecord>>,
+    held: &std::collections::HashSet<Ipv4Addr>,
+) {
+    for (order, servers) in bought {
+        let Ok(id) = OrderId::parse(order) else {
+            continue;
+        };
+        for s in servers.iter().filter(|s| !held.contains(&s.ip)) {
+            let o = store.order(&id).await.ok().flatten();
+            eprintln!(
+                "=== orphan {} (pkg {} from pkg {}, other_pkg {}, ram {}, requested {} completed {}) sold for order {id}",
+                s.ip,
+                s.package,
+                s.address_package,
+                s.from_other_package,
+                s.ram_gb,
+                s.requested_at,
+                s.completed_at
+            );
+            if let Some(o) = &o {
+                eprintln!(
+                    "  state {} ip {:?} created {} reason {:?}",
+                    o.state,
+                    o.server_ip,
+                    o.created_at,
+                    o.failure.as_ref().map(|f| f.reason.clone())
+                );
+            }
+            for p in store.purchases(&id).await.unwrap_or_default() {
+                eprintln!(
+                    "  ledger #{} attempt {} pkg {} sent {} decided {:?} outcome {:?} resolution {:?} late {:?} stock {:?}->{:?}",
+                    p.id,
+                    p.attempt,
+                    p.package_id.0,
+                    p.sent_at,
+                    p.decided_at,
+                    p.outcome,
+                    p.resolution,
+                    p.late_ip,
+                    p.stock_before,
+                    p.stock_after
+                );
+            }
+            let inv = store
+                .discovered(s.address_package)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .find(|d| d.ip == s.ip);
+            eprintln!("  inventory {inv:?}");
+            if let Some(owner) = inv.as_ref().and_then(|d| d.candidate_for.clone()) {
+                let other = store.order(&owner).await.ok().flatten();
+                eprintln!(
+                    "  listed for {owner}: {:?}",
+                    other.map(|o| (o.state, o.server_ip))
+                );
+            }
+            for e in store.timeline(&id).await.unwrap_or_default() {
+                eprintln!("  {} {}", e.at, e.message);
+            }
+        }
+    }
+}
+
+/// Prints (`SIM_RIVALS=1`), for an order sent to an admin because another order's purchase
+/// could own its one candidate, each rival's purchases: package (same or other), resolution and
+/// stock evidence, to see what the rival rule weighed.
+async fn trace_rivals(store: &dyn Store, order: &Order, ledger: &[crate::domain::Purchase]) {
+    let Some(reason) = order.failure.as_ref().map(|f| f.reason.as_str()) else {
+        return;
+    };
+    let Some(at) = reason.find("unsettled purchases of order(s) ") else {
+        return;
+    };
+    let ours = ledger.last();
+    let rest = &reason[at + "unsettled purchases of order(s) ".len()..];
+    let ids = rest.split(" could").next().unwrap_or("");
+    eprintln!(
+        "=== rival case {} pkg {} sent {:?} stock {:?}->{:?}",
+        order.id,
+        order.package_id.0,
+        ours.map(|p| p.sent_at),
+        ours.and_then(|p| p.stock_before),
+        ours.and_then(|p| p.stock_after)
+    );
+    for id in ids
+        .split(", ")
+        .filter_map(|i| OrderId::parse(i.trim()).ok())
+    {
+        let other = store.order(&id).await.ok().flatten();
+        for p in store.purchases(&id).await.unwrap_or_default() {
+            if !p.is_open_unknown() {
+                continue;
+            }
+            eprintln!(
+                "  rival {id} ({:?}) pkg {} same {} sent {} resolution {:?} stock {:?}->{:?}",
+                other.as_ref().map(|o| o.state),
+                p.package_id.0,
+                p.package_id == order.package_id,
+                p.sent_at,
+                p.resolution
+                    .as_ref()
+                    .map(|r| format!("{r:?}").chars().take(60).collect::<String>()),
+                p.stock_before,
+                p.stock_after
+            );
         }
     }
 }
