@@ -161,6 +161,69 @@ pub async fn suite(fresh: Fresh<'_>) {
     a_save_records_the_outcome_first_and_keeps_it(fresh().await).await;
     a_dispatcher_round_is_two_commits(fresh().await).await;
     renewals_are_idempotent_queued_and_never_buried(fresh().await).await;
+    the_inventory_keeps_first_sightings_and_candidates(fresh().await).await;
+}
+
+/// The discovery inventory: a server is recorded once with when it was first seen (a later
+/// sighting changes neither that time nor its facts), listing it as a candidate sticks until
+/// another listing replaces it, and it is read by package, by first sighting across packages,
+/// and by the order it is listed for.
+async fn the_inventory_keeps_first_sightings_and_candidates(store: Arc<dyn Store>) {
+    use provisioner::domain::Discovered;
+    let o = order("INV-1", 5, at(0));
+    create(store.as_ref(), &o).await;
+    let seen = |ip: [u8; 4], pkg: u32, secs: i64, candidate: Option<&Order>| Discovered {
+        ip: Ipv4Addr::from(ip),
+        package_id: PackageId(pkg),
+        ram_gb: Some(2),
+        expiry: Some("2026-02-01".into()),
+        first_seen: at(secs),
+        candidate_for: candidate.map(|o| o.id.clone()),
+    };
+    store
+        .record_discovered(&[
+            seen([10, 5, 0, 1], 5, 10, None),
+            seen([10, 6, 0, 1], 6, 20, None),
+        ])
+        .await
+        .unwrap();
+    // Seen again later, now as the order's candidate: first_seen stays 10 s.
+    store
+        .record_discovered(&[seen([10, 5, 0, 1], 5, 99, Some(&o))])
+        .await
+        .unwrap();
+    // A later sighting without a listing keeps the listing.
+    store
+        .record_discovered(&[seen([10, 5, 0, 1], 5, 120, None)])
+        .await
+        .unwrap();
+    let in_5 = store.discovered(PackageId(5)).await.unwrap();
+    assert_eq!(in_5.len(), 1);
+    assert_eq!(in_5[0].first_seen, at(10));
+    assert_eq!(in_5[0].candidate_for.as_ref(), Some(&o.id));
+    let since = |secs| {
+        let store = Arc::clone(&store);
+        async move {
+            let mut ips: Vec<Ipv4Addr> = store
+                .discovered_since(at(secs))
+                .await
+                .unwrap()
+                .iter()
+                .map(|d| d.ip)
+                .collect();
+            ips.sort();
+            ips
+        }
+    };
+    assert_eq!(
+        since(0).await,
+        [Ipv4Addr::new(10, 5, 0, 1), Ipv4Addr::new(10, 6, 0, 1)]
+    );
+    assert_eq!(since(15).await, [Ipv4Addr::new(10, 6, 0, 1)]);
+    assert!(since(21).await.is_empty());
+    let listed = store.candidates(&o.id).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].ip, Ipv4Addr::new(10, 5, 0, 1));
 }
 
 /// `begin_purchase_in_flight`: the flight and the intent in one transaction, refused (with
