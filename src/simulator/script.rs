@@ -160,6 +160,11 @@ pub struct FaultProfile {
     pub buy_hang: f64,
     /// A buy that succeeds after the timeout: within `(buy_timeout, buy_timeout + max_late]`.
     pub buy_late: f64,
+    /// A buy that succeeds later than every bound: up to 10 minutes after
+    /// `buy_timeout + max_late_after_timeout` (the default purchase horizon). No evidence tells
+    /// such a purchase from another reseller's, so the engine may by then have bought again:
+    /// the residual risk that `policy.buy.horizon` sets, which the simulation counts apart.
+    pub buy_beyond_horizon: f64,
     /// HTTP 500, nothing bought.
     pub buy_server_error: f64,
     /// HTTP 500, server bought.
@@ -214,6 +219,7 @@ impl Default for FaultProfile {
             buy_error: 0.0,
             buy_garbled: 0.0,
             buy_wrong_package: 0.0,
+            buy_beyond_horizon: 0.0,
             status_hang: 0.0,
             status_error: 0.0,
             status_server_error: 0.0,
@@ -262,6 +268,7 @@ impl FaultProfile {
             buy_error: 0.05,
             buy_garbled: 0.03,
             buy_wrong_package: 0.02,
+            buy_beyond_horizon: 0.002,
             status_hang: 0.05,
             status_error: 0.05,
             status_server_error: 0.05,
@@ -289,6 +296,7 @@ impl FaultProfile {
             buy_error: 0.08,
             buy_garbled: 0.06,
             buy_wrong_package: 0.06,
+            buy_beyond_horizon: 0.005,
             status_hang: 0.15,
             status_error: 0.1,
             status_server_error: 0.1,
@@ -399,6 +407,7 @@ impl Dice {
         };
         // One roll walks the cumulative probabilities in field order.
         let roll: f64 = self.rng.random();
+        let mut beyond = false;
         let mut edge = 0.0;
         let mut hit = |q: f64| {
             edge += q.max(0.0);
@@ -421,10 +430,15 @@ impl Dice {
             BuyEffect::Garbled
         } else if hit(p.buy_wrong_package) {
             BuyEffect::SucceedInOtherPackage
+        } else if hit(p.buy_beyond_horizon) {
+            beyond = true;
+            latency = p.latest_completion() + self.duration_in(&(secs(1)..=secs(600)));
+            BuyEffect::Succeed
         } else {
             BuyEffect::Succeed
         };
-        if effect.buys() {
+        // Only the beyond-horizon draw completes after the latest completion.
+        if effect.buys() && !beyond {
             latency = latency.min(p.latest_completion());
         }
         let build_time = if self.chance(p.late_credentials) {
@@ -547,22 +561,28 @@ mod tests {
     }
 
     #[test]
-    fn every_buying_draw_completes_within_the_bound() {
+    fn every_buying_draw_completes_within_the_bound_but_the_beyond_horizon_ones() {
         let mut dice = Dice::new(11);
         let profile = FaultProfile::hostile();
+        let bound = profile.buy_timeout + profile.max_late_after_timeout;
         dice.set_profile(Some(profile.clone()));
         let mut seen = std::collections::HashSet::new();
-        for _ in 0..2000 {
+        let mut beyond = 0;
+        for _ in 0..20_000 {
             let draw = dice.draw_buy(&PackageDefaults::default());
             seen.insert(draw.step.effect);
-            if draw.step.effect.buys() {
-                assert!(draw.step.latency <= profile.buy_timeout + profile.max_late_after_timeout);
+            if draw.step.effect.buys() && draw.step.latency > bound {
+                assert_eq!(draw.step.effect, BuyEffect::Succeed);
+                assert!(draw.step.latency <= bound + secs(600));
+                beyond += 1;
             }
             if draw.step.effect == BuyEffect::NoEffect {
                 assert!(draw.step.latency > profile.buy_timeout);
             }
         }
         assert_eq!(seen.len(), 7, "hostile draws every effect: {seen:?}");
+        // 0.5 % of 20,000 draws, give or take.
+        assert!((50..=150).contains(&beyond), "{beyond} beyond the horizon");
     }
 
     #[test]

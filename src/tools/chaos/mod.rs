@@ -93,8 +93,19 @@ pub struct SimulationReport {
     /// Orders that went to an admin although SmartVPS sold nothing for them (other resellers
     /// moved the stock while an outcome was unknown): the price of never guessing.
     pub false_alarms: usize,
-    /// Orders for which SmartVPS sold more than one server.
+    /// Orders for which SmartVPS sold more than one server, every one within the purchase
+    /// horizon: a broken promise under `reconcile`.
     pub duplicates: usize,
+    /// Orders touched by a purchase that completed after the purchase horizon
+    /// (`policy.buy.horizon`): their own purchase did, or the server they hold is such a
+    /// purchase of another order's. Counted apart, with what went wrong for them in
+    /// [`SimulationReport::residual`]: the residual risk that setting controls, which no
+    /// evidence can remove (such a purchase looks like another reseller's, and a scan may
+    /// deliver it to the wrong order).
+    pub beyond_horizon: usize,
+    /// What went wrong for the orders counted in `beyond_horizon` (at most 50 lines): the cost
+    /// of a horizon set too short, not a broken promise.
+    pub residual: Vec<String>,
     /// Unknown purchases settled by the late reply heard on the open connection.
     pub by_late_reply: usize,
     /// Unknown purchases settled by a discovery scan finding the server.
@@ -329,7 +340,31 @@ async fn check(
     let mut per_package: HashMap<u32, Vec<(Timestamp, Timestamp, String)>> = HashMap::new();
     let mut held: std::collections::HashSet<Ipv4Addr> = std::collections::HashSet::new();
     let seed = cfg.seed;
+    // Purchases that completed after the horizon, and the orders that made them: what they
+    // cause is the residual risk, counted apart from broken promises.
+    let past_horizon =
+        |s: &PurchaseRecord| s.completed_at > s.requested_at.plus(cfg.policy.horizon);
+    let late_ips: std::collections::HashSet<Ipv4Addr> = bought
+        .values()
+        .flatten()
+        .filter(|s| past_horizon(s))
+        .map(|s| s.ip)
+        .collect();
+    let late_orders: std::collections::HashSet<String> = bought
+        .iter()
+        .filter(|(_, servers)| servers.iter().any(past_horizon))
+        .map(|(order, _)| order.clone())
+        .collect();
+    let tainted_now = std::cell::Cell::new(false);
     let mut violate = |report: &mut SimulationReport, id: &OrderId, what: String| {
+        if tainted_now.get() {
+            if report.residual.len() < 50 {
+                report
+                    .residual
+                    .push(format!("seed {seed}, order {id}: {what}"));
+            }
+            return;
+        }
         if report.violations.len() < 50 {
             report
                 .violations
@@ -338,6 +373,7 @@ async fn check(
     };
 
     for id in ids {
+        tainted_now.set(false);
         let Ok(Some(order)) = store.order(id).await else {
             violate(report, id, "order lost".into());
             continue;
@@ -401,7 +437,15 @@ async fn check(
             }
             other => violate(report, id, format!("stuck in {other}")),
         }
-        if servers.len() > 1 {
+        let tainted = late_orders.contains(id.as_str())
+            || order.server_ip.is_some_and(|ip| late_ips.contains(&ip))
+            || ledger.iter().any(|p| {
+                matches!(p.resolution, Some(Resolution::Adopted { ip }) if late_ips.contains(&ip))
+            });
+        tainted_now.set(tainted);
+        if tainted {
+            report.beyond_horizon += 1;
+        } else if servers.len() > 1 {
             report.duplicates += 1;
             let explained = cfg.policy.on_unknown == crate::policy::OnUnknown::Retry;
             if !explained {
@@ -500,12 +544,14 @@ async fn check(
             }
         }
     }
-    // Orphans: servers sold for our orders that no order holds or lists as a candidate.
+    // Orphans: servers sold for our orders that no order holds or lists as a candidate; those
+    // completed after the horizon are the residual risk, counted apart.
     report.orphans = bought
         .iter()
         .filter(|(order, _)| !order.is_empty())
         .flat_map(|(_, servers)| servers.iter())
         .filter(|s| !held.contains(&s.ip))
+        .filter(|s| s.completed_at <= s.requested_at.plus(cfg.policy.horizon))
         .count();
     if std::env::var_os("SIM_ORPHANS").is_some() {
         trace_orphans(store, &bought, &held).await;
