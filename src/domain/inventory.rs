@@ -28,3 +28,19 @@ pub struct Discovered {
     /// The order it was listed for as a candidate (an order needing attention), if any.
     pub candidate_for: Option<OrderId>,
 }
+
+/// A discovery scan of one package that was complete and whose every `error` reply was
+/// confirmed by re-reads (the standard of the "nothing was bought" verdict): every address of
+/// the package no order owned and no earlier scan had seen was either found (and is in the
+/// inventory, first seen by the time the scan finished) or was not a server of ours while it
+/// ran. A purchase whose horizon ended before such a scan started can therefore own no server
+/// of that package first seen after the scan finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct CompleteScan {
+    /// The package whose range was scanned.
+    pub package_id: PackageId,
+    /// When its first status call could start (no earlier).
+    pub started_at: Timestamp,
+    /// When it ended, no earlier than the first sighting it recorded in the inventory.
+    pub finished_at: Timestamp,
+}

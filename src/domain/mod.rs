@@ -14,7 +14,7 @@ pub mod server;
 use serde::Serialize;
 
 pub use credentials::Credentials;
-pub use inventory::Discovered;
+pub use inventory::{CompleteScan, Discovered};
 pub use ledger::{Purchase, PurchaseId, PurchaseIntent, PurchaseOutcome, Resolution};
 pub use order::{
     Customer, Failure, FieldError, NewOrder, Order, OrderId, OrderRef, OrderRequest, OrderState,

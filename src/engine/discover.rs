@@ -21,7 +21,8 @@ use super::buy::StockRead;
 use super::step::Step;
 use crate::clock::Timestamp;
 use crate::domain::{
-    Discovered, EntryKind, Order, OrderId, OrderState, Purchase, Resolution, TimelineEntry,
+    CompleteScan, Discovered, EntryKind, Order, OrderId, OrderState, Purchase, Resolution,
+    TimelineEntry,
 };
 use crate::provider::{CallContext, Outcome};
 use crate::store::OrderFilter;
@@ -158,6 +159,14 @@ impl Step<'_> {
             (Some(before), Some(after)) if after < before
         );
         let complete = scan.unread.is_empty();
+        // Complete, and every address not found answered `error` in NEGATIVE_READS separate
+        // reads (the standard of the "nothing was bought" verdict): on record once what it found
+        // is, so a later scan knows which purchases it rules out (see `rival_purchases`).
+        let confirmed = (complete && scan.unconfirmed == 0).then_some(CompleteScan {
+            package_id: self.order.package_id,
+            started_at: started,
+            finished_at: now,
+        });
         let summary = format!(
             "scanned {} of {} address(es) with {} status call(s) in {}: {} server(s) of ours found, {} candidate(s){}",
             to_scan.len() - scan.unread.len(),
@@ -226,7 +235,7 @@ impl Step<'_> {
             (Some(before), Some(after)) if after > 0 && after <= before
         );
         if let Some(owner) = owned_since {
-            self.record_found(&found, &inventory, &[candidates[0]])
+            self.record_found(&found, &inventory, &[candidates[0]], confirmed)
                 .await?;
             let earlier = self
                 .listed_from_inventory(purchase, elsewhere, &candidates)
@@ -243,7 +252,8 @@ impl Step<'_> {
             });
         }
         if candidates.len() == 1 && complete && fell && rivals.is_empty() {
-            self.record_found(&found, &inventory, &candidates).await?;
+            self.record_found(&found, &inventory, &candidates, confirmed)
+                .await?;
             metrics::counter!("provisioner_discovery_scans_total", "result" => "adopted")
                 .increment(1);
             let ip = candidates[0];
@@ -266,7 +276,8 @@ impl Step<'_> {
             && fell
             && after.is_some_and(|a| a > 0)
         {
-            self.record_found(&found, &inventory, &[]).await?;
+            self.record_found(&found, &inventory, &[], confirmed)
+                .await?;
             metrics::counter!("provisioner_discovery_scans_total", "result" => "not_bought")
                 .increment(1);
             return Ok(Discovery::NotBought {
@@ -291,7 +302,8 @@ impl Step<'_> {
                 d.candidate_for = Some(self.order.id.clone());
             }
         }
-        self.record_found(&found, &inventory, &candidates).await?;
+        self.record_found(&found, &inventory, &candidates, confirmed)
+            .await?;
         // Servers earlier scans found that this purchase may have bought and that this scan did
         // not (status failed for them this time, or they are in another package the purchase may
         // have been placed in): listed too, so an admin sees every server that may be this
@@ -396,15 +408,22 @@ impl Step<'_> {
     /// order waits for an admin with the candidates its own scans found; a server that hid
     /// from them (status failed for it each time) or that SmartVPS placed in another package
     /// is found later by another order's scan, and without this it would be paid for and
-    /// before nobody.
+    /// before nobody. A scan that was `complete` with every `error` confirmed is recorded too,
+    /// after the servers it found.
     async fn record_found(
         &self,
         found: &[Discovered],
         inventory: &HashMap<Ipv4Addr, Discovered>,
         taken: &[Ipv4Addr],
+        complete: Option<CompleteScan>,
     ) -> Result<(), EngineError> {
         let store = &self.engine.store;
         store.record_discovered(found).await?;
+        // Only once what it found is in the inventory: a scan on record has every server it
+        // found first seen by its end.
+        if let Some(scan) = complete {
+            store.record_complete_scan(&scan).await?;
+        }
         let mut waiting: Option<Vec<(Order, Vec<Purchase>)>> = None;
         let mut offered = Vec::new();
         let mut lines = Vec::new();
@@ -501,7 +520,9 @@ impl Step<'_> {
     /// so a purchase of any package). A purchase settled as not bought is none: the evidence
     /// that settled it (the stock, or a confirmed negative scan) says it bought nothing
     /// anywhere. Neither is one sent after the candidate was first seen (`seen_since`), nor
-    /// one of another package that the stock list (`read`) shows never ran dry. Orders
+    /// one of another package that the stock list (`read`) shows never ran dry, nor one whose
+    /// horizon ended before a complete scan of the candidate's package, every `error` of it
+    /// confirmed, started and that scan finished before the candidate was first seen. Orders
     /// created more than a day before this purchase are not looked at.
     async fn rival_purchases(
         &self,
@@ -533,6 +554,26 @@ impl Step<'_> {
                 break;
             }
         }
+        // The latest start of a complete scan of the candidate's package, every `error` of it
+        // confirmed, that finished before the candidate was first seen: the candidate was not
+        // a server of ours while that scan ran (else it would have been found then, or hidden
+        // behind NEGATIVE_READS failed reads). A purchase completes within its horizon if at
+        // all, so one whose horizon ended before that scan started cannot own the candidate.
+        let cleared_from = match seen_since {
+            Some(seen) => self
+                .engine
+                .store
+                .complete_scans(
+                    self.order.package_id,
+                    purchase.sent_at.minus(RIVAL_LOOKBACK),
+                )
+                .await?
+                .into_iter()
+                .filter(|s| s.finished_at < seen)
+                .map(|s| s.started_at)
+                .max(),
+            None => None,
+        };
         let mut rivals = Vec::new();
         for other in orders {
             if other.id == self.order.id || ram.is_some_and(|r| other.ram_gb.get() != r) {
@@ -559,9 +600,14 @@ impl Step<'_> {
                     );
                 // A late reply named the server it bought: that one, no other.
                 let named_other = p.late_ip.is_some_and(|ip| ip != candidate);
+                // Its horizon ended before a complete confirmed scan that did not see the
+                // candidate began: it completed, if at all, before the candidate appeared.
+                let before_clear_scan =
+                    cleared_from.is_some_and(|start| p.sent_at.plus(horizon) < start);
                 may_own
                     && !never_dry
                     && !named_other
+                    && !before_clear_scan
                     && seen_since.is_none_or(|seen| p.sent_at <= seen)
             });
             if let Some(first) = owning.next() {

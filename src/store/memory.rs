@@ -2,6 +2,7 @@
 //! as the SQLite store (fenced writes, first-writer-wins outcomes, single flight), indexed so a
 //! hundred thousand orders stay cheap.
 
+use crate::domain::CompleteScan;
 use crate::domain::PurchaseId;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -75,6 +76,8 @@ struct Inner {
     catalog: BTreeMap<PackageId, CatalogPackage>,
     /// The discovery inventory, by address (a BTreeMap so it lists in address order).
     discovered: BTreeMap<Ipv4Addr, Discovered>,
+    /// Complete confirmed discovery scans, in the order recorded.
+    complete_scans: Vec<CompleteScan>,
     /// Server actions by id - 1.
     actions: Vec<ServerAction>,
     /// What status last said, per order.
@@ -624,6 +627,27 @@ impl Store for MemoryStore {
             .filter(|d| d.first_seen >= since)
             .cloned()
             .collect())
+    }
+
+    async fn record_complete_scan(&self, scan: &CompleteScan) -> Result<(), StoreError> {
+        self.lock().complete_scans.push(*scan);
+        Ok(())
+    }
+
+    async fn complete_scans(
+        &self,
+        package: PackageId,
+        after: Timestamp,
+    ) -> Result<Vec<CompleteScan>, StoreError> {
+        let mut scans: Vec<CompleteScan> = self
+            .lock()
+            .complete_scans
+            .iter()
+            .filter(|s| s.package_id == package && s.started_at > after)
+            .copied()
+            .collect();
+        scans.sort_by_key(|s| (s.started_at, s.finished_at));
+        Ok(scans)
     }
 
     async fn candidates(&self, order: &OrderId) -> Result<Vec<Discovered>, StoreError> {

@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::clock::Timestamp;
+use crate::domain::CompleteScan;
 use crate::domain::{
     CatalogPackage, Discovered, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId, Phase,
     Purchase, PurchaseId, PurchaseIntent, PurchaseOutcome, Resolution, TimelineEntry,
@@ -603,6 +604,16 @@ pub trait Store: Send + Sync + 'static {
     /// The inventory of every package: the servers first seen at or after `since`, by address.
     /// (A server seen before a purchase was sent is not that purchase's.)
     async fn discovered_since(&self, since: Timestamp) -> Result<Vec<Discovered>, StoreError>;
+    /// Records a discovery scan of a package that was complete with every `error` reply
+    /// confirmed by re-reads. Written after the servers it found are in the inventory.
+    async fn record_complete_scan(&self, scan: &CompleteScan) -> Result<(), StoreError>;
+    /// A package's complete scans (see [`Store::record_complete_scan`]) that started after
+    /// `after`, by start.
+    async fn complete_scans(
+        &self,
+        package: PackageId,
+        after: Timestamp,
+    ) -> Result<Vec<CompleteScan>, StoreError>;
     /// The servers listed as candidates for an order that needs attention, by address.
     async fn candidates(&self, order: &OrderId) -> Result<Vec<Discovered>, StoreError>;
     /// Which order owns an address, from the orders and the ledger.

@@ -21,6 +21,7 @@
 //! same on SQLite live once in `store::sql`; what is PostgreSQL's own (SKIP LOCKED, UNNEST
 //! inserts, the flight's row lock, vacuum) stays here.
 
+use crate::domain::CompleteScan;
 use crate::domain::PurchaseId;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -91,6 +92,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         9,
         "purchases_stock_after",
         include_str!("../../migrations/postgres/0009_purchases_stock_after.sql"),
+    ),
+    (
+        10,
+        "complete_scans",
+        include_str!("../../migrations/postgres/0010_complete_scans.sql"),
     ),
 ];
 
@@ -744,6 +750,24 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(sql::discovered).collect()
+    }
+
+    async fn record_complete_scan(&self, scan: &CompleteScan) -> Result<(), StoreError> {
+        query(&sql::record_complete_scan(scan))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn complete_scans(
+        &self,
+        package: PackageId,
+        after: Timestamp,
+    ) -> Result<Vec<CompleteScan>, StoreError> {
+        let rows = query(&sql::complete_scans(package, after))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(sql::complete_scan).collect()
     }
 
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {

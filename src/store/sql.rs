@@ -25,9 +25,9 @@ use super::{
 use crate::clock::Timestamp;
 use crate::domain::{ActionKind, ActionState, CallOutcome, Os, ServerAction, ServerFacts, Stage};
 use crate::domain::{
-    CatalogPackage, Customer, Discovered, EntryKind, Failure, NoticeKind, Order, OrderId, OrderRef,
-    OrderState, PackageId, PackageName, Phase, Purchase, PurchaseIntent, PurchaseOutcome, RamGb,
-    Resolution, TimelineEntry,
+    CatalogPackage, CompleteScan, Customer, Discovered, EntryKind, Failure, NoticeKind, Order,
+    OrderId, OrderRef, OrderState, PackageId, PackageName, Phase, Purchase, PurchaseIntent,
+    PurchaseOutcome, RamGb, Resolution, TimelineEntry,
 };
 use crate::domain::{Renewal, RenewalState, ServerTerm};
 
@@ -56,6 +56,19 @@ pub(crate) fn discovered<R: SqlRow>(row: &R) -> Result<Discovered, StoreError> {
                     .map_err(|_| StoreError::Corrupt(format!("discovered.candidate_for {c:?}")))
             })
             .transpose()?,
+    })
+}
+
+/// A complete scan row.
+pub(crate) fn complete_scan<R: SqlRow>(row: &R) -> Result<CompleteScan, StoreError> {
+    let pkg = row.int("package_id")?;
+    Ok(CompleteScan {
+        package_id: PackageId(
+            u32::try_from(pkg)
+                .map_err(|_| StoreError::Corrupt("complete_scans.package_id".into()))?,
+        ),
+        started_at: Timestamp(row.int("started_at")?),
+        finished_at: Timestamp(row.int("finished_at")?),
     })
 }
 
@@ -1084,6 +1097,26 @@ pub(crate) fn candidates_for(order: &OrderId) -> Stmt {
         "SELECT {DISCOVERED_COLUMNS} FROM discovered WHERE candidate_for = $1 ORDER BY ip"
     ))
     .str(order.as_str())
+}
+
+/// Records a complete discovery scan with every `error` confirmed.
+pub(crate) fn record_complete_scan(scan: &CompleteScan) -> Stmt {
+    Stmt::new(
+        "INSERT INTO complete_scans (package_id, started_at, finished_at) VALUES ($1, $2, $3)",
+    )
+    .int(i64::from(scan.package_id.0))
+    .int(scan.started_at.millis())
+    .int(scan.finished_at.millis())
+}
+
+/// A package's complete scans started after a moment, by start (decoded by [`complete_scan`]).
+pub(crate) fn complete_scans(package: PackageId, after: Timestamp) -> Stmt {
+    Stmt::new(
+        "SELECT package_id, started_at, finished_at FROM complete_scans \
+         WHERE package_id = $1 AND started_at > $2 ORDER BY started_at, finished_at",
+    )
+    .int(i64::from(package.0))
+    .int(after.millis())
 }
 
 /// Makes a waiting, unleased, active order due at `at` if it would run later.

@@ -4,6 +4,7 @@
 //! `BEGIN IMMEDIATE` transactions so two writers never deadlock upgrading a read lock. Every
 //! timestamp is bound from the `Clock`; SQL's own notion of now is never used.
 
+use crate::domain::CompleteScan;
 use crate::domain::PurchaseId;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -83,6 +84,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         10,
         "purchases_stock_after",
         include_str!("../../migrations/sqlite/0010_purchases_stock_after.sql"),
+    ),
+    (
+        11,
+        "complete_scans",
+        include_str!("../../migrations/sqlite/0011_complete_scans.sql"),
     ),
 ];
 
@@ -969,6 +975,22 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(sql::discovered).collect()
+    }
+
+    async fn record_complete_scan(&self, scan: &CompleteScan) -> Result<(), StoreError> {
+        self.execute(sql::record_complete_scan(scan)).await?;
+        Ok(())
+    }
+
+    async fn complete_scans(
+        &self,
+        package: PackageId,
+        after: Timestamp,
+    ) -> Result<Vec<CompleteScan>, StoreError> {
+        let rows = query(&sql::complete_scans(package, after))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(sql::complete_scan).collect()
     }
 
     async fn owner_of(&self, ip: Ipv4Addr) -> Result<Option<OrderId>, StoreError> {

@@ -610,3 +610,78 @@ async fn a_server_placed_in_another_package_is_listed_for_the_order_whose_packag
     assert_eq!(w.servers_for(&a.id), 1);
     assert_eq!(w.servers_for(&b.id), 1);
 }
+
+/// Order A's purchase in package 7 got no answer and its package ran dry, so it waits for an
+/// admin and could own a server of its RAM in any package. With `clear_scan`, order B's
+/// purchase in package 8 (sent after A's) gets no answer either, and at B's horizon (after
+/// A's) B's scan of package 8 is complete with every `error` confirmed. Then order C's reply in
+/// package 8 is lost: its scan finds one new server. Returns the world and C.
+async fn one_candidate_beside_an_escalated_rival(
+    clear_scan: bool,
+) -> (VirtualWorld, provisioner::domain::Order) {
+    let w = world(RetryPolicy::default());
+    let other = PackageId(8);
+    w.sim.script_buy(PKG, [BuyStep::hang(secs(600))]).unwrap();
+    let a = w.accept("rival-a", 7).await;
+    w.engine.run_due_once().await.unwrap();
+    w.sim.take_stock(PKG, u32::MAX).unwrap();
+    if clear_scan {
+        w.clock.sleep(secs(30)).await;
+        w.sim.script_buy(other, [BuyStep::hang(secs(600))]).unwrap();
+        let b = w.accept("rival-b", 8).await;
+        w.engine.run_due_once().await.unwrap();
+        w.sim.take_stock(other, 2).unwrap();
+        w.drive().await;
+        let ob = w.order(&b.id).await;
+        assert_eq!(ob.state, OrderState::Ready, "{:?}", ob.failure);
+        let ledger = w.store.purchases(&b.id).await.unwrap();
+        assert!(
+            matches!(ledger[0].resolution, Some(Resolution::NotBought { .. })),
+            "{:?}",
+            ledger[0].resolution
+        );
+        let scans = w
+            .store
+            .complete_scans(other, ledger[0].sent_at)
+            .await
+            .unwrap();
+        assert_eq!(scans.len(), 1, "B's confirmed negative scan is on record");
+        let sent_a = w.store.purchases(&a.id).await.unwrap()[0].sent_at;
+        assert!(scans[0].started_at > sent_a.plus(RetryPolicy::default().horizon));
+    } else {
+        w.drive().await;
+    }
+    let oa = w.order(&a.id).await;
+    assert_eq!(oa.state, OrderState::NeedsAttention, "{:?}", oa.failure);
+    assert_eq!(w.servers_for(&a.id), 0);
+    Scenario::LostReply.install(&w.sim, other).unwrap();
+    let c = w.accept("rival-c", 8).await;
+    w.drive().await;
+    (w, c)
+}
+
+/// A purchase completes within its horizon if at all: once a complete scan of the package,
+/// every `error` confirmed, started after A's horizon and did not see C's server, A cannot own
+/// it, so C adopts it with no admin.
+#[tokio::test(start_paused = true)]
+async fn a_rival_whose_horizon_ended_before_a_clear_scan_does_not_block_adoption() {
+    let (w, c) = one_candidate_beside_an_escalated_rival(true).await;
+    let oc = w.order(&c.id).await;
+    assert_eq!(oc.state, OrderState::Ready, "{:?}", oc.failure);
+    let bought = w.sim.purchases_for(&format!("{}/", c.id))[0].ip;
+    assert_eq!(oc.server_ip, Some(bought));
+    assert_eq!(w.servers_for(&c.id), 1);
+    assert_eq!(w.store.purchases(&c.id).await.unwrap().len(), 1);
+}
+
+/// Without such a scan the escalated purchase may own C's server: C waits for an admin.
+#[tokio::test(start_paused = true)]
+async fn a_rival_with_no_clear_scan_after_its_horizon_still_escalates() {
+    let (w, c) = one_candidate_beside_an_escalated_rival(false).await;
+    let oc = w.order(&c.id).await;
+    assert_eq!(oc.state, OrderState::NeedsAttention);
+    let why = oc.failure.map(|f| f.reason).unwrap_or_default();
+    assert!(why.contains("could have bought it too"), "{why}");
+    assert_eq!(w.servers_for(&c.id), 1);
+    assert_eq!(w.store.purchases(&c.id).await.unwrap().len(), 1);
+}

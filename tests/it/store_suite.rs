@@ -162,6 +162,53 @@ pub async fn suite(fresh: Fresh<'_>) {
     a_dispatcher_round_is_two_commits(fresh().await).await;
     renewals_are_idempotent_queued_and_never_buried(fresh().await).await;
     the_inventory_keeps_first_sightings_and_candidates(fresh().await).await;
+    complete_scans_are_kept_per_package_and_read_by_start(fresh().await).await;
+}
+
+/// Complete confirmed discovery scans: every one recorded is kept (two with the same times
+/// too), and read per package, those started after a moment only, by start.
+async fn complete_scans_are_kept_per_package_and_read_by_start(store: Arc<dyn Store>) {
+    use provisioner::domain::CompleteScan;
+    let scan = |pkg: u32, started: i64, finished: i64| CompleteScan {
+        package_id: PackageId(pkg),
+        started_at: at(started),
+        finished_at: at(finished),
+    };
+    assert!(
+        store
+            .complete_scans(PackageId(5), at(0))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for s in [
+        scan(5, 300, 420),
+        scan(5, 100, 200),
+        scan(6, 150, 250),
+        scan(5, 100, 200),
+    ] {
+        store.record_complete_scan(&s).await.unwrap();
+    }
+    assert_eq!(
+        store.complete_scans(PackageId(5), at(0)).await.unwrap(),
+        [scan(5, 100, 200), scan(5, 100, 200), scan(5, 300, 420)]
+    );
+    // Strictly after: a scan that started at the moment is left out.
+    assert_eq!(
+        store.complete_scans(PackageId(5), at(100)).await.unwrap(),
+        [scan(5, 300, 420)]
+    );
+    assert_eq!(
+        store.complete_scans(PackageId(6), at(0)).await.unwrap(),
+        [scan(6, 150, 250)]
+    );
+    assert!(
+        store
+            .complete_scans(PackageId(5), at(300))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// The discovery inventory: a server is recorded once with when it was first seen (a later

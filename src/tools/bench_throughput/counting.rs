@@ -1,6 +1,7 @@
 //! Counting commits: a store decorator that counts write transactions.
 
 use super::*;
+use crate::domain::CompleteScan;
 use crate::domain::{Discovered, PurchaseId};
 
 /// Counts the store's write transactions (each call below that writes is one commit), so
@@ -128,6 +129,19 @@ impl Store for Counting {
 
     async fn discovered_since(&self, since: Timestamp) -> Result<Vec<Discovered>, StoreError> {
         self.inner.discovered_since(since).await
+    }
+
+    async fn record_complete_scan(&self, scan: &CompleteScan) -> Result<(), StoreError> {
+        self.commit();
+        self.inner.record_complete_scan(scan).await
+    }
+
+    async fn complete_scans(
+        &self,
+        package: PackageId,
+        after: Timestamp,
+    ) -> Result<Vec<CompleteScan>, StoreError> {
+        self.inner.complete_scans(package, after).await
     }
 
     async fn candidates(&self, order: &OrderId) -> Result<Vec<Discovered>, StoreError> {

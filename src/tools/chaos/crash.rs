@@ -4,6 +4,7 @@
 //! of a doomed step fail from its k-th on, as if the process had died there. The lease is left
 //! behind, and the order is taken over from the store when it lapses.
 
+use crate::domain::CompleteScan;
 use crate::domain::PurchaseId;
 use std::cell::Cell;
 use std::net::Ipv4Addr;
@@ -157,6 +158,19 @@ impl Store for CrashingStore {
 
     async fn discovered_since(&self, since: Timestamp) -> Result<Vec<Discovered>, StoreError> {
         self.0.discovered_since(since).await
+    }
+
+    async fn record_complete_scan(&self, scan: &CompleteScan) -> Result<(), StoreError> {
+        tick()?;
+        self.0.record_complete_scan(scan).await
+    }
+
+    async fn complete_scans(
+        &self,
+        package: PackageId,
+        after: Timestamp,
+    ) -> Result<Vec<CompleteScan>, StoreError> {
+        self.0.complete_scans(package, after).await
     }
 
     async fn candidates(&self, order: &OrderId) -> Result<Vec<Discovered>, StoreError> {
