@@ -44,3 +44,22 @@ pub struct CompleteScan {
     /// When it ended, no earlier than the first sighting it recorded in the inventory.
     pub finished_at: Timestamp,
 }
+
+/// How long a complete scan is kept once a newer one of its package is recorded. Rivals are
+/// looked for among orders created at most a day before a candidate is weighed, so no rule
+/// reads a scan that started more than a day before the newest one; the engine checks at
+/// compile time that its look-back fits in this.
+pub const COMPLETE_SCAN_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
+
+impl CompleteScan {
+    /// The oldest start kept beside this scan: earlier scans of its package are forgotten when
+    /// it is recorded, so the table stays bounded.
+    pub fn retained_from(&self) -> Timestamp {
+        Timestamp(
+            self.started_at.millis().saturating_sub(
+                i64::try_from(COMPLETE_SCAN_RETENTION.as_millis()).unwrap_or(i64::MAX),
+            ),
+        )
+    }
+}

@@ -35,6 +35,10 @@ pub const SCAN_CONCURRENCY: usize = 64;
 pub const SCAN_RATE_PER_SEC: u32 = 32;
 /// How far back rival purchases are looked for, by their order's creation.
 const RIVAL_LOOKBACK: Duration = Duration::from_secs(24 * 3600);
+// The complete scans that clear a rival must outlive the look-back that finds rivals.
+const _: () = assert!(
+    RIVAL_LOOKBACK.as_secs() <= crate::domain::inventory::COMPLETE_SCAN_RETENTION.as_secs()
+);
 /// Definite `error` replies an address must give, in separate reads, before a scan with no
 /// candidate may conclude that nothing was bought: `error` also means a failure, so one server
 /// of ours hides behind all of them only if status failed for it this many times running.

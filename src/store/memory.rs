@@ -630,7 +630,11 @@ impl Store for MemoryStore {
     }
 
     async fn record_complete_scan(&self, scan: &CompleteScan) -> Result<(), StoreError> {
-        self.lock().complete_scans.push(*scan);
+        let mut g = self.lock();
+        let from = scan.retained_from();
+        g.complete_scans
+            .retain(|s| s.package_id != scan.package_id || s.started_at >= from);
+        g.complete_scans.push(*scan);
         Ok(())
     }
 

@@ -753,9 +753,17 @@ impl Store for PostgresStore {
     }
 
     async fn record_complete_scan(&self, scan: &CompleteScan) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         query(&sql::record_complete_scan(scan))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        query(&sql::prune_complete_scans(
+            scan.package_id,
+            scan.retained_from(),
+        ))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -1109,6 +1109,14 @@ pub(crate) fn record_complete_scan(scan: &CompleteScan) -> Stmt {
     .int(scan.finished_at.millis())
 }
 
+/// Forgets a package's complete scans that started before `before` (see
+/// [`super::COMPLETE_SCAN_RETENTION`]).
+pub(crate) fn prune_complete_scans(package: PackageId, before: Timestamp) -> Stmt {
+    Stmt::new("DELETE FROM complete_scans WHERE package_id = $1 AND started_at < $2")
+        .int(i64::from(package.0))
+        .int(before.millis())
+}
+
 /// A package's complete scans started after a moment, by start (decoded by [`complete_scan`]).
 pub(crate) fn complete_scans(package: PackageId, after: Timestamp) -> Stmt {
     Stmt::new(

@@ -978,7 +978,9 @@ impl Store for SqliteStore {
     }
 
     async fn record_complete_scan(&self, scan: &CompleteScan) -> Result<(), StoreError> {
-        self.execute(sql::record_complete_scan(scan)).await?;
+        let prune = sql::prune_complete_scans(scan.package_id, scan.retained_from());
+        self.execute(sql::record_complete_scan(scan).then(prune))
+            .await?;
         Ok(())
     }
 

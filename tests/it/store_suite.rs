@@ -209,6 +209,22 @@ async fn complete_scans_are_kept_per_package_and_read_by_start(store: Arc<dyn St
             .unwrap()
             .is_empty()
     );
+    // A scan recorded more than the retention later forgets its package's older ones (not
+    // another package's): the table stays bounded.
+    let week =
+        i64::try_from(provisioner::domain::inventory::COMPLETE_SCAN_RETENTION.as_secs()).unwrap();
+    store
+        .record_complete_scan(&scan(5, 200 + week, 300 + week))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.complete_scans(PackageId(5), at(0)).await.unwrap(),
+        [scan(5, 300, 420), scan(5, 200 + week, 300 + week)]
+    );
+    assert_eq!(
+        store.complete_scans(PackageId(6), at(0)).await.unwrap(),
+        [scan(6, 150, 250)]
+    );
 }
 
 /// The discovery inventory: a server is recorded once with when it was first seen (a later
