@@ -837,23 +837,11 @@ impl AdminService {
         &self,
         filter: &OrderFilter,
     ) -> Result<Vec<Order>, StoreError> {
-        let mut out = Vec::new();
-        let page = 500;
-        loop {
-            let f = OrderFilter {
-                state: Some(OrderState::Failed),
-                limit: Some(page),
-                offset: Some(out.len()),
-                ..filter.clone()
-            };
-            let batch = self.store.orders(&f).await?;
-            let n = batch.len();
-            out.extend(batch);
-            if n < page || out.len() >= MAX_BULK {
-                out.truncate(MAX_BULK);
-                return Ok(out);
-            }
-        }
+        let failed = OrderFilter {
+            state: Some(OrderState::Failed),
+            ..filter.clone()
+        };
+        crate::store::all_orders(self.store.as_ref(), &failed, MAX_BULK).await
     }
 
     /// Applies `action` to every failed order `filter` matches, collecting refusals.

@@ -25,7 +25,7 @@ use crate::domain::{
     TimelineEntry,
 };
 use crate::provider::{CallContext, Outcome};
-use crate::store::OrderFilter;
+use crate::store::{OrderFilter, all_orders};
 
 /// The widest package scanned: a name of three exact octets covers 256 addresses.
 pub const MAX_SCAN: usize = 1024;
@@ -494,21 +494,11 @@ impl Step<'_> {
 
     /// Orders waiting for an admin, with their ledgers.
     async fn orders_waiting_for_admin(&self) -> Result<Vec<(Order, Vec<Purchase>)>, EngineError> {
-        let mut orders: Vec<Order> = Vec::new();
-        loop {
-            let filter = OrderFilter {
-                state: Some(OrderState::NeedsAttention),
-                limit: Some(500),
-                offset: Some(orders.len()),
-                ..OrderFilter::default()
-            };
-            let page = self.engine.store.orders(&filter).await?;
-            let full = page.len() == filter.page_size();
-            orders.extend(page);
-            if !full {
-                break;
-            }
-        }
+        let filter = OrderFilter {
+            state: Some(OrderState::NeedsAttention),
+            ..OrderFilter::default()
+        };
+        let orders = all_orders(self.engine.store.as_ref(), &filter, usize::MAX).await?;
         let mut out = Vec::with_capacity(orders.len());
         for o in orders {
             let ledger = self.engine.store.purchases(&o.id).await?;
@@ -541,23 +531,12 @@ impl Step<'_> {
             purchase.sent_at.minus(horizon),
             purchase.sent_at.plus(horizon),
         );
-        let mut orders = Vec::new();
-        // The store pages order lists; read every page.
-        loop {
-            let filter = OrderFilter {
-                created_from: Some(purchase.sent_at.minus(RIVAL_LOOKBACK)),
-                created_to: Some(to),
-                limit: Some(500),
-                offset: Some(orders.len()),
-                ..OrderFilter::default()
-            };
-            let page = self.engine.store.orders(&filter).await?;
-            let full = page.len() == filter.page_size();
-            orders.extend(page);
-            if !full {
-                break;
-            }
-        }
+        let filter = OrderFilter {
+            created_from: Some(purchase.sent_at.minus(RIVAL_LOOKBACK)),
+            created_to: Some(to),
+            ..OrderFilter::default()
+        };
+        let orders = all_orders(self.engine.store.as_ref(), &filter, usize::MAX).await?;
         // The latest start of a complete scan of the candidate's package, every `error` of it
         // confirmed, that finished before the candidate was first seen: the candidate was not
         // a server of ours while that scan ran (else it would have been found then, or hidden

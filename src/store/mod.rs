@@ -57,6 +57,36 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// Every order `filter` matches, at most `max` (its paging replaced): the store pages order
+/// lists, so this reads page after page of [`ORDER_PAGE`] until one comes back short.
+///
+/// # Errors
+/// When the store fails.
+pub async fn all_orders(
+    store: &dyn Store,
+    filter: &OrderFilter,
+    max: usize,
+) -> Result<Vec<Order>, StoreError> {
+    let mut out = Vec::new();
+    loop {
+        let page = OrderFilter {
+            limit: Some(ORDER_PAGE),
+            offset: Some(out.len()),
+            ..filter.clone()
+        };
+        let batch = store.orders(&page).await?;
+        let short = batch.len() < ORDER_PAGE;
+        out.extend(batch);
+        if short || out.len() >= max {
+            out.truncate(max);
+            return Ok(out);
+        }
+    }
+}
+
+/// The page size [`all_orders`] reads with.
+pub const ORDER_PAGE: usize = 500;
+
 /// How often `serve` runs [`Store::maintain`].
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
 

@@ -78,15 +78,14 @@ pub fn client_of(peer: IpAddr, headers: &axum::http::HeaderMap, trusted: &[IpAdd
     if !trusted.contains(&peer) {
         return peer;
     }
-    let entries: Vec<&str> = headers
+    let entries = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
+        .map(str::trim);
     let mut client = peer;
-    for entry in entries.iter().rev() {
+    for entry in entries.rev() {
         match entry.parse::<IpAddr>() {
             Ok(ip) if trusted.contains(&ip) => client = ip,
             Ok(ip) => return ip,

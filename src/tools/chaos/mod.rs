@@ -551,7 +551,7 @@ async fn check(
         .filter(|(order, _)| !order.is_empty())
         .flat_map(|(_, servers)| servers.iter())
         .filter(|s| !held.contains(&s.ip))
-        .filter(|s| s.completed_at <= s.requested_at.plus(cfg.policy.horizon))
+        .filter(|s| !past_horizon(s))
         .count();
     if std::env::var_os("SIM_ORPHANS").is_some() {
         trace_orphans(store, &bought, &held).await;
