@@ -531,12 +531,22 @@ impl Step<'_> {
             purchase.sent_at.minus(horizon),
             purchase.sent_at.plus(horizon),
         );
-        let filter = OrderFilter {
-            created_from: Some(purchase.sent_at.minus(RIVAL_LOOKBACK)),
-            created_to: Some(to),
-            ..OrderFilter::default()
-        };
-        let orders = all_orders(self.engine.store.as_ref(), &filter, usize::MAX).await?;
+        // Only an order with an open unknown or blindly retried purchase can be a rival, so
+        // those purchases are read (a few, indexed) rather than every order of the day.
+        let since = purchase.sent_at.minus(RIVAL_LOOKBACK);
+        let mut seen = std::collections::HashSet::new();
+        let mut orders = Vec::new();
+        for p in self.engine.store.unsettled_purchases_since(since).await? {
+            if p.order_id == self.order.id || !seen.insert(p.order_id.clone()) {
+                continue;
+            }
+            if let Some(o) = self.engine.store.order(&p.order_id).await?
+                && o.created_at >= since
+                && o.created_at < to
+            {
+                orders.push(o);
+            }
+        }
         // The latest start of a complete scan of the candidate's package, every `error` of it
         // confirmed, that finished before the candidate was first seen: the candidate was not
         // a server of ours while that scan ran (else it would have been found then, or hidden

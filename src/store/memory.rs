@@ -20,7 +20,7 @@ use super::{Begun, FlightState};
 use crate::clock::Timestamp;
 use crate::domain::{
     CatalogPackage, Discovered, NoticeKind, Order, OrderId, OrderRef, OrderState, PackageId,
-    Purchase, PurchaseIntent, PurchaseOutcome, TimelineEntry,
+    Purchase, PurchaseIntent, PurchaseOutcome, Resolution, TimelineEntry,
 };
 use crate::domain::{Renewal, ServerAction, ServerFacts, ServerTerm};
 
@@ -63,6 +63,9 @@ struct Inner {
     purchases: Vec<Purchase>,
     /// Purchase indexes per order, so an order's ledger is read without a scan.
     purchases_by_order: HashMap<OrderId, Vec<usize>>,
+    /// Purchases with no outcome or an unknown one that is not settled as bought or not
+    /// bought, by send time: what [`Store::unsettled_purchases_since`] reads.
+    unsettled: BTreeSet<(Timestamp, usize)>,
     flights: HashMap<PackageId, OrderId>,
     /// The newest purchase of each package, for [`Store::flight_state`].
     last_purchase: HashMap<PackageId, PurchaseId>,
@@ -155,6 +158,7 @@ impl Inner {
             .or_default()
             .push(index);
         self.last_purchase.insert(intent.package_id, id);
+        self.unsettled.insert((intent.sent_at, index));
         self.purchases.push(Purchase {
             id,
             order_id: intent.order_id.clone(),
@@ -188,6 +192,9 @@ impl Inner {
         if p.outcome.is_none() {
             p.outcome = Some(outcome.clone());
             p.decided_at = Some(at);
+            if !matches!(outcome, PurchaseOutcome::Unknown { .. }) {
+                self.unsettled.remove(&(p.sent_at, idx));
+            }
             let order = p.order_id.clone();
             if let PurchaseOutcome::Succeeded { ip } = outcome {
                 self.owners.insert(*ip, order);
@@ -292,6 +299,12 @@ impl Inner {
         if let Some((pid, resolution)) = change.resolve
             && let Some(p) = self.purchases.get_mut((pid.0 - 1) as usize)
         {
+            if matches!(
+                resolution,
+                Resolution::NotBought { .. } | Resolution::Adopted { .. }
+            ) {
+                self.unsettled.remove(&(p.sent_at, (pid.0 - 1) as usize));
+            }
             p.resolution = Some(resolution);
             if change.stock_after.is_some() {
                 p.stock_after = change.stock_after;
@@ -627,6 +640,28 @@ impl Store for MemoryStore {
             .filter(|d| d.first_seen >= since)
             .cloned()
             .collect())
+    }
+
+    async fn unsettled_purchases_since(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<Purchase>, StoreError> {
+        let g = self.lock();
+        let mut out: Vec<Purchase> = g
+            .unsettled
+            .range((since, 0)..)
+            .filter_map(|(_, i)| g.purchases.get(*i))
+            .filter(|p| {
+                matches!(p.outcome, None | Some(PurchaseOutcome::Unknown { .. }))
+                    && matches!(
+                        p.resolution,
+                        None | Some(Resolution::Escalated { .. } | Resolution::RetriedBlindly)
+                    )
+            })
+            .cloned()
+            .collect();
+        out.sort_by_key(|p| p.id);
+        Ok(out)
     }
 
     async fn record_complete_scan(&self, scan: &CompleteScan) -> Result<(), StoreError> {

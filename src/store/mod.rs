@@ -634,6 +634,15 @@ pub trait Store: Send + Sync + 'static {
     /// The inventory of every package: the servers first seen at or after `since`, by address.
     /// (A server seen before a purchase was sent is not that purchase's.)
     async fn discovered_since(&self, since: Timestamp) -> Result<Vec<Discovered>, StoreError>;
+    /// Purchases sent at or after `since` that may still own a server nobody accounts for: no
+    /// outcome yet, or an unknown outcome not settled as bought or not bought (unsettled,
+    /// escalated to an admin, or retried blindly); in id order. Discovery's rival check reads
+    /// these instead of every order of the day, so its cost follows the few open purchases, not
+    /// the order count.
+    async fn unsettled_purchases_since(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<Purchase>, StoreError>;
     /// Records a discovery scan of a package that was complete with every `error` reply
     /// confirmed by re-reads. Written after the servers it found are in the inventory.
     async fn record_complete_scan(&self, scan: &CompleteScan) -> Result<(), StoreError>;

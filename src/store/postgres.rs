@@ -98,6 +98,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "complete_scans",
         include_str!("../../migrations/postgres/0010_complete_scans.sql"),
     ),
+    (
+        11,
+        "purchases_unknown",
+        include_str!("../../migrations/postgres/0011_purchases_unknown.sql"),
+    ),
 ];
 
 /// The tables whose rows are updated or deleted on every order; vacuumed by
@@ -743,6 +748,16 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(sql::discovered).collect()
+    }
+
+    async fn unsettled_purchases_since(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<Purchase>, StoreError> {
+        let rows = query(&sql::unsettled_purchases_since(since))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(sql::purchase).collect()
     }
 
     async fn candidates(&self, order: &OrderId) -> Result<Vec<Discovered>, StoreError> {

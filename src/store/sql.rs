@@ -1091,6 +1091,17 @@ pub(crate) fn discovered_since(since: Timestamp) -> Stmt {
     .int(since.millis())
 }
 
+/// Purchases sent at or after `since` that may still own an unaccounted server (decoded by
+/// [`purchase`]): see [`super::Store::unsettled_purchases_since`]. The partial index
+/// `purchases_unknown` keeps it to the open few.
+pub(crate) fn unsettled_purchases_since(since: Timestamp) -> Stmt {
+    Stmt::new(
+        "SELECT * FROM purchases WHERE (outcome IS NULL OR outcome = 'unknown') AND sent_at >= $1 \
+         AND (resolution IS NULL OR resolution IN ('escalated', 'retried_blindly')) ORDER BY id",
+    )
+    .int(since.millis())
+}
+
 /// The servers listed as candidates for an order (decoded by [`discovered`]).
 pub(crate) fn candidates_for(order: &OrderId) -> Stmt {
     Stmt::new(format!(

@@ -90,6 +90,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "complete_scans",
         include_str!("../../migrations/sqlite/0011_complete_scans.sql"),
     ),
+    (
+        12,
+        "purchases_unknown",
+        include_str!("../../migrations/sqlite/0012_purchases_unknown.sql"),
+    ),
 ];
 
 /// Rows per multi-row statement: at most 9 parameters a row stays far below SQLite's limit
@@ -968,6 +973,16 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(sql::discovered).collect()
+    }
+
+    async fn unsettled_purchases_since(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<Purchase>, StoreError> {
+        let rows = query(&sql::unsettled_purchases_since(since))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(sql::purchase).collect()
     }
 
     async fn candidates(&self, order: &OrderId) -> Result<Vec<Discovered>, StoreError> {

@@ -163,6 +163,110 @@ pub async fn suite(fresh: Fresh<'_>) {
     renewals_are_idempotent_queued_and_never_buried(fresh().await).await;
     the_inventory_keeps_first_sightings_and_candidates(fresh().await).await;
     complete_scans_are_kept_per_package_and_read_by_start(fresh().await).await;
+    unsettled_purchases_are_read_since_a_moment(fresh().await).await;
+}
+
+/// `unsettled_purchases_since`: purchases in flight, or unknown and unsettled, escalated or
+/// retried blindly, sent at or after the moment; not one that succeeded, nor one settled as
+/// bought or not bought (from the moment the settlement is saved).
+async fn unsettled_purchases_are_read_since_a_moment(store: Arc<dyn Store>) {
+    let unknown = PurchaseOutcome::Unknown {
+        reason: "timeout".into(),
+    };
+    // One order per package (single flight), each with one purchase sent at `sent`.
+    let mut begun = Vec::new();
+    for (i, sent) in [10, 20, 30, 40, 50, 60].into_iter().enumerate() {
+        let o = order(&format!("unsettled-{i}"), 20 + i as u32, at(sent - 1));
+        create(&*store, &o).await;
+        let (lease, mut cur) = claim_one(&*store, "w1", at(sent)).await;
+        cur.begin_buying(at(sent)).unwrap();
+        let n = cur.start_buy_attempt(at(sent)).unwrap();
+        let pid = begin(&*store, &lease, &cur, &intent(&cur, n, at(sent)), &[])
+            .await
+            .unwrap();
+        begun.push((lease, cur, pid));
+    }
+    let ids = |ps: Vec<provisioner::domain::Purchase>| -> Vec<i64> {
+        ps.into_iter().map(|p| p.id.0).collect()
+    };
+    let all: Vec<i64> = begun.iter().map(|b| b.2.0).collect();
+    assert_eq!(
+        ids(store.unsettled_purchases_since(at(0)).await.unwrap()),
+        all,
+        "every purchase in flight"
+    );
+    // 0 stays in flight; 1 unknown; 2 succeeds; 3 unknown then not bought; 4 unknown then
+    // escalated; 5 unknown then retried blindly.
+    for (k, (_, _, pid)) in begun.iter().enumerate().skip(1) {
+        let outcome = if k == 2 {
+            PurchaseOutcome::Succeeded {
+                ip: Ipv4Addr::new(103, 82, 72, 9),
+            }
+        } else {
+            unknown.clone()
+        };
+        store.record_outcome(*pid, &outcome, at(70)).await.unwrap();
+    }
+    let settle = |k: usize, r: Resolution| {
+        let (lease, cur, pid) = &begun[k];
+        let store = Arc::clone(&store);
+        let (lease, cur, pid) = (lease.clone(), cur.clone(), *pid);
+        async move {
+            store
+                .save(
+                    &lease,
+                    &cur,
+                    Change {
+                        resolve: Some((pid, r)),
+                        ..keep()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+    };
+    assert_eq!(
+        ids(store.unsettled_purchases_since(at(0)).await.unwrap()),
+        [all[0], all[1], all[3], all[4], all[5]],
+        "a success is settled"
+    );
+    settle(
+        3,
+        Resolution::NotBought {
+            evidence: "stock unchanged".into(),
+        },
+    )
+    .await;
+    settle(
+        4,
+        Resolution::Escalated {
+            evidence: "stock fell".into(),
+        },
+    )
+    .await;
+    settle(5, Resolution::RetriedBlindly).await;
+    assert_eq!(
+        ids(store.unsettled_purchases_since(at(0)).await.unwrap()),
+        [all[0], all[1], all[4], all[5]],
+        "not bought is settled; escalated and retried blindly may still own a server"
+    );
+    assert_eq!(
+        ids(store.unsettled_purchases_since(at(20)).await.unwrap()),
+        [all[1], all[4], all[5]],
+        "sent at or after the moment"
+    );
+    settle(
+        1,
+        Resolution::Adopted {
+            ip: Ipv4Addr::new(103, 82, 72, 10),
+        },
+    )
+    .await;
+    assert_eq!(
+        ids(store.unsettled_purchases_since(at(20)).await.unwrap()),
+        [all[4], all[5]],
+        "an adopted late reply is settled"
+    );
 }
 
 /// Complete confirmed discovery scans: every one recorded is kept (two with the same times

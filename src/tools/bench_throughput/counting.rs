@@ -131,6 +131,13 @@ impl Store for Counting {
         self.inner.discovered_since(since).await
     }
 
+    async fn unsettled_purchases_since(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<Purchase>, StoreError> {
+        self.inner.unsettled_purchases_since(since).await
+    }
+
     async fn record_complete_scan(&self, scan: &CompleteScan) -> Result<(), StoreError> {
         self.commit();
         self.inner.record_complete_scan(scan).await

@@ -160,6 +160,13 @@ impl Store for CrashingStore {
         self.0.discovered_since(since).await
     }
 
+    async fn unsettled_purchases_since(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<Purchase>, StoreError> {
+        self.0.unsettled_purchases_since(since).await
+    }
+
     async fn record_complete_scan(&self, scan: &CompleteScan) -> Result<(), StoreError> {
         tick()?;
         self.0.record_complete_scan(scan).await
