@@ -166,7 +166,7 @@ impl Step<'_> {
         // Complete, and every address not found answered `error` in NEGATIVE_READS separate
         // reads (the standard of the "nothing was bought" verdict): on record once what it found
         // is, so a later scan knows which purchases it rules out (see `rival_purchases`).
-        let confirmed = (complete && scan.unconfirmed == 0).then_some(CompleteScan {
+        let confirmed = (complete && scan.unconfirmed.is_empty()).then_some(CompleteScan {
             package_id: self.order.package_id,
             started_at: started,
             finished_at: now,
@@ -276,7 +276,7 @@ impl Step<'_> {
         // SmartVPS had no cause to place the purchase in another package), nothing was bought.
         if candidates.is_empty()
             && complete
-            && scan.unconfirmed == 0
+            && scan.unconfirmed.is_empty()
             && fell
             && after.is_some_and(|a| a > 0)
         {
@@ -323,10 +323,10 @@ impl Step<'_> {
         metrics::counter!("provisioner_discovery_scans_total", "result" => result).increment(1);
         let listed: Vec<String> = candidates.iter().map(ToString::to_string).collect();
         let why = match (candidates.len(), complete, fell) {
-            (0, true, true) if scan.unconfirmed > 0 => format!(
+            (0, true, true) if !scan.unconfirmed.is_empty() => format!(
                 "no candidate, but {} address(es) answered `error` fewer than {NEGATIVE_READS} times, so the server may hide behind \
                  a failed status read",
-                scan.unconfirmed
+                scan.unconfirmed.len()
             ),
             (0, true, true) => "no candidate, but the package's stock ran dry, so SmartVPS may have placed the purchase in another package".to_string(),
             (0, true, false) => "no candidate, and the package's stock did not fall (a restock, or no reading): the purchase may have been placed in another package".to_string(),
@@ -340,7 +340,7 @@ impl Step<'_> {
             _ => format!("candidates {}: adopt the right one", listed.join(", ")),
         };
         let transient = match (candidates.len(), complete, fell) {
-            (0, true, true) => scan.unconfirmed > 0,
+            (0, true, true) => !scan.unconfirmed.is_empty(),
             (0 | 1, false, _) => true,
             (1, true, true) => rivals.iter().any(|r| r.1),
             _ => false,
@@ -348,13 +348,14 @@ impl Step<'_> {
         Ok(Discovery::Ask {
             transient,
             evidence: format!(
-                "{summary}; {why}{}{}",
+                "{summary}; {why}{}{}{}",
                 if listed.is_empty() {
                     String::new()
                 } else {
                     format!(" (candidates: {})", listed.join(", "))
                 },
-                earlier_text(&earlier)
+                earlier_text(&earlier),
+                hiding_text(&scan)
             ),
         })
     }
@@ -704,7 +705,7 @@ impl Step<'_> {
                     scan.found_at.insert(ip, at);
                 }
                 None if read.errors == 0 => scan.unread.push(ip),
-                None if read.errors < NEGATIVE_READS => scan.unconfirmed += 1,
+                None if read.errors < NEGATIVE_READS => scan.unconfirmed.push(ip),
                 None => {}
             }
         }
@@ -732,7 +733,7 @@ struct Scan {
     /// Addresses with no definite answer (a timeout, a 5xx, the budget ran out).
     unread: Vec<Ipv4Addr>,
     /// Addresses that answered `error` fewer than [`NEGATIVE_READS`] times.
-    unconfirmed: usize,
+    unconfirmed: Vec<Ipv4Addr>,
     /// When status first answered for each server found.
     found_at: HashMap<Ipv4Addr, Timestamp>,
     /// Status calls made.
@@ -756,6 +757,40 @@ fn may_have_run_dry(p: &Purchase) -> bool {
 }
 
 /// The servers listed from the inventory, in words for the evidence.
+/// The addresses a server of ours may hide behind, named for the admin who must look: those
+/// with no definite answer and those whose `error` was not confirmed (at most
+/// [`MAX_NAMED_HIDING`], then a count). Empty when the scan read every address to the standard.
+fn hiding_text(scan: &Scan) -> String {
+    let mut hiding: Vec<Ipv4Addr> = scan
+        .unread
+        .iter()
+        .chain(&scan.unconfirmed)
+        .copied()
+        .collect();
+    if hiding.is_empty() {
+        return String::new();
+    }
+    hiding.sort_unstable();
+    let named: Vec<String> = hiding
+        .iter()
+        .take(MAX_NAMED_HIDING)
+        .map(ToString::to_string)
+        .collect();
+    let more = hiding.len().saturating_sub(MAX_NAMED_HIDING);
+    format!(
+        "; check these in the SmartVPS panel, status gave no definite answer for them: {}{}",
+        named.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// How many addresses without a definite answer a reason names (the rest are counted).
+const MAX_NAMED_HIDING: usize = 32;
+
 fn earlier_text(listed: &[Discovered]) -> String {
     if listed.is_empty() {
         return String::new();

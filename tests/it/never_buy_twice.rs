@@ -136,6 +136,51 @@ async fn two_unowned_servers_in_the_package_go_to_an_admin_with_both_listed() {
     assert_eq!(w.store.purchases(&order.id).await.unwrap().len(), 1);
 }
 
+/// The reply is lost and the server's status never answers while the scans run: the scan
+/// cannot see it, so an admin decides, and the reason names that address among those to check
+/// in the panel (the server is not lost from view, nor bought again).
+#[tokio::test(start_paused = true)]
+async fn a_server_hiding_behind_unanswered_status_is_named_for_the_admin() {
+    let w = world(RetryPolicy::default());
+    Scenario::LostReply.install(&w.sim, PKG).unwrap();
+    w.sim.clear_scripts(PKG).unwrap();
+    w.sim
+        .script_buy(
+            PKG,
+            [provisioner::simulator::BuyStep::new(
+                secs(30),
+                BuyEffect::ServerErrorAfterBuying,
+            )],
+        )
+        .unwrap();
+    // Every status call for the bought server outlasts the 90 s timeout.
+    w.sim
+        .script_status(PKG, (0..200).map(|_| StatusStep::hang(secs(300))))
+        .unwrap();
+    let order = w.accept("hiding", 7).await;
+    w.drive().await;
+    let o = w.order(&order.id).await;
+    assert_eq!(o.state, OrderState::NeedsAttention, "{:?}", o.failure);
+    assert_eq!(w.store.purchases(&order.id).await.unwrap().len(), 1);
+    let bought = w.sim.purchases_for(&format!("{}/", order.id))[0].ip;
+    assert!(
+        w.store.candidates(&order.id).await.unwrap().is_empty(),
+        "an address that never answered is no candidate (nothing shows it is ours)"
+    );
+    let reason = o.failure.unwrap().reason;
+    assert!(reason.contains("scan is incomplete"), "{reason}");
+    let named = reason
+        .split("status gave no definite answer for them: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no addresses named: {reason}"));
+    assert!(
+        named
+            .split(", ")
+            .any(|a| a.trim_end_matches(|c: char| !c.is_ascii_digit()) == bought.to_string()),
+        "{bought} is named: {reason}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_seed_taken_literally_buys_that_server_twice() {
     let w = world(RetryPolicy {

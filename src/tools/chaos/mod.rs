@@ -417,6 +417,11 @@ async fn check(
                     .into_iter()
                     .map(|d| d.ip),
             );
+            // So are the addresses its reason names for the admin to check in the panel
+            // (status gave no definite answer for them: a server may hide there).
+            if let Some(f) = &order.failure {
+                held.extend(addresses_in(&f.reason));
+            }
         }
         if std::env::var_os("SIM_RIVALS").is_some() {
             trace_rivals(store, &order, &ledger).await;
@@ -683,6 +688,12 @@ async fn trace_rivals(store: &dyn Store, order: &Order, ledger: &[crate::domain:
             );
         }
     }
+}
+
+/// Every IPv4 address written in `text` (runs of digits and dots that parse as one).
+fn addresses_in(text: &str) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.trim_matches('.').parse().ok())
 }
 
 /// Why an order went to an admin, in a few words, read from its reason: what the bench's table
