@@ -355,6 +355,10 @@ pub enum BenchCommand {
         /// commas). All three when left out.
         #[arg(long, value_delimiter = ',')]
         profile: Vec<String>,
+        /// The purchase horizon the runs use (policy.buy.horizon; default its default, 10m):
+        /// shorter settles unknown outcomes sooner and counts more purchases past it.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        horizon: Option<std::time::Duration>,
     },
     /// Orders per second through the whole pipeline on one database, against that database's
     /// raw commit rate; claim-to-commit latency; peak RSS; RSS of a serve process with orders

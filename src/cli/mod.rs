@@ -145,17 +145,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     seed,
                     skip_renewals,
                     profile,
+                    horizon,
                 },
         } => {
             #[cfg(feature = "bench")]
             {
-                crate::tools::bench_strategies::strategies(orders, seed, !skip_renewals, &profile)
-                    .await?;
+                crate::tools::bench_strategies::strategies(
+                    orders,
+                    seed,
+                    !skip_renewals,
+                    &profile,
+                    horizon,
+                )
+                .await?;
                 Ok(ExitCode::SUCCESS)
             }
             #[cfg(not(feature = "bench"))]
             {
-                let _ = (orders, seed, skip_renewals, profile);
+                let _ = (orders, seed, skip_renewals, profile, horizon);
                 anyhow::bail!(
                     "`bench strategies` runs on virtual time, which this build leaves out; \
                      rebuild with `cargo run --release --features bench -- bench strategies`"

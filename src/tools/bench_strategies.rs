@@ -18,7 +18,17 @@ pub async fn strategies(
     seed: u64,
     renewals: bool,
     only: &[String],
+    horizon: Option<Duration>,
 ) -> anyhow::Result<()> {
+    let defaults = RetryPolicy::default();
+    let horizon = horizon.unwrap_or(defaults.horizon);
+    if horizon < defaults.buy.timeout {
+        anyhow::bail!(
+            "--horizon {} is shorter than the buy timeout ({}): a purchase can complete until its call times out",
+            humantime::format_duration(horizon),
+            humantime::format_duration(defaults.buy.timeout)
+        );
+    }
     let mut profiles = vec!["calm", "flaky", "hostile"];
     if !only.is_empty() {
         for name in only {
@@ -29,7 +39,8 @@ pub async fn strategies(
         profiles.retain(|p| only.iter().any(|o| o.trim().eq_ignore_ascii_case(p)));
     }
     println!(
-        "bench strategies: {orders} orders per run, seed {seed}, 3 workers, 2% of steps crash mid-step, virtual time\n"
+        "bench strategies: {orders} orders per run, seed {seed}, horizon {}, 3 workers, 2% of steps crash mid-step, virtual time\n",
+        humantime::format_duration(horizon)
     );
     println!(
         "| profile | strategy | orders | duplicate purchases | second server after the horizon | auto-resolved: late reply | auto-resolved: scan \
@@ -49,6 +60,7 @@ pub async fn strategies(
         ] {
             let mut policy = RetryPolicy {
                 on_unknown: strategy,
+                horizon,
                 ..RetryPolicy::default()
             };
             if short {
