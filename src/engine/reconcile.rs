@@ -73,14 +73,14 @@ impl Step<'_> {
         now: Timestamp,
     ) -> Result<Then, EngineError> {
         let n = purchase.attempt;
-        if purchase.package_name.contains(ip)
-            && self
-                .engine
-                .store
-                .owner_of(ip)
-                .await?
-                .is_none_or(|o| o == self.order.id)
-        {
+        let in_package = purchase.package_name.contains(ip);
+        let owner = self
+            .engine
+            .store
+            .owner_of(ip)
+            .await?
+            .filter(|o| o != &self.order.id);
+        if in_package && owner.is_none() {
             self.progress.line(
                 now,
                 format!(
@@ -92,8 +92,15 @@ impl Step<'_> {
             let adopted = (purchase.id, Resolution::Adopted { ip });
             return self.bought(ip, Some(adopted), now).await;
         }
+        let why = match owner {
+            Some(other) => format!("order {other} already holds it"),
+            None => format!(
+                "it is not in package {}: the server is ours but must not be delivered",
+                purchase.package_name
+            ),
+        };
         let evidence = format!(
-            "a late reply says buyVps attempt {n} bought {ip}, which cannot be delivered (wrong package or already owned)"
+            "a late reply says buyVps attempt {n} bought {ip}, which cannot be delivered: {why}"
         );
         metrics::counter!("provisioner_reconciliations_total", "result" => "escalated")
             .increment(1);

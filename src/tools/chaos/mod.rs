@@ -704,8 +704,11 @@ pub fn attention_cause(reason: &str) -> &'static str {
         None if reason.contains("which is not in package") => {
             "reply named another package's address"
         }
+        None if reason.contains("a late reply says") && reason.contains("already holds it") => {
+            "late reply named an address another order holds"
+        }
         None if reason.contains("a late reply says") => {
-            "late reply named an address we cannot deliver"
+            "late reply named another package's address"
         }
         None if reason.contains("could not read stock") || reason.contains("stock list") => {
             "stock list unreadable"
