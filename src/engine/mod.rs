@@ -56,9 +56,9 @@ use crate::domain::{
 };
 use crate::policy::{OnUnknown, RetryPolicy};
 use crate::provider::Provider;
-use crate::store::{AccessToken, Claimed, Intake, Store, StoreError};
+use crate::store::{AccessToken, Claimed, Intake, Lease, Store, StoreError};
 use secrecy::{ExposeSecret, SecretString};
-use step::{Step, Then};
+use step::{Chain, Step, Then};
 
 /// Default `worker.concurrency`: orders one process drives at once. Orders spend nearly all their
 /// time waiting (persisted, not in memory), so this bounds in-flight HTTP calls, not orders.
@@ -144,6 +144,33 @@ pub enum EngineError {
 impl From<TransitionError> for EngineError {
     fn from(e: TransitionError) -> Self {
         Self::Logic(e.to_string())
+    }
+}
+
+/// The leases a worker loop holds, shared with its slots: a slot registers the orders its
+/// steps claim for it as soon as they are committed, so shutdown releases every lease whose step
+/// it cut short. A std mutex: nothing is awaited while it is held.
+#[derive(Clone, Default)]
+struct Held(Arc<std::sync::Mutex<Vec<Lease>>>);
+
+impl Held {
+    fn leases(&self) -> std::sync::MutexGuard<'_, Vec<Lease>> {
+        // Every change below is whole, so a poisoned lock still holds a consistent list.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn add(&self, lease: Lease) {
+        self.leases().push(lease);
+    }
+
+    fn remove(&self, lease: &Lease) {
+        self.leases().retain(|l| l != lease);
+    }
+
+    fn take_all(&self) -> Vec<Lease> {
+        std::mem::take(&mut *self.leases())
     }
 }
 
@@ -316,12 +343,15 @@ impl Engine {
     }
 
     /// Runs the worker until `shutdown`: claims due orders up to the concurrency limit, works
-    /// them, sleeps until the next one falls due (or intake wakes it). On shutdown it stops
-    /// claiming and lets in-flight steps finish within `grace`; steps still running then are
-    /// dropped and their leases released, so another worker can reconcile them at once.
+    /// them, sleeps until the next one falls due (or intake wakes it). A slot whose step ends
+    /// with a releasing write claims its next order in that write's commit and works it at once,
+    /// so a busy worker's claims cost no commits of their own. On shutdown it stops claiming
+    /// and lets in-flight steps finish within `grace`; steps still running then are dropped and
+    /// their leases released, so another worker can reconcile them at once.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
-        let mut tasks: JoinSet<crate::store::Lease> = JoinSet::new();
-        let mut held: Vec<crate::store::Lease> = Vec::new();
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        // Every lease a task holds, the ones its steps claimed for it included.
+        let held = Held::default();
         // Another process's intake (PostgreSQL NOTIFY); a store without one never fires it.
         let remote = self
             .store
@@ -351,13 +381,9 @@ impl Engine {
                 {
                     Ok(claimed) => {
                         for c in claimed {
-                            held.push(c.lease.clone());
-                            let engine = Arc::clone(&self);
-                            tasks.spawn(async move {
-                                let lease = c.lease.clone();
-                                engine.work_logged(c).await;
-                                lease
-                            });
+                            held.add(c.lease.clone());
+                            let slot = Arc::clone(&self).slot(c, held.clone(), shutdown.clone());
+                            tasks.spawn(slot);
                         }
                     }
                     Err(e) => tracing::error!("claiming due orders failed: {e}"),
@@ -367,9 +393,7 @@ impl Engine {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Ok(lease) = done { held.retain(|l| l != &lease); }
-                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 () = self.wake.notified() => {}
                 () = &mut remote_work => {}
                 () = tokio::time::sleep(pause) => {}
@@ -385,7 +409,7 @@ impl Engine {
         while !tasks.is_empty() {
             tokio::select! {
                 biased;
-                Some(done) = tasks.join_next() => { if let Ok(lease) = done { held.retain(|l| l != &lease); } }
+                Some(_) = tasks.join_next() => {}
                 () = &mut deadline => {
                     // A buyvps cut off mid-call turns a purchase that would have answered into an
                     // unknown outcome: while one is in flight, keep waiting up to purchase_grace.
@@ -406,13 +430,47 @@ impl Engine {
         self.late_replies.close();
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
-        for lease in held {
+        for lease in held.take_all() {
             // The step was cut short; whatever it left (an intent without an outcome) is read as
             // unknown by whoever claims the order next.
             if let Err(e) = self.store.release(&lease).await {
                 tracing::warn!(order_id = %lease.order_id, "could not release lease at shutdown: {e}");
             } else {
                 tracing::info!(order_id = %lease.order_id, "lease released at shutdown");
+            }
+        }
+    }
+
+    /// One of [`Engine::run`]'s slots: works `claimed` one step and, until shutdown, goes on with
+    /// the order that step's finishing commit claimed (at most one: the slot that frees is the
+    /// one that continues), so in steady state a claim costs no commit of its own. Every lease
+    /// it holds stays in `held` until its step is done, so shutdown releases what it cuts short.
+    async fn slot(self: Arc<Self>, claimed: Claimed, held: Held, shutdown: CancellationToken) {
+        let mut next = Some(claimed);
+        while let Some(c) = next.take() {
+            let (lease, id) = (c.lease.clone(), c.order.id.clone());
+            let chain = Chain {
+                limit: usize::from(!shutdown.is_cancelled()),
+                held: Some(held.clone()),
+            };
+            let chained = match self.work_chained(c, chain).await {
+                Ok(chained) => chained,
+                Err(e) => {
+                    tracing::error!(order_id = %id, "step failed, the order stays queued for another try: {e}");
+                    Vec::new()
+                }
+            };
+            held.remove(&lease);
+            for c in chained {
+                if next.is_none() && !shutdown.is_cancelled() {
+                    next = Some(c);
+                    continue;
+                }
+                // Stopping: let it go now, for another worker, rather than hold it until the end.
+                if let Err(e) = self.store.release(&c.lease).await {
+                    tracing::warn!(order_id = %c.lease.order_id, "could not release a lease claimed while stopping: {e}");
+                }
+                held.remove(&c.lease);
             }
         }
     }
@@ -449,6 +507,26 @@ impl Engine {
         self.work(claimed).await
     }
 
+    /// Works one claimed order one step, as [`Engine::work_one`], and has the step's last write
+    /// (the one that releases the lease) claim up to `next` due orders for this worker in the
+    /// same commit: the caller works them next, and the claim costs no commit of its own.
+    /// Writes that keep the lease are unchanged. Returns nothing when the step ended without
+    /// such a write (its lease was lost, say): the caller claims as usual.
+    ///
+    /// # Errors
+    /// As [`Engine::work_one`]; orders the step had claimed before failing are released first.
+    pub async fn work_then_claim(
+        &self,
+        claimed: Claimed,
+        next: usize,
+    ) -> Result<Vec<Claimed>, EngineError> {
+        let chain = Chain {
+            limit: next,
+            held: None,
+        };
+        self.work_chained(claimed, chain).await
+    }
+
     /// This worker's name in leases.
     pub fn worker_id(&self) -> &str {
         &self.worker_id
@@ -469,6 +547,33 @@ impl Engine {
         // A step that failed between a buyvps reply and the write that records it.
         step.flush_pending().await;
         worked
+    }
+
+    /// [`Engine::work`] whose releasing write claims the worker's next orders (see [`Chain`]).
+    /// When the step fails after that write, the orders it claimed are released (and dropped
+    /// from `chain.held`): the caller gets the error and nothing to work.
+    async fn work_chained(
+        &self,
+        claimed: Claimed,
+        chain: Chain,
+    ) -> Result<Vec<Claimed>, EngineError> {
+        let held = chain.held.clone();
+        let mut step = Step::new(self, claimed).chaining(chain);
+        let worked = Self::step(&mut step).await;
+        step.flush_pending().await;
+        let chained = step.take_chained();
+        if let Err(e) = worked {
+            for c in chained {
+                if let Err(e) = self.store.release(&c.lease).await {
+                    tracing::warn!(order_id = %c.lease.order_id, "could not release a lease claimed with a failed step: {e}");
+                }
+                if let Some(held) = &held {
+                    held.remove(&c.lease);
+                }
+            }
+            return Err(e);
+        }
+        Ok(chained)
     }
 
     async fn step(step: &mut Step<'_>) -> Result<(), EngineError> {

@@ -36,6 +36,20 @@ pub(super) struct Step<'e> {
     pub(super) life: Option<super::life::Life>,
     /// The package's free count a reconciliation read, saved with the settlement it leads to.
     pub(super) settling_stock: Option<u32>,
+    /// Next orders to claim with the write that releases the lease, in its commit (`None`: the
+    /// step's writes are plain saves). Taken by that write, so at most one write claims.
+    chain: Option<Chain>,
+    /// What the releasing write claimed: the caller works them next.
+    chained: Vec<super::Claimed>,
+}
+
+/// A step's releasing write claiming the worker's next orders in its own commit.
+pub(super) struct Chain {
+    /// How many orders, at most.
+    pub(super) limit: usize,
+    /// Where the new leases are registered as soon as they are committed, before anything else
+    /// can cut the step short (the worker loop releases them at shutdown).
+    pub(super) held: Option<super::Held>,
 }
 
 /// A buyvps reply waiting for the step's next write.
@@ -86,7 +100,23 @@ impl<'e> Step<'e> {
             pending: None,
             life: None,
             settling_stock: None,
+            chain: None,
+            chained: Vec::new(),
         }
+    }
+
+    /// Has the step's releasing write also claim the worker's next orders (see [`Chain`]).
+    pub(super) fn chaining(mut self, chain: Chain) -> Self {
+        if chain.limit > 0 {
+            self.chain = Some(chain);
+        }
+        self
+    }
+
+    /// The orders the releasing write claimed (none when no write released the lease, or it
+    /// was not chained).
+    pub(super) fn take_chained(&mut self) -> Vec<super::Claimed> {
+        std::mem::take(&mut self.chained)
     }
 
     /// The engine's clock, now.
@@ -138,11 +168,16 @@ impl<'e> Step<'e> {
             outcome: pending.as_ref().map(|p| p.record.clone()),
             ..change
         };
-        let saved = self
-            .engine
-            .store
-            .save(&self.lease, &self.order, change)
-            .await;
+        // Only a write that lets the lease go may claim: it is the step's last.
+        let saved = match self.chain.take_if(|_| !keep_lease) {
+            None => {
+                self.engine
+                    .store
+                    .save(&self.lease, &self.order, change)
+                    .await
+            }
+            Some(chain) => self.save_and_claim(change, chain).await,
+        };
         if let Some(p) = pending {
             match &saved {
                 Ok(()) => self.listen(p.record.purchase_id, p.late),
@@ -162,6 +197,30 @@ impl<'e> Step<'e> {
         }
         saved?;
         Ok(if keep_lease { Then::GoOn } else { Then::Stop })
+    }
+
+    /// The releasing write with the worker's next claim in its commit; the claimed orders are
+    /// registered in `chain.held` at once and kept for the caller.
+    async fn save_and_claim(&mut self, change: Change, chain: Chain) -> Result<(), StoreError> {
+        let engine = self.engine;
+        let claimed = engine
+            .store
+            .save_and_claim(
+                &self.lease,
+                &self.order,
+                change,
+                engine.clock.now(),
+                engine.settings.lease,
+                chain.limit,
+            )
+            .await?;
+        if let Some(held) = &chain.held {
+            for c in &claimed {
+                held.add(c.lease.clone());
+            }
+        }
+        self.chained = claimed;
+        Ok(())
     }
 
     /// Holds a buyvps reply for the step's next write (see [`Step::pending`]).

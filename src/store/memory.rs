@@ -118,6 +118,77 @@ impl MemoryStore {
 }
 
 impl Inner {
+    /// Claims up to `limit` due orders (see [`Store::claim_due`]).
+    fn claim_due(
+        &mut self,
+        worker: &str,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: usize,
+    ) -> Vec<Claimed> {
+        // Leases that lapsed go back to the due set: their orders are claimable again.
+        while let Some((exp, id)) = self.leased.first().cloned() {
+            if exp > now {
+                break;
+            }
+            self.leased.remove(&(exp, id.clone()));
+            if let Some(row) = self.orders.get_mut(&id) {
+                row.lease_owner = None;
+                row.lease_expires = None;
+                if row.order.state.is_workable()
+                    && let Some(at) = row.order.run_at
+                {
+                    self.due.insert((at, id));
+                }
+            }
+        }
+        let picked: Vec<(Timestamp, OrderId)> = self
+            .due
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit)
+            .cloned()
+            .collect();
+        let expires_at = now.plus(lease_for);
+        let mut out = Vec::with_capacity(picked.len());
+        for key in picked {
+            self.due.remove(&key);
+            let id = key.1;
+            let Some(row) = self.orders.get_mut(&id) else {
+                continue;
+            };
+            row.lease_token += 1;
+            row.lease_owner = Some(worker.to_string());
+            row.lease_expires = Some(expires_at);
+            let lease = Lease {
+                order_id: id.clone(),
+                worker: worker.to_string(),
+                token: row.lease_token,
+                expires_at,
+            };
+            out.push(Claimed {
+                lease,
+                order: row.order.clone(),
+            });
+            self.leased.insert((expires_at, id));
+        }
+        out
+    }
+
+    /// Writes a worker's step (see [`Store::save`]).
+    fn save(&mut self, lease: &Lease, order: &Order, change: Change) -> Result<(), StoreError> {
+        // The outcome first and unfenced: it is a fact about the world, kept even when the
+        // lease is gone.
+        if let Some(o) = &change.outcome
+            && self.record_outcome(o.purchase_id, &o.outcome, o.at)? == Recorded::AlreadyDecided
+        {
+            return Err(StoreError::LeaseLost(lease.order_id.clone()));
+        }
+        self.fenced(lease)?;
+        self.apply(&lease.order_id, order, change, order.updated_at);
+        Ok(())
+    }
+
     fn fenced(&mut self, lease: &Lease) -> Result<&mut Row, StoreError> {
         match self.orders.get_mut(&lease.order_id) {
             Some(row)
@@ -456,54 +527,7 @@ impl Store for MemoryStore {
         lease_for: Duration,
         limit: usize,
     ) -> Result<Vec<Claimed>, StoreError> {
-        let mut g = self.lock();
-        // Leases that lapsed go back to the due set: their orders are claimable again.
-        while let Some((exp, id)) = g.leased.first().cloned() {
-            if exp > now {
-                break;
-            }
-            g.leased.remove(&(exp, id.clone()));
-            if let Some(row) = g.orders.get_mut(&id) {
-                row.lease_owner = None;
-                row.lease_expires = None;
-                if row.order.state.is_workable()
-                    && let Some(at) = row.order.run_at
-                {
-                    g.due.insert((at, id));
-                }
-            }
-        }
-        let picked: Vec<(Timestamp, OrderId)> = g
-            .due
-            .iter()
-            .take_while(|(at, _)| *at <= now)
-            .take(limit)
-            .cloned()
-            .collect();
-        let expires_at = now.plus(lease_for);
-        let mut out = Vec::with_capacity(picked.len());
-        for key in picked {
-            g.due.remove(&key);
-            let id = key.1;
-            let Some(row) = g.orders.get_mut(&id) else {
-                continue;
-            };
-            row.lease_token += 1;
-            row.lease_owner = Some(worker.to_string());
-            row.lease_expires = Some(expires_at);
-            let lease = Lease {
-                order_id: id.clone(),
-                worker: worker.to_string(),
-                token: row.lease_token,
-                expires_at,
-            };
-            out.push(Claimed {
-                lease,
-                order: row.order.clone(),
-            });
-            g.leased.insert((expires_at, id));
-        }
-        Ok(out)
+        Ok(self.lock().claim_due(worker, now, lease_for, limit))
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -517,17 +541,26 @@ impl Store for MemoryStore {
     }
 
     async fn save(&self, lease: &Lease, order: &Order, change: Change) -> Result<(), StoreError> {
+        self.lock().save(lease, order, change)
+    }
+
+    async fn save_and_claim(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        change: Change,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let change = Change {
+            keep_lease: false,
+            ..change
+        };
+        // One lock for both, as one transaction: nothing comes between the save and the claim.
         let mut g = self.lock();
-        // The outcome first and unfenced: it is a fact about the world, kept even when the
-        // lease is gone.
-        if let Some(o) = &change.outcome
-            && g.record_outcome(o.purchase_id, &o.outcome, o.at)? == Recorded::AlreadyDecided
-        {
-            return Err(StoreError::LeaseLost(lease.order_id.clone()));
-        }
-        g.fenced(lease)?;
-        g.apply(&lease.order_id, order, change, order.updated_at);
-        Ok(())
+        g.save(lease, order, change)?;
+        Ok(g.claim_due(&lease.worker, now, lease_for, limit))
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {

@@ -595,6 +595,27 @@ pub trait Store: Send + Sync + 'static {
     async fn save(&self, lease: &Lease, order: &Order, change: Change) -> Result<(), StoreError>;
     /// Gives up a lease without changing the order (shutdown): another worker may claim it now.
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// A [`Store::save`] that releases the lease and a [`Store::claim_due`] for the same worker
+    /// (`lease.worker`), in one transaction: a worker finishing a step takes its next orders
+    /// in the commit that ends the step, so in steady state a claim costs no commit of its own.
+    /// The lease is released whatever `change.keep_lease` says.
+    ///
+    /// The save is exactly [`Store::save`] (fenced by the lease token, the outcome recorded
+    /// first and unfenced) and the claim exactly [`Store::claim_due`] as it would run just
+    /// after it: the order just saved is claimed again only when it is due again.
+    ///
+    /// # Errors
+    /// As [`Store::save`]: [`StoreError::LeaseLost`] when the lease was lost, and then nothing
+    /// is claimed (and nothing written but the outcome). On any other error nothing is kept.
+    async fn save_and_claim(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        change: Change,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError>;
 
     /// Who holds a package's flight and its newest purchase: read before the stock list, so
     /// that [`Store::begin_purchase_in_flight`] can tell whether a purchase of ours went out

@@ -389,6 +389,31 @@ async fn write(
     insert_notices(tx, &order.id, &change.notices, now).await
 }
 
+/// A worker's save (see [`Store::save`]) in `tx`, which the caller commits when this is `Ok`.
+/// `Ok(Err(LeaseLost))`: the fence failed after the purchase outcome was recorded, and the
+/// outcome is to be kept (the fenced update wrote nothing). A plain `Err` keeps nothing: the
+/// caller drops `tx`.
+async fn save_order(
+    tx: &mut Tx,
+    lease: &Lease,
+    order: &Order,
+    change: Change,
+) -> Result<Result<(), StoreError>, StoreError> {
+    let Some(o) = change.outcome.clone() else {
+        write(tx, Some(lease), order, change, order.updated_at).await?;
+        return Ok(Ok(()));
+    };
+    // The outcome first and unfenced: a fact about the world, committed even when the lease is
+    // gone.
+    if record_outcome(tx, o.purchase_id, &o.outcome, o.at).await? == Recorded::AlreadyDecided {
+        return Ok(Err(StoreError::LeaseLost(order.id.clone())));
+    }
+    match write(tx, Some(lease), order, change, order.updated_at).await {
+        Err(StoreError::LeaseLost(id)) => Ok(Err(StoreError::LeaseLost(id))),
+        other => other.map(Ok),
+    }
+}
+
 /// Appends timeline lines in one statement (one round trip however many lines a step wrote).
 async fn insert_entries(
     tx: &mut Tx,
@@ -618,31 +643,41 @@ impl Store for PostgresStore {
 
     async fn save(&self, lease: &Lease, order: &Order, change: Change) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let Some(o) = change.outcome.clone() else {
-            write(&mut tx, Some(lease), order, change, order.updated_at).await?;
-            tx.commit().await?;
-            return Ok(());
+        let saved = save_order(&mut tx, lease, order, change).await?;
+        tx.commit().await?;
+        saved
+    }
+
+    async fn save_and_claim(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        change: Change,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let change = Change {
+            keep_lease: false,
+            ..change
         };
-        // The outcome first and unfenced: a fact about the world, committed even when the
-        // lease is gone.
-        if record_outcome(&mut tx, o.purchase_id, &o.outcome, o.at).await?
-            == Recorded::AlreadyDecided
-        {
+        let mut tx = self.pool.begin().await?;
+        if let Err(lost) = save_order(&mut tx, lease, order, change).await? {
+            // Only the outcome was written: keep it, claim nothing.
             tx.commit().await?;
-            return Err(StoreError::LeaseLost(order.id.clone()));
+            return Err(lost);
         }
-        match write(&mut tx, Some(lease), order, change, order.updated_at).await {
-            // The fenced update matched nothing, so it wrote nothing: keep the outcome.
-            Err(StoreError::LeaseLost(id)) => {
-                tx.commit().await?;
-                Err(StoreError::LeaseLost(id))
-            }
-            other => {
-                other?;
-                tx.commit().await?;
-                Ok(())
-            }
-        }
+        // In the save's transaction, after it: the claim sees the order as just saved (its row
+        // is locked by this transaction, which SKIP LOCKED does not skip for its own locks).
+        let expires = now.plus(lease_for);
+        let claim = sql::claim_due(&lease.worker, expires, now, limit, CLAIM_LOCK);
+        let rows = query(&claim).fetch_all(&mut *tx).await?;
+        let claimed = rows
+            .iter()
+            .map(|row| sql::claimed(row, &lease.worker, expires))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().await?;
+        Ok(claimed)
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {

@@ -587,6 +587,30 @@ async fn write_order(
     Ok(())
 }
 
+/// A worker's save (see [`Store::save`]) on the writer connection. `Ok(Err(LeaseLost))`: the
+/// fence failed after the purchase outcome was recorded, which is kept (the write's group
+/// commits it); a plain `Err(LeaseLost)` wrote nothing at all.
+async fn save_order(
+    conn: &mut SqliteConnection,
+    lease: &Lease,
+    order: &Order,
+    change: &Change,
+) -> Result<Result<(), StoreError>, StoreError> {
+    // The outcome first and unfenced: a fact about the world, committed even when the lease is
+    // gone (the answer is then LeaseLost, inside Ok).
+    let Some(o) = &change.outcome else {
+        write_order(conn, Some(lease), order, change, order.updated_at).await?;
+        return Ok(Ok(()));
+    };
+    if record_outcome(conn, o.purchase_id, &o.outcome, o.at).await? == Recorded::AlreadyDecided {
+        return Ok(Err(StoreError::LeaseLost(order.id.clone())));
+    }
+    match write_order(conn, Some(lease), order, change, order.updated_at).await {
+        Err(StoreError::LeaseLost(id)) => Ok(Err(StoreError::LeaseLost(id))),
+        other => other.map(Ok),
+    }
+}
+
 /// What an order write does after its order row: timeline lines, the flight, a resolution,
 /// notices.
 fn after_update(order: &Order, change: &Change, now: Timestamp) -> Vec<Stmt> {
@@ -856,21 +880,42 @@ impl Store for SqliteStore {
             let data = Arc::clone(&data);
             Box::pin(async move {
                 let (lease, order, change) = &*data;
-                // The outcome first and unfenced: a fact about the world, committed even when
-                // the lease is gone (the answer is then LeaseLost, inside Ok).
-                let Some(o) = &change.outcome else {
-                    write_order(conn, Some(lease), order, change, order.updated_at).await?;
-                    return Ok(Ok(()));
-                };
-                if record_outcome(conn, o.purchase_id, &o.outcome, o.at).await?
-                    == Recorded::AlreadyDecided
-                {
-                    return Ok(Err(StoreError::LeaseLost(order.id.clone())));
+                save_order(conn, lease, order, change).await
+            })
+        }))
+        .await?
+    }
+
+    async fn save_and_claim(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        change: Change,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let change = Change {
+            keep_lease: false,
+            ..change
+        };
+        let expires = now.plus(lease_for);
+        let claim = sql::claim_due(&lease.worker, expires, now, limit, CLAIM_LOCK);
+        let data = Arc::new((lease.clone(), order.clone(), change, claim));
+        self.write(Box::new(move |conn| {
+            let data = Arc::clone(&data);
+            Box::pin(async move {
+                let (lease, order, change, claim) = &*data;
+                if let Err(lost) = save_order(conn, lease, order, change).await? {
+                    return Ok(Err(lost));
                 }
-                match write_order(conn, Some(lease), order, change, order.updated_at).await {
-                    Err(StoreError::LeaseLost(id)) => Ok(Err(StoreError::LeaseLost(id))),
-                    other => other.map(Ok),
-                }
+                // In the save's transaction, after it: the claim sees the order as just saved.
+                let rows = query(claim).fetch_all(&mut *conn).await?;
+                let claimed = rows
+                    .iter()
+                    .map(|row| sql::claimed(row, &lease.worker, expires))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Ok(claimed))
             })
         }))
         .await?

@@ -10,6 +10,7 @@ mod admin_cli;
 mod alerts;
 mod browser;
 mod browser_ops;
+mod chained_claims;
 mod cli;
 mod e2e;
 mod email;

@@ -160,6 +160,7 @@ pub async fn suite(fresh: Fresh<'_>) {
     the_flight_is_taken_with_the_intent(fresh().await).await;
     a_save_records_the_outcome_first_and_keeps_it(fresh().await).await;
     a_dispatcher_round_is_two_commits(fresh().await).await;
+    a_releasing_save_claims_the_next_due_orders(fresh().await).await;
     renewals_are_idempotent_queued_and_never_buried(fresh().await).await;
     the_inventory_keeps_first_sightings_and_candidates(fresh().await).await;
     complete_scans_are_kept_per_package_and_read_by_start(fresh().await).await;
@@ -699,6 +700,137 @@ async fn a_dispatcher_round_is_two_commits(store: Arc<dyn Store>) {
     assert_eq!(retried.len(), 1);
     assert_eq!(retried[0].id, claimed[1].id);
     assert!(store.finish_deliveries(&[]).await.unwrap().is_empty());
+}
+
+/// `save_and_claim`: a worker's releasing save and its next claim in one transaction. The save
+/// is `save` (fenced), the claim `claim_due` as it would run just after it.
+async fn a_releasing_save_claims_the_next_due_orders(store: Arc<dyn Store>) {
+    let first = order("chain-1", 7, at(0));
+    let second = order("chain-2", 7, at(1));
+    let mut later = order("chain-later", 7, at(1));
+    later.run_at = Some(at(100));
+    for o in [&first, &second, &later] {
+        create(&*store, o).await;
+    }
+    let (lease, mut cur) = claim_one(&*store, "w1", at(2)).await;
+    assert_eq!(cur.id, first.id, "the earliest due first");
+
+    // The first order is saved waiting until 50 and its lease let go (even when the change
+    // asks to keep it); the claim takes the next due order, not the one not yet due, nor the
+    // one just saved.
+    cur.begin_buying(at(3)).unwrap();
+    cur.wait_until(at(50), at(3)).unwrap();
+    let claimed = store
+        .save_and_claim(
+            &lease,
+            &cur,
+            Change {
+                entries: vec![line(at(3), "saved with the claim")],
+                notices: vec![NoticeKind::Failed],
+                ..keep()
+            },
+            at(3),
+            LEASE,
+            10,
+        )
+        .await
+        .unwrap();
+    let ids: Vec<_> = claimed.iter().map(|c| c.order.id.clone()).collect();
+    assert_eq!(ids, vec![second.id.clone()], "only the due order");
+    let next = claimed[0].lease.clone();
+    assert_eq!(next.worker, "w1", "claimed for the saving worker");
+    assert_eq!(next.expires_at, at(3).plus(LEASE));
+    assert_eq!(claimed[0].order.state, OrderState::Queued);
+
+    let saved = store.order(&first.id).await.unwrap().unwrap();
+    assert_eq!(saved.state, OrderState::Buying, "the save is applied");
+    assert_eq!(saved.run_at, Some(at(50)));
+    assert!(
+        store
+            .timeline(&first.id)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.message == "saved with the claim")
+    );
+    assert_eq!(store.due_notices(at(5), 10).await.unwrap().len(), 4);
+    assert!(
+        matches!(
+            store.save(&lease, &cur, keep()).await,
+            Err(StoreError::LeaseLost(_))
+        ),
+        "the lease is released"
+    );
+    assert!(
+        store
+            .claim_due("w2", at(4), LEASE, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the claimed order is leased, the others not due"
+    );
+    let (back, _) = claim_one(&*store, "w2", at(50)).await;
+    assert_eq!(
+        back.order_id, first.id,
+        "released: due again at its run_at, before its old lease lapses"
+    );
+
+    // A stale lease claims nothing and writes nothing.
+    let waiting = order("chain-3", 9, at(51));
+    create(&*store, &waiting).await;
+    let stale = Lease {
+        token: next.token - 1,
+        ..next.clone()
+    };
+    let mut second_cur = claimed[0].order.clone();
+    second_cur.begin_buying(at(52)).unwrap();
+    let refused = store
+        .save_and_claim(
+            &stale,
+            &second_cur,
+            Change {
+                entries: vec![line(at(52), "must not appear")],
+                notices: vec![NoticeKind::Failed],
+                ..Change::default()
+            },
+            at(52),
+            LEASE,
+            10,
+        )
+        .await;
+    assert!(matches!(refused, Err(StoreError::LeaseLost(id)) if id == second.id));
+    let stored = store.order(&second.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, OrderState::Queued, "no refused write landed");
+    assert_eq!(store.timeline(&second.id).await.unwrap().len(), 1);
+    assert_eq!(store.due_notices(at(52), 10).await.unwrap().len(), 5);
+    let (untouched, _) = claim_one(&*store, "w3", at(52)).await;
+    assert_eq!(
+        untouched.order_id, waiting.id,
+        "the refused claim took nothing"
+    );
+
+    // The order just saved is claimed again by its own save when it is due again, under a
+    // new token; the one not yet due still is not.
+    second_cur.wait_until(at(53), at(53)).unwrap();
+    let again = store
+        .save_and_claim(&next, &second_cur, Change::default(), at(53), LEASE, 10)
+        .await
+        .unwrap();
+    let ids: Vec<_> = again.iter().map(|c| c.order.id.clone()).collect();
+    assert_eq!(ids, vec![second.id.clone()]);
+    assert!(again[0].lease.token > next.token, "a fresh lease");
+    assert_eq!(again[0].order.state, OrderState::Buying, "as just saved");
+    store
+        .save(&again[0].lease, &again[0].order, keep())
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            store.save(&next, &second_cur, keep()).await,
+            Err(StoreError::LeaseLost(_))
+        ),
+        "the old lease is fenced out"
+    );
 }
 
 async fn intake_is_idempotent(store: Arc<dyn Store>) {

@@ -85,6 +85,21 @@ impl Store for Counting {
         self.commit();
         self.inner.release(lease).await
     }
+    async fn save_and_claim(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        change: Change,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        // One transaction: the save's commit carries the claim.
+        self.commit();
+        self.inner
+            .save_and_claim(lease, order, change, now, lease_for, limit)
+            .await
+    }
     async fn flight_state(
         &self,
         package: PackageId,

@@ -5,17 +5,19 @@
 //! 1. **Raw commit rate.** `workers` tasks run a bare loop of single-row INSERT transactions on
 //!    the same database and pool for a few seconds: the most commits per second it can take.
 //! 2. **Pipeline.** `orders` orders are taken in (`Engine::accept`), then `workers` engines claim
-//!    and work them one step at a time against an *instant* in-process simulator (zero latencies,
-//!    credentials at once) with a zero-delay policy, while one dispatcher delivers their notices
-//!    to a no-op notifier. Every store write is counted, so the commits one order needs are
+//!    and work them one step at a time (each step's finishing commit claiming the worker's next
+//!    order, `Engine::work_then_claim`, as serve does) against an *instant* in-process
+//!    simulator (zero latencies, credentials at once) with a zero-delay policy, while one
+//!    dispatcher delivers their notices to a no-op notifier. Every store write is counted, so the commits one order needs are
 //!    measured, not assumed. The physical bound is `raw commits/s ÷ commits per order`.
 //! 3. **Waiting orders.** A `provisioner serve` child process on a fresh database of the same
 //!    kind, with this process's simulator over HTTP as its SmartVPS, takes `waiting` orders for
 //!    sold-out packages: each is refused at once and then waits an hour on its persisted timer.
 //!    Its RSS is read from `/proc/<pid>/status`.
 //!
-//! Latency is claim-to-commit per step: from the start of `Engine::claim` to the end of
-//! `Engine::work_one`, whose last action is the step's final commit.
+//! Latency is claim-to-commit per step: from the start of `Engine::claim` (or, for an order
+//! claimed by the previous step's finishing commit, from that commit) to the end of
+//! `Engine::work_then_claim`, whose last action is the step's final commit.
 
 use std::net::Ipv4Addr;
 use std::path::Path;

@@ -154,26 +154,37 @@ pub(super) async fn pipeline(
         housekeeping.clone(),
     ));
 
-    // Workers: claim one due order, work it one step; stop when no order is active.
+    // Workers: work one due order one step, its finishing commit claiming the next, as serve's
+    // slots do; claim on their own only when that found none. Stop when no order is active.
+    // Latency is claim to commit: from before the claim, or from the commit that claimed it.
     let mut workers = tokio::task::JoinSet::new();
     for engine in &engines {
         let (engine, store) = (Arc::clone(engine), Arc::clone(&dyn_store));
         workers.spawn(async move {
             let mut latencies = Vec::new();
+            let mut chained: Option<(Claimed, Instant)> = None;
             loop {
-                let t = Instant::now();
-                let claimed = engine.claim(1).await?;
-                let Some(c) = claimed.into_iter().next() else {
-                    match store.next_due().await? {
-                        None => return Ok::<_, anyhow::Error>(latencies),
-                        // Another worker holds the last orders, or an order waits out a flight:
-                        // look again shortly.
-                        Some(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+                let (c, t) = match chained.take() {
+                    Some(next) => next,
+                    None => {
+                        let t = Instant::now();
+                        let claimed = engine.claim(1).await?;
+                        let Some(c) = claimed.into_iter().next() else {
+                            match store.next_due().await? {
+                                None => return Ok::<_, anyhow::Error>(latencies),
+                                // Another worker holds the last orders, or an order waits out a
+                                // flight: look again shortly.
+                                Some(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+                            }
+                            continue;
+                        };
+                        (c, t)
                     }
-                    continue;
                 };
-                engine.work_one(c).await?;
-                latencies.push(t.elapsed());
+                let next = engine.work_then_claim(c, 1).await?;
+                let done = Instant::now();
+                latencies.push(done - t);
+                chained = next.into_iter().next().map(|c| (c, done));
             }
         });
     }

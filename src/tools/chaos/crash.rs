@@ -113,6 +113,20 @@ impl Store for CrashingStore {
         tick()?;
         self.0.release(lease).await
     }
+    async fn save_and_claim(
+        &self,
+        lease: &Lease,
+        order: &Order,
+        change: Change,
+        now: Timestamp,
+        lease_for: Duration,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        tick()?;
+        self.0
+            .save_and_claim(lease, order, change, now, lease_for, limit)
+            .await
+    }
     async fn flight_state(
         &self,
         package: PackageId,
