@@ -533,20 +533,21 @@ impl Step<'_> {
             purchase.sent_at.plus(horizon),
         );
         // Only an order with an open unknown or blindly retried purchase can be a rival, so
-        // those purchases are read (a few, indexed) rather than every order of the day.
+        // those purchases are read (a few, indexed) rather than every order of the day. They
+        // are all of such an order's purchases that `owning` below can count (it was created
+        // after `since`, so they were all sent after it): its ledger need not be read.
         let since = purchase.sent_at.minus(RIVAL_LOOKBACK);
-        let mut seen = std::collections::HashSet::new();
-        let mut orders = Vec::new();
+        let mut by_order: Vec<(OrderId, Vec<Purchase>)> = Vec::new();
+        let mut index: HashMap<OrderId, usize> = HashMap::new();
         for p in self.engine.store.unsettled_purchases_since(since).await? {
-            if p.order_id == self.order.id || !seen.insert(p.order_id.clone()) {
+            if p.order_id == self.order.id {
                 continue;
             }
-            if let Some(o) = self.engine.store.order(&p.order_id).await?
-                && o.created_at >= since
-                && o.created_at < to
-            {
-                orders.push(o);
-            }
+            let at = *index.entry(p.order_id.clone()).or_insert_with(|| {
+                by_order.push((p.order_id.clone(), Vec::new()));
+                by_order.len() - 1
+            });
+            by_order[at].1.push(p);
         }
         // The latest start of a complete scan of the candidate's package, every `error` of it
         // confirmed, that finished before the candidate was first seen: the candidate was not
@@ -557,10 +558,7 @@ impl Step<'_> {
             Some(seen) => self
                 .engine
                 .store
-                .complete_scans(
-                    self.order.package_id,
-                    purchase.sent_at.minus(RIVAL_LOOKBACK),
-                )
+                .complete_scans(self.order.package_id, since)
                 .await?
                 .into_iter()
                 .filter(|s| s.finished_at < seen)
@@ -569,11 +567,16 @@ impl Step<'_> {
             None => None,
         };
         let mut rivals = Vec::new();
-        for other in orders {
-            if other.id == self.order.id || ram.is_some_and(|r| other.ram_gb.get() != r) {
+        for (id, ledger) in by_order {
+            let Some(other) = self.engine.store.order(&id).await? else {
+                continue;
+            };
+            if other.created_at < since
+                || other.created_at >= to
+                || ram.is_some_and(|r| other.ram_gb.get() != r)
+            {
                 continue;
             }
-            let ledger = self.engine.store.purchases(&other.id).await?;
             let mut owning = ledger.iter().filter(|p| {
                 let may_own = p.is_open_unknown()
                     || (matches!(p.resolution, Some(Resolution::RetriedBlindly))
@@ -609,7 +612,7 @@ impl Step<'_> {
                 let settles = std::iter::once(first)
                     .chain(owning)
                     .any(|p| !matches!(p.resolution, Some(Resolution::Escalated { .. })));
-                rivals.push((other.id, settles));
+                rivals.push((id, settles));
             }
         }
         Ok(rivals)

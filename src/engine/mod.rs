@@ -542,11 +542,11 @@ impl Engine {
     /// Takes one order one step further (continuing at once from a purchase to the first status
     /// call, as the seed does).
     async fn work(&self, claimed: Claimed) -> Result<(), EngineError> {
-        let mut step = Step::new(self, claimed);
-        let worked = Self::step(&mut step).await;
-        // A step that failed between a buyvps reply and the write that records it.
-        step.flush_pending().await;
-        worked
+        let unchained = Chain {
+            limit: 0,
+            held: None,
+        };
+        self.work_chained(claimed, unchained).await.map(drop)
     }
 
     /// [`Engine::work`] whose releasing write claims the worker's next orders (see [`Chain`]).
@@ -560,6 +560,7 @@ impl Engine {
         let held = chain.held.clone();
         let mut step = Step::new(self, claimed).chaining(chain);
         let worked = Self::step(&mut step).await;
+        // A step that failed between a buyvps reply and the write that records it.
         step.flush_pending().await;
         let chained = step.take_chained();
         if let Err(e) = worked {

@@ -631,9 +631,7 @@ impl Store for PostgresStore {
         let rows = query(&sql::claim_due(worker, expires, now, limit, CLAIM_LOCK))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|row| sql::claimed(row, worker, expires))
-            .collect()
+        sql::claimed_all(&rows, worker, expires)
     }
 
     async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -672,10 +670,7 @@ impl Store for PostgresStore {
         let expires = now.plus(lease_for);
         let claim = sql::claim_due(&lease.worker, expires, now, limit, CLAIM_LOCK);
         let rows = query(&claim).fetch_all(&mut *tx).await?;
-        let claimed = rows
-            .iter()
-            .map(|row| sql::claimed(row, &lease.worker, expires))
-            .collect::<Result<Vec<_>, _>>()?;
+        let claimed = sql::claimed_all(&rows, &lease.worker, expires)?;
         tx.commit().await?;
         Ok(claimed)
     }

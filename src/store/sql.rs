@@ -1286,6 +1286,17 @@ pub(crate) fn claimed(
     Ok(Claimed { lease, order })
 }
 
+/// Every row a claim returned (see [`claimed`]).
+pub(crate) fn claimed_all<R: SqlRow>(
+    rows: &[R],
+    worker: &str,
+    expires: Timestamp,
+) -> Result<Vec<Claimed>, StoreError> {
+    rows.iter()
+        .map(|row| claimed(row, worker, expires))
+        .collect()
+}
+
 /// A ledger row.
 pub(crate) fn purchase(row: &impl SqlRow) -> Result<Purchase, StoreError> {
     let outcome_ip = ip_col(row, "outcome_ip")?;

@@ -861,9 +861,7 @@ impl Store for SqliteStore {
             let (stmt, worker) = (Arc::clone(&stmt), Arc::clone(&worker));
             Box::pin(async move {
                 let rows = query(&stmt).fetch_all(&mut *conn).await?;
-                rows.iter()
-                    .map(|row| sql::claimed(row, &worker, expires))
-                    .collect()
+                sql::claimed_all(&rows, &worker, expires)
             })
         }))
         .await
@@ -911,11 +909,7 @@ impl Store for SqliteStore {
                 }
                 // In the save's transaction, after it: the claim sees the order as just saved.
                 let rows = query(claim).fetch_all(&mut *conn).await?;
-                let claimed = rows
-                    .iter()
-                    .map(|row| sql::claimed(row, &lease.worker, expires))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(Ok(claimed))
+                Ok(Ok(sql::claimed_all(&rows, &lease.worker, expires)?))
             })
         }))
         .await?

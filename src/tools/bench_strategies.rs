@@ -22,13 +22,12 @@ pub async fn strategies(
 ) -> anyhow::Result<()> {
     let defaults = RetryPolicy::default();
     let horizon = horizon.unwrap_or(defaults.horizon);
-    if horizon < defaults.buy.timeout {
-        anyhow::bail!(
-            "--horizon {} is shorter than the buy timeout ({}): a purchase can complete until its call times out",
-            humantime::format_duration(horizon),
-            humantime::format_duration(defaults.buy.timeout)
-        );
+    RetryPolicy {
+        horizon,
+        ..defaults
     }
+    .validate_horizon()
+    .map_err(|why| anyhow::anyhow!("--horizon {why}"))?;
     let mut profiles = vec!["calm", "flaky", "hostile"];
     if !only.is_empty() {
         for name in only {
